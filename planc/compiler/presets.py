@@ -1,0 +1,30 @@
+"""Built-in device presets, usable by name in a cluster or as a `from` base.
+
+Figures are datasheet peaks (dense bf16 compute, HBM bandwidth); the verifier uses them as upper
+bounds, so they must never be lower than what the hardware can do. `reserve` is memory the
+runtime takes outside torch's allocator on every device (CUDA context, NCCL buffers, cuBLAS
+workspace); it is charged in the HBM obligation and can be overridden per device.
+"""
+
+from __future__ import annotations
+
+GB = 10**9
+MB = 10**6
+TB = 10**12
+GiB = 2**30
+
+PRESETS: dict[str, dict[str, int]] = {
+    "H100": {"memory": 80 * GB, "cache": 50 * MB, "compute": 989 * TB,
+             "bandwidth": 3_350 * GB, "reserve": 1 * GiB},
+    "H200": {"memory": 141 * GB, "cache": 60 * MB, "compute": 989 * TB,
+             "bandwidth": 4_800 * GB, "reserve": 1 * GiB},
+    "A100_80GB": {"memory": 80 * GB, "cache": 40 * MB, "compute": 312 * TB,
+                  "bandwidth": 2_039 * GB, "reserve": 1 * GiB},
+    # A CPU "device" for local runs: capacities are generous placeholders so small plans fit.
+    "CPU": {"memory": 16 * GB, "cache": 32 * MB, "compute": 1 * TB, "bandwidth": 50 * GB,
+            "reserve": 0},
+}
+
+# Per-direction link bandwidth defaults when a cluster does not say (NVLink 4, 400G IB).
+DEFAULT_INTRA = 450 * GB
+DEFAULT_INTER = 50 * GB

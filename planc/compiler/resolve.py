@@ -1,0 +1,596 @@
+"""resolve: AST -> SpecFile. Binds names, normalises units, fills presets and defaults.
+
+Every problem is collected (not raised) so a user sees all of a file's semantic errors at once.
+A block with errors is left out of the result; plans that reference it are skipped silently
+(the error at the referenced block already explains why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+from planc.compiler import presets, units
+from planc.compiler.spec import (
+    DIMS,
+    DTYPE_BYTES,
+    ClusterSpec,
+    DeviceSpec,
+    ModelSpec,
+    PlanSpec,
+    RequireSpec,
+    ShardSpec,
+    SpecFile,
+    WorkloadSpec,
+)
+from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of
+from planc.grammar import ast
+
+MAX_DIM = 2**40  # larger than any real model dimension or device count; catches typos like 1e30
+
+# key -> (dimension of the value, required?)
+DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
+               "bandwidth": "bytes_per_s", "reserve": "bytes"}
+CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
+MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
+              "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
+              "dtype": "name", "experts": "count", "top_k": "count"}
+WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "name",
+                 "context": "count", "generate": "count"}
+PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
+KEYS_BY_KIND = {"device": DEVICE_KEYS, "cluster": CLUSTER_KEYS, "model": MODEL_KEYS,
+                "workload": WORKLOAD_KEYS, "plan": PLAN_KEYS}
+REQUIRED = {
+    "cluster": ("device",),
+    "model": ("layers", "hidden", "heads", "ffn"),
+    "workload": ("batch", "seq"),
+    "plan": ("model", "cluster", "workload"),
+}
+ARCHS = ("llama", "mixtral")
+PHASES = ("prefill", "decode")
+ATTENTION_MODES = ("local", "ring", "gather")
+# require METRIC -> the value dimensions it accepts
+METRICS: dict[str, tuple[str, ...]] = {
+    "memory": ("bytes", "percent"),  # peak HBM per device
+    "cache": ("bytes", "percent"),  # resident working set per fit-cache stage
+    "params": ("count",),  # total parameter count of the model
+    "layer_params": ("count",),
+    "weights": ("bytes",),  # total weight bytes of the model (after compression)
+    "layer_weights": ("bytes",),  # weight bytes of one layer (after compression)
+    "weights_per_device": ("bytes",),
+    "activations": ("bytes",),  # peak activation bytes per device
+    "throughput": ("tokens_per_s",),
+    "latency": ("seconds",),  # time of one forward step (prefill) or one token (decode)
+    "tpot": ("seconds",),
+    "devices": ("count",),
+}
+OBJECTIVES = {"minimize": ("time", "memory", "devices"), "maximize": ("batch", "seq")}
+
+
+class _Values:
+    """Reads key/value props of one block, reporting each problem against its line."""
+
+    def __init__(self, block: ast.Block, diags: Diagnostics):
+        self.block = block
+        self.diags = diags
+        self.props: dict[str, ast.Prop] = {}
+        self.ok = True
+        allowed = KEYS_BY_KIND[block.kind]
+        for stmt in block.body:
+            if not isinstance(stmt, ast.Prop):
+                if block.kind != "plan":
+                    self._err("E010", f"`{_stmt_word(stmt)}` belongs in a plan block, not in a "
+                              f"{block.kind} block", stmt.span, "move it into the plan")
+                continue
+            key = stmt.key.name
+            if key not in allowed:
+                self._unknown_key(stmt, allowed)
+                continue
+            if key in self.props:
+                first = self.props[key]
+                self._err("E011", f"{key!r} is set twice in {block.kind} {block.name.name!r}",
+                          stmt.key.span, "keep one of them",
+                          (Related(first.key.span, "first set here"),))
+                continue
+            self.props[key] = stmt
+
+    def _err(self, code: str, msg: str, span: Span, hint: str | None = None,
+             related: tuple[Related, ...] = ()) -> None:
+        self.ok = False
+        self.diags.error(code, msg, span, hint, related)
+
+    def _unknown_key(self, stmt: ast.Prop, allowed: dict[str, str]) -> None:
+        key = stmt.key.name
+        owner = next((k for k, keys in KEYS_BY_KIND.items() if key in keys and k != "plan"), None)
+        guess = did_you_mean(key, allowed)
+        if guess:
+            hint = f"did you mean {guess!r}?"
+        elif owner:
+            hint = f"{key!r} belongs in a {owner} block"
+        else:
+            hint = f"a {self.block.kind} block takes: {one_of(allowed)}"
+        self._err("E012", f"unknown key {key!r} in a {self.block.kind} block", stmt.key.span, hint)
+
+    def has(self, key: str) -> bool:
+        return key in self.props
+
+    def span(self, key: str) -> Span:
+        return self.props[key].span if key in self.props else self.block.name.span
+
+    def require_keys(self, keys: tuple[str, ...]) -> None:
+        for k in keys:
+            if k not in self.props:
+                self._err("E013", f"{self.block.kind} {self.block.name.name!r} needs `{k}`",
+                          self.block.name.span, f"add a line `{k} ...` to the block")
+
+    def count(self, key: str, default: int | None = None, minimum: int = 1) -> int | None:
+        if key not in self.props:
+            return default
+        v = self.props[key].value
+        if isinstance(v, ast.Hole):
+            self._err("E020", f"`{key}` cannot be left open (?) here", v.span,
+                      "holes are allowed in mesh sizes, microbatches, batch and seq")
+            return default
+        if not isinstance(v, ast.Quantity) or v.unit is not None:
+            self._err("E021", f"`{key}` takes a plain number", v.span,
+                      f"e.g. `{key} 16`" + ("" if not isinstance(v, ast.Quantity) or v.unit is None
+                                             else f" (drop the unit {v.unit.name!r})"))
+            return default
+        return self._integer(key, v.number, minimum)
+
+    def _integer(self, key: str, num: ast.Number, minimum: int) -> int | None:
+        if num.value.denominator != 1:
+            self._err("E022", f"`{key}` must be a whole number, not {num.text}", num.span)
+            return None
+        n = int(num.value)
+        if n < minimum:
+            self._err("E023", f"`{key}` must be at least {minimum}, not {n}", num.span)
+            return None
+        if n > MAX_DIM:
+            self._err("E024", f"`{key}` is {num.text}, larger than any real value "
+                      f"({MAX_DIM:,})", num.span, "is the exponent a typo?")
+            return None
+        return n
+
+    def count_or_hole(self, key: str) -> tuple[int | None, bool]:
+        if key in self.props and isinstance(self.props[key].value, ast.Hole):
+            return None, True
+        return self.count(key), False
+
+    def name(self, key: str, choices: tuple[str, ...] | None, default: str | None = None
+             ) -> str | None:
+        if key not in self.props:
+            return default
+        v = self.props[key].value
+        if not isinstance(v, ast.NameValue):
+            self._err("E021", f"`{key}` takes a name", v.span,
+                      f"one of: {one_of(choices)}" if choices else None)
+            return default
+        if choices is not None and v.name.name not in choices:
+            guess = did_you_mean(v.name.name, choices)
+            self._err("E025", f"unknown {key} {v.name.name!r}", v.name.span,
+                      f"did you mean {guess!r}?" if guess else f"one of: {one_of(choices)}")
+            return default
+        return v.name.name
+
+    def measure(self, key: str, dimension: str, default: int | None = None) -> int | None:
+        if key not in self.props:
+            return default
+        return quantity_int(self.props[key].value, dimension, key, self._err)
+
+
+def quantity_int(v: Any, dimension: str, key: str,
+                 err: Callable[..., None]) -> int | None:
+    """A quantity with a unit of the given dimension, as an exact positive integer."""
+    if not isinstance(v, ast.Quantity):
+        err("E021", f"`{key}` takes {units.DIMENSION_WORDS[dimension]}", v.span)
+        return None
+    if v.unit is None:
+        err("E026", f"`{key}` needs a unit", v.span,
+            f"e.g. `{key} {v.number.text} {units.units_of(dimension)[0]}`; units: "
+            + ", ".join(units.units_of(dimension)))
+        return None
+    found = units.lookup(v.unit.name)
+    if found is None or found[0] != dimension:
+        guess = did_you_mean(v.unit.name, units.units_of(dimension))
+        what = "unknown unit" if found is None else "wrong kind of unit"
+        err("E027", f"{what} {v.unit.name!r} for `{key}`: it takes "
+            f"{units.DIMENSION_WORDS[dimension]}", v.unit.span,
+            f"did you mean {guess!r}?" if guess else "units: " + ", ".join(units.units_of(dimension)))
+        return None
+    exact = v.number.value * found[1]
+    if exact.denominator != 1:
+        err("E022", f"`{key}` is {v.number.text} {v.unit.name} = {float(exact)} in base units; "
+            "it must be a whole number of bytes", v.span, "use a smaller unit")
+        return None
+    if exact <= 0:
+        err("E023", f"`{key}` must be positive", v.span)
+        return None
+    if exact > 2**80:
+        err("E024", f"`{key}` is {v.number.text} {v.unit.name}, larger than any real value",
+            v.span, "is the exponent a typo?")
+        return None
+    return int(exact)
+
+
+def _stmt_word(stmt: ast.Statement) -> str:
+    return {ast.Mesh: "mesh", ast.Shard: "shard", ast.Compress: "compress",
+            ast.Require: "require", ast.Objective: "objective"}.get(type(stmt), "statement")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
+    seen: dict[tuple[str, str], ast.Block] = {}
+    by_kind: dict[str, list[ast.Block]] = {k: [] for k in KEYS_BY_KIND}
+    for b in file.blocks:
+        key = (b.kind, b.name.name)
+        if key in seen:
+            diags.error("E001", f"{b.kind} {b.name.name!r} is defined twice", b.name.span,
+                        "rename one of them", (Related(seen[key].name.span, "first defined here"),))
+            continue
+        seen[key] = b
+        by_kind[b.kind].append(b)
+
+    devices: dict[str, DeviceSpec] = {}
+    for b in by_kind["device"]:
+        d = _device(b, devices, diags)
+        if d is not None:
+            devices[d.name] = d
+    clusters = {c.name: c for b in by_kind["cluster"] if (c := _cluster(b, devices, diags))}
+    models = {m.name: m for b in by_kind["model"] if (m := _model(b, diags))}
+    workloads = {w.name: w for b in by_kind["workload"] if (w := _workload(b, diags))}
+    names = {k: {b.name.name for b in by_kind[k]} for k in KEYS_BY_KIND}
+    plans = []
+    for b in by_kind["plan"]:
+        p = _plan(b, file.path, models, clusters, workloads, names, diags)
+        if p is not None:
+            plans.append(p)
+    return SpecFile(file.path, tuple(plans), models, clusters, workloads, devices)
+
+
+def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> DeviceSpec | None:
+    v = _Values(b, diags)
+    base_name = b.base.name if b.base else (b.name.name if b.name.name in presets.PRESETS else None)
+    base: dict[str, int] = {}
+    if base_name is not None:
+        if base_name in known:
+            d = known[base_name]
+            base = {"memory": d.memory, "cache": d.cache, "compute": d.compute,
+                    "bandwidth": d.bandwidth, "reserve": d.reserve}
+        elif base_name in presets.PRESETS:
+            base = dict(presets.PRESETS[base_name])
+        else:
+            guess = did_you_mean(base_name, list(known) + list(presets.PRESETS))
+            v._err("E002", f"unknown device {base_name!r} after `from`", b.base.span,  # type: ignore[union-attr]
+                   f"did you mean {guess!r}?" if guess else
+                   f"presets: {one_of(presets.PRESETS)}")
+    vals = {k: v.measure(k, dim, base.get(k)) for k, dim in DEVICE_KEYS.items()}
+    if vals["reserve"] is None:
+        vals["reserve"] = 0
+    for k in ("memory", "cache", "compute", "bandwidth"):
+        if vals[k] is None and v.ok:
+            v._err("E013", f"device {b.name.name!r} needs `{k}`", b.name.span,
+                   f"add `{k} ...`, or start from a preset: `device {b.name.name} from H100 {{`")
+    if not v.ok:
+        return None
+    return DeviceSpec(b.name.name, span=b.name.span, **vals)  # type: ignore[arg-type]
+
+
+def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], diags: Diagnostics
+             ) -> ClusterSpec | None:
+    v = _Values(b, diags)
+    v.require_keys(REQUIRED["cluster"])
+    device: DeviceSpec | None = None
+    count = None
+    count_span = None
+    if v.has("device"):
+        val = v.props["device"].value
+        if not isinstance(val, ast.CountValue):
+            v._err("E021", "`device` takes a device and a count", val.span,
+                   "e.g. `device H100 x 16`")
+        else:
+            dname = val.name.name
+            if dname in devices:
+                device = devices[dname]
+            elif dname in presets.PRESETS:
+                device = DeviceSpec(dname, span=val.name.span, **presets.PRESETS[dname])
+            else:
+                guess = did_you_mean(dname, list(devices) + list(presets.PRESETS))
+                v._err("E002", f"unknown device {dname!r}", val.name.span,
+                       f"did you mean {guess!r}?" if guess else
+                       f"declare `device {dname} {{ ... }}` or use a preset: "
+                       f"{one_of(presets.PRESETS)}")
+            count = v._integer("device count", val.count, 1)
+            count_span = val.count.span
+    per_node = v.count("node")
+    intra, inter = presets.DEFAULT_INTRA, presets.DEFAULT_INTER
+    if v.has("link"):
+        # several link lines are allowed: collect them from the block directly
+        for stmt in b.body:
+            if not (isinstance(stmt, ast.Prop) and stmt.key.name == "link"):
+                continue
+            val = stmt.value
+            if not isinstance(val, ast.NamedQuantity) or val.name.name not in ("intra", "inter"):
+                v._err("E021", "`link` takes intra or inter and a bandwidth", val.span,
+                       "e.g. `link intra 450 GB/s`")
+                continue
+            bw = quantity_int(val.quantity, "bytes_per_s", "link", v._err)
+            if bw is not None:
+                if val.name.name == "intra":
+                    intra = bw
+                else:
+                    inter = bw
+    if not v.ok or device is None or count is None:
+        return None
+    if per_node is None:
+        per_node = min(count, 8)
+    return ClusterSpec(b.name.name, device, count, per_node, intra, inter, span=b.name.span,
+                       count_span=count_span)
+
+
+def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
+    v = _Values(b, diags)
+    v.require_keys(REQUIRED["model"])
+    arch = v.name("arch", ARCHS, "llama")
+    dtype = v.name("dtype", tuple(DTYPE_BYTES), "bf16")
+    c = {k: v.count(k) for k in ("layers", "hidden", "heads", "ffn", "vocab")}
+    kv_heads = v.count("kv_heads", c["heads"])
+    head_dim = v.count("head_dim")
+    experts = v.count("experts", 0, minimum=1 if v.has("experts") else 0)
+    top_k = v.count("top_k", 2 if arch == "mixtral" else 0)
+    if arch == "mixtral" and not v.has("experts"):
+        v._err("E013", f"model {b.name.name!r} has arch mixtral and needs `experts`",
+               b.name.span, "add `experts 8` (and optionally `top_k 2`)")
+    if arch == "llama" and (v.has("experts") or v.has("top_k")):
+        key = "experts" if v.has("experts") else "top_k"
+        v._err("E014", f"`{key}` needs `arch mixtral`", v.span(key),
+               "set `arch mixtral` for a mixture-of-experts model")
+    if not v.ok:
+        return None
+    assert c["heads"] and c["hidden"] and c["layers"] and c["ffn"] and kv_heads
+    if head_dim is None:
+        if c["hidden"] % c["heads"]:
+            v._err("E015", f"hidden ({c['hidden']}) is not divisible by heads ({c['heads']}), "
+                   "so head_dim cannot be derived", v.span("hidden"), "set `head_dim` explicitly")
+            return None
+        head_dim = c["hidden"] // c["heads"]
+    if experts and top_k > experts:
+        v._err("E016", f"top_k ({top_k}) is larger than experts ({experts})", v.span("top_k"),
+               f"top_k must be between 1 and {experts}")
+        return None
+    spans = {k: p.span for k, p in v.props.items()}
+    return ModelSpec(b.name.name, arch, c["layers"], c["hidden"], c["heads"], kv_heads,  # type: ignore[arg-type]
+                     head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,  # type: ignore[arg-type]
+                     span=b.name.span, spans=spans)
+
+
+def _workload(b: ast.Block, diags: Diagnostics) -> WorkloadSpec | None:
+    v = _Values(b, diags)
+    phase = v.name("phase", PHASES, "prefill")
+    batch, _ = v.count_or_hole("batch")
+    seq, _ = v.count_or_hole("seq")
+    context = v.count("context", 0)
+    generate = v.count("generate", 0)
+    if phase == "decode":
+        for k in ("context", "generate"):
+            if not v.has(k):
+                v._err("E013", f"a decode workload needs `{k}`", b.name.span,
+                       "e.g. `context 4096` and `generate 128`")
+        if not v.has("seq"):
+            seq = (context or 0) + (generate or 0)
+    else:
+        v.require_keys(REQUIRED["workload"])
+    if not v.has("batch"):
+        v.require_keys(("batch",))
+    if not v.ok:
+        return None
+    spans = {k: p.span for k, p in v.props.items()}
+    return WorkloadSpec(b.name.name, batch, seq, phase, context or 0, generate or 0,  # type: ignore[arg-type]
+                        span=b.name.span, spans=spans)
+
+
+def _ref(v: _Values, key: str, table: dict[str, Any], declared: set[str]) -> Any:
+    name = v.name(key, None)
+    if name is None:
+        return None
+    if name in table:
+        return table[name]
+    if name in declared:
+        return None  # declared but invalid: its own error explains
+    guess = did_you_mean(name, declared)
+    v._err("E003", f"unknown {key} {name!r}", v.props[key].value.span,
+           f"did you mean {guess!r}?" if guess else
+           (f"declared {key}s: {one_of(declared)}" if declared else f"declare `{key} {name} {{ }}`"))
+    return None
+
+
+def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[str, ClusterSpec],
+          workloads: dict[str, WorkloadSpec], declared: dict[str, set[str]], diags: Diagnostics
+          ) -> PlanSpec | None:
+    v = _Values(b, diags)
+    v.require_keys(REQUIRED["plan"])
+    model = _ref(v, "model", models, declared["model"])
+    cluster = _ref(v, "cluster", clusters, declared["cluster"])
+    workload = _ref(v, "workload", workloads, declared["workload"])
+    mesh: list[tuple[str, int | None]] = []
+    axis_spans: dict[str, Span] = {}
+    mesh_span = None
+    shards: list[ShardSpec] = []
+    sharded: dict[str, Span] = {}
+    int8 = sparse = False
+    compress_span = None
+    requires: list[RequireSpec] = []
+    objective = None
+    for stmt in b.body:
+        if isinstance(stmt, ast.Mesh):
+            if mesh_span is not None:
+                v._err("E011", "mesh is set twice", stmt.span, "keep one mesh line",
+                       (Related(mesh_span, "first set here"),))
+                continue
+            mesh_span = stmt.span
+            for ax in stmt.axes:
+                if ax.name.name in axis_spans:
+                    v._err("E030", f"mesh axis {ax.name.name!r} appears twice", ax.name.span,
+                           "give each axis a distinct name",
+                           (Related(axis_spans[ax.name.name], "first here"),))
+                    continue
+                axis_spans[ax.name.name] = ax.name.span
+                size = None if isinstance(ax.size, ast.Hole) else v._integer(
+                    f"size of axis {ax.name.name}", ax.size, 1)
+                if size is None and not isinstance(ax.size, ast.Hole):
+                    continue
+                mesh.append((ax.name.name, size))
+        elif isinstance(stmt, ast.Shard):
+            sh = _shard(stmt, v, sharded)
+            if sh is not None:
+                shards.append(sh)
+        elif isinstance(stmt, ast.Compress):
+            words = " ".join(w.name for w in stmt.words)
+            if words in ("weights int8", "int8"):
+                int8 = True
+            elif words in ("mlp sparse 2:4", "mlp 2:4"):
+                sparse = True
+            else:
+                v._err("E031", f"unknown compression `{words}`", stmt.span,
+                       "supported: `compress weights int8`, `compress mlp sparse 2:4`")
+            compress_span = compress_span or stmt.span
+        elif isinstance(stmt, ast.Require):
+            r = _require(stmt, v)
+            if r is not None:
+                requires.append(r)
+        elif isinstance(stmt, ast.Objective):
+            allowed = OBJECTIVES[stmt.direction]
+            if stmt.target.name not in allowed:
+                guess = did_you_mean(stmt.target.name, allowed)
+                v._err("E032", f"cannot {stmt.direction} {stmt.target.name!r}", stmt.target.span,
+                       f"did you mean {guess!r}?" if guess else f"{stmt.direction} takes: "
+                       f"{one_of(allowed)}")
+            elif objective is not None:
+                v._err("E011", "more than one objective", stmt.span, "keep one")
+            else:
+                objective = (stmt.direction, stmt.target.name)
+    for sh in shards:
+        for ax, sp in zip(sh.axes, sh.axis_spans):
+            if ax not in axis_spans:
+                guess = did_you_mean(ax, axis_spans)
+                v._err("E033", f"shard uses axis {ax!r}, which is not in the mesh", sp,
+                       f"did you mean {guess!r}?" if guess else
+                       (f"mesh axes: {one_of(axis_spans)}" if axis_spans else
+                        f"add it to the mesh: `mesh {ax}=N`"),
+                       (Related(mesh_span, "mesh declared here"),) if mesh_span else ())
+    if mesh_span is None and v.ok:
+        v._err("E013", f"plan {b.name.name!r} needs a `mesh` line", b.name.span,
+               "e.g. `mesh pp=2, tp=8` (sizes multiply to the device count)")
+    if not v.ok or model is None or cluster is None or workload is None:
+        return None
+    return PlanSpec(b.name.name, path, model, cluster, workload, tuple(mesh), tuple(shards),
+                    int8, sparse, tuple(requires), objective, span=b.name.span,
+                    mesh_span=mesh_span, axis_spans=axis_spans, compress_span=compress_span)
+
+
+def _shard(stmt: ast.Shard, v: _Values, sharded: dict[str, Span]) -> ShardSpec | None:
+    ok = True
+    for d in stmt.dims:
+        if d.name not in DIMS:
+            guess = did_you_mean(d.name, DIMS)
+            v._err("E034", f"unknown dimension {d.name!r}", d.span,
+                   f"did you mean {guess!r}?" if guess else f"dimensions: {', '.join(DIMS)}")
+            ok = False
+        elif d.name in sharded:
+            v._err("E035", f"dimension {d.name!r} is sharded twice", d.span,
+                   "shard each dimension once (list several axes on one line: "
+                   f"`shard {d.name} over a, b`)", (Related(sharded[d.name], "first sharded here"),))
+            ok = False
+        else:
+            sharded[d.name] = d.span
+    seen_axes: set[str] = set()
+    for a in stmt.axes:
+        if a.name in seen_axes:
+            v._err("E030", f"axis {a.name!r} is listed twice", a.span)
+            ok = False
+        seen_axes.add(a.name)
+    dims = tuple(d.name for d in stmt.dims)
+    micro: int | None = 1
+    micro_span = stages_span = None
+    fit = False
+    attention = "local"
+    stages: list[tuple[int, int]] = []
+    for opt in stmt.options:
+        if isinstance(opt, ast.Microbatches):
+            if "layers" not in dims:
+                v._err("E036", "`microbatches` goes with `shard layers over AXIS` (pipeline)",
+                       opt.span, "move it to the line that shards layers")
+                ok = False
+            micro_span = opt.span
+            micro = None if isinstance(opt.count, ast.Hole) else v._integer(
+                "microbatches", opt.count, 1)
+        elif isinstance(opt, ast.FitCache):
+            if "layers" not in dims:
+                v._err("E036", "`fit cache` goes with `shard layers over AXIS`", opt.span)
+                ok = False
+            fit = True
+        elif isinstance(opt, ast.AttentionMode):
+            if "seq" not in dims:
+                v._err("E036", "`attention` goes with `shard seq over AXIS`", opt.span)
+                ok = False
+            if opt.mode.name not in ATTENTION_MODES:
+                guess = did_you_mean(opt.mode.name, ATTENTION_MODES)
+                v._err("E025", f"unknown attention mode {opt.mode.name!r}", opt.mode.span,
+                       f"did you mean {guess!r}?" if guess else "ring or gather")
+                ok = False
+            else:
+                attention = opt.mode.name
+        elif isinstance(opt, ast.Stages):
+            if "layers" not in dims:
+                v._err("E036", "`stages` goes with `shard layers over AXIS`", opt.span)
+                ok = False
+            stages_span = opt.span
+            for r in opt.ranges:
+                first = v._integer("stage start", r.first, 0)
+                last = v._integer("stage end", r.last, 0)
+                if first is None or last is None:
+                    ok = False
+                elif last < first:
+                    v._err("E037", f"stage [{first}..{last}] ends before it starts", r.span,
+                           "write [FIRST..LAST] with FIRST <= LAST (both inclusive)")
+                    ok = False
+                else:
+                    stages.append((first, last))
+    if "seq" in dims and attention == "local":
+        attention = "ring"
+    if not ok:
+        return None
+    return ShardSpec(dims, tuple(a.name for a in stmt.axes), micro, fit, attention,  # type: ignore[arg-type]
+                     tuple(stages), span=stmt.span, dim_spans=tuple(d.span for d in stmt.dims),
+                     axis_spans=tuple(a.span for a in stmt.axes), microbatches_span=micro_span,
+                     stages_span=stages_span)
+
+
+def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
+    metric = stmt.metric.name
+    if metric not in METRICS:
+        guess = did_you_mean(metric, METRICS)
+        v._err("E040", f"unknown metric {metric!r} in require", stmt.metric.span,
+               f"did you mean {guess!r}?" if guess else f"metrics: {one_of(METRICS)}")
+        return None
+    q = stmt.quantity
+    text = q.number.text + (f" {q.unit.name}" if q.unit else "")
+    if q.unit is None:
+        dim, scale = "count", Fraction(1)
+    else:
+        found = units.lookup(q.unit.name)
+        if found is None:
+            allowed = [u for d in METRICS[metric] for u in units.units_of(d)]
+            guess = did_you_mean(q.unit.name, allowed)
+            v._err("E027", f"unknown unit {q.unit.name!r}", q.unit.span,
+                   f"did you mean {guess!r}?" if guess else f"units: {', '.join(allowed)}")
+            return None
+        dim, scale = found
+    if dim not in METRICS[metric]:
+        wanted = " or ".join(units.DIMENSION_WORDS[d] for d in METRICS[metric])  # type: ignore[index]
+        v._err("E041", f"`require {metric}` takes {wanted}, not {text!r}", q.span)
+        return None
+    return RequireSpec(metric, stmt.op, q.number.value * scale, dim, text, span=stmt.span)

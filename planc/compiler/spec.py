@@ -1,0 +1,175 @@
+"""The resolved spec: names bound, units normalised to integers, presets filled in.
+
+These frozen dataclasses are what the checks and the lowering read. Spans are kept beside the
+values they justify (fields named `*_span`, excluded from equality) so every diagnostic can point
+at the line that produced a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+from planc.diagnostics import Span
+
+DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
+               "fp8": 1, "int8": 1}
+
+
+def _span() -> Span | None:
+    return field(default=None, compare=False, repr=False)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    memory: int  # HBM bytes
+    cache: int  # L2 bytes
+    compute: int  # dense FLOP/s at the model dtype
+    bandwidth: int  # HBM bytes/s
+    reserve: int  # bytes the runtime holds outside torch's allocator
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    device: DeviceSpec
+    count: int
+    per_node: int
+    intra: int  # bytes/s per direction within a node
+    inter: int  # bytes/s per device across nodes
+    span: Span | None = _span()
+    count_span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: Literal["llama", "mixtral"]
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    dtype: str
+    vocab: int | None = None
+    experts: int = 0
+    top_k: int = 0
+    span: Span | None = _span()
+    spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    batch: int | None  # None: a hole for the verifier to fill
+    seq: int | None
+    phase: Literal["prefill", "decode"] = "prefill"
+    context: int = 0
+    generate: int = 0
+    span: Span | None = _span()
+    spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    dims: tuple[str, ...]
+    axes: tuple[str, ...]
+    microbatches: int | None = 1  # None: a hole
+    fit_cache: bool = False
+    attention: Literal["local", "ring", "gather"] = "local"
+    stages: tuple[tuple[int, int], ...] = ()  # inclusive ranges as written
+    span: Span | None = _span()
+    dim_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    axis_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    microbatches_span: Span | None = _span()
+    stages_span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class RequireSpec:
+    metric: str
+    op: Literal["<=", ">=", "==", "<", ">"]
+    value: Fraction  # normalised: bytes, seconds, tokens/s, FLOP/s or a plain count
+    unit: str  # the dimension of value, e.g. "bytes", "percent", "count"
+    text: str  # as written, for messages
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    name: str
+    file: str
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: WorkloadSpec
+    mesh: tuple[tuple[str, int | None], ...]  # None: a hole
+    shards: tuple[ShardSpec, ...]
+    compress_int8: bool = False
+    compress_mlp_2_4: bool = False
+    requires: tuple[RequireSpec, ...] = ()
+    objective: tuple[str, str] | None = None  # ("minimize", "time")
+    span: Span | None = _span()
+    mesh_span: Span | None = _span()
+    axis_spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
+    compress_span: Span | None = _span()
+
+    @property
+    def has_holes(self) -> bool:
+        return (
+            any(s is None for _, s in self.mesh)
+            or any(sh.microbatches is None for sh in self.shards)
+            or self.workload.batch is None
+            or self.workload.seq is None
+        )
+
+    def axis_size(self, axis: str) -> int:
+        for a, s in self.mesh:
+            if a == axis:
+                assert s is not None, "holes are filled before lowering"
+                return s
+        raise KeyError(axis)
+
+    def axes_of(self, dim: str) -> tuple[str, ...]:
+        for sh in self.shards:
+            if dim in sh.dims:
+                return sh.axes
+        return ()
+
+    def shard_of(self, dim: str) -> ShardSpec | None:
+        for sh in self.shards:
+            if dim in sh.dims:
+                return sh
+        return None
+
+    def degree(self, dim: str) -> int:
+        n = 1
+        for a in self.axes_of(dim):
+            n *= self.axis_size(a)
+        return n
+
+    @property
+    def devices(self) -> int:
+        n = 1
+        for _, s in self.mesh:
+            assert s is not None
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    path: str
+    plans: tuple[PlanSpec, ...]
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    clusters: dict[str, ClusterSpec] = field(default_factory=dict)
+    workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
+    devices: dict[str, DeviceSpec] = field(default_factory=dict)
