@@ -593,4 +593,14 @@ def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
         wanted = " or ".join(units.DIMENSION_WORDS[d] for d in METRICS[metric])  # type: ignore[index]
         v._err("E041", f"`require {metric}` takes {wanted}, not {text!r}", q.span)
         return None
+    lower_limits = {"throughput"}  # a bound refutes only claims in the direction it limits
+    upper_limits = {"latency", "tpot"}
+    if (metric in lower_limits and stmt.op not in (">=", ">")) or (
+            metric in upper_limits and stmt.op not in ("<=", "<")):
+        want = ">=" if metric in lower_limits else "<="
+        v._err("E042", f"`require {metric}` is a {'lower' if want == '>=' else 'upper'} limit: "
+               f"write `require {metric} {want} {text}`", stmt.span,
+               "planc checks performance claims against physical bounds, which only limit "
+               "them in one direction")
+        return None
     return RequireSpec(metric, stmt.op, q.number.value * scale, dim, text, span=stmt.span)

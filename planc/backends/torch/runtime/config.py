@@ -63,6 +63,9 @@ class RunConfig:
     predicted_peak: tuple[int, ...] = ()
     warmup: int = 1
     repeats: int = 3
+    # Rank 0 gathers the full output and compares it with Hugging Face transformers run on the
+    # same checkpoint and inputs. Off for large benchmarks, where one device cannot hold the model.
+    check_reference: bool = True
 
     @property
     def world_size(self) -> int:

@@ -1,0 +1,119 @@
+"""Measurements of one run: forward time, memory per rank, and the metrics JSON rank 0 writes.
+
+Time: `warmup` untimed forwards, then `repeats` timed ones, each started after a barrier. A
+repeat's time is its slowest rank's (all_reduce MAX: a pipeline finishes when its last stage
+does), the reported time the median over repeats. CUDA events on GPU, perf_counter on CPU.
+Memory (CUDA only): peaks are reset after the weights are loaded, so a peak is the weights plus
+what one forward allocates; the previous forward's output is dropped before the next starts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from planc.backends.torch.runtime.dist import RankContext, barrier
+
+T = TypeVar("T")
+
+
+def reset_peaks(ctx: RankContext) -> None:
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+
+def time_forward(ctx: RankContext, fn: Callable[[], T]) -> tuple[list[float], T | None]:
+    """Per-repeat times in seconds (slowest rank of each repeat) and the last output."""
+    out: T | None = None
+    for _ in range(ctx.cfg.warmup):
+        barrier(ctx)
+        out = None
+        out = fn()
+    times = []
+    for _ in range(ctx.cfg.repeats):
+        barrier(ctx)
+        out = None
+        if ctx.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+    slowest = torch.tensor(times, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return slowest.tolist(), out
+
+
+def memory_stats(ctx: RankContext, weight_bytes: int) -> dict[str, Any]:
+    cfg = ctx.cfg
+    stats: dict[str, Any] = {
+        "rank": ctx.rank,
+        "peak_allocated": None,
+        "peak_reserved": None,
+        "weight_bytes": weight_bytes,
+        "predicted_peak": cfg.predicted_peak[ctx.rank] if cfg.predicted_peak else None,
+    }
+    if ctx.device.type == "cuda":
+        stats["peak_allocated"] = torch.cuda.max_memory_allocated(ctx.device)
+        stats["peak_reserved"] = torch.cuda.max_memory_reserved(ctx.device)
+    return stats
+
+
+def sdpa_backend(ctx: RankContext, heads: int, kv_heads: int) -> str | None:
+    """Which SDPA kernel torch picks for this rank's attention shapes (None if unknown)."""
+    d, s = ctx.cfg.model.head_dim, min(ctx.cfg.seq, 256)
+    q = torch.empty((1, heads, s, d), device=ctx.device, dtype=ctx.dtype)
+    k = torch.empty((1, kv_heads, s, d), device=ctx.device, dtype=ctx.dtype)
+    try:
+        choice = torch._fused_sdp_choice(  # type: ignore[attr-defined]
+            q, k, k, None, 0.0, ctx.cfg.causal, scale=d**-0.5, enable_gqa=heads != kv_heads
+        )
+        return torch.nn.attention.SDPBackend(choice).name
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def summary(
+    ctx: RankContext,
+    times: list[float],
+    ranks: list[dict[str, Any]],
+    errors: tuple[float, float] | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    cfg = ctx.cfg
+    t = statistics.median(times)
+    return {
+        "tokens_per_s": cfg.batch * cfg.seq / t,
+        "time_s": t,
+        "times_s": times,
+        "ranks": ranks,
+        "max_abs_error": errors[0] if errors else None,
+        "max_rel_error": errors[1] if errors else None,
+        "world_size": cfg.world_size,
+        "device": ctx.device.type,
+        "dtype": cfg.dtype,
+        "torch_version": torch.__version__,
+        **extra,
+    }
+
+
+def write_metrics(path: str | Path, data: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(p)  # readers never see half a file

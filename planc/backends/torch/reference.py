@@ -1,0 +1,116 @@
+"""The independent reference: Hugging Face transformers models built from a RunConfig.
+
+`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral) with
+save_pretrained, which is what ranks load when no checkpoint is given, so the safetensors path is
+always the one exercised. `reference_output` runs the same checkpoint through transformers
+(eager attention, float32) on the same inputs; the runtime's output is compared with it.
+Nobody in this project wrote that code, which is the point. transformers is imported lazily:
+only the ranks that build or check a model pay for the import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from planc.backends.torch.runtime.config import ModelDims, RunConfig
+from planc.backends.torch.runtime.dist import DTYPES
+from planc.backends.torch.runtime.inputs import make_inputs
+
+# LlamaConfig needs an embedding table; models fed inputs_embeds get a 1-row placeholder that the
+# runtime never reads.
+PLACEHOLDER_VOCAB = 1
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
+    """A transformers config with exactly the knobs the runtime implements."""
+    common: dict[str, Any] = {
+        "vocab_size": m.vocab if m.vocab is not None else PLACEHOLDER_VOCAB,
+        "hidden_size": m.hidden,
+        "intermediate_size": m.ffn,
+        "num_hidden_layers": m.layers,
+        "num_attention_heads": m.heads,
+        "num_key_value_heads": m.kv_heads,
+        "head_dim": m.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": m.rms_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        # Unit-variance linear outputs (std 1/sqrt(fan_in) for the hidden-sized inputs), so
+        # attention scores are O(1) and a wrong rotation or mask changes the output visibly.
+        "initializer_range": m.hidden**-0.5,
+        "tie_word_embeddings": False,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "attention_dropout": 0.0,
+    }
+    if m.arch == "llama":
+        from transformers import LlamaConfig
+
+        cfg = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+    else:
+        from transformers import MixtralConfig
+
+        cfg = MixtralConfig(
+            num_local_experts=m.experts, num_experts_per_tok=m.top_k, sliding_window=None, **common
+        )
+    cfg.is_causal = causal  # read by transformers' mask builder; False gives full attention
+    return cfg
+
+
+def _model_class(m: ModelDims) -> Any:
+    if m.arch == "llama":
+        from transformers import LlamaModel
+
+        return LlamaModel
+    from transformers import MixtralModel
+
+    return MixtralModel
+
+
+def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
+    """Seeded random model in the run dtype, written with save_pretrained (safetensors)."""
+    _quiet_transformers()
+    torch.manual_seed(cfg.seed)
+    model = _model_class(cfg.model)(hf_config(cfg.model, causal=cfg.causal))
+    with torch.no_grad():
+        # HF initialises norms to ones; random scales make a misplaced norm weight visible.
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    model.to(DTYPES[cfg.dtype]).save_pretrained(str(path))
+
+
+def reference_output(cfg: RunConfig, path: str | Path, device: torch.device) -> Tensor:
+    """last_hidden_state [batch, seq, hidden] of transformers on the checkpoint, in float32."""
+    _quiet_transformers()
+    model = _model_class(cfg.model).from_pretrained(
+        str(path), dtype=torch.float32, attn_implementation="eager"
+    )
+    model.config.is_causal = cfg.causal
+    model.to(device).eval()
+    # The runtime's inputs, rounded to the run dtype as the runtime sees them.
+    x = make_inputs(cfg, range(cfg.batch), None, device, DTYPES[cfg.dtype])
+    with torch.inference_mode():
+        if cfg.model.vocab is not None:
+            out = model(input_ids=x).last_hidden_state
+        else:
+            out = model(inputs_embeds=x.float()).last_hidden_state
+    del model
+    return out
+
+
+def max_errors(out: Tensor, ref: Tensor) -> tuple[float, float]:
+    """(max |out - ref|, max |out - ref| / max |ref|), in float32."""
+    diff = (out.float() - ref.float()).abs().max().item()
+    return diff, diff / max(ref.float().abs().max().item(), 1e-30)

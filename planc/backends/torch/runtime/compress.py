@@ -1,0 +1,183 @@
+"""Weight compression for linears: int8 weight-only (symmetric per-output-channel scales), 2:4
+semi-structured sparsity, and both together; `CompressedLinear` stores a weight compressed and
+computes y = x @ W.T with it.
+
+Storage (what `CompressedLinear.stored_tensors` holds; compress_layout gives the byte formulas):
+- int8: q int8 [out, in] and scale [out] in the weight's dtype, W ~= q * scale[:, None].
+- 2:4: values [out, in/2] (the 2 kept of every 4 consecutive inputs, in order) and metadata
+  uint8 [out, in/8]: per group of 4 one nibble (lo 2 bits: index of the first kept element,
+  hi 2 bits: of the second), two groups per byte. That is 2 bits per kept element, the same
+  in/8 bytes per row that torch's CUDA formats store (CUTLASS: int16 [out, in/16], int32
+  [out, in/32] for int8; cuSPARSELt: values and metadata in one buffer of in*out*9/16 elements
+  for 16-bit dtypes, in*out*10/16 for int8), without their swizzle.
+- int8 + 2:4: the pruned weight quantized, its int8 values packed as above, plus the scales.
+
+Compute:
+- CPU: dense math on the decompressed weight (int8: x @ (q * scale).T; 2:4: a masked dense
+  weight rebuilt from values and metadata).
+- CUDA int8: torch._weight_int8pack_mm (x [T, in], q [out, in] int8, scale [out], x's dtype)
+  where it runs for these dtypes; otherwise F.linear(x, q.to(x.dtype)) * scale (exact
+  dequantization up to float rounding). torch._int_mm is not used: it needs int8 activations,
+  which changes the numerics of a weight-only scheme.
+- CUDA 2:4: torch.sparse.to_sparse_semi_structured on the pruned weight when the dtype is
+  float16/bfloat16 and both dims are multiples of 64 (the CUTLASS/cuSPARSELt minimum shapes);
+  then F.linear dispatches to the sparse kernel and only its compressed tensor is kept.
+  float32 is excluded on purpose: torch's float32 CUTLASS format is 1:2, not 2:4.
+- CUDA int8 + 2:4: weights stay int8 + metadata (memory as compress_layout says) and are
+  decompressed per call; no weight-only int8 sparse kernel exists in torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q int8 [out, in], scale [out] in w.dtype) with
+    scale = max|w_row| / 127, so |w - q * scale| <= scale / 2 elementwise."""
+    w32 = w.float()
+    exact = w32.abs().amax(dim=1) / 127
+    scale = exact.to(w.dtype)
+    # A scale rounded down in a narrow dtype would push |w/scale| past 127 (clamped, error
+    # above scale/2): step such scales up by one ulp of their dtype.
+    low = scale.float() < exact
+    scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
+    safe = torch.where(scale.float() > 0, scale.float(), torch.ones_like(exact))
+    q = torch.round(w32 / safe[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float() * scale.float()[:, None]).to(scale.dtype)
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y = x @ dequantize_int8(q, scale).T."""
+    if x.is_cuda:
+        x2 = x.reshape(-1, x.shape[-1])
+        if hasattr(torch, "_weight_int8pack_mm"):
+            try:
+                y = torch._weight_int8pack_mm(x2, q, scale.to(x.dtype))
+                return y.reshape(*x.shape[:-1], q.shape[0])
+            except (RuntimeError, NotImplementedError):
+                pass  # no CUDA kernel for this dtype/shape in this torch: dequantize instead
+        return (F.linear(x2, q.to(x.dtype)) * scale.to(x.dtype)).reshape(*x.shape[:-1], -1)
+    return F.linear(x, dequantize_int8(q, scale).to(x.dtype))
+
+
+def mask_2_4(w: torch.Tensor) -> torch.Tensor:
+    """Bool mask keeping the 2 largest |w| of every 4 consecutive elements of each row."""
+    out_f, in_f = w.shape
+    if in_f % 4:
+        raise ValueError(f"2:4 sparsity needs in_features % 4 == 0, got {in_f}")
+    groups = w.detach().abs().float().view(out_f, in_f // 4, 4)
+    keep = torch.topk(groups, 2, dim=-1).indices
+    mask = torch.zeros(groups.shape, dtype=torch.bool, device=w.device)
+    return mask.scatter_(-1, keep, True).view(out_f, in_f)
+
+
+def prune_2_4(w: torch.Tensor) -> torch.Tensor:
+    """w with all but the 2 largest |w| of every 4 consecutive inputs set to zero."""
+    return w * mask_2_4(w)
+
+
+def pack_2_4(w: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [out, in/2], metadata uint8 [out, in/8]) of w's elements where mask (exactly 2
+    of every 4) is set."""
+    out_f, in_f = w.shape
+    if in_f % 8:
+        raise ValueError(f"packed 2:4 needs in_features % 8 == 0, got {in_f}")
+    m = mask.view(out_f, in_f // 4, 4)
+    if not bool((m.sum(-1) == 2).all()):
+        raise ValueError("mask is not 2:4 (exactly 2 of every 4)")
+    pos = torch.arange(4, device=w.device).expand_as(m)
+    idx = pos[m].view(out_f, in_f // 4, 2)  # ascending kept positions per group
+    values = torch.gather(w.view(out_f, in_f // 4, 4), -1, idx).reshape(out_f, in_f // 2)
+    nibble = (idx[..., 0] | (idx[..., 1] << 2)).view(out_f, in_f // 8, 2)
+    meta = (nibble[..., 0] | (nibble[..., 1] << 4)).to(torch.uint8)
+    return values.contiguous(), meta
+
+
+def unpack_2_4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Dense [out, in] with zeros where pack_2_4 dropped elements."""
+    out_f, half = values.shape
+    m = meta.to(torch.int64)
+    nibble = torch.stack((m & 15, m >> 4), dim=-1).view(out_f, half // 2)
+    idx = torch.stack((nibble & 3, nibble >> 2), dim=-1)
+    dense = torch.zeros(out_f, half // 2, 4, dtype=values.dtype, device=values.device)
+    dense.scatter_(-1, idx, values.view(out_f, half // 2, 2))
+    return dense.view(out_f, half * 2)
+
+
+def semi_structured_ok(w: torch.Tensor) -> bool:
+    """Whether torch's CUDA 2:4 kernels take this weight (see the module docstring)."""
+    return (
+        w.is_cuda
+        and w.dtype in (torch.float16, torch.bfloat16)
+        and w.shape[0] % 64 == 0
+        and w.shape[1] % 64 == 0
+        and hasattr(torch.sparse, "to_sparse_semi_structured")
+        and torch.cuda.get_device_capability(w.device) >= (8, 0)
+    )
+
+
+class CompressedLinear(torch.nn.Module):
+    """y = x @ W.T with W stored as compress says (no bias: llama/mixtral linears have none)."""
+
+    def __init__(self, weight: torch.Tensor, *, int8: bool = False, sparse_2_4: bool = False):
+        super().__init__()
+        self.int8, self.sparse_2_4 = int8, sparse_2_4
+        self.dtype = weight.dtype
+        self.out_features, self.in_features = weight.shape
+        w = weight.detach()
+        self.semi: torch.Tensor | None = None  # CUDA semi-structured weight, when used
+        if sparse_2_4:
+            mask = mask_2_4(w)
+            w = w * mask
+            if not int8 and semi_structured_ok(w):
+                self.semi = torch.sparse.to_sparse_semi_structured(w.contiguous())
+        if int8:
+            q, scale = quantize_int8(w)
+            self.register_buffer("scale", scale)
+            w = q
+        if sparse_2_4 and self.semi is None:
+            values, meta = pack_2_4(w, mask)
+            self.register_buffer("values", values)
+            self.register_buffer("meta", meta)
+        elif self.semi is None:
+            self.register_buffer("weight", w.contiguous())
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = dict(self.named_buffers())
+        if self.semi is not None:
+            tensors["semi"] = self.semi
+        return tensors
+
+    def stored_bytes(self) -> int:
+        total = 0
+        for name, t in self.stored_tensors().items():
+            if name == "semi":  # count the compressed buffers inside the tensor subclass
+                total += sum(p.numel() * p.element_size() for p in _semi_parts(t))
+            else:
+                total += t.numel() * t.element_size()
+        return total
+
+    def dense_weight(self) -> torch.Tensor:
+        """The effective weight [out, in] in the original dtype (pruned and/or dequantized)."""
+        if self.semi is not None:
+            return self.semi.to_dense()
+        w = unpack_2_4(self.values, self.meta) if self.sparse_2_4 else self.weight
+        return dequantize_int8(w, self.scale) if self.int8 else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.semi is not None:
+            return F.linear(x, self.semi)
+        if self.int8 and not self.sparse_2_4:
+            return int8_linear(x, self.weight, self.scale)
+        return F.linear(x, self.dense_weight().to(x.dtype))
+
+
+def _semi_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    names = ("packed", "meta", "packed_t", "meta_t", "compressed_swizzled_bitmask")
+    return [p for p in (getattr(t, n, None) for n in names) if p is not None]

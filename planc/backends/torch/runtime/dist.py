@@ -1,0 +1,114 @@
+"""Process groups: start torch.distributed, build the DeviceMesh of a RunConfig, and hand out the
+process group of any tuple of mesh axes (several axes = their product, e.g. ffn over ("n", "m")).
+
+Order of events (torchtitan style): environment -> process group -> mesh -> per-split groups,
+all before any weight is read, because creating a group is collective: every rank must create
+every group, in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from planc.backends.torch.runtime.config import RunConfig
+from planc.backends.torch.runtime.layout import Layout, check_config, coords_of
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RankContext:
+    """What every runtime function needs to know about this rank."""
+
+    cfg: RunConfig
+    layout: Layout
+    mesh: DeviceMesh
+    device: torch.device
+    dtype: torch.dtype
+    _groups: dict[frozenset[str], dist.ProcessGroup] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return self.layout.rank
+
+    def group(self, axes: tuple[str, ...]) -> dist.ProcessGroup | None:
+        """Process group of the ranks that differ from this one only on `axes`.
+
+        None when those axes have size 1 (nothing to communicate). Groups for the axes in
+        cfg.splits exist already; any other tuple is created here, which is collective: every
+        rank must ask for it.
+        """
+        axes = tuple(a for a in axes if dict(self.cfg.mesh)[a] > 1)
+        if not axes:
+            return None
+        key = frozenset(axes)
+        if key not in self._groups:
+            self._groups[key] = _new_axes_group(self.cfg, self.mesh, axes)
+        return self._groups[key]
+
+    def dim_group(self, dim: str) -> dist.ProcessGroup | None:
+        """Group over which model dimension `dim` is split (cfg.splits[dim])."""
+        return self.group(self.cfg.splits.get(dim, ()))
+
+
+def _new_axes_group(cfg: RunConfig, mesh: DeviceMesh, axes: tuple[str, ...]) -> dist.ProcessGroup:
+    if len(axes) == 1:
+        return mesh.get_group(axes[0])
+    # One group per combination of the other axes' coordinates; ranks sorted (new_group sorts
+    # them anyway), so a rank's place in the group is the row-major index in mesh order.
+    others = [a for a, _ in cfg.mesh if a not in axes]
+    members: dict[tuple[int, ...], list[int]] = {}
+    for r in range(cfg.world_size):
+        c = coords_of(cfg, r)
+        members.setdefault(tuple(c[a] for a in others), []).append(r)
+    mine, _ = dist.new_subgroups_by_enumeration([sorted(v) for _, v in sorted(members.items())])
+    return mine
+
+
+def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
+    """Start the process group (gloo on cpu, nccl on cuda) and build the mesh and its groups."""
+    check_config(cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != cfg.world_size:
+        raise RuntimeError(
+            f"launched with {world} processes but the plan's mesh {list(cfg.mesh)} has "
+            f"{cfg.world_size} ranks: run torchrun --nproc-per-node {cfg.world_size} (one node)"
+        )
+    timeout = timedelta(seconds=timeout_s)
+    if device == "cuda":
+        # NVLink multicast (NVLS) is off on the lent machines; NCCL reads this at communicator
+        # creation, so it must be set before the first collective.
+        os.environ["NCCL_NVLS_ENABLE"] = "0"
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", timeout=timeout, device_id=dev)
+    elif device == "cpu":
+        dev = torch.device("cpu")
+        dist.init_process_group("gloo", timeout=timeout)
+    else:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    names = tuple(a for a, _ in cfg.mesh)
+    mesh = init_device_mesh(dev.type, tuple(s for _, s in cfg.mesh), mesh_dim_names=names)
+    ctx = RankContext(cfg, Layout(cfg, rank), mesh, dev, DTYPES[cfg.dtype])
+    for dim in sorted(cfg.splits):  # sorted: every rank creates the groups in the same order
+        ctx.dim_group(dim)
+    return ctx
+
+
+def barrier(ctx: RankContext) -> None:
+    if ctx.device.type == "cuda":
+        dist.barrier(device_ids=[ctx.device.index])
+    else:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,71 @@
+"""One pipeline stage of the sharded model: (embedding), this stage's decoder layers, (final norm).
+
+The embedding lives on the first stage (only when the model has a vocabulary; otherwise the
+program feeds inputs_embeds), the final RMSNorm on the last, as in Hugging Face's LlamaModel.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from planc.backends.torch.runtime.dist import RankContext
+from planc.backends.torch.runtime.layers import RMSNorm, Rope, make_layer
+from planc.backends.torch.weights import ShardReader
+
+
+class StageModel(nn.Module):
+    def __init__(
+        self,
+        layer_ids: range,
+        layers: list[nn.Module],
+        embed: Tensor | None,
+        norm: RMSNorm | None,
+    ) -> None:
+        super().__init__()
+        self.layer_ids = layer_ids
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+        if embed is not None:
+            self.register_buffer("embed", embed)
+        else:
+            self.embed = None
+
+    def embed_inputs(self, x: Tensor) -> Tensor:
+        """Token ids [b, s] -> embeddings; inputs_embeds pass through unchanged."""
+        if self.embed is None:
+            return x
+        return F.embedding(x, self.embed)
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, rope)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+def load_stage(ctx: RankContext, reader: ShardReader) -> StageModel:
+    """Read this rank's layers and shards (and nothing else) from the checkpoint."""
+    lay, m = ctx.layout, ctx.cfg.model
+    embed = norm = None
+    if lay.is_first_stage and m.vocab is not None:
+        embed = reader.place(reader.full("embed_tokens.weight", (m.vocab, m.hidden)))
+    if lay.is_last_stage:
+        norm = RMSNorm(reader.place(reader.full("norm.weight", (m.hidden,))), m.rms_eps)
+    ids = lay.stage_layers()
+    layers = [make_layer(ctx, reader, i) for i in ids]
+    return StageModel(ids, layers, embed, norm)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of weights resident on this rank.
+
+    Modules keep weights as buffers; a module with packed storage (int8 + scales, 2:4 values +
+    metadata) reports its own bytes with `stored_bytes()`.
+    """
+    stored = getattr(module, "stored_bytes", None)
+    if callable(stored):
+        return int(stored())
+    own = sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
+    return own + sum(weight_bytes(c) for c in module.children())

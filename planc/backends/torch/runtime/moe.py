@@ -1,0 +1,268 @@
+"""Mixtral sparse MoE block, local and distributed: routing, expert MLPs, expert-parallel
+all-to-all dispatch/combine, and loading one rank's experts from a safetensors checkpoint.
+
+Semantics are those of transformers 5.23 `MixtralSparseMoeBlock` (inference): router logits =
+x @ gate.T in x's dtype, softmax in float32, top-k, the k weights renormalised to sum to 1;
+expert e computes down(silu(gate(x)) * up(x)) (w2(silu(w1 x) * w3 x) in Mistral's names); the
+output is the weighted sum over the k chosen experts. Inference only (no autograd through the
+collectives). Every function takes local 2-D tokens [T, H] and torch.distributed groups.
+
+Three ways to run the block, see moe_layout.moe_mode:
+- `moe_local`: all experts on this rank (ep = 1).
+- `moe_ep` (`shard experts over A`, attention data-parallel over A, so each rank of the ep group
+  has its own tokens): route locally; exchange per-expert counts (all_to_all_single); send each
+  (token, expert) row to the expert's owner (all_to_all_single, variable splits, dropless);
+  the owner groups the rows it received by local expert and runs each expert; the results go
+  back on the reverse all_to_all_single; the sender puts them in (token, slot) order and takes
+  the weighted sum. With `tp_group` (mesh ep x tp, `ffn over tp`, attention tensor-parallel over
+  tp so the ranks of a tp group hold the same tokens): every tp rank does the same routing and
+  the same all-to-all over its own ep group (the ranks with its tp coordinate), runs its ffn
+  slice of each local expert (column-parallel gate/up, row-parallel down) giving partial sums,
+  and, because the combine is linear, one all_reduce over tp of the final [T, H] output
+  completes them (the same all_reduce a Megatron MLP ends with).
+- `moe_replicated` (tokens identical on every rank of `group`, e.g. seed 004's baseline: TP=8
+  attention and 16 experts / 8 GPUs = 2 experts per GPU over the same axis): each rank adds the
+  contributions of the experts (and ffn slices) it holds; one all_reduce over the group.
+Bytes sent per call: moe_layout.ep_traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from planc.backends.torch.runtime.compress import CompressedLinear
+from planc.backends.torch.runtime.moe_layout import (
+    expert_range,
+    ffn_range,
+    fused_expert_names,
+    legacy_expert_names,
+    router_names,
+)
+
+# A linear is a weight [out, in] (y = x @ w.T) or a module such as compress.CompressedLinear.
+Linear = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ExpertWeights:
+    """The experts one rank holds: global experts [first, first + len(gate)), each possibly only
+    its ffn slice (gate/up [F/tp, H], down [H, F/tp])."""
+
+    first: int
+    gate: list[Linear] = field(default_factory=list)
+    up: list[Linear] = field(default_factory=list)
+    down: list[Linear] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.gate)
+
+
+def _apply(w: Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w) if isinstance(w, torch.Tensor) else w(x)
+
+
+def route(
+    x: torch.Tensor, router_weight: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights float32 [T, k], expert indices int64 [T, k]) exactly as MixtralTopKRouter."""
+    probs = torch.softmax(F.linear(x, router_weight).float(), dim=-1)
+    weights, experts = torch.topk(probs, top_k, dim=-1)
+    return weights / weights.sum(dim=-1, keepdim=True), experts
+
+
+def expert_mlp(x: torch.Tensor, experts: ExpertWeights, i: int) -> torch.Tensor:
+    """Local expert i (gated SiLU MLP) on rows x."""
+    return _apply(experts.down[i], F.silu(_apply(experts.gate[i], x)) * _apply(experts.up[i], x))
+
+
+def run_experts(x: torch.Tensor, counts: list[int], experts: ExpertWeights) -> torch.Tensor:
+    """x holds counts[i] consecutive rows for local expert i; returns their outputs in order."""
+    out = torch.empty(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    start = 0
+    for i, n in enumerate(counts):
+        if n:  # an expert without tokens does no work (dropless, no padding)
+            out[start : start + n] = expert_mlp(x[start : start + n], experts, i)
+        start += n
+    return out
+
+
+def _held_contributions(
+    x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, experts: ExpertWeights
+) -> torch.Tensor:
+    """sum over the chosen experts that this rank holds of weight * expert(x), float32 [T, H]."""
+    k = idx.shape[1]
+    flat = idx.reshape(-1) - experts.first
+    held = (flat >= 0) & (flat < experts.count)
+    order = torch.argsort(flat, stable=True)
+    order = order[held[order]]  # (token, slot) positions sorted by local expert
+    counts = torch.bincount(flat[held], minlength=experts.count).tolist()
+    y = run_experts(x[order // k], counts, experts).float()
+    y = y * weights.reshape(-1)[order].unsqueeze(-1)
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    return out.index_add_(0, order // k, y)
+
+
+def moe_local(
+    x: torch.Tensor, router_weight: torch.Tensor, experts: ExpertWeights, top_k: int
+) -> torch.Tensor:
+    """Single-rank block: `experts` must hold every expert, whole."""
+    weights, idx = route(x, router_weight, top_k)
+    return _held_contributions(x, weights, idx, experts).to(x.dtype)
+
+
+def moe_replicated(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    experts: ExpertWeights,
+    top_k: int,
+    group: dist.ProcessGroup | None,
+) -> torch.Tensor:
+    """Tokens identical on every rank of `group`; each (expert, ffn slice) held by exactly one
+    rank of it. Each rank adds what it holds; an all_reduce of [T, H] sums the group."""
+    weights, idx = route(x, router_weight, top_k)
+    out = _held_contributions(x, weights, idx, experts).to(x.dtype)
+    dist.all_reduce(out, group=group)
+    return out
+
+
+def moe_ep(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    experts: ExpertWeights,
+    top_k: int,
+    ep_group: dist.ProcessGroup | None,
+    tp_group: dist.ProcessGroup | None = None,
+    stats: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Expert-parallel block over `ep_group` (each rank its own tokens, E/ep experts).
+
+    `stats`, if given, receives the bytes this call sent (counts, dispatch, combine, tp) so the
+    compiler's formulas (moe_layout.ep_traffic) can be checked against the real buffers.
+    """
+    ep = dist.get_world_size(ep_group)
+    n_local = experts.count
+    n_experts = ep * n_local
+    tokens, hidden = x.shape
+    weights, idx = route(x, router_weight, top_k)
+
+    # Sort the (token, slot) rows by global expert: rows for rank r are then contiguous.
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    send = x[order // top_k]
+    counts = torch.bincount(flat, minlength=n_experts)  # int64 [E]
+    recv_counts = torch.empty_like(counts)
+    dist.all_to_all_single(recv_counts, counts, group=ep_group)  # [ep sources, n_local] flat
+    send_splits = counts.view(ep, n_local).sum(1).tolist()
+    recv_counts = recv_counts.view(ep, n_local)
+    recv_splits = recv_counts.sum(1).tolist()
+
+    recv = x.new_empty(sum(recv_splits), hidden)
+    dist.all_to_all_single(recv, send, recv_splits, send_splits, group=ep_group)
+
+    # Received rows are ordered by source rank, then local expert: regroup by local expert.
+    local_id = torch.repeat_interleave(
+        torch.arange(n_local, device=x.device).repeat(ep), recv_counts.reshape(-1)
+    )
+    regroup = torch.argsort(local_id, stable=True)
+    y = torch.empty_like(recv)
+    y[regroup] = run_experts(recv[regroup], recv_counts.sum(0).tolist(), experts)
+
+    back = x.new_empty(tokens * top_k, hidden)
+    dist.all_to_all_single(back, y, send_splits, recv_splits, group=ep_group)
+    rows = torch.empty_like(back)
+    rows[order] = back  # back to (token, slot) order
+    out = (rows.view(tokens, top_k, hidden).float() * weights.unsqueeze(-1)).sum(1).to(x.dtype)
+    if tp_group is not None:
+        dist.all_reduce(out, group=tp_group)  # sum the row-parallel partials of down
+
+    if stats is not None:
+        size = x.element_size()
+        stats["counts"] = counts.numel() * counts.element_size()
+        stats["dispatch"] = send.numel() * size
+        stats["combine"] = y.numel() * size
+        stats["tp"] = out.numel() * size if tp_group is not None else 0
+    return out
+
+
+def compress_experts(
+    experts: ExpertWeights, *, int8: bool = False, sparse_2_4: bool = False
+) -> ExpertWeights:
+    """The same experts with every linear a CompressedLinear (RunConfig.compress_int8 /
+    compress_mlp_2_4: expert linears are MLP linears). Weights must be tensors."""
+
+    def wrap(ws: list[Linear]) -> list[Linear]:
+        return [CompressedLinear(w, int8=int8, sparse_2_4=sparse_2_4) for w in ws]
+
+    return ExpertWeights(experts.first, wrap(experts.gate), wrap(experts.up), wrap(experts.down))
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _find_layout(keys: list[str], layer: int) -> tuple[str, str]:
+    """(prefix, "legacy" | "fused") of `layer`'s MoE tensors in a checkpoint."""
+    for key in keys:
+        for layout, name in zip(("legacy", "fused"), router_names(layer, prefix="")):
+            if key.endswith(name) and (len(key) == len(name) or key[-len(name) - 1] == "."):
+                return key[: len(key) - len(name)], layout
+    raise KeyError(f"no Mixtral router weight for layer {layer} in the checkpoint")
+
+
+def load_router(path: str, layer: int, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Router weight [E, H] of `layer` (replicated on every rank)."""
+    with safe_open(path, framework="pt") as f:
+        prefix, layout = _find_layout(list(f.keys()), layer)
+        w = f.get_tensor(router_names(layer, prefix)[layout == "fused"])
+    return w.to(dtype) if dtype is not None else w
+
+
+def load_experts(
+    path: str,
+    layer: int,
+    *,
+    experts: int,
+    ep: int = 1,
+    ep_rank: int = 0,
+    tp: int = 1,
+    tp_rank: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> ExpertWeights:
+    """This rank's experts of `layer` (and its ffn slice of each), read with get_slice so only
+    those bytes leave the file. Accepts the legacy per-expert names (w1/w3/w2, what
+    save_pretrained writes) and the fused in-memory layout of transformers 5.x."""
+    first, last = expert_range(experts, ep, ep_rank)
+    out = ExpertWeights(first=first)
+
+    def put(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+        for lst, w in ((out.gate, gate), (out.up, up), (out.down, down)):
+            lst.append(w.to(device=device, dtype=dtype or w.dtype).contiguous())
+
+    with safe_open(path, framework="pt") as f:
+        prefix, layout = _find_layout(list(f.keys()), layer)
+        if layout == "legacy":
+            for e in range(first, last):
+                names = legacy_expert_names(layer, e, prefix)
+                gate, up, down = (f.get_slice(names[k]) for k in ("gate", "up", "down"))
+                ffn = gate.get_shape()[0]
+                lo, hi = ffn_range(ffn, tp, tp_rank)
+                put(gate[lo:hi, :], up[lo:hi, :], down[:, lo:hi])
+        else:
+            names = fused_expert_names(layer, prefix)
+            gate_up, down = f.get_slice(names["gate_up"]), f.get_slice(names["down"])
+            ffn = down.get_shape()[2]
+            lo, hi = ffn_range(ffn, tp, tp_rank)
+            gates = gate_up[first:last, lo:hi, :]  # gate rows come first in gate_up_proj
+            ups = gate_up[first:last, ffn + lo : ffn + hi, :]
+            downs = down[first:last, :, lo:hi]
+            for i in range(last - first):
+                put(gates[i], ups[i], downs[i])
+    return out

@@ -1,0 +1,158 @@
+"""Torch-free layout facts of the mixtral expert runtime: who owns which expert, checkpoint names,
+and the bytes each rank sends per MoE call.
+
+The compiler imports this module to count communication and size buffers, and moe.py imports it
+to place experts, so the two cannot drift apart. It must not import torch.
+
+Placement: expert parallelism over a group of `ep` ranks gives ep-rank r the contiguous block of
+experts [r*E/ep, (r+1)*E/ep). Tensor parallelism inside an expert gives tp-rank t the rows
+[t*F/tp, (t+1)*F/tp) of gate (w1) and up (w3) and the same columns of down (w2).
+
+Communication per call of `moe.moe_ep` on one rank holding `tokens` tokens (hidden H, top_k k,
+E experts, element size b bytes, dropless, one row sent per (token, chosen expert) pair):
+  counts   all_to_all_single of E int64 per-expert counts: 8*E bytes sent (and received);
+  dispatch all_to_all_single of token rows: exactly tokens*k*H*b bytes sent, whatever the
+           routing (the part addressed to the rank itself is a local copy: 1/ep of it when
+           routing is uniform);
+  combine  all_to_all_single sending back every row received in dispatch: routing dependent;
+           tokens*k*H*b when every rank holds `tokens` tokens and routing is balanced, at most
+           G*min(k, E/ep)*H*b when the ep group holds G tokens (all routed here);
+  tp       with tp > 1, one all_reduce of the [tokens, H] output over the tp group: payload
+           tokens*H*b (a ring all-reduce sends 2*(tp-1)/tp times the payload).
+`moe.moe_replicated` (tokens identical on every rank of the group) sends no all-to-all at all,
+only one all_reduce of payload tokens*H*b over the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MoeMode = Literal["local", "ep", "replicated"]
+
+
+def experts_per_rank(experts: int, ep: int) -> int:
+    if ep <= 0 or experts % ep:
+        raise ValueError(f"experts ({experts}) is not divisible by ep ({ep})")
+    return experts // ep
+
+
+def expert_range(experts: int, ep: int, ep_rank: int) -> tuple[int, int]:
+    """[first, last) global expert indices held by ep-rank `ep_rank`."""
+    n = experts_per_rank(experts, ep)
+    if not 0 <= ep_rank < ep:
+        raise ValueError(f"ep_rank {ep_rank} outside [0, {ep})")
+    return ep_rank * n, (ep_rank + 1) * n
+
+
+def expert_owner(expert: int, experts: int, ep: int) -> int:
+    return expert // experts_per_rank(experts, ep)
+
+
+def ffn_range(ffn: int, tp: int, tp_rank: int) -> tuple[int, int]:
+    """[first, last) rows of gate/up (columns of down) held by tp-rank `tp_rank`."""
+    if tp <= 0 or ffn % tp:
+        raise ValueError(f"ffn ({ffn}) is not divisible by tp ({tp})")
+    n = ffn // tp
+    return tp_rank * n, (tp_rank + 1) * n
+
+
+# --- checkpoint names -------------------------------------------------------------------------
+# transformers 5.23 holds experts fused in memory (MixtralExperts.gate_up_proj [E, 2F, H] with the
+# gate rows first, down_proj [E, H, F]) but `save_pretrained` writes, and Mistral's published
+# checkpoints hold, the legacy per-expert names below (w1 = gate, w3 = up, w2 = down); its
+# conversion_mapping.py merges them on load. Both layouts are read by moe.load_experts.
+
+
+def legacy_expert_names(layer: int, expert: int, prefix: str = "model.") -> dict[str, str]:
+    base = f"{prefix}layers.{layer}.block_sparse_moe.experts.{expert}"
+    return {"gate": f"{base}.w1.weight", "up": f"{base}.w3.weight", "down": f"{base}.w2.weight"}
+
+
+def fused_expert_names(layer: int, prefix: str = "model.") -> dict[str, str]:
+    base = f"{prefix}layers.{layer}.mlp.experts"
+    return {"gate_up": f"{base}.gate_up_proj", "down": f"{base}.down_proj"}
+
+
+def router_names(layer: int, prefix: str = "model.") -> tuple[str, str]:
+    """(legacy, fused) names of the router weight [E, H]."""
+    return (
+        f"{prefix}layers.{layer}.block_sparse_moe.gate.weight",
+        f"{prefix}layers.{layer}.mlp.gate.weight",
+    )
+
+
+# --- communication ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MoeTraffic:
+    """Bytes one rank sends in one MoE call (see the module docstring)."""
+
+    counts: int  # all_to_all_single of per-expert counts
+    dispatch: int  # exact
+    combine_balanced: int  # combine when routing is balanced and every rank has `tokens`
+    combine_max: int  # combine when every token of the ep group is routed to this rank
+    tp_allreduce_payload: int  # all_reduce payload over the tp group, 0 without tp
+
+    @property
+    def total_balanced(self) -> int:
+        return self.counts + self.dispatch + self.combine_balanced + self.tp_allreduce_payload
+
+
+def ep_traffic(
+    tokens: int,
+    hidden: int,
+    top_k: int,
+    *,
+    experts: int,
+    ep: int,
+    dtype_bytes: int,
+    tp: int = 1,
+    group_tokens: int | None = None,
+) -> MoeTraffic:
+    """Bytes sent by one rank of `moe.moe_ep` per call; `tokens` is this rank's token count,
+    `group_tokens` the whole ep group's (default ep * tokens)."""
+    row = hidden * dtype_bytes
+    group = ep * tokens if group_tokens is None else group_tokens
+    return MoeTraffic(
+        counts=8 * experts,
+        dispatch=tokens * top_k * row,
+        combine_balanced=tokens * top_k * row,
+        combine_max=ep_recv_rows_max(group, top_k, experts=experts, ep=ep) * row,
+        tp_allreduce_payload=tokens * row if tp > 1 else 0,
+    )
+
+
+def ep_recv_rows_max(group_tokens: int, top_k: int, *, experts: int, ep: int) -> int:
+    """Most token rows one rank can receive in dispatch (its worst-case receive buffer) when
+    its ep group holds `group_tokens` tokens in all."""
+    return group_tokens * min(top_k, experts_per_rank(experts, ep))
+
+
+def replicated_allreduce_payload(tokens: int, hidden: int, dtype_bytes: int) -> int:
+    """Payload of the one all_reduce of `moe.moe_replicated` (and of moe_ep's tp all_reduce)."""
+    return tokens * hidden * dtype_bytes
+
+
+def moe_mode(splits: dict[str, tuple[str, ...]]) -> MoeMode:
+    """Which runtime function a RunConfig's splits call for.
+
+    - no "experts" split and no "ffn" split: "local" (every rank holds every expert whole);
+    - experts split over axes along which tokens are split (batch or seq, i.e. data-parallel
+      attention): "ep" (all-to-all; "ffn" axes, if any, are the tp group inside each expert);
+    - otherwise (experts and/or ffn split over axes where tokens are replicated, e.g. the
+      tensor-parallel attention axis of seed 004's baseline): "replicated" (all_reduce).
+    """
+    expert_axes = set(splits.get("experts", ()))
+    token_axes = set(splits.get("batch", ())) | set(splits.get("seq", ()))
+    if not expert_axes and not splits.get("ffn"):
+        return "local"
+    if expert_axes and expert_axes <= token_axes:
+        return "ep"
+    if expert_axes & token_axes:
+        raise ValueError(
+            f"experts split over {sorted(expert_axes)}: either all of them carry different "
+            f"tokens (batch/seq over {sorted(token_axes)}) or none do"
+        )
+    return "replicated"

@@ -1,0 +1,90 @@
+"""The steps of a generated program's main(), one function each: load, run, report.
+
+A generated program is: init (process group, mesh) -> resolve_checkpoint -> load -> run ->
+report, with the process group destroyed in a finally. The plan-specific part is its RunConfig;
+everything here only reads it.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from planc.backends.torch import metrics, reference
+from planc.backends.torch.runtime import pipeline
+from planc.backends.torch.runtime.dist import RankContext, barrier
+from planc.backends.torch.runtime.inputs import make_inputs
+from planc.backends.torch.runtime.layers import attention_kind, rope_tables
+from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
+from planc.backends.torch.weights import ShardReader
+
+
+@dataclass
+class RunResult:
+    times: list[float]  # per timed repeat, slowest rank, seconds
+    output: Tensor | None  # this rank's output tile (last stage only)
+
+
+def load(ctx: RankContext, checkpoint: str) -> StageModel:
+    """This rank's stage, shards only; memory peaks restart from here."""
+    with torch.inference_mode(), closing(ShardReader(checkpoint, ctx.device, ctx.dtype)) as rd:
+        model = load_stage(ctx, rd)
+    barrier(ctx)
+    metrics.reset_peaks(ctx)
+    return model
+
+
+def run(ctx: RankContext, model: StageModel) -> RunResult:
+    """Warm-up and timed forwards of the whole pipeline on this rank's inputs."""
+    cfg, lay = ctx.cfg, ctx.layout
+    inputs = None
+    if lay.is_first_stage:
+        inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
+    positions = torch.tensor(lay.positions, device=ctx.device)
+    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.rope_theta, ctx.dtype)
+    with torch.inference_mode():
+        times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
+    return RunResult(times, out)
+
+
+def report(
+    ctx: RankContext,
+    model: StageModel,
+    result: RunResult,
+    checkpoint: str,
+    out_path: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Collect every rank's numbers, check rank 0's gathered output, write the JSON (rank 0)."""
+    cfg = ctx.cfg
+    mine = metrics.memory_stats(ctx, weight_bytes(model))  # before the reference allocates
+    ranks: list[Any] = [None] * cfg.world_size
+    dist.all_gather_object(ranks, mine)
+    info: dict[str, Any] = {
+        "mesh": [list(a) for a in cfg.mesh],
+        "microbatches": cfg.microbatches,
+        "sdpa_backend": None,
+        **(extra or {}),
+    }
+    if attention_kind(ctx) == "heads":
+        lay = ctx.layout
+        info["sdpa_backend"] = metrics.sdpa_backend(ctx, len(lay.q_heads), len(lay.kv_heads))
+    errors = None
+    if cfg.check_reference:
+        with torch.inference_mode():
+            full = pipeline.gather_output(ctx, result.output)
+            if full is not None:
+                errors = reference.max_errors(
+                    full, reference.reference_output(cfg, checkpoint, ctx.device)
+                )
+    data = None
+    if ctx.rank == 0:
+        data = metrics.summary(ctx, result.times, ranks, errors, info)
+        metrics.write_metrics(out_path, data)
+    barrier(ctx)  # the JSON exists before any rank exits
+    return data

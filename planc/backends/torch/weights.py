@@ -1,0 +1,118 @@
+"""Checkpoint access: each rank reads only its own slices of Hugging Face safetensors files.
+
+Tensor names are Hugging Face Llama's (`layers.{i}.self_attn.q_proj.weight`, `norm.weight`,
+`embed_tokens.weight`), with or without the `model.` prefix that LlamaForCausalLM writes. A
+checkpoint is a directory with `model.safetensors` or shards listed in
+`model.safetensors.index.json`. Slices are read with `safe_open(...).get_slice(name)`, so a rank
+touches only the bytes of its own rows / columns of its own stages' layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from torch import Tensor
+
+from planc.backends.torch.runtime.dist import RankContext
+
+
+def _tensor_files(path: Path) -> dict[str, Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: path / file for name, file in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in checkpoint directory {path}")
+    names: dict[str, Path] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            names.update(dict.fromkeys(st.keys(), f))
+    return names
+
+
+class ShardReader:
+    """Reads slices of named tensors; `place` moves them to the rank's device and dtype.
+
+    Files open on first use and stay open until `close()`.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> None:
+        self.path = Path(path)
+        self.device, self.dtype = device, dtype
+        self._files = _tensor_files(self.path)
+        self._open: dict[Path, Any] = {}
+        self._stack = ExitStack()
+
+    def close(self) -> None:
+        """Close the open files (use with contextlib.closing)."""
+        self._stack.close()
+        self._open.clear()
+
+    def _slice(self, name: str, shape: tuple[int, ...]) -> Any:
+        key = name if name in self._files else "model." + name
+        if key not in self._files:
+            raise KeyError(f"checkpoint {self.path} has no tensor {name!r} (nor 'model.{name}')")
+        f = self._files[key]
+        if f not in self._open:
+            self._open[f] = self._stack.enter_context(safe_open(str(f), framework="pt"))
+        sl = self._open[f].get_slice(key)
+        if tuple(sl.get_shape()) != shape:
+            raise ValueError(
+                f"checkpoint tensor {key!r} in {f} has shape {tuple(sl.get_shape())}, the plan's "
+                f"model needs {shape}: the checkpoint and the plan's model dims disagree"
+            )
+        return sl
+
+    def full(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        return self._slice(name, shape)[:]
+
+    def rows(self, name: str, rows: range, shape: tuple[int, ...]) -> Tensor:
+        """Rows [rows.start, rows.stop) of a 2-D weight (column-parallel shard)."""
+        return self._slice(name, shape)[rows.start : rows.stop]
+
+    def cols(self, name: str, cols: range, shape: tuple[int, ...]) -> Tensor:
+        """Columns [cols.start, cols.stop) of a 2-D weight (row-parallel shard)."""
+        return self._slice(name, shape)[:, cols.start : cols.stop]
+
+    def place(self, t: Tensor) -> Tensor:
+        return t.to(device=self.device, dtype=self.dtype).contiguous()
+
+
+def resolve_checkpoint(ctx: RankContext, weights: str | None) -> tuple[str, Callable[[], None]]:
+    """The checkpoint directory to read, and a cleanup to call when the run ends.
+
+    Given `weights`, that directory. Otherwise a seeded random Hugging Face model written with
+    save_pretrained: the first process of every node writes its own copy (nodes need not share a
+    filesystem; the seed makes the copies equal) and the ranks of that node read it.
+    """
+    if weights is not None:
+        if not Path(weights).is_dir():
+            raise FileNotFoundError(f"--weights {weights!r} is not a directory")
+        return weights, lambda: None
+    from planc.backends.torch import reference
+
+    made = None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        made = tempfile.mkdtemp(prefix="planc-weights-")
+        reference.save_random_checkpoint(ctx.cfg, made)
+    node = os.environ.get("GROUP_RANK", "0")
+    entries: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(entries, (node, made))
+    path = next(p for n, p in entries if n == node and p is not None)
+
+    def cleanup() -> None:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+    return path, cleanup

@@ -1,0 +1,340 @@
+"""The `planc` command line: check, compile, schema, emit, run (and parse, to inspect the AST).
+
+Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
+(bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
+101 an internal error (a planc bug); 130 interrupted. Without --debug no Python traceback is
+ever shown: every failure becomes a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from planc import __version__
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, render
+from planc.io import write_atomic
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN, EXIT_INTERNAL, EXIT_INTERRUPT = 0, 1, 2, 3, 101, 130
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="planc", description="Compile, verify and run parallel deployment plans.")
+    p.add_argument("--version", action="version", version=f"planc {__version__}")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="verify plans (files or directories)")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("--plan", help="check only the plan with this name")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("-o", "--output", help="write the report here (atomically)")
+    c.add_argument("-v", "--verbose", action="store_true", help="list every proved obligation")
+    c.add_argument("--timeout-ms", type=int, default=5000, help="z3 timeout per obligation")
+    c.add_argument("--rlimit", type=int, default=50_000_000, help="z3 resource limit")
+
+    for name, what in (("compile", "write the placement graph as JSON"),
+                       ("emit", "write the standalone torchrun program"),
+                       ("parse", "print the AST as JSON")):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("file")
+        s.add_argument("--plan", help="the plan to use when the file has several")
+        s.add_argument("-o", "--output", help="output file (default: stdout)")
+        if name == "emit":
+            s.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                           help="override the model dtype (CPU runs use float32)")
+    sub.add_parser("schema", help="print the JSON schema of the placement graph")
+
+    r = sub.add_parser("run", help="verify, emit and run a plan with torchrun")
+    r.add_argument("file")
+    r.add_argument("--plan")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--weights", help="a Hugging Face safetensors checkpoint directory")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("-o", "--output", help="write the metrics JSON here")
+    r.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="default: float32 on cpu, the model's dtype on cuda")
+    r.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is killed")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--warmup", type=int, default=1)
+    r.add_argument("--no-reference", action="store_true",
+                   help="skip the single-device Hugging Face reference comparison")
+    r.add_argument("--nnodes", type=int, default=1, help="torchrun --nnodes (several hosts)")
+    r.add_argument("--node-rank", type=int, default=0, help="torchrun --node-rank")
+    r.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint HOST:PORT")
+    r.add_argument("--keep", help="also write the generated program here")
+    return p
+
+
+def _print_diags(diags: Sequence[Diagnostic], sources: dict[str, str]) -> None:
+    for d in diags:
+        print(render(d, sources), file=sys.stderr)
+
+
+def _emit_out(text: str, output: str | None) -> None:
+    if output:
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from planc.pipeline import check_paths
+    from planc.verifier.report import to_json
+    from planc.verifier.solve import SolverConfig
+    from planc.verifier.text import to_text
+
+    result = check_paths(a.paths, a.plan, SolverConfig(a.timeout_ms, a.rlimit))
+    text = to_json(result) if a.format == "json" else to_text(result, a.verbose)
+    _emit_out(text, a.output)
+    return result.exit_code
+
+
+def _one_plan(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Load, check and lower the plan a command names; (plan, graph) or an exit code."""
+    from planc.compiler.check_structure import check_structure
+    from planc.compiler.lower import lower
+    from planc.pipeline import find_plan
+
+    diags = Diagnostics()
+    plan, text = find_plan(a.file, a.plan, diags)
+    sources = {a.file: text} if text else {}
+    if plan is not None and plan.has_holes:
+        diags.error("E091", f"plan {plan.name!r} has holes (?)", plan.span,
+                    f"run `planc check {a.file}` to complete it, then paste the values")
+        plan = None
+    if plan is not None and not check_structure(plan, diags):
+        plan = None
+    _print_diags(diags.sorted(), sources)
+    if plan is None or diags.has_errors:
+        return EXIT_FAIL
+    return plan, lower(plan), sources
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    got = _one_plan(a)
+    if isinstance(got, int):
+        return got
+    _, graph, _ = got
+    _emit_out(json.dumps(graph.model_dump(mode="json"), indent=2, sort_keys=True) + "\n",
+              a.output)
+    return EXIT_OK
+
+
+def cmd_schema(a: argparse.Namespace) -> int:
+    from planc.compiler.ir import PlacementGraph
+
+    print(json.dumps(PlacementGraph.model_json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_parse(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from planc.grammar.parse import parse_file
+
+    tree, _ = parse_file(a.file)
+
+    def conv(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return {"node": type(x).__name__,
+                    **{f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+        if isinstance(x, tuple):
+            return [conv(i) for i in x]
+        if hasattr(x, "numerator"):
+            return str(x)
+        return x
+
+    _emit_out(json.dumps(conv(tree), indent=1, sort_keys=True) + "\n", a.output)
+    return EXIT_OK
+
+
+def _verified(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The plan, graph and verdicts of a run/emit; refuses violated or unknown plans."""
+    from planc.verifier import encode
+    from planc.verifier.solve import decide
+
+    got = _one_plan(a)
+    if isinstance(got, int):
+        return got
+    plan, graph, sources = got
+    verdicts = decide(encode.build(plan, graph), encode.variables(plan))
+    bad = [v for v in verdicts if v.status in ("violated", "unknown")]
+    for v in bad:
+        ob = v.obligation
+        msg = ob.bad if v.status == "violated" else f"{ob.name}: unknown ({v.reason})"
+        print(render(Diagnostic(ob.code, msg, ob.span, "error", ob.hint, ob.related), sources),
+              file=sys.stderr)
+    if bad:
+        print(f"plan {plan.name!r} is not proved; fix it before emitting or running it",
+              file=sys.stderr)
+        return EXIT_FAIL if any(v.status == "violated" for v in bad) else EXIT_UNKNOWN
+    return plan, graph
+
+
+def _torch_backend():  # type: ignore[no-untyped-def]
+    try:
+        import planc.backends.torch.emit as emit
+        import planc.backends.torch.launch as launch
+    except ImportError as e:
+        raise EnvironmentProblem(
+            f"the torch backend needs torch, safetensors and transformers ({e.name} is missing)",
+            "pip install torch==2.13.0 'planc[torch]' (CPU), or any torch >= 2.4 you have") from None
+    return emit, launch
+
+
+class EnvironmentProblem(Exception):
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+def cmd_emit(a: argparse.Namespace) -> int:
+    from planc.compiler.runconfig import to_run_config
+
+    got = _verified(a)
+    if isinstance(got, int):
+        return got
+    plan, graph = got
+    emit, _ = _torch_backend()
+    cfg = to_run_config(plan, graph, dtype=a.dtype)
+    _emit_out(emit.emit_program(cfg, plan_name=plan.name, source_file=Path(a.file).name),
+              a.output)
+    return EXIT_OK
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from planc.compiler.runconfig import to_run_config
+
+    got = _verified(a)
+    if isinstance(got, int):
+        return got
+    plan, graph = got
+    emit, launch = _torch_backend()
+    dtype = a.dtype or ("float32" if a.device == "cpu" else None)
+    cfg = to_run_config(plan, graph, dtype=dtype, warmup=a.warmup, repeats=a.repeats)
+    if a.no_reference:
+        cfg = _with(cfg, check_reference=False)
+    nproc = cfg.world_size // a.nnodes
+    if cfg.world_size % a.nnodes:
+        raise UsageError(f"--nnodes {a.nnodes} does not divide the plan's {cfg.world_size} ranks")
+    if a.device == "cuda":
+        import torch
+
+        visible = torch.cuda.device_count()
+        if visible < nproc:
+            raise EnvironmentProblem(
+                f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",
+                "run on a machine with more GPUs, or shrink the mesh")
+    program = emit.emit_program(cfg, plan_name=plan.name, source_file=Path(a.file).name)
+    if a.keep:
+        write_atomic(a.keep, program)
+    with tempfile.TemporaryDirectory(prefix="planc-run-") as tmp:
+        prog = Path(tmp) / "program.py"
+        prog.write_text(program, encoding="utf-8")
+        print(f"running plan {plan.name!r} on {cfg.world_size} {a.device} ranks ...",
+              file=sys.stderr)
+        try:
+            metrics = launch.run_program(
+                str(prog), nproc=nproc, device=a.device, weights=a.weights,
+                timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
+                rdzv_endpoint=a.rdzv_endpoint)
+        except launch.LaunchError as e:
+            print(f"error[R001]: the run failed: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if metrics is None:  # a non-zero node rank writes no metrics
+        return EXIT_OK
+    metrics = {"plan": plan.name, "file": a.file, **metrics}
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if a.output:
+        write_atomic(a.output, text)
+    if a.format == "json":
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(_run_text(metrics))
+    return EXIT_OK
+
+
+def _with(cfg, **changes):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def _run_text(m: dict[str, Any]) -> str:
+    from planc.compiler.units import human_bytes
+
+    lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, "
+             f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward {m.get('time_s', 0) * 1e3:.2f} ms)"]
+    if m.get("max_rel_error") is not None:
+        lines.append(f"  against the Hugging Face reference: max abs error "
+                     f"{m['max_abs_error']:.3g}, max rel error {m['max_rel_error']:.3g}")
+    for r in m.get("ranks", []):
+        pa = r.get("peak_allocated")
+        pr = r.get("predicted_peak")
+        if pa:
+            lines.append(f"  rank {r['rank']}: peak allocated {human_bytes(pa)}, "
+                         f"predicted {human_bytes(pr or 0)}")
+    return "\n".join(lines) + "\n"
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
+            "run": cmd_run, "parse": cmd_parse}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PLANC_DEBUG") == "1"
+    try:
+        a = _parser().parse_args(argv)
+        if a.command is None:
+            raise UsageError("missing command; try `planc --help`")
+        return COMMANDS[a.command](a)
+    except UsageError as e:
+        if "--format" in argv and "json" in argv:
+            doc = {"format_version": "1", "plans": [], "diagnostics": [
+                {"code": "U001", "severity": "error", "message": str(e), "file": None,
+                 "line": None, "column": None, "hint": "see `planc --help`", "related": []}]}
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        print(f"planc: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except PlancError as e:
+        print(render(e.diagnostic, {}), file=sys.stderr)
+        return EXIT_FAIL
+    except EnvironmentProblem as e:
+        print(f"error[R002]: {e}\n  = hint: {e.hint}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("planc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPT
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a planc bug: say so plainly, show the traceback only with --debug
+        from planc.verifier.solve import InternalError
+
+        if debug:
+            traceback.print_exc()
+        kind = "internal error" if not isinstance(e, InternalError) else "verifier disagreement"
+        print(f"planc: {kind}: {type(e).__name__}: {e}\n  this is a bug in planc; rerun with "
+              "--debug and report the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""check_structure: cheap checks that need no solver, and the role each mesh axis plays.
+
+A mesh axis carries one parallel strategy. Which model dimensions may share an axis:
+  tp  heads, kv_heads, ffn (Megatron tensor parallel; ffn may also ride on hd axes)
+  hd  head_dim (seed 001's intra-head split), optionally with ffn
+  pp  layers, alone
+  sp  seq (ring or gather attention), alone
+  ep  experts, with batch (attention is data parallel over the expert axis) and optionally ffn
+  dp  batch, alone
+Anything else on one axis (layers with heads, seq with batch ...) has no runtime meaning and is
+rejected with the axis named.
+"""
+
+from __future__ import annotations
+
+from planc.compiler.spec import PlanSpec
+from planc.diagnostics import Diagnostics, Related
+
+ROLE_OF_DIM = {"heads": "tp", "kv_heads": "tp", "ffn": "tp", "head_dim": "hd", "layers": "pp",
+               "seq": "sp", "experts": "ep", "batch": "dp"}
+# role sets that may share one axis as they stand (tp with hd and ep with tp are refined below)
+COMPATIBLE = {frozenset({r}) for r in ("tp", "hd", "pp", "sp", "ep", "dp")} | {
+    frozenset({"ep", "dp"})}
+
+
+def axis_roles(plan: PlanSpec) -> dict[str, str]:
+    """Role per mesh axis ("idle" when nothing is sharded over it). Assumes a checked plan."""
+    dims_on: dict[str, list[str]] = {a: [] for a, _ in plan.mesh}
+    for sh in plan.shards:
+        for a in sh.axes:
+            dims_on.setdefault(a, []).extend(sh.dims)
+    roles: dict[str, str] = {}
+    for a, dims in dims_on.items():
+        rs = {ROLE_OF_DIM[d] for d in dims}
+        if not rs:
+            roles[a] = "idle"
+        elif "ep" in rs:
+            roles[a] = "ep"
+        elif "hd" in rs:
+            roles[a] = "hd"
+        else:
+            roles[a] = next(iter(sorted(rs)))
+    return roles
+
+
+def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
+    """Report structural problems; True when the plan can be lowered."""
+    before = len([d for d in diags.items if d.severity == "error"])
+    dims_on: dict[str, list[tuple[str, object]]] = {a: [] for a, _ in plan.mesh}
+    for sh in plan.shards:
+        for a, asp in zip(sh.axes, sh.axis_spans):
+            for d, dsp in zip(sh.dims, sh.dim_spans):
+                dims_on.setdefault(a, []).append((d, dsp))
+    for a, entries in dims_on.items():
+        roles = frozenset(ROLE_OF_DIM[d] for d, _ in entries)
+        if not roles or roles in COMPATIBLE:
+            continue
+        # heads and ffn both "tp": fine. ffn on a head_dim axis: fine. ffn on an expert axis:
+        # only as part of experts (handled by COMPATIBLE above). Everything else conflicts.
+        if roles <= {"tp", "hd"} and not ({"heads", "kv_heads"} & {d for d, _ in entries}
+                                          and "head_dim" in {d for d, _ in entries}):
+            continue
+        if roles <= {"ep", "dp", "tp"} and {d for d, _ in entries} <= {"experts", "batch", "ffn"}:
+            continue
+        names = sorted({d for d, _ in entries})
+        first, *rest = entries
+        diags.error(
+            "E050", f"axis {a!r} carries incompatible dimensions: {', '.join(names)}",
+            rest[0][1] if rest else first[1],  # type: ignore[arg-type]
+            "an axis carries one strategy: tensor parallel (heads, kv_heads, ffn), pipeline "
+            "(layers), sequence (seq), experts (+ batch), data (batch); use another axis",
+            tuple(Related(sp, f"{d} over {a}") for d, sp in entries[:-1]),  # type: ignore[arg-type]
+        )
+    for a, size in plan.mesh:
+        if not dims_on.get(a) and size != 1:
+            diags.warning("W051", f"mesh axis {a!r} carries no dimension: its {size} devices "
+                          "all repeat the same work", plan.axis_spans.get(a),
+                          f"shard something over {a} (e.g. `shard batch over {a}`) or drop it")
+    heads = plan.shard_of("heads")
+    kv = plan.shard_of("kv_heads")
+    if kv is not None and heads is not None and kv.axes != heads.axes:
+        diags.error("E052", "kv_heads must be split over the same axes as heads "
+                    f"(heads over {', '.join(heads.axes)}, kv_heads over {', '.join(kv.axes)})",
+                    kv.span, "put them on one line: `shard heads, kv_heads over ...`",
+                    (Related(heads.span, "heads sharded here"),) if heads.span else ())
+    if kv is not None and heads is None:
+        diags.error("E052", "kv_heads is split but heads is not", kv.span,
+                    "shard heads and kv_heads together")
+    if plan.model.arch == "llama" and plan.shard_of("experts") is not None:
+        sh = plan.shard_of("experts")
+        diags.error("E053", "`shard experts` needs a mixtral model", sh.span,  # type: ignore[union-attr]
+                    f"model {plan.model.name!r} has arch llama and no experts")
+    ex = plan.shard_of("experts")
+    if ex is not None:
+        b = plan.shard_of("batch")
+        if b is None or not set(ex.axes) <= set(b.axes):
+            diags.error("E054", "expert parallelism needs the batch split over the expert axes "
+                        "too (attention is data parallel over them)", ex.span,
+                        f"add `shard batch over {', '.join(ex.axes)}`")
+    lay = plan.shard_of("layers")
+    if lay is not None and len(lay.axes) != 1:
+        diags.error("E055", "layers can be split over one axis only", lay.span,
+                    "use one pipeline axis")
+    seqs = plan.shard_of("seq")
+    if seqs is not None and len(seqs.axes) != 1:
+        diags.error("E055", "seq can be split over one axis only (one ring)", seqs.span,
+                    "use one sequence axis")
+    after = len([d for d in diags.items if d.severity == "error"])
+    return after == before

@@ -1,0 +1,275 @@
+"""lower: a checked PlanSpec (no holes) -> PlacementGraph.
+
+Order of the work, each step reading only the ones before it:
+  1. axis roles and degrees (how many ways each model dimension is split);
+  2. stages (explicit, or an even contiguous split of the layers over the pipeline axis);
+  3. per stage, one device class: tensor shards with bytes, the layer's ops and buffers with
+     live intervals, collectives with bytes per call and calls per step;
+  4. memory per class: weights + peak of live buffers + communication buffers + reserve.
+Where a split does not divide (the verifier reports it), sizes round up so that the memory table
+still shows what the plan would need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planc.compiler.check_structure import axis_roles
+from planc.compiler.ir import (
+    Axis,
+    Buffer,
+    Collective,
+    DeviceClass,
+    Mesh,
+    Op,
+    PlacementGraph,
+    Stage,
+    TensorShard,
+)
+from planc.compiler.spec import PlanSpec
+from planc.cost.memory import LocalDims, layer_program, linear_bytes, peak_live
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Degrees:
+    dp: int  # batch
+    sp: int  # seq
+    pp: int  # layers
+    th: int  # heads (and kv_heads)
+    hd: int  # head_dim
+    fd: int  # ffn
+    ep: int  # experts
+
+    @staticmethod
+    def of(plan: PlanSpec) -> Degrees:
+        return Degrees(plan.degree("batch"), plan.degree("seq"), plan.degree("layers"),
+                       plan.degree("heads"), plan.degree("head_dim"), plan.degree("ffn"),
+                       plan.degree("experts"))
+
+
+def even_stages(layers: int, n: int) -> list[tuple[int, int]]:
+    """n contiguous [first, last) ranges, sizes differing by at most one, larger ones first."""
+    base, extra = divmod(layers, n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def plan_stages(plan: PlanSpec) -> list[tuple[int, int]]:
+    sh = plan.shard_of("layers")
+    L = plan.model.layers
+    if sh is None:
+        return [(0, L)]
+    if sh.stages:
+        return [(a, b + 1) for a, b in sh.stages]
+    return even_stages(L, plan.degree("layers"))
+
+
+def microbatches(plan: PlanSpec) -> int:
+    sh = plan.shard_of("layers")
+    return sh.microbatches if sh is not None and sh.microbatches else 1
+
+
+def attention_mode(plan: PlanSpec) -> str:
+    sh = plan.shard_of("seq")
+    return sh.attention if sh is not None and plan.degree("seq") > 1 else "local"
+
+
+def weight_format(plan: PlanSpec, mlp: bool) -> str:
+    sparse = mlp and plan.compress_mlp_2_4
+    if plan.compress_int8:
+        return "int8+2:4" if sparse else "int8"
+    return "2:4" if sparse else "dense"
+
+
+def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
+    """The tensors of one decoder layer as one device holds them (HF names)."""
+    m = plan.model
+    e = m.dtype_bytes
+    h = m.hidden
+    heads_l, kv_l = cdiv(m.heads, deg.th), cdiv(m.kv_heads, deg.th)
+    hd_l = cdiv(m.head_dim, deg.hd)
+    f_l = cdiv(m.ffn, deg.fd)
+    attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
+    ffn_axes = list(plan.axes_of("ffn"))
+    afmt, mfmt = weight_format(plan, False), weight_format(plan, True)
+    out: list[TensorShard] = []
+
+    def add(name: str, gshape: list[int], lshape: list[int], split: dict[str, list[str]],
+            fmt: str) -> None:
+        nbytes = (lshape[0] * e if fmt == "norm" else
+                  linear_bytes(lshape[-2], lshape[-1], e, fmt) * (lshape[0] if len(lshape) == 3 else 1))
+        out.append(TensorShard(name=name, global_shape=gshape, local_shape=lshape,
+                               split={k: v for k, v in split.items() if v},
+                               format="dense" if fmt == "norm" else fmt,  # type: ignore[arg-type]
+                               dtype=m.dtype, bytes=nbytes, per_layer=True))
+
+    p = "layers.{i}."
+    add(p + "input_layernorm.weight", [h], [h], {}, "norm")
+    add(p + "self_attn.q_proj.weight", [m.heads * m.head_dim, h], [heads_l * hd_l, h],
+        {"0": attn_axes}, afmt)
+    add(p + "self_attn.k_proj.weight", [m.kv_heads * m.head_dim, h], [kv_l * hd_l, h],
+        {"0": attn_axes}, afmt)
+    add(p + "self_attn.v_proj.weight", [m.kv_heads * m.head_dim, h], [kv_l * hd_l, h],
+        {"0": attn_axes}, afmt)
+    add(p + "self_attn.o_proj.weight", [h, m.heads * m.head_dim], [h, heads_l * hd_l],
+        {"1": attn_axes}, afmt)
+    add(p + "post_attention_layernorm.weight", [h], [h], {}, "norm")
+    if m.arch == "llama":
+        add(p + "mlp.gate_proj.weight", [m.ffn, h], [f_l, h], {"0": ffn_axes}, mfmt)
+        add(p + "mlp.up_proj.weight", [m.ffn, h], [f_l, h], {"0": ffn_axes}, mfmt)
+        add(p + "mlp.down_proj.weight", [h, m.ffn], [h, f_l], {"1": ffn_axes}, mfmt)
+    else:
+        e_l = cdiv(m.experts, deg.ep)
+        ex_axes = list(plan.axes_of("experts"))
+        add(p + "mlp.gate.weight", [m.experts, h], [m.experts, h], {}, "dense")
+        add(p + "mlp.experts.gate_proj", [m.experts, m.ffn, h], [e_l, f_l, h],
+            {"0": ex_axes, "1": ffn_axes}, mfmt)
+        add(p + "mlp.experts.up_proj", [m.experts, m.ffn, h], [e_l, f_l, h],
+            {"0": ex_axes, "1": ffn_axes}, mfmt)
+        add(p + "mlp.experts.down_proj", [m.experts, h, m.ffn], [e_l, h, f_l],
+            {"0": ex_axes, "2": ffn_axes}, mfmt)
+    return out
+
+
+def _link(plan: PlanSpec, axes: list[str]) -> str:
+    """intra when the group of rank 0 over these axes stays inside one node."""
+    sizes = [(a, s or 1) for a, s in plan.mesh]
+    stride, span = 1, 0
+    for a, s in reversed(sizes):
+        if a in axes:
+            span += (s - 1) * stride
+        stride *= s
+    return "intra" if span < plan.cluster.per_node else "inter"
+
+
+def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
+    m, w = plan.model, plan.workload
+    assert w.batch is not None and w.seq is not None
+    b_local = cdiv(w.batch, deg.dp)
+    mb = cdiv(b_local, microbatches(plan))
+    s_l = cdiv(w.seq, deg.sp)
+    mode = attention_mode(plan)
+    kv_len = s_l if mode == "ring" else w.seq
+    return LocalDims(tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
+                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
+                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
+                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     elem=m.dtype_bytes)
+
+
+def lower(plan: PlanSpec) -> PlacementGraph:
+    m, w, dev = plan.model, plan.workload, plan.cluster.device
+    assert w.batch is not None and w.seq is not None and not plan.has_holes
+    deg = Degrees.of(plan)
+    roles = axis_roles(plan)
+    mesh = Mesh(axes=[Axis(name=a, size=s or 1, role=roles.get(a, "idle")) for a, s in plan.mesh],
+                devices_per_node=plan.cluster.per_node)
+    stages = plan_stages(plan)
+    nmb = microbatches(plan)
+    ld = local_dims(plan, deg)
+    mode = attention_mode(plan)
+    e, h = m.dtype_bytes, m.hidden
+    T = ld.tokens
+    b_local = cdiv(w.batch, deg.dp)
+    ops_spec, bufs_spec = layer_program(ld, mode, deg.sp, deg.hd)
+    layer_peak = peak_live(bufs_spec, len(ops_spec))
+    shards = layer_shards(plan, deg)
+    pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None
+    attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
+    ffn_axes = list(plan.axes_of("ffn"))
+    classes: list[DeviceClass] = []
+    graph_stages: list[Stage] = []
+    for si, (first, last) in enumerate(stages):
+        n_layers = max(0, last - first)
+        is_first, is_last = si == 0, si == len(stages) - 1
+        calls = n_layers * nmb
+        cls_shards = list(shards)
+        if m.vocab and is_first:
+            cls_shards.append(TensorShard(name="embed_tokens.weight", global_shape=[m.vocab, h],
+                                          local_shape=[m.vocab, h], split={}, format="dense",
+                                          dtype=m.dtype, bytes=m.vocab * h * e, per_layer=False))
+        if is_last:
+            cls_shards.append(TensorShard(name="norm.weight", global_shape=[h], local_shape=[h],
+                                          split={}, format="dense", dtype=m.dtype, bytes=h * e,
+                                          per_layer=False))
+        weights = sum(s.bytes * (n_layers if s.per_layer else 1) for s in cls_shards)
+        # io: the stage's input for the whole local batch (first stage: the program's inputs;
+        # later stages: the receive buffer of one microbatch), the residual stream of the
+        # microbatch in flight, and on the last stage the output of the whole local batch.
+        io: list[tuple[str, int]] = []
+        full = b_local * ld.seq_q * h * e
+        io.append(("stage_input", full if is_first else T * h * e))
+        if is_last:
+            io.append(("stage_output", full))
+        n_ops = len(ops_spec)
+        buffers = [Buffer(name=n, role="io", bytes=b, live=(0, n_ops - 1), per_layer=False)
+                   for n, b in io]
+        buffers += [Buffer(name=b.name, role="activation", bytes=b.bytes,
+                           live=(b.first, min(b.last, n_ops - 1)), per_layer=True)
+                    for b in bufs_spec]
+        collectives: list[Collective] = []
+
+        def coll(op: str, axes: list[str], nbytes: int, ncalls: int, after: str) -> None:
+            size = 1
+            for a in axes:
+                size *= plan.axis_size(a)
+            if size > 1 and ncalls > 0:
+                collectives.append(Collective(op=op, axes=axes, group_size=size, bytes=nbytes,  # type: ignore[arg-type]
+                                              calls=ncalls, after=after,
+                                              link=_link(plan, axes)))  # type: ignore[arg-type]
+
+        coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
+        if deg.hd > 1:
+            coll("all_reduce", list(plan.axes_of("head_dim")),
+                 ld.mb * ld.heads * ld.seq_q * ld.seq_kv * 4, calls, "attention_scores")
+        if mode == "ring":
+            coll("ring_pass", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
+                 calls * (deg.sp - 1), "k_proj")
+        elif mode == "gather":
+            coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
+                 calls, "k_proj")
+        if m.experts:
+            ex_axes = list(plan.axes_of("experts"))
+            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
+            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")
+            coll("all_reduce", ffn_axes, T * m.top_k * h * e, calls, "experts")
+        else:
+            coll("all_reduce", ffn_axes, T * h * e, calls, "down_proj")
+        if pp_axis is not None and not is_last:
+            coll("send_recv", [pp_axis], T * h * e, nmb, "stage_output")
+        ops = [Op(name=o.name, flops=o.flops, bytes=o.hbm_bytes, calls=calls) for o in ops_spec]
+        activations = sum(b for _, b in io) + (layer_peak if n_layers else 0)
+        comm = 0
+        memory = {
+            "weights": weights,
+            "activations": activations,
+            "kv_cache": 0,
+            "buffers": comm,
+            "reserve": dev.reserve,
+        }
+        memory["peak"] = sum(memory.values())
+        memory["capacity"] = dev.memory
+        cid = f"stage{si}" if pp_axis else "all"
+        fixed = {pp_axis: si} if pp_axis else {}
+        count = plan.devices // (plan.axis_size(pp_axis) if pp_axis else 1)
+        resident = 0
+        sh = plan.shard_of("layers")
+        if sh is not None and sh.fit_cache:
+            resident = weights + T * h * e
+        classes.append(DeviceClass(id=cid, fixed=fixed, count=count, layers=(first, last),
+                                   shards=cls_shards, ops=ops, buffers=buffers,
+                                   collectives=collectives, memory=memory,
+                                   cache_resident=resident))
+        graph_stages.append(Stage(index=si, layers=(first, last), device_class=cid))
+    strategies = sorted({r for r in roles.values() if r != "idle"})
+    return PlacementGraph(plan=plan.name, model=m.name, mesh=mesh, batch=w.batch, seq=w.seq,
+                          microbatches=nmb, strategies=strategies, stages=graph_stages,
+                          classes=classes, device_capacity=dev.memory, cache_capacity=dev.cache)

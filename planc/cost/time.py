@@ -1,0 +1,98 @@
+"""Time: a sound lower bound on a forward step (for refuting claims) and an estimate.
+
+The bound uses peak rates and assumes perfect overlap, so no real run can beat it:
+  per device class and microbatch, t >= max(FLOPs / peak compute,
+                                            compulsory HBM bytes / peak bandwidth,
+                                            link bytes / link bandwidth)
+  and a forward-only pipeline of S stages and M microbatches needs at least
+  sum_s t_s + (M - 1) * max_s t_s.
+Compulsory HBM bytes are the weights read once per step (zero for a fit-cache stage, whose
+weights may stay in L2) plus the stage's input and output; intermediate activations are not
+counted because a fused kernel could keep them on chip. Link bytes per device per collective:
+all-reduce (n-1)/n x B (the minimum even with in-network reduction), all-gather (n-1) x B,
+all-to-all (n-1)/n x B, send/recv and ring passes B.
+
+The estimate sums instead of overlapping and applies efficiency factors (calibrated from
+measurements under benchmarks/); it is reported beside claims, never used to prove them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from planc.compiler.ir import Collective, DeviceClass, PlacementGraph
+
+
+@dataclass(frozen=True)
+class Rates:
+    compute: int  # FLOP/s
+    hbm: int  # B/s
+    intra: int  # B/s per direction
+    inter: int
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of peak that real kernels reach (defaults from the H200 ceilings measured in
+    shared/ceilings.md: GEMM ~0.8 of 989 TFLOP/s, copies ~0.87 of 4.8 TB/s, NCCL ~0.75)."""
+
+    compute: float = 0.75
+    hbm: float = 0.85
+    link: float = 0.7
+    latency_s: float = 30e-6  # per collective call
+
+
+def link_bytes(c: Collective) -> Fraction:
+    n = c.group_size
+    if c.op == "all_reduce":
+        return Fraction(c.bytes * (n - 1), n)
+    if c.op == "all_gather":
+        return Fraction(c.bytes * (n - 1))
+    if c.op in ("all_to_all", "reduce_scatter"):
+        return Fraction(c.bytes * (n - 1), n)
+    return Fraction(c.bytes)
+
+
+def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: bool
+                 ) -> tuple[Fraction, Fraction, Fraction]:
+    """(compute, hbm, link) seconds for one microbatch (per_mb) or the whole step."""
+    nmb = graph.microbatches
+    div = nmb if per_mb else 1
+    flops = Fraction(sum(o.flops * o.calls for o in cls.ops), div)
+    weights = cls.memory["weights"] if not cls.cache_resident else 0
+    io = sum(b.bytes for b in cls.buffers if b.role == "io")
+    hbm = Fraction(weights + io, div)
+    link = Fraction(0)
+    for c in cls.collectives:
+        bw = rates.intra if c.link == "intra" else rates.inter
+        link += link_bytes(c) * c.calls / bw
+    link /= div
+    return flops / rates.compute, hbm / rates.hbm, link
+
+
+def step_lower_bound(graph: PlacementGraph, rates: Rates) -> Fraction:
+    """Seconds: no execution of this plan's forward step can be faster."""
+    stages = [max(_class_parts(c, graph, rates, per_mb=True)) for c in graph.classes]
+    if not stages:
+        return Fraction(0)
+    return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)
+
+
+def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None) -> float:
+    """Seconds: an estimate of the forward step (no overlap, calibrated efficiencies)."""
+    e = eff or Efficiency()
+    stages = []
+    for c in graph.classes:
+        comp, hbm, link = _class_parts(c, graph, rates, per_mb=True)
+        calls = sum(x.calls for x in c.collectives) / max(1, graph.microbatches)
+        t = max(float(comp) / e.compute, float(hbm) / e.hbm) + float(link) / e.link
+        stages.append(t + calls * e.latency_s)
+    if not stages:
+        return 0.0
+    return sum(stages) + (graph.microbatches - 1) * max(stages)
+
+
+def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]
+    d = plan.cluster.device
+    return Rates(d.compute, d.bandwidth, plan.cluster.intra, plan.cluster.inter)

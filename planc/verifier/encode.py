@@ -1,0 +1,373 @@
+"""Build the obligations of one plan from its spec and placement graph.
+
+Variables (z3 Ints, pinned to the plan's values by the solver): `mesh.AXIS` for each axis size,
+`microbatches`, `batch`, `seq`. Model sizes are constants. Obligations are listed in a fixed
+order so reports are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from functools import reduce
+from math import prod
+
+from planc.compiler.ir import PlacementGraph
+from planc.compiler.lower import cdiv, lower, microbatches
+from planc.compiler.spec import PlanSpec
+from planc.compiler.units import human_bytes, human_count
+from planc.diagnostics import Related
+from planc.verifier.obligations import Obligation
+
+CLAIM_TOLERANCE = Fraction(1, 100)  # `==` claims hold within 1% (claims are rounded numbers)
+
+
+def variables(plan: PlanSpec) -> dict[str, int]:
+    v = {f"mesh.{a}": s for a, s in plan.mesh if s is not None}
+    v["microbatches"] = microbatches(plan)
+    v["batch"] = plan.workload.batch or 0
+    v["seq"] = plan.workload.seq or 0
+    return v
+
+
+def _prod(xs: list, z=None):  # type: ignore[no-untyped-def]
+    """Product of z3 terms (or ints); 1 for none."""
+    return reduce(lambda a, b: a * b, xs[1:], xs[0]) if xs else (z.int(1) if z else 1)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0] if n <= 10**6 else []
+
+
+def _axes_text(axes: tuple[str, ...]) -> str:
+    return " x ".join(axes)
+
+
+def build(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    obs: list[Obligation] = []
+    obs += _device_count(plan)
+    obs += _divisibility(plan)
+    obs += _coverage(plan)
+    obs += _memory(plan, graph)
+    obs += _claims(plan, graph)
+    return obs
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_count(plan: PlanSpec) -> list[Obligation]:
+    names = [f"mesh.{a}" for a, _ in plan.mesh]
+    n = plan.devices
+    have = plan.cluster.count
+    sizes = " x ".join(f"{a}={s}" for a, s in plan.mesh)
+    related = ((Related(plan.cluster.count_span, f"cluster {plan.cluster.name!r} has {have} "
+                        "devices"),) if plan.cluster.count_span else ())
+    return [Obligation(
+        kind="device_count", code="V100", name="mesh devices <= cluster devices",
+        formula=lambda env, z: _prod([env[x] for x in names], z) <= have,
+        check=lambda v: prod(v[x] for x in names) <= have,
+        ok=f"mesh {sizes} uses {n} of the cluster's {have} devices",
+        bad=f"mesh {sizes} needs {n} devices; cluster {plan.cluster.name!r} has {have}",
+        span=plan.mesh_span, related=related,
+        hint=f"shrink the mesh to {have} devices or use a larger cluster",
+        numbers={"mesh_devices": n, "cluster_devices": have})]
+
+
+def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
+                 why: str = "") -> Obligation | None:
+    axes = plan.axes_of(dim)
+    if dim == "kv_heads" and not axes:
+        axes = plan.axes_of("heads")  # kv_heads follow heads when not listed
+    if not axes:
+        return None
+    names = [f"mesh.{a}" for a in axes]
+    deg = plan.degree("heads" if dim == "kv_heads" and not plan.axes_of(dim) else dim)
+    need = deg * extra
+    sh = plan.shard_of(dim) or plan.shard_of("heads")
+    span = None
+    if sh is not None:
+        span = next((s for d, s in zip(sh.dims, sh.dim_spans) if d == dim), sh.span)
+    by = _axes_text(axes) + (f" x {extra}" if extra > 1 else "")
+    good = [d for d in _divisors(size) if d % extra == 0][:12]
+    what = _axes_text(axes) if len(axes) == 1 else f"the product {_axes_text(axes)}"
+    hint = (f"{what}{' x ' + str(extra) if extra > 1 else ''} must divide {size}; try "
+            f"{what} in {{{', '.join(str(d // extra) for d in good)}}}") if good else None
+    model_span = plan.model.spans.get(dim)
+    related = (Related(model_span, f"{dim} = {size} set here"),) if model_span else ()
+    return Obligation(
+        kind="divisibility", code=code, name=f"{dim} % {by}",
+        formula=lambda env, z: size % (_prod([env[x] for x in names]) * extra) == 0,
+        check=lambda v: size % (prod(v[x] for x in names) * extra) == 0,
+        ok=f"{dim} ({size}) is divisible by {by} ({need}){why}",
+        bad=f"{dim} ({size}) is not divisible by {by} ({need}){why}",
+        span=span, hint=hint, related=related, numbers={"size": size, "degree": need})
+
+
+def _divisibility(plan: PlanSpec) -> list[Obligation]:
+    m, w = plan.model, plan.workload
+    out: list[Obligation | None] = [
+        _split_check(plan, "heads", m.heads, "V201"),
+        _split_check(plan, "kv_heads", m.kv_heads, "V202"),
+        _split_check(plan, "head_dim", m.head_dim, "V203"),
+        _split_check(plan, "ffn", m.ffn, "V204"),
+        _split_check(plan, "experts", m.experts, "V205") if m.experts else None,
+        _split_check(plan, "batch", w.batch or 0, "V206"),
+    ]
+    seq_sh = plan.shard_of("seq")
+    if seq_sh is not None:
+        zig = seq_sh.attention == "ring"
+        out.append(_split_check(plan, "seq", w.seq or 0, "V207", 2 if zig else 1,
+                                " (zig-zag ring: 2 chunks per rank)" if zig else ""))
+    lay = plan.shard_of("layers")
+    if lay is not None and not lay.stages:
+        out.append(_split_check(plan, "layers", m.layers, "V208"))
+    if lay is not None:
+        dp_names = [f"mesh.{a}" for a in plan.axes_of("batch")]
+        batch = w.batch or 0
+        nmb = microbatches(plan)
+        b_local = cdiv(batch, plan.degree("batch"))
+        span = lay.microbatches_span or lay.span
+        out.append(Obligation(
+            kind="divisibility", code="V209", name="local batch % microbatches",
+            formula=lambda env, z: (env["batch"] / _prod([env[x] for x in dp_names]))
+            % env["microbatches"] == 0,
+            check=lambda v: (v["batch"] // prod(v[x] for x in dp_names)) % v["microbatches"] == 0,
+            ok=f"the local batch ({b_local}) splits into {nmb} microbatches",
+            bad=f"the local batch ({b_local}) does not split into {nmb} microbatches",
+            span=span, hint="microbatches must divide the batch per pipeline: try one of "
+            f"{{{', '.join(str(d) for d in _divisors(b_local)[:12])}}}",
+            numbers={"local_batch": b_local, "microbatches": nmb}))
+    hd = plan.shard_of("head_dim")
+    if hd is not None:
+        names = [f"mesh.{a}" for a in hd.axes]
+        d = m.head_dim
+        span = next((s for x, s in zip(hd.dims, hd.dim_spans) if x == "head_dim"), hd.span)
+        out.append(Obligation(
+            kind="rope_pairing", code="V310", name="head_dim % (2 x head_dim split)",
+            formula=lambda env, z: d % (2 * _prod([env[x] for x in names])) == 0,
+            check=lambda v: d % (2 * prod(v[x] for x in names)) == 0,
+            ok=f"each device's head_dim slice keeps RoPE pairs (i, i + {d // 2}) together "
+               f"(head_dim {d} splits into {2 * plan.degree('head_dim')} half-slices)",
+            bad=f"RoPE rotates dimension i with i + {d // 2}; a split of head_dim {d} over "
+                f"{plan.degree('head_dim')} cannot keep every pair on one device",
+            span=span, hint=f"head_dim must be divisible by 2 x {_axes_text(hd.axes)}",
+            numbers={"head_dim": d, "degree": plan.degree("head_dim")}))
+    return [o for o in out if o is not None]
+
+
+def _coverage(plan: PlanSpec) -> list[Obligation]:
+    """Every index of every split dimension is owned by exactly one shard, for all indices."""
+    out = []
+    m, w = plan.model, plan.workload
+    sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "ffn": m.ffn, "experts": m.experts,
+             "batch": w.batch or 0, "seq": w.seq or 0, "head_dim": m.head_dim,
+             "layers": m.layers}
+    for sh in plan.shards:
+        for dim in sh.dims:
+            D = sizes[dim]
+            n = plan.degree(dim)
+            if n <= 1 or D <= 0:
+                continue
+            if dim == "layers" and sh.stages:
+                ranges = [(a, b) for a, b in sh.stages]
+                out.append(_stage_coverage(plan, sh, ranges, D, n))
+                continue
+            chunks, layout = _chunks(dim, D, n, sh.attention)
+            out.append(_exact_cover(dim, D, chunks, layout, sh.span))
+    return out
+
+
+def _chunks(dim: str, D: int, n: int, attention: str) -> tuple[list[list[tuple[int, int]]], str]:
+    """Index ranges [a, b) owned by each shard, as the runtime lays them out."""
+    if dim == "seq" and attention == "ring":
+        c = cdiv(D, 2 * n)
+        return [[(r * c, min((r + 1) * c, D)),
+                 ((2 * n - 1 - r) * c, min((2 * n - r) * c, D))] for r in range(n)], "zig-zag"
+    if dim == "head_dim":
+        half = D // 2
+        k = cdiv(half, n)
+        return [[(j * k, min((j + 1) * k, half)),
+                 (half + j * k, min(half + (j + 1) * k, D))] for j in range(n)], "RoPE-paired"
+    c = cdiv(D, n)
+    return [[(r * c, min((r + 1) * c, D))] for r in range(n)], "contiguous"
+
+
+def _exact_cover(dim: str, D: int, chunks: list[list[tuple[int, int]]], layout: str,
+                 span) -> Obligation:  # type: ignore[no-untyped-def]
+    n = len(chunks)
+
+    def formula(env, z):  # type: ignore[no-untyped-def]
+        i = z.var(f"i_{dim}")
+        owners = [z.Or(*[z.And(a <= i, i < b) for a, b in rs]) if rs else z.lift(False)
+                  for rs in chunks]
+        count = z.Sum(*[z.If(o, z.int(1), z.int(0)) for o in owners])
+        return z.ForAll([i], z.Implies(z.And(0 <= i, i < D), count == 1))
+
+    return Obligation(
+        kind="coverage", code="V300", name=f"{dim} covered exactly once",
+        formula=formula, check=lambda v: True,
+        ok=f"every index of {dim} (0..{D - 1}) is owned by exactly one of {n} shards ({layout})",
+        bad=f"some index of {dim} is owned by no shard or by two ({layout} layout over {n})",
+        span=span, quantified=True, numbers={"size": D, "shards": n})
+
+
+def _stage_coverage(plan: PlanSpec, sh, ranges: list[tuple[int, int]], L: int, n: int
+                    ) -> Obligation:  # type: ignore[no-untyped-def]
+    text = ", ".join(f"[{a}..{b}]" for a, b in ranges)
+
+    def formula(env, z):  # type: ignore[no-untyped-def]
+        i = z.var("i_layer")
+        count = z.Sum(*[z.If(z.And(a <= i, i <= b), z.int(1), z.int(0)) for a, b in ranges])
+        cover = z.ForAll([i], z.Implies(z.And(0 <= i, i < L), count == 1))
+        inside = z.And(*[z.And(z.int(a) >= 0, z.int(b) < L) for a, b in ranges])
+        contiguous = [z.int(ranges[k][1]) + 1 == ranges[k + 1][0] for k in range(len(ranges) - 1)]
+        return z.And(cover, inside, *contiguous, z.int(len(ranges)) == n)
+
+    return Obligation(
+        kind="coverage", code="V301", name="stages cover the layers",
+        formula=formula, check=lambda v: True,
+        ok=f"stages {text} cover layers 0..{L - 1} once each, in order, one per pipeline rank",
+        bad=f"stages {text} must cover layers 0..{L - 1} exactly once, contiguously and in "
+            f"order, with one stage per pipeline rank ({n})",
+        span=sh.stages_span or sh.span, quantified=True,
+        hint=f"write {n} ranges like [0..{L // n - 1}], [{L // n}..{2 * L // n - 1}], ...",
+        numbers={"layers": L, "stages": len(ranges), "pipeline": n})
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _breakdown(mem: dict[str, int]) -> str:
+    parts = [f"{k} {human_bytes(mem[k])}" for k in ("weights", "activations", "kv_cache",
+                                                      "buffers", "reserve") if mem.get(k)]
+    return ", ".join(parts)
+
+
+def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    out = []
+    limits: list[tuple[str, int, str, object]] = []
+    cap = graph.device_capacity
+    limits.append(("capacity", cap, "V400", plan.cluster.device.span))
+    for r in plan.requires:
+        if r.metric == "memory":
+            lim = (int(r.value * cap / 100) if r.unit == "percent" else int(r.value))
+            limits.append((f"require memory {r.op} {r.text}", lim, "V401", r.span))
+    for cls in graph.classes:
+        peak = cls.memory["peak"]
+        where = f"device class {cls.id} ({cls.count} devices, layers {cls.layers[0]}.."\
+                f"{cls.layers[1] - 1})"
+        for label, lim, code, span in limits:
+            hint = _memory_hint(plan, cls.id, peak, lim)
+            strict = label.startswith("require memory <") and "<=" not in label
+            out.append(Obligation(
+                kind="hbm_capacity", code=code, name=f"hbm {cls.id} ({label})",
+                formula=(lambda env, z, p=peak, l=lim, s=strict: z.int(p) < l if s
+                         else z.int(p) <= l),
+                check=(lambda v, p=peak, l=lim, s=strict: p < l if s else p <= l),
+                ok=f"{where}: {human_bytes(peak)} of {human_bytes(lim)} "
+                   f"({100 * peak / lim:.1f}%) [{_breakdown(cls.memory)}]",
+                bad=f"{where}: {human_bytes(peak)} placed, {human_bytes(lim)} available "
+                    f"({label}) [{_breakdown(cls.memory)}]",
+                span=span if code == "V401" else plan.mesh_span, hint=hint,
+                numbers={"peak": peak, "limit": lim, "class": cls.id}))
+        if cls.cache_resident:
+            c = graph.cache_capacity
+            res = cls.cache_resident
+            out.append(Obligation(
+                kind="cache_capacity", code="V500", name=f"cache {cls.id}",
+                formula=lambda env, z, r=res, cc=c: z.int(r) <= cc,
+                check=lambda v, r=res, cc=c: r <= cc,
+                ok=f"{where}: resident working set {human_bytes(res)} fits L2 {human_bytes(c)}",
+                bad=f"{where}: resident working set {human_bytes(res)} exceeds L2 "
+                    f"{human_bytes(c)}",
+                span=(plan.shard_of("layers").span if plan.shard_of("layers") else None),  # type: ignore[union-attr]
+                hint="compress the weights (`compress weights int8`, `compress mlp sparse 2:4`),"
+                     " use more pipeline stages, or a smaller model",
+                numbers={"resident": res, "cache": c, "class": cls.id}))
+    return out
+
+
+def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
+    """The smallest microbatch increase that fits, found by lowering variants (cheap)."""
+    if peak <= limit:
+        return None
+    lay = plan.shard_of("layers")
+    tried = []
+    if lay is not None and plan.workload.batch:
+        b_local = cdiv(plan.workload.batch, plan.degree("batch"))
+        cur = microbatches(plan)
+        for mbs in sorted(d for d in _divisors(b_local) if d > cur):
+            shards = tuple(replace(s, microbatches=mbs) if s is lay else s for s in plan.shards)
+            g = lower(replace(plan, shards=shards))
+            p = max(c.memory["peak"] for c in g.classes)
+            tried.append((mbs, p))
+            if p <= limit:
+                return f"microbatches {mbs} would need {human_bytes(p)} per device"
+    return ("reduce the batch or sequence per device (more data/sequence parallelism), "
+            "raise tensor parallelism, or compress weights")
+
+
+def _claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    from planc.cost.claims import claim_value  # local: avoids a cycle at import time
+
+    out = []
+    for r in plan.requires:
+        if r.metric == "memory":
+            continue
+        got = claim_value(plan, graph, r.metric)
+        if got is None:
+            continue
+        actual, unit_word, is_bound = got
+        out.append(_claim(r, actual, unit_word, is_bound))
+    return out
+
+
+def _fmt(metric_unit: str, x) -> str:  # type: ignore[no-untyped-def]
+    if metric_unit == "bytes":
+        return human_bytes(x)
+    if metric_unit == "count":
+        return human_count(x)
+    if metric_unit == "tokens_per_s":
+        return f"{float(x):,.0f} tokens/s"
+    if metric_unit == "seconds":
+        return f"{float(x) * 1e3:.4g} ms"
+    return str(x)
+
+
+def _claim(r, actual: Fraction, unit: str, is_bound: bool) -> Obligation:  # type: ignore[no-untyped-def]
+    claim = Fraction(r.value)
+    op = r.op
+    tol = claim * CLAIM_TOLERANCE
+
+    def holds(a: Fraction) -> bool:
+        return {"<=": a <= claim, ">=": a >= claim, "<": a < claim, ">": a > claim,
+                "==": abs(a - claim) <= tol}[op]
+
+    def formula(env, z):  # type: ignore[no-untyped-def]
+        a = z.real(actual.numerator, actual.denominator)
+        c = z.real(claim.numerator, claim.denominator)
+        t = z.real(tol.numerator, tol.denominator)
+        return {"<=": a <= c, ">=": a >= c, "<": a < c, ">": a > c,
+                "==": z.And(a - c <= t, c - a <= t)}[op]
+
+    shown = _fmt(unit, actual)
+    if is_bound:
+        # a physical bound: a claim beyond it is refuted, one within it only "not refuted"
+        return Obligation(
+            kind="throughput_bound", code="V700", name=f"require {r.metric} {op} {r.text}",
+            formula=formula, check=lambda v: holds(actual), mode="refute",
+            ok=f"{r.metric} {op} {r.text} is within the physical bound ({shown}); only a "
+               "measurement can confirm it",
+            bad=f"{r.metric} {op} {r.text} is impossible: the physical bound is {shown}",
+            span=r.span, numbers={"claim": float(claim), "bound": float(actual)},
+            hint="the bound is the slowest of compute, HBM and link time at peak rates, plus the "
+                 "pipeline fill; no schedule can beat it")
+    ratio = float(actual / claim) if claim else float("inf")
+    return Obligation(
+        kind="claim", code="V600", name=f"require {r.metric} {op} {r.text}",
+        formula=formula, check=lambda v: holds(actual),
+        ok=f"{r.metric} is {shown}, so `{r.metric} {op} {r.text}` holds",
+        bad=f"{r.metric} is {shown}, not {op} {r.text} (computed/claimed = {ratio:.3g})",
+        span=r.span, numbers={"claim": float(claim), "computed": float(actual)},
+        hint="`==` allows 1% for rounding" if op == "==" else None)

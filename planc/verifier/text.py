@@ -1,0 +1,62 @@
+"""The human rendering of a check: per plan a verdict line, the per-device memory table and
+every obligation; violated ones in full with the source line, a caret and the fix."""
+
+from __future__ import annotations
+
+from planc.diagnostics import Diagnostic, render
+from planc.verifier.report import CheckResult, PlanResult, memory_rows
+
+MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
+HEADER = ["class", "ranks", "layers", "weights", "activations", "reserve", "peak", "of HBM"]
+
+
+def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(str(r[i])) if i < len(r) else 0 for r in [header, *rows])
+              for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        cells = [str(c).ljust(w) if i < 3 else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(r, widths))]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> list[str]:
+    ncls = len(p.graph.classes) if p.graph else 0
+    out = [f"{p.file}: plan {p.name}: {p.status.upper()} ({p.devices} devices, "
+           f"{ncls} device class{'es' if ncls != 1 else ''})"]
+    if p.completed:
+        out.append("  completed plan (paste it back):")
+        out += ["    " + line for line in p.completed.splitlines()]
+    if p.graph is not None:
+        rows = memory_rows(p.graph)
+        header = HEADER + (["L2 resident"] if any(len(r) > len(HEADER) for r in rows) else [])
+        out += table(header, rows)
+    for v in p.verdicts:
+        ob = v.obligation
+        if v.status == "violated":
+            d = Diagnostic(ob.code, ob.bad, ob.span, "error", ob.hint, ob.related)
+            out += ["  " + line for line in render(d, sources).splitlines()]
+        elif v.status == "unknown":
+            out.append(f"  ?? {ob.code} {ob.kind}: {ob.name}: z3 could not decide ({v.reason})")
+        elif verbose or ob.kind in ("claim", "throughput_bound", "cache_capacity") or (
+                ob.kind == "hbm_capacity"):
+            out.append(f"  {MARK[v.status]:>4} {ob.code} {ob.kind}: {ob.ok}")
+    for key, value in sorted(p.extra.items()):
+        if key == "headroom":
+            out.append(f"  headroom: {value}")
+    return out
+
+
+def to_text(result: CheckResult, verbose: bool = False) -> str:
+    out: list[str] = []
+    for d in result.diagnostics:
+        out.append(render(d, result.sources))
+    for p in result.plans:
+        out += plan_text(p, result.sources, verbose)
+    counts = {s: sum(1 for p in result.plans if p.status == s)
+              for s in ("proved", "violated", "unknown")}
+    errors = sum(1 for d in result.diagnostics if d.severity == "error")
+    out.append(f"{len(result.plans)} plans: {counts['proved']} proved, {counts['violated']} "
+               f"violated, {counts['unknown']} unknown; {errors} input errors")
+    return "\n".join(out) + "\n"
