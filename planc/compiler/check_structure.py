@@ -5,7 +5,9 @@ A mesh axis carries one parallel strategy. Which model dimensions may share an a
   hd  head_dim (seed 001's intra-head split), optionally with ffn
   pp  layers, alone
   sp  seq (ring or gather attention), alone
-  ep  experts, with batch (attention is data parallel over the expert axis) and optionally ffn
+  ep  experts, with batch (attention is data parallel over the expert axis, tokens travel by
+      all-to-all) and optionally ffn; or experts on the tensor-parallel axis of heads (tokens
+      are replicated there, each device runs its experts and the outputs are all-reduced)
   dp  batch, alone
 Anything else on one axis (layers with heads, seq with batch ...) has no runtime meaning and is
 rejected with the axis named.
@@ -62,6 +64,8 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
             continue
         if roles <= {"ep", "dp", "tp"} and {d for d, _ in entries} <= {"experts", "batch", "ffn"}:
             continue
+        if roles == {"ep", "tp"}:
+            continue  # experts over the tensor-parallel group: tokens replicated, outputs summed
         names = sorted({d for d, _ in entries})
         first, *rest = entries
         diags.error(
@@ -91,7 +95,7 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
         diags.error("E053", "`shard experts` needs a mixtral model", sh.span,  # type: ignore[union-attr]
                     f"model {plan.model.name!r} has arch llama and no experts")
     ex = plan.shard_of("experts")
-    if ex is not None:
+    if ex is not None and not set(ex.axes) <= set(plan.axes_of("heads")):
         b = plan.shard_of("batch")
         if b is None or not set(ex.axes) <= set(b.axes):
             diags.error("E054", "expert parallelism needs the batch split over the expert axes "

@@ -150,6 +150,11 @@ def _link(plan: PlanSpec, axes: list[str]) -> str:
     return "intra" if span < plan.cluster.per_node else "inter"
 
 
+def moe_all_to_all(plan: PlanSpec) -> bool:
+    """Experts with data-parallel attention (tokens travel), or on the tp axis (replicated)."""
+    return not set(plan.axes_of("experts")) <= set(plan.axes_of("heads"))
+
+
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
     m, w = plan.model, plan.workload
     assert w.batch is not None and w.seq is not None
@@ -158,7 +163,13 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
     s_l = cdiv(w.seq, deg.sp)
     mode = attention_mode(plan)
     kv_len = s_l if mode == "ring" else w.seq
-    return LocalDims(tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
+    routed = 0
+    if m.experts:
+        # all-to-all mode: every device sends its tokens' top_k copies out and, balanced,
+        # receives as many; replicated mode (experts on the tp axis): the group's tokens are
+        # the same on every device and each device takes its experts' share.
+        routed = mb * s_l * m.top_k if moe_all_to_all(plan) else cdiv(mb * s_l * m.top_k, deg.ep)
+    return LocalDims(routed=routed, tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
                      heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
                      head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
                      experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
@@ -236,11 +247,15 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         elif mode == "gather":
             coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
                  calls, "k_proj")
-        if m.experts:
+        if m.experts and moe_all_to_all(plan):
             ex_axes = list(plan.axes_of("experts"))
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")
-            coll("all_reduce", ffn_axes, T * m.top_k * h * e, calls, "experts")
+            coll("all_reduce", ffn_axes, ld.routed * h * e, calls, "experts")
+        elif m.experts:
+            ex_axes = sorted(set(plan.axes_of("experts")) | set(ffn_axes))
+            coll("all_reduce", [a for a, _ in plan.mesh if a in ex_axes], T * h * e, calls,
+                 "weighted_sum")
         else:
             coll("all_reduce", ffn_axes, T * h * e, calls, "down_proj")
         if pp_axis is not None and not is_last:

@@ -39,6 +39,7 @@ MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "co
 WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "name",
                  "context": "count", "generate": "count"}
 PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
+REPEATABLE = {"link"}  # one line per link kind (intra, inter)
 KEYS_BY_KIND = {"device": DEVICE_KEYS, "cluster": CLUSTER_KEYS, "model": MODEL_KEYS,
                 "workload": WORKLOAD_KEYS, "plan": PLAN_KEYS}
 REQUIRED = {
@@ -87,7 +88,7 @@ class _Values:
             if key not in allowed:
                 self._unknown_key(stmt, allowed)
                 continue
-            if key in self.props:
+            if key in self.props and key not in REPEATABLE:
                 first = self.props[key]
                 self._err("E011", f"{key!r} is set twice in {block.kind} {block.name.name!r}",
                           stmt.key.span, "keep one of them",
@@ -309,6 +310,7 @@ def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], diags: Diagnostics
     intra, inter = presets.DEFAULT_INTRA, presets.DEFAULT_INTER
     if v.has("link"):
         # several link lines are allowed: collect them from the block directly
+        links: dict[str, Span] = {}
         for stmt in b.body:
             if not (isinstance(stmt, ast.Prop) and stmt.key.name == "link"):
                 continue
@@ -318,6 +320,11 @@ def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], diags: Diagnostics
                        "e.g. `link intra 450 GB/s`")
                 continue
             bw = quantity_int(val.quantity, "bytes_per_s", "link", v._err)
+            if val.name.name in links:
+                v._err("E011", f"link {val.name.name} is set twice", val.name.span,
+                       "keep one of them", (Related(links[val.name.name], "first set here"),))
+                continue
+            links[val.name.name] = val.name.span
             if bw is not None:
                 if val.name.name == "intra":
                     intra = bw

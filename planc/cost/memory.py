@@ -26,6 +26,7 @@ class LocalDims:
     experts: int  # local experts (0: dense MLP)
     top_k: int
     elem: int  # bytes per element of the model dtype
+    routed: int = 0  # token-expert pairs this device's experts process (balanced routing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,9 +147,9 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("mlp_act", T * f * e, i_mul, i_down)
         last_in = i_up
     else:
-        # Routed tokens: each token goes to top_k experts; with balanced routing a device's
-        # local experts see T * top_k tokens in all (dropless: the average, not a bound).
-        routed = T * d.top_k
+        # Routed tokens: each token goes to top_k experts; with balanced routing this device's
+        # experts see `d.routed` token copies (dropless: the average, not a bound).
+        routed = d.routed
         f = d.ffn
         i_router = op("router", 2 * T * h * d.experts, (T * h) * e)
         i_disp = op("dispatch", 0, 2 * routed * h * e)

@@ -123,7 +123,6 @@ def _last_line(text: str) -> tuple[int, int]:
 
 
 def _syntax_error(e: UnexpectedInput, text: str, path: str) -> PlancError:
-    p = parser()
     if isinstance(e, UnexpectedEOF) or (
         isinstance(e, UnexpectedToken) and e.token.type == "$END"
     ):
@@ -149,30 +148,57 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str) -> PlancError:
     tok = e.token
     span = _token_span(path, tok)
     expected = sorted(x for x in e.expected if not x.startswith("_"))
-    if tok.type == "NAME" and "KIND" in e.expected and "NAME" not in e.expected:
+    if str(tok).isidentifier() and "KIND" in e.expected and "NAME" not in e.expected:
         guess = did_you_mean(str(tok), KINDS)
         return _fail("P103", f"unknown block kind {str(tok)!r}", span,
                      f"did you mean {guess!r}?" if guess else "kinds: " + ", ".join(KINDS))
     if tok.type == "LBRACE" or str(tok) == "{":
-        opened = _open_blocks(text, tok.line)
-        related = ()
-        if opened and opened[-1] != (tok.line, tok.column):
-            ol, oc = opened[-2] if len(opened) > 1 else opened[-1]
-            related = (Related(Span.point(path, ol, oc), "the enclosing block opens here"),)
-        return _fail("P104", "blocks do not nest", span,
-                     "close the current block with '}' before starting another", related)
-    label = None
-    try:
-        label = e.match_examples(p.parse, {code: list(ex) for code, _, _, ex in SYNTAX_ERRORS},
-                                 use_accepts=True)
-    except Exception:  # match_examples is a heuristic; a failure just means no friendly label
-        label = None
+        opened = [o for o in _open_blocks(text, tok.line) if o != (tok.line, tok.column)]
+        related: tuple[Related, ...] = ()
+        if opened:
+            ol, oc = opened[-1]
+            related = (Related(Span.point(path, ol, oc), "the block still open here"),)
+        return _fail("P104", "blocks do not nest" + (
+            f": the block opened at {opened[-1][0]}:{opened[-1][1]} is not closed" if opened
+            else ""), span, "close the current block with '}' before starting another", related)
+    label = _label(e)
     shown = "end of line" if tok.type == "_NEWLINE" else repr(str(tok))
     for code, message, hint, _ in SYNTAX_ERRORS:
         if code == label:
             return _fail(code, f"{message} (found {shown})", span, hint)
     return _fail("P101", f"unexpected {shown}", span,
                  "expected one of: " + ", ".join(_pretty(x) for x in expected))
+
+
+@cache
+def _example_table() -> tuple[dict[tuple[int, str], str], dict[int, str]]:
+    """(top LALR state, token type) -> label, learnt by parsing the known-bad examples.
+
+    Like lark's match_examples, but keyed on the top state only: the same mistake after one
+    statement or after ten leaves different stacks under the same top state.
+    """
+    exact: dict[tuple[int, str], str] = {}
+    by_state: dict[int, str] = {}
+    for code, _, _, examples in SYNTAX_ERRORS:
+        for ex in examples:
+            try:
+                parser().parse(ex)
+            except UnexpectedToken as u:
+                pos = u.interactive_parser.parser_state.position
+                exact.setdefault((pos, u.token.type), code)
+                by_state.setdefault(pos, code)
+            except UnexpectedInput:
+                continue
+    return exact, by_state
+
+
+def _label(e: UnexpectedToken) -> str | None:
+    ip = getattr(e, "interactive_parser", None)
+    if ip is None:
+        return None
+    pos = ip.parser_state.position
+    exact, by_state = _example_table()
+    return exact.get((pos, e.token.type)) or by_state.get(pos)
 
 
 _TERMINAL_NAMES = {

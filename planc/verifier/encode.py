@@ -255,7 +255,8 @@ def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
             limits.append((f"require memory {r.op} {r.text}", lim, "V401", r.span))
     for cls in graph.classes:
         peak = cls.memory["peak"]
-        where = f"device class {cls.id} ({cls.count} devices, layers {cls.layers[0]}.."\
+        where = f"device class {cls.id} ({cls.count} device{'s' if cls.count != 1 else ''}, "\
+                f"layers {cls.layers[0]}.."\
                 f"{cls.layers[1] - 1})"
         for label, lim, code, span in limits:
             hint = _memory_hint(plan, cls.id, peak, lim)
@@ -304,8 +305,15 @@ def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
             tried.append((mbs, p))
             if p <= limit:
                 return f"microbatches {mbs} would need {human_bytes(p)} per device"
-    return ("reduce the batch or sequence per device (more data/sequence parallelism), "
-            "raise tensor parallelism, or compress weights")
+    g = lower(plan)
+    cls = g.class_by_id(cid)
+    biggest = max(cls.buffers, key=lambda b: b.bytes, default=None)
+    what = ""
+    if biggest is not None and biggest.bytes > cls.memory["weights"]:
+        what = (f"the largest buffer is {biggest.name} ({human_bytes(biggest.bytes)}"
+                f"{' per layer' if biggest.per_layer else ''}); ")
+    return what + ("reduce the batch or sequence per device (more data or sequence "
+                   "parallelism, more microbatches), raise tensor parallelism, or compress weights")
 
 
 def _claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:

@@ -32,10 +32,24 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
         rows = memory_rows(p.graph)
         header = HEADER + (["L2 resident"] if any(len(r) > len(HEADER) for r in rows) else [])
         out += table(header, rows)
+    shown: dict[tuple, list[str]] = {}
+    for v in p.verdicts:  # symmetric device classes break the same way: say it once
+        ob = v.obligation
+        if v.status == "violated":
+            key = (ob.code, ob.span, ob.bad.split(":", 1)[-1] if "class" in ob.bad else ob.bad)
+            shown.setdefault(key, []).append(str(ob.numbers.get("class", "")))
     for v in p.verdicts:
         ob = v.obligation
         if v.status == "violated":
-            d = Diagnostic(ob.code, ob.bad, ob.span, "error", ob.hint, ob.related)
+            key = (ob.code, ob.span, ob.bad.split(":", 1)[-1] if "class" in ob.bad else ob.bad)
+            classes = shown.pop(key, None)
+            if classes is None:
+                continue
+            msg = ob.bad
+            if len(classes) > 1:
+                msg += f" (the same for {len(classes) - 1} more device classes: " \
+                       f"{', '.join(classes[1:4])}{', ...' if len(classes) > 4 else ''})"
+            d = Diagnostic(ob.code, msg, ob.span, "error", ob.hint, ob.related)
             out += ["  " + line for line in render(d, sources).splitlines()]
         elif v.status == "unknown":
             out.append(f"  ?? {ob.code} {ob.kind}: {ob.name}: z3 could not decide ({v.reason})")

@@ -15,14 +15,16 @@ Storage (what `CompressedLinear.stored_tensors` holds; compress_layout gives the
 Compute:
 - CPU: dense math on the decompressed weight (int8: x @ (q * scale).T; 2:4: a masked dense
   weight rebuilt from values and metadata).
-- CUDA int8: torch._weight_int8pack_mm (x [T, in], q [out, in] int8, scale [out], x's dtype)
-  where it runs for these dtypes; otherwise F.linear(x, q.to(x.dtype)) * scale (exact
-  dequantization up to float rounding). torch._int_mm is not used: it needs int8 activations,
+- CUDA int8: torch._weight_int8pack_mm (x [T, in], q [out, in] int8, scale [out], x's dtype;
+  seen running on an H100 with torch 2.11 for bf16, fp16 and fp32); where it raises,
+  F.linear(x, q.to(x.dtype)) * scale (exact dequantization up to float rounding). torch._int_mm is not used: it needs int8 activations,
   which changes the numerics of a weight-only scheme.
 - CUDA 2:4: torch.sparse.to_sparse_semi_structured on the pruned weight when the dtype is
   float16/bfloat16 and both dims are multiples of 64 (the CUTLASS/cuSPARSELt minimum shapes);
-  then F.linear dispatches to the sparse kernel and only its compressed tensor is kept.
-  float32 is excluded on purpose: torch's float32 CUTLASS format is 1:2, not 2:4.
+  then F.linear dispatches to the sparse kernel and only its compressed tensor is kept. torch's
+  default there is cuSPARSELt (seen on an H100 with torch 2.11: one bf16 buffer [out, in*9/16]);
+  its CUTLASS kernel runs on compute capability 8.x only. float32 is excluded on purpose:
+  torch's float32 CUTLASS format is 1:2, not 2:4, and cuSPARSELt's table has no float32.
 - CUDA int8 + 2:4: weights stay int8 + metadata (memory as compress_layout says) and are
   decompressed per call; no weight-only int8 sparse kernel exists in torch.
 """
@@ -136,7 +138,7 @@ class CompressedLinear(torch.nn.Module):
             mask = mask_2_4(w)
             w = w * mask
             if not int8 and semi_structured_ok(w):
-                self.semi = torch.sparse.to_sparse_semi_structured(w.contiguous())
+                self.semi = _to_semi_structured(w)
         if int8:
             q, scale = quantize_int8(w)
             self.register_buffer("scale", scale)
@@ -171,11 +173,21 @@ class CompressedLinear(torch.nn.Module):
         return dequantize_int8(w, self.scale) if self.int8 else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.semi is not None:
-            return F.linear(x, self.semi)
+        if self.semi is not None:  # the sparse kernels take 2-D inputs
+            y = F.linear(x.reshape(-1, self.in_features), self.semi)
+            return y.reshape(*x.shape[:-1], self.out_features)
         if self.int8 and not self.sparse_2_4:
             return int8_linear(x, self.weight, self.scale)
         return F.linear(x, self.dense_weight().to(x.dtype))
+
+
+def _to_semi_structured(w: torch.Tensor) -> torch.Tensor | None:
+    """torch's default 2:4 format (cuSPARSELt; CUTLASS only if _FORCE_CUTLASS, and its kernel
+    runs on compute capability 8.x only), or None where this torch build cannot make one."""
+    try:
+        return torch.sparse.to_sparse_semi_structured(w.contiguous())
+    except RuntimeError:  # e.g. torch built without cuSPARSELt
+        return None
 
 
 def _semi_parts(t: torch.Tensor) -> list[torch.Tensor]:
