@@ -32,7 +32,9 @@ def _wait(works: list[dist.Work]) -> None:
         w.wait()
 
 
-def forward(ctx: RankContext, model: StageModel, inputs: Tensor | None, rope: Rope) -> Tensor | None:
+def forward(
+    ctx: RankContext, model: StageModel, inputs: Tensor | None, rope: Rope
+) -> Tensor | None:
     """Run this rank's stage on every microbatch. Returns the output on the last stage.
 
     inputs: this rank's rows (token ids or embeddings) on the first stage, else None.
