@@ -1,8 +1,8 @@
 """The independent reference: Hugging Face transformers models built from a RunConfig.
 
-`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral) with
-save_pretrained, which is what ranks load when no checkpoint is given, so the safetensors path is
-always the one exercised. `reference_output` runs the same checkpoint through transformers
+`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral) in
+save_pretrained's layout, which is what ranks load when no checkpoint is given, so the safetensors
+path is always the one exercised. `reference_output` runs the same checkpoint through transformers
 (eager attention, float32) on the same inputs; the runtime's output is compared with it.
 Nobody in this project wrote that code, which is the point. transformers is imported lazily:
 only the ranks that build or check a model pay for the import.
@@ -79,7 +79,15 @@ def _model_class(m: ModelDims) -> Any:
 
 
 def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
-    """Seeded random model in the run dtype, written with save_pretrained (safetensors)."""
+    """Seeded random model in the run dtype: config.json + model.safetensors, as save_pretrained
+    writes them.
+
+    model.save_pretrained itself writes nothing on a process whose torch.distributed rank is not
+    0, and every node's first process must write its own copy, so the tensors go through
+    safetensors directly (HF tensor names, no `model.` prefix, as LlamaModel saves them).
+    """
+    from safetensors.torch import save_file
+
     _quiet_transformers()
     torch.manual_seed(cfg.seed)
     model = _model_class(cfg.model)(hf_config(cfg.model, causal=cfg.causal))
@@ -88,7 +96,10 @@ def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
-    model.to(DTYPES[cfg.dtype]).save_pretrained(str(path))
+    model.to(DTYPES[cfg.dtype])
+    model.config.save_pretrained(str(path))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
 
 
 def reference_output(cfg: RunConfig, path: str | Path, device: torch.device) -> Tensor:
