@@ -16,7 +16,7 @@ from typing import Any
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.layout import check_config
 
-_MAIN = '''
+_MAIN = """
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run one plan compiled by planc (torchrun).")
@@ -44,7 +44,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 _IMPORTS = """
 from __future__ import annotations
