@@ -23,6 +23,13 @@ from typing import Any
 
 import planc
 
+# NVLink multicast stays off on shared hosts (it can take their GPUs out of service): NCCL,
+# PyTorch symmetric memory and NVSHMEM each have their own switch.
+NO_MULTICAST_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
 GRACE_S = 10.0
 TAIL_LINES = 30
 
@@ -141,16 +148,19 @@ def run_program(
     extra_env: dict[str, str] | None = None,
     out_path: str | Path | None = None,
     rdzv_id: str = "planc",
+    log_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run `program_path` under torchrun on this node and return rank 0's metrics.
 
     With several nodes, call once per node with the same `rdzv_endpoint`, `rdzv_id` and
     `out_path`; the node that hosts rank 0 writes the metrics and every call returns them if
-    `out_path` is shared (otherwise the calls without rank 0 return {}).
+    `out_path` is shared (otherwise the calls without rank 0 return {}). Logs go to `log_dir`
+    (default: a temporary directory, removed after a success and kept after a failure).
     """
-    work = Path(tempfile.mkdtemp(prefix="planc-run-"))
+    work = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="planc-run-"))
+    work.mkdir(parents=True, exist_ok=True)
     out = Path(out_path) if out_path is not None else work / "metrics.json"
-    log_dir, torchrun_log = work / "logs", work / "torchrun.log"
+    logs, torchrun_log = work / "logs", work / "torchrun.log"
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if nnodes == 1 and rdzv_endpoint is None:
         cmd += ["--standalone"]
@@ -175,7 +185,7 @@ def run_program(
         "--max-restarts",
         "0",
         "--log-dir",
-        str(log_dir),
+        str(logs),
         "--redirects",
         "3",
         str(program_path),
@@ -193,7 +203,7 @@ def run_program(
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # ranks share the cores; more threads only contend
     else:
-        env["NCCL_NVLS_ENABLE"] = "0"  # NVLink multicast stays off on the lent machines
+        env.update(NO_MULTICAST_ENV)  # NVLink multicast stays off, whatever the caller's env
     env.update(extra_env or {})
 
     with open(torchrun_log, "wb") as log:
@@ -205,8 +215,7 @@ def run_program(
         except subprocess.TimeoutExpired:
             _stop(proc)
             tails = "\n".join(
-                f"-- local rank {lr} stderr:\n{_tail(p, 8)}"
-                for lr, p in _rank_logs(log_dir).items()
+                f"-- local rank {lr} stderr:\n{_tail(p, 8)}" for lr, p in _rank_logs(logs).items()
             )
             raise LaunchError(
                 f"{program_path}: timed out after {timeout_s:g} s on node "
@@ -218,7 +227,7 @@ def run_program(
     if rc != 0:
         raise LaunchError(
             f"{program_path} on node {node_rank}: "
-            f"{_failure(torchrun_log, log_dir, rc)}\n(logs in {work})"
+            f"{_failure(torchrun_log, logs, rc)}\n(logs in {work})"
         )
     if out.exists():
         data = json.loads(out.read_text())
@@ -229,5 +238,6 @@ def run_program(
             f"{program_path} exited cleanly but wrote no metrics to {out}; "
             f"torchrun output ends with:\n{_tail(torchrun_log)}"
         )
-    shutil.rmtree(work, ignore_errors=True)
+    if log_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
     return data

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from planc.backends.torch.launch import NO_MULTICAST_ENV
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.layout import Layout, check_config, coords_of
 
@@ -83,9 +84,9 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
         )
     timeout = timedelta(seconds=timeout_s)
     if device == "cuda":
-        # NVLink multicast (NVLS) is off on the lent machines; NCCL reads this at communicator
-        # creation, so it must be set before the first collective.
-        os.environ["NCCL_NVLS_ENABLE"] = "0"
+        # NVLink multicast stays off (it can take a shared host's GPUs out of service); NCCL
+        # reads this when it creates a communicator, so it must be set before the first one.
+        os.environ.update(NO_MULTICAST_ENV)
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
         dist.init_process_group("nccl", timeout=timeout, device_id=dev)
