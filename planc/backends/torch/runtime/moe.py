@@ -146,10 +146,14 @@ def moe_ep(
 
     `stats`, if given, receives the bytes this call sent (counts, dispatch, combine, tp) so the
     compiler's formulas (moe_layout.ep_traffic) can be checked against the real buffers.
+    The split sizes are read on the host (.tolist()): one device sync per call, the price of
+    dropless routing without a worst-case padded buffer.
     """
     ep = dist.get_world_size(ep_group)
     n_local = experts.count
     n_experts = ep * n_local
+    if router_weight.shape[0] != n_experts:
+        raise ValueError(f"router has {router_weight.shape[0]} experts, ep {ep} x {n_local} held")
     tokens, hidden = x.shape
     weights, idx = route(x, router_weight, top_k)
 
