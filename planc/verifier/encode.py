@@ -283,10 +283,62 @@ def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
                 bad=f"{where}: resident working set {human_bytes(res)} exceeds L2 "
                     f"{human_bytes(c)}",
                 span=(plan.shard_of("layers").span if plan.shard_of("layers") else None),  # type: ignore[union-attr]
-                hint="compress the weights (`compress weights int8`, `compress mlp sparse 2:4`),"
-                     " use more pipeline stages, or a smaller model",
+                hint=cache_fit_hint(plan, cls.memory["weights"], res - cls.memory["weights"],
+                                    cls.layers[1] - cls.layers[0], c),
                 numbers={"resident": res, "cache": c, "class": cls.id}))
     return out
+
+
+def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache: int) -> str:
+    """What to change so a fit-cache stage fits L2: weights and activations, each with numbers.
+
+    Resident = the stage's weights (after compression) + one microbatch's residual stream
+    [tokens, hidden] (what the runtime keeps between layers; transient buffers stream).
+    """
+    from planc.cost.claims import layer_weight_bytes
+
+    m = plan.model
+    layer = layer_weight_bytes(plan)
+    out = []
+    if weights + act > cache and layer < cache:
+        per_stage = max(1, (cache - min(act, cache - 1)) // layer)
+        need = cdiv(m.layers, per_stage)
+        if per_stage < n_layers:
+            out.append(f"{per_stage} layer(s) of {human_bytes(layer)} fit per stage: the pipeline "
+                       f"axis needs at least {need} devices")
+    if layer >= cache:
+        fixes = []
+        for int8, sparse, words in ((True, False, "int8"), (False, True, "2:4 MLP"),
+                                    (True, True, "int8 + 2:4")):
+            trial = replace(plan, compress_int8=int8 or plan.compress_int8,
+                            compress_mlp_2_4=sparse or plan.compress_mlp_2_4)
+            b = layer_weight_bytes(trial)
+            fixes.append(f"{words} {human_bytes(b)}")
+            if b < cache:
+                break
+        best = replace(plan, compress_int8=True, compress_mlp_2_4=True)
+        hidden = m.hidden
+        while hidden > 64:
+            hidden //= 2
+            r = hidden / m.hidden
+            small = replace(m, hidden=hidden, ffn=max(1, int(m.ffn * r)),
+                            head_dim=max(2, int(m.head_dim * r)))
+            if layer_weight_bytes(replace(best, model=small)) < cache:
+                break
+        out.append(f"one layer's weights are {human_bytes(layer)} against {human_bytes(cache)} of"
+                   f" L2 (compressed: {', '.join(fixes)}); with int8 + 2:4 a layer fits from "
+                   f"hidden {hidden}, ffn {int(m.ffn * hidden / m.hidden)} down")
+    if act >= cache // 2:
+        per_token = m.hidden * m.dtype_bytes
+        tokens = max(0, (cache - min(layer, cache)) // per_token)
+        if tokens:
+            out.append(f"one microbatch's residual stream is {human_bytes(act)}; at most "
+                       f"{tokens} tokens per microbatch leave room for the weights (shorter "
+                       "sequences, more microbatches, or decode)")
+        else:
+            out.append(f"the activations need L2 too: one microbatch's residual stream is "
+                       f"{human_bytes(act)} (one sequence at least; decode keeps it small)")
+    return "; ".join(out) or "compress the weights or add pipeline stages"
 
 
 def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
