@@ -65,6 +65,12 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     obligations = encode.build(plan, graph)
     verdicts = decide(obligations, encode.variables(plan), solver)
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
+    if result.status == "proved":
+        from planc.verifier.headroom import headroom, headroom_text
+
+        h = headroom(plan)
+        result.extra["headroom"] = h
+        result.extra["headroom_text"] = headroom_text(h)
     if plan.devices < plan.cluster.count:
         diags.warning("W101", f"plan {plan.name!r} uses {plan.devices} of "
                       f"{plan.cluster.count} devices; {plan.cluster.count - plan.devices} stay "

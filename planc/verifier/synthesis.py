@@ -1,15 +1,335 @@
-"""Synthesis of plan holes (`?`): placeholder until the verifier-depth work lands."""
+"""Synthesis: fill a plan's holes (`?`) with values that satisfy every obligation.
+
+  1. z3 enumerates the assignments of the mesh / microbatch holes that satisfy the structural
+     constraints (device count, divisibility, RoPE pairing, stage count), each asserted with a
+     tracking literal so that an infeasible plan gets an unsat core: the conflicting lines.
+  2. Each candidate is lowered and screened with the obligations' plain-Python predicates
+     (memory, cache, claims); batch or seq holes are maximised there by binary search, since
+     memory grows with both.
+  3. The best candidate under the objective (`minimize time|memory|devices`,
+     `maximize batch|seq`; default: minimize time) is verified in full with z3 and printed as
+     a completed plan to paste back.
+With no feasible candidate the report says which lines conflict and the nearest feasible
+change: the smallest device count that works, or the largest batch that fits.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from math import prod
+
+import z3
+
+from planc.compiler.check_structure import check_structure
+from planc.compiler.lower import lower
 from planc.compiler.spec import PlanSpec
-from planc.diagnostics import Diagnostics
+from planc.cost.time import rates_of, step_estimate
+from planc.diagnostics import Diagnostics, Related, Span
+from planc.verifier import encode
 from planc.verifier.report import PlanResult
 from planc.verifier.solve import SolverConfig
+
+MAX_CANDIDATES = 20_000
+BATCH_LIMIT = 2**20
+SEQ_LIMIT = 2**24
+
+
+def _mesh_holes(plan: PlanSpec) -> list[str]:
+    return [a for a, s in plan.mesh if s is None]
+
+
+def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no-untyped-def]
+    """z3 vars for mesh/microbatch holes and tracked constraints: [(label, expr, span, text)]."""
+    v = {a: (z3.Int(f"mesh.{a}", ctx) if s is None else z3.IntVal(s, ctx)) for a, s in plan.mesh}
+    lay = plan.shard_of("layers")
+    mb_hole = lay is not None and lay.microbatches is None
+    mb = z3.Int("microbatches", ctx) if mb_hole else z3.IntVal(
+        lay.microbatches if lay is not None and lay.microbatches else 1, ctx)
+    one = z3.IntVal(1, ctx)
+
+    def deg(dim: str):  # type: ignore[no-untyped-def]
+        axes = plan.axes_of(dim) or (plan.axes_of("heads") if dim == "kv_heads" else ())
+        return prod([v[a] for a in axes], start=one) if axes else one
+
+    cons: list[tuple[str, z3.BoolRef, Span | None, str]] = []
+    devices = prod([v[a] for a, _ in plan.mesh], start=one)
+    cons.append(("devices", devices <= count, plan.mesh_span,
+                 f"the mesh must fit the cluster's {count} devices"))
+    for a, s in plan.mesh:
+        if s is None:
+            cons.append((f"bound.{a}", z3.And(v[a] >= 1, v[a] <= count), plan.axis_spans.get(a),
+                         f"axis {a} between 1 and {count}"))
+    m, w = plan.model, plan.workload
+    sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
+             "experts": m.experts, "layers": m.layers}
+    for dim, size in sizes.items():
+        if dim == "layers" and lay is not None and lay.stages:
+            cons.append(("stages", deg("layers") == len(lay.stages), lay.stages_span,
+                         f"{len(lay.stages)} explicit stages need a pipeline axis of that size"))
+            continue
+        if (plan.axes_of(dim) or (dim == "kv_heads" and plan.axes_of("heads"))) and size:
+            sh = plan.shard_of(dim) or plan.shard_of("heads")
+            cons.append((f"div.{dim}", size % deg(dim) == 0, sh.span if sh else None,
+                         f"{dim} ({size}) divisible by its split"))
+    hd = plan.shard_of("head_dim")
+    if hd is not None:
+        cons.append(("rope", m.head_dim % (2 * deg("head_dim")) == 0, hd.span,
+                     "head_dim divisible by twice its split (RoPE pairs)"))
+    if w.batch is not None:
+        cons.append(("div.batch", w.batch % deg("batch") == 0, plan.workload.spans.get("batch"),
+                     f"batch ({w.batch}) divisible by its split"))
+        if lay is not None:
+            cons.append(("microbatches", z3.And(mb >= 1, (w.batch / deg("batch")) % mb == 0),
+                         lay.microbatches_span or lay.span,
+                         "microbatches divide the local batch"))
+    elif mb_hole:
+        cons.append(("microbatches", z3.And(mb >= 1, mb <= 64), lay.span,  # type: ignore[union-attr]
+                     "microbatches between 1 and 64 while the batch is open"))
+    seq_sh = plan.shard_of("seq")
+    if w.seq is not None and seq_sh is not None:
+        k = 2 if seq_sh.attention == "ring" else 1
+        cons.append(("div.seq", w.seq % (k * deg("seq")) == 0, seq_sh.span,
+                     f"seq ({w.seq}) divisible by {'2 x ' if k == 2 else ''}its split"))
+    hole_vars = [v[a] for a in _mesh_holes(plan)] + ([mb] if mb_hole else [])
+    return hole_vars, cons
+
+
+def _enumerate(plan: PlanSpec, count: int, solver: SolverConfig
+               ) -> tuple[list[dict[str, int]], list[tuple[str, Span | None, str]]]:
+    """All structural assignments of the holes, or ([], unsat core) when there is none."""
+    ctx = z3.Context()
+    hole_vars, cons = _structural(plan, ctx, count)
+    s = z3.Solver(ctx=ctx)
+    s.set("timeout", solver.timeout_ms)
+    s.set("random_seed", 0)
+    tracks = {}
+    for label, expr, span, text in cons:
+        lit = z3.Bool(label, ctx)
+        tracks[label] = (span, text)
+        s.assert_and_track(expr, lit)
+    out: list[dict[str, int]] = []
+    while len(out) < MAX_CANDIDATES:
+        r = s.check()
+        if r != z3.sat:
+            if not out and r == z3.unsat:
+                core = [str(c) for c in s.unsat_core()]
+                return [], [(c, *tracks[c]) for c in sorted(core)]
+            break
+        model = s.model()
+        values = {str(x): model.eval(x, model_completion=True).as_long() for x in hole_vars}
+        out.append(values)
+        if not hole_vars:
+            break
+        s.add(z3.Or([x != values[str(x)] for x in hole_vars]))
+    return out, []
+
+
+def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
+    mesh = tuple((a, s if s is not None else values[f"mesh.{a}"]) for a, s in plan.mesh)
+    shards = tuple(replace(sh, microbatches=values.get("microbatches", sh.microbatches or 1))
+                   if "layers" in sh.dims and sh.microbatches is None else sh
+                   for sh in plan.shards)
+    return replace(plan, mesh=mesh, shards=shards)
+
+
+def _screen(plan: PlanSpec) -> tuple[bool, object]:
+    """Every non-quantified obligation's Python predicate holds (cheap; z3 verifies the pick)."""
+    d = Diagnostics()
+    if not check_structure(plan, d):
+        return False, None
+    g = lower(plan)
+    values = encode.variables(plan)
+    for ob in encode.build(plan, g):
+        if not ob.quantified and not ob.check(values):
+            return False, g
+    return True, g
+
+
+def _with_workload(plan: PlanSpec, batch: int | None = None, seq: int | None = None) -> PlanSpec:
+    w = plan.workload
+    return replace(plan, workload=replace(w, batch=batch if batch is not None else w.batch,
+                                          seq=seq if seq is not None else w.seq))
+
+
+def _maximise(plan: PlanSpec, field: str, step: int, limit: int) -> tuple[PlanSpec, object] | None:
+    """The plan with the largest multiple of step for batch/seq that passes the screen."""
+
+    def at(k: int) -> PlanSpec:
+        return _with_workload(plan, **{field: k * step})
+
+    ok, g = _screen(at(1))
+    if not ok:
+        return None
+    lo, hi = 1, 2
+    while hi * step <= limit and _screen(at(hi))[0]:
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit // step + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _screen(at(mid))[0]:
+            lo = mid
+        else:
+            hi = mid
+    best = at(lo)
+    return best, _screen(best)[1]
+
+
+def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
+    w = plan.workload
+    if w.batch is None:
+        step = plan.degree("batch") * (plan.shard_of("layers").microbatches  # type: ignore[union-attr]
+                                       if plan.shard_of("layers") else 1)
+        seq_default = w.seq if w.seq is not None else plan.degree("seq") * 2
+        got = _maximise(_with_workload(plan, seq=seq_default), "batch", step, BATCH_LIMIT)
+        if got is None:
+            return None
+        plan = got[0]
+        if w.seq is not None:
+            return got
+        plan = _with_workload(plan, seq=None)
+    if plan.workload.seq is None:
+        seq_sh = plan.shard_of("seq")
+        step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention == "ring" else 1)
+        return _maximise(plan, "seq", step, SEQ_LIMIT)
+    ok, g = _screen(plan)
+    return (plan, g) if ok else None
+
+
+def _score(plan: PlanSpec, graph, objective: tuple[str, str]) -> tuple:  # type: ignore[no-untyped-def]
+    t = step_estimate(graph, rates_of(plan)) / max(1, graph.batch * graph.seq)
+    peak = max(c.memory["peak"] for c in graph.classes)
+    key = {"time": t, "memory": peak, "devices": plan.devices,
+           "batch": -(plan.workload.batch or 0), "seq": -(plan.workload.seq or 0)}[objective[1]]
+    return (key, t, peak, tuple(s for _, s in plan.mesh))
+
+
+def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None):  # type: ignore[no-untyped-def]
+    """(best concrete plan, candidates tried, unsat core)."""
+    objective = plan.objective or ("minimize", "time")
+    cands, core = _enumerate(plan, count or plan.cluster.count, solver)
+    best = None
+    for values in cands:
+        cp = _concrete(plan, values)
+        got = _fill_workload(cp)
+        if got is None:
+            continue
+        cp, g = got
+        score = _score(cp, g, objective)
+        if best is None or score < best[0]:
+            best = (score, cp)
+    return (best[1] if best else None), len(cands), core
+
+
+def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
+    """The plan (and its workload when it had holes) with every `?` replaced by its value."""
+    from planc.grammar import ast
+    from planc.grammar.parse import parse_file
+
+    tree, text = parse_file(plan.file)
+    lines = text.split("\n")
+    subs: dict[tuple[int, int], str] = {}
+    mb = final.shard_of("layers").microbatches if final.shard_of("layers") else None
+    for b in tree.blocks:
+        if b.kind == "plan" and b.name.name == plan.name:
+            for st in b.body:
+                if isinstance(st, ast.Mesh):
+                    for ax in st.axes:
+                        if isinstance(ax.size, ast.Hole):
+                            subs[(ax.size.span.line, ax.size.span.column)] = str(
+                                final.axis_size(ax.name.name))
+                elif isinstance(st, ast.Shard):
+                    for o in st.options:
+                        if isinstance(o, ast.Microbatches) and isinstance(o.count, ast.Hole):
+                            subs[(o.count.span.line, o.count.span.column)] = str(mb)
+        if b.kind == "workload" and b.name.name == plan.workload.name:
+            for st in b.body:
+                if isinstance(st, ast.Prop) and isinstance(st.value, ast.Hole):
+                    val = getattr(final.workload, st.key.name, None)
+                    subs[(st.value.span.line, st.value.span.column)] = str(val)
+    out = []
+    for b in tree.blocks:
+        keep = (b.kind == "plan" and b.name.name == plan.name) or (
+            b.kind == "workload" and b.name.name == plan.workload.name and plan.workload.batch
+            is None or b.kind == "workload" and b.name.name == plan.workload.name
+            and plan.workload.seq is None)
+        if not keep:
+            continue
+        for ln in range(b.span.line, b.span.end_line + 1):
+            line = lines[ln - 1]
+            for (sl, sc), val in sorted(subs.items(), reverse=True):
+                if sl == ln:
+                    line = line[: sc - 1] + val + line[sc:]
+            out.append(line)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _nearest_devices(plan: PlanSpec, solver: SolverConfig) -> int | None:
+    count = plan.cluster.count
+    candidates = list(range(count + 1, 2 * count + 1)) if count <= 256 else []
+    n = count * 2
+    while n <= 2**16:
+        candidates.append(n)
+        n *= 2
+    for n in candidates:
+        cl = replace(plan.cluster, count=n)
+        best, _, _ = search(replace(plan, cluster=cl), solver, n)
+        if best is not None:
+            return n
+    return None
 
 
 def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
                ) -> PlanResult | None:
-    diags.error("E090", f"plan {plan.name!r} has holes (?), which this version cannot fill yet",
-                plan.span, "write concrete values")
-    return None
+    from planc.pipeline import check_plan
+
+    cfg = solver or SolverConfig()
+    best, tried, core = search(plan, cfg)
+    if best is None:
+        _explain_infeasible(plan, cfg, core, tried, diags)
+        return None
+    result = check_plan(best, diags, cfg)
+    if result is None:
+        return None
+    result.completed = completed_text(plan, best)
+    result.extra["synthesis"] = {
+        "objective": " ".join(plan.objective or ("minimize", "time")),
+        "candidates": tried,
+        "values": {**{f"mesh.{a}": best.axis_size(a) for a in _mesh_holes(plan)},
+                   **({"batch": best.workload.batch} if plan.workload.batch is None else {}),
+                   **({"seq": best.workload.seq} if plan.workload.seq is None else {}),
+                   **({"microbatches": best.shard_of("layers").microbatches}  # type: ignore[union-attr]
+                      if plan.shard_of("layers") and plan.shard_of("layers").microbatches is None  # type: ignore[union-attr]
+                      else {})},
+    }
+    return result
+
+
+def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # type: ignore[no-untyped-def]
+                        diags: Diagnostics) -> None:
+    if core:
+        spans = [(sp, text) for _, sp, text in core if sp is not None]
+        primary = spans[0][0] if spans else plan.span
+        diags.error("E092", f"no values for the holes of plan {plan.name!r} satisfy these "
+                    f"constraints together: {'; '.join(t for _, _, t in core)}", primary,
+                    "change one of the lines below",
+                    tuple(Related(sp, text) for sp, text in spans[1:]))
+        return
+    hints = []
+    n = _nearest_devices(plan, cfg) if _mesh_holes(plan) else None
+    if n is not None:
+        hints.append(f"needs at least {n} devices (the cluster has {plan.cluster.count})")
+    if plan.workload.batch is not None:
+        b_best = 0
+        cands, _ = _enumerate(_with_workload(plan, batch=None), plan.cluster.count, cfg)
+        for values in cands[:200]:
+            cp = _concrete(_with_workload(plan, batch=None), values)
+            step = cp.degree("batch") * (cp.shard_of("layers").microbatches  # type: ignore[union-attr]
+                                         if cp.shard_of("layers") else 1)
+            got = _maximise(cp, "batch", step, BATCH_LIMIT)
+            if got is not None:
+                b_best = max(b_best, got[0].workload.batch or 0)
+        hints.append(f"largest batch that fits: {b_best}" if b_best else
+                     "no batch fits, even 1 per data-parallel rank")
+    diags.error("E093", f"plan {plan.name!r}: none of the {tried} assignments of its holes "
+                "fits (memory, cache or claims)", plan.span, "; ".join(hints) or None)

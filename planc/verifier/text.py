@@ -53,13 +53,18 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
             out += ["  " + line for line in render(d, sources).splitlines()]
         elif v.status == "unknown":
             out.append(f"  ?? {ob.code} {ob.kind}: {ob.name}: z3 could not decide ({v.reason})")
-        elif verbose or ob.kind in ("claim", "throughput_bound", "cache_capacity") or (
-                ob.kind == "hbm_capacity"):
+        elif verbose or ob.kind in ("claim", "throughput_bound") or (
+                ob.code == "V401" and ob.numbers.get("class") == _worst_class(p)):
             out.append(f"  {MARK[v.status]:>4} {ob.code} {ob.kind}: {ob.ok}")
-    for key, value in sorted(p.extra.items()):
-        if key == "headroom":
-            out.append(f"  headroom: {value}")
+    if "headroom_text" in p.extra:
+        out.append(f"  headroom: {p.extra['headroom_text']}")
     return out
+
+
+def _worst_class(p: PlanResult) -> str | None:
+    if p.graph is None or not p.graph.classes:
+        return None
+    return max(p.graph.classes, key=lambda c: c.memory["peak"]).id
 
 
 def to_text(result: CheckResult, verbose: bool = False) -> str:
