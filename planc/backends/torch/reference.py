@@ -57,7 +57,7 @@ def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
     if m.arch == "llama":
         from transformers import LlamaConfig
 
-        cfg = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+        cfg: Any = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
     else:
         from transformers import MixtralConfig
 

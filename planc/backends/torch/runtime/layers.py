@@ -1,16 +1,28 @@
 """Sharded Llama decoder layer, Megatron style (gpt-fast's tp.py is the model).
 
-Attention: q/k/v column-parallel over splits["heads"] (one fused GEMM), RoPE, SDPA, o row-parallel,
-one all_reduce. MLP: gate/up column-parallel over splits["ffn"] (one fused GEMM), SiLU * up,
-down row-parallel, one all_reduce. Every module computes in the run dtype and frees its
-intermediates on return, so a layer's transient memory is a few [batch, seq, width] buffers.
+Attention block: RMSNorm, q/k/v column-parallel over splits["heads"] (one fused GEMM), RoPE, SDPA,
+o row-parallel, one all_reduce. MLP block: RMSNorm, gate/up column-parallel over splits["ffn"]
+(one fused GEMM), SiLU * up, down row-parallel, one all_reduce. Each block returns its fully
+reduced output and the layer adds it to the residual stream in place.
+
+Memory, for a microbatch of T = rows * local seq tokens, element size e, local widths
+Q = q_heads * head_dim, K = kv_heads * head_dim, F = local ffn (what a forward allocates beyond
+the residual stream x [T, hidden], which the stage owns and updates in place):
+  attention: norm out [T, hidden] -> qkv [T, Q + 2K] (norm out freed) -> RoPE in place on the q
+             and k views of qkv, one [T, Q/2] (then [T, K/2]) temporary -> SDPA out [T, Q] (+ its
+             float32 log-sum-exp) -> qkv freed -> o_proj out [T, hidden] -> SDPA out freed ->
+             all_reduce in place -> added to x, freed.
+  MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
+             -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
 
 Other strategies plug in through the three `make_*` functions: they pick ring / gather / head_dim
 attention (runtime/ring_attention.py, runtime/headdim_attention.py), MoE experts
 (runtime/moe.py) and int8 / 2:4 linears (runtime/compress.py) from the RunConfig. Each such module
 exposes `make_attention(ctx, reader, layer)`, `make_mlp(ctx, reader, layer)` or
-`make_linear(ctx, weight, role)` with the signatures below; their modules return the fully
-reduced [batch, seq, hidden] output, so the decoder layer does not care which one it runs.
+`make_linear(ctx, weight, role)` with the signatures below. An attention block maps the residual
+stream x [b, s, hidden] and the Rope tables of the local positions to its reduced output; an MLP
+block maps x to its reduced output; both apply their own input RMSNorm (`load_norm`), so the
+normalised copy of x is freed as soon as the first GEMM has read it.
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ def all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
 class Linear(nn.Module):
     """y = x @ W.T for a (local shard of a) bias-free weight [out, in]."""
 
+    weight: Tensor
+
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
@@ -51,14 +65,16 @@ class Linear(nn.Module):
 class RMSNorm(nn.Module):
     """Hugging Face's LlamaRMSNorm: normalise in float32, cast back, then scale."""
 
+    weight: Tensor
+
     def __init__(self, weight: Tensor, eps: float) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * y.to(x.dtype)
+        # rms_norm computes in float32 and rounds once to x's dtype, as HF does before scaling.
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps).mul_(self.weight)
 
 
 @dataclass(frozen=True)
@@ -76,23 +92,20 @@ def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dty
     return Rope(freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :])
 
 
-def apply_rope(x: Tensor, rope: Rope) -> Tensor:
-    """Rotate-half RoPE on x [b, s, h, d] into one new tensor (HF's rotate_half convention)."""
+def apply_rope_(x: Tensor, rope: Rope) -> None:
+    """Rotate-half RoPE (HF's convention) in place on x [b, s, h, d], which may be a view."""
     x1, x2 = x.chunk(2, dim=-1)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    o1, o2 = out.chunk(2, dim=-1)
-    torch.mul(x1, rope.cos, out=o1)
-    o1.sub_(x2 * rope.sin)
-    torch.mul(x2, rope.cos, out=o2)
-    o2.add_(x1 * rope.sin)
-    return out
+    x2_sin = x2 * rope.sin  # the only temporary: half of x
+    x2.mul_(rope.cos).addcmul_(x1, rope.sin)  # x2 cos + x1 sin
+    x1.mul_(rope.cos).sub_(x2_sin)  # x1 cos - x2 sin
 
 
 class Attention(nn.Module):
-    """Local heads of grouped-query attention; the output is all-reduced over the head group."""
+    """Pre-norm grouped-query attention on the local heads, all-reduced over the head group."""
 
     def __init__(
         self,
+        norm: RMSNorm,
         wqkv: nn.Module,
         wo: nn.Module,
         heads: int,
@@ -102,49 +115,58 @@ class Attention(nn.Module):
         group: dist.ProcessGroup | None,
     ) -> None:
         super().__init__()
-        self.wqkv, self.wo = wqkv, wo
+        self.norm, self.wqkv, self.wo = norm, wqkv, wo
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.causal, self.group = causal, group
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         b, s, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split((h * d, kv * d, kv * d), dim=-1)
-        q = apply_rope(q.view(b, s, h, d), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, s, kv, d), rope).transpose(1, 2)
-        v = v.view(b, s, kv, d).transpose(1, 2)
+        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
+        q, k, v = qkv.split((h, kv, kv), dim=2)
+        apply_rope_(q, rope)
+        apply_rope_(k, rope)
+        # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
         o = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, scale=d**-0.5, enable_gqa=h != kv
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=self.causal,
+            scale=d**-0.5,
+            enable_gqa=h != kv,
         )
-        del q, k, v
+        del qkv, q, k, v
         out = self.wo(o.transpose(1, 2).reshape(b, s, h * d))
+        del o
         return all_reduce(out, self.group)
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) on the local ffn columns, all-reduced over the ffn group."""
+    """Pre-norm down(silu(gate(x)) * up(x)) on the local ffn columns, all-reduced."""
 
-    def __init__(self, w_gate_up: nn.Module, w_down: nn.Module, group: Any) -> None:
+    def __init__(self, norm: RMSNorm, w_gate_up: nn.Module, w_down: nn.Module, group: Any) -> None:
         super().__init__()
-        self.gate_up, self.down, self.group = w_gate_up, w_down, group
+        self.norm, self.gate_up, self.down, self.group = norm, w_gate_up, w_down, group
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        # In place on the fused GEMM output: the MLP's only [b, s, 2*ffn_local] buffer.
-        act = F.silu(gate, inplace=True).mul_(up)
-        return all_reduce(self.down(act), self.group)
+        gate, up = self.gate_up(self.norm(x)).chunk(2, dim=-1)
+        # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
+        out = self.down(F.silu(gate, inplace=True).mul_(up))
+        del gate, up
+        return all_reduce(out, self.group)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: RMSNorm, mlp_norm: RMSNorm):
+    """x += attn(x); x += mlp(x), on the stage's residual stream x (updated in place)."""
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
         self.attn, self.mlp = attn, mlp
-        self.attn_norm, self.mlp_norm = attn_norm, mlp_norm
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        h = x + self.attn(self.attn_norm(x), rope)
-        h += self.mlp(self.mlp_norm(h))
-        return h
+        x.add_(self.attn(x, rope))
+        x.add_(self.mlp(x))
+        return x
 
 
 # Choosers: the only place that maps RunConfig flags to implementations. ------------------------
@@ -200,6 +222,7 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Modu
     )
     wo = reader.cols(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
     return Attention(
+        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
         make_linear(ctx, reader.place(wqkv), "attn"),
         make_linear(ctx, reader.place(wo), "attn"),
         len(lay.q_heads),
@@ -223,19 +246,17 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
     )
     down = reader.cols(p + "down_proj.weight", cols, (m.hidden, m.ffn))
     return GatedMLP(
+        load_norm(ctx, reader, f"layers.{layer}.post_attention_layernorm.weight"),
         make_linear(ctx, reader.place(gate_up), "mlp"),
         make_linear(ctx, reader.place(down), "mlp"),
         ctx.dim_group("ffn"),
     )
 
 
+def load_norm(ctx: RankContext, reader: ShardReader, name: str) -> RMSNorm:
+    m = ctx.cfg.model
+    return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.rms_eps)
+
+
 def make_layer(ctx: RankContext, reader: ShardReader, layer: int) -> DecoderLayer:
-    m, p = ctx.cfg.model, f"layers.{layer}."
-    norm1 = reader.place(reader.full(p + "input_layernorm.weight", (m.hidden,)))
-    norm2 = reader.place(reader.full(p + "post_attention_layernorm.weight", (m.hidden,)))
-    return DecoderLayer(
-        make_attention(ctx, reader, layer),
-        make_mlp(ctx, reader, layer),
-        RMSNorm(norm1, m.rms_eps),
-        RMSNorm(norm2, m.rms_eps),
-    )
+    return DecoderLayer(make_attention(ctx, reader, layer), make_mlp(ctx, reader, layer))

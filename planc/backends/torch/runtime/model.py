@@ -6,11 +6,14 @@ program feeds inputs_embeds), the final RMSNorm on the last, as in Hugging Face'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import RMSNorm, Rope, make_layer
+from planc.backends.torch.runtime.layers import RMSNorm, Rope, load_norm, make_layer
 from planc.backends.torch.weights import ShardReader
 
 
@@ -18,7 +21,7 @@ class StageModel(nn.Module):
     def __init__(
         self,
         layer_ids: range,
-        layers: list[nn.Module],
+        layers: Sequence[nn.Module],
         embed: Tensor | None,
         norm: RMSNorm | None,
     ) -> None:
@@ -32,16 +35,19 @@ class StageModel(nn.Module):
             self.embed = None
 
     def embed_inputs(self, x: Tensor) -> Tensor:
-        """Token ids [b, s] -> embeddings; inputs_embeds pass through unchanged."""
+        """The residual stream this stage may overwrite: token ids [b, s] -> embeddings, or a
+        copy of inputs_embeds (the caller's inputs are reused by the next repeat)."""
         if self.embed is None:
-            return x
+            return x.clone(memory_format=torch.contiguous_format)
         return F.embedding(x, self.embed)
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        """Run the stage's layers on x, which is updated in place (the stage owns it); on the
+        last stage return the final norm of it (a new tensor)."""
         for layer in self.layers:
             x = layer(x, rope)
         if self.norm is not None:
-            x = self.norm(x)
+            return self.norm(x)
         return x
 
 
@@ -52,7 +58,7 @@ def load_stage(ctx: RankContext, reader: ShardReader) -> StageModel:
     if lay.is_first_stage and m.vocab is not None:
         embed = reader.place(reader.full("embed_tokens.weight", (m.vocab, m.hidden)))
     if lay.is_last_stage:
-        norm = RMSNorm(reader.place(reader.full("norm.weight", (m.hidden,))), m.rms_eps)
+        norm = load_norm(ctx, reader, "norm.weight")
     ids = lay.stage_layers()
     layers = [make_layer(ctx, reader, i) for i in ids]
     return StageModel(ids, layers, embed, norm)

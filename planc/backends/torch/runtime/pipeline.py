@@ -46,6 +46,7 @@ def forward(
     nxt = None if lay.is_last_stage else lay.stage_peer(+1)
 
     def post_recv() -> tuple[Tensor, list[dist.Work]]:
+        assert prev is not None
         buf = torch.empty(shape, device=ctx.device, dtype=ctx.dtype)
         return buf, _irecv(buf, prev)
 
