@@ -149,12 +149,12 @@ def run_program(
     out_path: str | Path | None = None,
     rdzv_id: str = "planc",
     log_dir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run `program_path` under torchrun on this node and return rank 0's metrics.
 
     With several nodes, call once per node with the same `rdzv_endpoint`, `rdzv_id` and
     `out_path`; the node that hosts rank 0 writes the metrics and every call returns them if
-    `out_path` is shared (otherwise the calls without rank 0 return {}). Logs go to `log_dir`
+    `out_path` is shared (otherwise the calls without rank 0 return None). Logs go to `log_dir`
     (default: a temporary directory, removed after a success and kept after a failure).
     """
     work = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="planc-run-"))
@@ -232,7 +232,7 @@ def run_program(
     if out.exists():
         data = json.loads(out.read_text())
     elif nnodes > 1:
-        data = {}
+        data = None  # rank 0 ran on another node and wrote its metrics there
     else:
         raise LaunchError(
             f"{program_path} exited cleanly but wrote no metrics to {out}; "

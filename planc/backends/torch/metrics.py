@@ -5,6 +5,8 @@ repeat's time is its slowest rank's (all_reduce MAX: a pipeline finishes when it
 does), the reported time the median over repeats. CUDA events on GPU, perf_counter on CPU.
 Memory (CUDA only): peaks are reset after the weights are loaded, so a peak is the weights plus
 what one forward allocates; the previous forward's output is dropped before the next starts.
+Peaks also hold what CUDA libraries take through PyTorch's allocator on first use: the cuBLAS
+workspace (32 MiB per device on H200 with torch 2.11) stays allocated once the first GEMM ran.
 """
 
 from __future__ import annotations
@@ -58,13 +60,20 @@ def time_forward(ctx: RankContext, fn: Callable[[], T]) -> tuple[list[float], T 
     return slowest.tolist(), out
 
 
-def memory_stats(ctx: RankContext, weight_bytes: int) -> dict[str, Any]:
+def allocated(ctx: RankContext) -> int | None:
+    return torch.cuda.memory_allocated(ctx.device) if ctx.device.type == "cuda" else None
+
+
+def memory_stats(ctx: RankContext, weight_bytes: int, resident: int | None) -> dict[str, Any]:
+    """This rank's memory: peaks since the weights were loaded, the bytes of its weights, and
+    what was allocated just before the first forward (weights, inputs, RoPE tables)."""
     cfg = ctx.cfg
     stats: dict[str, Any] = {
         "rank": ctx.rank,
         "peak_allocated": None,
         "peak_reserved": None,
         "weight_bytes": weight_bytes,
+        "resident_before_forward": resident,
         "predicted_peak": cfg.predicted_peak[ctx.rank] if cfg.predicted_peak else None,
     }
     if ctx.device.type == "cuda":

@@ -28,6 +28,7 @@ from planc.backends.torch.weights import ShardReader
 class RunResult:
     times: list[float]  # per timed repeat, slowest rank, seconds
     output: Tensor | None  # this rank's output tile (last stage only)
+    resident: int | None  # bytes allocated before the first forward (CUDA): weights + inputs
 
 
 def load(ctx: RankContext, checkpoint: str) -> StageModel:
@@ -47,9 +48,10 @@ def run(ctx: RankContext, model: StageModel) -> RunResult:
         inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
     positions = torch.tensor(lay.positions, device=ctx.device)
     rope = rope_tables(positions, cfg.model.head_dim, cfg.model.rope_theta, ctx.dtype)
+    resident = metrics.allocated(ctx)
     with torch.inference_mode():
         times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
-    return RunResult(times, out)
+    return RunResult(times, out, resident)
 
 
 def report(
@@ -62,7 +64,7 @@ def report(
 ) -> dict[str, Any] | None:
     """Collect every rank's numbers, check rank 0's gathered output, write the JSON (rank 0)."""
     cfg = ctx.cfg
-    mine = metrics.memory_stats(ctx, weight_bytes(model))  # before the reference allocates
+    mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)  # before the reference
     ranks: list[Any] = [None] * cfg.world_size
     dist.all_gather_object(ranks, mine)
     info: dict[str, Any] = {
