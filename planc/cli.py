@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from planc import __version__
 from planc.diagnostics import Diagnostic, Diagnostics, PlancError, render
 from planc.io import write_atomic
+from planc.output import FORMATS, usage_error
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN, EXIT_INTERNAL, EXIT_INTERRUPT = 0, 1, 2, 3, 101, 130
 
@@ -43,8 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="verify plans (files or directories)")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--plan", help="check only the plan with this name")
-    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("--format", choices=FORMATS, default="text",
+                   help="text (people), json (stable contract), sarif (code scanning), "
+                        "github (workflow annotations), junit (test reporters)")
     c.add_argument("-o", "--output", help="write the report here (atomically)")
+    c.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour text on a terminal (auto honours NO_COLOR)")
     c.add_argument("-v", "--verbose", action="store_true", help="list every proved obligation")
     c.add_argument("--timeout-ms", type=int, default=5000, help="z3 timeout per obligation")
     c.add_argument("--rlimit", type=int, default=50_000_000, help="z3 resource limit")
@@ -95,14 +100,20 @@ def _emit_out(text: str, output: str | None) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
+    from planc.output import render
+    from planc.output.console import progress, write_text
     from planc.pipeline import check_paths
-    from planc.verifier.report import to_json
     from planc.verifier.solve import SolverConfig
-    from planc.verifier.text import to_text
 
-    result = check_paths(a.paths, a.plan, SolverConfig(a.timeout_ms, a.rlimit))
-    text = to_json(result) if a.format == "json" else to_text(result, a.verbose)
-    _emit_out(text, a.output)
+    with progress("checking " + " ".join(a.paths)):
+        result = check_paths(a.paths, a.plan, SolverConfig(a.timeout_ms, a.rlimit))
+    text = render(result, a.format, a.verbose)
+    if a.output:
+        write_atomic(a.output, text)
+    elif a.format == "text":
+        write_text(text, sys.stdout, a.color)
+    else:
+        sys.stdout.write(text)
     return result.exit_code
 
 
@@ -298,6 +309,38 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "e
             "run": cmd_run, "parse": cmd_parse}
 
 
+def _flag_value(argv: list[str], *names: str) -> str | None:
+    """The value of a flag found by scanning argv, for when argparse itself failed."""
+    for i, tok in enumerate(argv):
+        for n in names:
+            if tok == n:
+                return argv[i + 1] if i + 1 < len(argv) else None
+            if n.startswith("--") and tok.startswith(n + "="):
+                return tok.split("=", 1)[1]
+            if not n.startswith("--") and tok.startswith(n) and len(tok) > len(n):
+                return tok[len(n):]
+    return None
+
+
+def _failure_document(argv: list[str], message: str, code: str, exit_code: int,
+                      hint: str = "see `planc --help`") -> None:
+    """Keep machine-readable output valid when the command failed before producing it."""
+    fmt = _flag_value(argv, "--format")
+    if fmt is None or fmt == "text":
+        return
+    doc = usage_error(fmt, message, code, exit_code, hint)
+    if doc is None:
+        return
+    out = _flag_value(argv, "--output", "-o")
+    try:
+        if out and out != "-":
+            write_atomic(out, doc)
+        else:
+            sys.stdout.write(doc)
+    except OSError as e:
+        print(f"planc: cannot write {out}: {e.strerror}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("PLANC_DEBUG") == "1"
@@ -307,11 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("missing command; try `planc --help`")
         return COMMANDS[a.command](a)
     except UsageError as e:
-        if "--format" in argv and "json" in argv:
-            doc = {"format_version": "1", "plans": [], "diagnostics": [
-                {"code": "U001", "severity": "error", "message": str(e), "file": None,
-                 "line": None, "column": None, "hint": "see `planc --help`", "related": []}]}
-            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        _failure_document(argv, str(e), "U001", EXIT_USAGE)
         print(f"planc: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except PlancError as e:
@@ -331,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         kind = "internal error" if not isinstance(e, InternalError) else "verifier disagreement"
+        _failure_document(argv, f"planc {kind}: {type(e).__name__}: {e}", "U002", EXIT_INTERNAL,
+                          "a bug in planc; rerun with --debug and report the traceback")
         print(f"planc: {kind}: {type(e).__name__}: {e}\n  this is a bug in planc; rerun with "
               "--debug and report the traceback", file=sys.stderr)
         return EXIT_INTERNAL
