@@ -176,6 +176,83 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
                      elem=m.dtype_bytes)
 
 
+@dataclass(frozen=True)
+class StageBuffer:
+    name: str
+    role: str  # io, activation, communication, workspace
+    bytes: int
+    transient: bool = False  # live only outside the layers (final norm), not beside them
+
+
+def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list[StageBuffer]:
+    """What a stage holds beside its layers' transient buffers, as the runtime allocates it
+    (planc/backends/torch/runtime/pipeline.py, program.py, model.py):
+      - the first stage keeps its rows of the inputs for the whole run (embeddings, or token
+        ids with a vocabulary) and clones each microbatch into the residual stream x;
+      - every stage owns x [T, hidden] (layers update it in place);
+      - a later stage posts the receive of microbatch m+1 while computing m, and a stage that
+        sends keeps one send in flight (the previous microbatch's x);
+      - the last stage's final norm makes a new [T, hidden]; with several microbatches they
+        are copied into one preallocated output for the stage's rows;
+      - RoPE cos / sin tables [seq_local, head_dim / 2] each; the cuBLAS workspace.
+    """
+    m, w = plan.model, plan.workload
+    assert w.batch is not None
+    e, h, T = m.dtype_bytes, m.hidden, ld.tokens
+    nmb = microbatches(plan)
+    b_local = cdiv(w.batch, plan.degree("batch"))
+    first, last = si == 0, si == n_stages - 1
+    out = [StageBuffer("residual", "activation", T * h * e),
+           StageBuffer("rope_tables", "activation", 2 * ld.seq_q * (m.head_dim // 2) * e)]
+    if first:
+        per_elem = 8 if m.vocab else h * e  # int64 token ids, or embeddings
+        out.append(StageBuffer("inputs", "io", b_local * ld.seq_q * per_elem))
+    if not first and nmb > 1:
+        out.append(StageBuffer("recv_next", "communication", T * h * e))
+    if not last and nmb > 1:
+        out.append(StageBuffer("send_in_flight", "communication", T * h * e))
+    if last:
+        if nmb > 1:
+            out.append(StageBuffer("outputs", "io", b_local * ld.seq_q * h * e))
+        out.append(StageBuffer("final_norm_out", "activation", T * h * e, transient=True))
+    ws = plan.cluster.device.workspace
+    if ws:
+        out.append(StageBuffer("cublas_workspace", "workspace", ws))
+    return out
+
+
+def stage_memory(plan: PlanSpec, ld: LocalDims, layer_peak: int, layer_weights: int,
+                 si: int, n_stages: int, n_layers: int) -> dict[str, int]:
+    """The memory table row of one device class (bytes): what the HBM obligation sums."""
+    m, dev = plan.model, plan.cluster.device
+    e, h = m.dtype_bytes, m.hidden
+    weights = layer_weights * n_layers + (h * e if si == n_stages - 1 else 0) + (
+        m.vocab * h * e if m.vocab and si == 0 else 0)
+    bufs = stage_buffers(plan, ld, si, n_stages)
+    steady = sum(b.bytes for b in bufs if not b.transient and b.role in ("activation", "io"))
+    transient = max([layer_peak if n_layers else 0] + [b.bytes for b in bufs if b.transient])
+    comm = sum(b.bytes for b in bufs if b.role in ("communication", "workspace"))
+    memory = {"weights": weights, "activations": steady + transient, "kv_cache": 0,
+              "buffers": comm, "reserve": dev.reserve}
+    memory["peak"] = sum(memory.values())
+    memory["capacity"] = dev.memory
+    return memory
+
+
+def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
+    """Memory rows per device class without building the graph (headroom and synthesis)."""
+    deg = Degrees.of(plan)
+    ld = local_dims(plan, deg)
+    ops, bufs = layer_program(ld, attention_mode(plan), deg.sp, deg.hd)
+    peak = peak_live(bufs, len(ops))
+    layer_w = sum(s.bytes for s in layer_shards(plan, deg))
+    stages = plan_stages(plan)
+    pp = bool(plan.axes_of("layers"))
+    return {(f"stage{i}" if pp else "all"): stage_memory(plan, ld, peak, layer_w, i, len(stages),
+                                                       max(0, b - a))
+            for i, (a, b) in enumerate(stages)}
+
+
 def lower(plan: PlanSpec) -> PlacementGraph:
     m, w, dev = plan.model, plan.workload, plan.cluster.device
     assert w.batch is not None and w.seq is not None and not plan.has_holes
@@ -212,17 +289,13 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                           split={}, format="dense", dtype=m.dtype, bytes=h * e,
                                           per_layer=False))
         weights = sum(s.bytes * (n_layers if s.per_layer else 1) for s in cls_shards)
-        # io: the stage's input for the whole local batch (first stage: the program's inputs;
-        # later stages: the receive buffer of one microbatch), the residual stream of the
-        # microbatch in flight, and on the last stage the output of the whole local batch.
-        io: list[tuple[str, int]] = []
-        full = b_local * ld.seq_q * h * e
-        io.append(("stage_input", full if is_first else T * h * e))
-        if is_last:
-            io.append(("stage_output", full))
-        n_ops = len(ops_spec)
-        buffers = [Buffer(name=n, role="io", bytes=b, live=(0, n_ops - 1), per_layer=False)
-                   for n, b in io]
+        # the final norm runs after the layers: an op of its own, so the layer's buffers and
+        # its output are never live together
+        n_ops = len(ops_spec) + (1 if is_last else 0)
+        buffers = [Buffer(name=b.name, role=b.role, bytes=b.bytes,  # type: ignore[arg-type]
+                          live=(n_ops - 1, n_ops - 1) if b.transient else (0, n_ops - 1),
+                          per_layer=False)
+                   for b in stage_buffers(plan, ld, si, len(stages))]
         buffers += [Buffer(name=b.name, role="activation", bytes=b.bytes,
                            live=(b.first, min(b.last, n_ops - 1)), per_layer=True)
                     for b in bufs_spec]
@@ -261,24 +334,18 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         if pp_axis is not None and not is_last:
             coll("send_recv", [pp_axis], T * h * e, nmb, "stage_output")
         ops = [Op(name=o.name, flops=o.flops, bytes=o.hbm_bytes, calls=calls) for o in ops_spec]
-        activations = sum(b for _, b in io) + (layer_peak if n_layers else 0)
-        comm = 0
-        memory = {
-            "weights": weights,
-            "activations": activations,
-            "kv_cache": 0,
-            "buffers": comm,
-            "reserve": dev.reserve,
-        }
-        memory["peak"] = sum(memory.values())
-        memory["capacity"] = dev.memory
+        if is_last:
+            ops.append(Op(name="final_norm", flops=4 * T * h, bytes=2 * T * h * e, calls=nmb))
+        memory = stage_memory(plan, ld, layer_peak, sum(x.bytes for x in shards), si,
+                              len(stages), n_layers)
+        assert memory["weights"] == weights, "weights in the table and in the shards must agree"
         cid = f"stage{si}" if pp_axis else "all"
         fixed = {pp_axis: si} if pp_axis else {}
         count = plan.devices // (plan.axis_size(pp_axis) if pp_axis else 1)
         resident = 0
         sh = plan.shard_of("layers")
         if sh is not None and sh.fit_cache:
-            resident = weights + T * h * e
+            resident = weights + T * h * e  # the stage's weights + one microbatch's x
         classes.append(DeviceClass(id=cid, fixed=fixed, count=count, layers=(first, last),
                                    shards=cls_shards, ops=ops, buffers=buffers,
                                    collectives=collectives, memory=memory,

@@ -2,8 +2,10 @@
 
 Figures are datasheet peaks (dense bf16 compute, HBM bandwidth); the verifier uses them as upper
 bounds, so they must never be lower than what the hardware can do. `reserve` is memory the
-runtime takes outside torch's allocator on every device (CUDA context, NCCL buffers, cuBLAS
-workspace); it is charged in the HBM obligation and can be overridden per device.
+runtime takes outside torch's allocator on every device (CUDA context, NCCL buffers); it is
+charged in the HBM obligation and can be overridden per device. `workspace` is what libraries
+allocate through torch's allocator once per device (cuBLAS), so it shows in
+`max_memory_allocated` and is part of the predicted peak.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ MB = 10**6
 TB = 10**12
 GiB = 2**30
 
+CUBLAS_WORKSPACE = 32 * 2**20  # torch's default cuBLAS workspace, allocated through its allocator
+
 PRESETS: dict[str, dict[str, int]] = {
     "H100": {"memory": 80 * GB, "cache": 50 * MB, "compute": 989 * TB,
-             "bandwidth": 3_350 * GB, "reserve": 1 * GiB},
+             "bandwidth": 3_350 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
     "H200": {"memory": 141 * GB, "cache": 60 * MB, "compute": 989 * TB,
-             "bandwidth": 4_800 * GB, "reserve": 1 * GiB},
+             "bandwidth": 4_800 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
     "A100_80GB": {"memory": 80 * GB, "cache": 40 * MB, "compute": 312 * TB,
-                  "bandwidth": 2_039 * GB, "reserve": 1 * GiB},
+                  "bandwidth": 2_039 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
     # A CPU "device" for local runs: capacities are generous placeholders so small plans fit.
     "CPU": {"memory": 16 * GB, "cache": 32 * MB, "compute": 1 * TB, "bandwidth": 50 * GB,
-            "reserve": 0},
+            "reserve": 0, "workspace": 0},
 }
 
 # Per-direction link bandwidth defaults when a cluster does not say (NVLink 4, 400G IB).

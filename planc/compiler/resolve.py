@@ -31,7 +31,7 @@ MAX_DIM = 2**40  # larger than any real model dimension or device count; catches
 
 # key -> (dimension of the value, required?)
 DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
-               "bandwidth": "bytes_per_s", "reserve": "bytes"}
+               "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes"}
 CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
 MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
               "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
@@ -260,7 +260,7 @@ def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> D
         if base_name in known:
             d = known[base_name]
             base = {"memory": d.memory, "cache": d.cache, "compute": d.compute,
-                    "bandwidth": d.bandwidth, "reserve": d.reserve}
+                    "bandwidth": d.bandwidth, "reserve": d.reserve, "workspace": d.workspace}
         elif base_name in presets.PRESETS:
             base = dict(presets.PRESETS[base_name])
         else:
@@ -269,8 +269,9 @@ def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> D
                    f"did you mean {guess!r}?" if guess else
                    f"presets: {one_of(presets.PRESETS)}")
     vals = {k: v.measure(k, dim, base.get(k)) for k, dim in DEVICE_KEYS.items()}
-    if vals["reserve"] is None:
-        vals["reserve"] = 0
+    for k in ("reserve", "workspace"):
+        if vals[k] is None:
+            vals[k] = 0
     for k in ("memory", "cache", "compute", "bandwidth"):
         if vals[k] is None and v.ok:
             v._err("E013", f"device {b.name.name!r} needs `{k}`", b.name.span,

@@ -30,6 +30,7 @@ class DeviceSpec:
     compute: int  # dense FLOP/s at the model dtype
     bandwidth: int  # HBM bytes/s
     reserve: int  # bytes the runtime holds outside torch's allocator
+    workspace: int = 0  # bytes libraries take through torch's allocator (cuBLAS workspace)
     span: Span | None = _span()
 
 

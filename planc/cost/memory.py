@@ -79,15 +79,16 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
                   ) -> tuple[list[OpSpec], list[BufferSpec]]:
     """Ops and transient buffers of one layer for one microbatch on one device.
 
-    `attention` is local / ring / gather; `sp` the sequence-parallel degree; `hd_split` the
-    head_dim split degree (partial scores are materialised and all-reduced when > 1).
-    Buffer intervals are inclusive op indices. The residual stream entering the layer is an io
-    buffer owned by the stage, not listed here; the layer's output residual is listed (it
-    outlives the layer and becomes the next layer's input).
+    Mirrors planc/backends/torch/runtime/layers.py (see its docstring): the residual stream x
+    [T, hidden] is owned by the stage and updated in place (not listed here); each block
+    normalises into a fresh buffer that the first (fused) GEMM frees; RoPE, SiLU * up and the
+    residual add run in place. `attention` is local / ring / gather; `sp` the sequence degree;
+    `hd_split` the head_dim split (partial scores are materialised and all-reduced when > 1).
+    Intervals are inclusive op indices.
     """
     T, h, e = d.tokens, d.hidden, d.elem
-    hq = d.heads * d.head_dim
-    hkv = d.kv_heads * d.head_dim
+    Q = d.heads * d.head_dim
+    K = d.kv_heads * d.head_dim
     ops: list[OpSpec] = []
     bufs: list[BufferSpec] = []
 
@@ -98,54 +99,48 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     def buf(name: str, nbytes: int, first: int, last: int) -> None:
         bufs.append(BufferSpec(name, nbytes, first, last))
 
-    causal_frac_num, causal_frac_den = 1, 2  # causal attention does about half the score work
     kv_len = d.seq_kv
+    # attention block
     i_norm = op("attn_norm", 4 * T * h, 2 * T * h * e)
-    i_q = op("q_proj", 2 * T * h * hq, (T * h + h * hq + T * hq) * e)
-    i_k = op("k_proj", 2 * T * h * hkv, (T * h + h * hkv + T * hkv) * e)
-    i_v = op("v_proj", 2 * T * h * hkv, (T * h + h * hkv + T * hkv) * e)
-    i_rope = op("rope", 6 * T * (hq + hkv), 2 * T * (hq + hkv) * e)
-    score_flops = 2 * 2 * d.mb * d.heads * d.seq_q * kv_len * d.head_dim
-    score_flops = score_flops * causal_frac_num // causal_frac_den
-    i_attn = op(f"attention_{attention}", score_flops,
-                (T * hq * 2 + 2 * d.mb * kv_len * hkv) * e)
-    i_o = op("o_proj", 2 * T * hq * h, (T * hq + hq * h + T * h) * e)
-    i_res1 = op("residual_add_1", T * h, 3 * T * h * e)
-    buf("attn_norm_out", T * h * e, i_norm, i_v)
-    buf("q", T * hq * e, i_q, i_rope)
-    buf("k", T * hkv * e, i_k, i_rope)
-    buf("v", T * hkv * e, i_v, i_attn)
-    buf("q_rope", T * hq * e, i_rope, i_attn)
-    buf("k_rope", T * hkv * e, i_rope, i_attn)
-    buf("attn_out", T * hq * e, i_attn, i_o)
+    i_qkv = op("qkv_proj", 2 * T * h * (Q + 2 * K), (T * h + h * (Q + 2 * K) + T * (Q + 2 * K)) * e)
+    i_rq = op("rope_q", 3 * T * Q, 3 * T * Q * e)
+    i_rk = op("rope_k", 3 * T * K, 3 * T * K * e)
+    score_flops = 2 * 2 * d.mb * d.heads * d.seq_q * kv_len * d.head_dim // 2  # causal: half
+    i_attn = op(f"attention_{attention}", score_flops, (2 * T * Q + 2 * d.mb * kv_len * K) * e)
+    i_o = op("o_proj", 2 * T * Q * h, (T * Q + Q * h + T * h) * e)
+    i_add1 = op("all_reduce_add_1", T * h, 3 * T * h * e)
+    buf("attn_norm_out", T * h * e, i_norm, i_qkv)
+    buf("qkv", T * (Q + 2 * K) * e, i_qkv, i_attn)
+    buf("rope_tmp_q", T * (Q // 2) * e, i_rq, i_rq)
+    buf("rope_tmp_k", T * (K // 2) * e, i_rk, i_rk)
+    buf("attn_out", T * Q * e, i_attn, i_o)
+    buf("attn_lse", d.mb * d.heads * d.seq_q * 4, i_attn, i_attn)
     if attention == "ring" and sp > 1:
-        # K and V of the block in flight (double-buffered receive) and the float32
-        # accumulators of the online softmax: output and log-sum-exp.
-        buf("ring_kv_recv", 2 * T * hkv * e * 2, i_attn, i_attn)
-        buf("ring_acc_out", T * hq * 4, i_attn, i_attn)
-        buf("ring_lse", d.mb * d.heads * d.seq_q * 4 * 2, i_attn, i_attn)
+        # stacked K/V to send, the block received, and the float32 online-softmax state:
+        # running output and log-sum-exp, plus one block's output and lse
+        buf("ring_kv_send", 2 * T * K * e, i_attn, i_attn)
+        buf("ring_kv_recv", 2 * T * K * e, i_attn, i_attn)
+        buf("ring_acc_out", T * Q * 4, i_attn, i_attn)
+        buf("ring_block_out", T * Q * 4, i_attn, i_attn)
+        buf("ring_lse", 2 * d.mb * d.heads * d.seq_q * 4, i_attn, i_attn)
     elif attention == "gather" and sp > 1:
-        buf("gathered_kv", 2 * d.mb * kv_len * hkv * e, i_attn, i_attn)
+        buf("gathered_kv", 2 * 2 * d.mb * kv_len * K * e, i_attn, i_attn)  # chunks + concat
+        buf("gather_mask", d.seq_q * kv_len, i_attn, i_attn)
     if hd_split > 1:
-        # partial scores of every head in the group, float32, summed by all-reduce
+        # partial scores of every head in the group, float32, summed by all-reduce, then the
+        # softmax probabilities in the model dtype
         buf("partial_scores", d.mb * d.heads * d.seq_q * kv_len * 4, i_attn, i_attn)
         buf("probs", d.mb * d.heads * d.seq_q * kv_len * e, i_attn, i_attn)
-    buf("o_proj_out", T * h * e, i_o, i_res1)
-    buf("residual_1", T * h * e, i_res1, 10**9)  # closed below
+    buf("o_proj_out", T * h * e, i_o, i_add1)
+    # MLP block
     i_norm2 = op("mlp_norm", 4 * T * h, 2 * T * h * e)
-    buf("mlp_norm_out", T * h * e, i_norm2, -1)  # closed below
     if d.experts == 0:
         f = d.ffn
-        i_gate = op("gate_proj", 2 * T * h * f, (T * h + h * f + T * f) * e)
-        i_silu = op("silu", 4 * T * f, 2 * T * f * e)
-        i_up = op("up_proj", 2 * T * h * f, (T * h + h * f + T * f) * e)
-        i_mul = op("mul", T * f, 3 * T * f * e)
+        i_gu = op("gate_up_proj", 2 * T * h * 2 * f, (T * h + 2 * h * f + 2 * T * f) * e)
+        i_act = op("silu_mul", 5 * T * f, 3 * T * f * e)
         i_down = op("down_proj", 2 * T * f * h, (T * f + f * h + T * h) * e)
-        buf("gate_out", T * f * e, i_gate, i_silu)
-        buf("silu_out", T * f * e, i_silu, i_mul)
-        buf("up_out", T * f * e, i_up, i_mul)
-        buf("mlp_act", T * f * e, i_mul, i_down)
-        last_in = i_up
+        buf("mlp_norm_out", T * h * e, i_norm2, i_gu)
+        buf("gate_up", 2 * T * f * e, i_gu, i_down)
     else:
         # Routed tokens: each token goes to top_k experts; with balanced routing this device's
         # experts see `d.routed` token copies (dropless: the average, not a bound).
@@ -154,23 +149,15 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         i_router = op("router", 2 * T * h * d.experts, (T * h) * e)
         i_disp = op("dispatch", 0, 2 * routed * h * e)
         i_exp = op("experts", 3 * 2 * routed * h * f, (3 * h * f * d.experts + 2 * routed * h) * e)
-        i_comb = op("combine", 0, 2 * routed * h * e)
-        i_down = op("weighted_sum", 2 * routed * h, (routed * h + T * h) * e)
+        i_down = op("combine", 2 * routed * h, (routed * h + T * h) * e)
+        buf("mlp_norm_out", T * h * e, i_norm2, i_router)
         buf("router_logits", T * d.experts * 4, i_router, i_disp)
         buf("dispatch_send", routed * h * e, i_disp, i_disp)
         buf("dispatch_recv", routed * h * e, i_disp, i_exp)
-        buf("expert_act", routed * f * e * 3, i_exp, i_exp)
-        buf("expert_out", routed * h * e, i_exp, i_comb)
-        buf("combine_recv", routed * h * e, i_comb, i_down)
-        last_in = i_router
-    i_res2 = op("residual_add_2", T * h, 3 * T * h * e)
-    buf("mlp_out", T * h * e, i_down, i_res2)
-    buf("residual_2", T * h * e, i_res2, i_res2)
-    bufs = [
-        BufferSpec(b.name, b.bytes, b.first, i_res2) if b.name == "residual_1" else
-        BufferSpec(b.name, b.bytes, b.first, last_in) if b.name == "mlp_norm_out" else b
-        for b in bufs
-    ]
+        buf("expert_act", routed * f * e * 2, i_exp, i_exp)
+        buf("expert_out", routed * h * e, i_exp, i_down)
+    i_add2 = op("all_reduce_add_2", T * h, 3 * T * h * e)
+    buf("mlp_out", T * h * e, i_down, i_add2)
     return ops, bufs
 
 

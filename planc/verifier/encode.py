@@ -8,6 +8,7 @@ order so reports are deterministic.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cache
 from fractions import Fraction
 from functools import reduce
 from math import prod
@@ -35,20 +36,34 @@ def _prod(xs: list, z=None):  # type: ignore[no-untyped-def]
     return reduce(lambda a, b: a * b, xs[1:], xs[0]) if xs else (z.int(1) if z else 1)
 
 
+@cache
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0] if n <= 10**6 else []
+    """The divisors of n in increasing order (O(sqrt n))."""
+    if n <= 0:
+        return []
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def _axes_text(axes: tuple[str, ...]) -> str:
     return " x ".join(axes)
 
 
-def build(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+def build(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obligation]:
+    """Every obligation of a plan, in a fixed order. hints=False skips the (costlier) search
+    for the nearest fix of a violation: synthesis screens thousands of candidates with it."""
     obs: list[Obligation] = []
     obs += _device_count(plan)
     obs += _divisibility(plan)
     obs += _coverage(plan)
-    obs += _memory(plan, graph)
+    obs += _memory(plan, graph, hints)
     obs += _claims(plan, graph)
     return obs
 
@@ -173,36 +188,45 @@ def _coverage(plan: PlanSpec) -> list[Obligation]:
                 ranges = [(a, b) for a, b in sh.stages]
                 out.append(_stage_coverage(plan, sh, ranges, D, n))
                 continue
-            chunks, layout = _chunks(dim, D, n, sh.attention)
-            out.append(_exact_cover(dim, D, chunks, layout, sh.span))
+            out.append(_exact_cover(dim, D, n, sh.attention, sh.span))
     return out
 
 
-def _chunks(dim: str, D: int, n: int, attention: str) -> tuple[list[list[tuple[int, int]]], str]:
-    """Index ranges [a, b) owned by each shard, as the runtime lays them out."""
+def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untyped-def]
+    """How the runtime lays a dimension out over n shards, symbolically in the shard index r.
+
+    Returns (ranges, witness, name): ranges(r, z) are the [lo, min(hi, cap)) index ranges shard
+    r owns, as (lo, hi, cap) with lo and hi linear in r; witness(i, z) is the shard that should own index i. Coverage is
+    then quantifier-free: for every i in [0, D) the witness owns i and lies in [0, n), and no two
+    distinct shards own the same i (i, r1, r2 are free, hence universal in the obligation).
+    """
     if dim == "seq" and attention == "ring":
         c = cdiv(D, 2 * n)
-        return [[(r * c, min((r + 1) * c, D)),
-                 ((2 * n - 1 - r) * c, min((2 * n - r) * c, D))] for r in range(n)], "zig-zag"
+        return (lambda r, z: [(r * c, (r + 1) * c, D), ((2 * n - 1 - r) * c, (2 * n - r) * c, D)],
+                lambda i, z: z.If(i / c < n, i / c, 2 * n - 1 - i / c), "zig-zag")
     if dim == "head_dim":
         half = D // 2
         k = cdiv(half, n)
-        return [[(j * k, min((j + 1) * k, half)),
-                 (half + j * k, min(half + (j + 1) * k, D))] for j in range(n)], "RoPE-paired"
+        return (lambda r, z: [(r * k, (r + 1) * k, half), (half + r * k, half + (r + 1) * k, D)],
+                lambda i, z: z.If(i < half, i / k, (i - half) / k), "RoPE-paired")
     c = cdiv(D, n)
-    return [[(r * c, min((r + 1) * c, D))] for r in range(n)], "contiguous"
+    return (lambda r, z: [(r * c, (r + 1) * c, D)], lambda i, z: i / c, "contiguous")
 
 
-def _exact_cover(dim: str, D: int, chunks: list[list[tuple[int, int]]], layout: str,
-                 span) -> Obligation:  # type: ignore[no-untyped-def]
-    n = len(chunks)
+def _exact_cover(dim: str, D: int, n: int, attention: str, span) -> Obligation:  # type: ignore[no-untyped-def]
+    ranges, witness, layout = _layout(dim, D, n, attention)
+
+    def owns(r, i, z):  # type: ignore[no-untyped-def]
+        return z.Or(*[z.And(lo <= i, i < hi, i < cap) for lo, hi, cap in ranges(r, z)])
 
     def formula(env, z):  # type: ignore[no-untyped-def]
-        i = z.var(f"i_{dim}")
-        owners = [z.Or(*[z.And(a <= i, i < b) for a, b in rs]) if rs else z.lift(False)
-                  for rs in chunks]
-        count = z.Sum(*[z.If(o, z.int(1), z.int(0)) for o in owners])
-        return z.ForAll([i], z.Implies(z.And(0 <= i, i < D), count == 1))
+        i, r1, r2 = z.var(f"i_{dim}"), z.var(f"r1_{dim}"), z.var(f"r2_{dim}")
+        inside = z.And(i >= 0, i < D)
+        w = witness(i, z)
+        some_owner = z.Implies(inside, z.And(w >= 0, w < n, owns(w, i, z)))
+        one_owner = z.Implies(z.And(inside, r1 >= 0, r1 < n, r2 >= 0, r2 < n, r1 != r2),
+                              z.Not(z.And(owns(r1, i, z), owns(r2, i, z))))
+        return z.And(some_owner, one_owner)
 
     return Obligation(
         kind="coverage", code="V300", name=f"{dim} covered exactly once",
@@ -244,7 +268,7 @@ def _breakdown(mem: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obligation]:
     out = []
     limits: list[tuple[str, int, str, object]] = []
     cap = graph.device_capacity
@@ -259,7 +283,7 @@ def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
                 f"layers {cls.layers[0]}.."\
                 f"{cls.layers[1] - 1})"
         for label, lim, code, span in limits:
-            hint = _memory_hint(plan, cls.id, peak, lim)
+            hint = _memory_hint(plan, cls.id, peak, lim) if hints else None
             strict = label.startswith("require memory <") and "<=" not in label
             out.append(Obligation(
                 kind="hbm_capacity", code=code, name=f"hbm {cls.id} ({label})",
@@ -284,7 +308,8 @@ def _memory(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
                     f"{human_bytes(c)}",
                 span=(plan.shard_of("layers").span if plan.shard_of("layers") else None),  # type: ignore[union-attr]
                 hint=cache_fit_hint(plan, cls.memory["weights"], res - cls.memory["weights"],
-                                    cls.layers[1] - cls.layers[0], c),
+                                    cls.layers[1] - cls.layers[0], c) if hints and res > c
+                else None,
                 numbers={"resident": res, "cache": c, "class": cls.id}))
     return out
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.lower import lower, microbatches
+from planc.compiler.lower import memory_by_class, microbatches
 from planc.compiler.spec import PlanSpec
 
 LIMIT = 2**24  # search no further: a plan that fits beyond this has no practical limit
 
 
 def _fits_by_class(plan: PlanSpec) -> dict[str, bool]:
-    g = lower(plan)
-    return {c.id: c.memory["peak"] <= c.memory["capacity"] for c in g.classes}
+    return {cid: m["peak"] <= m["capacity"] for cid, m in memory_by_class(plan).items()}
 
 
 def _largest(plan: PlanSpec, step: int, with_value) -> dict[str, int]:  # type: ignore[no-untyped-def]

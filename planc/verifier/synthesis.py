@@ -21,7 +21,7 @@ from math import prod
 import z3
 
 from planc.compiler.check_structure import check_structure
-from planc.compiler.lower import lower
+from planc.compiler.lower import lower, memory_by_class
 from planc.compiler.spec import PlanSpec
 from planc.cost.time import rates_of, step_estimate
 from planc.diagnostics import Diagnostics, Related, Span
@@ -36,6 +36,33 @@ SEQ_LIMIT = 2**24
 
 def _mesh_holes(plan: PlanSpec) -> list[str]:
     return [a for a, s in plan.mesh if s is None]
+
+
+def _domain(plan: PlanSpec, axis: str, count: int) -> list[int]:
+    """Sizes an open axis can take: at most the device count and, since a product of axes
+    divides a dimension only if each factor does, a divisor of every dimension split over it.
+    A finite domain keeps z3's enumeration linear-time per model."""
+    m, w = plan.model, plan.workload
+    sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
+             "experts": m.experts, "batch": w.batch, "seq": w.seq}
+    lay = plan.shard_of("layers")
+    if lay is None or not lay.stages:
+        sizes["layers"] = m.layers
+    out = []
+    for d in range(1, count + 1):
+        ok = True
+        for sh in plan.shards:
+            if axis not in sh.axes:
+                continue
+            for dim in sh.dims + (("kv_heads",) if "heads" in sh.dims and "kv_heads" not in
+                                  sh.dims and not plan.shard_of("kv_heads") else ()):
+                size = sizes.get(dim)
+                k = 2 if dim == "head_dim" or (dim == "seq" and sh.attention == "ring") else 1
+                if size is not None and size % (d * k if dim == "head_dim" else d) != 0:
+                    ok = False
+        if ok:
+            out.append(d)
+    return out
 
 
 def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no-untyped-def]
@@ -57,8 +84,11 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                  f"the mesh must fit the cluster's {count} devices"))
     for a, s in plan.mesh:
         if s is None:
-            cons.append((f"bound.{a}", z3.And(v[a] >= 1, v[a] <= count), plan.axis_spans.get(a),
-                         f"axis {a} between 1 and {count}"))
+            dom = _domain(plan, a, count)
+            cons.append((f"domain.{a}", z3.Or([v[a] == d for d in dom]) if dom else
+                         z3.BoolVal(False, ctx), plan.axis_spans.get(a),
+                         f"axis {a} must divide every dimension split over it (candidates: "
+                         f"{', '.join(map(str, dom[:8]))}{', ...' if len(dom) > 8 else ''})"))
     m, w = plan.model, plan.workload
     sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
              "experts": m.experts, "layers": m.layers}
@@ -78,19 +108,18 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
     if w.batch is not None:
         cons.append(("div.batch", w.batch % deg("batch") == 0, plan.workload.spans.get("batch"),
                      f"batch ({w.batch}) divisible by its split"))
-        if lay is not None:
+        if lay is not None and not mb_hole:
             cons.append(("microbatches", z3.And(mb >= 1, (w.batch / deg("batch")) % mb == 0),
                          lay.microbatches_span or lay.span,
                          "microbatches divide the local batch"))
-    elif mb_hole:
-        cons.append(("microbatches", z3.And(mb >= 1, mb <= 64), lay.span,  # type: ignore[union-attr]
-                     "microbatches between 1 and 64 while the batch is open"))
     seq_sh = plan.shard_of("seq")
     if w.seq is not None and seq_sh is not None:
         k = 2 if seq_sh.attention == "ring" else 1
         cons.append(("div.seq", w.seq % (k * deg("seq")) == 0, seq_sh.span,
                      f"seq ({w.seq}) divisible by {'2 x ' if k == 2 else ''}its split"))
-    hole_vars = [v[a] for a in _mesh_holes(plan)] + ([mb] if mb_hole else [])
+    # microbatches are not enumerated by z3: given the mesh they range over the divisors of
+    # the local batch, which Python lists directly (see _microbatch_options)
+    hole_vars = [v[a] for a in _mesh_holes(plan)]
     return hole_vars, cons
 
 
@@ -124,6 +153,18 @@ def _enumerate(plan: PlanSpec, count: int, solver: SolverConfig
     return out, []
 
 
+def _microbatch_options(plan: PlanSpec) -> list[int | None]:
+    """Microbatch counts to try for a concrete mesh: the divisors of the local batch (powers
+    of two up to 64 while the batch itself is open); [None] when microbatches are not a hole."""
+    lay = plan.shard_of("layers")
+    if lay is None or lay.microbatches is not None:
+        return [None]
+    if plan.workload.batch is None:
+        return [1, 2, 4, 8, 16, 32, 64]
+    local = plan.workload.batch // max(1, plan.degree("batch"))
+    return [d for d in range(1, local + 1) if local % d == 0] if local else [1]
+
+
 def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
     mesh = tuple((a, s if s is not None else values[f"mesh.{a}"]) for a, s in plan.mesh)
     shards = tuple(replace(sh, microbatches=values.get("microbatches", sh.microbatches or 1))
@@ -132,14 +173,32 @@ def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
     return replace(plan, mesh=mesh, shards=shards)
 
 
+def _memory_fits(plan: PlanSpec) -> bool:
+    """HBM capacity and `require memory` per class, from the memory rows alone (no graph)."""
+    limits = []
+    for r in plan.requires:
+        if r.metric == "memory":
+            limits.append((r.value, r.unit, r.op))
+    for m in memory_by_class(plan).values():
+        if m["peak"] > m["capacity"]:
+            return False
+        for value, unit, op in limits:
+            lim = value * m["capacity"] / 100 if unit == "percent" else value
+            if m["peak"] > lim or (op == "<" and m["peak"] >= lim):
+                return False
+    return True
+
+
 def _screen(plan: PlanSpec) -> tuple[bool, object]:
     """Every non-quantified obligation's Python predicate holds (cheap; z3 verifies the pick)."""
     d = Diagnostics()
     if not check_structure(plan, d):
         return False, None
+    if not _memory_fits(plan):
+        return False, None
     g = lower(plan)
     values = encode.variables(plan)
-    for ob in encode.build(plan, g):
+    for ob in encode.build(plan, g, hints=False):
         if not ob.quantified and not ob.check(values):
             return False, g
     return True, g
@@ -208,16 +267,20 @@ def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None):  # t
     objective = plan.objective or ("minimize", "time")
     cands, core = _enumerate(plan, count or plan.cluster.count, solver)
     best = None
+    tried = 0
     for values in cands:
-        cp = _concrete(plan, values)
-        got = _fill_workload(cp)
-        if got is None:
-            continue
-        cp, g = got
-        score = _score(cp, g, objective)
-        if best is None or score < best[0]:
-            best = (score, cp)
-    return (best[1] if best else None), len(cands), core
+        mesh_plan = _concrete(plan, values)
+        for mbs in _microbatch_options(mesh_plan):
+            tried += 1
+            cp = _concrete(mesh_plan, {"microbatches": mbs}) if mbs is not None else mesh_plan
+            got = _fill_workload(cp)
+            if got is None:
+                continue
+            cp, g = got
+            score = _score(cp, g, objective)
+            if best is None or score < best[0]:
+                best = (score, cp)
+    return (best[1] if best else None), tried, core
 
 
 def completed_text(plan: PlanSpec, final: PlanSpec) -> str:

@@ -75,7 +75,8 @@ def test_buffer_intervals_are_well_formed_and_the_peak_counts_them():
         assert 0 <= b.live[0] <= b.live[1] < n_ops, b
     live_max = max(sum(b.bytes for b in cls.buffers if b.live[0] <= i <= b.live[1])
                    for i in range(n_ops))
-    assert cls.memory["activations"] == live_max
+    assert cls.memory["activations"] + cls.memory["buffers"] == live_max
+    assert cls.memory["peak"] == live_max + cls.memory["weights"] + cls.memory["reserve"]
 
 
 def test_the_graph_is_deterministic_json_and_round_trips():

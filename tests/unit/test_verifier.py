@@ -173,3 +173,30 @@ def test_a_disagreement_between_z3_and_python_is_an_internal_error():
                        check=lambda v: False, ok="", bad="", span=None)
     with pytest.raises(InternalError):
         decide([lying], {})
+
+
+@pytest.mark.parametrize("layout", ["overlap", "gap"])
+def test_coverage_catches_a_broken_layout(monkeypatch, layout):
+    """The coverage proof is not vacuous: a layout with an overlap or a gap is refuted."""
+    from planc.verifier import encode
+
+    def broken(dim, D, n, attention):  # type: ignore[no-untyped-def]
+        c = D // n
+        if layout == "overlap":  # shard r also owns the first index of shard r + 1
+            return (lambda r, z: [(r * c, (r + 1) * c + 1, D)], lambda i, z: i / c, "broken")
+        return (lambda r, z: [(r * c + 1, (r + 1) * c, D)], lambda i, z: i / c, "broken")
+
+    monkeypatch.setattr(encode, "_layout", broken)
+    result, _ = check_text(plan_text("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n"))
+    assert {v.status for v in result.verdicts if v.obligation.code == "V300"} == {"violated"}
+
+
+@pytest.mark.parametrize("mesh,shard", [
+    ("sp=4", "shard seq over sp attention ring"),  # zig-zag
+    ("n=2, m=4", "shard heads, kv_heads over n\n  shard head_dim over m"),  # RoPE-paired
+    ("tp=3", "shard ffn over tp"),  # uneven contiguous chunks (ffn 16384 % 3 != 0)
+])
+def test_coverage_is_proved_for_each_runtime_layout(mesh, shard):
+    result, _ = check_text(plan_text(f"  mesh {mesh}\n  {shard}\n"))
+    covs = [v for v in result.verdicts if v.obligation.code == "V300"]
+    assert covs and all(v.status == "proved" for v in covs)
