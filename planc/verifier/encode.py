@@ -64,6 +64,7 @@ def build(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obl
     obs += _divisibility(plan)
     obs += _coverage(plan)
     obs += _memory(plan, graph, hints)
+    obs += _compressed_bytes(plan, graph)
     obs += _claims(plan, graph)
     return obs
 
@@ -364,6 +365,40 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
             out.append(f"the activations need L2 too: one microbatch's residual stream is "
                        f"{human_bytes(act)} (one sequence at least; decode keeps it small)")
     return "; ".join(out) or "compress the weights or add pipeline stages"
+
+
+def _compressed_bytes(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """Each compressed weight's bytes in the graph equal what the runtime stores for it.
+
+    Two independent accountings must agree: the compiler's (cost/memory.linear_bytes) and the
+    runtime's torch-free layout (backends/torch/runtime/compress_layout.weight_bytes), which the
+    runtime's tests check against real tensors: int8 values, per-row scales in the model dtype,
+    2:4 kept values and 2 bits of metadata per kept value.
+    """
+    if not (plan.compress_int8 or plan.compress_mlp_2_4) or not graph.classes:
+        return []
+    from planc.backends.torch.runtime.compress_layout import weight_bytes
+
+    e = plan.model.dtype_bytes
+    rows = []
+    for s in graph.classes[0].shards:
+        if s.format == "dense":
+            continue
+        out_f, in_f = s.local_shape[-2], s.local_shape[-1]
+        mats = s.local_shape[0] if len(s.local_shape) == 3 else 1
+        runtime = mats * weight_bytes(out_f, in_f, e, s.format)  # type: ignore[arg-type]
+        rows.append((s.name, s.format, s.bytes, runtime))
+    bad = [r for r in rows if r[2] != r[3]]
+    total = sum(r[2] for r in rows)
+    text = "; ".join(f"{n} ({f}): graph {g:,} B, runtime {r:,} B" for n, f, g, r in bad[:3])
+    span = plan.compress_span
+    return [Obligation(
+        kind="compressed_bytes", code="V510", name="compressed bytes accounted",
+        formula=lambda env, z, b=len(bad): z.int(b) == 0, check=lambda v, b=len(bad): b == 0,
+        ok=f"{len(rows)} compressed weights per layer, {human_bytes(total)}, counted the same "
+           "by the compiler and the runtime (values + scales + 2:4 metadata)",
+        bad=f"compressed byte counts disagree: {text}", span=span,
+        hint="a planc bug: report it with this plan", numbers={"tensors": len(rows)})]
 
 
 def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:

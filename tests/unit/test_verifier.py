@@ -200,3 +200,18 @@ def test_coverage_is_proved_for_each_runtime_layout(mesh, shard):
     result, _ = check_text(plan_text(f"  mesh {mesh}\n  {shard}\n"))
     covs = [v for v in result.verdicts if v.obligation.code == "V300"]
     assert covs and all(v.status == "proved" for v in covs)
+
+
+def test_compressed_bytes_are_accounted_the_same_by_compiler_and_runtime(monkeypatch):
+    text = plan_text("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n"
+                     "  compress weights int8\n  compress mlp sparse 2:4\n")
+    v = verdict(check_text(text)[0], "V510")
+    assert v.status == "proved" and v.obligation.numbers["tensors"] == 7
+    # a miscount on either side is caught: pretend the runtime forgot the 2:4 metadata
+    from planc.backends.torch.runtime import compress_layout
+
+    real = compress_layout.weight_bytes
+    monkeypatch.setattr(compress_layout, "weight_bytes",
+                        lambda o, i, e, c="none": real(o, i, e, c) - (o * i // 8 if "2:4" in c else 0))
+    v = verdict(check_text(text)[0], "V510")
+    assert v.status == "violated" and "up_proj" in v.obligation.bad
