@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
                            help="override the model dtype (CPU runs use float32)")
     sub.add_parser("schema", help="print the JSON schema of the placement graph")
 
+    f = sub.add_parser("fmt", help="rewrite .plan files in the canonical layout")
+    f.add_argument("paths", nargs="+", metavar="PATH", help="files, directories, or - (stdin)")
+    f.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 when a file would change")
+    f.add_argument("--diff", action="store_true",
+                   help="change nothing; print a unified diff of what would change")
+
     r = sub.add_parser("run", help="verify, emit and run a plan with torchrun")
     r.add_argument("file")
     r.add_argument("--plan")
@@ -146,6 +153,12 @@ def cmd_compile(a: argparse.Namespace) -> int:
     _emit_out(json.dumps(graph.model_dump(mode="json"), indent=2, sort_keys=True) + "\n",
               a.output)
     return EXIT_OK
+
+
+def cmd_fmt(a: argparse.Namespace) -> int:
+    from planc.fmt import format_paths
+
+    return format_paths(a.paths, check=a.check, diff=a.diff)
 
 
 def cmd_schema(a: argparse.Namespace) -> int:
@@ -306,7 +319,7 @@ def _run_text(m: dict[str, Any]) -> str:
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
-            "run": cmd_run, "parse": cmd_parse}
+            "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:
