@@ -1,0 +1,197 @@
+"""Hand-written peers, timed in the same run as planc's programs (torchrun, one process a GPU).
+
+  dtensor_tp  torch DTensor tensor parallel (`parallelize_module`, ColwiseParallel /
+              RowwiseParallel) on the same Hugging Face Llama layers and input as planc's TP plan
+  ring        planc's ring attention kernel on zig-zag chunks against the ideal: one GPU's causal
+              SDPA time over the whole sequence divided by the ring size
+  a2a         all_to_all_single at the byte sizes of planc's expert dispatch and combine
+              (tokens x top_k x hidden), as GB/s per GPU
+
+    torchrun --nproc-per-node 2 benchmarks/peers.py --out peers.json [--small]
+Median of repeats with CUDA events after warm-up; the slowest rank's time. --small runs tiny
+sizes on CPU/gloo (a smoke test of this script, not a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from planc.backends.torch.runtime.ring_attention import ring_attention, zigzag_shard  # noqa: E402
+
+
+def timeit(fn, dev: torch.device, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if dist.is_initialized():
+            dist.barrier()
+        if dev.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    med = torch.tensor([statistics.median(times)], dtype=torch.float64, device=dev)
+    if dist.is_initialized():
+        dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    return float(med.item())
+
+
+def dtensor_tp(dev, dtype, world, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import (
+        LlamaDecoderLayer,
+        LlamaRMSNorm,
+        LlamaRotaryEmbedding,
+    )
+
+    h, heads, ffn, layers, seq = (64, 8, 128, 2, 64) if small else (4096, 32, 16384, 2, 32768)
+    cfg = LlamaConfig(hidden_size=h, num_attention_heads=heads, num_key_value_heads=heads,
+                      head_dim=h // heads, intermediate_size=ffn, num_hidden_layers=layers,
+                      attn_implementation="sdpa")
+    torch.manual_seed(0)
+    mesh = init_device_mesh(dev.type, (world,))
+    blocks = torch.nn.ModuleList([LlamaDecoderLayer(cfg, i) for i in range(layers)])
+    norm = LlamaRMSNorm(h)
+    rope = LlamaRotaryEmbedding(cfg)
+    blocks.to(dev, dtype)
+    norm.to(dev, dtype)
+    rope.to(dev)
+    plan = {"self_attn.q_proj": ColwiseParallel(), "self_attn.k_proj": ColwiseParallel(),
+            "self_attn.v_proj": ColwiseParallel(), "self_attn.o_proj": RowwiseParallel(),
+            "mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel()}
+    for b in blocks:
+        parallelize_module(b, mesh, plan)
+    x = torch.randn(1, seq, h, device=dev, dtype=dtype)
+    pos = torch.arange(seq, device=dev)[None]
+
+    @torch.inference_mode()
+    def fwd() -> None:
+        y = x
+        pe = rope(y, pos)
+        for b in blocks:
+            out = b(y, position_embeddings=pe, attention_mask=None, position_ids=pos)
+            y = out[0] if isinstance(out, tuple) else out
+        norm(y)
+
+    t = timeit(fwd, dev, warmup, repeats)
+    return {"peer": "torch DTensor parallelize_module (Colwise/Rowwise)", "layers": layers,
+            "seq": seq, "time_s": t, "tokens_per_s": seq / t}
+
+
+def ring(dev, dtype, world, rank, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    heads, d, seq = (4, 16, 256) if small else (32, 128, 32768)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, heads, seq, d, device=dev, dtype=dtype) for _ in range(3))
+    single = None
+    # one GPU's time, taken on rank 0 alone (no barrier: the other ranks are not in it)
+    if rank == 0:
+        f = torch.nn.functional.scaled_dot_product_attention
+        for _ in range(warmup):
+            f(q, k, v, is_causal=True)
+        ts = []
+        for _ in range(repeats):
+            if dev.type == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                f(q, k, v, is_causal=True)
+                e.record()
+                e.synchronize()
+                ts.append(s.elapsed_time(e) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                f(q, k, v, is_causal=True)
+                ts.append(time.perf_counter() - t0)
+        single = statistics.median(ts)
+    lq, lk, lv = (zigzag_shard(t, rank, world, 2).contiguous() for t in (q, k, v))
+    t_ring = timeit(lambda: ring_attention(lq, lk, lv, None, causal=True, zigzag=True), dev,
+                    warmup, repeats)
+    box = [single]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    single = box[0]
+    ideal = single / world
+    return {"peer": "ideal ring: one GPU's causal SDPA / ring size", "seq": seq, "heads": heads,
+            "single_gpu_sdpa_s": single, "ring_s": t_ring, "ideal_s": ideal,
+            "efficiency": ideal / t_ring}
+
+
+def a2a(dev, dtype, world, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    tokens, top_k, h = (64, 2, 32) if small else (8192, 2, 4096)
+    n = tokens * top_k * h
+    send = torch.randn(n, device=dev, dtype=dtype)
+    recv = torch.empty_like(send)
+
+    def both() -> None:
+        dist.all_to_all_single(recv, send)  # dispatch
+        dist.all_to_all_single(send, recv)  # combine
+
+    t = timeit(both, dev, warmup, repeats)
+    nbytes = 2 * n * send.element_size()
+    return {"peer": "all_to_all_single at planc's dispatch + combine sizes", "tokens": tokens,
+            "top_k": top_k, "bytes_per_gpu": nbytes, "time_s": t,
+            "gb_per_s_per_gpu": nbytes / t / 1e9,
+            "note": "bytes each GPU sends (dispatch + combine), including its own share"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--modes", default="dtensor_tp,ring,a2a")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    a = ap.parse_args()
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    cuda = torch.cuda.is_available() and not a.small
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    out = {"world": world, "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+           "torch": torch.__version__}
+    try:
+        for mode in a.modes.split(","):
+            if mode == "dtensor_tp":
+                out[mode] = dtensor_tp(dev, dtype, world, a.small, a.warmup, a.repeats)
+            elif mode == "ring":
+                out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats)
+            elif mode == "a2a":
+                out[mode] = a2a(dev, dtype, world, a.small, a.warmup, a.repeats)
+            if cuda:
+                torch.cuda.empty_cache()
+        if rank == 0:
+            Path(a.out).write_text(json.dumps(out, indent=1))
+            print(json.dumps(out, indent=1))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
