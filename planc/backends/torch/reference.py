@@ -3,7 +3,9 @@
 `save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral) in
 save_pretrained's layout, which is what ranks load when no checkpoint is given, so the safetensors
 path is always the one exercised. `reference_output` runs the same checkpoint through transformers
-(eager attention, float32) on the same inputs; the runtime's output is compared with it.
+(eager attention, float32) on the same inputs; the runtime's output is compared with it. For a
+compressed plan the reference model's weights are first replaced by their dequantised / pruned
+versions (compress_weights_), so it is the same compressed model on one device.
 Nobody in this project wrote that code, which is the point. transformers is imported lazily:
 only the ranks that build or check a model pay for the import.
 """
@@ -102,13 +104,57 @@ def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
     save_file(tensors, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
 
 
-def reference_output(cfg: RunConfig, path: str | Path, device: torch.device) -> Tensor:
-    """last_hidden_state [batch, seq, hidden] of transformers on the checkpoint, in float32."""
+def is_compressed(cfg: RunConfig) -> bool:
+    return cfg.compress_int8 or cfg.compress_mlp_2_4
+
+
+def compress_weights_(model: Any, cfg: RunConfig) -> None:
+    """Replace model's linear weights by what the runtime computes with under cfg's compression:
+    int8 (per-output-channel scales over the whole row) on every attention / MLP / expert linear,
+    2:4 on the MLP and expert ones, the router and embedding untouched. Each weight is first
+    rounded to the run dtype and compressed there, with compress.py's functions, as the ranks
+    do; experts are compressed one [out, in] matrix at a time."""
+    from planc.backends.torch.runtime.compress import CompressedLinear
+
+    dtype = DTYPES[cfg.dtype]
+
+    def effective(w: Tensor, mlp: bool) -> Tensor:
+        lin = CompressedLinear(
+            w.to(dtype),
+            int8=cfg.compress_int8,
+            sparse_2_4=cfg.compress_mlp_2_4 and mlp,
+            sparse_kernel=False,
+        )
+        return lin.dense_weight().to(w.dtype)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            attn = ".self_attn." in name and name.endswith("_proj.weight")
+            dense_mlp = ".mlp." in name and name.endswith(
+                ("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+            )
+            experts = ".mlp.experts." in name or ".block_sparse_moe.experts." in name
+            if experts and p.dim() == 3:  # fused [E, out, in]
+                for e in range(p.shape[0]):
+                    p[e].copy_(effective(p[e], True))
+            elif attn or dense_mlp or experts:
+                p.copy_(effective(p, not attn))
+
+
+def reference_output(
+    cfg: RunConfig, path: str | Path, device: torch.device, *, compressed: bool | None = None
+) -> Tensor:
+    """last_hidden_state [batch, seq, hidden] of transformers on the checkpoint, in float32.
+
+    compressed (default: whether cfg compresses): the model's weights replaced by their
+    compressed versions (compress_weights_) before the forward."""
     _quiet_transformers()
     model = _model_class(cfg.model).from_pretrained(
         str(path), dtype=torch.float32, attn_implementation="eager"
     )
     model.config.is_causal = cfg.causal
+    if is_compressed(cfg) if compressed is None else compressed:
+        compress_weights_(model, cfg)
     model.to(device).eval()
     # The runtime's inputs, rounded to the run dtype as the runtime sees them.
     x = make_inputs(cfg, range(cfg.batch), None, device, DTYPES[cfg.dtype])

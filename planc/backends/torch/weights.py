@@ -85,8 +85,38 @@ class ShardReader:
         """Columns [cols.start, cols.stop) of a 2-D weight (row-parallel shard)."""
         return self._slice(name, shape)[:, cols.start : cols.stop]
 
+    def row_indices(self, name: str, rows: list[int], shape: tuple[int, ...]) -> Tensor:
+        """Rows `rows` of a 2-D weight, in that order, read as maximal contiguous runs (the
+        head x head_dim split holds two runs per head)."""
+        sl = self._slice(name, shape)
+        return torch.cat([sl[a:b] for a, b in _runs(rows)])
+
+    def col_indices(self, name: str, cols: list[int], shape: tuple[int, ...]) -> Tensor:
+        """Columns `cols` of a 2-D weight, in that order, read as maximal contiguous runs."""
+        sl = self._slice(name, shape)
+        return torch.cat([sl[:, a:b] for a, b in _runs(cols)], dim=1)
+
+    def has(self, name: str) -> bool:
+        """Whether the checkpoint holds `name` (with or without the `model.` prefix)."""
+        return name in self._files or "model." + name in self._files
+
+    def part(self, name: str, shape: tuple[int, ...], index: tuple[slice, ...]) -> Tensor:
+        """t[index] of a tensor of any rank (e.g. a block of experts [e0:e1, f0:f1, :])."""
+        return self._slice(name, shape)[index]
+
     def place(self, t: Tensor) -> Tensor:
         return t.to(device=self.device, dtype=self.dtype).contiguous()
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of each maximal run of consecutive indices, in order."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def resolve_checkpoint(ctx: RankContext, weights: str | None) -> tuple[str, Callable[[], None]]:

@@ -31,19 +31,51 @@ Compute:
   torch's float32 CUTLASS format is 1:2, not 2:4, and cuSPARSELt's table has no float32.
 - CUDA int8 + 2:4: weights stay int8 + metadata (memory as compress_layout says) and are
   decompressed per call; no weight-only int8 sparse kernel exists in torch.
+
+Buffers one call y = linear(x) allocates beyond its output y [T, out] (element size e of the
+run dtype; the weight's stored tensors are resident, see compress_layout):
+- int8, CUDA: the dense copy q.to(e) [out, in]*e, freed after the GEMM; the scale is applied to y
+  in place. CPU: dequantised weight [out, in]*4 (float32), then its cast [out, in]*e (the same
+  tensor for float32), freed after the GEMM.
+- 2:4 with the CUDA sparse kernel: nothing but the kernel's workspace.
+- 2:4 decompressed per call (CPU; CUDA when the kernel does not apply): unpack_2_4 holds the
+  dense weight [out, in]*e beside a few [out, in/4] index temporaries (uint8 nibbles and masks,
+  one [out, in/4]*e `where` result at a time), then the GEMM.
+- int8 + 2:4: the unpack above in int8 ([out, in] bytes), then dequantisation as for int8 on CPU
+  ([out, in]*4 float32, then its cast to e), freed after the GEMM.
+
+`make_linear(ctx, weight, role, input_group)` is how the runtime's layers get their linears
+(layers.make_linear calls it when RunConfig compresses that role): int8 on every linear, 2:4 on
+"mlp" ones (dense MLPs and experts). A row-parallel shard (input dim split over input_group)
+gets the int8 scales of the whole row: one all_reduce(MAX) of max|w_row| [out] float32 over
+input_group at load time. So every plan stores the same compressed weights, those that
+reference.py builds on one device.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.dist import RankContext
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def quantize_int8(
+    w: torch.Tensor, row_absmax: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: (q int8 [out, in], scale [out] in w.dtype) with
-    scale = max|w_row| / 127, so |w - q * scale| <= scale / 2 elementwise."""
+    scale = max|w_row| / 127, so |w - q * scale| <= scale / 2 elementwise.
+
+    row_absmax (float32 [out]): max|w_row| over the whole row when w holds only some of its
+    columns (a row-parallel shard), so that every shard gets the scale of the unsharded weight.
+    """
     w32 = w.float()
-    exact = w32.abs().amax(dim=1) / 127
+    amax = w32.abs().amax(dim=1) if row_absmax is None else row_absmax.float()
+    exact = amax / 127
     scale = exact.to(w.dtype)
     # A scale rounded down in a narrow dtype would push |w/scale| past 127 (clamped, error
     # above scale/2): step such scales up by one ulp of their dtype.
@@ -55,13 +87,13 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (q.float() * scale.float()[:, None]).to(scale.dtype)
+    return q.float().mul_(scale.float()[:, None]).to(scale.dtype)
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """y = x @ dequantize_int8(q, scale).T."""
     if x.is_cuda:  # scale the output columns instead of the weight rows: one less pass
-        return F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)
+        return F.linear(x, q.to(x.dtype)).mul_(scale.to(x.dtype))
     return F.linear(x, dequantize_int8(q, scale).to(x.dtype))
 
 
@@ -99,13 +131,19 @@ def pack_2_4(w: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def unpack_2_4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Dense [out, in] with zeros where pack_2_4 dropped elements."""
+    """Dense [out, in] with zeros where pack_2_4 dropped elements.
+
+    Built one position of the 4 at a time with uint8 index arithmetic, so the transients beside
+    the dense result are a few [out, in/4] tensors (no int64 scatter index of 4*out*in bytes).
+    """
     out_f, half = values.shape
-    m = meta.to(torch.int64)
-    nibble = torch.stack((m & 15, m >> 4), dim=-1).view(out_f, half // 2)
-    idx = torch.stack((nibble & 3, nibble >> 2), dim=-1)
-    dense = torch.zeros(out_f, half // 2, 4, dtype=values.dtype, device=values.device)
-    dense.scatter_(-1, idx, values.view(out_f, half // 2, 2))
+    nibble = torch.stack((meta & 15, meta >> 4), dim=-1).view(out_f, half // 2)
+    first, second = nibble & 3, nibble >> 2
+    kept = values.view(out_f, half // 2, 2)
+    dense = values.new_zeros(out_f, half // 2, 4)
+    for p in range(4):
+        dense[..., p] = torch.where(first == p, kept[..., 0], 0)
+        dense[..., p] += torch.where(second == p, kept[..., 1], 0)
     return dense.view(out_f, half * 2)
 
 
@@ -124,7 +162,14 @@ def semi_structured_ok(w: torch.Tensor) -> bool:
 class CompressedLinear(torch.nn.Module):
     """y = x @ W.T with W stored as compress says (no bias: llama/mixtral linears have none).
     Build it on the device it runs on (the CUDA sparse weight is made at construction).
-    sparse_kernel=False keeps a 2:4 weight packed on CUDA too (decompressed per call)."""
+    sparse_kernel=False keeps a 2:4 weight packed on CUDA too (decompressed per call).
+    row_absmax: see quantize_int8 (row-parallel shards)."""
+
+    # Buffers, present according to the format (see stored_tensors).
+    weight: torch.Tensor
+    scale: torch.Tensor
+    values: torch.Tensor
+    meta: torch.Tensor
 
     def __init__(
         self,
@@ -133,6 +178,7 @@ class CompressedLinear(torch.nn.Module):
         int8: bool = False,
         sparse_2_4: bool = False,
         sparse_kernel: bool = True,
+        row_absmax: torch.Tensor | None = None,
     ):
         super().__init__()
         self.int8, self.sparse_2_4 = int8, sparse_2_4
@@ -146,7 +192,8 @@ class CompressedLinear(torch.nn.Module):
             if not int8 and sparse_kernel and semi_structured_ok(w):
                 self.semi = _to_semi_structured(w)
         if int8:
-            q, scale = quantize_int8(w)
+            # 2:4 keeps the largest |w| of every group, so the pruned row's max is the row's.
+            q, scale = quantize_int8(w, row_absmax)
             self.register_buffer("scale", scale)
             w = q
         if sparse_2_4 and self.semi is None:
@@ -199,3 +246,27 @@ def _to_semi_structured(w: torch.Tensor) -> torch.Tensor | None:
 def _semi_parts(t: torch.Tensor) -> list[torch.Tensor]:
     names = ("packed", "meta", "packed_t", "meta_t", "compressed_swizzled_bitmask")
     return [p for p in (getattr(t, n, None) for n in names) if p is not None]
+
+
+def make_linear(
+    ctx: RankContext,
+    weight: torch.Tensor,
+    role: str,
+    input_group: dist.ProcessGroup | None = None,
+) -> CompressedLinear:
+    """The compressed linear RunConfig asks for (see the module docstring); collective over
+    input_group when the weight is int8 and row-parallel."""
+    int8 = ctx.cfg.compress_int8
+    sparse = ctx.cfg.compress_mlp_2_4 and role == "mlp"
+    out_f, in_f = weight.shape
+    if sparse and in_f % 8:
+        raise ValueError(
+            f"2:4 sparsity on a local {role} weight [{out_f}, {in_f}]: its input width {in_f} "
+            "must be a multiple of 8 (groups of 4, two 4-bit indices per byte); shard ffn over "
+            "fewer ranks or use an ffn divisible by 8 per rank"
+        )
+    row_absmax = None
+    if int8 and input_group is not None:
+        row_absmax = weight.detach().abs().amax(dim=1).float()
+        dist.all_reduce(row_absmax, op=dist.ReduceOp.MAX, group=input_group)
+    return CompressedLinear(weight, int8=int8, sparse_2_4=sparse, row_absmax=row_absmax)

@@ -21,6 +21,7 @@ from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import attention_kind, rope_tables
 from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
+from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader
 
 
@@ -73,17 +74,29 @@ def report(
         "sdpa_backend": None,
         **(extra or {}),
     }
-    if attention_kind(ctx) == "heads":
+    kind = attention_kind(ctx)
+    if kind == "heads":
         lay = ctx.layout
         info["sdpa_backend"] = metrics.sdpa_backend(ctx, len(lay.q_heads), len(lay.kv_heads))
+    elif kind == "ring":  # the kernel of each ring block's (out, log-sum-exp)
+        probe = torch.empty((1, 1, 1, cfg.model.head_dim), device=ctx.device, dtype=ctx.dtype)
+        info["ring_block_kernel"] = lse_backend(probe)
     errors = None
     if cfg.check_reference:
         with torch.inference_mode():
             full = pipeline.gather_output(ctx, result.output)
             if full is not None:
-                errors = reference.max_errors(
-                    full, reference.reference_output(cfg, checkpoint, ctx.device)
-                )
+                ref = reference.reference_output(cfg, checkpoint, ctx.device)
+                errors = reference.max_errors(full, ref)
+                del ref
+                if reference.is_compressed(cfg):
+                    # How far the compressed model we ran is from the model it compresses.
+                    plain = reference.reference_output(
+                        cfg, checkpoint, ctx.device, compressed=False
+                    )
+                    info["compressed_vs_uncompressed_rel_error"] = reference.max_errors(
+                        full, plain
+                    )[1]
     data = None
     if ctx.rank == 0:
         data = metrics.summary(ctx, result.times, ranks, errors, info)
