@@ -100,7 +100,23 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
     ctx = RankContext(cfg, Layout(cfg, rank), mesh, dev, DTYPES[cfg.dtype])
     for dim in sorted(cfg.splits):  # sorted: every rank creates the groups in the same order
         ctx.dim_group(dim)
+    for axes in combined_groups(cfg):
+        ctx.group(axes)
     return ctx
+
+
+def combined_groups(cfg: RunConfig) -> list[tuple[str, ...]]:
+    """Groups over several split dims' axes that layers reduce over, created up front with the
+    others (layers are built stage by stage, so a lazy creation could interleave differently
+    on different stages): the n x m grid of a head x head_dim split (its o_proj all_reduce) and
+    the experts x ffn ranks of a replicated-token MoE (its one all_reduce)."""
+    s = cfg.splits
+    out = []
+    if "head_dim" in s:
+        out.append(s.get("heads", ()) + s["head_dim"])
+    if cfg.model.arch == "mixtral" and (s.get("experts") or s.get("ffn")):
+        out.append(s.get("experts", ()) + s.get("ffn", ()))
+    return [tuple(dict.fromkeys(axes)) for axes in out]
 
 
 def barrier(ctx: RankContext) -> None:

@@ -15,11 +15,13 @@ the residual stream x [T, hidden], which the stage owns and updates in place):
   MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
              -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
 
-Other strategies plug in through the three `make_*` functions: they pick ring / gather / head_dim
-attention (runtime/ring_attention.py, runtime/headdim_attention.py), MoE experts
-(runtime/moe.py) and int8 / 2:4 linears (runtime/compress.py) from the RunConfig. Each such module
-exposes `make_attention(ctx, reader, layer)`, `make_mlp(ctx, reader, layer)` or
-`make_linear(ctx, weight, role)` with the signatures below. An attention block maps the residual
+Other strategies plug in through the three `make_*` functions: they pick ring / gather attention
+(runtime/seq_attention.py over ring_attention.py), head x head_dim attention
+(runtime/headdim_block.py over headdim_attention.py), MoE experts (runtime/moe_block.py over
+moe.py) and int8 / 2:4 linears (runtime/compress.py) from the RunConfig. Each such module exposes
+`make_attention(ctx, reader, layer)`, `make_mlp(ctx, reader, layer)` or
+`make_linear(ctx, weight, role, input_group)` with the signatures below; their docstrings list
+the buffers they allocate per microbatch, as above. An attention block maps the residual
 stream x [b, s, hidden] and the Rope tables of the local positions to its reduced output; an MLP
 block maps x to its reduced output; both apply their own input RMSNorm (`load_norm`), so the
 normalised copy of x is freed as soon as the first GEMM has read it.
@@ -192,23 +194,51 @@ def attention_kind(ctx: RankContext) -> str:
     return "heads"
 
 
-def make_linear(ctx: RankContext, weight: Tensor, role: LinearRole) -> nn.Module:
+def make_linear(
+    ctx: RankContext,
+    weight: Tensor,
+    role: LinearRole,
+    input_group: dist.ProcessGroup | None = None,
+) -> nn.Module:
+    """The linear for a local weight [out, in]. input_group: the group over which the weight's
+    input dimension is split (row-parallel o_proj / down), so that int8 scales are those of the
+    whole row; every rank of it must make the same linears in the same order (collective)."""
     cfg = ctx.cfg
     if cfg.compress_int8 or (cfg.compress_mlp_2_4 and role == "mlp"):
-        return _plugin("compress", "make_linear", "int8 / 2:4 compression")(ctx, weight, role)
+        make = _plugin("compress", "make_linear", "int8 / 2:4 compression")
+        return make(ctx, weight, role, input_group)  # type: ignore[no-any-return]
     return Linear(weight)
 
 
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
     kind = attention_kind(ctx)
     if kind == "head_dim":
-        return _plugin("headdim_attention", "make_attention", "splits['head_dim']")(
-            ctx, reader, layer
-        )
+        make = _plugin("headdim_block", "make_attention", "splits['head_dim']")
+        return make(ctx, reader, layer)  # type: ignore[no-any-return]
     if kind in ("ring", "gather"):
-        return _plugin("ring_attention", "make_attention", f"{kind} attention")(ctx, reader, layer)
+        make = _plugin("seq_attention", "make_attention", f"{kind} attention")
+        return make(ctx, reader, layer)  # type: ignore[no-any-return]
     if kind == "seq_without_attention":
         raise ValueError("splits['seq'] needs attention 'ring' or 'gather', not 'local'")
+    lay, m = ctx.layout, ctx.cfg.model
+    wqkv, wo = attention_weights(ctx, reader, layer)
+    return Attention(
+        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
+        wqkv,
+        wo,
+        len(lay.q_heads),
+        len(lay.kv_heads),
+        m.head_dim,
+        ctx.cfg.causal,
+        ctx.dim_group("heads"),
+    )
+
+
+def attention_weights(
+    ctx: RankContext, reader: ShardReader, layer: int
+) -> tuple[nn.Module, nn.Module]:
+    """This rank's fused q/k/v linear (column-parallel over its heads) and o linear
+    (row-parallel over the heads group)."""
     lay, m = ctx.layout, ctx.cfg.model
     p, d = f"layers.{layer}.self_attn.", m.head_dim
     rows_q = range(lay.q_heads.start * d, lay.q_heads.stop * d)
@@ -221,21 +251,16 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Modu
         ]
     )
     wo = reader.cols(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
-    return Attention(
-        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
+    return (
         make_linear(ctx, reader.place(wqkv), "attn"),
-        make_linear(ctx, reader.place(wo), "attn"),
-        len(lay.q_heads),
-        len(lay.kv_heads),
-        d,
-        ctx.cfg.causal,
-        ctx.dim_group("heads"),
+        make_linear(ctx, reader.place(wo), "attn", ctx.dim_group("heads")),
     )
 
 
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
     if ctx.cfg.model.arch == "mixtral" or "experts" in ctx.cfg.splits:
-        return _plugin("moe", "make_mlp", "a mixture-of-experts MLP")(ctx, reader, layer)
+        make = _plugin("moe_block", "make_mlp", "a mixture-of-experts MLP")
+        return make(ctx, reader, layer)  # type: ignore[no-any-return]
     m, cols = ctx.cfg.model, ctx.layout.ffn_cols
     p = f"layers.{layer}.mlp."
     gate_up = torch.cat(
@@ -248,7 +273,7 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
     return GatedMLP(
         load_norm(ctx, reader, f"layers.{layer}.post_attention_layernorm.weight"),
         make_linear(ctx, reader.place(gate_up), "mlp"),
-        make_linear(ctx, reader.place(down), "mlp"),
+        make_linear(ctx, reader.place(down), "mlp", ctx.dim_group("ffn")),
         ctx.dim_group("ffn"),
     )
 
