@@ -173,6 +173,17 @@ def merge_attention(
     return new_out, new_lse
 
 
+def merge_attention_(
+    out: torch.Tensor, lse: torch.Tensor, blk_out: torch.Tensor, blk_lse: torch.Tensor
+) -> None:
+    """merge_attention in place: out and lse (views allowed) take the merged result; blk_out is
+    overwritten. Temporaries are [.., rows] vectors only, no second [.., rows, d] buffer."""
+    new_lse = torch.logaddexp(lse, blk_lse)
+    out.mul_(torch.exp(lse - new_lse).unsqueeze(-1))
+    out.add_(blk_out.mul_(torch.exp(blk_lse - new_lse).unsqueeze(-1)))
+    lse.copy_(new_lse)
+
+
 # ---- ring attention --------------------------------------------------------------------------
 
 
@@ -213,6 +224,7 @@ def ring_attention(
 ) -> torch.Tensor:
     """Attention of the local queries over the whole sequence, K/V passed round the ring."""
     group = group or dist.group.WORLD
+    assert group is not None, "torch.distributed is not initialised"
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s_local = q.shape[2]
@@ -246,9 +258,9 @@ def ring_attention(
             if out is None:  # step 0 always covers every query row
                 out, lse = blk_out, blk_lse
             else:
-                out[:, :, rows], lse[:, :, rows] = merge_attention(
-                    out[:, :, rows], lse[:, :, rows], blk_out, blk_lse
-                )
+                assert lse is not None
+                merge_attention_(out[:, :, rows], lse[:, :, rows], blk_out, blk_lse)
+            del blk_out, blk_lse
         for req in reqs:
             req.wait()
         if nxt is not None:
@@ -272,22 +284,30 @@ def gather_attention(
 ) -> torch.Tensor:
     """Same result as ring_attention: all-gather K/V, then one masked SDPA on the local queries.
 
-    The gathered keys stay in rank order; the causal mask compares global positions, so it is
-    right for both layouts. (SDPA picks a kernel that takes a boolean mask: not flash on CUDA.)
+    K/V travel as one [s_local, 2, batch, kv_heads, head_dim] block per rank, so the gathered
+    [R * s_local, 2, ...] buffer is already the full key sequence (in rank order) and k_all /
+    v_all are strided views of it: no concatenation copy. The causal mask compares global
+    positions, so it is right for both layouts. (SDPA picks a kernel that takes a boolean mask:
+    not flash on CUDA.)
     """
     group = group or dist.group.WORLD
+    assert group is not None, "torch.distributed is not initialised"
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    kv = torch.stack((k, v)).contiguous()
-    parts = [torch.empty_like(kv) for _ in range(world)]
-    dist.all_gather(parts, kv, group=group)
-    k_all = torch.cat([p[0] for p in parts], dim=2)
-    v_all = torch.cat([p[1] for p in parts], dim=2)
+    b, kv_heads, s_local, d = k.shape
+    kv = k.new_empty((s_local, 2, b, kv_heads, d))
+    kv[:, 0].copy_(k.permute(2, 0, 1, 3))
+    kv[:, 1].copy_(v.permute(2, 0, 1, 3))
+    gathered = kv.new_empty((world * s_local, 2, b, kv_heads, d))
+    dist.all_gather_into_tensor(gathered, kv, group=group)
+    del kv
+    k_all = gathered[:, 0].permute(1, 2, 0, 3)  # [b, kv_heads, seq, d], last dim contiguous
+    v_all = gathered[:, 1].permute(1, 2, 0, 3)
     mask = None
     if causal:
-        seq = q.shape[2] * world
+        seq = s_local * world
         q_pos = positions_for_rank(seq, rank, world, zigzag).to(q.device)
         k_pos = torch.cat([positions_for_rank(seq, r, world, zigzag) for r in range(world)])
         mask = k_pos.to(q.device)[None, :] <= q_pos[:, None]
     return F.scaled_dot_product_attention(
-        q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        q, k_all, v_all, attn_mask=mask, scale=scale, enable_gqa=kv_heads != q.shape[1]
     )
