@@ -114,10 +114,14 @@ def headdim_attention(
     scores = qg @ k.float().unsqueeze(2).transpose(-1, -2)  # [b, kv, g, sq, sk], partial
     if m > 1:
         dist.all_reduce(scores, group=dim_group)  # sum over the head_dim slices
-    scores = scores * scale
+    # Scale, mask and softmax in place: the float32 scores are the block's largest buffer.
+    scores.mul_(scale)
     if causal:
-        scores = scores.masked_fill(~_causal_mask(sq, sk, q.device), float("-inf"))
-    probs = scores.softmax(dim=-1).to(v.dtype)
+        scores.masked_fill_(~_causal_mask(sq, sk, q.device), float("-inf"))
+    scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+    scores.div_(scores.sum(dim=-1, keepdim=True))
+    probs = scores.to(v.dtype)  # the same tensor in float32
+    del scores
     out = probs @ v.unsqueeze(2)  # [b, kv, g, sq, d_local]
     return out.reshape(b, heads, sq, d_local).to(q.dtype)
 

@@ -1,0 +1,130 @@
+"""Head x head_dim attention block (seed 001: `shard heads over n` + `shard head_dim over m`).
+
+Rank (i, j) holds head group i (its query heads and their kv heads, as layout.q_heads /
+layout.kv_heads say) and slice j of every one of those heads' dimensions, in
+headdim_layout's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
+`head * head_dim + t` for t in headdim_slice_indices(head_dim, m, j) (headdim_shard_indices when
+kv_heads divides by n), read as two contiguous runs per head; o_proj takes the same columns.
+Partial scores q_j k_j^T are summed over the m ranks of the head group (all_reduce, float32),
+softmax and P V run on the local slice, and o_proj is row-parallel over the whole n x m grid: one
+all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
+MLP is layers.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
+
+Memory, for a microbatch of T = b * seq tokens (b rows), element size e, local widths
+Q = q_heads * head_dim/m, K = kv_heads * head_dim/m (local heads, local slice), in order:
+  norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
+  views with the slice's cos/sin columns (views), one [T, Q/2]*e (then [T, K/2]*e) temporary ->
+  partial scores [b, q_heads, seq, seq]*4 (float32; in e the q and k slices are first copied to
+  float32, [T, Q]*4 and [T, K]*4, and the matmul may copy its strided operands) -> all_reduce
+  over the m ranks in place -> scale, causal mask, softmax in place (the mask is [seq, seq] bool,
+  plus the [b, q_heads, seq, 1]*4 row max and sum) -> probabilities in e ([b, q_heads, seq,
+  seq]*e, only when e is 16-bit; then the scores are freed) -> P V out [T, Q]*e -> scores /
+  probabilities freed -> qkv freed -> o_proj input [T, Q]*e (transpose-reshape copy) -> P V out
+  freed -> o_proj out [T, hidden]*e -> all_reduce over the n x m grid in place -> added to x.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
+from planc.backends.torch.runtime.headdim_layout import headdim_slice_indices, headdim_split_error
+from planc.backends.torch.runtime.layers import (
+    RMSNorm,
+    Rope,
+    all_reduce,
+    apply_rope_,
+    load_norm,
+    make_linear,
+)
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.dist import RankContext
+    from planc.backends.torch.weights import ShardReader
+
+
+class HeadDimAttention(nn.Module):
+    """Pre-norm attention on this rank's heads and head_dim slice, summed over the grid."""
+
+    def __init__(
+        self,
+        norm: RMSNorm,
+        wqkv: nn.Module,
+        wo: nn.Module,
+        dims: tuple[int, int, int],
+        split: tuple[int, int],
+        causal: bool,
+        dim_group: dist.ProcessGroup | None,
+        out_group: dist.ProcessGroup | None,
+    ) -> None:
+        super().__init__()
+        self.norm, self.wqkv, self.wo = norm, wqkv, wo
+        self.heads, self.kv_heads, self.head_dim = dims  # local heads, full head_dim
+        self.m, self.j = split  # head_dim slices and this rank's slice
+        self.causal, self.dim_group, self.out_group = causal, dim_group, out_group
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        b, s, _ = x.shape
+        h, kv, dl = self.heads, self.kv_heads, self.head_dim // self.m
+        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, dl)
+        q, k, v = qkv.split((h, kv, kv), dim=2)
+        local = Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.m, self.j))
+        apply_rope_(q, local)
+        apply_rope_(k, local)
+        o = headdim_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            self.dim_group,
+            causal=self.causal,
+            scale=self.head_dim**-0.5,
+        )
+        del qkv, q, k, v
+        o_in = o.transpose(1, 2).reshape(b, s, h * dl)
+        del o
+        out = self.wo(o_in)
+        del o_in
+        return all_reduce(out, self.out_group)
+
+
+def headdim_rows(heads: range, head_dim: int, m: int, j: int) -> list[int]:
+    """Rows of q_proj (k/v_proj with kv heads) for `heads` and head_dim slice j of m."""
+    dims = headdim_slice_indices(head_dim, m, j)
+    return [hd * head_dim + t for hd in heads for t in dims]
+
+
+def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDimAttention:
+    """Layer `layer`'s attention for splits["head_dim"] (with or without splits["heads"])."""
+    cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
+    if "seq" in cfg.splits and lay.parts("seq") > 1:
+        raise NotImplementedError("head_dim split together with a seq split is not implemented")
+    parts, j = lay.parts("head_dim"), lay.part("head_dim")
+    err = headdim_split_error(m.head_dim, parts)
+    if err is not None:
+        raise ValueError(err)
+    p, d = f"layers.{layer}.self_attn.", m.head_dim
+    rows_q = headdim_rows(lay.q_heads, d, parts, j)
+    rows_kv = headdim_rows(lay.kv_heads, d, parts, j)
+    wqkv = torch.cat(
+        [
+            reader.row_indices(p + "q_proj.weight", rows_q, (m.heads * d, m.hidden)),
+            reader.row_indices(p + "k_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
+            reader.row_indices(p + "v_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
+        ]
+    )
+    wo = reader.col_indices(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
+    out_group = ctx.group(lay.axes("heads") + lay.axes("head_dim"))
+    return HeadDimAttention(
+        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
+        make_linear(ctx, reader.place(wqkv), "attn"),
+        make_linear(ctx, reader.place(wo), "attn", out_group),
+        (len(lay.q_heads), len(lay.kv_heads), d),
+        (parts, j),
+        cfg.causal,
+        ctx.dim_group("head_dim"),
+        out_group,
+    )
