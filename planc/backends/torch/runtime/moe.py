@@ -79,17 +79,31 @@ def route(
 
 
 def expert_mlp(x: torch.Tensor, experts: ExpertWeights, i: int) -> torch.Tensor:
-    """Local expert i (gated SiLU MLP) on rows x."""
-    return _apply(experts.down[i], F.silu(_apply(experts.gate[i], x)) * _apply(experts.up[i], x))
+    """Local expert i (gated SiLU MLP) on rows x [n, H]: gate [n, F] (SiLU in place), up [n, F]
+    multiplied into it and freed, then down [n, H]."""
+    act = F.silu(_apply(experts.gate[i], x), inplace=True)
+    act.mul_(_apply(experts.up[i], x))
+    return _apply(experts.down[i], act)
 
 
-def run_experts(x: torch.Tensor, counts: list[int], experts: ExpertWeights) -> torch.Tensor:
-    """x holds counts[i] consecutive rows for local expert i; returns their outputs in order."""
+def run_experts(
+    x: torch.Tensor,
+    counts: list[int],
+    experts: ExpertWeights,
+    dest: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x holds counts[i] consecutive rows for local expert i; returns their outputs, in x's row
+    order, or with dest (int64 [rows]) the output of x's row r in row dest[r]."""
     out = torch.empty(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
     start = 0
     for i, n in enumerate(counts):
         if n:  # an expert without tokens does no work (dropless, no padding)
-            out[start : start + n] = expert_mlp(x[start : start + n], experts, i)
+            y = expert_mlp(x[start : start + n], experts, i)
+            if dest is None:
+                out[start : start + n] = y
+            else:
+                out.index_copy_(0, dest[start : start + n], y)
+            del y
         start += n
     return out
 
@@ -104,10 +118,11 @@ def _held_contributions(
     order = torch.argsort(flat, stable=True)
     order = order[held[order]]  # (token, slot) positions sorted by local expert
     counts = torch.bincount(flat[held], minlength=experts.count).tolist()
-    y = run_experts(x[order // k], counts, experts).float()
-    y = y * weights.reshape(-1)[order].unsqueeze(-1)
+    token = order // k
+    y = run_experts(x[token], counts, experts).float()  # float32: the same tensor
+    y.mul_(weights.reshape(-1)[order].unsqueeze(-1))
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
-    return out.index_add_(0, order // k, y)
+    return out.index_add_(0, token, y)
 
 
 def moe_local(
@@ -147,7 +162,8 @@ def moe_ep(
     `stats`, if given, receives the bytes this call sent (counts, dispatch, combine, tp) so the
     compiler's formulas (moe_layout.ep_traffic) can be checked against the real buffers.
     The split sizes are read on the host (.tolist()): one device sync per call, the price of
-    dropless routing without a worst-case padded buffer.
+    dropless routing without a worst-case padded buffer. x is not needed after the dispatch
+    rows are gathered from it: a caller that passes a temporary lets it be freed there.
     """
     ep = dist.get_world_size(ep_group)
     n_local = experts.count
@@ -155,43 +171,57 @@ def moe_ep(
     if router_weight.shape[0] != n_experts:
         raise ValueError(f"router has {router_weight.shape[0]} experts, ep {ep} x {n_local} held")
     tokens, hidden = x.shape
+    dtype, size = x.dtype, x.element_size()
     weights, idx = route(x, router_weight, top_k)
 
     # Sort the (token, slot) rows by global expert: rows for rank r are then contiguous.
     flat = idx.reshape(-1)
     order = torch.argsort(flat, stable=True)
     send = x[order // top_k]
+    del x
     counts = torch.bincount(flat, minlength=n_experts)  # int64 [E]
+    del flat, idx
     recv_counts = torch.empty_like(counts)
     dist.all_to_all_single(recv_counts, counts, group=ep_group)  # [ep sources, n_local] flat
     send_splits = counts.view(ep, n_local).sum(1).tolist()
     recv_counts = recv_counts.view(ep, n_local)
     recv_splits = recv_counts.sum(1).tolist()
 
-    recv = x.new_empty(sum(recv_splits), hidden)
+    recv = send.new_empty(sum(recv_splits), hidden)
     dist.all_to_all_single(recv, send, recv_splits, send_splits, group=ep_group)
-
-    # Received rows are ordered by source rank, then local expert: regroup by local expert.
-    local_id = torch.repeat_interleave(
-        torch.arange(n_local, device=x.device).repeat(ep), recv_counts.reshape(-1)
-    )
-    regroup = torch.argsort(local_id, stable=True)
-    y = torch.empty_like(recv)
-    y[regroup] = run_experts(recv[regroup], recv_counts.sum(0).tolist(), experts)
-
-    back = x.new_empty(tokens * top_k, hidden)
-    dist.all_to_all_single(back, y, send_splits, recv_splits, group=ep_group)
-    rows = torch.empty_like(back)
-    rows[order] = back  # back to (token, slot) order
-    out = (rows.view(tokens, top_k, hidden).float() * weights.unsqueeze(-1)).sum(1).to(x.dtype)
-    if tp_group is not None:
-        dist.all_reduce(out, group=tp_group)  # sum the row-parallel partials of down
-
     if stats is not None:
-        size = x.element_size()
         stats["counts"] = counts.numel() * counts.element_size()
         stats["dispatch"] = send.numel() * size
+    del send
+
+    # Received rows are ordered by source rank, then local expert: run them grouped by local
+    # expert and write each result back to its received row (the order combine sends back).
+    local_id = torch.repeat_interleave(
+        torch.arange(n_local, device=recv.device).repeat(ep), recv_counts.reshape(-1)
+    )
+    regroup = torch.argsort(local_id, stable=True)
+    grouped = recv[regroup]
+    del recv, local_id
+    y = run_experts(grouped, recv_counts.sum(0).tolist(), experts, dest=regroup)
+    del grouped, regroup
+
+    back = y.new_empty(tokens * top_k, hidden)
+    dist.all_to_all_single(back, y, send_splits, recv_splits, group=ep_group)
+    if stats is not None:
         stats["combine"] = y.numel() * size
+    del y
+    # back[i] is the expert output for (token, slot) order[i]: weight it, add it to its token.
+    contrib = back.float()  # float32: the same tensor, weighted in place
+    del back
+    contrib.mul_(weights.reshape(-1)[order].unsqueeze(-1))
+    out32 = torch.zeros(tokens, hidden, dtype=torch.float32, device=contrib.device)
+    out32.index_add_(0, order // top_k, contrib)
+    del contrib
+    out = out32.to(dtype)
+    del out32
+    if tp_group is not None:
+        dist.all_reduce(out, group=tp_group)  # sum the row-parallel partials of down
+    if stats is not None:
         stats["tp"] = out.numel() * size if tp_group is not None else 0
     return out
 
@@ -203,7 +233,9 @@ def compress_experts(
     compress_mlp_2_4: expert linears are MLP linears). Weights must be tensors."""
 
     def wrap(ws: list[Linear]) -> list[Linear]:
-        return [CompressedLinear(w, int8=int8, sparse_2_4=sparse_2_4) for w in ws]
+        if not all(isinstance(w, torch.Tensor) for w in ws):
+            raise TypeError("compress_experts needs weight tensors, not modules")
+        return [CompressedLinear(w, int8=int8, sparse_2_4=sparse_2_4) for w in ws]  # type: ignore[arg-type]
 
     return ExpertWeights(experts.first, wrap(experts.gate), wrap(experts.up), wrap(experts.down))
 

@@ -1,0 +1,174 @@
+"""Mixtral MoE MLP block (seed 004): RMSNorm, router, experts local / expert parallel /
+replicated-token, per the RunConfig's splits (moe_layout.moe_mode), over runtime/moe.py.
+
+- "ep" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over tp`): each
+  rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its rank in the
+  group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each expert's ffn slice
+  is the rank's tp part and one all_reduce over tp completes the down projections.
+- "replicated" (experts and/or ffn over axes where tokens are the same, e.g. the TP 8 x PP 2
+  baseline's `heads, kv_heads, experts over tp`: 2 of 16 experts per device): each rank adds its
+  experts' (ffn slices') contributions, one all_reduce over the experts x ffn ranks.
+- "local": every expert whole on every rank (no experts or ffn split).
+The router [E, H] is replicated and never compressed (the compiler counts it dense); expert
+linears are "mlp" linears: int8 and 2:4 apply (compress.make_linear), a tp-sliced down gets the
+int8 scales of its whole row. Checkpoints: the fused names transformers 5.23 holds in memory
+(`mlp.experts.gate_up_proj` [E, 2F, H], `mlp.experts.down_proj` [E, H, F]; what
+reference.save_random_checkpoint writes) or the legacy per-expert names save_pretrained and
+Mistral's checkpoints use (`block_sparse_moe.experts.{e}.w1/w3/w2`); either is read by slices.
+
+Memory, for a microbatch of T local tokens, element size e, H hidden, E experts, k top_k,
+F = local ffn per expert, n_i rows for local expert i, in order:
+  norm out [T, H]*e -> router logits [T, E]*e -> probabilities [T, E]*4 (logits freed) -> top-k
+  weights [T, k]*4 and ids [T, k]*8 (probabilities freed; weights renormalised into a new
+  [T, k]*4).
+  ep: order [Tk]*8 (argsort of the expert ids) -> send [Tk, H]*e (norm out freed) -> counts
+      [E]*8 twice -> recv [R, H]*e, R = rows routed to this rank's experts (send freed) ->
+      regroup [R]*8, grouped rows [R, H]*e (recv freed) -> expert outputs [R, H]*e, filled expert
+      by expert (per expert: gate [n_i, F]*e with SiLU in place, up [n_i, F]*e multiplied into
+      it and freed, down [n_i, H]*e copied into place and freed) -> grouped freed -> back
+      [Tk, H]*e (combine; expert outputs freed) -> weighted in place (float32: no copy; a
+      [Tk, H]*4 copy when e is 16-bit) -> out [T, H]*4 float32 (index_add; back freed) -> cast
+      to [T, H]*e (no copy in float32) -> all_reduce over tp in place when ffn is split.
+  replicated / local: order [Tk]*8 -> rows for the held experts [R, H]*e (R = token-expert
+      pairs routed to the held experts) -> expert outputs [R, H]*e as above (the gathered rows
+      freed) -> weighted in place -> out [T, H]*4 float32 (index_add) -> cast to e -> norm out
+      freed -> all_reduce in place (replicated).
+  The block's output [T, H]*e is added to the residual stream by the layer and freed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from planc.backends.torch.runtime import moe
+from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
+from planc.backends.torch.runtime.moe_layout import (
+    expert_range,
+    ffn_range,
+    fused_expert_names,
+    legacy_expert_names,
+    moe_mode,
+    router_names,
+)
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.dist import RankContext
+    from planc.backends.torch.weights import ShardReader
+
+
+class MoeMLP(nn.Module):
+    """Pre-norm sparse MoE block on x [b, s, H]; returns its (reduced) output [b, s, H]."""
+
+    router: Tensor
+
+    def __init__(
+        self,
+        norm: RMSNorm,
+        router: Tensor,
+        experts: moe.ExpertWeights,
+        top_k: int,
+        mode: str,
+        groups: tuple[dist.ProcessGroup | None, dist.ProcessGroup | None],
+    ) -> None:
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("router", router)
+        self.experts = experts
+        # The expert linears as children, so weight_bytes and .to() see them.
+        linears = [w for ws in (experts.gate, experts.up, experts.down) for w in ws]
+        self.linears = nn.ModuleList(w for w in linears if isinstance(w, nn.Module))
+        self.top_k, self.mode = top_k, mode
+        self.main_group, self.tp_group = groups  # ep or replicated group; tp inside experts
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, s, h = x.shape
+        router, experts, k = self.router, self.experts, self.top_k
+        # The norm output is passed as a temporary, not bound here: moe_ep frees it as soon as
+        # the dispatch rows are gathered from it.
+        if self.mode == "ep":
+            out = moe.moe_ep(
+                self.norm(x).view(b * s, h), router, experts, k, self.main_group, self.tp_group
+            )
+        elif self.mode == "replicated":
+            out = moe.moe_replicated(
+                self.norm(x).view(b * s, h), router, experts, k, self.main_group
+            )
+        else:
+            out = moe.moe_local(self.norm(x).view(b * s, h), router, experts, k)
+        return out.view(b, s, h)
+
+
+def load_experts(
+    ctx: RankContext,
+    reader: ShardReader,
+    layer: int,
+    ep: tuple[int, int],
+    tp: tuple[int, int],
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], int]:
+    """(gate, up, down) weights of this rank's experts (each its ffn slice) and the first
+    expert's global id; ep / tp = (parts, this rank's part)."""
+    m = ctx.cfg.model
+    first, last = expert_range(m.experts, *ep)
+    lo, hi = ffn_range(m.ffn, *tp)
+    gates, ups, downs = [], [], []
+    if reader.has(legacy_expert_names(layer, first, prefix="")["gate"]):
+        for e in range(first, last):
+            names = legacy_expert_names(layer, e, prefix="")
+            gates.append(reader.rows(names["gate"], range(lo, hi), (m.ffn, m.hidden)))
+            ups.append(reader.rows(names["up"], range(lo, hi), (m.ffn, m.hidden)))
+            downs.append(reader.cols(names["down"], range(lo, hi), (m.hidden, m.ffn)))
+    else:
+        names = fused_expert_names(layer, prefix="")
+        gu_shape, down_shape = (m.experts, 2 * m.ffn, m.hidden), (m.experts, m.hidden, m.ffn)
+        block, full = slice(first, last), slice(None)
+        gate_up = names["gate_up"]  # gate rows first, then up rows
+        gates = list(reader.part(gate_up, gu_shape, (block, slice(lo, hi), full)))
+        ups = list(reader.part(gate_up, gu_shape, (block, slice(m.ffn + lo, m.ffn + hi), full)))
+        downs = list(reader.part(names["down"], down_shape, (block, full, slice(lo, hi))))
+    return gates, ups, downs, first
+
+
+def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
+    """Layer `layer`'s MoE block for this rank (see the module docstring)."""
+    cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
+    if m.experts < 1:
+        raise ValueError(f"arch mixtral needs experts >= 1, got {m.experts}")
+    mode = moe_mode(cfg.splits)
+    token_axes = set(lay.axes("batch")) | set(lay.axes("seq"))
+    if set(lay.axes("ffn")) & (token_axes | set(lay.axes("experts"))):
+        raise ValueError(
+            f"splits['ffn'] = {lay.axes('ffn')} shares an axis with experts or batch/seq: the ffn "
+            "slices of one expert must sit on ranks that hold the same tokens and experts"
+        )
+    ffn_group = ctx.dim_group("ffn")
+    main = ctx.dim_group("experts")
+    if mode == "ep" and main is not None:
+        # Expert blocks follow the rank's place in the ep group: what moe_ep's all_to_all
+        # assumes whatever the order of the axes in splits["experts"].
+        ep = (dist.get_world_size(main), dist.get_group_rank(main, ctx.rank))
+    else:  # also ep over axes of size 1: then tokens are the same on the ffn ranks
+        main = ctx.group(tuple(dict.fromkeys(lay.axes("experts") + lay.axes("ffn"))))
+        mode = "local" if main is None else "replicated"
+        ep = (lay.parts("experts"), lay.part("experts"))
+    tp = (lay.parts("ffn"), lay.part("ffn"))
+    gates, ups, downs, first = load_experts(ctx, reader, layer, ep, tp)
+    legacy_router, fused_router = router_names(layer, prefix="")
+    router_name = legacy_router if reader.has(legacy_router) else fused_router
+    router = reader.place(reader.full(router_name, (m.experts, m.hidden)))
+    experts = moe.ExpertWeights(
+        first,
+        [make_linear(ctx, reader.place(w), "mlp") for w in gates],
+        [make_linear(ctx, reader.place(w), "mlp") for w in ups],
+        [make_linear(ctx, reader.place(w), "mlp", ffn_group) for w in downs],
+    )
+    return MoeMLP(
+        load_norm(ctx, reader, f"layers.{layer}.post_attention_layernorm.weight"),
+        router,
+        experts,
+        m.top_k,
+        mode,
+        (main, ffn_group if mode == "ep" else None),
+    )
