@@ -158,11 +158,24 @@ def a2a(dev, dtype, world, small, warmup, repeats) -> dict:  # type: ignore[no-u
             "note": "bytes each GPU sends (dispatch + combine), including its own share"}
 
 
+def eager_op(dev, dtype, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    """Time per small eager op (launch + dispatch bound): 200 in-place adds on [128, 1024]."""
+    x = torch.randn(128, 1024, device=dev, dtype=dtype)
+    n = 200
+
+    def loop() -> None:
+        for _ in range(n):
+            x.add_(1.0)
+
+    t = timeit(loop, dev, warmup, repeats)
+    return {"peer": "eager op overhead", "ops": n, "time_s": t, "per_op_s": t / n}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--modes", default="dtensor_tp,ring,a2a")
+    ap.add_argument("--modes", default="dtensor_tp,ring,a2a,eager_op")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     a = ap.parse_args()
@@ -182,6 +195,8 @@ def main() -> None:
                 out[mode] = dtensor_tp(dev, dtype, world, a.small, a.warmup, a.repeats)
             elif mode == "ring":
                 out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats)
+            elif mode == "eager_op":
+                out[mode] = eager_op(dev, dtype, a.small, a.warmup, a.repeats)
             elif mode == "a2a":
                 out[mode] = a2a(dev, dtype, world, a.small, a.warmup, a.repeats)
             if cuda:

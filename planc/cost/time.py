@@ -34,13 +34,20 @@ class Rates:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Fractions of peak that real kernels reach (defaults from the H200 ceilings measured in
-    shared/ceilings.md: GEMM ~0.8 of 989 TFLOP/s, copies ~0.87 of 4.8 TB/s, NCCL ~0.75)."""
+    """Fractions of peak that real kernels reach, from measured ceilings, not fitted to plans:
+      GEMM 683 (16384x16384x4096) to 798 (16384x4096x16384) of 989 TFLOP/s
+      (shared/ceilings.md) -> 0.72; causal SDPA at 32k tokens 583 TFLOP/s counting causal
+      FLOPs as half (benchmarks/results/h200x2_peers_run1.json) -> 0.59; device copy 4.18 of
+      4.8 TB/s -> 0.87; all-reduce bus bandwidth 328 GB/s at 256 MB of the 450 GB/s link ->
+      0.73; all-reduce latency 33 us. Eager dispatch and launch per op of the placement graph
+      (each is two or three aten calls): measured by benchmarks/peers.py (`eager_op`)."""
 
-    compute: float = 0.75
-    hbm: float = 0.85
-    link: float = 0.7
-    latency_s: float = 30e-6  # per collective call
+    gemm: float = 0.72
+    attention: float = 0.59
+    hbm: float = 0.87
+    link: float = 0.73
+    collective_latency_s: float = 33e-6
+    op_overhead_s: float = 20e-6
 
 
 def link_bytes(c: Collective) -> Fraction:
@@ -79,18 +86,38 @@ def step_lower_bound(graph: PlacementGraph, rates: Rates) -> Fraction:
     return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)
 
 
+def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) -> float:
+    if name.startswith("attention"):
+        rate = rates.compute * e.attention
+    elif name.endswith("_proj") or name in ("router", "experts"):
+        rate = rates.compute * e.gemm
+    else:  # norms, RoPE, SiLU, residual adds, dispatch copies: memory-bound
+        rate = rates.compute * e.gemm
+    return max(flops / rate, nbytes / (rates.hbm * e.hbm)) + e.op_overhead_s
+
+
 def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None) -> float:
-    """Seconds: an estimate of the forward step (no overlap, calibrated efficiencies)."""
+    """Seconds: an estimate of the forward step, not a bound.
+
+    Per device class and microbatch: the sum over ops of their roofline time (FLOPs at the
+    kernel's measured efficiency, or bytes at the measured copy bandwidth, whichever is
+    larger) plus a launch overhead, plus each collective's latency and link time (no overlap
+    assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
+    """
     e = eff or Efficiency()
+    nmb = max(1, graph.microbatches)
     stages = []
     for c in graph.classes:
-        comp, hbm, link = _class_parts(c, graph, rates, per_mb=True)
-        calls = sum(x.calls for x in c.collectives) / max(1, graph.microbatches)
-        t = max(float(comp) / e.compute, float(hbm) / e.hbm) + float(link) / e.link
-        stages.append(t + calls * e.latency_s)
+        t = 0.0
+        for o in c.ops:
+            t += _op_time(o.name, o.flops, o.bytes, rates, e) * o.calls / nmb
+        for col in c.collectives:
+            bw = (rates.intra if col.link == "intra" else rates.inter) * e.link
+            t += (e.collective_latency_s + float(link_bytes(col)) / bw) * col.calls / nmb
+        stages.append(t)
     if not stages:
         return 0.0
-    return sum(stages) + (graph.microbatches - 1) * max(stages)
+    return sum(stages) + (nmb - 1) * max(stages)
 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]
