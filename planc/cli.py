@@ -66,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
                            help="override the model dtype (CPU runs use float32)")
     sub.add_parser("schema", help="print the JSON schema of the placement graph")
 
+    v = sub.add_parser("show", help="per-device tables of a plan (and a picture with --png/--svg)")
+    v.add_argument("file")
+    v.add_argument("--plan", help="the plan to use when the file has several")
+    v.add_argument("--png", metavar="FILE", help="also draw the plan as a PNG (matplotlib)")
+    v.add_argument("--svg", metavar="FILE", help="also draw the plan as an SVG (matplotlib)")
+    v.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    g = sub.add_parser("graph", help="the placement graph as Graphviz DOT")
+    g.add_argument("file")
+    g.add_argument("--plan", help="the plan to use when the file has several")
+    g.add_argument("-o", "--output", help="output file (default: stdout)")
+
     f = sub.add_parser("fmt", help="rewrite .plan files in the canonical layout")
     f.add_argument("paths", nargs="+", metavar="PATH", help="files, directories, or - (stdin)")
     f.add_argument("--check", action="store_true",
@@ -159,6 +171,55 @@ def cmd_fmt(a: argparse.Namespace) -> int:
     from planc.fmt import format_paths
 
     return format_paths(a.paths, check=a.check, diff=a.diff)
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from planc.output.console import write_text
+    from planc.render.tables import show_text
+
+    got = _one_plan(a)
+    if isinstance(got, int):
+        return got
+    plan, graph, _ = got
+    for path in (a.png, a.svg):
+        if path:
+            _draw(plan, graph, a.file, path)
+    write_text(show_text(plan, graph, a.file), sys.stdout, a.color)
+    return EXIT_OK
+
+
+def _draw(plan, graph, file: str, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Draw the plan to a temporary file beside `path`, then rename: whole or not at all."""
+    try:
+        from planc.render.picture import draw
+    except ImportError as e:  # pragma: no cover - matplotlib is an optional extra
+        raise EnvironmentProblem(f"pictures need matplotlib ({e.name} is missing)",
+                                 "pip install 'planc[plot]'") from None
+    from planc.render.layout import picture
+
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix,
+                               dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    try:
+        draw(picture(plan, graph, file), tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_graph(a: argparse.Namespace) -> int:
+    from planc.render.dot import to_dot
+
+    got = _one_plan(a)
+    if isinstance(got, int):
+        return got
+    plan, graph, _ = got
+    _emit_out(to_dot(plan, graph), a.output)
+    return EXIT_OK
 
 
 def cmd_schema(a: argparse.Namespace) -> int:
@@ -319,7 +380,8 @@ def _run_text(m: dict[str, Any]) -> str:
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
-            "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt}
+            "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
+            "graph": cmd_graph}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

@@ -36,8 +36,7 @@ def _case(f: Finding, classname: str, sources: dict[str, str]) -> ET.Element:
         case.set("file", _clean(relative_path(f.file)[0]))
     text = f.message + (f"\nhint: {f.hint}" if f.hint else "")
     if f.span is not None:
-        sev = "error" if f.level == "error" else "warning" if f.level == "warning" else "note"
-        text = render(Diagnostic(f.code, f.message, f.span, sev, f.hint, f.related), sources)
+        text = render(Diagnostic(f.code, f.message, f.span, f.level, f.hint, f.related), sources)
     if f.status == "violated":
         ET.SubElement(case, "failure", {"type": f.code, "message": _clean(f.message)}).text = \
             _clean(text)

@@ -31,7 +31,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E001": ("DuplicateBlock", "Two blocks of one kind have the same name."),
     "E002": ("UnknownDevice", "A device name is neither declared nor a preset."),
     "E003": ("UnknownReference", "A plan names a model, cluster or workload that is not declared."),
-    "E004": ("NoSuchPlan", "The plan asked for with --plan is not in the file, or none was chosen."),
+    "E004": ("NoSuchPlan", "The plan named by --plan is not in the file, or none was chosen."),
     "E010": ("StatementOutsidePlan", "A plan statement appears in another kind of block."),
     "E011": ("SetTwice", "A key, mesh, link or objective is set twice."),
     "E012": ("UnknownKey", "A key the block kind does not take."),
