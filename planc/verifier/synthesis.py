@@ -167,9 +167,9 @@ def _microbatch_options(plan: PlanSpec) -> list[int | None]:
 
 def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
     mesh = tuple((a, s if s is not None else values[f"mesh.{a}"]) for a, s in plan.mesh)
-    shards = tuple(replace(sh, microbatches=values.get("microbatches", sh.microbatches or 1))
-                   if "layers" in sh.dims and sh.microbatches is None else sh
-                   for sh in plan.shards)
+    shards = tuple(replace(sh, microbatches=values["microbatches"])
+                   if "layers" in sh.dims and sh.microbatches is None and "microbatches" in values
+                   else sh for sh in plan.shards)
     return replace(plan, mesh=mesh, shards=shards)
 
 

@@ -101,3 +101,30 @@ def test_headroom_is_the_largest_batch_that_fits_per_class():
         assert p2 > cap
     result = check_plan(plan, Diagnostics())
     assert "largest batch that fits" in result.extra["headroom_text"]
+
+
+def test_minimize_time_uses_every_device_and_the_best_microbatch_count(tmp_path):
+    """Brute force over every (pp, tp, microbatches) the structure allows: synthesis must pick
+    the one with the smallest estimated time (the objective it promises)."""
+    from planc.cost.time import rates_of, step_estimate
+
+    text = plan_text("  mesh pp=?, tp=?\n  shard layers over pp microbatches ?\n"
+                     "  shard heads, kv_heads, ffn over tp\n  minimize time\n")
+    [p] = synth(tmp_path, text)[0].plans
+    chosen = p.extra["synthesis"]["values"]
+    best = None
+    for pp in (1, 2, 4, 8, 16):
+        for tp in (1, 2, 4, 8):
+            if pp * tp > 16:
+                continue
+            for mb in (1, 2, 4, 8, 16, 32, 64, 128):
+                body = (f"  mesh pp={pp}, tp={tp}\n  shard layers over pp microbatches {mb}\n"
+                        "  shard heads, kv_heads, ffn over tp\n")
+                spec, _ = resolve_text(plan_text(body))
+                g = lower(spec.plans[0])
+                if any(c.memory["peak"] > c.memory["capacity"] for c in g.classes):
+                    continue
+                t = step_estimate(g, rates_of(spec.plans[0]))
+                if best is None or t < best[0]:
+                    best = (t, pp, tp, mb)
+    assert (chosen["mesh.pp"], chosen["mesh.tp"], chosen["microbatches"]) == best[1:]
