@@ -306,6 +306,7 @@ def cmd_emit(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from planc.compiler.runconfig import to_run_config
+    from planc.output.console import progress
 
     got = _verified(a)
     if isinstance(got, int):
@@ -333,13 +334,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="planc-run-") as tmp:
         prog = Path(tmp) / "program.py"
         prog.write_text(program, encoding="utf-8")
-        print(f"running plan {plan.name!r} on {cfg.world_size} {a.device} ranks ...",
-              file=sys.stderr)
+        what = f"running plan {plan.name!r} on {cfg.world_size} {a.device} ranks"
+        print(what + " ...", file=sys.stderr)
         try:
-            metrics = launch.run_program(
-                str(prog), nproc=nproc, device=a.device, weights=a.weights,
-                timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
-                rdzv_endpoint=a.rdzv_endpoint)
+            with progress(what):  # a spinner and the elapsed time, on a terminal only
+                metrics = launch.run_program(
+                    str(prog), nproc=nproc, device=a.device, weights=a.weights,
+                    timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
+                    rdzv_endpoint=a.rdzv_endpoint)
         except launch.LaunchError as e:
             print(f"error[R001]: the run failed: {e}", file=sys.stderr)
             return EXIT_USAGE

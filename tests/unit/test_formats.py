@@ -407,3 +407,32 @@ def test_progress_is_silent_off_a_terminal_and_shows_elapsed_time_on_one():
     with pytest.raises(RuntimeError), progress("running plan p", tty):
         raise RuntimeError("boom")
     assert "running plan p failed after" in tty.getvalue()
+
+
+def test_run_shows_progress_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    """`planc run` with a stand-in backend (no torch): the spinner line appears on a TTY."""
+    import time
+    from types import SimpleNamespace
+
+    import planc.cli as cli
+
+    class LaunchError(Exception):
+        pass
+
+    def run_program(prog, **kw):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        return {"world_size": 16, "device": "cpu", "tokens_per_s": 1.0, "time_s": 1.0,
+                "ranks": []}
+
+    fake = (SimpleNamespace(emit_program=lambda cfg, **kw: "print('hi')\n"),
+            SimpleNamespace(run_program=run_program, LaunchError=LaunchError))
+    monkeypatch.setattr(cli, "_torch_backend", lambda: fake)
+    good = tmp_path / "good.plan"
+    good.write_text(GOOD)
+    assert main(["run", str(good), "--no-reference"]) == 0
+    err = capsys.readouterr().err
+    assert err == "running plan 'p' on 16 cpu ranks ...\n"  # nothing extra off a terminal
+    tty = _Tty()
+    monkeypatch.setattr("sys.stderr", tty)
+    assert main(["run", str(good), "--no-reference"]) == 0
+    assert "running plan 'p' on 16 cpu ranks done in" in tty.getvalue()
