@@ -66,11 +66,12 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     verdicts = decide(obligations, encode.variables(plan), solver)
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
     if result.status == "proved":
-        from planc.verifier.headroom import headroom, headroom_text
+        from planc.verifier.headroom import decode_headroom_text, headroom, headroom_text
 
         h = headroom(plan)
         result.extra["headroom"] = h
-        result.extra["headroom_text"] = headroom_text(h)
+        result.extra["headroom_text"] = (decode_headroom_text(h) if plan.workload.phase ==
+                                         "decode" else headroom_text(h))
     if plan.devices < plan.cluster.count:
         diags.warning("W101", f"plan {plan.name!r} uses {plan.devices} of "
                       f"{plan.cluster.count} devices; {plan.cluster.count - plan.devices} stay "

@@ -129,6 +129,9 @@ class PlacementGraph(_Node):
     classes: list[DeviceClass]
     device_capacity: int
     cache_capacity: int
+    phase: Literal["prefill", "decode"] = "prefill"
+    context: int = 0  # decode: prompt tokens per sequence
+    generate: int = 0  # decode: tokens generated per sequence
 
     def class_by_id(self, cid: str) -> DeviceClass:
         return next(c for c in self.classes if c.id == cid)

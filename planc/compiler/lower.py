@@ -241,6 +241,14 @@ def stage_memory(plan: PlanSpec, ld: LocalDims, layer_peak: int, layer_weights: 
 
 def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
     """Memory rows per device class without building the graph (headroom and synthesis)."""
+    if plan.workload.phase == "decode":
+        from planc.compiler import decode
+
+        prompt = decode.prompt_plan(plan)
+        stages = plan_stages(plan)
+        ids = [f"stage{i}" if plan.axes_of("layers") else "all" for i in range(len(stages))]
+        return decode.decode_rows(plan, memory_by_class(prompt),
+                                  {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
     ld = local_dims(plan, deg)
     ops, bufs = layer_program(ld, attention_mode(plan), deg.sp, deg.hd)
@@ -256,6 +264,10 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
 def lower(plan: PlanSpec) -> PlacementGraph:
     m, w, dev = plan.model, plan.workload, plan.cluster.device
     assert w.batch is not None and w.seq is not None and not plan.has_holes
+    if w.phase == "decode":
+        from planc.compiler import decode
+
+        return decode.extend(plan, lower(decode.prompt_plan(plan)))
     deg = Degrees.of(plan)
     roles = axis_roles(plan)
     mesh = Mesh(axes=[Axis(name=a, size=s or 1, role=roles.get(a, "idle")) for a, s in plan.mesh],

@@ -63,7 +63,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "activations": ("bytes",),  # peak activation bytes per device
     "throughput": ("tokens_per_s",),
     "latency": ("seconds",),  # time of one forward step (prefill) or one token (decode)
-    "tpot": ("seconds",),
+    "tpot": ("seconds",),  # prefill: step time per token (the seeds' use); decode: per step
+    "ttft": ("seconds",),  # decode: time to first token (the prompt's prefill)
     "devices": ("count",),
 }
 OBJECTIVES = {"minimize": ("time", "memory", "devices"), "maximize": ("batch", "seq")}
@@ -489,6 +490,12 @@ def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[
                        (f"mesh axes: {one_of(axis_spans)}" if axis_spans else
                         f"add it to the mesh: `mesh {ax}=N`"),
                        (Related(mesh_span, "mesh declared here"),) if mesh_span else ())
+    if (workload is not None and model is not None and workload.phase == "decode"
+            and not model.vocab):
+        v._err("E017", f"workload {workload.name!r} decodes (generates tokens), so model "
+               f"{model.name!r} needs a `vocab`", v.props["workload"].value.span,
+               "add `vocab N` to the model block (the lm_head and embeddings use it)",
+               (Related(model.span, "model declared here"),) if model.span else ())
     if mesh_span is None and v.ok:
         v._err("E013", f"plan {b.name.name!r} needs a `mesh` line", b.name.span,
                "e.g. `mesh pp=2, tp=8` (sizes multiply to the device count)")
@@ -602,7 +609,7 @@ def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
         v._err("E041", f"`require {metric}` takes {wanted}, not {text!r}", q.span)
         return None
     lower_limits = {"throughput"}  # a bound refutes only claims in the direction it limits
-    upper_limits = {"latency", "tpot"}
+    upper_limits = {"latency", "tpot", "ttft"}
     if (metric in lower_limits and stmt.op not in (">=", ">")) or (
             metric in upper_limits and stmt.op not in ("<=", "<")):
         want = ">=" if metric in lower_limits else "<="

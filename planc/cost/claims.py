@@ -70,6 +70,8 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
         return Fraction(plan.devices), "count", False
     if metric == "cache":
         return Fraction(max(c.cache_resident for c in graph.classes)), "bytes", False
+    if graph.phase == "decode":
+        return _decode_claim(plan, graph, metric)
     t = step_lower_bound(graph, rates_of(plan))
     tokens = graph.batch * graph.seq
     if t <= 0:
@@ -81,4 +83,25 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
     if metric == "tpot":
         # Prefill: the seeds define TPOT as step time per token processed (1 / throughput).
         return t / tokens, "seconds", True
+    if metric == "ttft":
+        return t, "seconds", True
+    return None
+
+
+def _decode_claim(plan: PlanSpec, graph: PlacementGraph, metric: str
+                  ) -> tuple[Fraction, str, bool] | None:
+    """Decode bounds: TTFT = the prompt's prefill, TPOT = one step; MLPerf's definitions."""
+    rates = rates_of(plan)
+    ttft = step_lower_bound(graph, rates, "prefill")
+    tpot = step_lower_bound(graph, rates, "decode")
+    latency = ttft + max(0, graph.generate - 1) * tpot
+    if metric == "ttft":
+        return ttft, "seconds", True
+    if metric == "tpot":
+        return tpot, "seconds", True
+    if metric == "latency":
+        return latency, "seconds", True
+    if metric == "throughput":  # output tokens per second
+        return (Fraction(graph.batch * graph.generate) / latency if latency else None,
+                "tokens_per_s", True)  # type: ignore[return-value]
     return None

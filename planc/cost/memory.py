@@ -123,6 +123,9 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("ring_acc_out", T * Q * 4, i_attn, i_attn)
         buf("ring_block_out", T * Q * 4, i_attn, i_attn)
         buf("ring_lse", 2 * d.mb * d.heads * d.seq_q * 4, i_attn, i_attn)
+    elif attention == "flash_decode" and sp > 1:
+        # each rank's partial output and log-sum-exp (float32), all-gathered and merged
+        buf("decode_partials", sp * T * (Q + d.heads) * 4, i_attn, i_attn)
     elif attention == "gather" and sp > 1:
         buf("gathered_kv", 2 * 2 * d.mb * kv_len * K * e, i_attn, i_attn)  # chunks + concat
         buf("gather_mask", d.seq_q * kv_len, i_attn, i_attn)

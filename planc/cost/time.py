@@ -6,8 +6,9 @@ The bound uses peak rates and assumes perfect overlap, so no real run can beat i
                                             link bytes / link bandwidth)
   and a forward-only pipeline of S stages and M microbatches needs at least
   sum_s t_s + (M - 1) * max_s t_s.
-Compulsory HBM bytes are the weights read once per step (zero for a fit-cache stage, whose
-weights may stay in L2) plus the stage's input and output; intermediate activations are not
+Compulsory HBM bytes are the weights read once per step, plus once more per further
+microbatch for the part that does not fit L2 (zero for a fit-cache stage, whose weights may stay
+in L2), plus the stage's input and output (for a decode step: the whole KV cache); intermediate activations are not
 counted because a fused kernel could keep them on chip. Link bytes per device per collective:
 all-reduce (n-1)/n x B (the minimum even with in-network reduction), all-gather (n-1) x B,
 all-to-all (n-1)/n x B, send/recv and ring passes B.
@@ -61,26 +62,47 @@ def link_bytes(c: Collective) -> Fraction:
     return Fraction(c.bytes)
 
 
-def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: bool
-                 ) -> tuple[Fraction, Fraction, Fraction]:
-    """(compute, hbm, link) seconds for one microbatch (per_mb) or the whole step."""
+def _in_phase(name: str, phase: str) -> bool:
+    """Ops named decode_* and collectives after decode:* belong to a decode step."""
+    is_decode = name.startswith("decode_") or name.startswith("decode:")
+    return is_decode if phase == "decode" else not is_decode
+
+
+def _steps(graph: PlacementGraph, phase: str) -> int:
+    return max(1, graph.generate - 1) if phase == "decode" else 1
+
+
+def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: bool,
+                 phase: str = "prefill") -> tuple[Fraction, Fraction, Fraction]:
+    """(compute, hbm, link) seconds of one microbatch (per_mb) or all of them, for the prefill
+    (of the prompt, for a decode plan) or for one decode step."""
     nmb = graph.microbatches
-    div = nmb if per_mb else 1
-    flops = Fraction(sum(o.flops * o.calls for o in cls.ops), div)
+    div = (nmb if per_mb else 1) * _steps(graph, phase)
+    flops = Fraction(sum(o.flops * o.calls for o in cls.ops if _in_phase(o.name, phase)), div)
     weights = cls.memory["weights"] if not cls.cache_resident else 0
-    io = sum(b.bytes for b in cls.buffers if b.role == "io")
-    hbm = Fraction(weights + io, div)
+    # Each microbatch runs every layer of the stage, so it must read the weights again, except
+    # what L2 can keep between microbatches: at least weights + (nmb - 1) x (weights - L2).
+    reread = max(0, weights - graph.cache_capacity) * (nmb - 1)
+    if phase == "decode":  # per step: the weights and the whole KV cache
+        hbm = Fraction(weights + reread + cls.memory.get("kv_cache", 0), nmb if per_mb else 1)
+    else:
+        io = sum(b.bytes for b in cls.buffers if b.role == "io")
+        hbm = Fraction(weights + reread + io, nmb if per_mb else 1)
     link = Fraction(0)
     for c in cls.collectives:
+        if not _in_phase(c.after, phase):
+            continue
         bw = rates.intra if c.link == "intra" else rates.inter
         link += link_bytes(c) * c.calls / bw
     link /= div
     return flops / rates.compute, hbm / rates.hbm, link
 
 
-def step_lower_bound(graph: PlacementGraph, rates: Rates) -> Fraction:
-    """Seconds: no execution of this plan's forward step can be faster."""
-    stages = [max(_class_parts(c, graph, rates, per_mb=True)) for c in graph.classes]
+def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> Fraction:
+    """Seconds: no execution of this plan's forward step (the prompt's prefill, or one decode
+    step with phase="decode") can be faster."""
+    stages = [max(_class_parts(c, graph, rates, per_mb=True, phase=phase))
+              for c in graph.classes]
     if not stages:
         return Fraction(0)
     return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)
@@ -96,7 +118,8 @@ def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) ->
     return max(flops / rate, nbytes / (rates.hbm * e.hbm)) + e.op_overhead_s
 
 
-def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None) -> float:
+def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None,
+                  phase: str = "prefill") -> float:
     """Seconds: an estimate of the forward step, not a bound.
 
     Per device class and microbatch: the sum over ops of their roofline time (FLOPs at the
@@ -105,19 +128,24 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
     """
     e = eff or Efficiency()
-    nmb = max(1, graph.microbatches)
+    nmb = max(1, graph.microbatches) * _steps(graph, phase)
     stages = []
     for c in graph.classes:
         t = 0.0
         for o in c.ops:
-            t += _op_time(o.name, o.flops, o.bytes, rates, e) * o.calls / nmb
+            if _in_phase(o.name, phase):
+                t += _op_time(o.name.removeprefix("decode_"), o.flops, o.bytes, rates, e) \
+                    * o.calls / nmb
         for col in c.collectives:
+            if not _in_phase(col.after, phase):
+                continue
             bw = (rates.intra if col.link == "intra" else rates.inter) * e.link
             t += (e.collective_latency_s + float(link_bytes(col)) / bw) * col.calls / nmb
         stages.append(t)
     if not stages:
         return 0.0
-    return sum(stages) + (nmb - 1) * max(stages)
+    m = max(1, graph.microbatches)
+    return sum(stages) + (m - 1) * max(stages)
 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]

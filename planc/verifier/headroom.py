@@ -50,6 +50,9 @@ def headroom(plan: PlanSpec) -> dict[str, dict[str, int]]:
         return replace(p, workload=replace(p.workload, batch=b))
 
     def with_seq(p: PlanSpec, s: int) -> PlanSpec:
+        if p.workload.phase == "decode":  # the longest prompt, generate unchanged
+            return replace(p, workload=replace(p.workload, context=s,
+                                               seq=s + p.workload.generate))
         return replace(p, workload=replace(p.workload, seq=s))
 
     return {"batch": _largest(plan, b_step, with_batch), "seq": _largest(plan, s_step, with_seq)}
@@ -68,3 +71,7 @@ def headroom_text(h: dict[str, dict[str, int]]) -> str:
         return f"{shown} (limited by {names})"
 
     return f"largest batch that fits: {fmt(h['batch'])}; longest seq: {fmt(h['seq'])}"
+
+
+def decode_headroom_text(h: dict[str, dict[str, int]]) -> str:
+    return headroom_text(h).replace("longest seq", "longest context")

@@ -125,7 +125,8 @@ def memory_rows(graph: PlacementGraph) -> list[list[str]]:
                   " each)")
         rows.append([cid, shown, layers,
                      human_bytes(m["weights"]), human_bytes(m["activations"]),
-                     human_bytes(m["reserve"]), human_bytes(m["peak"]),
+                     human_bytes(m["kv_cache"]), human_bytes(m["reserve"]),
+                     human_bytes(m["peak"]),
                      f"{100 * m['peak'] / m['capacity']:.1f}%"]
                     + ([human_bytes(first.cache_resident)] if first.cache_resident else []))
     return rows

@@ -7,7 +7,8 @@ from planc.diagnostics import Diagnostic, render
 from planc.verifier.report import CheckResult, PlanResult, memory_rows
 
 MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
-HEADER = ["class", "ranks", "layers", "weights", "activations", "reserve", "peak", "of HBM"]
+HEADER = ["class", "ranks", "layers", "weights", "activations", "kv cache", "reserve", "peak",
+          "of HBM"]
 
 
 def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:

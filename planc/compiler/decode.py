@@ -1,0 +1,162 @@
+"""Decode: the placement graph of `phase decode` (a prompt of `context` tokens, then `generate`
+tokens one step at a time, greedy), built from the prefill graph of the prompt plus:
+
+  - the KV cache, allocated for context + generate positions and sharded as the plan says:
+    over kv heads for tensor parallel (and head_dim slices), over stages for pipeline, over
+    sequence chunks for sequence parallel (each rank keeps its chunk; new tokens are appended
+    round-robin, so chunks stay balanced), per data-parallel / expert-parallel replica over
+    the batch;
+  - the lm_head [vocab, hidden] on the last stage and the logits of one step;
+  - one decode step's ops and buffers per layer (T = the step's tokens: one per sequence of the
+    microbatch), whose collectives are named `decode:*`, and with sequence parallelism a
+    flash-decoding merge (each rank attends over its chunk; partial outputs and log-sum-exps
+    are all-gathered and merged).
+
+TTFT is the prefill of the context; TPOT is one decode step (MLPerf: TPOT = (latency - TTFT) /
+(generated - 1)). Memory is the larger of the prompt's prefill and a decode step, on top of
+the weights and the whole KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from planc.compiler.ir import Buffer, Collective, DeviceClass, Op, PlacementGraph, TensorShard
+from planc.compiler.spec import PlanSpec
+from planc.cost.memory import LocalDims, layer_program, peak_live
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def prompt_plan(plan: PlanSpec) -> PlanSpec:
+    """The prefill of the prompt: the same plan with a prefill workload of `context` tokens."""
+    w = plan.workload
+    return replace(plan, workload=replace(w, phase="prefill", seq=w.context))
+
+
+def kv_length(plan: PlanSpec) -> int:
+    """Cache positions per sequence on one rank: context + generate, split over seq axes."""
+    w = plan.workload
+    return cdiv(w.context + w.generate, plan.degree("seq"))
+
+
+def decode_dims(plan: PlanSpec) -> LocalDims:
+    from planc.compiler.lower import Degrees, microbatches, moe_all_to_all
+
+    m, w = plan.model, plan.workload
+    deg = Degrees.of(plan)
+    assert w.batch is not None
+    b_local = cdiv(w.batch, deg.dp)
+    mb = cdiv(b_local, microbatches(plan))
+    routed = 0
+    if m.experts:
+        routed = mb * m.top_k if moe_all_to_all(plan) else cdiv(mb * m.top_k, deg.ep)
+    return LocalDims(tokens=mb, mb=mb, seq_q=1, seq_kv=kv_length(plan), hidden=m.hidden,
+                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
+                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
+                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     elem=m.dtype_bytes, routed=routed)
+
+
+def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
+    """K and V for every cached position of the rank's sequences, for its stage's layers."""
+    d = decode_dims(plan)
+    from planc.compiler.lower import Degrees
+
+    b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).dp)
+    return n_layers * 2 * b_local * kv_length(plan) * d.kv_heads * d.head_dim * d.elem
+
+
+def step_program(plan: PlanSpec):  # type: ignore[no-untyped-def]
+    d = decode_dims(plan)
+    mode = "flash_decode" if plan.degree("seq") > 1 else "local"
+    return d, *layer_program(d, mode, plan.degree("seq"), plan.degree("head_dim"))
+
+
+def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
+                layers_per_class: dict[str, int], last: str) -> dict[str, dict[str, int]]:
+    """Memory rows of a decode plan from its prompt's rows (see the module docstring)."""
+    m = plan.model
+    d, ops, bufs = step_program(plan)
+    step_peak = peak_live(bufs, len(ops)) + d.tokens * m.hidden * m.dtype_bytes  # + residual
+    out = {}
+    for cid, row in prompt_rows.items():
+        row = dict(row)
+        n = layers_per_class[cid]
+        row["kv_cache"] = kv_cache_bytes(plan, n)
+        if cid == last and m.vocab:
+            row["weights"] += m.vocab * m.hidden * m.dtype_bytes  # lm_head
+            step_peak_c = step_peak + d.tokens * m.vocab * 4  # float32 logits of the step
+        else:
+            step_peak_c = step_peak
+        row["activations"] = max(row["activations"], step_peak_c)
+        row["peak"] = sum(row[k] for k in ("weights", "activations", "kv_cache", "buffers",
+                                           "reserve"))
+        out[cid] = row
+    return out
+
+
+def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
+    """Add the decode step (ops, buffers, collectives), the KV cache and the lm_head."""
+    m, w = plan.model, plan.workload
+    d, step_ops, step_bufs = step_program(plan)
+    e, h = m.dtype_bytes, m.hidden
+    steps = max(0, w.generate - 1)
+    nmb = graph.microbatches
+    classes = []
+    last = graph.classes[-1].id
+    rows = decode_rows(plan, {c.id: c.memory for c in graph.classes},
+                       {c.id: c.layers[1] - c.layers[0] for c in graph.classes}, last)
+    for c in graph.classes:
+        n = c.layers[1] - c.layers[0]
+        base = len(c.ops)
+        ops = list(c.ops) + [Op(name=f"decode_{o.name}", flops=o.flops, bytes=o.hbm_bytes,
+                                calls=n * nmb * steps) for o in step_ops]
+        bufs = list(c.buffers) + [
+            Buffer(name=f"decode_{b.name}", role="activation", bytes=b.bytes,
+                   live=(base + b.first, base + min(b.last, len(step_ops) - 1)), per_layer=True)
+            for b in step_bufs]
+        bufs.append(Buffer(name="kv_cache", role="kv_cache", bytes=kv_cache_bytes(plan, n),
+                           live=(0, len(ops) - 1), per_layer=False))
+        shards = list(c.shards)
+        if c.id == last and m.vocab:
+            shards.append(TensorShard(name="lm_head.weight", global_shape=[m.vocab, h],
+                                      local_shape=[m.vocab, h], split={}, format="dense",
+                                      dtype=m.dtype, bytes=m.vocab * h * e, per_layer=False))
+            ops.append(Op(name="decode_lm_head", flops=2 * d.tokens * h * m.vocab,
+                          bytes=(m.vocab * h + d.tokens * h) * e + d.tokens * m.vocab * 4,
+                          calls=nmb * steps))
+        colls = list(c.collectives)
+        for col in c.collectives:  # the same groups and calls per step, one step's payload
+            colls.append(Collective(
+                op=col.op, axes=col.axes, group_size=col.group_size,
+                bytes=max(1, col.bytes * d.tokens // max(1, _tokens_of(graph, plan))),
+                calls=col.calls * steps, after=f"decode:{col.after}", link=col.link))
+        if plan.degree("seq") > 1:
+            colls = [x for x in colls if not (x.after.startswith("decode:") and
+                                              x.op in ("ring_pass", "all_gather"))]
+            seq_axes = list(plan.axes_of("seq"))
+            colls.append(Collective(op="all_gather", axes=seq_axes,
+                                    group_size=plan.degree("seq"),
+                                    bytes=d.tokens * d.heads * (d.head_dim + 1) * 4,
+                                    calls=n * nmb * steps, after="decode:flash_decode_merge",
+                                    link=colls[0].link if colls else "intra"))
+        classes.append(c.model_copy(update={"ops": ops, "buffers": bufs, "collectives": colls,
+                                            "shards": shards, "memory": rows[c.id]}))
+    return graph.model_copy(update={"classes": classes, "phase": "decode",
+                                    "context": w.context, "generate": w.generate})
+
+
+def _tokens_of(graph: PlacementGraph, plan: PlanSpec) -> int:
+    """Tokens of one prefill microbatch on one rank (what the prefill collectives carry)."""
+    from planc.compiler.lower import Degrees
+
+    deg = Degrees.of(plan)
+    b_local = cdiv(graph.batch, deg.dp)
+    return cdiv(b_local, graph.microbatches) * _seq_local(plan)
+
+
+def _seq_local(plan: PlanSpec) -> int:
+    return cdiv(plan.workload.context, plan.degree("seq"))

@@ -1,0 +1,90 @@
+"""Decode plans: the KV cache is sharded as the plan says (checked by brute force), TTFT and
+TPOT bounds refute impossible claims, headroom reports the longest context."""
+
+from __future__ import annotations
+
+import pytest
+
+from planc.compiler.lower import lower
+from tests.helpers import MODEL, check_text, line_of, plan_text, resolve_text, verdict
+
+VOCAB_MODEL = MODEL.replace("  dtype    bf16\n", "  dtype    bf16\n  vocab    32000\n")
+DECODE = """
+workload w {
+  batch    32
+  phase    decode
+  context  2048
+  generate 128
+}
+"""
+
+
+def decode_plan(body: str) -> str:
+    return plan_text(body, model=VOCAB_MODEL, workload=DECODE)
+
+
+def kv_brute_force(layers: int, batch: int, positions: int, kv_heads: int, head_dim: int) -> int:
+    return layers * 2 * batch * positions * kv_heads * head_dim * 2  # K and V, bf16
+
+
+@pytest.mark.parametrize("body,per_class", [
+    ("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n",
+     kv_brute_force(16, 32, 2176, 1, 128)),  # 8 kv heads over 8 ranks
+    ("  mesh pp=2, tp=4\n  shard layers over pp microbatches 4\n"
+     "  shard heads, kv_heads, ffn over tp\n", kv_brute_force(8, 32, 2176, 2, 128)),
+    ("  mesh dp=4, tp=2\n  shard batch over dp\n  shard heads, kv_heads, ffn over tp\n",
+     kv_brute_force(16, 8, 2176, 4, 128)),
+    ("  mesh sp=4\n  shard seq over sp attention ring\n", kv_brute_force(16, 32, 544, 8, 128)),
+])
+def test_kv_cache_is_sharded_as_the_plan_says(body, per_class):
+    spec, diags = resolve_text(decode_plan(body))
+    assert not diags.has_errors, [d.message for d in diags.items]
+    g = lower(spec.plans[0])
+    assert g.phase == "decode" and g.context == 2048 and g.generate == 128
+    assert {c.memory["kv_cache"] for c in g.classes} == {per_class}
+    assert all(c.memory["peak"] == sum(c.memory[k] for k in ("weights", "activations",
+                                                              "kv_cache", "buffers", "reserve"))
+               for c in g.classes)
+
+
+def test_the_last_stage_holds_the_lm_head():
+    spec, _ = resolve_text(decode_plan("  mesh pp=2, tp=8\n  shard layers over pp\n"
+                                       "  shard heads, kv_heads, ffn over tp\n"))
+    g = lower(spec.plans[0])
+    assert [s.name for s in g.classes[-1].shards if s.name == "lm_head.weight"]
+    assert not [s.name for s in g.classes[0].shards if s.name == "lm_head.weight"]
+
+
+def test_tpot_below_the_bound_is_refuted_and_above_it_is_not():
+    body = "  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n  require tpot <= X ms\n"
+    ok = verdict(check_text(decode_plan(body.replace("X", "100")))[0], "V700")
+    assert ok.status == "not_refuted"
+    bound_ms = ok.obligation.numbers["bound"] * 1e3
+    # independent floor: a step reads each rank's weights and KV cache from HBM at least once
+    spec, _ = resolve_text(decode_plan(body.replace("X", "100")))
+    cls = lower(spec.plans[0]).classes[0]
+    floor = (cls.memory["weights"] + cls.memory["kv_cache"]) / 3.35e12 * 1e3
+    assert bound_ms >= floor * 0.999
+    text = decode_plan(body.replace("X", f"{bound_ms / 2:.6f}"))
+    bad = verdict(check_text(text)[0], "V700")
+    assert bad.status == "violated" and bad.obligation.span.line == line_of(text, "tpot")
+
+
+def test_decode_headroom_reports_the_longest_context():
+    result, _ = check_text(decode_plan("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n"))
+    assert "longest context" in result.extra["headroom_text"]
+    longest = min(result.extra["headroom"]["seq"].values())
+    text = decode_plan("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n")
+    spec, _ = resolve_text(text.replace("context  2048", f"context  {longest}"))
+    g = lower(spec.plans[0])
+    assert all(c.memory["peak"] <= c.memory["capacity"] for c in g.classes)
+    spec, _ = resolve_text(text.replace("context  2048", f"context  {longest + 1}"))
+    g = lower(spec.plans[0])
+    assert any(c.memory["peak"] > c.memory["capacity"] for c in g.classes)
+
+
+def test_decode_needs_a_vocabulary():
+    text = plan_text("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n", workload=DECODE)
+    _, diags = resolve_text(text)
+    [d] = [d for d in diags.items if d.code == "E017"]
+    assert d.span.line == line_of(text, "  workload w")
