@@ -1,27 +1,46 @@
 """Parsing: source bytes -> AST (`PlanFile`), stopping at the first syntax error.
 
-Input hygiene happens before lark sees anything: a size cap, UTF-8 decoding with the position of
-the first bad byte, NUL bytes refused, a BOM dropped, CRLF and CR normalised to LF (so line
-numbers match what an editor shows). Lark's exceptions never leave this module: each becomes a
-`PlancError` carrying a `Diagnostic` with a code, a span and a hint.
+Input hygiene happens before lark sees anything: a size cap (checked on the file's size, so a
+huge file is never read), UTF-8 decoding with the position of the first bad byte, NUL bytes
+refused, a BOM dropped, CRLF and CR normalised to LF (so line numbers match what an editor
+shows), and a cap on the length of a line. Lists (mesh axes, shard dims) never span lines, so
+the line cap also bounds every list: parse time and memory stay linear and small. Lark's
+exceptions never leave this module: each becomes a `PlancError` carrying a `Diagnostic` with a
+code, a span and a hint.
+
+Names are ASCII identifiers and are never NFKC-normalised: a fullwidth or ligature letter is a
+syntax error that says which ASCII letter it looks like, so two names that look alike are never
+merged, and no name can differ from the one a reader sees.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from fractions import Fraction
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from planc.diagnostics import Diagnostic, PlancError, Related, Span, did_you_mean
 from planc.grammar import ast
 from planc.grammar.syntax_errors import SYNTAX_ERRORS
 
-MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a plan is a few kB; anything this big is a mistake
+MAX_SOURCE_BYTES = 256 * 1024  # a plan is a few kB (the largest spec: 1.3 kB); this is a mistake
+MAX_NUMBER_DIGITS = 100  # 2**80 has 25 digits; exact arithmetic on longer ones is a waste
+MAX_EXPONENT = 400  # 1e309 still gets "larger than any real value"; 1e999999999 never computed
+MAX_LINE_CHARS = 10_000  # the longest real line is ~100 characters; lists end at the line's end
 KINDS = ("device", "cluster", "model", "workload", "plan")
+NO_INCLUDE = ("include", "import", "from", "use", "source")  # words users try for an include
 
 
 @cache
@@ -35,29 +54,56 @@ def _fail(code: str, message: str, span: Span | None, hint: str | None = None,
     return PlancError(Diagnostic(code, message, span, "error", hint, related))
 
 
+def _too_big(path: str, size: int | None) -> PlancError:
+    what = f"{size:,} bytes" if size is not None else f"more than {MAX_SOURCE_BYTES:,} bytes"
+    return _fail("P004", f"file is {what}; the limit is {MAX_SOURCE_BYTES:,}",
+                 Span.point(path, 1, 1), "a .plan file is a few kB; is this the right file?")
+
+
 def decode_source(data: bytes, path: str) -> str:
     """Bytes -> text with LF line endings, or a PlancError saying where the bytes went wrong."""
     if len(data) > MAX_SOURCE_BYTES:
-        raise _fail("P004", f"file is {len(data):,} bytes; the limit is {MAX_SOURCE_BYTES:,}",
-                    Span.point(path, 1, 1), "a .plan file is a few kB; is this the right file?")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+        raise _too_big(path, len(data))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        before = data[: e.start]
-        line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        # Everything before the bad byte is valid UTF-8: count lines and characters (not bytes)
+        # the way an editor does, whatever the line endings.
+        before = _normalise_newlines(data[: e.start].decode("utf-8").removeprefix("\ufeff"))
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
         raise _fail("P002", f"invalid UTF-8 (byte 0x{data[e.start]:02x})",
                     Span.point(path, line, col), "save the file as UTF-8") from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    nul = text.find("\0")
-    if nul >= 0:
-        line = text.count("\n", 0, nul) + 1
-        col = nul - (text.rfind("\n", 0, nul) + 1) + 1
-        raise _fail("P003", "NUL byte in source", Span.point(path, line, col),
-                    "a .plan file is text; remove the NUL byte")
+    return clean_text(text, path)
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def clean_text(text: str, path: str) -> str:
+    """Decoded text -> what the parser sees: no BOM, LF line endings, no NUL, short lines."""
+    if len(text) > MAX_SOURCE_BYTES:
+        raise _too_big(path, None)
+    text = _normalise_newlines(text.removeprefix("\ufeff"))
+    for what, pattern, code, hint in (
+        ("NUL byte", "\0", "P003", "a .plan file is text; remove the NUL byte"),
+        ("undecodable character", "[\ud800-\udfff]", "P002", "save the file as UTF-8"),
+    ):
+        m = re.search(pattern, text)
+        if m:
+            line, col = _line_col(text, m.start())
+            raise _fail(code, f"{what} in source", Span.point(path, line, col), hint)
+    for i, line_text in enumerate(text.split("\n"), start=1):
+        if len(line_text) > MAX_LINE_CHARS:
+            raise _fail("P006", f"line {i} is {len(line_text):,} characters long; the limit is "
+                        f"{MAX_LINE_CHARS:,}", Span.point(path, i, MAX_LINE_CHARS + 1),
+                        "a plan line is short; was this file generated by mistake?")
     return text
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
 def read_source(path: str | Path) -> str:
@@ -70,10 +116,15 @@ def read_source(path: str | Path) -> str:
     if not p.is_file():
         raise _fail("P001", f"{path} is not a regular file", None, "give a .plan file")
     try:
+        size = p.stat().st_size
+        if size > MAX_SOURCE_BYTES:  # refused without reading it
+            raise _too_big(str(path), size)
         with p.open("rb") as f:
-            data = f.read(MAX_SOURCE_BYTES + 1)
+            data = f.read(MAX_SOURCE_BYTES + 1)  # the file may have grown since stat
     except OSError as e:
         raise _fail("P001", f"cannot read {path}: {e.strerror}", where) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise _too_big(str(path), None)
     return decode_source(data, str(path))
 
 
@@ -83,12 +134,17 @@ def parse_file(path: str | Path) -> tuple[ast.PlanFile, str]:
 
 
 def parse_text(text: str, path: str = "<input>") -> ast.PlanFile:
-    text = decode_source(text.encode("utf-8"), path) if ("\r" in text or "\0" in text) else text
+    text = clean_text(text, path)
     try:
         tree = parser().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, text, path) from None
-    return _ToAst(path).transform(tree)
+    try:
+        return _ToAst(path).transform(tree)
+    except VisitError as e:  # lark wraps what a callback raises; a PlancError is ours to show
+        if isinstance(e.orig_exc, PlancError):
+            raise e.orig_exc from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,13 +156,15 @@ def _token_span(path: str, tok: Token) -> Span:
     return Span(path, tok.line, tok.column, tok.end_line or tok.line, end_col)
 
 
-def _open_blocks(text: str, upto_line: int) -> list[tuple[int, int]]:
-    """Positions of '{' still open before a given line (comments skipped)."""
+def _open_blocks(text: str, before: tuple[int, int]) -> list[tuple[int, int]]:
+    """Positions of the '{' still open just before (line, column) (comments skipped)."""
     stack: list[tuple[int, int]] = []
     for i, raw in enumerate(text.split("\n"), start=1):
-        if i > upto_line:
+        if i > before[0]:
             break
         line = raw.split("#", 1)[0]
+        if i == before[0]:
+            line = line[: before[1] - 1]
         for j, ch in enumerate(line, start=1):
             if ch == "{":
                 stack.append((i, j))
@@ -122,12 +180,40 @@ def _last_line(text: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
+def _bad_character(e: UnexpectedCharacters, text: str, path: str) -> PlancError:
+    pos = e.pos_in_stream
+    ch = text[pos] if pos < len(text) else "?"
+    prev, nxt = text[pos - 1 : pos], text[pos + 1 : pos + 2]
+    shown = repr(ch)
+    hint = "see docs/language.md for what a line can hold"
+    if ch in "\"'":
+        hint = "names are plain identifiers (letters, digits, _); no quotes"
+    elif ch == "{":
+        hint = "blocks do not nest; close the current block first"
+    elif ch == "-" and prev.isdigit():
+        hint = "stage ranges are written [FIRST..LAST], e.g. [0..3]"
+    elif ch == "-":
+        hint = "sizes, counts and limits are positive; planc has no negative numbers"
+    elif not ch.isascii():
+        shown += f" ({unicodedata.name(ch, f'U+{ord(ch):04X}')})"
+        twin = unicodedata.normalize("NFKC", ch)
+        if twin != ch and twin.isascii() and twin.strip():
+            hint = (f"it looks like {twin!r}, but names are plain ASCII and planc does not "
+                    f"normalise them: type {twin!r}")
+        elif twin.isspace():
+            hint = "it looks like a space; type a plain space"
+        else:
+            hint = ("names and numbers are ASCII (letters, digits, _); other characters belong "
+                    "in comments")
+    return _fail("P100", f"unexpected character {shown}", Span.point(path, e.line, e.column), hint)
+
+
 def _syntax_error(e: UnexpectedInput, text: str, path: str) -> PlancError:
     if isinstance(e, UnexpectedEOF) or (
         isinstance(e, UnexpectedToken) and e.token.type == "$END"
     ):
         line, col = _last_line(text)
-        opened = _open_blocks(text, line)
+        opened = _open_blocks(text, (line, col))
         if opened:
             ol, oc = opened[-1]
             return _fail("P102", f"end of file inside a block: the block opened at {ol}:{oc} "
@@ -135,32 +221,32 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str) -> PlancError:
                          (Related(Span.point(path, ol, oc), "block opened here"),))
         return _fail("P102", "unexpected end of file", Span.point(path, line, col))
     if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
-        shown = repr(ch)
-        hint = None
-        if ch in "\"'":
-            hint = "names are plain identifiers (letters, digits, _); no quotes"
-        elif ch == "{":
-            hint = "blocks do not nest; close the current block first"
-        return _fail("P100", f"unexpected character {shown}", Span.point(path, e.line, e.column),
-                     hint or "see docs/language.md for what a line can hold")
+        return _bad_character(e, text, path)
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     span = _token_span(path, tok)
     expected = sorted(x for x in e.expected if not x.startswith("_"))
+    if str(tok) in NO_INCLUDE and "KIND" in e.expected:
+        return _fail("P105", f"planc has no `{tok}` statement: a .plan file is self-contained",
+                     span, "copy the blocks this file needs into it (device presets such as "
+                     "H100 need no declaration)")
+    line_before = text.split("\n")[tok.line - 1][: tok.column - 1]
+    if re.search(r"(?i)(?<![A-Za-z0-9_])(nan|inf|infinity)\s*$", line_before):
+        return _fail("P106", "not a number: planc numbers are finite decimals (no nan or inf)",
+                     span, "write the value as digits, e.g. `memory 80 GB`")
     if str(tok).isidentifier() and "KIND" in e.expected and "NAME" not in e.expected:
         guess = did_you_mean(str(tok), KINDS)
         return _fail("P103", f"unknown block kind {str(tok)!r}", span,
                      f"did you mean {guess!r}?" if guess else "kinds: " + ", ".join(KINDS))
     if tok.type == "LBRACE" or str(tok) == "{":
-        opened = [o for o in _open_blocks(text, tok.line) if o != (tok.line, tok.column)]
-        related: tuple[Related, ...] = ()
-        if opened:
-            ol, oc = opened[-1]
-            related = (Related(Span.point(path, ol, oc), "the block still open here"),)
-        return _fail("P104", "blocks do not nest" + (
-            f": the block opened at {opened[-1][0]}:{opened[-1][1]} is not closed" if opened
-            else ""), span, "close the current block with '}' before starting another", related)
+        opened = _open_blocks(text, (tok.line, tok.column))
+        if not opened:
+            code, message, hint, _ = SYNTAX_ERRORS[0]
+            return _fail(code, f"{message} (found '{{')", span, hint)
+        ol, oc = opened[-1]
+        return _fail("P104", f"blocks do not nest: the block opened at {ol}:{oc} is not closed",
+                     span, "close the current block with '}' before starting another",
+                     (Related(Span.point(path, ol, oc), "the block still open here"),))
     label = _label(e)
     shown = "end of line" if tok.type == "_NEWLINE" else repr(str(tok))
     for code, message, hint, _ in SYNTAX_ERRORS:
@@ -221,7 +307,19 @@ def _pretty(terminal: str) -> str:
 
 
 def _number(path: str, tok: Token) -> ast.Number:
+    """An exact number; absurd lengths and exponents are refused before any arithmetic (the
+    exact value of 1e999999999 has a billion digits and would take minutes to build)."""
     text = str(tok)
+    mantissa, _, exponent = text.replace("_", "").lower().partition("e")
+    digits = len(mantissa.replace(".", ""))
+    exp = exponent.lstrip("+-").lstrip("0")
+    if digits > MAX_NUMBER_DIGITS or len(exp) > len(str(MAX_EXPONENT)) or (
+            exp and int(exp) > MAX_EXPONENT):
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise _fail("P107", f"number {shown} is out of range: planc numbers have at most "
+                    f"{MAX_NUMBER_DIGITS} digits and an exponent within +-{MAX_EXPONENT}",
+                    _token_span(path, tok), "no real size or count is this large or this "
+                    "precise; is it a typo?")
     return ast.Number(Fraction(text.replace("_", "")), text, _token_span(path, tok))
 
 
