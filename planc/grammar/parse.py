@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -183,7 +183,7 @@ def _last_line(text: str) -> tuple[int, int]:
 def _bad_character(e: UnexpectedCharacters, text: str, path: str) -> PlancError:
     pos = e.pos_in_stream
     ch = text[pos] if pos < len(text) else "?"
-    prev, nxt = text[pos - 1 : pos], text[pos + 1 : pos + 2]
+    prev = text[pos - 1 : pos]
     shown = repr(ch)
     hint = "see docs/language.md for what a line can hold"
     if ch in "\"'":
