@@ -17,9 +17,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 Severity = Literal["error", "warning", "note"]
+# Diagnostics reported per collector (one file): past this, more of the same helps nobody and a
+# generated file with 60,000 bad lines would print for minutes (clang stops at 20 errors).
+MAX_REPORTED = 100
+SHOWN_LINE_CHARS = 160  # a longer source line is shown as a window around the span
 
 
 @dataclass(frozen=True, order=True)
@@ -98,7 +103,15 @@ class Diagnostics:
         return any(d.severity == "error" for d in self.items)
 
     def sorted(self) -> list[Diagnostic]:
-        return sorted(self.items, key=Diagnostic.sort_key)
+        """In report order, at most MAX_REPORTED, then a note counting the ones left out."""
+        items = sorted(self.items, key=Diagnostic.sort_key)
+        if len(items) <= MAX_REPORTED:
+            return items
+        rest = items[MAX_REPORTED:]
+        errors = sum(1 for d in rest if d.severity == "error")
+        return items[:MAX_REPORTED] + [Diagnostic(
+            "N001", f"{len(rest):,} more diagnostics not shown ({errors:,} errors)",
+            rest[0].span, "note", "fix the ones above first: many often come from one mistake")]
 
     def __iter__(self) -> Iterator[Diagnostic]:
         return iter(self.sorted())
@@ -134,14 +147,30 @@ def one_of(choices: Iterable[str]) -> str:
 # Rendering
 
 
+@lru_cache(maxsize=16)
+def _lines(text: str) -> list[str]:
+    return text.split("\n")  # sources are LF-normalised; split once per file, not per diagnostic
+
+
 def _source_line(sources: dict[str, str], span: Span) -> str | None:
     text = sources.get(span.file)
     if text is None:
         return None
-    lines = text.splitlines()
+    lines = _lines(text)
     if 1 <= span.line <= len(lines):
         return lines[span.line - 1].expandtabs(1)
     return None
+
+
+def _window(line: str, column: int) -> tuple[str, int]:
+    """A long line cut to SHOWN_LINE_CHARS around `column`; returns it and the new column."""
+    if len(line) <= SHOWN_LINE_CHARS:
+        return line, column
+    start = max(0, min(column - 1 - SHOWN_LINE_CHARS // 2, len(line) - SHOWN_LINE_CHARS))
+    end = start + SHOWN_LINE_CHARS
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(line) else ""
+    return head + line[start:end] + tail, column - start + len(head)
 
 
 def render(d: Diagnostic, sources: dict[str, str]) -> str:
@@ -157,10 +186,11 @@ def render(d: Diagnostic, sources: dict[str, str]) -> str:
                 if d.span.end_line == d.span.line and d.span.end_column > d.span.column
                 else 1
             )
-            width = max(1, min(width, max(1, len(line) - d.span.column + 1)))
+            line, column = _window(line, d.span.column)
+            width = max(1, min(width, max(1, len(line) - column + 1)))
             out.append(f"{gutter} |")
             out.append(f"{d.span.line} | {line}")
-            out.append(f"{gutter} | {' ' * (d.span.column - 1)}{'^' * width}")
+            out.append(f"{gutter} | {' ' * (column - 1)}{'^' * width}")
     if d.hint:
         pad = " " * (len(str(d.span.line)) if d.span else 0)
         out.append(f"{pad} = hint: {d.hint}")
