@@ -414,7 +414,7 @@ def test_run_shows_progress_on_a_terminal_only(tmp_path, monkeypatch, capsys):
     import time
     from types import SimpleNamespace
 
-    import planc.cli as cli
+    from planc import cli
 
     class LaunchError(Exception):
         pass

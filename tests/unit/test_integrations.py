@@ -113,7 +113,7 @@ def test_the_grammar_knows_every_key_dimension_and_preset():
 
 def test_the_ci_workflow_in_the_docs_uses_real_formats():
     text = (ROOT / "docs" / "ci.md").read_text()
-    workflow = re.search(r"```yaml\n(.*?)```", text, re.S)
+    workflow = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
     assert workflow
     doc = yaml.safe_load(workflow.group(1))
     runs = [s.get("run", "") for job in doc["jobs"].values() for s in job["steps"]]
