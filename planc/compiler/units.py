@@ -66,6 +66,7 @@ def human_bytes(n: int | float) -> str:
 
 
 def human_rate(n: float, unit: str) -> str:
+    n = float(n)  # Fraction.__format__ takes no "g" spec before Python 3.12
     for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g} {prefix}{unit}"
@@ -73,6 +74,7 @@ def human_rate(n: float, unit: str) -> str:
 
 
 def human_count(n: float) -> str:
+    n = float(n)  # a require value is a Fraction: `require devices <= 4` crashed here
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}"
