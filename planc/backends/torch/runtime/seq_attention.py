@@ -11,26 +11,32 @@ then column-parallel over the local heads and o row-parallel with one all_reduce
 group, as in layers.Attention.
 
 Memory, for a microbatch of T = rows * s_local tokens, element size e, local widths
-Q = q_heads * head_dim, K = kv_heads * head_dim, R ranks in the sequence group, in order:
+Q = q_heads * head_dim, K = kv_heads * head_dim, R ranks in the sequence group, in order (checked
+on CPU with the profiler's allocation timeline, world 2, GQA):
   norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
   views, one [T, Q/2]*e (then [T, K/2]*e) temporary -> attention (below) -> qkv freed ->
-  o_proj input [T, Q]*e (the transpose-reshape copy of the attention output) -> attention
-  output freed -> o_proj out [T, hidden]*e -> o_proj input freed -> all_reduce over the heads
-  group in place -> added to x by the layer, freed.
-  ring:   kv [2T, K]*e (k and v stacked: one message per step) and, while steps remain, a
-          receive buffer of the same size: 2 x [2T, K]*e live (the spent block is freed when the
-          received one takes its place). Per visible block (query rows r <= T, keys c <= T):
-          the block kernel's out [r, Q] (float32; made in e and copied to float32 when e is
-          16-bit) and lse [b, heads, r/b]*4; with grouped-query attention also k and v repeated
-          to the query heads, 2 x [c, Q]*e. The first (own) block's out and lse become the
-          accumulators [T, Q]*4 and [b, heads, s_local]*4; later blocks merge into them in place
-          (merge_attention_: besides the block, only [b, heads, r/b]*4 vectors). At the end the
-          accumulator is cast to e ([T, Q]*e; no copy in float32) and freed.
-  gather: kv [T, 2K]*e, the gathered [R*T, 2K]*e (kv freed after the all_gather), the mask
-          [s_local, R*s_local] bool; SDPA then takes keys and values as strided views of the
-          gathered buffer and returns [T, Q]*e (its own workspace besides: on CPU the math or
-          flash kernel, on CUDA a boolean mask is turned into an additive [s_local, R*s_local]*e
-          bias and the memory-efficient kernel runs).
+  o_proj out [T, hidden]*e (its input is the attention output viewed as [T, Q]: the CPU and
+  CUDA attention kernels lay their output out as [b, s, heads, d]; a kernel that does not would
+  add a [T, Q]*e copy here) -> attention output freed -> all_reduce over the heads group in
+  place -> added to x by the layer, freed.
+  ring:   kv [2T, K]*e (k and v stacked: one message per step) -> receive buffer of the same
+          size, posted before each step's compute while steps remain (the spent block is freed
+          when the received one takes its place: at most 2 x [2T, K]*e live). Per visible block
+          (query rows r <= T, keys c <= T): with grouped-query attention k and v repeated to
+          the query heads, 2 x [c, Q]*e, then the block kernel's out [r, Q] (float32; made in e
+          and copied to float32 when e is 16-bit) and lse [b, heads, r/b]*4, plus the kernel's
+          own workspace; the repeated k / v are freed after the kernel. The first (own) block's
+          out and lse become the accumulators [T, Q]*4 and [b, heads, s_local]*4; later blocks
+          merge into them in place (merge_attention_: besides the block, only [b, heads, r/b]*4
+          vectors) and are freed. After the last step the K/V buffer and the lse accumulator are
+          freed and the out accumulator is cast to e ([T, Q]*e; no copy in float32).
+  gather: kv [T, 2K]*e -> the gathered [R*T, 2K]*e (gloo on CPU allocates two transient copies of
+          it inside the collective; NCCL writes in place) -> kv freed -> the causal mask
+          [s_local, R*s_local] bool -> SDPA on strided views of the gathered K/V: the mask
+          turned into an additive float bias [s_local, R*s_local] (float32 on CPU, e on CUDA),
+          out [T, Q]*e, lse [b, heads, s_local]*4 and workspace (CPU flash kernel; on CUDA the
+          memory-efficient kernel, since flash takes no mask), bias and lse freed -> gathered
+          K/V and mask freed when attention returns.
 """
 
 from __future__ import annotations
