@@ -1,4 +1,6 @@
-"""The `planc` command line: check, compile, schema, emit, run (and parse, to inspect the AST).
+"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph (and parse, to
+inspect the AST). Reports go to stdout (or `-o FILE`, written atomically); progress and logs to
+stderr, with a spinner only on a terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
