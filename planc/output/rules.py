@@ -36,6 +36,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E002": ("UnknownDevice", "A device name is neither declared nor a preset."),
     "E003": ("UnknownReference", "A plan names a model, cluster or workload that is not declared."),
     "E004": ("NoSuchPlan", "The plan named by --plan is not in the file, or none was chosen."),
+    "E005": ("NoBlocks", "The file holds no blocks at all (empty or only comments)."),
     "E010": ("StatementOutsidePlan", "A plan statement appears in another kind of block."),
     "E011": ("SetTwice", "A key, mesh, link or objective is set twice."),
     "E012": ("UnknownKey", "A key the block kind does not take."),
@@ -72,6 +73,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E092": ("HolesInfeasible", "No values for the holes satisfy the plan's lines together."),
     "E093": ("HolesNothingFits", "No assignment of the holes fits memory, cache or claims."),
     # W: warnings
+    "W005": ("NoPlan", "The file declares blocks but no plan: nothing is verified."),
     "W051": ("IdleAxis", "A mesh axis carries no dimension: its devices repeat the same work."),
     "W101": ("IdleDevices", "The mesh uses fewer devices than the cluster has."),
     # V: obligations proved or refuted by the verifier
