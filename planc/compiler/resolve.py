@@ -7,6 +7,7 @@ A block with errors is left out of the result; plans that reference it are skipp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -28,6 +29,19 @@ from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of
 from planc.grammar import ast
 
 MAX_DIM = 2**40  # larger than any real model dimension or device count; catches typos like 1e30
+# The largest mesh planc verifies and reports on (its reports list ranks): 2**20 = 1,048,576
+# devices checks in seconds; a mesh of 70 axes of size 2 (2**71 devices) hung the report.
+MAX_DEVICES = 2**20
+# Per-device quantities above these are typos (the largest HBM today is 288 GB): 1 PiB, 100 PB/s,
+# 100 EFLOPS. Anything else (links, require values) is capped at 2**80 base units.
+MAX_QUANTITY = {"bytes": (2**50, "1 PiB"), "bytes_per_s": (10**17, "100 PB/s"),
+                "flops_per_s": (10**20, "100 EFLOPS")}
+EXAMPLE_UNIT = {"bytes": "GB", "bytes_per_s": "GB/s", "flops_per_s": "TFLOPS"}
+MAX_ANY = 2**80
+MIN_DEVICE_MEMORY = 2**20  # less is a missing unit prefix (and makes percentage limits zero)
+MIN_ANY = Fraction(1, 10**15)  # a femtosecond: smaller positive values are typos
+NOT_A_NUMBER = ("nan", "inf", "infinity")
+NO_INCLUDE = ("include", "import", "use", "source")
 
 # key -> (dimension of the value, required?)
 DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
@@ -104,12 +118,16 @@ class _Values:
 
     def _unknown_key(self, stmt: ast.Prop, allowed: dict[str, str]) -> None:
         key = stmt.key.name
+        if key in NO_INCLUDE:
+            self._err("E012", f"planc has no `{key}`: a .plan file is self-contained",
+                      stmt.key.span, "copy the blocks this file needs into it")
+            return
         owner = next((k for k, keys in KEYS_BY_KIND.items() if key in keys and k != "plan"), None)
         guess = did_you_mean(key, allowed)
-        if guess:
-            hint = f"did you mean {guess!r}?"
-        elif owner:
+        if owner:  # an exact key of another block beats a look-alike of this one's
             hint = f"{key!r} belongs in a {owner} block"
+        elif guess:
+            hint = f"did you mean {guess!r}?"
         else:
             hint = f"a {self.block.kind} block takes: {one_of(allowed)}"
         self._err("E012", f"unknown key {key!r} in a {self.block.kind} block", stmt.key.span, hint)
@@ -134,6 +152,10 @@ class _Values:
             self._err("E020", f"`{key}` cannot be left open (?) here", v.span,
                       "holes are allowed in mesh sizes, microbatches, batch and seq")
             return default
+        if isinstance(v, ast.NameValue) and v.name.name.lower() in NOT_A_NUMBER:
+            self._err("E021", f"`{key}` takes a finite number, not {v.name.name}", v.span,
+                      f"e.g. `{key} 16`")
+            return default
         if not isinstance(v, ast.Quantity) or v.unit is not None:
             self._err("E021", f"`{key}` takes a plain number", v.span,
                       f"e.g. `{key} 16`" + ("" if not isinstance(v, ast.Quantity) or v.unit is None
@@ -141,7 +163,8 @@ class _Values:
             return default
         return self._integer(key, v.number, minimum)
 
-    def _integer(self, key: str, num: ast.Number, minimum: int) -> int | None:
+    def _integer(self, key: str, num: ast.Number, minimum: int, maximum: int = MAX_DIM
+                 ) -> int | None:
         if num.value.denominator != 1:
             self._err("E022", f"`{key}` must be a whole number, not {num.text}", num.span)
             return None
@@ -149,9 +172,9 @@ class _Values:
         if n < minimum:
             self._err("E023", f"`{key}` must be at least {minimum}, not {n}", num.span)
             return None
-        if n > MAX_DIM:
+        if n > maximum:
             self._err("E024", f"`{key}` is {num.text}, larger than any real value "
-                      f"({MAX_DIM:,})", num.span, "is the exponent a typo?")
+                      f"({maximum:,})", num.span, "is the exponent a typo?")
             return None
         return n
 
@@ -189,17 +212,23 @@ def quantity_int(v: Any, dimension: str, key: str,
         err("E021", f"`{key}` takes {units.DIMENSION_WORDS[dimension]}", v.span)
         return None
     if v.unit is None:
+        example = EXAMPLE_UNIT.get(dimension) or units.units_of(dimension)[0]
         err("E026", f"`{key}` needs a unit", v.span,
-            f"e.g. `{key} {v.number.text} {units.units_of(dimension)[0]}`; units: "
+            f"e.g. `{key} {v.number.text} {example}`; units: "
             + ", ".join(units.units_of(dimension)))
         return None
     found = units.lookup(v.unit.name)
     if found is None or found[0] != dimension:
         guess = did_you_mean(v.unit.name, units.units_of(dimension))
         what = "unknown unit" if found is None else "wrong kind of unit"
+        hint = (f"did you mean {guess!r}?" if guess else
+                "units: " + ", ".join(units.units_of(dimension)))
+        if dimension.startswith("bytes") and v.unit.name.split("/")[0].endswith("b"):
+            # Gb, Mbit: a bit is an eighth of a byte; guessing GB would silently mean 8x more
+            hint = (f"{v.unit.name!r} reads as bits; planc counts bytes: B, KB, MB, GB, TB "
+                    "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)")
         err("E027", f"{what} {v.unit.name!r} for `{key}`: it takes "
-            f"{units.DIMENSION_WORDS[dimension]}", v.unit.span,
-            f"did you mean {guess!r}?" if guess else "units: " + ", ".join(units.units_of(dimension)))
+            f"{units.DIMENSION_WORDS[dimension]}", v.unit.span, hint)
         return None
     exact = v.number.value * found[1]
     if exact.denominator != 1:
@@ -209,9 +238,10 @@ def quantity_int(v: Any, dimension: str, key: str,
     if exact <= 0:
         err("E023", f"`{key}` must be positive", v.span)
         return None
-    if exact > 2**80:
-        err("E024", f"`{key}` is {v.number.text} {v.unit.name}, larger than any real value",
-            v.span, "is the exponent a typo?")
+    cap, cap_text = MAX_QUANTITY.get(dimension, (MAX_ANY, "2**80 base units"))
+    if exact > cap:
+        err("E024", f"`{key}` is {v.number.text} {v.unit.name}, larger than any real value "
+            f"(the limit is {cap_text})", v.span, "is the exponent a typo?")
         return None
     return int(exact)
 
@@ -241,16 +271,34 @@ def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
         d = _device(b, devices, diags)
         if d is not None:
             devices[d.name] = d
-    clusters = {c.name: c for b in by_kind["cluster"] if (c := _cluster(b, devices, diags))}
+    declared_devices = {b.name.name for b in by_kind["device"]}
+    clusters = {c.name: c for b in by_kind["cluster"]
+                if (c := _cluster(b, devices, declared_devices, diags))}
     models = {m.name: m for b in by_kind["model"] if (m := _model(b, diags))}
     workloads = {w.name: w for b in by_kind["workload"] if (w := _workload(b, diags))}
     names = {k: {b.name.name for b in by_kind[k]} for k in KEYS_BY_KIND}
+    _no_plan(file, diags)
     plans = []
     for b in by_kind["plan"]:
         p = _plan(b, file.path, models, clusters, workloads, names, diags)
         if p is not None:
             plans.append(p)
     return SpecFile(file.path, tuple(plans), models, clusters, workloads, devices)
+
+
+def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
+    """A file without a plan verifies nothing: an empty one is an error (a truncated or wrong
+    file), one with only definitions a warning (there is no include, so nothing can use them)."""
+    if any(b.kind == "plan" for b in file.blocks):
+        return
+    start = Span.point(file.path, 1, 1)
+    if not file.blocks:
+        diags.error("E005", f"{file.path} has no blocks (it is empty or only comments): "
+                    "nothing to check", start, "a .plan file holds at least one `plan NAME { }`")
+    else:
+        first = file.blocks[0].name.span
+        diags.warning("W005", f"{file.path} declares {len(file.blocks)} block(s) but no plan: "
+                      "nothing is verified", first, "add a `plan NAME { ... }` that uses them")
 
 
 def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> DeviceSpec | None:
@@ -270,6 +318,9 @@ def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> D
                    f"did you mean {guess!r}?" if guess else
                    f"presets: {one_of(presets.PRESETS)}")
     vals = {k: v.measure(k, dim, base.get(k)) for k, dim in DEVICE_KEYS.items()}
+    if vals["memory"] is not None and vals["memory"] < MIN_DEVICE_MEMORY:
+        v._err("E023", f"`memory` is {vals['memory']:,} B; a device has at least 1 MiB",
+               v.span("memory"), "is a unit prefix missing? e.g. `memory 80 GB`")
     for k in ("reserve", "workspace"):
         if vals[k] is None:
             vals[k] = 0
@@ -282,8 +333,8 @@ def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> D
     return DeviceSpec(b.name.name, span=b.name.span, **vals)  # type: ignore[arg-type]
 
 
-def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], diags: Diagnostics
-             ) -> ClusterSpec | None:
+def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], declared: set[str],
+             diags: Diagnostics) -> ClusterSpec | None:
     v = _Values(b, diags)
     v.require_keys(REQUIRED["cluster"])
     device: DeviceSpec | None = None
@@ -300,13 +351,15 @@ def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], diags: Diagnostics
                 device = devices[dname]
             elif dname in presets.PRESETS:
                 device = DeviceSpec(dname, span=val.name.span, **presets.PRESETS[dname])
+            elif dname in declared:
+                v.ok = False  # declared but invalid: its own errors explain
             else:
                 guess = did_you_mean(dname, list(devices) + list(presets.PRESETS))
                 v._err("E002", f"unknown device {dname!r}", val.name.span,
                        f"did you mean {guess!r}?" if guess else
                        f"declare `device {dname} {{ ... }}` or use a preset: "
                        f"{one_of(presets.PRESETS)}")
-            count = v._integer("device count", val.count, 1)
+            count = v._integer("device count", val.count, 1, MAX_DEVICES)
             count_span = val.count.span
     per_node = v.count("node")
     intra, inter = presets.DEFAULT_INTRA, presets.DEFAULT_INTER
@@ -496,6 +549,11 @@ def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[
                f"{model.name!r} needs a `vocab`", v.props["workload"].value.span,
                "add `vocab N` to the model block (the lm_head and embeddings use it)",
                (Related(model.span, "model declared here"),) if model.span else ())
+    sizes = [size for _, size in mesh if size is not None]
+    if sizes and math.prod(sizes) > MAX_DEVICES:
+        v._err("E024", f"the mesh has {math.prod(sizes):,} devices; planc plans at most "
+               f"{MAX_DEVICES:,}", mesh_span or b.name.span,  # type: ignore[arg-type]
+               "is an axis size a typo? (sizes multiply to the device count)")
     if mesh_span is None and v.ok:
         v._err("E013", f"plan {b.name.name!r} needs a `mesh` line", b.name.span,
                "e.g. `mesh pp=2, tp=8` (sizes multiply to the device count)")
@@ -607,6 +665,20 @@ def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
     if dim not in METRICS[metric]:
         wanted = " or ".join(units.DIMENSION_WORDS[d] for d in METRICS[metric])  # type: ignore[index]
         v._err("E041", f"`require {metric}` takes {wanted}, not {text!r}", q.span)
+        return None
+    value = q.number.value * scale
+    # No limit is below one byte, and a percentage under 0.01% of a device's memory (>= 1 MiB)
+    # would round to a zero-byte limit.
+    smallest = {"bytes": 1, "count": 1, "percent": Fraction(1, 100)}.get(dim, MIN_ANY)
+    if value < smallest:
+        v._err("E023", f"`require {metric}` needs a positive value"
+               + (f" of at least {float(smallest):g}" if smallest >= MIN_ANY * 10 else "")
+               + f", not {text!r}", q.span,
+               "a zero or vanishing limit can never hold")
+        return None
+    if value > MAX_ANY:
+        v._err("E024", f"`require {metric} {stmt.op} {text}` is larger than any real value",
+               q.span, "is the exponent a typo?")
         return None
     lower_limits = {"throughput"}  # a bound refutes only claims in the direction it limits
     upper_limits = {"latency", "tpot", "ttft"}
