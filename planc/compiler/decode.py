@@ -57,7 +57,8 @@ def decode_dims(plan: PlanSpec) -> LocalDims:
                      heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
                      head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
                      experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
-                     elem=m.dtype_bytes, routed=routed)
+                     elem=m.dtype_bytes, routed=routed, experts_total=m.experts,
+                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated")
 
 
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:

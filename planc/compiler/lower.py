@@ -169,7 +169,9 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
         # receives as many; replicated mode (experts on the tp axis): the group's tokens are
         # the same on every device and each device takes its experts' share.
         routed = mb * s_l * m.top_k if moe_all_to_all(plan) else cdiv(mb * s_l * m.top_k, deg.ep)
-    return LocalDims(routed=routed, tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
+    return LocalDims(routed=routed, experts_total=m.experts,
+                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated",
+                     tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
                      heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
                      head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
                      experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,

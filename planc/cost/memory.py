@@ -27,6 +27,8 @@ class LocalDims:
     top_k: int
     elem: int  # bytes per element of the model dtype
     routed: int = 0  # token-expert pairs this device's experts process (balanced routing)
+    moe_mode: str = "a2a"  # "a2a": tokens travel (expert parallel); "replicated": tokens shared
+    experts_total: int = 0  # experts of the model (router width)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +108,32 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     i_rq = op("rope_q", 3 * T * Q, 3 * T * Q * e)
     i_rk = op("rope_k", 3 * T * K, 3 * T * K * e)
     score_flops = 2 * 2 * d.mb * d.heads * d.seq_q * kv_len * d.head_dim // 2  # causal: half
-    i_attn = op(f"attention_{attention}", score_flops, (2 * T * Q + 2 * d.mb * kv_len * K) * e)
+    lse = d.mb * d.heads * d.seq_q * 4
+    if attention == "ring" and sp > 1:
+        # runtime/seq_attention.py: K and V stacked [2T, K] and a receive buffer posted while
+        # steps remain; step 0 (the own block, T rows) makes its output in e and a float32 copy
+        # that becomes the accumulator; a later zig-zag block has T rows and T/2 keys or T/2
+        # rows: its output (e + float32) merges into the accumulator; then the accumulator is
+        # cast to e. With grouped-query attention each block repeats K/V to the query heads.
+        attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
+        i_s0 = op("attention_ring_step0", score_flops // sp, attn_bytes // sp)
+        i_sn = op("attention_ring_steps", score_flops - score_flops // sp,
+                  attn_bytes - attn_bytes // sp)
+        i_attn = op("attention_ring_cast", T * Q, T * Q * (4 + e))
+        rep = 2 * T * Q * e if K < Q else 0
+        buf("ring_kv", 2 * T * K * e, i_s0, i_sn)
+        buf("ring_recv", 2 * T * K * e, i_s0, i_sn if sp > 2 else i_s0)
+        buf("ring_block0_out", T * Q * e, i_s0, i_s0)
+        buf("ring_block_kv_repeat", rep, i_s0, i_sn)
+        buf("ring_acc_out", T * Q * 4, i_s0, i_attn)
+        buf("ring_acc_lse", lse, i_s0, i_sn)
+        buf("ring_block_out", T * Q * (e + 4), i_sn, i_sn)
+        buf("ring_block_lse", lse, i_sn, i_sn)
+        first_attn = i_s0
+    else:
+        i_attn = op(f"attention_{attention}", score_flops, (2 * T * Q + 2 * d.mb * kv_len * K) * e)
+        first_attn = i_attn
+        buf("attn_lse", lse, i_attn, i_attn)
     i_o = op("o_proj", 2 * T * Q * h, (T * Q + Q * h + T * h) * e)
     i_add1 = op("all_reduce_add_1", T * h, 3 * T * h * e)
     buf("attn_norm_out", T * h * e, i_norm, i_qkv)
@@ -114,26 +141,19 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     buf("rope_tmp_q", T * (Q // 2) * e, i_rq, i_rq)
     buf("rope_tmp_k", T * (K // 2) * e, i_rk, i_rk)
     buf("attn_out", T * Q * e, i_attn, i_o)
-    buf("attn_lse", d.mb * d.heads * d.seq_q * 4, i_attn, i_attn)
-    if attention == "ring" and sp > 1:
-        # stacked K/V to send, the block received, and the float32 online-softmax state:
-        # running output and log-sum-exp, plus one block's output and lse
-        buf("ring_kv_send", 2 * T * K * e, i_attn, i_attn)
-        buf("ring_kv_recv", 2 * T * K * e, i_attn, i_attn)
-        buf("ring_acc_out", T * Q * 4, i_attn, i_attn)
-        buf("ring_block_out", T * Q * 4, i_attn, i_attn)
-        buf("ring_lse", 2 * d.mb * d.heads * d.seq_q * 4, i_attn, i_attn)
-    elif attention == "flash_decode" and sp > 1:
+    if attention == "flash_decode" and sp > 1:
         # each rank's partial output and log-sum-exp (float32), all-gathered and merged
         buf("decode_partials", sp * T * (Q + d.heads) * 4, i_attn, i_attn)
     elif attention == "gather" and sp > 1:
-        buf("gathered_kv", 2 * 2 * d.mb * kv_len * K * e, i_attn, i_attn)  # chunks + concat
+        buf("gathered_kv", 2 * d.mb * kv_len * K * e, i_attn, i_attn)
         buf("gather_mask", d.seq_q * kv_len, i_attn, i_attn)
+        buf("gather_bias", d.seq_q * kv_len * e, i_attn, i_attn)
     if hd_split > 1:
         # partial scores of every head in the group, float32, summed by all-reduce, then the
         # softmax probabilities in the model dtype
         buf("partial_scores", d.mb * d.heads * d.seq_q * kv_len * 4, i_attn, i_attn)
         buf("probs", d.mb * d.heads * d.seq_q * kv_len * e, i_attn, i_attn)
+    del first_attn
     buf("o_proj_out", T * h * e, i_o, i_add1)
     # MLP block
     i_norm2 = op("mlp_norm", 4 * T * h, 2 * T * h * e)
@@ -145,20 +165,53 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("mlp_norm_out", T * h * e, i_norm2, i_gu)
         buf("gate_up", 2 * T * f * e, i_gu, i_down)
     else:
-        # Routed tokens: each token goes to top_k experts; with balanced routing this device's
-        # experts see `d.routed` token copies (dropless: the average, not a bound).
-        routed = d.routed
-        f = d.ffn
-        i_router = op("router", 2 * T * h * d.experts, (T * h) * e)
-        i_disp = op("dispatch", 0, 2 * routed * h * e)
-        i_exp = op("experts", 3 * 2 * routed * h * f, (3 * h * f * d.experts + 2 * routed * h) * e)
-        i_down = op("combine", 2 * routed * h, (routed * h + T * h) * e)
-        buf("mlp_norm_out", T * h * e, i_norm2, i_router)
-        buf("router_logits", T * d.experts * 4, i_router, i_disp)
-        buf("dispatch_send", routed * h * e, i_disp, i_disp)
-        buf("dispatch_recv", routed * h * e, i_disp, i_exp)
-        buf("expert_act", routed * f * e * 2, i_exp, i_exp)
-        buf("expert_out", routed * h * e, i_exp, i_down)
+        # runtime/moe.py. R = (token, expert) rows this device's experts process and n = rows
+        # per local expert, both assuming balanced routing (a router that favours some experts
+        # moves the peak by the extra rows of its busiest expert; see benchmarks/README.md).
+        R, f, E_l = d.routed, d.ffn, d.experts
+        n = -(-R // E_l)
+        Tk = T * d.top_k
+        E = d.experts_total or E_l
+        i_router = op("router", 2 * T * h * E, (T * h + T * E) * e)
+        buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
+        i_exp = -1
+        if d.moe_mode == "a2a":
+            # route -> send [Tk, H] (norm out freed) -> recv [R, H] (send freed) -> grouped
+            # [R, H] (recv freed) -> expert outputs [R, H] + one expert's gate/up/down ->
+            # back [Tk, H] (outputs freed) -> float32 copy (back freed) -> out32 [T, H]*4 ->
+            # cast to e.
+            i_send = op("dispatch", 0, 2 * Tk * h * e)
+            i_recv = op("all_to_all_dispatch", 0, 2 * R * h * e)
+            i_grp = op("regroup", 0, 2 * R * h * e)
+            i_exp = op("experts", 3 * 2 * R * h * f, (3 * h * f * E_l + 2 * R * h) * e)
+            i_back = op("all_to_all_combine", 0, 2 * Tk * h * e)
+            i_w = op("weight_f32", Tk * h, Tk * h * (e + 4))
+            i_add = op("index_add", Tk * h, (Tk + T) * h * 4)
+            i_down = op("cast_out", T * h, T * h * (4 + e))
+            buf("mlp_norm_out", T * h * e, i_norm2, i_send)
+            buf("dispatch_send", Tk * h * e, i_send, i_recv)
+            buf("dispatch_recv", R * h * e, i_recv, i_grp)
+            buf("grouped", R * h * e, i_grp, i_exp)
+            buf("expert_out", R * h * e, i_exp, i_back)
+            buf("combine_back", Tk * h * e, i_back, i_w)
+            buf("contrib_f32", Tk * h * 4, i_w, i_add)
+            buf("out_f32", T * h * 4, i_add, i_down)
+        else:
+            # replicated / local: the block's input (norm out) lives through the call; gathered
+            # rows [R, H] -> expert outputs [R, H] + one expert's temporaries (gathered freed)
+            # -> float32 copy [R, H]*4 (outputs freed) -> out32 [T, H]*4 (index_add) -> cast.
+            i_gat = op("gather_rows", 0, 2 * R * h * e)
+            i_exp = op("experts", 3 * 2 * R * h * f, (3 * h * f * E_l + 2 * R * h) * e)
+            i_w = op("weight_f32", R * h, R * h * (e + 4))
+            i_add = op("index_add", R * h, (R + T) * h * 4)
+            i_down = op("cast_out", T * h, T * h * (4 + e))
+            buf("mlp_norm_out", T * h * e, i_norm2, i_down)
+            buf("gathered_rows", R * h * e, i_gat, i_exp)
+            buf("expert_out", R * h * e, i_exp, i_w)
+            buf("contrib_f32", R * h * 4, i_w, i_add)
+            buf("out_f32", T * h * 4, i_add, i_down)
+        buf("expert_gate_up", 2 * n * f * e, i_exp, i_exp)
+        buf("expert_down", n * h * e, i_exp, i_exp)
     i_add2 = op("all_reduce_add_2", T * h, 3 * T * h * e)
     buf("mlp_out", T * h * e, i_down, i_add2)
     return ops, bufs
