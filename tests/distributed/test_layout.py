@@ -82,6 +82,9 @@ def test_output_tiles_come_from_the_last_stage_one_copy_per_data_slice(tiny, tp)
         ((("pp", 2),), {"layers": ("pp",)}, {"stages": ((0, 4),)}, "2 pipeline stages"),
         ((("dp", 2),), {"batch": ("dp",)}, {"microbatches": 4}, "2 local batch rows cannot"),
         ((("tp", 8),), {"heads": ("tp",)}, {"kv_heads": 3}, "not a multiple of kv_heads = 3"),
+        ((("sp", 2),), {"seq": ("sp",)}, {}, "attention must be 'ring' or 'gather'"),
+        ((("m", 8),), {"head_dim": ("m",)}, {}, "divisible by 2 x 8 so that every RoPE pair"),
+        ((("tp", 32),), {"ffn": ("tp",)}, {"compress_mlp_2_4": True}, "local width 4"),
     ],
 )
 def test_config_errors_state_the_rule_and_the_numbers(tiny, mesh, splits, extra, message):

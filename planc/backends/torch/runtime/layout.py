@@ -240,6 +240,7 @@ def config_errors(cfg: RunConfig) -> list[str]:
             f"kv_heads = {m.kv_heads} over {tp} head parts: need kv_heads divisible by "
             "the parts, or the parts divisible by kv_heads (kv heads replicated)"
         )
+    errs += _strategy_errors(cfg, sp)
     pp_axes = cfg.splits.get("layers", ())
     for dim, axes in cfg.splits.items():
         if dim != "layers" and set(axes) & set(pp_axes):
@@ -253,6 +254,39 @@ def config_errors(cfg: RunConfig) -> list[str]:
         )
     if cfg.warmup < 0 or cfg.repeats < 1:
         errs.append(f"warmup = {cfg.warmup}, repeats = {cfg.repeats}: need >= 0 and >= 1")
+    return errs
+
+
+def _strategy_errors(cfg: RunConfig, sp: int) -> list[str]:
+    """What the sequence-parallel, head_dim, MoE and compressed blocks cannot run."""
+    errs: list[str] = []
+    m, s = cfg.model, cfg.splits
+    if sp > 1 and cfg.attention == "local":
+        errs.append(f"seq is split over {sp} parts: attention must be 'ring' or 'gather'")
+    hd = product(cfg, s.get("head_dim", ()))
+    if hd > 1 and sp > 1:
+        errs.append("head_dim and seq are both split: no runtime block does both")
+    if hd > 1 and m.head_dim % (2 * hd):
+        errs.append(
+            f"head_dim = {m.head_dim} over {hd} slices: needs head_dim divisible by 2 x {hd} "
+            "so that every RoPE pair (i, i + head_dim/2) stays on one rank"
+        )
+    if m.arch == "mixtral":
+        ex, ffn = set(s.get("experts", ())), set(s.get("ffn", ()))
+        tokens = set(s.get("batch", ())) | set(s.get("seq", ()))
+        if m.experts < 1:
+            errs.append(f"arch mixtral needs experts >= 1, got {m.experts}")
+        if ex & tokens and not ex <= tokens:
+            errs.append(f"experts over {sorted(ex)}: all or none of them must split batch/seq")
+        if ffn & (ex | tokens):
+            errs.append(f"ffn over {sorted(ffn)} shares an axis with experts or batch/seq")
+    elif s.get("experts"):
+        errs.append("splits['experts'] needs arch mixtral")
+    f_local = m.ffn // max(product(cfg, s.get("ffn", ())), 1)
+    if cfg.compress_mlp_2_4 and f_local % 8:
+        errs.append(
+            f"2:4 sparsity on down projections of local width {f_local}: needs a multiple of 8"
+        )
     return errs
 
 
