@@ -46,7 +46,12 @@ def load(path: str | Path, diags: Diagnostics) -> tuple[SpecFile | None, str | N
         tree, text = parse_file(path)
     except PlancError as e:
         diags.add(e.diagnostic)
-        return None, None
+        try:  # the text, when readable, lets the report show the line under the caret
+            from planc.grammar.parse import read_source
+
+            return None, read_source(path)
+        except PlancError:
+            return None, None
     return resolve(tree, diags), text
 
 

@@ -114,3 +114,24 @@ def test_a_directory_is_searched_for_plans(tmp_path, good, capsys):
     (tmp_path / "sub" / "other.plan").write_text(GOOD)
     code, out, _ = run(["check", tmp_path, "--format", "json"], capsys)
     assert code == 0 and len(json.loads(out)["plans"]) == 2
+
+
+def test_reports_keep_normal_permissions(tmp_path, good, capsys):
+    import os
+    import stat
+
+    out = tmp_path / "r.json"
+    assert run(["check", good, "--format", "json", "-o", out], capsys)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    out.chmod(0o640)
+    run(["check", good, "--format", "json", "-o", out], capsys)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
+def test_syntax_errors_in_check_show_the_source_line(tmp_path, capsys):
+    f = tmp_path / "s.plan"
+    f.write_text("model m {\n  layers\n}\n")
+    code, out, _ = run(["check", f], capsys)
+    assert code == 1 and "2 |   layers" in out and "^" in out
