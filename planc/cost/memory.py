@@ -116,9 +116,16 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         # rows: its output (e + float32) merges into the accumulator; then the accumulator is
         # cast to e. With grouped-query attention each block repeats K/V to the query heads.
         attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
-        i_s0 = op("attention_ring_step0", score_flops // sp, attn_bytes // sp)
-        i_sn = op("attention_ring_steps", score_flops - score_flops // sp,
-                  attn_bytes - attn_bytes // sp)
+        # step 0 writes its output in e and copies it to float32; each later step writes a
+        # block output (e, then float32) and merges it into the float32 accumulator (read
+        # both, write one): the bytes the implementation moves beyond the kernels' own
+        step0_extra = T * Q * (e + e + 4)
+        steps_extra = (sp - 1) * T * Q * (e + e + 4 + 3 * 4)
+        # kv_len is one block here: the own block is causal (half its scores), and each of the
+        # sp - 1 blocks that arrive is half visible under zig-zag: sp x the own block's work
+        i_s0 = op("attention_ring_step0", score_flops, attn_bytes + step0_extra)
+        i_sn = op("attention_ring_steps", score_flops * (sp - 1),
+                  attn_bytes * (sp - 1) + steps_extra)
         i_attn = op("attention_ring_cast", T * Q, T * Q * (4 + e))
         rep = 2 * T * Q * e if K < Q else 0
         buf("ring_kv", 2 * T * K * e, i_s0, i_sn)
@@ -131,7 +138,12 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("ring_block_lse", lse, i_sn, i_sn)
         first_attn = i_s0
     else:
-        i_attn = op(f"attention_{attention}", score_flops, (2 * T * Q + 2 * d.mb * kv_len * K) * e)
+        attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
+        if hd_split > 1:
+            # scores materialised: float32 partials written, all-reduced in place, read by the
+            # softmax, probabilities written in e and read by the product with V
+            attn_bytes += d.mb * d.heads * d.seq_q * kv_len * (4 + 4 + 2 * e)
+        i_attn = op(f"attention_{attention}", score_flops, attn_bytes)
         first_attn = i_attn
         buf("attn_lse", lse, i_attn, i_attn)
     i_o = op("o_proj", 2 * T * Q * h, (T * Q + Q * h + T * h) * e)

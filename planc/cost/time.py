@@ -45,6 +45,10 @@ class Efficiency:
 
     gemm: float = 0.72
     attention: float = 0.59
+    # planc's ring attention kernel (zig-zag blocks, float32 log-sum-exp merges) measured
+    # against one GPU's causal SDPA by benchmarks/peers.py `ring`: 0.53 and 0.58 of the ideal
+    # in two runs (h200x2_peers_run*.json) -> 0.59 x 0.55
+    ring_attention: float = 0.32
     hbm: float = 0.87
     link: float = 0.73
     collective_latency_s: float = 33e-6
@@ -70,6 +74,15 @@ def _in_phase(name: str, phase: str) -> bool:
 
 def _steps(graph: PlacementGraph, phase: str) -> int:
     return max(1, graph.generate - 1) if phase == "decode" else 1
+
+
+def estimate_link_bytes(c: Collective) -> float:
+    """Bytes per GPU as NCCL's ring algorithms move them (what bus bandwidth is measured
+    against): an all-reduce is a reduce-scatter plus an all-gather, 2(n-1)/n x B. The bound
+    uses link_bytes, the minimum any algorithm (in-network reduction included) needs."""
+    if c.op == "all_reduce":
+        return 2 * c.bytes * (c.group_size - 1) / c.group_size
+    return float(link_bytes(c))
 
 
 def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: bool,
@@ -109,7 +122,9 @@ def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill"
 
 
 def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) -> float:
-    if name.startswith("attention"):
+    if name.startswith("attention_ring_step"):
+        rate = rates.compute * e.ring_attention
+    elif name.startswith("attention") and "cast" not in name:
         rate = rates.compute * e.attention
     elif name.endswith("_proj") or name in ("router", "experts"):
         rate = rates.compute * e.gemm
@@ -140,7 +155,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
             if not _in_phase(col.after, phase):
                 continue
             bw = (rates.intra if col.link == "intra" else rates.inter) * e.link
-            t += (e.collective_latency_s + float(link_bytes(col)) / bw) * col.calls / nmb
+            t += (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls / nmb
         stages.append(t)
     if not stages:
         return 0.0

@@ -95,3 +95,14 @@ def test_int8_and_2_4_compression_count_scales_and_metadata():
     up = by["up_proj"]
     n = 16384 * 4096
     assert up.format == "int8+2:4" and up.bytes == n // 2 + n // 8 + 16384 * 2
+
+
+@pytest.mark.parametrize("sp", [2, 4, 8])
+def test_ring_attention_counts_every_block_of_the_sequence(sp):
+    """Per rank, causal attention over the whole sequence: s/sp queries x s keys / 2, whatever
+    the ring size (the blocks that travel round the ring are work too)."""
+    g = graph_of(f"  mesh sp={sp}\n  shard seq over sp attention ring\n")
+    ops = {o.name: o for o in g.classes[0].ops}
+    flops = sum(o.flops for n, o in ops.items() if n.startswith("attention_ring_step"))
+    batch, seq, heads, hd = 128, 2048, 32, 128
+    assert flops == 4 * batch * heads * (seq // sp) * seq * hd // 2
