@@ -62,8 +62,6 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
         if roles <= {"tp", "hd"} and not ({"heads", "kv_heads"} & {d for d, _ in entries}
                                           and "head_dim" in {d for d, _ in entries}):
             continue
-        if roles <= {"ep", "dp", "tp"} and {d for d, _ in entries} <= {"experts", "batch", "ffn"}:
-            continue
         if roles == {"ep", "tp"}:
             continue  # experts over the tensor-parallel group: tokens replicated, outputs summed
         names = sorted({d for d, _ in entries})
@@ -101,6 +99,14 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
             diags.error("E054", "expert parallelism needs the batch split over the expert axes "
                         "too (attention is data parallel over them)", ex.span,
                         f"add `shard batch over {', '.join(ex.axes)}`")
+    hd = plan.shard_of("head_dim")
+    seq = plan.shard_of("seq")
+    if hd is not None and seq is not None and plan.degree("head_dim") > 1 and \
+            plan.degree("seq") > 1:
+        diags.error("E056", "head_dim and seq cannot both be split: no runtime block does both "
+                    "(the partial scores of a head would need every sequence chunk)", hd.span,
+                    "choose one: seed 001's head x head_dim split, or seed 002's ring",
+                    (Related(seq.span, "seq split here"),) if seq.span else ())
     lay = plan.shard_of("layers")
     if lay is not None and len(lay.axes) != 1:
         diags.error("E055", "layers can be split over one axis only", lay.span,

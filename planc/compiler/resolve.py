@@ -419,6 +419,11 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
                    "so head_dim cannot be derived", v.span("hidden"), "set `head_dim` explicitly")
             return None
         head_dim = c["hidden"] // c["heads"]
+    if c["heads"] % kv_heads:
+        v._err("E018", f"heads ({c['heads']}) is not a multiple of kv_heads ({kv_heads}): "
+               "grouped-query attention shares each kv head among heads / kv_heads query heads",
+               v.span("kv_heads"), f"kv_heads must divide {c['heads']}")
+        return None
     if experts and top_k > experts:
         v._err("E016", f"top_k ({top_k}) is larger than experts ({experts})", v.span("top_k"),
                f"top_k must be between 1 and {experts}")

@@ -61,7 +61,7 @@ def _span_text(a: int, b: int) -> str:
 
 def _chunk(dim: str, size: int, n: int, index: int, attention: str) -> str:
     """The indices of `dim` that shard `index` of `n` holds, as the coverage proof lays them."""
-    if dim == "seq" and attention == "ring":  # zig-zag: chunk i and its mirror 2n-1-i
+    if dim == "seq" and attention in ("ring", "gather"):  # zig-zag: chunk i and its mirror 2n-1-i
         return f"seq chunks {index}+{2 * n - 1 - index}"
     if dim == "head_dim":
         half, k = size // 2, cdiv(size // 2, n)

@@ -132,9 +132,9 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     ]
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
-        zig = seq_sh.attention == "ring"
+        zig = seq_sh.attention in ("ring", "gather")  # both lay chunks out zig-zag
         out.append(_split_check(plan, "seq", w.seq or 0, "V207", 2 if zig else 1,
-                                " (zig-zag ring: 2 chunks per rank)" if zig else ""))
+                                " (zig-zag: 2 chunks per rank)" if zig else ""))
     lay = plan.shard_of("layers")
     if lay is not None and not lay.stages:
         out.append(_split_check(plan, "layers", m.layers, "V208"))
@@ -154,6 +154,21 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
             span=span, hint="microbatches must divide the batch per pipeline: try one of "
             f"{{{', '.join(str(d) for d in _divisors(b_local)[:12])}}}",
             numbers={"local_batch": b_local, "microbatches": nmb}))
+    if plan.compress_mlp_2_4:
+        f_axes = [f"mesh.{a}" for a in plan.axes_of("ffn")]
+        f_local = m.ffn // max(1, plan.degree("ffn"))
+        out.append(Obligation(
+            kind="divisibility", code="V211", name="2:4 local widths % 8",
+            formula=lambda env, z: z.And(m.ffn % (_prod([env[x] for x in f_axes], z) * 8) == 0,
+                                         z.int(m.hidden % 8) == 0),
+            check=lambda v: m.ffn % (prod(v[x] for x in f_axes) * 8) == 0 and m.hidden % 8 == 0,
+            ok=f"2:4 sparsity: the MLP's local input widths (hidden {m.hidden}, ffn {f_local}) "
+               "are multiples of 8 (groups of 4, metadata in whole bytes)",
+            bad=f"2:4 sparsity needs the MLP's local input widths divisible by 8: hidden "
+                f"{m.hidden}, local ffn {f_local}",
+            span=plan.compress_span, hint="choose an ffn split whose local width is a multiple "
+            "of 8, or drop `compress mlp sparse 2:4`",
+            numbers={"hidden": m.hidden, "ffn_local": f_local}))
     hd = plan.shard_of("head_dim")
     if hd is not None:
         names = [f"mesh.{a}" for a in hd.axes]
@@ -201,7 +216,7 @@ def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untype
     then quantifier-free: for every i in [0, D) the witness owns i and lies in [0, n), and no two
     distinct shards own the same i (i, r1, r2 are free, hence universal in the obligation).
     """
-    if dim == "seq" and attention == "ring":
+    if dim == "seq" and attention in ("ring", "gather"):
         c = cdiv(D, 2 * n)
         return (lambda r, z: [(r * c, (r + 1) * c, D), ((2 * n - 1 - r) * c, (2 * n - r) * c, D)],
                 lambda i, z: z.If(i / c < n, i / c, 2 * n - 1 - i / c), "zig-zag")
@@ -385,6 +400,8 @@ def _compressed_bytes(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]
         if s.format == "dense":
             continue
         out_f, in_f = s.local_shape[-2], s.local_shape[-1]
+        if "2:4" in s.format and in_f % 8:
+            continue  # not representable at all: V211 reports the width
         mats = s.local_shape[0] if len(s.local_shape) == 3 else 1
         runtime = mats * weight_bytes(out_f, in_f, e, s.format)  # type: ignore[arg-type]
         rows.append((s.name, s.format, s.bytes, runtime))

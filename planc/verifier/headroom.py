@@ -44,7 +44,7 @@ def headroom(plan: PlanSpec) -> dict[str, dict[str, int]]:
     """{"batch": {class: largest batch}, "seq": {class: longest seq}} at the plan's other values."""
     b_step = plan.degree("batch") * microbatches(plan)
     seq_sh = plan.shard_of("seq")
-    s_step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention == "ring" else 1)
+    s_step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention in ("ring", "gather") else 1)
 
     def with_batch(p: PlanSpec, b: int) -> PlanSpec:
         return replace(p, workload=replace(p.workload, batch=b))

@@ -57,7 +57,7 @@ def _domain(plan: PlanSpec, axis: str, count: int) -> list[int]:
             for dim in sh.dims + (("kv_heads",) if "heads" in sh.dims and "kv_heads" not in
                                   sh.dims and not plan.shard_of("kv_heads") else ()):
                 size = sizes.get(dim)
-                k = 2 if dim == "head_dim" or (dim == "seq" and sh.attention == "ring") else 1
+                k = 2 if dim == "head_dim" or (dim == "seq" and sh.attention in ("ring", "gather")) else 1
                 if size is not None and size % (d * k if dim == "head_dim" else d) != 0:
                     ok = False
         if ok:
@@ -114,7 +114,7 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                          "microbatches divide the local batch"))
     seq_sh = plan.shard_of("seq")
     if w.seq is not None and seq_sh is not None:
-        k = 2 if seq_sh.attention == "ring" else 1
+        k = 2 if seq_sh.attention in ("ring", "gather") else 1
         cons.append(("div.seq", w.seq % (k * deg("seq")) == 0, seq_sh.span,
                      f"seq ({w.seq}) divisible by {'2 x ' if k == 2 else ''}its split"))
     # microbatches are not enumerated by z3: given the mesh they range over the divisors of
@@ -248,7 +248,7 @@ def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
         plan = _with_workload(plan, seq=None)
     if plan.workload.seq is None:
         seq_sh = plan.shard_of("seq")
-        step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention == "ring" else 1)
+        step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention in ("ring", "gather") else 1)
         return _maximise(plan, "seq", step, SEQ_LIMIT)
     ok, g = _screen(plan)
     return (plan, g) if ok else None

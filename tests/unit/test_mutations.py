@@ -191,3 +191,32 @@ def test_mutation_is_caught_with_code_and_line(name, base, old, new, code, needl
     got = findings(mutated)
     expected_line = line_of(mutated, needle)
     assert (code, expected_line) in got, f"{name}: expected {code} at line {expected_line}, got {got}"
+
+
+RUNTIME_LIMITS = [
+    ("head_dim and seq split together", "headdim", "  shard    ffn over n, m",
+     "  shard    ffn over n, m\n  shard    seq over m attention ring", "E056",
+     "shard    head_dim"),
+    ("2:4 on a local ffn width not divisible by 8", "dense", "ffn      16384",
+     "ffn      16392", "V211", "compress mlp"),
+    ("heads not a multiple of kv_heads", "dense", "kv_heads 8", "kv_heads 12", "E018",
+     "kv_heads 12"),
+    ("gather needs two chunks per rank too", "ring", "attention ring\n",
+     "attention gather\n", "V207", "shard    seq"),
+]
+
+
+@pytest.mark.parametrize("name,base,old,new,code,needle", RUNTIME_LIMITS,
+                         ids=[m[0] for m in RUNTIME_LIMITS])
+def test_what_the_runtime_cannot_run_is_rejected_by_the_verifier(name, base, old, new, code,
+                                                                  needle):
+    text = BASES[base]
+    if name.startswith("2:4"):
+        text = text.replace("  require  memory <= 90%\n",
+                            "  require  memory <= 90%\n  compress mlp sparse 2:4\n")
+    if name.startswith("gather"):
+        text = text.replace("seq   4096", "seq   4048")
+    assert old in text
+    mutated = text.replace(old, new, 1)
+    got = findings(mutated)
+    assert (code, line_of(mutated, needle)) in got, f"{name}: {got}"
