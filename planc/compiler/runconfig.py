@@ -26,14 +26,16 @@ def to_run_config(plan: PlanSpec, graph: PlacementGraph, *, dtype: str | None = 
         runtime_peak = cls.memory["peak"] - cls.memory["reserve"]
         for r in ranks_of(graph.mesh, cls):
             predicted[r] = runtime_peak
-    assert plan.workload.batch is not None and plan.workload.seq is not None
+    w = plan.workload
+    assert w.batch is not None and w.seq is not None
+    decode = w.phase == "decode"
     return RunConfig(
         model=ModelDims(arch=m.arch, layers=m.layers, hidden=m.hidden, heads=m.heads,
                         kv_heads=m.kv_heads, head_dim=m.head_dim, ffn=m.ffn, vocab=m.vocab,
                         experts=m.experts, top_k=m.top_k or 2),
         mesh=tuple((a, s or 1) for a, s in plan.mesh),
-        batch=plan.workload.batch,
-        seq=plan.workload.seq,
+        batch=w.batch,
+        seq=w.context if decode else w.seq,  # decode: the prompt is what the prefill runs
         splits=splits,
         stages=tuple(plan_stages(plan)) if "layers" in splits else (),
         microbatches=microbatches(plan),
@@ -45,4 +47,7 @@ def to_run_config(plan: PlanSpec, graph: PlacementGraph, *, dtype: str | None = 
         predicted_peak=tuple(predicted),
         warmup=warmup,
         repeats=repeats,
+        phase=w.phase,
+        context=w.context if decode else 0,
+        generate=w.generate if decode else 0,
     )
