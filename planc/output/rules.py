@@ -45,6 +45,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E015": ("HeadDimNotDerivable", "hidden is not divisible by heads and head_dim is not set."),
     "E016": ("TopKTooLarge", "top_k is larger than the number of experts."),
     "E017": ("DecodeNeedsVocab", "A decode workload with a model that has no `vocab`."),
+    "E018": ("HeadsNotMultipleOfKvHeads", "heads must be a multiple of kv_heads (GQA groups)."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),
     "E021": ("WrongValueShape", "A key takes another kind of value."),
     "E022": ("NotWhole", "A count or byte size is not a whole number."),
@@ -94,6 +95,7 @@ RULES: dict[str, tuple[str, str]] = {
     "V401": ("MemoryRequirement", "A device class's peak memory meets `require memory`."),
     "V500": ("CacheCapacity", "A fit-cache stage's resident working set fits L2."),
     "V510": ("CompressedBytes", "Compiler and runtime count compressed weight bytes the same."),
+    "V211": ("SparseWidth", "2:4 sparsity needs the MLP's local input widths divisible by 8."),
     "V600": ("Claim", "A claimed size or count (`require params == ...`) matches the model."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
     # U: usage and planc itself

@@ -55,8 +55,10 @@ def test_ring_sequence_needs_two_chunks_per_rank():
         "seq   2048", "seq   16400")  # 16400 = 16 x 1025: divisible by 16, not by 32
     v = verdict(check_text(text)[0], "V207")
     assert v.status == "violated" and "zig-zag" in v.obligation.bad
-    gather = text.replace("attention ring", "attention gather")
-    assert verdict(check_text(gather)[0], "V207").status == "proved"
+    gather = text.replace("attention ring", "attention gather")  # gather is zig-zag too
+    assert verdict(check_text(gather)[0], "V207").status == "violated"
+    fits = text.replace("seq   16400", "seq   16384")
+    assert verdict(check_text(fits)[0], "V207").status == "proved"
 
 
 def test_microbatches_must_divide_the_local_batch():
