@@ -105,6 +105,11 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
         model_line,
         input_line,
     ]
+    if cfg.phase == "decode":
+        lines.append(
+            f"# decode: greedy, a prompt of {cfg.context} tokens then {cfg.generate} generated per"
+            " sequence, KV cache of context + generate positions"
+        )
     for i, (first, last) in enumerate(cfg.stages):
         lines.append(f"# stage {i}: layers [{first}, {last})")
     lines.append(
@@ -120,4 +125,7 @@ def emit_program(cfg: RunConfig, *, plan_name: str, source_file: str) -> str:
     _check_literal(data, "CONFIG")
     config = pprint.pformat(data, width=100, sort_dicts=True)
     body = f"\nPLAN = {plan_name!r}\nCONFIG = {config}\n"
-    return _header(cfg, plan_name, source_file) + _IMPORTS + body + _MAIN
+    imports = _IMPORTS
+    if cfg.phase == "decode":  # the same main(), with the decode program's steps
+        imports = imports.replace("import program\n", "import decode_program as program\n")
+    return _header(cfg, plan_name, source_file) + imports + body + _MAIN

@@ -1,9 +1,10 @@
 """The independent reference: Hugging Face transformers models built from a RunConfig.
 
-`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral) in
-save_pretrained's layout, which is what ranks load when no checkpoint is given, so the safetensors
-path is always the one exercised. `reference_output` runs the same checkpoint through transformers
-(eager attention, float32) on the same inputs; the runtime's output is compared with it. For a
+`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral; their
+...ForCausalLM for a decode run, see reference_decode.py) in save_pretrained's layout, which is
+what ranks load when no checkpoint is given, so the safetensors path is always the one
+exercised. `reference_output` runs the same checkpoint through transformers (eager attention,
+float32) on the same inputs; the runtime's output is compared with it. For a
 compressed plan the reference model's weights are first replaced by their dequantised / pruned
 versions (compress_weights_), so it is the same compressed model on one device.
 Nobody in this project wrote that code, which is the point. transformers is imported lazily:
@@ -70,14 +71,15 @@ def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
     return cfg
 
 
-def _model_class(m: ModelDims) -> Any:
+def _model_class(m: ModelDims, causal_lm: bool = False) -> Any:
+    """The base model, or with causal_lm its ...ForCausalLM (embeddings + lm_head, decode)."""
     if m.arch == "llama":
-        from transformers import LlamaModel
+        from transformers import LlamaForCausalLM, LlamaModel
 
-        return LlamaModel
-    from transformers import MixtralModel
+        return LlamaForCausalLM if causal_lm else LlamaModel
+    from transformers import MixtralForCausalLM, MixtralModel
 
-    return MixtralModel
+    return MixtralForCausalLM if causal_lm else MixtralModel
 
 
 def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
@@ -92,7 +94,9 @@ def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
 
     _quiet_transformers()
     torch.manual_seed(cfg.seed)
-    model = _model_class(cfg.model)(hf_config(cfg.model, causal=cfg.causal))
+    # A decode run needs the lm_head: a ...ForCausalLM (tensor names `model.*`, `lm_head.weight`).
+    model_class = _model_class(cfg.model, causal_lm=cfg.phase == "decode")
+    model = model_class(hf_config(cfg.model, causal=cfg.causal))
     with torch.no_grad():
         # HF initialises norms to ones; random scales make a misplaced norm weight visible.
         for name, p in model.named_parameters():

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planc.backends.torch.runtime.config import RunConfig
+from planc.backends.torch.runtime.decode_layout import decode_errors
 
 SPLIT_DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
 
@@ -254,7 +255,7 @@ def config_errors(cfg: RunConfig) -> list[str]:
         )
     if cfg.warmup < 0 or cfg.repeats < 1:
         errs.append(f"warmup = {cfg.warmup}, repeats = {cfg.repeats}: need >= 0 and >= 1")
-    return errs
+    return errs + decode_errors(cfg)
 
 
 def _strategy_errors(cfg: RunConfig, sp: int) -> list[str]:

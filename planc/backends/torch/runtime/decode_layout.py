@@ -1,0 +1,114 @@
+"""Where a greedy decode's tokens live, in plain Python (no torch): KV cache slots per step, the
+rank that holds the prompt's last position, the holders of the generated tokens, and what a
+decode RunConfig cannot run.
+
+Steps. Step 0 is the prefill of the prompt (cfg.context tokens, cfg.seq == cfg.context); it
+yields the first token. Step t >= 1 feeds the token of step t - 1, at global position
+context + t - 1, and yields token t. So generate tokens take generate - 1 decode steps, and the
+cache holds at most context + generate - 1 positions (allocated: context + generate, as the
+compiler's planc/compiler/decode.py counts it).
+
+KV cache per rank and layer: [rows, kv_heads_local, capacity, head_dim_local] for its batch rows
+(data / expert parallel), its kv heads (tensor parallel) and head_dim slice, its stage's layers.
+With a sequence split over sp ranks each rank keeps only its chunk: the prompt's tokens it holds
+(zig-zag chunks i and 2sp-1-i for ring / gather attention, as layout.seq_positions says) in slots
+[0, s_local), then the generated tokens appended round-robin: the token at position
+context + t - 1 (step t) goes to rank (t - 1) % sp of the sequence group, in its next free slot.
+Every rank of the group computes that token's q/k/v (the one new token is replicated over the
+group), the owner stores its K/V, each rank attends over its own slots and the partial outputs
+are merged by log-sum-exp (flash-decoding). Slots are not in position order; decode attention
+sees every cached key, so only the RoPE angles (applied at the token's global position before it
+is stored) carry positions. capacity = ceil((context + generate) / sp) per rank, which holds the
+prompt chunk plus ceil((generate - 1) / sp) tokens whenever sp divides the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planc.backends.torch.runtime.config import RunConfig
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cache_capacity(cfg: RunConfig, sp: int) -> int:
+    """Cache slots per sequence on one rank of a sequence group of size sp."""
+    return cdiv(cfg.context + cfg.generate, sp)
+
+
+def new_token_owner(step: int, sp: int) -> int:
+    """Rank of the sequence group that stores the K/V of decode step `step` (>= 1)."""
+    return (step - 1) % sp
+
+
+@dataclass(frozen=True)
+class Slots:
+    """One step on one rank: the global positions of its tokens (RoPE), the local cache slots
+    [write[0], write[1]) its K/V go to (None: another rank of the sequence group stores them),
+    and how many leading slots are filled once it is written (what attention reads)."""
+
+    positions: list[int]
+    write: tuple[int, int] | None
+    valid: int
+
+
+def step_slots(cfg: RunConfig, prompt_positions: list[int], sp: int, part: int, step: int) -> Slots:
+    """Slots of step `step` on sequence part `part` of sp; prompt_positions: the part's share of
+    the prompt (layout.positions)."""
+    s_local = len(prompt_positions)
+    if step == 0:
+        return Slots(list(prompt_positions), (0, s_local), s_local)
+    before = (step - 1 - part + sp - 1) // sp  # earlier steps this part stored
+    slot = s_local + before
+    position = cfg.context + step - 1
+    if new_token_owner(step, sp) == part:
+        return Slots([position], (slot, slot + 1), slot + 1)
+    return Slots([position], None, slot)
+
+
+def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int, int]:
+    """(sequence part, local index) holding the prompt's last position context - 1."""
+    for part, positions in enumerate(positions_of):
+        if context - 1 in positions:
+            return part, positions.index(context - 1)
+    raise ValueError(f"no sequence part holds position {context - 1}")
+
+
+def token_holders(cfg: RunConfig) -> list[tuple[int, range]]:
+    """(rank, batch rows) of one holder of every batch part's generated tokens: the last stage's
+    rank with coordinate 0 on every axis that splits neither batch nor layers (tensor, head_dim,
+    sequence and replicated axes hold equal copies)."""
+    from planc.backends.torch.runtime.layout import Layout
+
+    keep = set(cfg.splits.get("batch", ())) | set(cfg.splits.get("layers", ()))
+    out = []
+    for rank in range(cfg.world_size):
+        lay = Layout(cfg, rank)
+        if lay.is_last_stage and all(c == 0 for a, c in lay.coords.items() if a not in keep):
+            out.append((rank, lay.batch_rows))
+    return out
+
+
+def decode_errors(cfg: RunConfig) -> list[str]:
+    """What makes a decode RunConfig unrunnable (empty for prefill configs)."""
+    if cfg.phase == "prefill":
+        return []
+    if cfg.phase != "decode":
+        return [f"phase is 'prefill' or 'decode', not {cfg.phase!r}"]
+    errs = []
+    if cfg.model.vocab is None:
+        errs.append("decode needs a vocabulary (model vocab): tokens are fed back as ids")
+    if cfg.context < 1 or cfg.generate < 1:
+        errs.append(
+            f"decode needs context >= 1 and generate >= 1, got {cfg.context}, {cfg.generate}"
+        )
+    if cfg.seq != cfg.context:
+        errs.append(
+            f"decode runs the prompt as the prefill: seq ({cfg.seq}) must equal "
+            f"context ({cfg.context})"
+        )
+    if not cfg.causal:
+        errs.append("decode is causal: causal must be True")
+    return errs
