@@ -121,7 +121,17 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
     pk = [(m, p) for m, p in zip(rec["measured_peak"], rec["predicted_peak"]) if m]
     if pk:
         rec["peak_error"] = max(abs(p - m) / m for m, p in pk)
-    if rec["measured_time_s"]:
+    if graph.phase == "decode":
+        rec["predicted_ttft_ms"] = step_estimate(graph, rates) * 1e3
+        rec["predicted_tpot_ms"] = step_estimate(graph, rates, phase="decode") * 1e3
+        rec["bound_tpot_ms"] = float(step_lower_bound(graph, rates, "decode")) * 1e3
+        for k in ("ttft_ms", "tpot_ms", "output_tokens_per_s", "matches_reference"):
+            rec[k] = metrics.get(k)
+        rec["cache_resident"] = [c.cache_resident for c in graph.classes]
+        rec["stage_weights"] = [c.memory["weights"] for c in graph.classes]
+        if rec.get("tpot_ms"):
+            rec["tpot_error"] = (rec["predicted_tpot_ms"] - rec["tpot_ms"]) / rec["tpot_ms"]
+    elif rec["measured_time_s"]:
         rec["time_error"] = (rec["predicted_time_s"] - rec["measured_time_s"]) / rec[
             "measured_time_s"]
     return rec
@@ -167,7 +177,9 @@ def main() -> None:
             records.append(rec)
             print(json.dumps({k: rec.get(k) for k in ("plan", "tokens_per_s", "measured_time_s",
                                                        "predicted_time_s", "peak_error",
-                                                       "error")})[:600], file=sys.stderr)
+                                                       "ttft_ms", "tpot_ms",
+                                                       "predicted_tpot_ms", "error")})[:600],
+                  file=sys.stderr)
             Path(a.out).write_text(json.dumps({"machine": a.machine, **machine(),
                                                "records": records}, indent=1))
     Path(a.out).write_text(json.dumps({"machine": a.machine, **machine(), "records": records},

@@ -144,8 +144,16 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
                                     bytes=d.tokens * d.heads * (d.head_dim + 1) * 4,
                                     calls=n * nmb * steps, after="decode:flash_decode_merge",
                                     link=colls[0].link if colls else "intra"))
+        resident = c.cache_resident
+        if resident:
+            # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache
+            # and the step's residual stream [T, hidden]
+            embed = m.vocab * h * e if m.vocab and c.id == graph.classes[0].id else 0
+            resident = (rows[c.id]["weights"] - embed + rows[c.id]["kv_cache"]
+                        + d.tokens * h * e)
         classes.append(c.model_copy(update={"ops": ops, "buffers": bufs, "collectives": colls,
-                                            "shards": shards, "memory": rows[c.id]}))
+                                            "shards": shards, "memory": rows[c.id],
+                                            "cache_resident": resident}))
     return graph.model_copy(update={"classes": classes, "phase": "decode",
                                     "context": w.context, "generate": w.generate})
 

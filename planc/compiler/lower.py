@@ -359,7 +359,10 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         resident = 0
         sh = plan.shard_of("layers")
         if sh is not None and sh.fit_cache:
-            resident = weights + T * h * e  # the stage's weights + one microbatch's x
+            # What every microbatch re-reads: the stage's weights except the embedding table
+            # (a lookup touches only its tokens' rows), plus the microbatch's residual stream.
+            embed = m.vocab * h * e if m.vocab and is_first else 0
+            resident = weights - embed + T * h * e
         classes.append(DeviceClass(id=cid, fixed=fixed, count=count, layers=(first, last),
                                    shards=cls_shards, ops=ops, buffers=buffers,
                                    collectives=collectives, memory=memory,
