@@ -103,6 +103,12 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "bound_time_s": float(step_lower_bound(graph, rates)),
         "tokens": tokens,
     }
+    if graph.phase == "decode":
+        rec["predicted_ttft_ms"] = step_estimate(graph, rates) * 1e3
+        rec["predicted_tpot_ms"] = step_estimate(graph, rates, phase="decode") * 1e3
+        rec["bound_tpot_ms"] = float(step_lower_bound(graph, rates, "decode")) * 1e3
+        rec["cache_resident"] = [c.cache_resident for c in graph.classes]
+        rec["stage_weights"] = [c.memory["weights"] for c in graph.classes]
     if "error" in metrics:
         rec["error"] = metrics["error"]
         return rec
@@ -122,13 +128,8 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
     if pk:
         rec["peak_error"] = max(abs(p - m) / m for m, p in pk)
     if graph.phase == "decode":
-        rec["predicted_ttft_ms"] = step_estimate(graph, rates) * 1e3
-        rec["predicted_tpot_ms"] = step_estimate(graph, rates, phase="decode") * 1e3
-        rec["bound_tpot_ms"] = float(step_lower_bound(graph, rates, "decode")) * 1e3
         for k in ("ttft_ms", "tpot_ms", "output_tokens_per_s", "matches_reference"):
             rec[k] = metrics.get(k)
-        rec["cache_resident"] = [c.cache_resident for c in graph.classes]
-        rec["stage_weights"] = [c.memory["weights"] for c in graph.classes]
         if rec.get("tpot_ms"):
             rec["tpot_error"] = (rec["predicted_tpot_ms"] - rec["tpot_ms"]) / rec["tpot_ms"]
     elif rec["measured_time_s"]:
