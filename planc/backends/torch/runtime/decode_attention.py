@@ -150,7 +150,10 @@ def flash_decode(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup, scal
     d = out.shape[-1]
     msg = torch.cat((out, lse.unsqueeze(-1)), dim=-1)  # [b, heads, sq, d + 1]
     del out, lse
-    gathered = msg.new_empty((dist.get_world_size(group), *msg.shape))
+    world = dist.get_world_size(group)
+    # Concatenated along dim 0 (the layout gloo's all_gather_into_tensor takes), viewed per rank.
+    gathered = msg.new_empty((world * msg.shape[0], *msg.shape[1:]))
     dist.all_gather_into_tensor(gathered, msg, group=group)
     del msg
+    gathered = gathered.view(world, -1, *gathered.shape[1:])
     return lse_merge(gathered[..., :d], gathered[..., d]).to(q.dtype)
