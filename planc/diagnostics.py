@@ -111,7 +111,7 @@ class Diagnostics:
         errors = sum(1 for d in rest if d.severity == "error")
         return items[:MAX_REPORTED] + [Diagnostic(
             "N001", f"{len(rest):,} more diagnostics not shown ({errors:,} errors)",
-            rest[0].span, "note", "fix the ones above first: many often come from one mistake")]
+            None, "note", "fix the ones above first: many often come from one mistake")]
 
     def __iter__(self) -> Iterator[Diagnostic]:
         return iter(self.sorted())
