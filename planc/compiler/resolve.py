@@ -8,6 +8,7 @@ A block with errors is left out of the result; plans that reference it are skipp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -223,7 +224,8 @@ def quantity_int(v: Any, dimension: str, key: str,
         what = "unknown unit" if found is None else "wrong kind of unit"
         hint = (f"did you mean {guess!r}?" if guess else
                 "units: " + ", ".join(units.units_of(dimension)))
-        if dimension.startswith("bytes") and v.unit.name.split("/")[0].endswith("b"):
+        if dimension.startswith("bytes") and re.fullmatch(r"[KMGTP]i?(b|bit)(/s|ps)?",
+                                                          v.unit.name):
             # Gb, Mbit: a bit is an eighth of a byte; guessing GB would silently mean 8x more
             hint = (f"{v.unit.name!r} reads as bits; planc counts bytes: B, KB, MB, GB, TB "
                     "(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)")
