@@ -6,9 +6,10 @@ Schedule. Every rank walks the same items (step t, microbatch m) in the order t-
 sequence (decode_layout). The first stage embeds the prompt (t = 0) or the tokens of (t - 1, m)
 that the last stage sent back; a middle stage receives the hidden state from the previous stage;
 the last stage takes the argmax of its logits and sends the token ids [rows] to the first stage
-(its peer with the same tensor / data / sequence coordinates), point-to-point. Each stage posts
-the receive of its next item before computing the current one and keeps at most two sends in
-flight. With p stages and m >= p microbatches the stages stay busy: while the last stage
+(its peer with the same tensor / data / sequence coordinates), point-to-point on a process group
+of its own (decode_model.DecodeModel.token_group), so each channel carries its messages in item
+order on both ends. Each stage posts the receive of its next item before computing the current
+one and keeps at most two sends in flight. With p stages and m >= p microbatches the stages stay busy: while the last stage
 finishes (t, j) the first is already on (t + 1, i) for the i < j whose tokens came back; with
 m < p each step pays the pipeline's fill (p - m stage times idle per step). Without pipeline
 stages the argmax output is fed straight back.
@@ -68,10 +69,11 @@ class _Sends:
     def __init__(self, limit: int = 2) -> None:
         self.limit, self.items = limit, []  # type: ignore[var-annotated]
 
-    def post(self, t: Tensor, dst: int) -> None:
+    def post(self, t: Tensor, dst: int, group: dist.ProcessGroup | None = None) -> None:
         while len(self.items) >= self.limit:
             self._wait(self.items.pop(0))
-        self.items.append((t, dist.batch_isend_irecv([dist.P2POp(dist.isend, t, dst)])))
+        op = dist.P2POp(dist.isend, t, dst, group)
+        self.items.append((t, dist.batch_isend_irecv([op])))
 
     @staticmethod
     def _wait(item: tuple[Tensor, list[dist.Work]]) -> None:
@@ -104,12 +106,13 @@ def generate(
         if prev is not None:
             s = len(slots[t].positions)
             buf = torch.empty((r, s, cfg.model.hidden), device=ctx.device, dtype=ctx.dtype)
-            src = prev
+            src, group = prev, None
         elif back_from is not None and t > 0:
-            buf, src = torch.empty(r, device=ctx.device, dtype=torch.long), back_from
+            buf = torch.empty(r, device=ctx.device, dtype=torch.long)
+            src, group = back_from, model.token_group
         else:
             return None
-        return buf, dist.batch_isend_irecv([dist.P2POp(dist.irecv, buf, src)])
+        return buf, dist.batch_isend_irecv([dist.P2POp(dist.irecv, buf, src, group)])
 
     tokens = None
     if lay.is_last_stage:
@@ -142,7 +145,7 @@ def generate(
             tok = model.next_tokens(y, t == 0)
             tokens[rows, t] = tok
             if back_to is not None and t + 1 < steps:
-                sends.post(tok, back_to)
+                sends.post(tok, back_to, model.token_group)
         del y
         if t == 0 and m == nmb - 1:
             ttft = _now(ctx) - start

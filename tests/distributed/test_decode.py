@@ -1,0 +1,189 @@
+"""Greedy decode with a KV cache: every specs/local/decode_*.plan, emitted and run under torchrun
+(gloo, CPU), generates exactly the tokens of Hugging Face `generate` (greedy, use_cache=True) on
+the same checkpoint and prompts; the flash-decoding merge, the cache slots of a sequence-sharded
+cache and the MLPerf metric formulas against plain arithmetic.
+
+Rank 0 gathers every sequence's generated tokens and compares them with transformers'
+LlamaForCausalLM / MixtralForCausalLM `generate` in float32; the run reports matches_reference.
+One torchrun per plan (warm-up 0, one timed run), so the file stays within a few minutes on two
+shared cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from planc.backends.torch.decode_metrics import decode_times, output_tokens_per_s, tpot_s
+from planc.backends.torch.runtime.config import ModelDims, RunConfig
+from planc.backends.torch.runtime.decode_attention import lse_merge
+from planc.backends.torch.runtime.decode_layout import cache_capacity, step_slots
+from planc.backends.torch.runtime.layout import check_config, seq_positions
+
+SPECS = Path(__file__).resolve().parents[2] / "specs" / "local"
+DECODE_PLANS = [
+    "decode_tp2",
+    "decode_pp2",
+    "decode_tp2_pp2",
+    "decode_headdim_2x2",
+    "decode_ring4",
+    "decode_ep4",
+    "decode_layerwise4",
+    "decode_dp2_tp2",
+]
+METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matches_reference"}
+
+
+def compiled(name: str) -> tuple[Any, Any, RunConfig]:
+    """(plan, graph, RunConfig with one timed run) of specs/local/<name>.plan."""
+    from planc.compiler.lower import lower
+    from planc.compiler.runconfig import to_run_config
+    from planc.diagnostics import Diagnostics
+    from planc.pipeline import load
+
+    diags = Diagnostics()
+    spec, _ = load(str(SPECS / f"{name}.plan"), diags)
+    assert spec is not None and len(spec.plans) == 1, diags
+    plan = spec.plans[0]
+    graph = lower(plan)
+    return plan, graph, to_run_config(plan, graph, warmup=0, repeats=1)
+
+
+def assert_decode_metrics(m: dict[str, Any], cfg: RunConfig) -> None:
+    assert METRIC_KEYS <= m.keys(), sorted(m)
+    assert m["matches_reference"] is True, (m["generated"], m.get("reference_generated"))
+    assert len(m["generated"]) == cfg.batch
+    assert all(len(row) == cfg.generate for row in m["generated"])
+    assert all(0 <= t < (cfg.model.vocab or 0) for row in m["generated"] for t in row)
+    assert 0 < m["ttft_ms"] <= m["latency_ms"]
+    expect_tpot = (m["latency_ms"] - m["ttft_ms"]) / (cfg.generate - 1)
+    assert m["tpot_ms"] == pytest.approx(expect_tpot)
+    assert m["output_tokens_per_s"] == pytest.approx(cfg.batch * cfg.generate / m["time_s"])
+    assert m["world_size"] == cfg.world_size and len(m["ranks"]) == cfg.world_size
+
+
+# --- every decode plan, end to end --------------------------------------------------------------
+
+
+def test_planc_check_proves_every_decode_plan():
+    from planc.pipeline import check_paths
+
+    result = check_paths([str(SPECS / f"{n}.plan") for n in DECODE_PLANS])
+    assert not result.diagnostics
+    assert sorted(p.status for p in result.plans) == ["proved"] * len(DECODE_PLANS)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", DECODE_PLANS)
+def test_decode_plan_generates_the_tokens_of_hf_generate(name: str, run_plan):
+    from planc.compiler.ir import ranks_of
+
+    plan, graph, cfg = compiled(name)
+    assert cfg.phase == "decode" and cfg.seq == cfg.context
+    m = run_plan(cfg, name, timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    # Each rank's preallocated cache is the compiler's kv_cache row for its device class.
+    for cls in graph.classes:
+        for r in ranks_of(graph.mesh, cls):
+            assert m["ranks"][r]["kv_cache_bytes"] == cls.memory["kv_cache"], (name, r)
+
+
+@pytest.mark.distributed
+def test_gather_over_sp2_x_pipeline_2_contiguous_chunks_generates_hf_tokens(run_plan):
+    """A sequence-sharded cache on a two-stage pipeline: gather prefill over contiguous chunks
+    (the prompt's last position on sequence rank 1, which broadcasts the first tokens), the
+    last stage's tokens sent to their first-stage peers, 2 microbatches, GQA, and an odd
+    number of generated tokens spread round-robin."""
+    model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
+                      ffn=128, vocab=96)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("pp", 2), ("sp", 2)), batch=4, seq=10,
+                    splits={"seq": ("sp",), "layers": ("pp",)}, stages=((0, 1), (1, 2)),
+                    microbatches=2, attention="gather", zigzag=False, warmup=0, repeats=1,
+                    phase="decode", context=10, generate=5)  # fmt: skip
+    assert_decode_metrics(run_plan(cfg, "gather2xpp2_decode", timeout_s=240), cfg)
+
+
+# --- units ----------------------------------------------------------------------------------------
+
+
+def test_lse_merge_of_key_chunks_equals_attention_over_all_keys():
+    """Split the keys into uneven parts (one empty), attend over each with the ring's block
+    kernel, merge: equal to one softmax over every key."""
+    from planc.backends.torch.runtime.ring_attention import attention_with_lse
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 1, 8, generator=g)
+    k = torch.randn(3, 2, 11, 8, generator=g) * 2
+    v = torch.randn(3, 2, 11, 8, generator=g)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    outs, lses = [], []
+    for lo, hi in ((0, 5), (5, 6), (6, 11)):
+        o, lse = attention_with_lse(q, k[:, :, lo:hi], v[:, :, lo:hi], causal=False,
+                                    scale=8**-0.5, backend="explicit")  # fmt: skip
+        outs.append(o)
+        lses.append(lse)
+    outs.append(torch.zeros_like(outs[0]))  # a part that holds no keys
+    lses.append(torch.full_like(lses[0], float("-inf")))
+    got = lse_merge(torch.stack(outs), torch.stack(lses))
+    err = (got - want).abs().max() / want.abs().max()
+    assert err <= 1e-5
+
+
+def test_lse_merge_weights_parts_by_their_sum_of_exponentials():
+    # Two parts with lse log(1) and log(3): weights 1/4 and 3/4, whatever their scale.
+    outs = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]) + 100
+    lses = torch.log(torch.tensor([[1.0], [3.0]])) + 500.0  # large: no overflow
+    got = lse_merge(outs, lses)
+    assert torch.allclose(got, torch.tensor([[100.25, 100.75]]))
+
+
+def test_tpot_is_time_after_the_first_token_over_the_tokens_after_it():
+    assert tpot_s(latency_s=1.3, ttft_s=0.1, generated=5) == pytest.approx(0.3)
+    assert tpot_s(latency_s=0.2, ttft_s=0.2, generated=1) is None
+    assert output_tokens_per_s(batch=4, generated=5, latency_s=2.0) == 10.0
+    m = decode_times(4, 5, ttfts_s=[0.1, 0.3, 0.2], latencies_s=[1.0, 1.8, 1.4])
+    assert m["ttft_ms"] == pytest.approx(200.0) and m["latency_ms"] == pytest.approx(1400.0)
+    assert m["tpot_ms"] == pytest.approx(300.0)
+    assert m["output_tokens_per_s"] == pytest.approx(20 / 1.4)
+
+
+@pytest.mark.parametrize(("context", "generate", "sp", "zigzag"),
+                         [(16, 8, 4, True), (12, 7, 3, False), (8, 1, 2, True)])  # fmt: skip
+def test_sequence_sharded_cache_holds_every_position_once_within_capacity(
+    context: int, generate: int, sp: int, zigzag: bool
+):
+    model = ModelDims(arch="llama", layers=1, hidden=8, heads=2, kv_heads=2, head_dim=4, ffn=8,
+                      vocab=16)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("sp", sp),), batch=1, seq=context,
+                    splits={"seq": ("sp",)}, attention="ring", zigzag=zigzag,
+                    phase="decode", context=context, generate=generate)  # fmt: skip
+    check_config(cfg)
+    cap = cache_capacity(cfg, sp)
+    stored: dict[int, int] = {}  # global position -> rank
+    for part in range(sp):
+        slots: dict[int, int] = {}  # local slot -> global position
+        for t in range(generate):
+            s = step_slots(cfg, seq_positions(cfg, sp, part), sp, part, t)
+            if s.write is not None:
+                for slot, pos in zip(range(*s.write), s.positions):
+                    assert slot not in slots and slot < cap
+                    slots[slot] = pos
+            assert s.valid == len(slots)  # attention reads exactly the filled slots
+            assert set(slots) == set(range(s.valid))
+        for pos in slots.values():
+            assert pos not in stored
+            stored[pos] = part
+    # The prompt and every fed-back token (not the last generated one) are cached once.
+    assert sorted(stored) == list(range(context + generate - 1))
+
+
+def test_decode_config_without_vocabulary_is_refused_with_the_reason():
+    model = ModelDims(arch="llama", layers=1, hidden=8, heads=2, kv_heads=2, head_dim=4, ffn=8)
+    cfg = RunConfig(model=model, mesh=(("x", 1),), batch=1, seq=4, phase="decode", context=4,
+                    generate=0)  # fmt: skip
+    with pytest.raises(ValueError, match="vocab") as err:
+        check_config(cfg)
+    assert "generate >= 1" in str(err.value)
