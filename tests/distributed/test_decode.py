@@ -37,8 +37,8 @@ DECODE_PLANS = [
 METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matches_reference"}
 
 
-def compiled(name: str) -> tuple[Any, Any, RunConfig]:
-    """(plan, graph, RunConfig with one timed run) of specs/local/<name>.plan."""
+def compiled(name: str) -> tuple[Any, RunConfig]:
+    """(placement graph, RunConfig with one timed run) of specs/local/<name>.plan."""
     from planc.compiler.lower import lower
     from planc.compiler.runconfig import to_run_config
     from planc.diagnostics import Diagnostics
@@ -49,7 +49,7 @@ def compiled(name: str) -> tuple[Any, Any, RunConfig]:
     assert spec is not None and len(spec.plans) == 1, diags
     plan = spec.plans[0]
     graph = lower(plan)
-    return plan, graph, to_run_config(plan, graph, warmup=0, repeats=1)
+    return graph, to_run_config(plan, graph, warmup=0, repeats=1)
 
 
 def assert_decode_metrics(m: dict[str, Any], cfg: RunConfig) -> None:
@@ -81,7 +81,7 @@ def test_planc_check_proves_every_decode_plan():
 def test_decode_plan_generates_the_tokens_of_hf_generate(name: str, run_plan):
     from planc.compiler.ir import ranks_of
 
-    plan, graph, cfg = compiled(name)
+    graph, cfg = compiled(name)
     assert cfg.phase == "decode" and cfg.seq == cfg.context
     m = run_plan(cfg, name, timeout_s=240)
     assert_decode_metrics(m, cfg)
