@@ -28,6 +28,8 @@ message and the gathered sp x [T, Q + heads]*4 -> merged out [T, Q]*4 -> o_proj 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ def lse_merge(outs: Tensor, lses: Tensor) -> Tensor:
 
 
 def block_kind(attn: nn.Module) -> str:
-    # The subclasses first: a block is matched by what it is, not by the flags that chose it.
+    # Matched by what the block is, not by the RunConfig flags that chose it.
     if isinstance(attn, HeadDimAttention):
         return "head_dim"
     if isinstance(attn, SeqParallelAttention):
@@ -71,37 +73,47 @@ def block_kind(attn: nn.Module) -> str:
 
 
 class CachedAttention(nn.Module):
-    """One layer's attention block with a KV cache (see the module docstring)."""
+    """One layer's attention block with a KV cache (see the module docstring). The wrapped
+    block is not a child: it stays in its decoder layer, so its weights are counted once."""
 
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
-        self.attn = attn
         self.kind = block_kind(attn)
-        self.slices = attn.m if self.kind == "head_dim" else 1  # head_dim slices per head
+        self.block: list[nn.Module] = [attn]  # a list: not registered as a submodule
+        blk = cast(Any, attn)
+        self.norm, self.wqkv, self.wo = blk.norm, blk.wqkv, blk.wo
+        self.heads: int = blk.heads
+        self.kv_heads: int = blk.kv_heads
+        self.head_dim: int = blk.head_dim  # the whole head's
+        # head_dim slices per head, and this rank's slice
+        self.slices: int = blk.m if self.kind == "head_dim" else 1
+        self.slice_index: int = blk.j if self.kind == "head_dim" else 0
+        self.dim_group: dist.ProcessGroup | None = None  # head_dim slices
+        self.seq_group: dist.ProcessGroup | None = None
         if self.kind == "heads":
-            self.out_group = attn.group
+            self.out_group: dist.ProcessGroup | None = blk.group
         elif self.kind == "seq":
-            self.out_group = attn.head_group
+            self.out_group, self.seq_group = blk.head_group, blk.seq_group
         else:
-            self.out_group = attn.out_group
+            self.out_group, self.dim_group = blk.out_group, blk.dim_group
 
     @property
     def cache_dims(self) -> tuple[int, int]:
         """(kv heads, head_dim) of this rank's cache."""
-        return self.attn.kv_heads, self.attn.head_dim // self.slices
+        return self.kv_heads, self.head_dim // self.slices
 
     def forward(
         self, x: Tensor, rope: Rope, cache: tuple[Tensor, Tensor], slots: Slots, prefill: bool
     ) -> Tensor:
         """x [b, s, hidden] (s: the prompt's local tokens or 1); cache: this microbatch's rows
         of the layer's (k, v), [b, kv_heads, capacity, d]."""
-        a = self.attn
         b, s, _ = x.shape
-        h, kv, d = a.heads, a.kv_heads, a.head_dim // self.slices
-        qkv = a.wqkv(a.norm(x)).view(b, s, h + 2 * kv, d)
+        h, kv, d = self.heads, self.kv_heads, self.head_dim // self.slices
+        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
         q, k, v = qkv.split((h, kv, kv), dim=2)
         if self.kind == "head_dim":
-            rope = Rope(*rope_slice(rope.cos, rope.sin, a.head_dim, a.m, a.j))
+            rope = Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.slices,
+                                    self.slice_index))  # fmt: skip
         apply_rope_(q, rope)
         apply_rope_(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -115,29 +127,28 @@ class CachedAttention(nn.Module):
         else:
             o = self._step(q, k_cache[:, :, : slots.valid], v_cache[:, :, : slots.valid])
         del qkv, q, k, v
-        out = a.wo(o.transpose(1, 2).reshape(b, s, h * d))
+        out = self.wo(o.transpose(1, 2).reshape(b, s, h * d))
         del o
         return all_reduce(out, self.out_group)
 
     def _prefill(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        a = self.attn
-        scale = a.head_dim**-0.5
+        """The wrapped block's own attention of the prompt (causal)."""
+        scale = self.head_dim**-0.5
         if self.kind == "head_dim":
-            return headdim_attention(q, k, v, a.dim_group, causal=True, scale=scale)
+            return headdim_attention(q, k, v, self.dim_group, causal=True, scale=scale)
         if self.kind == "seq":
-            return a.attend(q, k, v)  # type: ignore[no-any-return]
+            return cast(SeqParallelAttention, self.block[0]).attend(q, k, v)
         return F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
 
     def _step(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d]."""
-        a = self.attn
-        scale = a.head_dim**-0.5
+        scale = self.head_dim**-0.5
         if self.kind == "head_dim":
-            return headdim_attention(q, k, v, a.dim_group, causal=False, scale=scale)
-        if self.kind == "seq" and a.seq_group is not None:
-            return flash_decode(q, k, v, a.seq_group, scale)
+            return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale)
+        if self.seq_group is not None:
+            return flash_decode(q, k, v, self.seq_group, scale)
         return F.scaled_dot_product_attention(
             q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )

@@ -14,6 +14,8 @@ kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from planc.backends.torch.runtime.decode_attention import CachedAttention
 from planc.backends.torch.runtime.decode_layout import Slots, cache_capacity, last_position_part
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import Rope
+from planc.backends.torch.runtime.layers import DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions, with_index
 from planc.backends.torch.runtime.model import StageModel, load_stage
 from planc.backends.torch.weights import ShardReader
@@ -42,7 +44,8 @@ class DecodeModel(nn.Module):
             self.lm_head = None
         # Plain lists: the attention blocks are already children of stage.layers (weight_bytes
         # counts them once), and the cache is not a weight.
-        self.attns = [CachedAttention(layer.attn) for layer in stage.layers]
+        self.layers = [cast(DecoderLayer, layer) for layer in stage.layers]
+        self.attns = [CachedAttention(layer.attn) for layer in self.layers]
         cfg, lay = ctx.cfg, ctx.layout
         sp = lay.parts("seq")
         cap = cache_capacity(cfg, sp)
@@ -76,7 +79,7 @@ class DecodeModel(nn.Module):
         stage owns it). Returns the hidden to send on, or the final norm on the last stage."""
         if self.stage.embed is not None:
             x = F.embedding(x, self.stage.embed)
-        for layer, attn, (k, v) in zip(self.stage.layers, self.attns, self.cache):
+        for layer, attn, (k, v) in zip(self.layers, self.attns, self.cache):
             x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill))
             x.add_(layer.mlp(x))
         if self.stage.norm is not None:
