@@ -85,10 +85,12 @@ def test_decode_plan_generates_the_tokens_of_hf_generate(name: str, run_plan):
     assert cfg.phase == "decode" and cfg.seq == cfg.context
     m = run_plan(cfg, name, timeout_s=240)
     assert_decode_metrics(m, cfg)
-    # Each rank's preallocated cache is the compiler's kv_cache row for its device class.
+    # Each rank's preallocated cache and its weights (the lm_head on the last stage) are the
+    # compiler's kv_cache and weights rows for its device class.
     for cls in graph.classes:
         for r in ranks_of(graph.mesh, cls):
             assert m["ranks"][r]["kv_cache_bytes"] == cls.memory["kv_cache"], (name, r)
+            assert m["ranks"][r]["weight_bytes"] == cls.memory["weights"], (name, r)
 
 
 @pytest.mark.distributed
