@@ -37,6 +37,16 @@ def current_predictions(r: dict) -> None:
     r.setdefault("predicted_time_s_at_run", r["predicted_time_s"])
     r["predicted_peak"] = list(to_run_config(plan, g).predicted_peak)
     r["predicted_time_s"] = step_estimate(g, rates_of(plan))
+    if g.phase == "decode":
+        from planc.cost.time import step_lower_bound
+
+        r["predicted_ttft_ms"] = step_estimate(g, rates_of(plan)) * 1e3
+        r["predicted_tpot_ms"] = step_estimate(g, rates_of(plan), phase="decode") * 1e3
+        r["bound_tpot_ms"] = float(step_lower_bound(g, rates_of(plan), "decode")) * 1e3
+        if "error" not in r:
+            pk = [(m, p) for m, p in zip(r["measured_peak"], r["predicted_peak"]) if m]
+            r["peak_error"] = max(abs(p - m) / m for m, p in pk)
+        return
     if "error" not in r:
         pk = [(m, p) for m, p in zip(r["measured_peak"], r["predicted_peak"]) if m]
         r["peak_error"] = max(abs(p - m) / m for m, p in pk)
@@ -59,12 +69,37 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
     return runs, peers
 
 
+def decode_table(runs: list[dict]) -> list[str]:
+    recs = [r for d in runs for r in d["records"] if "predicted_tpot_ms" in r]
+    if not recs:
+        return []
+    out = ["## Decode (greedy, KV cache): TTFT and TPOT", "",
+           "| plan | strategy | GPUs | TTFT ms (pred) | TPOT ms | TPOT predicted | TPOT bound | "
+           "peak GB (pred) | peak err |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if "error" in r:
+            why = "hung under NCCL (launcher timeout)" if "timed out" in r["error"] else \
+                r["error"].strip().splitlines()[-1][:60]
+            out.append(f"| {r['plan']} | {r['strategy']} | {r['gpus']} | failed: {why} | | | "
+                       f"{r['bound_tpot_ms']:.3f} | - ({max(r['predicted_peak']) / 1e9:.2f}) | |")
+            continue
+        mp = max(x for x in r["measured_peak"] if x)
+        out.append(
+            f"| {r['plan']} | {r['strategy']} | {r['gpus']} | {r['ttft_ms']:.1f} "
+            f"({r['predicted_ttft_ms']:.1f}) | {r['tpot_ms']:.3f} | {r['predicted_tpot_ms']:.3f} | "
+            f"{r['bound_tpot_ms']:.3f} | {mp / 1e9:.3f} ({max(r['predicted_peak']) / 1e9:.3f}) | "
+            f"{r.get('peak_error', 0) * 100:.2f}% |")
+    return out
+
+
 def table(runs: list[dict]) -> list[str]:
     out = ["| plan | strategy | GPUs | tokens/s | measured ms | predicted ms | time err | "
            "measured peak GB (max rank) | predicted peak GB | peak err | SDPA |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in runs:
         for r in d["records"]:
+            if "predicted_tpot_ms" in r:
+                continue  # decode plans have their own table
             if "error" in r:
                 out.append(f"| {r['plan']} | {r['strategy']} | {r['gpus']} | failed: "
                            f"{r['error'].splitlines()[-1][:80] if r['error'] else ''} |"
@@ -84,7 +119,7 @@ def summary(runs: list[dict]) -> list[str]:
     latest: dict[str, dict] = {}  # each plan once: its latest run
     for d in runs:
         for r in d["records"]:
-            if "error" not in r:
+            if "error" not in r and "predicted_tpot_ms" not in r:
                 latest[r["plan"]] = r
     recs = list(latest.values())
     if not recs:
@@ -107,7 +142,8 @@ SEED_PAIRS = [  # (seed, strategy plan, baseline plan, the seed's claimed ratio 
 
 
 def comparisons(runs: list[dict], peers: list[dict]) -> list[str]:
-    latest = {r["plan"].split(":")[1]: r for d in runs for r in d["records"] if "error" not in r}
+    latest = {r["plan"].split(":")[1]: r for d in runs for r in d["records"]
+              if "error" not in r and "predicted_tpot_ms" not in r}
     tps = {k: r["tokens_per_s"] for k, r in latest.items()}
     out = ["## Seed strategies against the TP x PP baseline form, same GPUs, model, workload", "",
            "| seed | strategy / baseline | measured ratio | the seed's claimed ratio |",
@@ -151,7 +187,8 @@ def plot(runs: list[dict], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [r for d in runs for r in d["records"] if "error" not in r]
+    recs = [r for d in runs for r in d["records"]
+            if "error" not in r and "predicted_tpot_ms" not in r]
     if not recs:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -193,7 +230,8 @@ def main(paths: list[str]) -> None:
         lines.append(f"Machine: {d.get('machine')} ({d.get('gpus_visible')} x {d.get('gpu')}), "
                      f"torch {d.get('torch')}, {d.get('date')}; file {d['records'][0]['_file']}"
                      if d["records"] else "")
-    lines += ["", *table(runs), "", *summary(runs), "", *comparisons(runs, peers), ""]
+    lines += ["", *table(runs), "", *summary(runs), "", *decode_table(runs), "",
+              *comparisons(runs, peers), ""]
     for p in peers:
         lines.append(f"## Peers ({p['_file']}, {p.get('world')} x {p.get('device')})")
         for k, v in p.items():

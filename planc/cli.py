@@ -292,6 +292,20 @@ class EnvironmentProblem(Exception):
         self.hint = hint
 
 
+def _emit(emit, cfg, plan, file: str) -> str:  # type: ignore[no-untyped-def]
+    """The program, or an EnvironmentProblem-free user error when the runtime refuses the
+    config (a plan the verifier proved but no runtime block can run: a planc gap, reported
+    plainly with what the runtime said rather than as a crash)."""
+    try:
+        return emit.emit_program(cfg, plan_name=plan.name, source_file=Path(file).name)
+    except ValueError as e:
+        raise RuntimeRefusal(str(e)) from None
+
+
+class RuntimeRefusal(Exception):
+    pass
+
+
 def cmd_emit(a: argparse.Namespace) -> int:
     from planc.compiler.runconfig import to_run_config
 
@@ -301,7 +315,7 @@ def cmd_emit(a: argparse.Namespace) -> int:
     plan, graph = got
     emit, _ = _torch_backend()
     cfg = to_run_config(plan, graph, dtype=a.dtype)
-    _emit_out(emit.emit_program(cfg, plan_name=plan.name, source_file=Path(a.file).name),
+    _emit_out(_emit(emit, cfg, plan, a.file),
               a.output)
     return EXIT_OK
 
@@ -330,7 +344,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise EnvironmentProblem(
                 f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",
                 "run on a machine with more GPUs, or shrink the mesh")
-    program = emit.emit_program(cfg, plan_name=plan.name, source_file=Path(a.file).name)
+    program = _emit(emit, cfg, plan, a.file)
     if a.keep:
         write_atomic(a.keep, program)
     with tempfile.TemporaryDirectory(prefix="planc-run-") as tmp:
@@ -434,6 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except PlancError as e:
         print(render(e.diagnostic, {}), file=sys.stderr)
+        return EXIT_FAIL
+    except RuntimeRefusal as e:
+        print(f"error[R003]: the runtime cannot run this plan: {e}\n  = hint: the verifier "
+              "proved it, so this is a gap between the two; please report it with the plan",
+              file=sys.stderr)
         return EXIT_FAIL
     except EnvironmentProblem as e:
         print(f"error[R002]: {e}\n  = hint: {e.hint}", file=sys.stderr)

@@ -133,8 +133,13 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
         zig = seq_sh.attention in ("ring", "gather")  # both lay chunks out zig-zag
-        out.append(_split_check(plan, "seq", w.seq or 0, "V207", 2 if zig else 1,
-                                " (zig-zag: 2 chunks per rank)" if zig else ""))
+        # decode: the prompt is what runs sequence-parallel (generated tokens are appended
+        # round-robin to the ranks' cache chunks), so the prompt length must divide
+        seq_len = w.context if w.phase == "decode" else (w.seq or 0)
+        out.append(_split_check(plan, "seq", seq_len, "V207", 2 if zig else 1,
+                                (" (zig-zag: 2 chunks per rank)" if zig else "")
+                                + (" (the decode prompt, context)" if w.phase == "decode"
+                                   else "")))
     lay = plan.shard_of("layers")
     if lay is not None and not lay.stages:
         out.append(_split_check(plan, "layers", m.layers, "V208"))
