@@ -1,5 +1,5 @@
 """Helpers for the reliability tests: run planc in-process or as a real process, bound a case's
-time, and look at the processes a run left behind (through /proc: no psutil needed)."""
+time, and tell whether a process is still alive (through /proc: no psutil needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +44,9 @@ def planc(*args: object) -> Result:
 def planc_process(*args: object, timeout: float = 120, env: dict[str, str] | None = None,
                   cwd: Path = ROOT) -> Result:
     """`python -m planc ARGS` as a real process (what a user or CI runs)."""
-    p = subprocess.run([sys.executable, "-m", "planc", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    p = subprocess.run([sys.executable, "-m", "planc", *map(str, args)], check=False,
+                       capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
+                       stdin=subprocess.DEVNULL)
     return Result(p.returncode, p.stdout, p.stderr)
 
 
@@ -83,33 +84,6 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")  # a zombie has exited
 
 
-def descendants(root: int) -> set[int]:
-    """Every live process whose ancestry leads to `root`."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parent[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    for pid in parent:
-        p = pid
-        while p in parent and p not in (0, 1):
-            p = parent[p]
-            if p == root:
-                found.add(pid)
-                break
-    return {p for p in found if alive(p)}
-
-
-def python_children_of_session(sid: int) -> list[int]:
-    """Live processes of a session (torchrun starts its workers in sessions of their own)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-                out.append(int(entry.name))
-    return out
-
-
 def write(path: Path, data: str | bytes) -> Path:
     if isinstance(data, bytes):
         path.write_bytes(data)
@@ -124,5 +98,3 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def args_of(*parts: Sequence[object]) -> list[str]:
-    return [str(p) for part in parts for p in part]
