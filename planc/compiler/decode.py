@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.ir import Buffer, Collective, DeviceClass, Op, PlacementGraph, TensorShard
+from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims, layer_program, peak_live
 

@@ -280,7 +280,6 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
-    b_local = cdiv(w.batch, deg.dp)
     ops_spec, bufs_spec = layer_program(ld, mode, deg.sp, deg.hd)
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)

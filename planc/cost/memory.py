@@ -172,7 +172,7 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     if d.experts == 0:
         f = d.ffn
         i_gu = op("gate_up_proj", 2 * T * h * 2 * f, (T * h + 2 * h * f + 2 * T * f) * e)
-        i_act = op("silu_mul", 5 * T * f, 3 * T * f * e)
+        op("silu_mul", 5 * T * f, 3 * T * f * e)  # in place on gate_up
         i_down = op("down_proj", 2 * T * f * h, (T * f + f * h + T * h) * e)
         buf("mlp_norm_out", T * h * e, i_norm2, i_gu)
         buf("gate_up", 2 * T * f * e, i_gu, i_down)

@@ -216,8 +216,7 @@ def _maximise(plan: PlanSpec, field: str, step: int, limit: int) -> tuple[PlanSp
     def at(k: int) -> PlanSpec:
         return _with_workload(plan, **{field: k * step})
 
-    ok, g = _screen(at(1))
-    if not ok:
+    if not _screen(at(1))[0]:
         return None
     lo, hi = 1, 2
     while hi * step <= limit and _screen(at(hi))[0]:
