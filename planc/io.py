@@ -24,10 +24,22 @@ class OutputError(PlancError, OSError):
         self.errno, self.strerror, self.filename = err.errno, reason, str(path)
 
 
+def _mode_for(p: Path) -> int:
+    """Keep an existing file's permissions; a new file gets 0666 minus the umask, as open()
+    would give it (mkstemp's 0600 would make reports unreadable to others)."""
+    try:
+        return p.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     try:
+        mode = _mode_for(p)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise OutputError(path, e) from None
@@ -36,6 +48,7 @@ def write_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException as e:
         try:
