@@ -676,7 +676,9 @@ def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
     value = q.number.value * scale
     # No limit is below one byte, and a percentage under 0.01% of a device's memory (>= 1 MiB)
     # would round to a zero-byte limit.
-    smallest = {"bytes": 1, "count": 1, "percent": Fraction(1, 100)}.get(dim, MIN_ANY)
+    floors: dict[str, Fraction] = {"bytes": Fraction(1), "count": Fraction(1),
+                                   "percent": Fraction(1, 100)}
+    smallest = floors.get(dim, MIN_ANY)
     if value < smallest:
         v._err("E023", f"`require {metric}` needs a positive value"
                + (f" of at least {float(smallest):g}" if smallest >= MIN_ANY * 10 else "")
