@@ -181,7 +181,7 @@ def _last_line(text: str) -> tuple[int, int]:
 
 
 def _bad_character(e: UnexpectedCharacters, text: str, path: str) -> PlancError:
-    pos = e.pos_in_stream
+    pos = e.pos_in_stream or 0
     ch = text[pos] if pos < len(text) else "?"
     prev = text[pos - 1 : pos]
     shown = repr(ch)
