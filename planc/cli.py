@@ -383,8 +383,17 @@ def _with(cfg, **changes):  # type: ignore[no-untyped-def]
 def _run_text(m: dict[str, Any]) -> str:
     from planc.compiler.units import human_bytes
 
-    lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, "
-             f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward {m.get('time_s', 0) * 1e3:.2f} ms)"]
+    if m.get("tpot_ms") is not None or m.get("ttft_ms") is not None:
+        match = m.get("matches_reference")
+        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, decode: "
+                 f"TTFT {m.get('ttft_ms', 0):.2f} ms, TPOT {m.get('tpot_ms') or 0:.3f} ms, "
+                 f"{m.get('output_tokens_per_s', 0):,.0f} output tokens/s"
+                 + ("" if match is None else
+                    f"; tokens {'equal' if match else 'DIFFER from'} Hugging Face generate")]
+    else:
+        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, "
+                 f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward "
+                 f"{m.get('time_s', 0) * 1e3:.2f} ms)"]
     if m.get("max_rel_error") is not None:
         lines.append(f"  against the Hugging Face reference: max abs error "
                      f"{m['max_abs_error']:.3g}, max rel error {m['max_rel_error']:.3g}")

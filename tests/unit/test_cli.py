@@ -135,3 +135,15 @@ def test_syntax_errors_in_check_show_the_source_line(tmp_path, capsys):
     f.write_text("model m {\n  layers\n}\n")
     code, out, _ = run(["check", f], capsys)
     assert code == 1 and "2 |   layers" in out and "^" in out
+
+
+def test_run_text_reports_decode_metrics():
+    from planc.cli import _run_text
+
+    text = _run_text({"plan": "p", "world_size": 2, "device": "cpu", "ttft_ms": 12.5,
+                      "tpot_ms": 3.25, "output_tokens_per_s": 100.0, "matches_reference": False,
+                      "ranks": []})
+    assert "TTFT 12.50 ms" in text and "TPOT 3.250 ms" in text and "DIFFER" in text
+    prefill = _run_text({"plan": "p", "world_size": 2, "device": "cpu", "tokens_per_s": 10.0,
+                         "time_s": 0.5, "ranks": []})
+    assert "10 tokens/s (forward 500.00 ms)" in prefill
