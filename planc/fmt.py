@@ -27,7 +27,7 @@ from typing import IO
 from lark import Lark, Token
 
 from planc.grammar import ast
-from planc.grammar.parse import decode_source, parse_text
+from planc.grammar.parse import clean_text, decode_source, parse_text
 
 INDENT = "  "
 
@@ -228,7 +228,7 @@ def format_tree(tree: ast.PlanFile, found: list[tuple[int, int, str]]) -> str:
 
 def format_text(text: str, path: str = "<input>") -> str:
     """The canonical layout of a .plan source; raises PlancError at the first syntax error."""
-    text = decode_source(text.encode("utf-8"), path)
+    text = clean_text(text, path)
     tree = parse_text(text, path)
     return format_tree(tree, comments(text))
 
@@ -268,8 +268,11 @@ def format_paths(paths: list[str], check: bool = False, diff: bool = False,
         before = ""
         try:
             if name == "-":
-                raw = (stdin or sys.stdin).read()
-                before = decode_source(raw.encode("utf-8"), "<stdin>")
+                data = (stdin or getattr(sys.stdin, "buffer", sys.stdin)).read()
+                if isinstance(data, str):
+                    data = data.encode("utf-8", "surrogateescape")
+                raw = data.decode("utf-8", errors="replace")
+                before = decode_source(data, "<stdin>")
             else:
                 raw = f.read_bytes().decode("utf-8", errors="replace") if f.is_file() else ""
                 before = read_source(f)

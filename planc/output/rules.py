@@ -13,7 +13,7 @@ RULES: dict[str, tuple[str, str]] = {
     "P001": ("UnreadableFile", "The file does not exist, is a directory or cannot be read."),
     "P002": ("InvalidUtf8", "The file is not valid UTF-8."),
     "P003": ("NulByte", "The file contains a NUL byte."),
-    "P004": ("FileTooLarge", "The file is larger than the 4 MiB limit for a plan."),
+    "P004": ("FileTooLarge", "The file is larger than the 256 KiB limit for a plan."),
     "P005": ("NoPlanFiles", "No .plan files were found under the paths given."),
     "P006": ("LineTooLong", "A line is longer than 10,000 characters."),
     "P100": ("UnexpectedCharacter", "A character that cannot start any token."),
@@ -103,6 +103,7 @@ RULES: dict[str, tuple[str, str]] = {
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),
     "U002": ("InternalError", "planc failed: a bug in planc, not in the plan."),
+    "U003": ("CannotWrite", "An output file (-o, fmt) cannot be written."),
     # R: running a plan
     "R001": ("RunFailed", "The launched program failed, timed out or lost a rank."),
     "R002": ("Environment", "The environment lacks something a command needs (torch, GPUs)."),

@@ -297,6 +297,7 @@ def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[O
     for r in plan.requires:
         if r.metric == "memory":
             lim = (int(r.value * cap / 100) if r.unit == "percent" else int(r.value))
+            lim = max(1, lim)  # a limit that rounds to 0 bytes still divides the ratio below
             limits.append((f"require memory {r.op} {r.text}", lim, "V401", r.span))
     for cls in graph.classes:
         peak = cls.memory["peak"]

@@ -326,7 +326,12 @@ def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _nearest_devices(plan: PlanSpec, solver: SolverConfig) -> int | None:
+NEAREST_BUDGET_S = 1.5  # the hint is a courtesy: never let it hang a check
+
+
+def _nearest_devices(plan: PlanSpec, solver: SolverConfig, deadline: float) -> int | None:
+    import time
+
     count = plan.cluster.count
     candidates = list(range(count + 1, 2 * count + 1)) if count <= 256 else []
     n = count * 2
@@ -334,6 +339,8 @@ def _nearest_devices(plan: PlanSpec, solver: SolverConfig) -> int | None:
         candidates.append(n)
         n *= 2
     for n in candidates:
+        if time.monotonic() > deadline:
+            return None
         cl = replace(plan.cluster, count=n)
         best, _, _ = search(replace(plan, cluster=cl), solver, n)
         if best is not None:
@@ -377,14 +384,19 @@ def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # 
                     "change one of the lines below",
                     tuple(Related(sp, text) for sp, text in spans[1:]))
         return
+    import time
+
+    deadline = time.monotonic() + NEAREST_BUDGET_S
     hints = []
-    n = _nearest_devices(plan, cfg) if _mesh_holes(plan) else None
+    n = _nearest_devices(plan, cfg, deadline) if _mesh_holes(plan) else None
     if n is not None:
         hints.append(f"needs at least {n} devices (the cluster has {plan.cluster.count})")
     if plan.workload.batch is not None:
         b_best = 0
         cands, _ = _enumerate(_with_workload(plan, batch=None), plan.cluster.count, cfg)
         for values in cands[:200]:
+            if time.monotonic() > deadline:
+                break
             cp = _concrete(_with_workload(plan, batch=None), values)
             step = cp.degree("batch") * (cp.shard_of("layers").microbatches  # type: ignore[union-attr]
                                          if cp.shard_of("layers") else 1)
