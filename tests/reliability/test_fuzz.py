@@ -262,6 +262,7 @@ def test_infeasible_holes_are_answered_in_bounded_time(tmp: Path) -> None:
             "  workload w\n  mesh tp=?\n  require activations >= 1 GB\n}\n")
     f = tmp / "holes.plan"
     f.write_text(text)
-    with time_limit(5, "synthesis of an infeasible plan"):
+    # not a speed test: it used to search for 15 minutes; any answer within a minute will do
+    with time_limit(60, "synthesis of an infeasible plan"):
         r = planc("check", f, *SOLVER)
     assert r.code == 1 and "E093" in r.out
