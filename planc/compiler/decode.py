@@ -22,12 +22,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
+from planc.compiler.lower import Degrees, cdiv, microbatches, moe_all_to_all
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims, layer_program, peak_live
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def prompt_plan(plan: PlanSpec) -> PlanSpec:
@@ -43,8 +40,6 @@ def kv_length(plan: PlanSpec) -> int:
 
 
 def decode_dims(plan: PlanSpec) -> LocalDims:
-    from planc.compiler.lower import Degrees, microbatches, moe_all_to_all
-
     m, w = plan.model, plan.workload
     deg = Degrees.of(plan)
     assert w.batch is not None
@@ -64,8 +59,6 @@ def decode_dims(plan: PlanSpec) -> LocalDims:
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
     """K and V for every cached position of the rank's sequences, for its stage's layers."""
     d = decode_dims(plan)
-    from planc.compiler.lower import Degrees
-
     b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).dp)
     return n_layers * 2 * b_local * kv_length(plan) * d.kv_heads * d.head_dim * d.elem
 
@@ -160,8 +153,6 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
 
 def _tokens_of(graph: PlacementGraph, plan: PlanSpec) -> int:
     """Tokens of one prefill microbatch on one rank (what the prefill collectives carry)."""
-    from planc.compiler.lower import Degrees
-
     deg = Degrees.of(plan)
     b_local = cdiv(graph.batch, deg.dp)
     return cdiv(b_local, graph.microbatches) * _seq_local(plan)

@@ -77,6 +77,14 @@ def microbatches(plan: PlanSpec) -> int:
     return sh.microbatches if sh is not None and sh.microbatches else 1
 
 
+def seq_chunk_step(plan: PlanSpec) -> int:
+    """What a sequence length must be a multiple of: the sequence degree, twice it when ring or
+    gather attention lays chunks out zig-zag (rank r holds chunks r and 2R-1-r)."""
+    sh = plan.shard_of("seq")
+    zigzag = sh is not None and sh.attention in ("ring", "gather")
+    return plan.degree("seq") * (2 if zigzag else 1)
+
+
 def attention_mode(plan: PlanSpec) -> str:
     sh = plan.shard_of("seq")
     return sh.attention if sh is not None and plan.degree("seq") > 1 else "local"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.lower import memory_by_class, microbatches
+from planc.compiler.lower import memory_by_class, microbatches, seq_chunk_step
 from planc.compiler.spec import PlanSpec
 
 LIMIT = 2**24  # search no further: a plan that fits beyond this has no practical limit
@@ -43,8 +43,7 @@ def _largest(plan: PlanSpec, step: int, with_value) -> dict[str, int]:  # type: 
 def headroom(plan: PlanSpec) -> dict[str, dict[str, int]]:
     """{"batch": {class: largest batch}, "seq": {class: longest seq}} at the plan's other values."""
     b_step = plan.degree("batch") * microbatches(plan)
-    seq_sh = plan.shard_of("seq")
-    s_step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention in ("ring", "gather") else 1)
+    s_step = seq_chunk_step(plan)
 
     def with_batch(p: PlanSpec, b: int) -> PlanSpec:
         return replace(p, workload=replace(p.workload, batch=b))

@@ -21,7 +21,7 @@ from math import prod
 import z3
 
 from planc.compiler.check_structure import check_structure
-from planc.compiler.lower import lower, memory_by_class
+from planc.compiler.lower import lower, memory_by_class, seq_chunk_step
 from planc.compiler.spec import PlanSpec
 from planc.cost.time import rates_of, step_estimate
 from planc.diagnostics import Diagnostics, Related, Span
@@ -162,7 +162,7 @@ def _microbatch_options(plan: PlanSpec) -> list[int | None]:
     if plan.workload.batch is None:
         return [1, 2, 4, 8, 16, 32, 64]
     local = plan.workload.batch // max(1, plan.degree("batch"))
-    return [d for d in range(1, local + 1) if local % d == 0] if local else [1]
+    return encode._divisors(local) if local else [1]
 
 
 def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
@@ -246,8 +246,7 @@ def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
             return got
         plan = _with_workload(plan, seq=None)
     if plan.workload.seq is None:
-        seq_sh = plan.shard_of("seq")
-        step = plan.degree("seq") * (2 if seq_sh is not None and seq_sh.attention in ("ring", "gather") else 1)
+        step = seq_chunk_step(plan)
         return _maximise(plan, "seq", step, SEQ_LIMIT)
     ok, g = _screen(plan)
     return (plan, g) if ok else None
