@@ -113,14 +113,15 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         # runtime/seq_attention.py: K and V stacked [2T, K] and a receive buffer posted while
         # steps remain; step 0 (the own block, T rows) makes its output in e and a float32 copy
         # that becomes the accumulator; a later zig-zag block has T rows and T/2 keys or T/2
-        # rows: its output (e + float32) merges into the accumulator; then the accumulator is
-        # cast to e. With grouped-query attention each block repeats K/V to the query heads.
+        # rows: its output (in e) merges into the accumulator; then the accumulator is cast to
+        # e. With grouped-query attention each block repeats K/V to the query heads.
         attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
         # step 0 writes its output in e and copies it to float32; each later step writes a
-        # block output (e, then float32) and merges it into the float32 accumulator (read
-        # both, write one): the bytes the implementation moves beyond the kernels' own
+        # block output in e, and the merge scales the float32 accumulator (read, write) and
+        # adds the block times its weight (read both, write): the bytes the implementation
+        # moves beyond the kernels' own
         step0_extra = T * Q * (e + e + 4)
-        steps_extra = (sp - 1) * T * Q * (e + e + 4 + 3 * 4)
+        steps_extra = (sp - 1) * T * Q * (e + 2 * 4 + 4 + e + 4)
         # kv_len is one block here: the own block is causal (half its scores), and each of the
         # sp - 1 blocks that arrive is half visible under zig-zag: sp x the own block's work
         i_s0 = op("attention_ring_step0", score_flops, attn_bytes + step0_extra)
@@ -134,7 +135,7 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("ring_block_kv_repeat", rep, i_s0, i_sn)
         buf("ring_acc_out", T * Q * 4, i_s0, i_attn)
         buf("ring_acc_lse", lse, i_s0, i_sn)
-        buf("ring_block_out", T * Q * (e + 4), i_sn, i_sn)
+        buf("ring_block_out", T * Q * e, i_sn, i_sn)
         buf("ring_block_lse", lse, i_sn, i_sn)
         first_attn = i_s0
     else:

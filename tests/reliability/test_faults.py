@@ -105,6 +105,23 @@ def test_a_rank_that_hangs_times_the_collective_out_and_the_run_ends(tmp_path):
     assert_no_orphans(tmp_path)
 
 
+def test_a_run_past_its_timeout_shows_each_ranks_stack_and_cleans_up(tmp_path):
+    # Both ranks hang in run(), after the temporary checkpoint is written and loaded. planc
+    # run's own timeout stops them with SIGTERM: each rank dumps its stack into its log (shown
+    # in the error) and leaves through main()'s finally, so its process group is destroyed and
+    # the checkpoint removed.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code, text, _ = finish(start(tmp_path, "hangrun:all", "--timeout", "60", TMPDIR=str(tmp)),
+                           200)
+    assert code == 2, text
+    assert "timed out after 60 s" in text
+    assert "(most recent call first)" in text and "sitecustomize.py" in text  # where it hung
+    assert destroyed(tmp_path) == {0, 1}
+    assert not list(tmp.glob("planc-weights-*")), "the temporary checkpoint outlived the run"
+    assert_no_orphans(tmp_path)
+
+
 def test_a_rank_killed_with_sigkill_is_reported_and_nothing_is_left(tmp_path):
     code, text, _ = finish(start(tmp_path, "kill:1", "--timeout", "150"), 200)
     assert code == 2, text

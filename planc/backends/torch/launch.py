@@ -215,7 +215,7 @@ def run_program(
         except subprocess.TimeoutExpired:
             _stop(proc)
             tails = "\n".join(
-                f"-- local rank {lr} stderr:\n{_tail(p, 8)}" for lr, p in _rank_logs(logs).items()
+                f"-- local rank {lr} stderr:\n{_tail(p, 16)}" for lr, p in _rank_logs(logs).items()
             )
             raise LaunchError(
                 f"{program_path}: timed out after {timeout_s:g} s on node "

@@ -6,6 +6,8 @@ hook. It reads:
                                           runtime's init: the process group, the mesh and its
                                           groups exist; the next collective (gathering where
                                           the checkpoint is) waits for every rank
+  PLANC_FAULT=hangrun:R                   hang in program.run instead: the checkpoint is
+                                          written and the shards are loaded
   PLANC_FAULT_DIR=DIR                     each rank writes DIR/pid.R at start-up and
                                           DIR/destroyed.R when it destroys its process group
   PLANC_FAULT_PG_TIMEOUT_S=S              the collective timeout (the program's is 600 s)
@@ -39,7 +41,7 @@ def _inject() -> None:
         return
     if kind == "raise":
         raise RuntimeError(f"injected fault on rank {RANK}")
-    if kind == "hang":
+    if kind in ("hang", "hangrun"):
         while True:
             time.sleep(1)
     if kind == "kill":
@@ -54,7 +56,12 @@ def _patch(runtime_dist) -> None:  # type: ignore[no-untyped-def]
 
     def faulty_init(*args, **kwargs):  # type: ignore[no-untyped-def]
         ctx = rank_init(*args, **kwargs)
-        _inject()
+        if FAULT.startswith("hangrun:"):
+            # The emitted program imported `program` before main(); it calls program.run.
+            program = sys.modules["planc.backends.torch.runtime.program"]
+            program.run = lambda *a, **k: _inject()
+        else:
+            _inject()
         return ctx
 
     def marked_destroy(*args, **kwargs):  # type: ignore[no-untyped-def]

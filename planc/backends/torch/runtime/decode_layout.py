@@ -68,6 +68,55 @@ def step_slots(cfg: RunConfig, prompt_positions: list[int], sp: int, part: int, 
     return Slots([position], None, slot)
 
 
+def pipeline_rounds(microbatches: int, steps: int, stages: int) -> list[int]:
+    """The round in which the first stage runs each item i = t * microbatches + m of a
+    pipelined decode; stage k runs it in round rounds[i] + k.
+
+    Each round every stage runs at most one item, then exchanges with its neighbours in one
+    batched send/receive (decode_program): stage k's output reaches stage k + 1 for the next
+    round, and the last stage's token of item i reaches the first stage, which needs it for item
+    i + microbatches. So rounds[i] = max(rounds[i - 1] + 1, rounds[i - microbatches] + stages):
+    with microbatches >= stages the first stage never waits (rounds[i] = i); with fewer, each
+    step pays the pipeline's fill."""
+    rounds: list[int] = []
+    for i in range(microbatches * steps):
+        r = rounds[i - 1] + 1 if i else 0
+        if i >= microbatches:
+            r = max(r, rounds[i - microbatches] + stages)
+        rounds.append(r)
+    return rounds
+
+
+@dataclass(frozen=True)
+class Round:
+    """One stage in one round: the item it runs (or None), whether that item's output goes on
+    (to the next stage, or from the last stage back to the first as the input of item
+    run + microbatches), and the item whose input it receives in the round's exchange."""
+
+    run: int | None
+    send: bool
+    recv: int | None
+
+
+def stage_rounds(microbatches: int, steps: int, stages: int, stage: int) -> list[Round]:
+    """Every round of `stage` in a pipelined decode (pipeline_rounds), in order."""
+    first = pipeline_rounds(microbatches, steps, stages)
+    n, last = len(first), stages - 1
+    runs = {r + stage: i for i, r in enumerate(first)}
+    if stage > 0:  # the previous stage's output, for the same item
+        recvs = {r + stage - 1: i for i, r in enumerate(first)}
+    elif stages > 1:  # the last stage's tokens, for the same microbatch's next step
+        recvs = {r + last: i + microbatches for i, r in enumerate(first) if i + microbatches < n}
+    else:
+        recvs = {}
+    out = []
+    for rnd in range(first[-1] + stages):
+        i = runs.get(rnd)
+        send = i is not None and (stage < last or (stages > 1 and i + microbatches < n))
+        out.append(Round(i, send, recvs.get(rnd)))
+    return out
+
+
 def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int, int]:
     """(sequence part, local index) holding the prompt's last position context - 1."""
     for part, positions in enumerate(positions_of):

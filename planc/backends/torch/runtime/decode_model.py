@@ -64,12 +64,6 @@ class DecodeModel(nn.Module):
         self.holds_last = part == lay.part("seq")
         self.seq_group = ctx.dim_group("seq")
         self.last_src = with_index(cfg, lay.coords, lay.axes("seq"), part)
-        # Tokens go from the last stage back to the first on a process group of their own: with
-        # NCCL, point-to-point ops of one group and peer pair share one stream, so with two
-        # stages the hidden states going forward and the tokens coming back would queue behind
-        # each other in opposite orders on the two ranks and deadlock. Creating a group is
-        # collective: every rank builds exactly one DecodeModel, here.
-        self.token_group = dist.new_group() if lay.n_stages > 1 else None
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for kv in self.cache for t in kv)

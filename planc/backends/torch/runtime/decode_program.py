@@ -1,18 +1,21 @@
 """The steps of a generated decode program's main() (phase decode): load, run, report, as
 program.py's for prefill; emit.py imports this module as `program` when cfg.phase is decode.
 
-Schedule. Every rank walks the same items (step t, microbatch m) in the order t-major:
-(0, 0), (0, 1), ..., (1, 0), ... Step 0 is the prefill of the prompt, later steps one token per
-sequence (decode_layout). The first stage embeds the prompt (t = 0) or the tokens of (t - 1, m)
-that the last stage sent back; a middle stage receives the hidden state from the previous stage;
-the last stage takes the argmax of its logits and sends the token ids [rows] to the first stage
-(its peer with the same tensor / data / sequence coordinates), point-to-point on a process group
-of its own (decode_model.DecodeModel.token_group), so each channel carries its messages in item
-order on both ends. Each stage posts the receive of its next item before computing the current
-one and keeps at most two sends in flight. With p stages and m >= p microbatches the stages stay busy: while the last stage
-finishes (t, j) the first is already on (t + 1, i) for the i < j whose tokens came back; with
-m < p each step pays the pipeline's fill (p - m stage times idle per step). Without pipeline
-stages the argmax output is fed straight back.
+Schedule. Items are (step t, microbatch m), numbered i = t * microbatches + m. Step 0 is the
+prefill of the prompt, later steps one token per sequence (decode_layout). The schedule goes in
+rounds (decode_layout.pipeline_rounds): in each round every stage runs at most one item, then
+exchanges with its neighbours in one batch_isend_irecv: it sends the item's hidden state to the
+next stage (the last stage: the argmax token ids [rows] back to the first stage, its peer with
+the same tensor / data / sequence coordinates) and receives what its previous stage (the first
+stage: the last stage) ran in the same round. Both ends of every message are in the same
+round's batch and every rank walks the rounds in order, on one process group. That is what NCCL
+needs: a group's point-to-point ops run on one stream per rank, so an earlier schedule that let
+each stage post receives ahead and keep sends in flight, with the tokens on a second group,
+passed on gloo and deadlocked on NCCL (the stream waits of the sends and receives formed a
+cycle across the two ranks). With m >= p microbatches the stages stay busy: the first stage runs
+item i in round i and stage k in round i + k, so the token of item i is back in time for item
+i + m; with m < p each step pays the pipeline's fill (p - m rounds idle per step). Without
+pipeline stages the argmax output is fed straight back.
 
 Timing: each run starts after a barrier; TTFT is when a rank finished its step-0 items, latency
 when it finished all of them; both the slowest rank's (all_reduce MAX), so TTFT is the last
@@ -31,7 +34,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from planc.backends.torch import decode_metrics, metrics
-from planc.backends.torch.runtime.decode_layout import step_slots, token_holders
+from planc.backends.torch.runtime.decode_layout import (
+    stage_rounds,
+    step_slots,
+    token_holders,
+)
 from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
@@ -63,29 +70,6 @@ def _now(ctx: RankContext) -> float:
     return time.perf_counter()
 
 
-class _Sends:
-    """Point-to-point sends in flight (the tensors stay referenced until sent)."""
-
-    def __init__(self, limit: int = 2) -> None:
-        self.limit, self.items = limit, []  # type: ignore[var-annotated]
-
-    def post(self, t: Tensor, dst: int, group: dist.ProcessGroup | None = None) -> None:
-        while len(self.items) >= self.limit:
-            self._wait(self.items.pop(0))
-        op = dist.P2POp(dist.isend, t, dst, group)
-        self.items.append((t, dist.batch_isend_irecv([op])))
-
-    @staticmethod
-    def _wait(item: tuple[Tensor, list[dist.Work]]) -> None:
-        for w in item[1]:
-            w.wait()
-
-    def drain(self) -> None:
-        for item in self.items:
-            self._wait(item)
-        self.items.clear()
-
-
 def generate(
     ctx: RankContext, model: DecodeModel, prompt: Tensor | None, ropes: list[Rope]
 ) -> tuple[float, float, Tensor | None]:
@@ -94,62 +78,60 @@ def generate(
     nmb, r, steps = cfg.microbatches, lay.micro_rows, cfg.generate
     sp, part = lay.parts("seq"), lay.part("seq")
     slots = [step_slots(cfg, lay.positions, sp, part, t) for t in range(steps)]
-    n_stages = lay.n_stages
-    prev = None if lay.is_first_stage else lay.stage_peer(-1)
-    nxt = None if lay.is_last_stage else lay.stage_peer(+1)
-    back_from = lay.stage_peer(n_stages - 1) if lay.is_first_stage and n_stages > 1 else None
-    back_to = lay.stage_peer(1 - n_stages) if lay.is_last_stage and n_stages > 1 else None
-    items = [(t, m) for t in range(steps) for m in range(nmb)]
-
-    def post_recv(i: int) -> tuple[Tensor, list[dist.Work]] | None:
-        t, _ = items[i]
-        if prev is not None:
-            s = len(slots[t].positions)
-            buf = torch.empty((r, s, cfg.model.hidden), device=ctx.device, dtype=ctx.dtype)
-            src, group = prev, None
-        elif back_from is not None and t > 0:
-            buf = torch.empty(r, device=ctx.device, dtype=torch.long)
-            src, group = back_from, model.token_group
-        else:
-            return None
-        return buf, dist.batch_isend_irecv([dist.P2POp(dist.irecv, buf, src, group)])
+    p, k = lay.n_stages, lay.stage
+    prev = lay.stage_peer(-1) if k > 0 else None
+    nxt = lay.stage_peer(+1) if k < p - 1 else None
+    back_to = lay.stage_peer(1 - p) if k == p - 1 > 0 else None
+    back_from = lay.stage_peer(p - 1) if k == 0 < p - 1 else None
 
     tokens = None
     if lay.is_last_stage:
         tokens = torch.empty((len(lay.batch_rows), steps), device=ctx.device, dtype=torch.long)
-    sends = _Sends()
+    inbox: dict[int, Tensor] = {}  # item -> its received input (hidden state or token ids)
+    exchange: tuple[list[dist.P2POp], list[dist.Work]] = ([], [])
     ttft = 0.0
     start = _now(ctx)
-    pending = post_recv(0)
-    for i, (t, m) in enumerate(items):
-        rows = slice(m * r, (m + 1) * r)
-        if pending is not None:
-            x, works = pending
-            for w in works:
-                w.wait()
-            if prev is None:
-                x = x.view(r, 1)  # token ids sent back by the last stage
-        elif t == 0:
-            assert prompt is not None
-            x = prompt[rows]
-        else:  # one stage: the tokens it just chose
-            assert tokens is not None
-            x = tokens[rows, t - 1 : t]
-        pending = post_recv(i + 1) if i + 1 < len(items) else None
-        y = model(x, ropes[t], rows, slots[t], t == 0)
-        del x
-        if nxt is not None:
-            sends.post(y, nxt)
-        else:
-            assert tokens is not None
-            tok = model.next_tokens(y, t == 0)
-            tokens[rows, t] = tok
-            if back_to is not None and t + 1 < steps:
-                sends.post(tok, back_to, model.token_group)
-        del y
-        if t == 0 and m == nmb - 1:
-            ttft = _now(ctx) - start
-    sends.drain()
+    for rnd in stage_rounds(nmb, steps, p, k):
+        for w in exchange[1]:  # the last round's inputs are here and its sends are done
+            w.wait()
+        ops: list[dist.P2POp] = []
+        if rnd.run is not None:
+            t, m = divmod(rnd.run, nmb)
+            rows = slice(m * r, (m + 1) * r)
+            if k > 0:
+                x = inbox.pop(rnd.run)
+            elif t == 0:
+                assert prompt is not None
+                x = prompt[rows]
+            elif p > 1:
+                x = inbox.pop(rnd.run).view(r, 1)  # token ids sent back by the last stage
+            else:  # one stage: the tokens it just chose
+                assert tokens is not None
+                x = tokens[rows, t - 1 : t]
+            y = model(x, ropes[t], rows, slots[t], t == 0)
+            del x
+            if nxt is None:
+                assert tokens is not None
+                y = tokens[rows, t] = model.next_tokens(y, t == 0)
+            if rnd.send:
+                ops.append(dist.P2POp(dist.isend, y, nxt if nxt is not None else back_to))
+            del y
+            if t == 0 and m == nmb - 1:
+                ttft = _now(ctx) - start
+        if rnd.recv is not None:
+            if k > 0:
+                n = len(slots[rnd.recv // nmb].positions)
+                buf = torch.empty((r, n, cfg.model.hidden), device=ctx.device, dtype=ctx.dtype)
+            else:
+                buf = torch.empty(r, device=ctx.device, dtype=torch.long)
+            inbox[rnd.recv] = buf
+            ops.append(dist.P2POp(dist.irecv, buf, prev if k > 0 else back_from))
+        # Both ends of every message put it in the same round's batch, and every rank walks the
+        # rounds in order: one process group, no ordering between channels to get wrong (NCCL
+        # runs a group's point-to-point ops on one stream; see the module docstring).
+        exchange = (ops, dist.batch_isend_irecv(ops) if ops else [])
+    for w in exchange[1]:
+        w.wait()
     return ttft, _now(ctx) - start, tokens
 
 

@@ -8,7 +8,9 @@ every group, in the same order.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -82,6 +84,7 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
             f"launched with {world} processes but the plan's mesh {list(cfg.mesh)} has "
             f"{cfg.world_size} ranks: run torchrun --nproc-per-node {cfg.world_size} (one node)"
         )
+    exit_on_sigterm()
     timeout = timedelta(seconds=timeout_s)
     if device == "cuda":
         # NVLink multicast stays off (it can take a shared host's GPUs out of service); NCCL
@@ -103,6 +106,20 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
     for axes in combined_groups(cfg):
         ctx.group(axes)
     return ctx
+
+
+def exit_on_sigterm() -> None:
+    """A rank stopped with SIGTERM (planc run's timeout, or torchrun stopping the others after
+    one failed) writes where every thread was to its log, which the launcher's error shows, and
+    leaves through main()'s `finally`: its process group is destroyed and a temporary
+    checkpoint removed. A rank stuck inside a C++ call gets the stack but leaves only at the
+    launcher's SIGKILL, a grace period later."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
 
 
 def combined_groups(cfg: RunConfig) -> list[tuple[str, ...]]:

@@ -25,15 +25,24 @@ the same (R-1) * 2 * batch * kv_heads * s_local * head_dim * elem_bytes, but eve
 the whole K/V (R times the local K/V memory) and does not overlap communication with compute.
 
 Which kernel computes a block's (out, lse), chosen by `lse_backend`:
-- CUDA, fp16/bf16, head_dim % 8 == 0 and <= 256: `aten._scaled_dot_product_flash_attention`;
+- CUDA, fp16/bf16, head_dim % 8 == 0 and <= 128, cuDNN attention enabled:
+  `aten._scaled_dot_product_cudnn_attention` (compute_log_sumexp=True), the kernel SDPA itself
+  picks on Hopper for these shapes, so a ring block runs at one GPU's SDPA rate (the flash
+  kernel below reached about 60% of it on an H200, which capped the ring at 58% of the ideal);
+- CUDA, fp16/bf16, head_dim % 8 == 0 and <= 256 otherwise: `aten._scaled_dot_product_flash_attention`;
 - CUDA otherwise (e.g. float32): `aten._scaled_dot_product_efficient_attention`
   (compute_log_sumexp=True; its lse is padded to a multiple of 32 rows and is cut);
 - CPU: `aten._scaled_dot_product_flash_attention_for_cpu` when the op exists;
 - "explicit": float32 matmul + logsumexp + softmax, used when no fused op exists or a fused op
   raises (a warning is issued once).
-All of them return the natural-log LSE per query row. On an H100 with torch 2.11 the flash
-(bf16/fp16) and efficient (float32) LSEs matched the explicit kernel to < 1e-6 relative, with
-GQA, causal diagonal blocks and sq != sk; CPU tests cover "cpu_flash" and "explicit".
+All of them return the natural-log LSE per query row (cuDNN's as [b, h, s, 1], reshaped). The
+flash (bf16/fp16) and efficient (float32) LSEs matched the explicit kernel to < 1e-6 relative on
+an H100 (GQA, causal diagonal blocks, sq != sk); benchmarks/kernel_check.py compares every CUDA
+backend with the explicit kernel on the GPU machine; CPU tests cover "cpu_flash" and "explicit".
+
+Merging. A block's output stays in the kernel's dtype; the float32 accumulator takes it in two
+passes (scale by exp(lse - new_lse), add block x exp(block_lse - new_lse)), without a float32
+copy of the block: 8 + 2e bytes per element beyond the kernel's own, against 32 + 2e before.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-Backend = str  # "auto" | "flash" | "efficient" | "cpu_flash" | "explicit"
+Backend = str  # "auto" | "cudnn" | "flash" | "efficient" | "cpu_flash" | "explicit"
 _warned: set[str] = set()
 
 
@@ -94,11 +103,14 @@ def positions_for_rank(seq: int, rank: int, world: int, zigzag: bool) -> torch.T
 
 
 def lse_backend(q: torch.Tensor) -> Backend:
-    """The fused kernel `attention_with_lse` uses for tensors like q (see module docstring)."""
+    """The fused kernel `attention_block` uses for tensors like q (see module docstring)."""
     if q.is_cuda:
         d = q.shape[-1]
-        if q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256:
-            return "flash"
+        if q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0:
+            if d <= 128 and torch.backends.cuda.cudnn_sdp_enabled():
+                return "cudnn"
+            if d <= 256:
+                return "flash"
         return "efficient"
     if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
         return "cpu_flash"
@@ -124,7 +136,7 @@ def explicit_attention_with_lse(
     return out, lse
 
 
-def attention_with_lse(
+def attention_block(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -135,32 +147,52 @@ def attention_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T * scale [+ causal mask]) v for one block, and the LSE of each query row.
 
-    Returns (out float32 [b, h, sq, d], lse float32 [b, h, sq]). k/v may have fewer heads (GQA).
-    causal is only used for square diagonal blocks, where top-left alignment is the right one.
+    Returns (out [b, h, sq, d] in the kernel's dtype: q's for the fused kernels, float32 for the
+    explicit one; lse float32 [b, h, sq]). k/v may have fewer heads (GQA). causal is only used
+    for square diagonal blocks, where top-left alignment is the right one.
     """
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     name = lse_backend(q) if backend == "auto" else backend
     try:
+        if name == "cudnn":
+            res = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                q, k, v, None, True, 0.0, causal, False, scale=scale
+            )
+            return res[0], res[1].reshape(q.shape[:3]).float()
         if name == "flash":
             res = torch.ops.aten._scaled_dot_product_flash_attention(
                 q, k, v, 0.0, causal, False, scale=scale
             )
-            return res[0].float(), res[1].float()
+            return res[0], res[1].float()
         if name == "efficient":
             out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
                 q, k, v, None, True, 0.0, causal, scale=scale
             )
-            return out.float(), lse[..., : q.shape[2]].float()
+            return out, lse[..., : q.shape[2]].float()
         if name == "cpu_flash":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, v, 0.0, causal, scale=scale
             )
-            return out.float(), lse.float()
+            return out, lse.float()
     except RuntimeError as err:  # unsupported shape/dtype for the fused kernel
         if name not in _warned:
             _warned.add(name)
             warnings.warn(f"{name} attention kernel failed ({err}); using the explicit kernel")
     return explicit_attention_with_lse(q, k, v, causal, scale)
+
+
+def attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    scale: float,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """attention_block with the output in float32: (out [b, h, sq, d], lse [b, h, sq])."""
+    out, lse = attention_block(q, k, v, causal=causal, scale=scale, backend=backend)
+    return out.float(), lse
 
 
 def merge_attention(
@@ -176,11 +208,12 @@ def merge_attention(
 def merge_attention_(
     out: torch.Tensor, lse: torch.Tensor, blk_out: torch.Tensor, blk_lse: torch.Tensor
 ) -> None:
-    """merge_attention in place: out and lse (views allowed) take the merged result; blk_out is
-    overwritten. Temporaries are [.., rows] vectors only, no second [.., rows, d] buffer."""
+    """merge_attention in place: out and lse (float32, views allowed) take the merged result.
+    blk_out may be 16-bit: it is read once, never copied to float32. Temporaries are
+    [.., rows] vectors only."""
     new_lse = torch.logaddexp(lse, blk_lse)
     out.mul_(torch.exp(lse - new_lse).unsqueeze(-1))
-    out.add_(blk_out.mul_(torch.exp(blk_lse - new_lse).unsqueeze(-1)))
+    out.addcmul_(blk_out, torch.exp(blk_lse - new_lse).unsqueeze(-1))
     lse.copy_(new_lse)
 
 
@@ -247,7 +280,7 @@ def ring_attention(
             )
         src = (rank - step) % world
         for rows, cols, blk_causal in _visible_blocks(rank, src, s_local, causal, zigzag):
-            blk_out, blk_lse = attention_with_lse(
+            blk_out, blk_lse = attention_block(
                 q[:, :, rows],
                 kv[0][:, :, cols],
                 kv[1][:, :, cols],
@@ -255,8 +288,8 @@ def ring_attention(
                 scale=scale,
                 backend=backend,
             )
-            if out is None:  # step 0 always covers every query row
-                out, lse = blk_out, blk_lse
+            if out is None:  # step 0 always covers every query row: the accumulators
+                out, lse = blk_out.float(), blk_lse
             else:
                 assert lse is not None
                 merge_attention_(out[:, :, rows], lse[:, :, rows], blk_out, blk_lse)

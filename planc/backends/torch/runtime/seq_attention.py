@@ -23,12 +23,12 @@ on CPU with the profiler's allocation timeline, world 2, GQA):
           size, posted before each step's compute while steps remain (the spent block is freed
           when the received one takes its place: at most 2 x [2T, K]*e live). Per visible block
           (query rows r <= T, keys c <= T): with grouped-query attention k and v repeated to
-          the query heads, 2 x [c, Q]*e, then the block kernel's out [r, Q] (float32; made in e
-          and copied to float32 when e is 16-bit) and lse [b, heads, r/b]*4, plus the kernel's
-          own workspace; the repeated k / v are freed after the kernel. The first (own) block's
-          out and lse become the accumulators [T, Q]*4 and [b, heads, s_local]*4; later blocks
-          merge into them in place (merge_attention_: besides the block, only [b, heads, r/b]*4
-          vectors) and are freed. After the last step the K/V buffer and the lse accumulator are
+          the query heads, 2 x [c, Q]*e, then the block kernel's out [r, Q]*e and lse
+          [b, heads, r/b]*4, plus the kernel's own workspace; the repeated k / v are freed after
+          the kernel. The first (own) block's out, copied to float32, and its lse become the
+          accumulators [T, Q]*4 and [b, heads, s_local]*4 (the e copy is freed); later blocks
+          merge into them in place (merge_attention_ reads the block in e; besides it, only
+          [b, heads, r/b]*4 vectors) and are freed. After the last step the K/V buffer and the lse accumulator are
           freed and the out accumulator is cast to e ([T, Q]*e; no copy in float32).
   gather: kv [T, 2K]*e -> the gathered [R*T, 2K]*e (gloo on CPU allocates two transient copies of
           it inside the collective; NCCL writes in place) -> kv freed -> the causal mask
