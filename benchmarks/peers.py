@@ -4,8 +4,13 @@
               RowwiseParallel) on the same Hugging Face Llama layers and input as planc's TP plan
   ring        planc's ring attention kernel on zig-zag chunks against the ideal: one GPU's causal
               SDPA time over the whole sequence divided by the ring size
+  ring64k     the same at 64k tokens
   a2a         all_to_all_single at the byte sizes of planc's expert dispatch and combine
               (tokens x top_k x hidden), as GB/s per GPU
+  eager_op    the time of one small eager op (launch + dispatch)
+  lse_kernels rank 0 alone: each CUDA block kernel of ring attention (cuDNN, flash, efficient)
+              against the explicit float32 kernel (max error of out and lse: GQA, causal
+              diagonal blocks, sq != sk) and timed on an 8k causal block against SDPA
 
     torchrun --nproc-per-node 2 benchmarks/peers.py --out peers.json [--small]
 Median of repeats with CUDA events after warm-up; the slowest rank's time. --small runs tiny
@@ -27,15 +32,22 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planc.backends.torch.runtime.ring_attention import ring_attention, zigzag_shard  # noqa: E402
+from planc.backends.torch.runtime.ring_attention import (  # noqa: E402
+    attention_block,
+    explicit_attention_with_lse,
+    ring_attention,
+    zigzag_shard,
+)
 
 
-def timeit(fn, dev: torch.device, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def timeit(fn, dev: torch.device, warmup: int, repeats: int, collective: bool = True) -> float:  # type: ignore[no-untyped-def]
+    """Median seconds of fn; with collective, the slowest rank's (every rank must call)."""
+    collective = collective and dist.is_initialized()
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if dist.is_initialized():
+        if collective:
             dist.barrier()
         if dev.type == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -49,7 +61,7 @@ def timeit(fn, dev: torch.device, warmup: int, repeats: int) -> float:  # type: 
             fn()
             times.append(time.perf_counter() - t)
     med = torch.tensor([statistics.median(times)], dtype=torch.float64, device=dev)
-    if dist.is_initialized():
+    if collective:
         dist.all_reduce(med, op=dist.ReduceOp.MAX)
     return float(med.item())
 
@@ -103,8 +115,8 @@ def dtensor_tp(dev, dtype, world, small, warmup, repeats) -> dict:  # type: igno
             "seq": seq, "time_s": t, "tokens_per_s": seq / t}
 
 
-def ring(dev, dtype, world, rank, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
-    heads, d, seq = (4, 16, 256) if small else (32, 128, 32768)
+def ring(dev, dtype, world, rank, small, warmup, repeats, seq=32768) -> dict:  # type: ignore[no-untyped-def]
+    heads, d, seq = (4, 16, 256) if small else (32, 128, seq)
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, heads, seq, d, device=dev, dtype=dtype) for _ in range(3))
     single = None
@@ -138,6 +150,39 @@ def ring(dev, dtype, world, rank, small, warmup, repeats) -> dict:  # type: igno
     return {"peer": "ideal ring: one GPU's causal SDPA / ring size", "seq": seq, "heads": heads,
             "single_gpu_sdpa_s": single, "ring_s": t_ring, "ideal_s": ideal,
             "efficiency": ideal / t_ring}
+
+
+def lse_kernels(dev, dtype, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    """Each block kernel against the explicit float32 one, then timed on one causal block."""
+    names = ("cudnn", "flash", "efficient") if dev.type == "cuda" else ("cpu_flash",)
+    torch.manual_seed(0)
+    cases = [  # (heads, kv_heads, sq, sk, causal)
+        (8, 2, 256, 256, True), (8, 8, 128, 256, False), (8, 8, 256, 128, False),
+        (32, 32, 512, 512, True),
+    ]
+    d = 16 if small else 128
+    out: dict = {"errors": {}, "times_s": {}}
+    for name in names:
+        worst_o = worst_l = 0.0
+        for h, kv, sq, sk, causal in cases:
+            q = torch.randn(1, h, sq, d, device=dev, dtype=dtype)
+            k, v = (torch.randn(1, kv, sk, d, device=dev, dtype=dtype) for _ in range(2))
+            o, lse = attention_block(q, k, v, causal=causal, scale=d**-0.5, backend=name)
+            rk, rv = (t.repeat_interleave(h // kv, dim=1) for t in (k, v))
+            ro, rl = explicit_attention_with_lse(q, rk, rv, causal, d**-0.5)
+            worst_o = max(worst_o, float((o.float() - ro).abs().max()))
+            worst_l = max(worst_l, float(((lse - rl).abs() / rl.abs().clamp_min(1)).max()))
+        out["errors"][name] = {"out_max_abs": worst_o, "lse_max_rel": worst_l}
+    s = 256 if small else 8192
+    q, k, v = (torch.randn(1, 32, s, d, device=dev, dtype=dtype) for _ in range(3))
+    f = torch.nn.functional.scaled_dot_product_attention
+    for name, fn in [("sdpa", lambda: f(q, k, v, is_causal=True))] + [
+        (n, lambda n=n: attention_block(q, k, v, causal=True, scale=d**-0.5, backend=n))
+        for n in names
+    ]:
+        out["times_s"][name] = timeit(fn, dev, warmup, repeats, collective=False)
+    out["block"] = f"[1, 32, {s}, {d}] causal, {dtype}"
+    return out
 
 
 def a2a(dev, dtype, world, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
@@ -175,7 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--modes", default="dtensor_tp,ring,a2a,eager_op")
+    ap.add_argument("--modes", default="dtensor_tp,ring,ring64k,a2a,eager_op,lse_kernels")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     a = ap.parse_args()
@@ -195,6 +240,12 @@ def main() -> None:
                 out[mode] = dtensor_tp(dev, dtype, world, a.small, a.warmup, a.repeats)
             elif mode == "ring":
                 out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats)
+            elif mode == "ring64k":
+                out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats, 65536)
+            elif mode == "lse_kernels":
+                if rank == 0:
+                    out[mode] = lse_kernels(dev, dtype, a.small, a.warmup, a.repeats)
+                dist.barrier()
             elif mode == "eager_op":
                 out[mode] = eager_op(dev, dtype, a.small, a.warmup, a.repeats)
             elif mode == "a2a":

@@ -36,9 +36,10 @@ Which kernel computes a block's (out, lse), chosen by `lse_backend`:
 - "explicit": float32 matmul + logsumexp + softmax, used when no fused op exists or a fused op
   raises (a warning is issued once).
 All of them return the natural-log LSE per query row (cuDNN's as [b, h, s, 1], reshaped). The
-flash (bf16/fp16) and efficient (float32) LSEs matched the explicit kernel to < 1e-6 relative on
-an H100 (GQA, causal diagonal blocks, sq != sk); benchmarks/kernel_check.py compares every CUDA
-backend with the explicit kernel on the GPU machine; CPU tests cover "cpu_flash" and "explicit".
+flash (bf16/fp16) and efficient (float32) LSEs matched the explicit kernel to < 1e-6 relative
+on an H100 (GQA, causal diagonal blocks, sq != sk); `benchmarks/peers.py --modes lse_kernels`
+compares every CUDA backend with the explicit kernel on the GPU machine; CPU tests cover
+"cpu_flash" and "explicit".
 
 Merging. A block's output stays in the kernel's dtype; the float32 accumulator takes it in two
 passes (scale by exp(lse - new_lse), add block x exp(block_lse - new_lse)), without a float32
