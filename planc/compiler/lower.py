@@ -205,6 +205,9 @@ def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list
       - the last stage's final norm makes a new [T, hidden]; with several microbatches they
         are copied into one preallocated output for the stage's rows;
       - RoPE cos / sin tables [seq_local, head_dim / 2] each; the cuBLAS workspace.
+    The prompt of a decode (phase prefill with generate > 0: decode.prompt_plan) runs in
+    decode_program's rounds instead: a stage posts its receive only after computing, and the
+    last stage keeps token ids, not the hidden outputs; so neither recv_next nor outputs.
     """
     m, w = plan.model, plan.workload
     assert w.batch is not None
@@ -212,17 +215,18 @@ def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list
     nmb = microbatches(plan)
     b_local = cdiv(w.batch, plan.degree("batch"))
     first, last = si == 0, si == n_stages - 1
+    rounds = w.generate > 0  # a decode's prompt (see above)
     out = [StageBuffer("residual", "activation", T * h * e),
            StageBuffer("rope_tables", "activation", 2 * ld.seq_q * (m.head_dim // 2) * e)]
     if first:
         per_elem = 8 if m.vocab else h * e  # int64 token ids, or embeddings
         out.append(StageBuffer("inputs", "io", b_local * ld.seq_q * per_elem))
-    if not first and nmb > 1:
+    if not first and nmb > 1 and not rounds:
         out.append(StageBuffer("recv_next", "communication", T * h * e))
     if not last and nmb > 1:
         out.append(StageBuffer("send_in_flight", "communication", T * h * e))
     if last:
-        if nmb > 1:
+        if nmb > 1 and not rounds:
             out.append(StageBuffer("outputs", "io", b_local * ld.seq_q * h * e))
         out.append(StageBuffer("final_norm_out", "activation", T * h * e, transient=True))
     ws = plan.cluster.device.workspace

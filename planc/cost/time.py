@@ -45,10 +45,9 @@ class Efficiency:
 
     gemm: float = 0.72
     attention: float = 0.59
-    # planc's ring attention kernel (zig-zag blocks, float32 log-sum-exp merges) measured
-    # against one GPU's causal SDPA by benchmarks/peers.py `ring`: 0.53 and 0.58 of the ideal
-    # in two runs (h200x2_peers_run*.json) -> 0.59 x 0.55
-    ring_attention: float = 0.32
+    # Ring attention's blocks run the same cuDNN kernel as SDPA (runtime/ring_attention.py), so
+    # their FLOPs go at `attention`; the log-sum-exp merges are separate passes over the float32
+    # accumulator, so a ring step's bytes add to its FLOP time instead of overlapping with it.
     hbm: float = 0.87
     link: float = 0.73
     collective_latency_s: float = 33e-6
@@ -123,8 +122,9 @@ def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill"
 
 def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) -> float:
     if name.startswith("attention_ring_step"):
-        rate = rates.compute * e.ring_attention
-    elif name.startswith("attention") and "cast" not in name:
+        return flops / (rates.compute * e.attention) + nbytes / (rates.hbm * e.hbm) \
+            + e.op_overhead_s
+    if name.startswith("attention") and "cast" not in name:
         rate = rates.compute * e.attention
     elif name.endswith("_proj") or name in ("router", "experts"):
         rate = rates.compute * e.gemm
