@@ -8,6 +8,10 @@
   a2a         all_to_all_single at the byte sizes of planc's expert dispatch and combine
               (tokens x top_k x hidden), as GB/s per GPU
   eager_op    the time of one small eager op (launch + dispatch)
+  l2_weights  rank 0 alone: a decode layer's four weight products (qkv, o, gate_up, down; batch
+              8, bf16) over weight sets from 19 MB to 537 MB, repeated back to back, in a CUDA
+              graph and eagerly: weight bytes per second, to see whether a set that fits the
+              60 MB L2 is read faster than HBM allows (what `fit cache` bets on)
   lse_kernels rank 0 alone: each CUDA block kernel of ring attention (cuDNN, flash, efficient)
               against the explicit float32 kernel (max error of out and lse: GQA, causal
               diagonal blocks, sq != sk) and timed on an 8k causal block against SDPA
@@ -147,9 +151,21 @@ def ring(dev, dtype, world, rank, small, warmup, repeats, seq=32768) -> dict:  #
         dist.broadcast_object_list(box, src=0)
     single = box[0]
     ideal = single / world
-    return {"peer": "ideal ring: one GPU's causal SDPA / ring size", "seq": seq, "heads": heads,
-            "single_gpu_sdpa_s": single, "ring_s": t_ring, "ideal_s": ideal,
-            "efficiency": ideal / t_ring}
+    out = {"peer": "ideal ring: one GPU's causal SDPA / ring size", "seq": seq, "heads": heads,
+           "single_gpu_sdpa_s": single, "ring_s": t_ring, "ideal_s": ideal,
+           "efficiency": ideal / t_ring}
+    if os.environ.get("PLANC_PEERS_PROFILE"):  # where a ring call's time goes, on rank 0
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                ring_attention(lq, lk, lv, None, causal=True, zigzag=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        out["profile_rank0"] = prof.key_averages().table(sort_by=key, row_limit=14)
+    return out
 
 
 def lse_kernels(dev, dtype, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
@@ -183,6 +199,41 @@ def lse_kernels(dev, dtype, small, warmup, repeats) -> dict:  # type: ignore[no-
         out["times_s"][name] = timeit(fn, dev, warmup, repeats, collective=False)
     out["block"] = f"[1, 32, {s}, {d}] causal, {dtype}"
     return out
+
+
+def l2_weights(dev, dtype, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
+    """Weight bytes read per second by a decode layer's products, graph-replayed and eager."""
+    hiddens = (64, 128) if small else (768, 1024, 1280, 1536, 2048, 4096)
+    iters = 4 if small else 50
+    rows = []
+    for h in hiddens:
+        torch.manual_seed(0)
+        shapes = [(3 * h, h), (h, h), (8 * h, h), (h, 4 * h)]  # qkv, o, gate_up, down
+        ws = [torch.randn(o, i, device=dev, dtype=dtype) for o, i in shapes]
+        xs = {i: torch.randn(8, i, device=dev, dtype=dtype) for _, i in shapes}
+        outs = [torch.empty(8, o, device=dev, dtype=dtype) for o, _ in shapes]
+        nbytes = sum(w.numel() * w.element_size() for w in ws)
+
+        def layer_loop() -> None:
+            for _ in range(iters):
+                for w, y in zip(ws, outs):
+                    torch.matmul(xs[w.shape[1]], w.t(), out=y)
+
+        row = {"hidden": h, "weight_bytes": nbytes, "iters": iters,
+               "eager_s": timeit(layer_loop, dev, warmup, repeats, collective=False) / iters}
+        if dev.type == "cuda":
+            layer_loop()  # warm cuBLAS before capture
+            torch.cuda.synchronize(dev)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                layer_loop()
+            row["graph_s"] = timeit(graph.replay, dev, warmup, repeats, collective=False) / iters
+        for k in ("eager_s", "graph_s"):
+            if k in row:
+                row[k.replace("_s", "_gb_per_s")] = nbytes / row[k] / 1e9
+        rows.append(row)
+        del ws, xs, outs
+    return {"peer": "a decode layer's weight products, batch 8", "rows": rows}
 
 
 def a2a(dev, dtype, world, small, warmup, repeats) -> dict:  # type: ignore[no-untyped-def]
@@ -242,6 +293,10 @@ def main() -> None:
                 out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats)
             elif mode == "ring64k":
                 out[mode] = ring(dev, dtype, world, rank, a.small, a.warmup, a.repeats, 65536)
+            elif mode == "l2_weights":
+                if rank == 0:
+                    out[mode] = l2_weights(dev, dtype, a.small, a.warmup, a.repeats)
+                dist.barrier()
             elif mode == "lse_kernels":
                 if rank == 0:
                     out[mode] = lse_kernels(dev, dtype, a.small, a.warmup, a.repeats)
