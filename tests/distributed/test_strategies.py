@@ -200,3 +200,35 @@ def test_layerwise_4_stages_int8_and_2_4_matches_compressed_hf(run_plan, tiny):
         + 4 * 2 * 64  # the two norms
     )
     assert [r["weight_bytes"] for r in m["ranks"]] == [layer] * 3 + [layer + 4 * 64]
+
+
+# --- eight ranks: the seeds' baseline tensor-parallel group and expert parallel at full width ----
+
+
+@pytest.mark.slow  # 8 processes on 2 cores
+def test_tensor_parallel_8_matches_hf(run_plan, tiny, tp):
+    """The seeds' baseline TP group: 8 heads and 8 kv heads, one of each per rank; ffn 128 in
+    slices of 16."""
+    cfg = tiny((("tp", 8),), tp("tp"), kv_heads=8, batch=2)
+    m = run_plan(cfg, "tp8", timeout_s=300)
+    assert_matches_reference(m, 8)
+    assert len({r["weight_bytes"] for r in m["ranks"]}) == 1  # every rank an equal slice
+
+
+@pytest.mark.slow  # 8 processes on 2 cores
+def test_expert_parallel_8_with_16_experts_top2_matches_hf_mixtral(run_plan):
+    """Issue 9's expert parallel: 16 experts, 2 per rank, top-2, one batch row per rank."""
+    model = ModelDims(ffn=MOE_FFN, experts=16, top_k=2, **MOE)  # type: ignore[arg-type]
+    cfg = RunConfig(model=model, mesh=(("ep", 8),), splits={"experts": ("ep",), "batch": ("ep",)},
+                    batch=8, seq=16, warmup=0, repeats=1)  # fmt: skip
+    m = run_plan(cfg, "ep8", timeout_s=300)
+    assert_matches_reference(m, 8)
+    attn = 4 * (64 * 64 + 2 * 32 * 64 + 64 * 64)
+    layer = attn + 4 * (16 * 64 + 2 * 64) + expert_bytes(2, MOE_FFN)
+    assert all(r["weight_bytes"] == 2 * layer + 4 * 64 for r in m["ranks"])
+
+
+@pytest.mark.slow  # 8 processes on 2 cores
+def test_ring_attention_8_zigzag_causal_matches_hf(run_plan, tiny):
+    cfg = tiny((("sp", 8),), {"seq": ("sp",)}, attention="ring", batch=1, seq=32)
+    assert_matches_reference(run_plan(cfg, "ring8", timeout_s=300), 8)
