@@ -116,6 +116,9 @@ def exit_on_sigterm() -> None:
     launcher's SIGKILL, a grace period later."""
 
     def stop(signum: int, frame: object) -> None:
+        # Once: torchrun forwards the launcher's SIGTERM, and a second SystemExit raised inside
+        # the `finally` would cut the clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
