@@ -122,6 +122,7 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "resident_before_forward": [r.get("resident_before_forward") for r in ranks],
         "weight_bytes": [r.get("weight_bytes") for r in ranks],
         "sdpa_backend": metrics.get("sdpa_backend"),
+        "ring_block_kernel": metrics.get("ring_block_kernel"),  # ring attention's block kernel
         "wall_s": metrics.get("wall_s"),
     })
     pk = [(m, p) for m, p in zip(rec["measured_peak"], rec["predicted_peak"]) if m]

@@ -95,9 +95,19 @@ def decode_table(runs: list[dict]) -> list[str]:
     return out
 
 
+def kernel(r: dict) -> str:
+    """SDPA's backend, or the ring's block kernel (runs before gpu_bench recorded it used the
+    kernel `lse_backend` picked then: cuDNN from h200x4_prefill_run6 on, flash before)."""
+    if r.get("ring_block_kernel"):
+        return f"ring: {r['ring_block_kernel']}"
+    if r["strategy"].startswith("ring"):
+        return "ring: flash" if r["_file"].startswith("h200x2_") else "ring: cudnn"
+    return r.get("sdpa_backend") or "-"
+
+
 def table(runs: list[dict]) -> list[str]:
     out = ["| plan | strategy | GPUs | tokens/s | measured ms | predicted ms | time err | "
-           "measured peak GB (max rank) | predicted peak GB | peak err | SDPA |",
+           "measured peak GB (max rank) | predicted peak GB | peak err | attention kernel |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown_records(runs):
         if "predicted_tpot_ms" in r:
@@ -113,7 +123,7 @@ def table(runs: list[dict]) -> list[str]:
             f"| {r['plan']} | {r['strategy']} | {r['gpus']} | {r['tokens_per_s']:,.0f} | "
             f"{r['measured_time_s'] * 1e3:.2f} | {r['predicted_time_s'] * 1e3:.2f} | "
             f"{r.get('time_error', 0) * 100:+.1f}% | {gb(mp)} | {gb(pp)} | "
-            f"{r.get('peak_error', 0) * 100:.1f}% | {r.get('sdpa_backend') or '-'} |")
+            f"{r.get('peak_error', 0) * 100:.1f}% | {kernel(r)} |")
     return out
 
 
