@@ -95,3 +95,13 @@ def test_config_errors_state_the_rule_and_the_numbers(tiny, mesh, splits, extra,
 
 def test_a_plain_tensor_parallel_config_has_no_errors(tiny, tp):
     assert config_errors(tiny((("tp", 4),), tp("tp"), kv_heads=2)) == []
+
+
+def test_ring_attention_plans_ask_for_one_cuda_work_queue(tiny, tp):
+    from planc.backends.torch.runtime.dist import cuda_env
+
+    ring = tiny((("sp", 2),), {"seq": ("sp",)}, attention="ring")
+    gather = tiny((("sp", 2),), {"seq": ("sp",)}, attention="gather")
+    assert cuda_env(ring) == {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    assert cuda_env(gather) == {}
+    assert cuda_env(tiny((("tp", 2),), tp("tp"))) == {}
