@@ -104,4 +104,7 @@ def test_ring_attention_plans_ask_for_one_cuda_work_queue(tiny, tp):
     gather = tiny((("sp", 2),), {"seq": ("sp",)}, attention="gather")
     assert cuda_env(ring) == {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     assert cuda_env(gather) == {}
+    decode = tiny((("sp", 2),), {"seq": ("sp",)}, attention="ring", phase="decode", context=16,
+                  generate=4, vocab=96)  # its steps were slower with one queue
+    assert cuda_env(decode) == {}
     assert cuda_env(tiny((("tp", 2),), tp("tp"))) == {}

@@ -117,13 +117,15 @@ def cuda_env(cfg: RunConfig) -> dict[str, str]:
     for its overlapped communication), so the next K/V block's NCCL send/receive, launched
     before the current block's attention, is dispatched first and keeps its few SMs instead of
     waiting behind the attention kernel. Measured on 4 H200s at 32k tokens: the ring kernel at
-    75% of the ideal against 62% (benchmarks/results/h200x4_ring_*_run9.json); other plans are
-    left as they were measured."""
+    75% of the ideal against 62% (benchmarks/results/h200x4_ring_*_run9.json). Prefill only: a
+    decode's steps (flash-decoding all-gathers) were 12-14% slower with it (TPOT 1.71 / 3.23
+    against 1.53 / 2.82 ms on 2 / 4 GPUs, experiment_h200x4_decode_ring_maxconn1_run10.json);
+    other plans are left as they were measured."""
     sp = 1
     for axis, size in cfg.mesh:
         if axis in cfg.splits.get("seq", ()):
             sp *= size
-    if cfg.attention == "ring" and sp > 1:
+    if cfg.attention == "ring" and sp > 1 and cfg.phase == "prefill":
         return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     return {}
 
