@@ -11,23 +11,9 @@ import pytest
 from planc.compiler.check_structure import check_structure
 from planc.diagnostics import Diagnostics
 from planc.pipeline import check_plan
-from tests.helpers import line_of, resolve_text
+from tests.helpers import CLUSTER, MODEL, line_of, resolve_text
 
-DENSE = """
-cluster c {
-  device H100 x 16
-  node 8
-}
-model m {
-  arch     llama
-  layers   16
-  hidden   4096
-  heads    32
-  kv_heads 8
-  head_dim 128
-  ffn      16384
-  dtype    bf16
-}
+DENSE = CLUSTER + MODEL + """
 workload w {
   batch 64
   seq   4096

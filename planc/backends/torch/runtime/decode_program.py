@@ -25,7 +25,6 @@ stage's first tokens. Metrics: decode_metrics.
 from __future__ import annotations
 
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import Rope, rope_tables
 from planc.backends.torch.runtime.model import weight_bytes
-from planc.backends.torch.weights import ShardReader
+from planc.backends.torch.runtime.program import load_with
 
 
 @dataclass
@@ -57,11 +56,7 @@ class DecodeResult:
 
 def load(ctx: RankContext, checkpoint: str) -> DecodeModel:
     """This rank's stage, lm_head and KV cache; memory peaks restart from here."""
-    with torch.inference_mode(), closing(ShardReader(checkpoint, ctx.device, ctx.dtype)) as rd:
-        model = load_decode(ctx, rd)
-    barrier(ctx)
-    metrics.reset_peaks(ctx)
-    return model
+    return load_with(ctx, checkpoint, load_decode)
 
 
 def _now(ctx: RankContext) -> float:

@@ -7,9 +7,10 @@ everything here only reads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,8 @@ from planc.backends.torch.runtime.model import StageModel, load_stage, weight_by
 from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader
 
+M = TypeVar("M")
+
 
 @dataclass
 class RunResult:
@@ -32,13 +35,19 @@ class RunResult:
     resident: int | None  # bytes allocated before the first forward (CUDA): weights + inputs
 
 
-def load(ctx: RankContext, checkpoint: str) -> StageModel:
-    """This rank's stage, shards only; memory peaks restart from here."""
+def load_with(ctx: RankContext, checkpoint: str, build: Callable[[RankContext, ShardReader], M]
+              ) -> M:
+    """What `build` makes of this rank's shards; every rank waits, then memory peaks restart."""
     with torch.inference_mode(), closing(ShardReader(checkpoint, ctx.device, ctx.dtype)) as rd:
-        model = load_stage(ctx, rd)
+        model = build(ctx, rd)
     barrier(ctx)
     metrics.reset_peaks(ctx)
     return model
+
+
+def load(ctx: RankContext, checkpoint: str) -> StageModel:
+    """This rank's stage, shards only; memory peaks restart from here."""
+    return load_with(ctx, checkpoint, load_stage)
 
 
 def run(ctx: RankContext, model: StageModel) -> RunResult:
