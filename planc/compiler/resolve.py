@@ -28,6 +28,7 @@ from planc.compiler.spec import (
 )
 from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of
 from planc.grammar import ast
+from planc.models.features import ModelFeatures
 
 MAX_DIM = 2**40  # larger than any real model dimension or device count; catches typos like 1e30
 # The largest mesh planc verifies and reports on (its reports list ranks): 2**20 = 1,048,576
@@ -50,7 +51,11 @@ DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
 CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
 MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
               "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
-              "dtype": "name", "experts": "count", "top_k": "count"}
+              "dtype": "name", "experts": "count", "top_k": "count",
+              # family data (planc/models/features.py); `from hf` fills them from config.json
+              "family": "name", "rope_theta": "number", "norm_eps": "number",
+              "qkv_bias": "flag", "qk_norm": "flag", "tie_embeddings": "flag",
+              "norm_topk": "flag"}
 WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "name",
                  "context": "count", "generate": "count"}
 PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
@@ -64,6 +69,10 @@ REQUIRED = {
     "plan": ("model", "cluster", "workload"),
 }
 ARCHS = ("llama", "mixtral")
+# Hugging Face model_type -> the arch whose structure it has (dense Llama-style or MoE).
+FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
+            "mixtral": "mixtral", "qwen3_moe": "mixtral"}
+FLAGS = {"true": True, "false": False}
 PHASES = ("prefill", "decode")
 ATTENTION_MODES = ("local", "ring", "gather")
 # require METRIC -> the value dimensions it accepts
@@ -199,6 +208,21 @@ class _Values:
                       f"did you mean {guess!r}?" if guess else f"one of: {one_of(choices)}")
             return default
         return v.name.name
+
+    def number(self, key: str, default: float) -> float:
+        """A positive plain number that may have a fraction (rope_theta 500000, norm_eps 1e-6)."""
+        if key not in self.props:
+            return default
+        v = self.props[key].value
+        if not isinstance(v, ast.Quantity) or v.unit is not None or v.number.value <= 0:
+            self._err("E021", f"`{key}` takes a positive plain number", v.span,
+                      f"e.g. `{key} {default:g}`")
+            return default
+        return float(v.number.value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        name = self.name(key, tuple(FLAGS))
+        return default if name is None else FLAGS[name]
 
     def measure(self, key: str, dimension: str, default: int | None = None) -> int | None:
         if key not in self.props:
@@ -398,7 +422,21 @@ def _cluster(b: ast.Block, devices: dict[str, DeviceSpec], declared: set[str],
 def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
     v = _Values(b, diags)
     v.require_keys(REQUIRED["model"])
-    arch = v.name("arch", ARCHS, "llama")
+    family = v.name("family", tuple(FAMILIES), None)
+    arch = v.name("arch", ARCHS, FAMILIES[family] if family else "llama")
+    if family and FAMILIES[family] != arch:
+        v._err("E019", f"family {family!r} has arch {FAMILIES[family]}, not {arch}",
+               v.span("family"), f"drop `arch` or set `arch {FAMILIES[family]}`")
+    defaults = ModelFeatures()
+    features = ModelFeatures(
+        family=family or arch,
+        rope_theta=v.number("rope_theta", defaults.rope_theta),
+        norm_eps=v.number("norm_eps", defaults.norm_eps),
+        qkv_bias=v.flag("qkv_bias", defaults.qkv_bias),
+        qk_norm=v.flag("qk_norm", defaults.qk_norm),
+        tie_embeddings=v.flag("tie_embeddings", defaults.tie_embeddings),
+        norm_topk=v.flag("norm_topk", defaults.norm_topk),
+    )
     dtype = v.name("dtype", tuple(DTYPE_BYTES), "bf16")
     c = {k: v.count(k) for k in ("layers", "hidden", "heads", "ffn", "vocab")}
     kv_heads = v.count("kv_heads", c["heads"])
@@ -433,7 +471,7 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
     spans = {k: p.span for k, p in v.props.items()}
     return ModelSpec(b.name.name, arch, c["layers"], c["hidden"], c["heads"], kv_heads,  # type: ignore[arg-type]
                      head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,  # type: ignore[arg-type]
-                     span=b.name.span, spans=spans)
+                     features, span=b.name.span, spans=spans)
 
 
 def _workload(b: ast.Block, diags: Diagnostics) -> WorkloadSpec | None:

@@ -32,7 +32,7 @@ def to_run_config(plan: PlanSpec, graph: PlacementGraph, *, dtype: str | None = 
     return RunConfig(
         model=ModelDims(arch=m.arch, layers=m.layers, hidden=m.hidden, heads=m.heads,
                         kv_heads=m.kv_heads, head_dim=m.head_dim, ffn=m.ffn, vocab=m.vocab,
-                        experts=m.experts, top_k=m.top_k or 2),
+                        experts=m.experts, top_k=m.top_k or 2, features=m.features),
         mesh=tuple((a, s or 1) for a, s in plan.mesh),
         batch=w.batch,
         seq=w.context if decode else w.seq,  # decode: the prompt is what the prefill runs

@@ -12,6 +12,7 @@ from fractions import Fraction
 from typing import Literal
 
 from planc.diagnostics import Span
+from planc.models.features import ModelFeatures
 
 DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
@@ -60,6 +61,7 @@ class ModelSpec:
     vocab: int | None = None
     experts: int = 0
     top_k: int = 0
+    features: ModelFeatures = ModelFeatures()  # family data: rope, norm eps, biases, tying
     span: Span | None = _span()
     spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
 

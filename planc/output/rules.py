@@ -46,6 +46,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E016": ("TopKTooLarge", "top_k is larger than the number of experts."),
     "E017": ("DecodeNeedsVocab", "A decode workload with a model that has no `vocab`."),
     "E018": ("HeadsNotMultipleOfKvHeads", "heads must be a multiple of kv_heads (GQA groups)."),
+    "E019": ("FamilyArchMismatch", "A model's `family` has another structure than its `arch`."),
     "E056": ("HeadDimWithSeq", "head_dim and seq cannot both be split."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),
     "E021": ("WrongValueShape", "A key takes another kind of value."),

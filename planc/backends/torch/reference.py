@@ -46,8 +46,8 @@ def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
         "num_key_value_heads": m.kv_heads,
         "head_dim": m.head_dim,
         "hidden_act": "silu",
-        "rms_norm_eps": m.rms_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+        "rms_norm_eps": m.features.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": m.features.rope_theta},
         # Unit-variance linear outputs (std 1/sqrt(fan_in) for the hidden-sized inputs), so
         # attention scores are O(1) and a wrong rotation or mask changes the output visibly.
         "initializer_range": m.hidden**-0.5,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from planc.models.features import ModelFeatures
+
 Arch = Literal["llama", "mixtral"]
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -27,8 +29,7 @@ class ModelDims:
     vocab: int | None = None  # None: the program feeds inputs_embeds, no embedding table
     experts: int = 0  # mixtral only
     top_k: int = 2  # mixtral only: experts per token
-    rope_theta: float = 10000.0
-    rms_eps: float = 1e-5
+    features: ModelFeatures = ModelFeatures()  # rope, norm eps, biases, q/k norm, tying
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,16 @@ class RunConfig:
         return n
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["model"]["features"] = self.model.features.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         d = dict(data)
-        d["model"] = ModelDims(**d["model"])
+        model = dict(d["model"])
+        model["features"] = ModelFeatures.from_dict(model.get("features", {}))
+        d["model"] = ModelDims(**model)
         d["mesh"] = tuple((str(a), int(s)) for a, s in d["mesh"])
         d["splits"] = {k: tuple(v) for k, v in d.get("splits", {}).items()}
         d["stages"] = tuple((int(a), int(b)) for a, b in d.get("stages", ()))

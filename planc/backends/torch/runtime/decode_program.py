@@ -134,9 +134,9 @@ def step_ropes(ctx: RankContext) -> list[Rope]:
     """RoPE tables of each step: the rank's prompt positions, then position context + t - 1."""
     cfg, m = ctx.cfg, ctx.cfg.model
     prompt = rope_tables(torch.tensor(ctx.layout.positions, device=ctx.device), m.head_dim,
-                         m.rope_theta, ctx.dtype)  # fmt: skip
+                         m.features.rope_theta, ctx.dtype)  # fmt: skip
     new = torch.arange(cfg.context, cfg.context + cfg.generate - 1, device=ctx.device)
-    tab = rope_tables(new, m.head_dim, m.rope_theta, ctx.dtype)
+    tab = rope_tables(new, m.head_dim, m.features.rope_theta, ctx.dtype)
     return [prompt] + [Rope(tab.cos[i : i + 1], tab.sin[i : i + 1]) for i in range(len(new))]
 
 

@@ -280,7 +280,7 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
 
 def load_norm(ctx: RankContext, reader: ShardReader, name: str) -> RMSNorm:
     m = ctx.cfg.model
-    return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.rms_eps)
+    return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.features.norm_eps)
 
 
 def make_layer(ctx: RankContext, reader: ShardReader, layer: int) -> DecoderLayer:

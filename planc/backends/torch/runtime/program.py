@@ -57,7 +57,7 @@ def run(ctx: RankContext, model: StageModel) -> RunResult:
     if lay.is_first_stage:
         inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
     positions = torch.tensor(lay.positions, device=ctx.device)
-    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.rope_theta, ctx.dtype)
+    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.features.rope_theta, ctx.dtype)
     resident = metrics.allocated(ctx)
     with torch.inference_mode():
         times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
