@@ -37,6 +37,8 @@ RULES: dict[str, tuple[str, str]] = {
     "E003": ("UnknownReference", "A plan names a model, cluster or workload that is not declared."),
     "E004": ("NoSuchPlan", "The plan named by --plan is not in the file, or none was chosen."),
     "E005": ("NoBlocks", "The file holds no blocks at all (empty or only comments)."),
+    "E006": ("UnknownBase", "`from BASE` names no block of the same kind in the file."),
+    "E007": ("InheritanceCycle", "A chain of `from` comes back to the block it starts at."),
     "E010": ("StatementOutsidePlan", "A plan statement appears in another kind of block."),
     "E011": ("SetTwice", "A key, mesh, link or objective is set twice."),
     "E012": ("UnknownKey", "A key the block kind does not take."),
