@@ -354,15 +354,20 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
             out.append(f"{per_stage} layer(s) of {human_bytes(layer)} fit per stage: the pipeline "
                        f"axis needs at least {need} devices")
     if layer >= cache:
+        # each format from the dense weights: a plan that already compresses is not compressed
+        # twice, and its own format is named, not listed as an alternative
         fixes = []
-        for int8, sparse, words in ((True, False, "int8"), (False, True, "2:4 MLP"),
-                                    (True, True, "int8 + 2:4")):
-            trial = replace(plan, compress_int8=int8 or plan.compress_int8,
-                            compress_mlp_2_4=sparse or plan.compress_mlp_2_4)
-            b = layer_weight_bytes(trial)
+        now = (plan.compress_int8, plan.compress_mlp_2_4)
+        for fmt, words in (((False, False), "dense"), ((True, False), "int8"),
+                           ((False, True), "2:4 MLP"), ((True, True), "int8 + 2:4")):
+            if fmt == now:
+                continue
+            b = layer_weight_bytes(replace(plan, compress_int8=fmt[0], compress_mlp_2_4=fmt[1]))
             fixes.append(f"{words} {human_bytes(b)}")
             if b < cache:
                 break
+        current = {(True, False): " (int8)", (False, True): " (2:4 MLP)",
+                   (True, True): " (int8 + 2:4)"}.get(now, "")
         best = replace(plan, compress_int8=True, compress_mlp_2_4=True)
         hidden = m.hidden
         while hidden > 64:
@@ -372,8 +377,9 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
                             head_dim=max(2, int(m.head_dim * r)))
             if layer_weight_bytes(replace(best, model=small)) < cache:
                 break
-        out.append(f"one layer's weights are {human_bytes(layer)} against {human_bytes(cache)} of"
-                   f" L2 (compressed: {', '.join(fixes)}); with int8 + 2:4 a layer fits from "
+        out.append(f"one layer's weights are {human_bytes(layer)}{current} against "
+                   f"{human_bytes(cache)} of L2 ({'' if current else 'compressed: '}"
+                   f"{', '.join(fixes)}); with int8 + 2:4 a layer fits from "
                    f"hidden {hidden}, ffn {int(m.ffn * hidden / m.hidden)} down")
     if act >= cache // 2:
         per_token = m.hidden * m.dtype_bytes
