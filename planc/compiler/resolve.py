@@ -611,7 +611,14 @@ def _shard(stmt: ast.Shard, v: _Values, sharded: dict[str, Span]) -> ShardSpec |
             if "seq" not in dims:
                 v._err("E036", "`attention` goes with `shard seq over AXIS`", opt.span)
                 ok = False
-            if opt.mode.name not in ATTENTION_MODES:
+            if opt.mode.name == "local" and "seq" in dims:
+                # each device would attend to its own chunk only: a different model, not a plan
+                v._err("E038", "`attention local` cannot run on a split sequence: each device "
+                       "would attend only to its own chunk of it", opt.mode.span,
+                       "write `attention ring` (the default: K/V blocks travel round the axis) "
+                       "or `attention gather` (all-gather K/V)")
+                ok = False
+            elif opt.mode.name not in ATTENTION_MODES:
                 guess = did_you_mean(opt.mode.name, ATTENTION_MODES)
                 v._err("E025", f"unknown attention mode {opt.mode.name!r}", opt.mode.span,
                        f"did you mean {guess!r}?" if guess else "ring or gather")
@@ -635,7 +642,7 @@ def _shard(stmt: ast.Shard, v: _Values, sharded: dict[str, Span]) -> ShardSpec |
                 else:
                     stages.append((first, last))
     if "seq" in dims and attention == "local":
-        attention = "ring"
+        attention = "ring"  # the default; `attention local` was refused above (E038)
     if not ok:
         return None
     return ShardSpec(dims, tuple(a.name for a in stmt.axes), micro, fit, attention,  # type: ignore[arg-type]

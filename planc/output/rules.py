@@ -65,6 +65,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E035": ("ShardedTwice", "A dimension is sharded on two lines."),
     "E036": ("MisplacedOption", "A shard option on a line that does not shard its dimension."),
     "E037": ("StageRangeReversed", "A stage range ends before it starts."),
+    "E038": ("LocalAttentionOnSplitSeq", "`attention local` on a split sequence."),
     "E040": ("UnknownMetric", "A require line names an unknown metric."),
     "E041": ("MetricUnitMismatch", "A require value has the wrong kind of unit for its metric."),
     "E042": ("OneSidedLimit", "A performance claim is written in the direction no bound limits."),
