@@ -8,17 +8,20 @@ Nothing here imports torch. User errors become diagnostics; nothing raises to th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 from planc.compiler.check_structure import check_structure
+from planc.compiler.ir import PlacementGraph
 from planc.compiler.lower import lower
 from planc.compiler.resolve import resolve
 from planc.compiler.spec import PlanSpec, SpecFile
-from planc.diagnostics import Diagnostic, Diagnostics, PlancError
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, Span
 from planc.grammar.parse import parse_file
 from planc.verifier import encode
+from planc.verifier.obligations import Obligation
 from planc.verifier.report import CheckResult, PlanResult
-from planc.verifier.solve import SolverConfig, decide
+from planc.verifier.solve import SolverConfig, Verdict, decide
 
 # The passes between the AST and the placement graph, in order, with why each runs there.
 PASSES = (
@@ -55,8 +58,50 @@ def load(path: str | Path, diags: Diagnostics) -> tuple[SpecFile | None, str | N
     return resolve(tree, diags), text
 
 
-def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
-               ) -> PlanResult | None:
+@dataclass(frozen=True)
+class _Solved:
+    plan: PlanSpec
+    graph: PlacementGraph
+    verdicts: list[Verdict]
+    headroom: dict[str, dict[str, int]] | None
+
+
+# Solving is most of a check (z3 per obligation, a headroom search of ~100 lowerings); files of
+# many plans repeat the same plan under other names, and those share the work (a file of 1,846
+# such plans took 78 s).
+Memo = dict[tuple[PlanSpec, int, int], _Solved]
+
+
+def moved_verdicts(verdicts: list[Verdict], old: PlanSpec, new: PlanSpec) -> list[Verdict]:
+    """An equal plan's verdicts, pointing at the new plan's lines."""
+    where: dict[Span, Span] = {}
+    _pair_spans(old, new, where)
+
+    def move(ob: Obligation) -> Obligation:
+        return replace(ob, span=where.get(ob.span, ob.span) if ob.span else None,
+                       related=tuple(replace(r, span=where.get(r.span, r.span))
+                                     for r in ob.related))
+
+    return [replace(v, obligation=move(v.obligation)) for v in verdicts]
+
+
+def _pair_spans(a: object, b: object, out: dict[Span, Span]) -> None:
+    """Spans at the same place in two equal specs (spans are left out of their equality)."""
+    if isinstance(a, Span) and isinstance(b, Span):
+        out[a] = b
+    elif is_dataclass(a) and is_dataclass(b):
+        for f in fields(a):
+            _pair_spans(getattr(a, f.name), getattr(b, f.name), out)
+    elif isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        for x, y in zip(a, b):
+            _pair_spans(x, y, out)
+    elif isinstance(a, dict) and isinstance(b, dict):
+        for k in a.keys() & b.keys():
+            _pair_spans(a[k], b[k], out)
+
+
+def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None,
+               memo: Memo | None = None) -> PlanResult | None:
     if plan.has_holes:
         from planc.verifier.synthesis import synthesize
 
@@ -66,17 +111,27 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
         diags.extend(local.items)
         return None
     diags.extend(local.items)
-    graph = lower(plan)
-    obligations = encode.build(plan, graph)
-    verdicts = decide(obligations, encode.variables(plan), solver)
+    cfg = solver or SolverConfig()
+    # spans are not part of a spec's equality: the key is the plan less its name
+    key = (replace(plan, name=""), cfg.timeout_ms, cfg.rlimit)
+    hit = memo.get(key) if memo is not None else None
+    if hit is None:
+        graph = lower(plan)
+        verdicts = decide(encode.build(plan, graph), encode.variables(plan), cfg)
+    else:
+        graph = hit.graph.model_copy(update={"plan": plan.name})
+        verdicts = moved_verdicts(hit.verdicts, hit.plan, plan)
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
+    h = hit.headroom if hit is not None else None
     if result.status == "proved":
         from planc.verifier.headroom import decode_headroom_text, headroom, headroom_text
 
-        h = headroom(plan)
+        h = h or headroom(plan)
         result.extra["headroom"] = h
         result.extra["headroom_text"] = (decode_headroom_text(h) if plan.workload.phase ==
                                          "decode" else headroom_text(h))
+    if memo is not None and hit is None:
+        memo[key] = _Solved(plan, graph, verdicts, h)
     if plan.devices < plan.cluster.count:
         diags.warning("W101", f"plan {plan.name!r} uses {plan.devices} of "
                       f"{plan.cluster.count} devices; {plan.cluster.count - plan.devices} stay "
@@ -87,6 +142,7 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
 def check_paths(paths: Iterable[str | Path], plan_name: str | None = None,
                 solver: SolverConfig | None = None) -> CheckResult:
     result = CheckResult()
+    memo: Memo = {}
     files = plan_files(paths)
     if not files:
         result.diagnostics.append(Diagnostic("P005", "no .plan files found", None, "error",
@@ -107,7 +163,7 @@ def check_paths(paths: Iterable[str | Path], plan_name: str | None = None,
                             f"did you mean {guess!r}?" if guess else
                             f"plans here: {', '.join(names) or 'none'}")
             for p in plans:
-                r = check_plan(p, diags, solver)
+                r = check_plan(p, diags, solver, memo)
                 if r is not None:
                     result.plans.append(r)
         result.diagnostics.extend(diags.sorted())

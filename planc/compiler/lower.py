@@ -78,11 +78,22 @@ def microbatches(plan: PlanSpec) -> int:
 
 
 def seq_chunk_step(plan: PlanSpec) -> int:
-    """What a sequence length must be a multiple of: the sequence degree, twice it when ring or
-    gather attention lays chunks out zig-zag (rank r holds chunks r and 2R-1-r)."""
+    """What a sequence length must be a multiple of: the sequence degree (a multiple of twice it
+    also balances causal attention, see zigzag)."""
+    return plan.degree("seq")
+
+
+def zigzag(plan: PlanSpec) -> bool:
+    """Whether ring or gather attention lays the sequence out zig-zag: 2R chunks, rank r holding
+    chunks r and 2R-1-r, so each rank does the same causal work. It needs the sequence (the
+    prompt, in decode) to be a multiple of 2R; a multiple of R only runs in R contiguous chunks,
+    correct but with the later ranks doing more of the causal work."""
     sh = plan.shard_of("seq")
-    zigzag = sh is not None and sh.attention in ("ring", "gather")
-    return plan.degree("seq") * (2 if zigzag else 1)
+    w = plan.workload
+    n = w.context if w.phase == "decode" else w.seq
+    deg = plan.degree("seq")
+    return (sh is not None and sh.attention in ("ring", "gather") and deg > 1 and n is not None
+            and n % (2 * deg) == 0)
 
 
 def attention_mode(plan: PlanSpec) -> str:

@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from planc.compiler import presets, units
+from planc.compiler.inherit import inherit
 from planc.compiler.spec import (
     DIMS,
     DTYPE_BYTES,
@@ -290,23 +291,27 @@ def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
                         "rename one of them", (Related(seen[key].name.span, "first defined here"),))
             continue
         seen[key] = b
-        by_kind[b.kind].append(b)
+    merged = inherit(seen, tuple(presets.PRESETS), diags)
+    for key in seen:
+        if key in merged:
+            by_kind[key[0]].append(merged[key])
 
     devices: dict[str, DeviceSpec] = {}
     for b in by_kind["device"]:
-        d = _device(b, devices, diags)
+        d = _device(b, diags)
         if d is not None:
             devices[d.name] = d
-    declared_devices = {b.name.name for b in by_kind["device"]}
+    # a block left out for a bad `from` is still declared: what names it is skipped silently
+    declared = {k: {n for kind, n in seen if kind == k} for k in KEYS_BY_KIND}
+    declared_devices = declared["device"]
     clusters = {c.name: c for b in by_kind["cluster"]
                 if (c := _cluster(b, devices, declared_devices, diags))}
     models = {m.name: m for b in by_kind["model"] if (m := _model(b, diags))}
     workloads = {w.name: w for b in by_kind["workload"] if (w := _workload(b, diags))}
-    names = {k: {b.name.name for b in by_kind[k]} for k in KEYS_BY_KIND}
     _no_plan(file, diags)
     plans = []
     for b in by_kind["plan"]:
-        p = _plan(b, file.path, models, clusters, workloads, names, diags)
+        p = _plan(b, file.path, models, clusters, workloads, declared, diags)
         if p is not None:
             plans.append(p)
     return SpecFile(file.path, tuple(plans), models, clusters, workloads, devices)
@@ -327,22 +332,12 @@ def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
                       "nothing is verified", first, "add a `plan NAME { ... }` that uses them")
 
 
-def _device(b: ast.Block, known: dict[str, DeviceSpec], diags: Diagnostics) -> DeviceSpec | None:
+def _device(b: ast.Block, diags: Diagnostics) -> DeviceSpec | None:
+    """A device block, its `from` device blocks already merged in (inherit): what is left of a
+    base is a preset, or the block's own name when it is a preset's."""
     v = _Values(b, diags)
     base_name = b.base.name if b.base else (b.name.name if b.name.name in presets.PRESETS else None)
-    base: dict[str, int] = {}
-    if base_name is not None:
-        if base_name in known:
-            d = known[base_name]
-            base = {"memory": d.memory, "cache": d.cache, "compute": d.compute,
-                    "bandwidth": d.bandwidth, "reserve": d.reserve, "workspace": d.workspace}
-        elif base_name in presets.PRESETS:
-            base = dict(presets.PRESETS[base_name])
-        else:
-            guess = did_you_mean(base_name, list(known) + list(presets.PRESETS))
-            v._err("E002", f"unknown device {base_name!r} after `from`", b.base.span,  # type: ignore[union-attr]
-                   f"did you mean {guess!r}?" if guess else
-                   f"presets: {one_of(presets.PRESETS)}")
+    base = dict(presets.PRESETS[base_name]) if base_name in presets.PRESETS else {}
     vals = {k: v.measure(k, dim, base.get(k)) for k, dim in DEVICE_KEYS.items()}
     if vals["memory"] is not None and vals["memory"] < MIN_DEVICE_MEMORY:
         v._err("E023", f"`memory` is {vals['memory']:,} B; a device has at least 1 MiB",
@@ -654,7 +649,14 @@ def _shard(stmt: ast.Shard, v: _Values, sharded: dict[str, Span]) -> ShardSpec |
             if "seq" not in dims:
                 v._err("E036", "`attention` goes with `shard seq over AXIS`", opt.span)
                 ok = False
-            if opt.mode.name not in ATTENTION_MODES:
+            if opt.mode.name == "local" and "seq" in dims:
+                # each device would attend to its own chunk only: a different model, not a plan
+                v._err("E038", "`attention local` cannot run on a split sequence: each device "
+                       "would attend only to its own chunk of it", opt.mode.span,
+                       "write `attention ring` (the default: K/V blocks travel round the axis) "
+                       "or `attention gather` (all-gather K/V)")
+                ok = False
+            elif opt.mode.name not in ATTENTION_MODES:
                 guess = did_you_mean(opt.mode.name, ATTENTION_MODES)
                 v._err("E025", f"unknown attention mode {opt.mode.name!r}", opt.mode.span,
                        f"did you mean {guess!r}?" if guess else "ring or gather")
@@ -678,7 +680,7 @@ def _shard(stmt: ast.Shard, v: _Values, sharded: dict[str, Span]) -> ShardSpec |
                 else:
                     stages.append((first, last))
     if "seq" in dims and attention == "local":
-        attention = "ring"
+        attention = "ring"  # the default; `attention local` was refused above (E038)
     if not ok:
         return None
     return ShardSpec(dims, tuple(a.name for a in stmt.axes), micro, fit, attention,  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.compiler.ir import PlacementGraph, ranks_of
-from planc.compiler.lower import attention_mode, microbatches, plan_stages
+from planc.compiler.lower import attention_mode, microbatches, plan_stages, zigzag
 from planc.compiler.spec import PlanSpec
 
 TORCH_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16",
@@ -40,6 +40,7 @@ def to_run_config(plan: PlanSpec, graph: PlacementGraph, *, dtype: str | None = 
         stages=tuple(plan_stages(plan)) if "layers" in splits else (),
         microbatches=microbatches(plan),
         attention=attention_mode(plan),  # type: ignore[arg-type]
+        zigzag=zigzag(plan),
         compress_int8=plan.compress_int8,
         compress_mlp_2_4=plan.compress_mlp_2_4,
         dtype=dtype or TORCH_DTYPES.get(m.dtype, "float32"),  # type: ignore[arg-type]

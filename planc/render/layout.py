@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from math import prod
 
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
-from planc.compiler.lower import cdiv
+from planc.compiler.lower import cdiv, zigzag
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes
 
@@ -59,9 +59,9 @@ def _span_text(a: int, b: int) -> str:
     return f"{a}" if b - a <= 1 else f"{a}-{b - 1}"
 
 
-def _chunk(dim: str, size: int, n: int, index: int, attention: str) -> str:
+def _chunk(dim: str, size: int, n: int, index: int, zig: bool) -> str:
     """The indices of `dim` that shard `index` of `n` holds, as the coverage proof lays them."""
-    if dim == "seq" and attention in ("ring", "gather"):  # zig-zag: chunk i and its mirror 2n-1-i
+    if dim == "seq" and zig:  # zig-zag: chunk i and its mirror 2n-1-i
         return f"seq chunks {index}+{2 * n - 1 - index}"
     if dim == "head_dim":
         half, k = size // 2, cdiv(size // 2, n)
@@ -97,7 +97,7 @@ def holds(plan: PlanSpec, coords: dict[str, int] | None) -> tuple[str, ...]:
             if d == "kv_heads" and "heads" in sh.dims:
                 continue  # kv_heads follow heads
             if n > 1:
-                out.append(_chunk(d, sizes[d], n, index, sh.attention))
+                out.append(_chunk(d, sizes[d], n, index, d == "seq" and zigzag(plan)))
     return tuple(out)
 
 

@@ -14,7 +14,7 @@ from functools import reduce
 from math import prod
 
 from planc.compiler.ir import PlacementGraph
-from planc.compiler.lower import cdiv, lower, microbatches
+from planc.compiler.lower import cdiv, lower, microbatches, zigzag
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes, human_count
 from planc.diagnostics import Related
@@ -132,12 +132,17 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     ]
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
-        zig = seq_sh.attention in ("ring", "gather")  # both lay chunks out zig-zag
+        zig = zigzag(plan)
         # decode: the prompt is what runs sequence-parallel (generated tokens are appended
         # round-robin to the ranks' cache chunks), so the prompt length must divide
         seq_len = w.context if w.phase == "decode" else (w.seq or 0)
+        deg = plan.degree("seq")
+        plain = (f" (contiguous chunks, no zig-zag: {seq_len} is not a multiple of 2 x {deg}, "
+                 "so later ranks do more of the causal attention)"
+                 if seq_sh.attention in ("ring", "gather") and deg > 1 and not zig
+                 and seq_len % deg == 0 else "")
         out.append(_split_check(plan, "seq", seq_len, "V207", 2 if zig else 1,
-                                (" (zig-zag: 2 chunks per rank)" if zig else "")
+                                (" (zig-zag: 2 chunks per rank)" if zig else plain)
                                 + (" (the decode prompt, context)" if w.phase == "decode"
                                    else "")))
     lay = plan.shard_of("layers")
@@ -209,11 +214,11 @@ def _coverage(plan: PlanSpec) -> list[Obligation]:
                 ranges = [(a, b) for a, b in sh.stages]
                 out.append(_stage_coverage(plan, sh, ranges, D, n))
                 continue
-            out.append(_exact_cover(dim, D, n, sh.attention, sh.span))
+            out.append(_exact_cover(dim, D, n, dim == "seq" and zigzag(plan), sh.span))
     return out
 
 
-def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untyped-def]
+def _layout(dim: str, D: int, n: int, zig: bool):  # type: ignore[no-untyped-def]
     """How the runtime lays a dimension out over n shards, symbolically in the shard index r.
 
     Returns (ranges, witness, name): ranges(r, z) are the [lo, min(hi, cap)) index ranges shard
@@ -221,7 +226,7 @@ def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untype
     then quantifier-free: for every i in [0, D) the witness owns i and lies in [0, n), and no two
     distinct shards own the same i (i, r1, r2 are free, hence universal in the obligation).
     """
-    if dim == "seq" and attention in ("ring", "gather"):
+    if dim == "seq" and zig:
         c = cdiv(D, 2 * n)
         return (lambda r, z: [(r * c, (r + 1) * c, D), ((2 * n - 1 - r) * c, (2 * n - r) * c, D)],
                 lambda i, z: z.If(i / c < n, i / c, 2 * n - 1 - i / c), "zig-zag")
@@ -234,8 +239,8 @@ def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untype
     return (lambda r, z: [(r * c, (r + 1) * c, D)], lambda i, z: i / c, "contiguous")
 
 
-def _exact_cover(dim: str, D: int, n: int, attention: str, span) -> Obligation:  # type: ignore[no-untyped-def]
-    ranges, witness, layout = _layout(dim, D, n, attention)
+def _exact_cover(dim: str, D: int, n: int, zig: bool, span) -> Obligation:  # type: ignore[no-untyped-def]
+    ranges, witness, layout = _layout(dim, D, n, zig)
 
     def owns(r, i, z):  # type: ignore[no-untyped-def]
         return z.Or(*[z.And(lo <= i, i < hi, i < cap) for lo, hi, cap in ranges(r, z)])
@@ -354,15 +359,20 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
             out.append(f"{per_stage} layer(s) of {human_bytes(layer)} fit per stage: the pipeline "
                        f"axis needs at least {need} devices")
     if layer >= cache:
+        # each format from the dense weights: a plan that already compresses is not compressed
+        # twice, and its own format is named, not listed as an alternative
         fixes = []
-        for int8, sparse, words in ((True, False, "int8"), (False, True, "2:4 MLP"),
-                                    (True, True, "int8 + 2:4")):
-            trial = replace(plan, compress_int8=int8 or plan.compress_int8,
-                            compress_mlp_2_4=sparse or plan.compress_mlp_2_4)
-            b = layer_weight_bytes(trial)
+        now = (plan.compress_int8, plan.compress_mlp_2_4)
+        for fmt, words in (((False, False), "dense"), ((True, False), "int8"),
+                           ((False, True), "2:4 MLP"), ((True, True), "int8 + 2:4")):
+            if fmt == now:
+                continue
+            b = layer_weight_bytes(replace(plan, compress_int8=fmt[0], compress_mlp_2_4=fmt[1]))
             fixes.append(f"{words} {human_bytes(b)}")
             if b < cache:
                 break
+        current = {(True, False): " (int8)", (False, True): " (2:4 MLP)",
+                   (True, True): " (int8 + 2:4)"}.get(now, "")
         best = replace(plan, compress_int8=True, compress_mlp_2_4=True)
         hidden = m.hidden
         while hidden > 64:
@@ -372,8 +382,9 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
                             head_dim=max(2, int(m.head_dim * r)))
             if layer_weight_bytes(replace(best, model=small)) < cache:
                 break
-        out.append(f"one layer's weights are {human_bytes(layer)} against {human_bytes(cache)} of"
-                   f" L2 (compressed: {', '.join(fixes)}); with int8 + 2:4 a layer fits from "
+        out.append(f"one layer's weights are {human_bytes(layer)}{current} against "
+                   f"{human_bytes(cache)} of L2 ({'' if current else 'compressed: '}"
+                   f"{', '.join(fixes)}); with int8 + 2:4 a layer fits from "
                    f"hidden {hidden}, ffn {int(m.ffn * hidden / m.hidden)} down")
     if act >= cache // 2:
         per_token = m.hidden * m.dtype_bytes

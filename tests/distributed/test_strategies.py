@@ -232,3 +232,23 @@ def test_expert_parallel_8_with_16_experts_top2_matches_hf_mixtral(run_plan):
 def test_ring_attention_8_zigzag_causal_matches_hf(run_plan, tiny):
     cfg = tiny((("sp", 8),), {"seq": ("sp",)}, attention="ring", batch=1, seq=32)
     assert_matches_reference(run_plan(cfg, "ring8", timeout_s=300), 8)
+
+
+def test_a_ring_plan_with_one_chunk_per_rank_runs_contiguous_and_matches_hf(run_plan):
+    """seq 6 over 2 ranks: a multiple of the ring (2) but not of its 4 zig-zag chunks. planc
+    used to refuse it; it runs in contiguous chunks, zig-zag off, from the plan itself."""
+    from planc.compiler.lower import lower
+    from planc.compiler.runconfig import to_run_config
+    from tests.helpers import resolve_text
+
+    spec, diags = resolve_text("""
+cluster cpu2 { device CPU x 2 }
+model tiny { layers 2; hidden 64; heads 8; kv_heads 4; head_dim 8; ffn 128; dtype fp32 }
+workload w { batch 2; seq 6 }
+plan ring { model tiny; cluster cpu2; workload w; mesh sp=2; shard seq over sp attention ring }
+""")
+    assert not diags.has_errors, [d.message for d in diags]
+    plan = spec.plans[0]
+    cfg = to_run_config(plan, lower(plan), warmup=0, repeats=1)
+    assert cfg.zigzag is False and cfg.attention == "ring" and cfg.seq == 6
+    assert_matches_reference(run_plan(cfg, "ring_plain"), 2)

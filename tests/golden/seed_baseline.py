@@ -72,7 +72,7 @@ CONFIG = {'attention': 'local',
  'splits': {'ffn': ('tp',), 'heads': ('tp',), 'kv_heads': ('tp',), 'layers': ('pp',)},
  'stages': ((0, 8), (8, 16)),
  'warmup': 1,
- 'zigzag': True}
+ 'zigzag': False}
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ CONFIG = {'attention': 'local',
  'splits': {'ffn': ('tp',), 'heads': ('tp',), 'kv_heads': ('tp',), 'layers': ('pp',)},
  'stages': ((0, 2), (2, 4)),
  'warmup': 1,
- 'zigzag': True}
+ 'zigzag': False}
 
 
 def main() -> None:

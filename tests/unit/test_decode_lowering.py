@@ -95,6 +95,6 @@ def test_a_sequence_sharded_decode_needs_the_prompt_to_divide_not_prompt_plus_ge
     ok = decode_plan(body).replace("context  2048", "context  16").replace(
         "generate 128", "generate 6")  # 22 positions in all: the prompt (16) is what splits
     assert verdict(check_text(ok)[0], "V207").status == "proved"
-    bad = decode_plan(body).replace("context  2048", "context  12").replace(
-        "generate 128", "generate 4")  # 16 in all, but a 12-token prompt is not 8 chunks
+    bad = decode_plan(body).replace("context  2048", "context  10").replace(
+        "generate 128", "generate 6")  # 16 in all, but a 10-token prompt is not 4 chunks
     assert verdict(check_text(bad)[0], "V207").status == "violated"

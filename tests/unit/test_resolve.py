@@ -113,3 +113,12 @@ def test_a_hole_in_a_mesh_and_in_the_workload_are_holes():
     p = spec.plans[0]
     assert p.mesh == (("pp", None), ("tp", 8)) and p.workload.batch is None
     assert p.has_holes and p.shard_of("layers").microbatches is None
+
+
+def test_attention_local_on_a_split_sequence_is_an_error_not_a_silent_ring():
+    text = plan_text("  mesh sp=4\n  shard seq over sp attention local\n")
+    line = text.splitlines().index("  shard seq over sp attention local") + 1
+    column = text.splitlines()[line - 1].index("local") + 1
+    assert errors(text) == [("E038", line, column)]
+    spec, _ = resolve_text(text.replace("attention local", "attention gather"))
+    assert spec.plans[0].shards[0].attention == "gather"

@@ -23,7 +23,7 @@ from planc.pipeline import find_plan
 from planc.render.dot import to_dot
 from planc.render.layout import holds, picture
 from planc.render.tables import show_text
-from tests.helpers import plan_text
+from tests.helpers import plan_text, resolve_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "specs" / "seeds"
@@ -230,3 +230,11 @@ def test_graph_escapes_names(tmp_path):
         done = subprocess.run(["dot", "-Tsvg"], input=text, capture_output=True, text=True,
                               timeout=60, check=False)
         assert done.returncode == 0, done.stderr
+
+
+def test_ring_chunks_are_contiguous_when_the_sequence_is_one_chunk_per_rank():
+    text = plan_text("  mesh sp=16\n  shard seq over sp attention ring\n").replace(
+        "seq   2048", "seq   16400")  # 16 x 1025: no zig-zag
+    spec, diags = resolve_text(text)
+    plan = spec.plans[0]
+    assert holds(plan, {"sp": 3}) == ("seq 3075-4099",)

@@ -50,15 +50,20 @@ def test_kv_heads_follow_heads_when_not_listed():
     assert verdict(result, "V202").status == "violated"
 
 
-def test_ring_sequence_needs_two_chunks_per_rank():
+def test_a_ring_sequence_of_one_chunk_per_rank_runs_contiguous_and_says_so():
     text = plan_text("  mesh sp=16\n  shard seq over sp attention ring\n").replace(
         "seq   2048", "seq   16400")  # 16400 = 16 x 1025: divisible by 16, not by 32
-    v = verdict(check_text(text)[0], "V207")
-    assert v.status == "violated" and "zig-zag" in v.obligation.bad
-    gather = text.replace("attention ring", "attention gather")  # gather is zig-zag too
-    assert verdict(check_text(gather)[0], "V207").status == "violated"
-    fits = text.replace("seq   16400", "seq   16384")
-    assert verdict(check_text(fits)[0], "V207").status == "proved"
+    for mode in ("ring", "gather"):  # gather lays chunks out like ring
+        result = check_text(text.replace("attention ring", f"attention {mode}"))[0]
+        v = verdict(result, "V207")
+        assert v.status == "proved" and "no zig-zag" in v.obligation.ok, v.obligation.ok
+        cover = verdict(result, "V300", "seq")
+        assert cover.status == "proved" and "(contiguous)" in cover.obligation.ok
+    zig = check_text(text.replace("seq   16400", "seq   16384"))[0]
+    assert "(zig-zag: 2 chunks per rank)" in verdict(zig, "V207").obligation.ok
+    assert "(zig-zag)" in verdict(zig, "V300", "seq").obligation.ok
+    odd = verdict(check_text(text.replace("seq   16400", "seq   16401"))[0], "V207")
+    assert odd.status == "violated"
 
 
 def test_microbatches_must_divide_the_local_batch():
