@@ -105,7 +105,10 @@ def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
     if sh is not None:
         span = next((s for d, s in zip(sh.dims, sh.dim_spans) if d == dim), sh.span)
     by = _axes_text(axes) + (f" x {extra}" if extra > 1 else "")
-    good = [d for d in _divisors(size) if d % extra == 0][:12]
+    good = [d for d in _divisors(size) if d % extra == 0]
+    if dim == "head_dim":  # V310 also needs RoPE pairs whole: only splits of head_dim / 2
+        good = [d for d in good if size % (2 * d) == 0]
+    good = good[:12]
     what = _axes_text(axes) if len(axes) == 1 else f"the product {_axes_text(axes)}"
     hint = (f"{what}{' x ' + str(extra) if extra > 1 else ''} must divide {size}; try "
             f"{what} in {{{', '.join(str(d // extra) for d in good)}}}") if good else None

@@ -15,7 +15,7 @@ change: the smallest device count that works, or the largest batch that fits.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from math import prod
 
 import z3
@@ -260,8 +260,27 @@ def _score(plan: PlanSpec, graph, objective: tuple[str, str]) -> tuple:  # type:
     return (key, t, peak, tuple(s for _, s in plan.mesh))
 
 
-def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None):  # type: ignore[no-untyped-def]
-    """(best concrete plan, candidates tried, unsat core)."""
+class OutOfBudget(Exception):
+    """A hint's search spent its budget before it could conclude."""
+
+
+@dataclass
+class Budget:
+    """How many candidates a hint may screen: a count, not wall-clock time, so the same plan
+    gets the same hint on an idle and on a loaded machine."""
+
+    left: int
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise OutOfBudget
+
+
+def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
+           budget: Budget | None = None):  # type: ignore[no-untyped-def]
+    """(best concrete plan, candidates tried, unsat core); raises OutOfBudget when a budget
+    is given and spent."""
     objective = plan.objective or ("minimize", "time")
     cands, core = _enumerate(plan, count or plan.cluster.count, solver)
     best = None
@@ -269,6 +288,8 @@ def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None):  # t
     for values in cands:
         mesh_plan = _concrete(plan, values)
         for mbs in _microbatch_options(mesh_plan):
+            if budget is not None:
+                budget.spend()
             tried += 1
             cp = _concrete(mesh_plan, {"microbatches": mbs}) if mbs is not None else mesh_plan
             got = _fill_workload(cp)
@@ -325,26 +346,54 @@ def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-NEAREST_BUDGET_S = 1.5  # the hint is a courtesy: never let it hang a check
+# Candidates each hint may screen (a step budget: hints must not depend on machine load).
+# About a second on one core of a loaded machine for a 16-device cluster.
+NEAREST_DEVICES_BUDGET = 400
+LARGEST_BATCH_BUDGET = 64
 
 
-def _nearest_devices(plan: PlanSpec, solver: SolverConfig, deadline: float) -> int | None:
-    import time
-
+def _nearest_devices(plan: PlanSpec, solver: SolverConfig) -> int | None:
+    """The smallest device count with a feasible completion, or None (none up to 2^16, or the
+    budget ran out first)."""
     count = plan.cluster.count
     candidates = list(range(count + 1, 2 * count + 1)) if count <= 256 else []
     n = count * 2
     while n <= 2**16:
         candidates.append(n)
         n *= 2
-    for n in candidates:
-        if time.monotonic() > deadline:
-            return None
-        cl = replace(plan.cluster, count=n)
-        best, _, _ = search(replace(plan, cluster=cl), solver, n)
-        if best is not None:
-            return n
+    budget = Budget(NEAREST_DEVICES_BUDGET)
+    try:
+        for n in candidates:
+            cl = replace(plan.cluster, count=n)
+            best, _, _ = search(replace(plan, cluster=cl), solver, n, budget)
+            if best is not None:
+                return n
+    except OutOfBudget:
+        return None
     return None
+
+
+def _largest_batch(plan: PlanSpec, cfg: SolverConfig) -> int | None:
+    """The largest batch any assignment of the holes admits (0: none fits), or None when the
+    budget ran out before any candidate fitted."""
+    open_batch = _with_workload(plan, batch=None)
+    cands, _ = _enumerate(open_batch, plan.cluster.count, cfg)
+    budget = Budget(LARGEST_BATCH_BUDGET)
+    best = 0
+    try:
+        for values in cands:
+            cp = _concrete(open_batch, values)
+            for mbs in _microbatch_options(cp):
+                budget.spend()
+                mp = _concrete(cp, {"microbatches": mbs}) if mbs is not None else cp
+                lay = mp.shard_of("layers")
+                step = mp.degree("batch") * ((lay.microbatches or 1) if lay else 1)
+                got = _maximise(mp, "batch", step, BATCH_LIMIT)
+                if got is not None:
+                    best = max(best, got[0].workload.batch or 0)
+    except OutOfBudget:
+        return best or None
+    return best
 
 
 def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
@@ -383,26 +432,15 @@ def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # 
                     "change one of the lines below",
                     tuple(Related(sp, text) for sp, text in spans[1:]))
         return
-    import time
-
-    deadline = time.monotonic() + NEAREST_BUDGET_S
     hints = []
-    n = _nearest_devices(plan, cfg, deadline) if _mesh_holes(plan) else None
+    n = _nearest_devices(plan, cfg) if _mesh_holes(plan) else None
     if n is not None:
         hints.append(f"needs at least {n} devices (the cluster has {plan.cluster.count})")
     if plan.workload.batch is not None:
-        b_best = 0
-        cands, _ = _enumerate(_with_workload(plan, batch=None), plan.cluster.count, cfg)
-        for values in cands[:200]:
-            if time.monotonic() > deadline:
-                break
-            cp = _concrete(_with_workload(plan, batch=None), values)
-            step = cp.degree("batch") * (cp.shard_of("layers").microbatches  # type: ignore[union-attr]
-                                         if cp.shard_of("layers") else 1)
-            got = _maximise(cp, "batch", step, BATCH_LIMIT)
-            if got is not None:
-                b_best = max(b_best, got[0].workload.batch or 0)
-        hints.append(f"largest batch that fits: {b_best}" if b_best else
-                     "no batch fits, even 1 per data-parallel rank")
+        b_best = _largest_batch(plan, cfg)
+        if b_best:
+            hints.append(f"largest batch that fits: {b_best}")
+        elif b_best == 0:
+            hints.append("no batch fits, even 1 per data-parallel rank")
     diags.error("E093", f"plan {plan.name!r}: none of the {tried} assignments of its holes "
                 "fits (memory, cache or claims)", plan.span, "; ".join(hints) or None)
