@@ -70,6 +70,10 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     obligations = encode.build(plan, graph)
     verdicts = decide(obligations, encode.variables(plan), solver)
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
+    from planc.cost.performance import summary
+    from planc.cost.time import rates_of
+
+    result.extra["performance"] = summary(graph, rates_of(plan))
     if result.status == "proved":
         from planc.verifier.headroom import decode_headroom_text, headroom, headroom_text
 

@@ -23,7 +23,8 @@ import z3
 from planc.compiler.check_structure import check_structure
 from planc.compiler.lower import lower, memory_by_class, seq_chunk_step
 from planc.compiler.spec import PlanSpec
-from planc.cost.time import rates_of, step_estimate
+from planc.cost.performance import objective_value, summary
+from planc.cost.time import rates_of
 from planc.diagnostics import Diagnostics, Related, Span
 from planc.verifier import encode
 from planc.verifier.report import PlanResult
@@ -253,10 +254,14 @@ def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
 
 
 def _score(plan: PlanSpec, graph, objective: tuple[str, str]) -> tuple:  # type: ignore[no-untyped-def]
-    t = step_estimate(graph, rates_of(plan)) / max(1, graph.batch * graph.seq)
+    rates = rates_of(plan)
+    t = objective_value(graph, rates, "time")
     peak = max(c.memory["peak"] for c in graph.classes)
-    key = {"time": t, "memory": peak, "devices": plan.devices,
-           "batch": -(plan.workload.batch or 0), "seq": -(plan.workload.seq or 0)}[objective[1]]
+    target = objective[1]
+    key = {"memory": peak, "devices": plan.devices, "batch": -(plan.workload.batch or 0),
+           "seq": -(plan.workload.seq or 0)}.get(target)
+    if key is None:
+        key = objective_value(graph, rates, target)
     return (key, t, peak, tuple(s for _, s in plan.mesh))
 
 
@@ -277,13 +282,13 @@ class Budget:
             raise OutOfBudget
 
 
-def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
+def ranked(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
            budget: Budget | None = None):  # type: ignore[no-untyped-def]
-    """(best concrete plan, candidates tried, unsat core); raises OutOfBudget when a budget
-    is given and spent."""
+    """([(score, concrete plan, graph)] best first, candidates tried, unsat core); raises
+    OutOfBudget when a budget is given and spent."""
     objective = plan.objective or ("minimize", "time")
     cands, core = _enumerate(plan, count or plan.cluster.count, solver)
-    best = None
+    out = []
     tried = 0
     for values in cands:
         mesh_plan = _concrete(plan, values)
@@ -296,10 +301,16 @@ def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
             if got is None:
                 continue
             cp, g = got
-            score = _score(cp, g, objective)
-            if best is None or score < best[0]:
-                best = (score, cp)
-    return (best[1] if best else None), tried, core
+            out.append((_score(cp, g, objective), cp, g))
+    out.sort(key=lambda x: x[0])
+    return out, tried, core
+
+
+def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
+           budget: Budget | None = None):  # type: ignore[no-untyped-def]
+    """(best concrete plan, candidates tried, unsat core)."""
+    found, tried, core = ranked(plan, solver, count, budget)
+    return (found[0][1] if found else None), tried, core
 
 
 def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
@@ -401,7 +412,8 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     from planc.pipeline import check_plan
 
     cfg = solver or SolverConfig()
-    best, tried, core = search(plan, cfg)
+    found, tried, core = ranked(plan, cfg)
+    best = found[0][1] if found else None
     if best is None:
         _explain_infeasible(plan, cfg, core, tried, diags)
         return None
@@ -412,14 +424,26 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     result.extra["synthesis"] = {
         "objective": " ".join(plan.objective or ("minimize", "time")),
         "candidates": tried,
-        "values": {**{f"mesh.{a}": best.axis_size(a) for a in _mesh_holes(plan)},
-                   **({"batch": best.workload.batch} if plan.workload.batch is None else {}),
-                   **({"seq": best.workload.seq} if plan.workload.seq is None else {}),
-                   **({"microbatches": best.shard_of("layers").microbatches}  # type: ignore[union-attr]
-                      if plan.shard_of("layers") and plan.shard_of("layers").microbatches is None  # type: ignore[union-attr]
-                      else {})},
+        "values": _hole_values(plan, best),
+        # the runners-up, so a user sees why the chosen plan won (estimates, not bounds)
+        "alternatives": [{"values": _hole_values(plan, cp),
+                          "estimate": summary(g, rates_of(cp))["estimate"]}
+                         for _, cp, g in found[1:1 + ALTERNATIVES]],
     }
     return result
+
+
+ALTERNATIVES = 3
+
+
+def _hole_values(plan: PlanSpec, filled: PlanSpec) -> dict[str, int]:
+    """The value each hole of plan took in filled."""
+    lay = plan.shard_of("layers")
+    return {**{f"mesh.{a}": filled.axis_size(a) for a in _mesh_holes(plan)},
+            **({"batch": filled.workload.batch} if plan.workload.batch is None else {}),
+            **({"seq": filled.workload.seq} if plan.workload.seq is None else {}),
+            **({"microbatches": filled.shard_of("layers").microbatches}  # type: ignore[union-attr]
+               if lay is not None and lay.microbatches is None else {})}
 
 
 def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # type: ignore[no-untyped-def]

@@ -33,35 +33,35 @@ def test_tensor_parallel_across_two_nodes_is_not_refuted_at_half_a_million_token
     assert v.status == "not_refuted", v.obligation.bad
 
 
-def test_the_inter_node_share_of_an_all_reduce_is_spread_over_the_node_s_links():
-    spec, _ = resolve_text(plan_text(TP16))
+def _link_bytes_of(body: str, after: str) -> tuple[int, Fraction, Fraction]:
+    """(planc's bytes, bound device bytes, bound inter-node bytes per link) of the first
+    collective that follows op `after` in the plan's first device class."""
+    spec, _ = resolve_text(plan_text(body))
     g = lower(spec.plans[0])
     cls = g.classes[0]
-    ar = next(c for c in cls.collectives if c.op == "all_reduce")
-    device, inter = bound_link_bytes(ar, cls, g.mesh)
+    c = next(c for c in cls.collectives if c.after == after)
+    return (c.bytes, *bound_link_bytes(c, cls, g.mesh))
+
+
+def test_the_inter_node_share_of_an_all_reduce_is_spread_over_the_node_s_links():
+    b, device, inter = _link_bytes_of(TP16, "o_proj")
     # 16 members, 8 per node: 8/16 of B must enter a node, over its 8 inter-node links
-    assert device == Fraction(ar.bytes * 15, 16)
-    assert inter == Fraction(ar.bytes * 8, 16 * 8)
+    assert device == Fraction(b * 15, 16)
+    assert inter == Fraction(b * 8, 16 * 8)
 
 
 def test_links_of_one_node_carry_nothing_across_nodes():
-    spec, _ = resolve_text(plan_text("  mesh pp=2, tp=8\n  shard layers over pp\n"
-                                     "  shard heads, kv_heads, ffn over tp\n"))
-    g = lower(spec.plans[0])
-    cls = g.classes[0]
-    ar = next(c for c in cls.collectives if c.op == "all_reduce")
-    assert bound_link_bytes(ar, cls, g.mesh)[1] == 0
+    _, _, inter = _link_bytes_of("  mesh pp=2, tp=8\n  shard layers over pp\n"
+                                 "  shard heads, kv_heads, ffn over tp\n", "o_proj")
+    assert inter == 0
 
 
 def test_the_head_x_head_dim_bound_does_not_charge_planc_s_float32_scores():
-    spec, _ = resolve_text(plan_text("  mesh n=4, m=4\n  shard heads, kv_heads over n\n"
-                                     "  shard head_dim over m\n  shard ffn over n, m\n"))
-    g = lower(spec.plans[0])
-    cls = g.classes[0]
-    scores = next(c for c in cls.collectives if c.after == "attention_scores")
-    device, _ = bound_link_bytes(scores, cls, g.mesh)
+    b, device, _ = _link_bytes_of("  mesh n=4, m=4\n  shard heads, kv_heads over n\n"
+                                  "  shard head_dim over m\n  shard ffn over n, m\n",
+                                  "attention_scores")
     # at most the partial scores in bf16 (half of planc's float32), all-reduced over 4
-    assert device <= Fraction(scores.bytes, 2) * 3 / 4
+    assert device <= Fraction(b, 2) * 3 / 4
 
 
 # --- random plans -------------------------------------------------------------------------
