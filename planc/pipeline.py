@@ -81,6 +81,9 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
         result.extra["headroom"] = h
         result.extra["headroom_text"] = (decode_headroom_text(h) if plan.workload.phase ==
                                          "decode" else headroom_text(h))
+    from planc.verifier.advice import cross_node_groups
+
+    cross_node_groups(plan, graph, diags)
     if plan.devices < plan.cluster.count:
         diags.warning("W101", f"plan {plan.name!r} uses {plan.devices} of "
                       f"{plan.cluster.count} devices; {plan.cluster.count - plan.devices} stay "

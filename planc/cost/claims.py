@@ -51,6 +51,13 @@ def layer_weight_bytes(plan: PlanSpec) -> int:
     return attn + mlp + router + 2 * m.hidden * e
 
 
+def model_weight_bytes(plan: PlanSpec) -> int:
+    """Bytes of the whole model's weights in their storage formats (embeddings, final norm)."""
+    m = plan.model
+    extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
+    return m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes
+
+
 def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
                 ) -> tuple[Fraction, str, bool] | None:
     """(value, unit dimension, is_bound) for a require metric; None when not applicable."""
@@ -62,8 +69,7 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
     if metric == "layer_weights":
         return Fraction(layer_weight_bytes(plan)), "bytes", False
     if metric == "weights":
-        extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
-        return Fraction(m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes), "bytes", False
+        return Fraction(model_weight_bytes(plan)), "bytes", False
     if metric == "weights_per_device":
         return Fraction(max(c.memory["weights"] for c in graph.classes)), "bytes", False
     if metric == "activations":

@@ -63,7 +63,7 @@ def summary(graph: PlacementGraph, rates: Rates) -> dict[str, dict[str, float]]:
             "bound": {k: float(v) for k, v in performance(graph, rates, bound=True).items()}}
 
 
-def _ms(s: float) -> str:
+def human_time(s: float) -> str:
     if s >= 1:
         return f"{s:.4g} s"
     return f"{s * 1e3:.4g} ms" if s >= 1e-3 else f"{s * 1e6:.4g} us"
@@ -75,12 +75,12 @@ def summary_text(perf: dict[str, dict[str, float]], phase: str) -> str:
     if not est:
         return "no estimate (the plan does no work)"
     if phase == "decode":
-        e = (f"TTFT {_ms(est['ttft_s'])}, TPOT {_ms(est['tpot_s'])}, "
+        e = (f"TTFT {human_time(est['ttft_s'])}, TPOT {human_time(est['tpot_s'])}, "
              f"{est['tokens_per_s']:,.0f} tokens/s")
-        b = (f"TTFT >= {_ms(bnd['ttft_s'])}, TPOT >= {_ms(bnd['tpot_s'])}, "
+        b = (f"TTFT >= {human_time(bnd['ttft_s'])}, TPOT >= {human_time(bnd['tpot_s'])}, "
              f"<= {bnd['tokens_per_s']:,.0f} tokens/s") if bnd else "-"
     else:
-        e = f"step {_ms(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s"
-        b = (f"step >= {_ms(bnd['step_s'])}, <= {bnd['tokens_per_s']:,.0f} tokens/s"
+        e = f"step {human_time(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s"
+        b = (f"step >= {human_time(bnd['step_s'])}, <= {bnd['tokens_per_s']:,.0f} tokens/s"
              if bnd else "-")
     return f"{e} (sound bound: {b})" if bnd else e

@@ -74,13 +74,13 @@ def link_bytes(c: Collective) -> Fraction:
     return Fraction(c.bytes)
 
 
-def _in_phase(name: str, phase: str) -> bool:
+def in_phase(name: str, phase: str) -> bool:
     """Ops named decode_* and collectives after decode:* belong to a decode step."""
     is_decode = name.startswith("decode_") or name.startswith("decode:")
     return is_decode if phase == "decode" else not is_decode
 
 
-def _steps(graph: PlacementGraph, phase: str) -> int:
+def phase_steps(graph: PlacementGraph, phase: str) -> int:
     return max(1, graph.generate - 1) if phase == "decode" else 1
 
 
@@ -173,8 +173,8 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     """(compute, hbm, link) seconds of one microbatch (per_mb) or all of them, for the prefill
     (of the prompt, for a decode plan) or for one decode step."""
     nmb = graph.microbatches
-    div = (nmb if per_mb else 1) * _steps(graph, phase)
-    flops = Fraction(sum(o.flops * o.calls for o in cls.ops if _in_phase(o.name, phase)), div)
+    div = (nmb if per_mb else 1) * phase_steps(graph, phase)
+    flops = Fraction(sum(o.flops * o.calls for o in cls.ops if in_phase(o.name, phase)), div)
     weights = cls.memory["weights"] if not cls.cache_resident else 0
     # Each microbatch runs every layer of the stage, so it must read the weights again, except
     # what L2 can keep between microbatches: at least weights + (nmb - 1) x (weights - L2).
@@ -186,7 +186,7 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
         hbm = Fraction(weights + reread + io, nmb if per_mb else 1)
     device, inter = Fraction(0), Fraction(0)
     for c in cls.collectives:
-        if not _in_phase(c.after, phase):
+        if not in_phase(c.after, phase):
             continue
         d, i = bound_link_bytes(c, cls, graph.mesh)
         device += d * c.calls
@@ -220,6 +220,15 @@ def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) ->
     return max(flops / rate, nbytes / (rates.hbm * e.hbm)) + e.op_overhead_s
 
 
+def collective_estimate(col: Collective, rates: Rates, eff: Efficiency | None = None,
+                        link: str | None = None) -> float:
+    """Seconds of all of col's calls in a step, estimated: latency plus NCCL's ring bytes at
+    the measured link efficiency; `link` prices it on another link than its own."""
+    e = eff or Efficiency()
+    bw = (rates.intra if (link or col.link) == "intra" else rates.inter) * e.link
+    return (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls
+
+
 def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None,
                   phase: str = "prefill") -> float:
     """Seconds: an estimate of the forward step, not a bound.
@@ -230,19 +239,17 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
     """
     e = eff or Efficiency()
-    nmb = max(1, graph.microbatches) * _steps(graph, phase)
+    nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     stages = []
     for c in graph.classes:
         t = 0.0
         for o in c.ops:
-            if _in_phase(o.name, phase):
+            if in_phase(o.name, phase):
                 t += _op_time(o.name.removeprefix("decode_"), o.flops, o.bytes, rates, e) \
                     * o.calls / nmb
         for col in c.collectives:
-            if not _in_phase(col.after, phase):
-                continue
-            bw = (rates.intra if col.link == "intra" else rates.inter) * e.link
-            t += (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls / nmb
+            if in_phase(col.after, phase):
+                t += collective_estimate(col, rates, e) / nmb
         stages.append(t)
     if not stages:
         return 0.0

@@ -176,18 +176,8 @@ def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
 
 def _memory_fits(plan: PlanSpec) -> bool:
     """HBM capacity and `require memory` per class, from the memory rows alone (no graph)."""
-    limits = []
-    for r in plan.requires:
-        if r.metric == "memory":
-            limits.append((r.value, r.unit, r.op))
-    for m in memory_by_class(plan).values():
-        if m["peak"] > m["capacity"]:
-            return False
-        for value, unit, op in limits:
-            lim = value * m["capacity"] / 100 if unit == "percent" else value
-            if m["peak"] > lim or (op == "<" and m["peak"] >= lim):
-                return False
-    return True
+    return all(encode.memory_fits(plan, m["peak"], m["capacity"])
+               for m in memory_by_class(plan).values())
 
 
 def _screen(plan: PlanSpec) -> tuple[bool, object]:
@@ -465,6 +455,17 @@ def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # 
         if b_best:
             hints.append(f"largest batch that fits: {b_best}")
         elif b_best == 0:
-            hints.append("no batch fits, even 1 per data-parallel rank")
+            hints.append(_nothing_fits(plan))
     diags.error("E093", f"plan {plan.name!r}: none of the {tried} assignments of its holes "
                 "fits (memory, cache or claims)", plan.span, "; ".join(hints) or None)
+
+
+def _nothing_fits(plan: PlanSpec) -> str:
+    """Why not even one sequence per rank fits: the weights alone, when they are the reason."""
+    from planc.verifier.advice import weights_alone_devices, weights_alone_text
+
+    limit = min(lim for _, lim, _, _ in encode.memory_limits(plan, plan.cluster.device.memory))
+    need = weights_alone_devices(plan, limit)
+    if need is None or need > plan.cluster.count:
+        return weights_alone_text(plan, limit) + f" (the cluster has {plan.cluster.count})"
+    return "no batch fits, even 1 per data-parallel rank"
