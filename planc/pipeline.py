@@ -123,6 +123,10 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
         verdicts = moved_verdicts(hit.verdicts, hit.plan, plan)
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
     h = hit.headroom if hit is not None else None
+    from planc.cost.performance import summary
+    from planc.cost.time import rates_of
+
+    result.extra["performance"] = summary(graph, rates_of(plan))
     if result.status == "proved":
         from planc.verifier.headroom import decode_headroom_text, headroom, headroom_text
 
@@ -132,6 +136,9 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
                                          "decode" else headroom_text(h))
     if memo is not None and hit is None:
         memo[key] = _Solved(plan, graph, verdicts, h)
+    from planc.verifier.advice import cross_node_groups
+
+    cross_node_groups(plan, graph, diags)
     if plan.devices < plan.cluster.count:
         diags.warning("W101", f"plan {plan.name!r} uses {plan.devices} of "
                       f"{plan.cluster.count} devices; {plan.cluster.count - plan.devices} stay "

@@ -92,7 +92,9 @@ METRICS: dict[str, tuple[str, ...]] = {
     "ttft": ("seconds",),  # decode: time to first token (the prompt's prefill)
     "devices": ("count",),
 }
-OBJECTIVES = {"minimize": ("time", "memory", "devices"), "maximize": ("batch", "seq")}
+# time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
+OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),
+              "maximize": ("batch", "seq", "throughput")}
 
 
 class _Values:

@@ -1,8 +1,9 @@
 """The computed value behind each `require METRIC` line.
 
 Exact values (parameter counts, weight bytes) come from the model and the placement graph;
-time-based metrics come from the physical lower bound on step time, so for them the value is a
-bound (a claim beyond it is refuted, never proved).
+time-based metrics come from the sound bounds of cost/performance (prefill: step, TPOT = step
+per token; decode: MLPerf's TTFT, TPOT, latency and output tokens/s), so for them the value is
+a bound (a claim beyond it is refuted, never proved).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from fractions import Fraction
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import linear_bytes
-from planc.cost.time import rates_of, step_lower_bound
+from planc.cost.performance import performance
+from planc.cost.time import rates_of
 
 
 def layer_params(plan: PlanSpec) -> int:
@@ -49,6 +51,13 @@ def layer_weight_bytes(plan: PlanSpec) -> int:
     return attn + mlp + router + 2 * m.hidden * e
 
 
+def model_weight_bytes(plan: PlanSpec) -> int:
+    """Bytes of the whole model's weights in their storage formats (embeddings, final norm)."""
+    m = plan.model
+    extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
+    return m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes
+
+
 def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
                 ) -> tuple[Fraction, str, bool] | None:
     """(value, unit dimension, is_bound) for a require metric; None when not applicable."""
@@ -60,8 +69,7 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
     if metric == "layer_weights":
         return Fraction(layer_weight_bytes(plan)), "bytes", False
     if metric == "weights":
-        extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
-        return Fraction(m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes), "bytes", False
+        return Fraction(model_weight_bytes(plan)), "bytes", False
     if metric == "weights_per_device":
         return Fraction(max(c.memory["weights"] for c in graph.classes)), "bytes", False
     if metric == "activations":
@@ -70,38 +78,11 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
         return Fraction(plan.devices), "count", False
     if metric == "cache":
         return Fraction(max(c.cache_resident for c in graph.classes)), "bytes", False
-    if graph.phase == "decode":
-        return _decode_claim(plan, graph, metric)
-    t = step_lower_bound(graph, rates_of(plan))
-    tokens = graph.batch * graph.seq
-    if t <= 0:
+    key = {"throughput": "tokens_per_s", "latency": "latency_s", "tpot": "tpot_s",
+           "ttft": "ttft_s"}.get(metric)
+    if key is None:
         return None
-    if metric == "throughput":
-        return Fraction(tokens) / t, "tokens_per_s", True
-    if metric == "latency":
-        return t, "seconds", True
-    if metric == "tpot":
-        # Prefill: the seeds define TPOT as step time per token processed (1 / throughput).
-        return t / tokens, "seconds", True
-    if metric == "ttft":
-        return t, "seconds", True
-    return None
-
-
-def _decode_claim(plan: PlanSpec, graph: PlacementGraph, metric: str
-                  ) -> tuple[Fraction, str, bool] | None:
-    """Decode bounds: TTFT = the prompt's prefill, TPOT = one step; MLPerf's definitions."""
-    rates = rates_of(plan)
-    ttft = step_lower_bound(graph, rates, "prefill")
-    tpot = step_lower_bound(graph, rates, "decode")
-    latency = ttft + max(0, graph.generate - 1) * tpot
-    if metric == "ttft":
-        return ttft, "seconds", True
-    if metric == "tpot":
-        return tpot, "seconds", True
-    if metric == "latency":
-        return latency, "seconds", True
-    if metric == "throughput":  # output tokens per second
-        return (Fraction(graph.batch * graph.generate) / latency if latency else None,
-                "tokens_per_s", True)  # type: ignore[return-value]
-    return None
+    bound = performance(graph, rates_of(plan), bound=True)
+    if not bound:
+        return None
+    return bound[key], ("tokens_per_s" if metric == "throughput" else "seconds"), True

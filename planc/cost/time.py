@@ -1,20 +1,29 @@
 """Time: a sound lower bound on a forward step (for refuting claims) and an estimate.
 
-The bound uses peak rates and assumes perfect overlap, so no real run can beat it:
+The bound uses peak rates and assumes perfect overlap, so no schedule of the plan's placement
+can beat it:
   per device class and microbatch, t >= max(FLOPs / peak compute,
                                             compulsory HBM bytes / peak bandwidth,
-                                            link bytes / link bandwidth)
+                                            link time)
   and a forward-only pipeline of S stages and M microbatches needs at least
   sum_s t_s + (M - 1) * max_s t_s.
 Compulsory HBM bytes are the weights read once per step, plus once more per further
 microbatch for the part that does not fit L2 (zero for a fit-cache stage, whose weights may stay
-in L2), plus the stage's input and output (for a decode step: the whole KV cache); intermediate activations are not
-counted because a fused kernel could keep them on chip. Link bytes per device per collective:
-all-reduce (n-1)/n x B (the minimum even with in-network reduction), all-gather (n-1) x B,
-all-to-all (n-1)/n x B, send/recv and ring passes B.
+in L2), plus the stage's input and output (for a decode step: the whole KV cache); intermediate
+activations are not counted because a fused kernel could keep them on chip.
 
-The estimate sums instead of overlapping and applies efficiency factors (calibrated from
-measurements under benchmarks/); it is reported beside claims, never used to prove them.
+Link time: a device's intra-node and inter-node links run concurrently, and so do the
+inter-node links of every device of a node. Two necessary conditions, whichever is slower:
+  - what one device must receive, over its two links together:
+      all-reduce and reduce-scatter (n-1)/n x B (the minimum even with in-network reduction),
+      all-gather (n-1) x B, all-to-all (n-1)/n x B, send/recv and ring passes B;
+  - what must cross into the busiest node of the group (g of its n members), spread over
+    that node's g inter-node links (a hierarchical collective moves only this share):
+      all-reduce and reduce-scatter (n-g)/n x B / g, all-gather (n-g) x B / g,
+      all-to-all (n-g)/n x B, a ring pass (n-g)/(n-1) x B / g per step, send/recv B / node.
+B is what any implementation must exchange, not planc's own choice: for the head x head_dim
+split, the smaller of the partial scores in the model dtype (planc sums them in float32) and
+the other slices of Q and K (with them every device computes whole scores itself).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from planc.compiler.ir import Collective, DeviceClass, PlacementGraph
+from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,13 @@ def link_bytes(c: Collective) -> Fraction:
     return Fraction(c.bytes)
 
 
-def _in_phase(name: str, phase: str) -> bool:
+def in_phase(name: str, phase: str) -> bool:
     """Ops named decode_* and collectives after decode:* belong to a decode step."""
     is_decode = name.startswith("decode_") or name.startswith("decode:")
     return is_decode if phase == "decode" else not is_decode
 
 
-def _steps(graph: PlacementGraph, phase: str) -> int:
+def phase_steps(graph: PlacementGraph, phase: str) -> int:
     return max(1, graph.generate - 1) if phase == "decode" else 1
 
 
@@ -84,13 +93,88 @@ def estimate_link_bytes(c: Collective) -> float:
     return float(link_bytes(c))
 
 
+def _group_nodes(mesh: Mesh, axes: list[str]) -> tuple[int, int]:
+    """(members, most members in one node) of rank 0's group over `axes`: the group's own
+    devices must do its transfers, so any one group gives a sound bound."""
+    ranks = [0]
+    for a in mesh.axes:
+        if a.name in axes:
+            stride = _stride(mesh, a.name)
+            ranks = [r + i * stride for r in ranks for i in range(a.size)]
+    per_node: dict[int, int] = {}
+    for r in ranks:
+        node = r // max(1, mesh.devices_per_node)
+        per_node[node] = per_node.get(node, 0) + 1
+    return len(ranks), max(per_node.values())
+
+
+def _stride(mesh: Mesh, axis: str) -> int:
+    stride = 1
+    for a in reversed(mesh.axes):
+        if a.name == axis:
+            return stride
+        stride *= a.size
+    raise KeyError(axis)
+
+
+def _elem_bytes(cls: DeviceClass) -> Fraction:
+    """The model dtype's bytes, from the attention norm (4 FLOPs and 2 accesses per element)."""
+    norm = next((o for o in cls.ops if o.name.endswith("attn_norm")), None)
+    return Fraction(2 * norm.bytes, norm.flops) if norm and norm.flops else Fraction(2)
+
+
+def _floor_bytes(c: Collective, cls: DeviceClass) -> Fraction:
+    """What any exact implementation must exchange in place of c, per device per call."""
+    if not c.after.endswith("attention_scores"):
+        return Fraction(c.bytes)
+    prefix = "decode_" if c.after.startswith("decode:") else ""
+    rope = {o.name: o for o in cls.ops}
+    q, k = rope.get(prefix + "rope_q"), rope.get(prefix + "rope_k")
+    e = _elem_bytes(cls)
+    scores = Fraction(c.bytes, 4) * e  # planc's float32 partial scores, in the model dtype
+    if q is None or k is None:
+        return scores
+    # rope_q / rope_k do 3 FLOPs per element of the local Q / K slice (per microbatch call)
+    slices = Fraction(q.flops + k.flops, 3) * e * (c.group_size - 1)
+    # scores are all-reduced ((n-1)/n of them cross); slices are gathered (n-1 of them)
+    return min(scores, slices * c.group_size / max(1, c.group_size - 1))
+
+
+def bound_link_bytes(c: Collective, cls: DeviceClass, mesh: Mesh) -> tuple[Fraction, Fraction]:
+    """(bytes one device must receive, bytes each inter-node link of the busiest node must
+    carry) for one call of c, as the module docstring derives them."""
+    b = _floor_bytes(c, cls)
+    n = c.group_size
+    if c.op in ("all_reduce", "reduce_scatter", "all_to_all"):
+        device = b * (n - 1) / n
+    elif c.op == "all_gather":
+        device = b * (n - 1)
+    else:
+        device = b
+    members, g = _group_nodes(mesh, c.axes)
+    if g >= members:
+        return device, Fraction(0)
+    outside = members - g
+    if c.op in ("all_reduce", "reduce_scatter"):
+        inter = b * outside / (members * g)
+    elif c.op == "all_gather":
+        inter = b * outside / g
+    elif c.op == "all_to_all":
+        inter = b * outside / members
+    elif c.op == "ring_pass":
+        inter = b * outside / (g * (members - 1))
+    else:  # send/recv: the receiving node needs B, over any of its links
+        inter = b / max(1, mesh.devices_per_node)
+    return device, inter
+
+
 def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: bool,
                  phase: str = "prefill") -> tuple[Fraction, Fraction, Fraction]:
     """(compute, hbm, link) seconds of one microbatch (per_mb) or all of them, for the prefill
     (of the prompt, for a decode plan) or for one decode step."""
     nmb = graph.microbatches
-    div = (nmb if per_mb else 1) * _steps(graph, phase)
-    flops = Fraction(sum(o.flops * o.calls for o in cls.ops if _in_phase(o.name, phase)), div)
+    div = (nmb if per_mb else 1) * phase_steps(graph, phase)
+    flops = Fraction(sum(o.flops * o.calls for o in cls.ops if in_phase(o.name, phase)), div)
     weights = cls.memory["weights"] if not cls.cache_resident else 0
     # Each microbatch runs every layer of the stage, so it must read the weights again, except
     # what L2 can keep between microbatches: at least weights + (nmb - 1) x (weights - L2).
@@ -100,14 +184,17 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     else:
         io = sum(b.bytes for b in cls.buffers if b.role == "io")
         hbm = Fraction(weights + reread + io, nmb if per_mb else 1)
-    link = Fraction(0)
+    device, inter = Fraction(0), Fraction(0)
     for c in cls.collectives:
-        if not _in_phase(c.after, phase):
+        if not in_phase(c.after, phase):
             continue
-        bw = rates.intra if c.link == "intra" else rates.inter
-        link += link_bytes(c) * c.calls / bw
-    link /= div
-    return flops / rates.compute, hbm / rates.hbm, link
+        d, i = bound_link_bytes(c, cls, graph.mesh)
+        device += d * c.calls
+        inter += i * c.calls
+    link = device / (rates.intra + rates.inter)
+    if rates.inter:
+        link = max(link, inter / rates.inter)
+    return flops / rates.compute, hbm / rates.hbm, link / div
 
 
 def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> Fraction:
@@ -133,6 +220,15 @@ def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) ->
     return max(flops / rate, nbytes / (rates.hbm * e.hbm)) + e.op_overhead_s
 
 
+def collective_estimate(col: Collective, rates: Rates, eff: Efficiency | None = None,
+                        link: str | None = None) -> float:
+    """Seconds of all of col's calls in a step, estimated: latency plus NCCL's ring bytes at
+    the measured link efficiency; `link` prices it on another link than its own."""
+    e = eff or Efficiency()
+    bw = (rates.intra if (link or col.link) == "intra" else rates.inter) * e.link
+    return (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls
+
+
 def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None,
                   phase: str = "prefill") -> float:
     """Seconds: an estimate of the forward step, not a bound.
@@ -143,19 +239,17 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
     """
     e = eff or Efficiency()
-    nmb = max(1, graph.microbatches) * _steps(graph, phase)
+    nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     stages = []
     for c in graph.classes:
         t = 0.0
         for o in c.ops:
-            if _in_phase(o.name, phase):
+            if in_phase(o.name, phase):
                 t += _op_time(o.name.removeprefix("decode_"), o.flops, o.bytes, rates, e) \
                     * o.calls / nmb
         for col in c.collectives:
-            if not _in_phase(col.after, phase):
-                continue
-            bw = (rates.intra if col.link == "intra" else rates.inter) * e.link
-            t += (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls / nmb
+            if in_phase(col.after, phase):
+                t += collective_estimate(col, rates, e) / nmb
         stages.append(t)
     if not stages:
         return 0.0

@@ -82,6 +82,7 @@ RULES: dict[str, tuple[str, str]] = {
     "W005": ("NoPlan", "The file declares blocks but no plan: nothing is verified."),
     "W051": ("IdleAxis", "A mesh axis carries no dimension: its devices repeat the same work."),
     "W101": ("IdleDevices", "The mesh uses fewer devices than the cluster has."),
+    "W102": ("GroupAcrossNodes", "A tensor- or expert-parallel group spans nodes."),
     # V: obligations proved or refuted by the verifier
     "V100": ("DeviceCount", "The mesh needs no more devices than the cluster has."),
     "V201": ("HeadsDivisible", "heads divides evenly over its axes."),

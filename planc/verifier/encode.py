@@ -65,7 +65,7 @@ def build(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obl
     obs += _coverage(plan)
     obs += _memory(plan, graph, hints)
     obs += _compressed_bytes(plan, graph)
-    obs += _claims(plan, graph)
+    obs += claims(plan, graph)
     return obs
 
 
@@ -105,7 +105,10 @@ def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
     if sh is not None:
         span = next((s for d, s in zip(sh.dims, sh.dim_spans) if d == dim), sh.span)
     by = _axes_text(axes) + (f" x {extra}" if extra > 1 else "")
-    good = [d for d in _divisors(size) if d % extra == 0][:12]
+    good = [d for d in _divisors(size) if d % extra == 0]
+    if dim == "head_dim":  # V310 also needs RoPE pairs whole: only splits of head_dim / 2
+        good = [d for d in good if size % (2 * d) == 0]
+    good = good[:12]
     what = _axes_text(axes) if len(axes) == 1 else f"the product {_axes_text(axes)}"
     hint = (f"{what}{' x ' + str(extra) if extra > 1 else ''} must divide {size}; try "
             f"{what} in {{{', '.join(str(d // extra) for d in good)}}}") if good else None
@@ -294,16 +297,31 @@ def _breakdown(mem: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obligation]:
-    out = []
-    limits: list[tuple[str, int, str, object]] = []
-    cap = graph.device_capacity
-    limits.append(("capacity", cap, "V400", plan.cluster.device.span))
+def memory_limits(plan: PlanSpec, cap: int) -> list[tuple[str, int, bool, object]]:
+    """(label, bytes, strict, require line) of each per-device memory limit: the device's
+    capacity and every `require memory` (strict for `<`)."""
+    out: list[tuple[str, int, bool, object]] = [("capacity", cap, False, None)]
     for r in plan.requires:
         if r.metric == "memory":
             lim = (int(r.value * cap / 100) if r.unit == "percent" else int(r.value))
             lim = max(1, lim)  # a limit that rounds to 0 bytes still divides the ratio below
-            limits.append((f"require memory {r.op} {r.text}", lim, "V401", r.span))
+            out.append((f"require memory {r.op} {r.text}", lim, r.op == "<", r))
+    return out
+
+
+def memory_fits(plan: PlanSpec, peak: int, cap: int) -> bool:
+    """peak is within every memory limit of the plan."""
+    return all(peak < lim if strict else peak <= lim
+               for _, lim, strict, _ in memory_limits(plan, cap))
+
+
+def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obligation]:
+    out = []
+    limits: list[tuple[str, int, str, object]] = []
+    cap = graph.device_capacity
+    for label, lim, _, r in memory_limits(plan, cap):
+        limits.append((label, lim, "V401" if r else "V400",
+                       r.span if r else plan.cluster.device.span))  # type: ignore[attr-defined]
     for cls in graph.classes:
         peak = cls.memory["peak"]
         where = f"device class {cls.id} ({cls.count} device{'s' if cls.count != 1 else ''}, "\
@@ -439,6 +457,12 @@ def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
     """The smallest microbatch increase that fits, found by lowering variants (cheap)."""
     if peak <= limit:
         return None
+    g = lower(plan)
+    cls = g.class_by_id(cid)
+    if cls.memory["weights"] + cls.memory["reserve"] > limit:  # no batch can fix that
+        from planc.verifier.advice import weights_alone_text
+
+        return weights_alone_text(plan, limit)
     lay = plan.shard_of("layers")
     tried = []
     if lay is not None and plan.workload.batch:
@@ -451,8 +475,6 @@ def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
             tried.append((mbs, p))
             if p <= limit:
                 return f"microbatches {mbs} would need {human_bytes(p)} per device"
-    g = lower(plan)
-    cls = g.class_by_id(cid)
     biggest = max(cls.buffers, key=lambda b: b.bytes, default=None)
     what = ""
     if biggest is not None and biggest.bytes > cls.memory["weights"]:
@@ -462,7 +484,7 @@ def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
                    "parallelism, more microbatches), raise tensor parallelism, or compress weights")
 
 
-def _claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
     from planc.cost.claims import claim_value  # local: avoids a cycle at import time
 
     out = []

@@ -2,29 +2,43 @@
 
 Memory grows monotonically with batch and sequence, so a binary search over the values the
 plan's divisibility allows (multiples of the data-parallel degree x microbatches; of the
-sequence degree, twice it for a zig-zag ring) finds the largest that fits each class's HBM.
+sequence degree, twice it for a zig-zag ring) finds the largest that fits each class's HBM and
+every `require` of the plan (memory limits per class; claims for the whole plan).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.lower import memory_by_class, microbatches, seq_chunk_step
+from planc.compiler.lower import lower, memory_by_class, microbatches, seq_chunk_step
 from planc.compiler.spec import PlanSpec
+from planc.verifier import encode
 
 LIMIT = 2**24  # search no further: a plan that fits beyond this has no practical limit
 
 
 def _fits_by_class(plan: PlanSpec) -> dict[str, bool]:
-    return {cid: m["peak"] <= m["capacity"] for cid, m in memory_by_class(plan).items()}
+    """Per class: within every memory limit, and (for the whole plan) every other `require`
+    still holds: a headroom the plan's own limits refute is no headroom."""
+    fits = {cid: encode.memory_fits(plan, m["peak"], m["capacity"])
+            for cid, m in memory_by_class(plan).items()}
+    if any(fits.values()) and any(r.metric != "memory" for r in plan.requires):
+        values = encode.variables(plan)
+        if not all(ob.check(values) for ob in encode.claims(plan, lower(plan))):
+            return dict.fromkeys(fits, False)
+    return fits
 
 
-def _largest(plan: PlanSpec, step: int, with_value) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Per class, the largest multiple of step that fits (0 when even one step does not)."""
+def _largest(plan: PlanSpec, step: int, with_value, current: int  # type: ignore[no-untyped-def]
+             ) -> dict[str, int]:
+    """Per class, the largest multiple of step that fits (0 when even one step does not),
+    searching up from the plan's own value, which fits: claims such as `throughput >= X` may
+    fail below it."""
     classes = list(_fits_by_class(with_value(plan, step)))
+    start = current // step if current % step == 0 else 0
     out = {}
     for cid in classes:
-        lo, hi = 0, 1
+        lo, hi = start, max(1, 2 * start)
         while hi * step <= LIMIT and _fits_by_class(with_value(plan, hi * step)).get(cid, False):
             lo, hi = hi, hi * 2
         if hi * step > LIMIT and lo == hi // 2 and lo:
@@ -54,7 +68,10 @@ def headroom(plan: PlanSpec) -> dict[str, dict[str, int]]:
                                                seq=s + p.workload.generate))
         return replace(p, workload=replace(p.workload, seq=s))
 
-    return {"batch": _largest(plan, b_step, with_batch), "seq": _largest(plan, s_step, with_seq)}
+    w = plan.workload
+    seq_now = w.context if w.phase == "decode" else w.seq
+    return {"batch": _largest(plan, b_step, with_batch, w.batch or 0),
+            "seq": _largest(plan, s_step, with_seq, seq_now or 0)}
 
 
 def headroom_text(h: dict[str, dict[str, int]]) -> str:

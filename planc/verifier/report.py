@@ -4,7 +4,9 @@ The JSON layout is a contract (format_version "1"); keys may be added, never cha
   {"format_version": "1", "plans": [...], "diagnostics": [...]}
   plan: {"file", "name", "status", "devices", "device_classes": [{"id", "ranks", "layers",
          "memory": {weights, activations, kv_cache, buffers, reserve, peak, capacity}}],
-         "obligations": [{"kind", "code", "status", "message", "line", "column", "name"}], ...}
+         "obligations": [{"kind", "code", "status", "message", "line", "column", "name"}],
+         "performance": {"estimate": {...}, "bound": {...}} (step_s, ttft_s, tpot_s,
+         latency_s, tokens_per_s: cost/performance), ...}
   diagnostic: {"code", "severity", "message", "file", "line", "column", "hint"}
 """
 

@@ -15,7 +15,7 @@ change: the smallest device count that works, or the largest batch that fits.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from math import prod
 
 import z3
@@ -23,7 +23,8 @@ import z3
 from planc.compiler.check_structure import check_structure
 from planc.compiler.lower import lower, memory_by_class, seq_chunk_step
 from planc.compiler.spec import PlanSpec
-from planc.cost.time import rates_of, step_estimate
+from planc.cost.performance import objective_value, summary
+from planc.cost.time import rates_of
 from planc.diagnostics import Diagnostics, Related, Span
 from planc.verifier import encode
 from planc.verifier.report import PlanResult
@@ -175,18 +176,8 @@ def _concrete(plan: PlanSpec, values: dict[str, int]) -> PlanSpec:
 
 def _memory_fits(plan: PlanSpec) -> bool:
     """HBM capacity and `require memory` per class, from the memory rows alone (no graph)."""
-    limits = []
-    for r in plan.requires:
-        if r.metric == "memory":
-            limits.append((r.value, r.unit, r.op))
-    for m in memory_by_class(plan).values():
-        if m["peak"] > m["capacity"]:
-            return False
-        for value, unit, op in limits:
-            lim = value * m["capacity"] / 100 if unit == "percent" else value
-            if m["peak"] > lim or (op == "<" and m["peak"] >= lim):
-                return False
-    return True
+    return all(encode.memory_fits(plan, m["peak"], m["capacity"])
+               for m in memory_by_class(plan).values())
 
 
 def _screen(plan: PlanSpec) -> tuple[bool, object]:
@@ -253,32 +244,63 @@ def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
 
 
 def _score(plan: PlanSpec, graph, objective: tuple[str, str]) -> tuple:  # type: ignore[no-untyped-def]
-    t = step_estimate(graph, rates_of(plan)) / max(1, graph.batch * graph.seq)
+    rates = rates_of(plan)
+    t = objective_value(graph, rates, "time")
     peak = max(c.memory["peak"] for c in graph.classes)
-    key = {"time": t, "memory": peak, "devices": plan.devices,
-           "batch": -(plan.workload.batch or 0), "seq": -(plan.workload.seq or 0)}[objective[1]]
+    target = objective[1]
+    key = {"memory": peak, "devices": plan.devices, "batch": -(plan.workload.batch or 0),
+           "seq": -(plan.workload.seq or 0)}.get(target)
+    if key is None:
+        key = objective_value(graph, rates, target)
     return (key, t, peak, tuple(s for _, s in plan.mesh))
 
 
-def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None):  # type: ignore[no-untyped-def]
-    """(best concrete plan, candidates tried, unsat core)."""
+class OutOfBudget(Exception):
+    """A hint's search spent its budget before it could conclude."""
+
+
+@dataclass
+class Budget:
+    """How many candidates a hint may screen: a count, not wall-clock time, so the same plan
+    gets the same hint on an idle and on a loaded machine."""
+
+    left: int
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise OutOfBudget
+
+
+def ranked(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
+           budget: Budget | None = None):  # type: ignore[no-untyped-def]
+    """([(score, concrete plan, graph)] best first, candidates tried, unsat core); raises
+    OutOfBudget when a budget is given and spent."""
     objective = plan.objective or ("minimize", "time")
     cands, core = _enumerate(plan, count or plan.cluster.count, solver)
-    best = None
+    out = []
     tried = 0
     for values in cands:
         mesh_plan = _concrete(plan, values)
         for mbs in _microbatch_options(mesh_plan):
+            if budget is not None:
+                budget.spend()
             tried += 1
             cp = _concrete(mesh_plan, {"microbatches": mbs}) if mbs is not None else mesh_plan
             got = _fill_workload(cp)
             if got is None:
                 continue
             cp, g = got
-            score = _score(cp, g, objective)
-            if best is None or score < best[0]:
-                best = (score, cp)
-    return (best[1] if best else None), tried, core
+            out.append((_score(cp, g, objective), cp, g))
+    out.sort(key=lambda x: x[0])
+    return out, tried, core
+
+
+def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
+           budget: Budget | None = None):  # type: ignore[no-untyped-def]
+    """(best concrete plan, candidates tried, unsat core)."""
+    found, tried, core = ranked(plan, solver, count, budget)
+    return (found[0][1] if found else None), tried, core
 
 
 def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
@@ -325,26 +347,54 @@ def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-NEAREST_BUDGET_S = 1.5  # the hint is a courtesy: never let it hang a check
+# Candidates each hint may screen (a step budget: hints must not depend on machine load).
+# About a second on one core of a loaded machine for a 16-device cluster.
+NEAREST_DEVICES_BUDGET = 400
+LARGEST_BATCH_BUDGET = 64
 
 
-def _nearest_devices(plan: PlanSpec, solver: SolverConfig, deadline: float) -> int | None:
-    import time
-
+def _nearest_devices(plan: PlanSpec, solver: SolverConfig) -> int | None:
+    """The smallest device count with a feasible completion, or None (none up to 2^16, or the
+    budget ran out first)."""
     count = plan.cluster.count
     candidates = list(range(count + 1, 2 * count + 1)) if count <= 256 else []
     n = count * 2
     while n <= 2**16:
         candidates.append(n)
         n *= 2
-    for n in candidates:
-        if time.monotonic() > deadline:
-            return None
-        cl = replace(plan.cluster, count=n)
-        best, _, _ = search(replace(plan, cluster=cl), solver, n)
-        if best is not None:
-            return n
+    budget = Budget(NEAREST_DEVICES_BUDGET)
+    try:
+        for n in candidates:
+            cl = replace(plan.cluster, count=n)
+            best, _, _ = search(replace(plan, cluster=cl), solver, n, budget)
+            if best is not None:
+                return n
+    except OutOfBudget:
+        return None
     return None
+
+
+def _largest_batch(plan: PlanSpec, cfg: SolverConfig) -> int | None:
+    """The largest batch any assignment of the holes admits (0: none fits), or None when the
+    budget ran out before any candidate fitted."""
+    open_batch = _with_workload(plan, batch=None)
+    cands, _ = _enumerate(open_batch, plan.cluster.count, cfg)
+    budget = Budget(LARGEST_BATCH_BUDGET)
+    best = 0
+    try:
+        for values in cands:
+            cp = _concrete(open_batch, values)
+            for mbs in _microbatch_options(cp):
+                budget.spend()
+                mp = _concrete(cp, {"microbatches": mbs}) if mbs is not None else cp
+                lay = mp.shard_of("layers")
+                step = mp.degree("batch") * ((lay.microbatches or 1) if lay else 1)
+                got = _maximise(mp, "batch", step, BATCH_LIMIT)
+                if got is not None:
+                    best = max(best, got[0].workload.batch or 0)
+    except OutOfBudget:
+        return best or None
+    return best
 
 
 def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
@@ -352,7 +402,8 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     from planc.pipeline import check_plan
 
     cfg = solver or SolverConfig()
-    best, tried, core = search(plan, cfg)
+    found, tried, core = ranked(plan, cfg)
+    best = found[0][1] if found else None
     if best is None:
         _explain_infeasible(plan, cfg, core, tried, diags)
         return None
@@ -363,14 +414,26 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     result.extra["synthesis"] = {
         "objective": " ".join(plan.objective or ("minimize", "time")),
         "candidates": tried,
-        "values": {**{f"mesh.{a}": best.axis_size(a) for a in _mesh_holes(plan)},
-                   **({"batch": best.workload.batch} if plan.workload.batch is None else {}),
-                   **({"seq": best.workload.seq} if plan.workload.seq is None else {}),
-                   **({"microbatches": best.shard_of("layers").microbatches}  # type: ignore[union-attr]
-                      if plan.shard_of("layers") and plan.shard_of("layers").microbatches is None  # type: ignore[union-attr]
-                      else {})},
+        "values": _hole_values(plan, best),
+        # the runners-up, so a user sees why the chosen plan won (estimates, not bounds)
+        "alternatives": [{"values": _hole_values(plan, cp),
+                          "estimate": summary(g, rates_of(cp))["estimate"]}
+                         for _, cp, g in found[1:1 + ALTERNATIVES]],
     }
     return result
+
+
+ALTERNATIVES = 3
+
+
+def _hole_values(plan: PlanSpec, filled: PlanSpec) -> dict[str, int]:
+    """The value each hole of plan took in filled."""
+    lay = plan.shard_of("layers")
+    return {**{f"mesh.{a}": filled.axis_size(a) for a in _mesh_holes(plan)},
+            **({"batch": filled.workload.batch} if plan.workload.batch is None else {}),
+            **({"seq": filled.workload.seq} if plan.workload.seq is None else {}),
+            **({"microbatches": filled.shard_of("layers").microbatches}  # type: ignore[union-attr]
+               if lay is not None and lay.microbatches is None else {})}
 
 
 def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # type: ignore[no-untyped-def]
@@ -383,26 +446,26 @@ def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # 
                     "change one of the lines below",
                     tuple(Related(sp, text) for sp, text in spans[1:]))
         return
-    import time
-
-    deadline = time.monotonic() + NEAREST_BUDGET_S
     hints = []
-    n = _nearest_devices(plan, cfg, deadline) if _mesh_holes(plan) else None
+    n = _nearest_devices(plan, cfg) if _mesh_holes(plan) else None
     if n is not None:
         hints.append(f"needs at least {n} devices (the cluster has {plan.cluster.count})")
     if plan.workload.batch is not None:
-        b_best = 0
-        cands, _ = _enumerate(_with_workload(plan, batch=None), plan.cluster.count, cfg)
-        for values in cands[:200]:
-            if time.monotonic() > deadline:
-                break
-            cp = _concrete(_with_workload(plan, batch=None), values)
-            step = cp.degree("batch") * (cp.shard_of("layers").microbatches  # type: ignore[union-attr]
-                                         if cp.shard_of("layers") else 1)
-            got = _maximise(cp, "batch", step, BATCH_LIMIT)
-            if got is not None:
-                b_best = max(b_best, got[0].workload.batch or 0)
-        hints.append(f"largest batch that fits: {b_best}" if b_best else
-                     "no batch fits, even 1 per data-parallel rank")
+        b_best = _largest_batch(plan, cfg)
+        if b_best:
+            hints.append(f"largest batch that fits: {b_best}")
+        elif b_best == 0:
+            hints.append(_nothing_fits(plan))
     diags.error("E093", f"plan {plan.name!r}: none of the {tried} assignments of its holes "
                 "fits (memory, cache or claims)", plan.span, "; ".join(hints) or None)
+
+
+def _nothing_fits(plan: PlanSpec) -> str:
+    """Why not even one sequence per rank fits: the weights alone, when they are the reason."""
+    from planc.verifier.advice import weights_alone_devices, weights_alone_text
+
+    limit = min(lim for _, lim, _, _ in encode.memory_limits(plan, plan.cluster.device.memory))
+    need = weights_alone_devices(plan, limit)
+    if need is None or need > plan.cluster.count:
+        return weights_alone_text(plan, limit) + f" (the cluster has {plan.cluster.count})"
+    return "no batch fits, even 1 per data-parallel rank"

@@ -3,6 +3,7 @@ every obligation; violated ones in full with the source line, a caret and the fi
 
 from __future__ import annotations
 
+from planc.cost.performance import summary_text
 from planc.diagnostics import Diagnostic, render
 from planc.verifier.report import CheckResult, PlanResult, memory_rows
 
@@ -57,6 +58,15 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
         elif verbose or ob.kind in ("claim", "throughput_bound") or (
                 ob.code == "V401" and ob.numbers.get("class") == _worst_class(p)):
             out.append(f"  {MARK[v.status]:>4} {ob.code} {ob.kind}: {ob.ok}")
+    if "performance" in p.extra and p.graph is not None:
+        out.append(f"  estimated: {summary_text(p.extra['performance'], p.graph.phase)}")
+    syn = p.extra.get("synthesis")
+    if syn and syn.get("alternatives") and p.graph is not None:
+        out.append(f"  next best under `{syn['objective']}` (estimated):")
+        for alt in syn["alternatives"]:
+            values = ", ".join(f"{k.removeprefix('mesh.')}={v}" for k, v in alt["values"].items())
+            out.append(f"    {values}: "
+                       f"{summary_text({'estimate': alt['estimate']}, p.graph.phase)}")
     if "headroom_text" in p.extra:
         out.append(f"  headroom: {p.extra['headroom_text']}")
     return out

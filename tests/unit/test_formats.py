@@ -205,7 +205,8 @@ def test_github_annotations_of_specs_parse_back_one_per_failure(outputs):
     assert len(parsed) == violated + unknown + diags
     sarif = json.loads(outputs["sarif"])["runs"][0]["results"]
     for (name, props, message), res in zip(parsed, sarif):  # type: ignore[misc]
-        assert name == "error"
+        # specs/ holds plans that verify with a W102 warning (a group across nodes)
+        assert name == ("warning" if res["ruleId"].startswith("W") else "error")
         loc = res["locations"][0]["physicalLocation"]
         assert props["file"] == loc["artifactLocation"]["uri"]
         assert int(props["line"]) == loc["region"]["startLine"]
