@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from planc import __version__
-from planc.diagnostics import Diagnostic, Diagnostics, PlancError, render
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, printable, render
 from planc.io import write_atomic
 from planc.output import FORMATS, usage_error
 
@@ -149,7 +149,7 @@ def _one_plan(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     sources = {a.file: text} if text else {}
     if plan is not None and plan.has_holes:
         diags.error("E091", f"plan {plan.name!r} has holes (?)", plan.span,
-                    f"run `planc check {a.file}` to complete it, then paste the values")
+                    f"run `planc check {printable(a.file)}` to complete it, then paste the values")
         plan = None
     if plan is not None and not check_structure(plan, diags):
         plan = None

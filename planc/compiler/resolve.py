@@ -27,7 +27,7 @@ from planc.compiler.spec import (
     SpecFile,
     WorkloadSpec,
 )
-from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of
+from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of, printable
 from planc.grammar import ast
 
 MAX_DIM = 2**40  # larger than any real model dimension or device count; catches typos like 1e30
@@ -300,11 +300,11 @@ def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
         return
     start = Span.point(file.path, 1, 1)
     if not file.blocks:
-        diags.error("E005", f"{file.path} has no blocks (it is empty or only comments): "
+        diags.error("E005", f"{printable(file.path)} has no blocks (it is empty or only comments): "
                     "nothing to check", start, "a .plan file holds at least one `plan NAME { }`")
     else:
         first = file.blocks[0].name.span
-        diags.warning("W005", f"{file.path} declares {len(file.blocks)} block(s) but no plan: "
+        diags.warning("W005", f"{printable(file.path)} declares {len(file.blocks)} block(s) but no plan: "
                       "nothing is verified", first, "add a `plan NAME { ... }` that uses them")
 
 

@@ -3,7 +3,7 @@ every obligation; violated ones in full with the source line, a caret and the fi
 
 from __future__ import annotations
 
-from planc.diagnostics import Diagnostic, render
+from planc.diagnostics import Diagnostic, printable, render
 from planc.verifier.report import CheckResult, PlanResult, memory_rows
 
 MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
@@ -24,7 +24,7 @@ def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[
 
 def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> list[str]:
     ncls = len(p.graph.classes) if p.graph else 0
-    out = [f"{p.file}: plan {p.name}: {p.status.upper()} ({p.devices} device{'s' if p.devices != 1 else ''}, "
+    out = [f"{printable(p.file)}: plan {p.name}: {p.status.upper()} ({p.devices} device{'s' if p.devices != 1 else ''}, "
            f"{ncls} device class{'es' if ncls != 1 else ''})"]
     if p.completed:
         out.append("  completed plan (paste it back):")
