@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from planc import __version__
+from planc.compiler.units import plural
 from planc.diagnostics import Diagnostic, Diagnostics, PlancError, printable, render
 from planc.io import write_atomic
 from planc.output import FORMATS, usage_error
@@ -350,7 +351,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="planc-run-") as tmp:
         prog = Path(tmp) / "program.py"
         prog.write_text(program, encoding="utf-8")
-        what = f"running plan {plan.name!r} on {cfg.world_size} {a.device} ranks"
+        what = f"running plan {plan.name!r} on {plural(cfg.world_size, a.device + ' rank')}"
         print(what + " ...", file=sys.stderr)
         try:
             with progress(what):  # a spinner and the elapsed time, on a terminal only
@@ -385,13 +386,15 @@ def _run_text(m: dict[str, Any]) -> str:
 
     if m.get("tpot_ms") is not None or m.get("ttft_ms") is not None:
         match = m.get("matches_reference")
-        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, decode: "
+        lines = [f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
+                 f"{m.get('device')}, decode: "
                  f"TTFT {m.get('ttft_ms', 0):.2f} ms, TPOT {m.get('tpot_ms') or 0:.3f} ms, "
                  f"{m.get('output_tokens_per_s', 0):,.0f} output tokens/s"
                  + ("" if match is None else
                     f"; tokens {'equal' if match else 'DIFFER from'} Hugging Face generate")]
     else:
-        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, "
+        lines = [f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
+                 f"{m.get('device')}, "
                  f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward "
                  f"{m.get('time_s', 0) * 1e3:.2f} ms)"]
     if m.get("max_rel_error") is not None:

@@ -12,7 +12,7 @@ Proved obligations produce nothing; a summary line closes the output.
 from __future__ import annotations
 
 from planc.diagnostics import printable
-from planc.output.findings import Finding, findings, relative_path, summary
+from planc.output.findings import Finding, findings, relative_path
 from planc.verifier.report import CheckResult
 
 COMMAND = {"error": "error", "warning": "warning", "note": "notice"}
@@ -56,7 +56,7 @@ def annotation(f: Finding) -> str:
 
 def to_github(result: CheckResult) -> str:
     lines = [annotation(f) for f in findings(result)]
-    lines.append(f"planc check: {summary(result)}")
+    lines.append(f"planc check: {result.summary()}")
     return "\n".join(lines) + "\n"
 
 
