@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--node-rank", type=int, default=0, help="torchrun --node-rank")
     r.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint HOST:PORT")
     r.add_argument("--keep", help="also write the generated program here")
+
+    k = sub.add_parser("calibrate", help="measure this machine and write a `device` block")
+    k.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    k.add_argument("--gpus", type=int, default=1,
+                   help="devices to measure together (links, collective latency, NCCL memory)")
+    k.add_argument("--groups", default="",
+                   help="the plan's process-group sizes, e.g. 2,4: their communicators' memory "
+                        "is part of the reserve")
+    k.add_argument("--name", help="the device's name (default: PRESET_calibrated)")
+    k.add_argument("--margin-mib", type=int,
+                   help="memory kept back for kernels loaded lazily later (default 256 on cuda)")
+    k.add_argument("--quick", action="store_true", help="tiny sizes (tests): rates are noise")
+    k.add_argument("-o", "--output", help="write the device block here (default: stdout)")
+    k.add_argument("--json", help="also write every measurement as JSON here")
     return p
 
 
@@ -409,9 +423,31 @@ def _run_text(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    _torch_backend()  # the same message as run when torch is missing
+    from planc.backends.torch import calibrate as cal
+
+    try:
+        groups = tuple(int(g) for g in a.groups.split(",") if g.strip())
+    except ValueError:
+        raise UsageError(f"--groups takes sizes such as 2,4, not {a.groups!r}") from None
+    if a.gpus < 1 or any(g < 1 or g > a.gpus for g in groups):
+        raise UsageError(f"--gpus must be >= 1 and every --groups size between 1 and {a.gpus}")
+    try:
+        c = cal.calibrate(a.device, a.gpus, groups, a.quick,
+                          None if a.margin_mib is None else a.margin_mib * 2**20)
+    except RuntimeError as e:
+        raise EnvironmentProblem(str(e), "calibrate on the machine the plans will run on") \
+            from None
+    _emit_out(cal.device_block(c, a.name), a.output)
+    if a.json:
+        write_atomic(a.json, json.dumps(cal.to_json(c), indent=1, sort_keys=True) + "\n")
+    return EXIT_OK
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
             "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
-            "graph": cmd_graph}
+            "graph": cmd_graph, "calibrate": cmd_calibrate}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:
