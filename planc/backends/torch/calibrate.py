@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from planc.backends.torch.launch import NO_MULTICAST_ENV
 from planc.compiler import presets
 
 GiB = 2**30
@@ -149,12 +150,17 @@ def _collectives(device: str, world: int, quick: bool) -> dict[str, float]:
 
 def _worker(rank: int, world: int, device: str, port: int, groups: tuple[int, ...],
             quick: bool, margin: int, out: Any) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # the NCCL settings planc run uses: NVLink multicast buffers would change the reserve
+    os.environ.update(NO_MULTICAST_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if device == "cuda":
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
     try:
-        coll = _collectives(device, world, quick)
+        # one rank: a collective still creates the communicator, as planc run's first
+        # all_gather_object does, and its memory belongs in the reserve
+        coll = _collectives(device, world, quick) if world > 1 else {}
+        if world == 1:
+            dist.all_reduce(torch.ones(1, device="cuda:0" if device == "cuda" else "cpu"))
         # communicators at the plan's group sizes hold device memory outside the allocator
         for g in groups:
             if 1 < g < world:
@@ -194,12 +200,15 @@ def calibrate(device: str = "cuda", world: int = 1, groups: tuple[int, ...] = ()
     if device == "cuda" and world > torch.cuda.device_count():
         raise RuntimeError(f"--gpus {world}: only {torch.cuda.device_count()} visible")
     margin = (LAZY_MODULES_MARGIN if device == "cuda" else 0) if margin is None else margin
-    if world > 1:
+    if world > 1 or device == "cuda":  # a process group of its own, as a run has
         ctx = torch.multiprocessing.get_context("spawn")
         q = ctx.SimpleQueue()
-        torch.multiprocessing.start_processes(
-            _worker, args=(world, device, _free_port(), groups, quick, margin, q),
-            nprocs=world, join=True, start_method="spawn")
+        try:
+            torch.multiprocessing.start_processes(
+                _worker, args=(world, device, _free_port(), groups, quick, margin, q),
+                nprocs=world, join=True, start_method="spawn")
+        except torch.multiprocessing.ProcessException as e:  # a rank failed: say which, why
+            raise RuntimeError(f"calibration rank {e.error_index} failed: {e}") from None
         got = q.get()
     else:
         got = {**_rates(device, quick)}
