@@ -207,7 +207,8 @@ def calibrate(device: str = "cuda", world: int = 1, groups: tuple[int, ...] = ()
             torch.multiprocessing.start_processes(
                 _worker, args=(world, device, _free_port(), groups, quick, margin, q),
                 nprocs=world, join=True, start_method="spawn")
-        except torch.multiprocessing.ProcessException as e:  # a rank failed: say which, why
+        except (torch.multiprocessing.ProcessRaisedException,
+                torch.multiprocessing.ProcessExitedException) as e:  # say which rank, and why
             raise RuntimeError(f"calibration rank {e.error_index} failed: {e}") from None
         got = q.get()
     else:
