@@ -24,6 +24,7 @@ setup: $(VENV)/.installed
 # The seed specs carry the seed documents' claims, several of which the verifier refutes:
 # `planc check` exits 1 for them by design. Exit codes above 1 (usage, unknown, internal) fail.
 demo: setup
+	@echo "== planc check specs/: expect a red E093 (specs/holes/ring_needs_more_devices.plan is infeasible on purpose) and VIOLATED seed plans (planc refutes the seed documents' claims); exit 1 here is expected =="
 	$(PY) -m planc check specs/; status=$$?; [ $$status -le 1 ] || exit $$status
 	$(PY) -m planc check specs/local
 	$(PY) -m planc run specs/local/tp2_pp2.plan

@@ -57,13 +57,15 @@ def strategy_of(plan) -> str:  # type: ignore[no-untyped-def]
 
 
 def checkpoint_for(plan, cache: dict, workdir: Path) -> str:  # type: ignore[no-untyped-def]
-    from planc.backends.torch.reference import save_random_checkpoint
+    from planc.backends.torch.reference import checkpoint_key, save_random_checkpoint
 
-    key = repr(plan.model)
+    cfg = to_run_config(plan, lower(plan), dtype="bfloat16")
+    # everything the checkpoint depends on, not the model alone: a decode plan needs the
+    # lm_head that a prefill plan's checkpoint of the same model lacks
+    key = checkpoint_key(cfg)
     if key not in cache:
         path = workdir / f"ckpt{len(cache)}"
         path.mkdir(parents=True, exist_ok=True)
-        cfg = to_run_config(plan, lower(plan), dtype="bfloat16")
         t = time.time()
         save_random_checkpoint(cfg, path)
         print(f"checkpoint for {plan.model.name}: {time.time() - t:.1f} s", file=sys.stderr)
@@ -98,6 +100,7 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "gpus": plan.devices,
         "mesh": [list(x) for x in plan.mesh],
         "batch": graph.batch, "seq": graph.seq, "layers": plan.model.layers,
+        "microbatches": graph.microbatches,
         "predicted_peak": list(cfg.predicted_peak),
         "predicted_time_s": step_estimate(graph, rates),
         "bound_time_s": float(step_lower_bound(graph, rates)),

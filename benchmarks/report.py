@@ -1,7 +1,7 @@
 """Results JSON (benchmarks/results/*.json from gpu_bench.py and peers.py) -> a markdown table
 and a plot beside them: benchmarks/results/RESULTS.md and benchmarks/results/gpu.png.
 
-    python benchmarks/report.py benchmarks/results/h200x*.json
+    python benchmarks/report.py benchmarks/results/h200*.json
 
 Each plan's table row is its latest run (earlier runs stay in their JSON files).
 """
@@ -20,10 +20,11 @@ def gb(x: float | None) -> str:
     return "-" if not x else f"{x / 1e9:.3f}"
 
 
-def current_predictions(r: dict) -> None:
-    """Predicted peak and time from the compiler as it is now, for the committed plan: the
-    model improves after runs; the measurement stays. (The JSON keeps what was predicted when
-    the run was made, as predicted_*_at_run.)"""
+def todays_model(r: dict) -> None:
+    """What the compiler at this commit predicts for the run's plan, under r["today"]: a column
+    of its own, labelled as today's. The predictions stored with the run (predicted_*, and the
+    errors against them) are what was predicted when the run was made and are never replaced:
+    a model tuned after a run would otherwise be shown as if it had predicted it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from planc.compiler.lower import lower
     from planc.compiler.runconfig import to_run_config
@@ -33,27 +34,20 @@ def current_predictions(r: dict) -> None:
 
     f, name = r["plan"].split(":")
     spec, _ = load_spec(Path(__file__).parent / "plans" / f, Diagnostics())
-    plan = next(p for p in spec.plans if p.name == name)
+    plan = next((p for p in spec.plans if p.name == name), None) if spec else None
+    if plan is None:
+        return  # the plan changed or is gone: no today's column for this run
     g = lower(plan)
-    r.setdefault("predicted_peak_at_run", r["predicted_peak"])
-    r.setdefault("predicted_time_s_at_run", r["predicted_time_s"])
-    r["predicted_peak"] = list(to_run_config(plan, g).predicted_peak)
-    r["predicted_time_s"] = step_estimate(g, rates_of(plan))
-    r["microbatches"] = g.microbatches
+    r["today"] = {"peak": list(to_run_config(plan, g).predicted_peak),
+                  "time_s": step_estimate(g, rates_of(plan))}
     if g.phase == "decode":
-        from planc.cost.time import step_lower_bound
+        r["today"]["tpot_ms"] = step_estimate(g, rates_of(plan), phase="decode") * 1e3
+    r.setdefault("microbatches", g.microbatches)  # a plan fact (older runs did not store it)
 
-        r["predicted_ttft_ms"] = step_estimate(g, rates_of(plan)) * 1e3
-        r["predicted_tpot_ms"] = step_estimate(g, rates_of(plan), phase="decode") * 1e3
-        r["bound_tpot_ms"] = float(step_lower_bound(g, rates_of(plan), "decode")) * 1e3
-        if "error" not in r:
-            pk = [(m, p) for m, p in zip(r["measured_peak"], r["predicted_peak"]) if m]
-            r["peak_error"] = max(abs(p - m) / m for m, p in pk)
-        return
-    if "error" not in r:
-        pk = [(m, p) for m, p in zip(r["measured_peak"], r["predicted_peak"]) if m]
-        r["peak_error"] = max(abs(p - m) / m for m, p in pk)
-        r["time_error"] = (r["predicted_time_s"] - r["measured_time_s"]) / r["measured_time_s"]
+
+def today(r: dict, key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
+    v = r.get("today", {}).get(key)
+    return "-" if v is None else f"{v * scale:{fmt}}"
 
 
 def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
@@ -64,7 +58,7 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
             for r in d["records"]:
                 r["_file"] = Path(p).name
                 r["_gpu"] = d.get("gpu")
-                current_predictions(r)
+                todays_model(r)
             runs.append(d)
         else:
             d["_file"] = Path(p).name
@@ -78,20 +72,22 @@ def decode_table(runs: list[dict]) -> list[str]:
         return []
     out = ["## Decode (greedy, KV cache): TTFT and TPOT", "",
            "| plan | strategy | GPUs | TTFT ms (pred) | TPOT ms | TPOT predicted | TPOT bound | "
-           "peak GB (pred) | peak err |", "|---|---|---|---|---|---|---|---|---|"]
+           "peak GB (pred) | peak err | TPOT by today's model |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         if "error" in r:
             why = "hung under NCCL (launcher timeout)" if "timed out" in r["error"] else \
                 r["error"].strip().splitlines()[-1][:60]
             out.append(f"| {r['plan']} | {r['strategy']} | {r['gpus']} | failed: {why} | | | "
-                       f"{r['bound_tpot_ms']:.3f} | - ({max(r['predicted_peak']) / 1e9:.2f}) | |")
+                       f"{r['bound_tpot_ms']:.3f} | - ({max(r['predicted_peak']) / 1e9:.2f}) | | "
+                       f"{today(r, 'tpot_ms', fmt='.3f')} |")
             continue
         mp = max(x for x in r["measured_peak"] if x)
         out.append(
             f"| {r['plan']} | {r['strategy']} | {r['gpus']} | {r['ttft_ms']:.1f} "
             f"({r['predicted_ttft_ms']:.1f}) | {r['tpot_ms']:.3f} | {r['predicted_tpot_ms']:.3f} | "
             f"{r['bound_tpot_ms']:.3f} | {mp / 1e9:.3f} ({max(r['predicted_peak']) / 1e9:.3f}) | "
-            f"{r.get('peak_error', 0) * 100:.2f}% |")
+            f"{r.get('peak_error', 0) * 100:.2f}% | {today(r, 'tpot_ms', fmt='.3f')} |")
     return out
 
 
@@ -107,15 +103,16 @@ def kernel(r: dict) -> str:
 
 def table(runs: list[dict]) -> list[str]:
     out = ["| plan | strategy | GPUs | tokens/s | measured ms | predicted ms | time err | "
-           "measured peak GB (max rank) | predicted peak GB | peak err | attention kernel |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "measured peak GB (max rank) | predicted peak GB | peak err | attention kernel | "
+           "ms by today's model |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown_records(runs):
         if "predicted_tpot_ms" in r:
             continue  # decode plans have their own table
         if "error" in r:
             out.append(f"| {r['plan']} | {r['strategy']} | {r['gpus']} | failed: "
                        f"{r['error'].splitlines()[-1][:80] if r['error'] else ''} |"
-                       " | | | | | | |")
+                       f" | | | | | | | {today(r, 'time_s', 1e3)} |")
             continue
         mp = max(x for x in r["measured_peak"] if x) if any(r["measured_peak"]) else None
         pp = max(r["predicted_peak"])
@@ -123,7 +120,7 @@ def table(runs: list[dict]) -> list[str]:
             f"| {r['plan']} | {r['strategy']} | {r['gpus']} | {r['tokens_per_s']:,.0f} | "
             f"{r['measured_time_s'] * 1e3:.2f} | {r['predicted_time_s'] * 1e3:.2f} | "
             f"{r.get('time_error', 0) * 100:+.1f}% | {gb(mp)} | {gb(pp)} | "
-            f"{r.get('peak_error', 0) * 100:.1f}% | {kernel(r)} |")
+            f"{r.get('peak_error', 0) * 100:.1f}% | {kernel(r)} | {today(r, 'time_s', 1e3)} |")
     return out
 
 
@@ -149,7 +146,9 @@ def summary(runs: list[dict]) -> list[str]:
         lines += [f"- decode per-rank peak memory: worst error {max(derr) * 100:.2f}%, median "
                   f"{statistics.median(derr) * 100:.2f}% over {len(derr)} plans; TPOT: median "
                   f"|predicted - measured| / measured = {statistics.median(tperr) * 100:.0f}%"]
-    return [x for x in lines if x]
+    body = [x for x in lines if x]
+    return ["Errors of the predictions stored with each run (made when it ran):", "", *body] \
+        if body else []
 
 
 SEED_PAIRS = [  # (seed, strategy plan, baseline plan, the seed's claimed ratio and its source)
@@ -319,12 +318,15 @@ def plot(runs: list[dict], dest: Path) -> None:
 def main(paths: list[str]) -> None:
     runs, peers = load(paths)
     lines = ["# GPU benchmark results", "",
-             "Generated by `python benchmarks/report.py benchmarks/results/h200x*.json`; each "
+             "Generated by `python benchmarks/report.py benchmarks/results/h200*.json`; each "
              "plan's row is its latest run (earlier runs stay in their JSON). "
              "Measured: `planc run --device cuda` (median of 10 repeats after 3 warm-ups, CUDA "
-             "events, slowest rank; per-rank torch.cuda.max_memory_allocated). Predicted: the "
-             "compiler's placement graph as of this commit (peak = weights + live buffers, "
-             "without the runtime reserve; time = the estimate, not the bound).", ""]
+             "events, slowest rank; per-rank torch.cuda.max_memory_allocated). Predicted: what "
+             "the compiler predicted when the run was made, stored with it (peak = weights + live "
+             "buffers, without the runtime reserve; time = the estimate, not the bound), and the "
+             "errors against that. The last column, \"by today's model\", is what the compiler "
+             "at this commit predicts for the same plan: later than the run, so not a "
+             "prediction of it.", ""]
     for d in runs:
         lines.append(f"Machine: {d.get('machine')} ({d.get('gpus_visible')} x {d.get('gpu')}), "
                      f"torch {d.get('torch')}, {d.get('date')}; file {d['records'][0]['_file']}"

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from planc import __version__
-from planc.diagnostics import Diagnostic, Diagnostics, PlancError, render
+from planc.compiler.units import plural
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, printable, render
 from planc.io import write_atomic
 from planc.output import FORMATS, usage_error
 
@@ -105,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--node-rank", type=int, default=0, help="torchrun --node-rank")
     r.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint HOST:PORT")
     r.add_argument("--keep", help="also write the generated program here")
+
+    k = sub.add_parser("calibrate", help="measure this machine and write a `device` block")
+    k.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    k.add_argument("--gpus", type=int, default=1,
+                   help="devices to measure together (links, collective latency, NCCL memory)")
+    k.add_argument("--groups", default="",
+                   help="the plan's process-group sizes, e.g. 2,4: their communicators' memory "
+                        "is part of the reserve")
+    k.add_argument("--name", help="the device's name (default: PRESET_calibrated)")
+    k.add_argument("--margin-mib", type=int,
+                   help="memory kept back for kernels loaded lazily later (default 256 on cuda)")
+    k.add_argument("--quick", action="store_true", help="tiny sizes (tests): rates are noise")
+    k.add_argument("-o", "--output", help="write the device block here (default: stdout)")
+    k.add_argument("--json", help="also write every measurement as JSON here")
     return p
 
 
@@ -149,7 +164,7 @@ def _one_plan(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     sources = {a.file: text} if text else {}
     if plan is not None and plan.has_holes:
         diags.error("E091", f"plan {plan.name!r} has holes (?)", plan.span,
-                    f"run `planc check {a.file}` to complete it, then paste the values")
+                    f"run `planc check {printable(a.file)}` to complete it, then paste the values")
         plan = None
     if plan is not None and not check_structure(plan, diags):
         plan = None
@@ -350,7 +365,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="planc-run-") as tmp:
         prog = Path(tmp) / "program.py"
         prog.write_text(program, encoding="utf-8")
-        what = f"running plan {plan.name!r} on {cfg.world_size} {a.device} ranks"
+        what = f"running plan {plan.name!r} on {plural(cfg.world_size, a.device + ' rank')}"
         print(what + " ...", file=sys.stderr)
         try:
             with progress(what):  # a spinner and the elapsed time, on a terminal only
@@ -385,13 +400,15 @@ def _run_text(m: dict[str, Any]) -> str:
 
     if m.get("tpot_ms") is not None or m.get("ttft_ms") is not None:
         match = m.get("matches_reference")
-        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, decode: "
+        lines = [f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
+                 f"{m.get('device')}, decode: "
                  f"TTFT {m.get('ttft_ms', 0):.2f} ms, TPOT {m.get('tpot_ms') or 0:.3f} ms, "
                  f"{m.get('output_tokens_per_s', 0):,.0f} output tokens/s"
                  + ("" if match is None else
                     f"; tokens {'equal' if match else 'DIFFER from'} Hugging Face generate")]
     else:
-        lines = [f"plan {m['plan']}: {m.get('world_size')} ranks on {m.get('device')}, "
+        lines = [f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
+                 f"{m.get('device')}, "
                  f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward "
                  f"{m.get('time_s', 0) * 1e3:.2f} ms)"]
     if m.get("max_rel_error") is not None:
@@ -406,9 +423,31 @@ def _run_text(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    _torch_backend()  # the same message as run when torch is missing
+    from planc.backends.torch import calibrate as cal
+
+    try:
+        groups = tuple(int(g) for g in a.groups.split(",") if g.strip())
+    except ValueError:
+        raise UsageError(f"--groups takes sizes such as 2,4, not {a.groups!r}") from None
+    if a.gpus < 1 or any(g < 1 or g > a.gpus for g in groups):
+        raise UsageError(f"--gpus must be >= 1 and every --groups size between 1 and {a.gpus}")
+    try:
+        c = cal.calibrate(a.device, a.gpus, groups, a.quick,
+                          None if a.margin_mib is None else a.margin_mib * 2**20)
+    except RuntimeError as e:
+        raise EnvironmentProblem(str(e), "calibrate on the machine the plans will run on") \
+            from None
+    _emit_out(cal.device_block(c, a.name), a.output)
+    if a.json:
+        write_atomic(a.json, json.dumps(cal.to_json(c), indent=1, sort_keys=True) + "\n")
+    return EXIT_OK
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
             "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
-            "graph": cmd_graph}
+            "graph": cmd_graph, "calibrate": cmd_calibrate}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

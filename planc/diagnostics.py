@@ -15,6 +15,7 @@ syntax errors stop parsing at the first one. Rendering is rustc-like:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,6 +26,15 @@ Severity = Literal["error", "warning", "note"]
 # generated file with 60,000 bad lines would print for minutes (clang stops at 20 errors).
 MAX_REPORTED = 100
 SHOWN_LINE_CHARS = 160  # a longer source line is shown as a window around the span
+# C0 and C1 controls, DEL, line and paragraph separators, bidi overrides: in a name (a file
+# name) they would start a new report line, move the cursor or reorder what a reader sees
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(name: str) -> str:
+    """A name as text output shows it: control characters escaped (`\\n`, `\\x1b`, `\\u2028`),
+    so a file name cannot forge a diagnostic line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), name)
 
 
 @dataclass(frozen=True, order=True)
@@ -42,7 +52,7 @@ class Span:
         return Span(file, line, column, line, column + 1)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{printable(self.file)}:{self.line}:{self.column}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from planc.diagnostics import Diagnostic, PlancError
+from planc.diagnostics import Diagnostic, PlancError, printable
 
 
 class OutputError(PlancError, OSError):
@@ -19,7 +19,7 @@ class OutputError(PlancError, OSError):
 
     def __init__(self, path: str | Path, err: OSError):
         reason = err.strerror or str(err)
-        super().__init__(Diagnostic("U003", f"cannot write {path}: {reason}", None, "error",
+        super().__init__(Diagnostic("U003", f"cannot write {printable(str(path))}: {reason}", None, "error",
                                     "check that the directory exists and can be written"))
         self.errno, self.strerror, self.filename = err.errno, reason, str(path)
 

@@ -16,7 +16,7 @@ from planc.compiler.ir import PlacementGraph
 from planc.compiler.lower import lower
 from planc.compiler.resolve import resolve
 from planc.compiler.spec import PlanSpec, SpecFile
-from planc.diagnostics import Diagnostic, Diagnostics, PlancError, Span
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, Span, printable
 from planc.grammar.parse import parse_file
 from planc.verifier import encode
 from planc.verifier.obligations import Obligation
@@ -166,7 +166,7 @@ def check_paths(paths: Iterable[str | Path], plan_name: str | None = None,
 
                 names = [p.name for p in spec.plans]
                 guess = did_you_mean(plan_name, names)
-                diags.error("E004", f"no plan named {plan_name!r} in {f}", None,
+                diags.error("E004", f"no plan named {plan_name!r} in {printable(str(f))}", None,
                             f"did you mean {guess!r}?" if guess else
                             f"plans here: {', '.join(names) or 'none'}")
             for p in plans:
@@ -186,7 +186,7 @@ def find_plan(path: str | Path, name: str | None, diags: Diagnostics
     if name is None:
         if len(spec.plans) == 1:
             return spec.plans[0], text
-        diags.error("E004", f"{path} has {len(spec.plans)} plans; choose one with --plan",
+        diags.error("E004", f"{printable(str(path))} has {len(spec.plans)} plans; choose one with --plan",
                     None, f"plans: {', '.join(p.name for p in spec.plans) or 'none'}")
         return None, text
     for p in spec.plans:
@@ -195,7 +195,7 @@ def find_plan(path: str | Path, name: str | None, diags: Diagnostics
     from planc.diagnostics import did_you_mean
 
     guess = did_you_mean(name, [p.name for p in spec.plans])
-    diags.error("E004", f"no plan named {name!r} in {path}", None,
+    diags.error("E004", f"no plan named {name!r} in {printable(str(path))}", None,
                 f"did you mean {guess!r}?" if guess else
                 f"plans: {', '.join(p.name for p in spec.plans) or 'none'}")
     return None, text

@@ -27,7 +27,7 @@ from planc.compiler.spec import (
     SpecFile,
     WorkloadSpec,
 )
-from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of
+from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of, printable
 from planc.grammar import ast
 from planc.models.features import ModelFeatures
 
@@ -48,7 +48,10 @@ NO_INCLUDE = ("include", "import", "use", "source")
 
 # key -> (dimension of the value, required?)
 DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
-               "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes"}
+               "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes",
+               # measured rates (planc calibrate): estimates only, never the bounds
+               "gemm": "flops_per_s", "attention": "flops_per_s", "hbm": "bytes_per_s",
+               "allreduce": "bytes_per_s", "latency": "seconds"}
 CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
 MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
               "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
@@ -227,15 +230,30 @@ class _Values:
         name = self.name(key, tuple(FLAGS))
         return default if name is None else FLAGS[name]
 
-    def measure(self, key: str, dimension: str, default: int | None = None) -> int | None:
+    def measure(self, key: str, dimension: str, default: Any = None) -> Any:
         if key not in self.props:
             return default
+        if dimension == "seconds":  # a time is not a whole number of seconds
+            return quantity_exact(self.props[key].value, dimension, key, self._err)
         return quantity_int(self.props[key].value, dimension, key, self._err)
 
 
 def quantity_int(v: Any, dimension: str, key: str,
                  err: Callable[..., None]) -> int | None:
     """A quantity with a unit of the given dimension, as an exact positive integer."""
+    exact = quantity_exact(v, dimension, key, err)
+    if exact is None:
+        return None
+    if exact.denominator != 1:
+        err("E022", f"`{key}` is {v.number.text} {v.unit.name} = {float(exact)} in base units; "
+            "it must be a whole number of bytes", v.span, "use a smaller unit")
+        return None
+    return int(exact)
+
+
+def quantity_exact(v: Any, dimension: str, key: str,
+                   err: Callable[..., None]) -> Fraction | None:
+    """A quantity with a unit of the given dimension, as an exact positive Fraction."""
     if not isinstance(v, ast.Quantity):
         err("E021", f"`{key}` takes {units.DIMENSION_WORDS[dimension]}", v.span)
         return None
@@ -260,10 +278,6 @@ def quantity_int(v: Any, dimension: str, key: str,
             f"{units.DIMENSION_WORDS[dimension]}", v.unit.span, hint)
         return None
     exact = v.number.value * found[1]
-    if exact.denominator != 1:
-        err("E022", f"`{key}` is {v.number.text} {v.unit.name} = {float(exact)} in base units; "
-            "it must be a whole number of bytes", v.span, "use a smaller unit")
-        return None
     if exact <= 0:
         err("E023", f"`{key}` must be positive", v.span)
         return None
@@ -272,7 +286,7 @@ def quantity_int(v: Any, dimension: str, key: str,
         err("E024", f"`{key}` is {v.number.text} {v.unit.name}, larger than any real value "
             f"(the limit is {cap_text})", v.span, "is the exponent a typo?")
         return None
-    return int(exact)
+    return exact
 
 
 def _stmt_word(stmt: ast.Statement) -> str:
@@ -326,11 +340,11 @@ def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
         return
     start = Span.point(file.path, 1, 1)
     if not file.blocks:
-        diags.error("E005", f"{file.path} has no blocks (it is empty or only comments): "
+        diags.error("E005", f"{printable(file.path)} has no blocks (it is empty or only comments): "
                     "nothing to check", start, "a .plan file holds at least one `plan NAME { }`")
     else:
         first = file.blocks[0].name.span
-        diags.warning("W005", f"{file.path} declares {len(file.blocks)} block(s) but no plan: "
+        diags.warning("W005", f"{printable(file.path)} declares {len(file.blocks)} block(s) but no plan: "
                       "nothing is verified", first, "add a `plan NAME { ... }` that uses them")
 
 

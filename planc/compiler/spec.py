@@ -32,6 +32,13 @@ class DeviceSpec:
     bandwidth: int  # HBM bytes/s
     reserve: int  # bytes the runtime holds outside torch's allocator
     workspace: int = 0  # bytes libraries take through torch's allocator (cuBLAS workspace)
+    # Measured by `planc calibrate` on the device itself; None: not calibrated. Estimates use
+    # them; the sound bounds keep the datasheet compute and bandwidth above.
+    gemm: int | None = None  # FLOP/s of a large GEMM at the model dtype
+    attention: int | None = None  # FLOP/s of causal SDPA (causal FLOPs counted as half)
+    hbm: int | None = None  # B/s of a device copy (bytes read + written)
+    allreduce: int | None = None  # B/s of all-reduce bus bandwidth between the node's devices
+    latency: Fraction | None = None  # seconds of one small collective
     span: Span | None = _span()
 
 

@@ -73,6 +73,11 @@ def human_rate(n: float, unit: str) -> str:
     return f"{n:.3g} {unit}"
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 rank`, `2 ranks`, `1 device class`, `3 device classes` (nouns: the irregular plural)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def human_count(n: float) -> str:
     n = float(n)  # a require value is a Fraction: `require devices <= 4` crashed here
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):

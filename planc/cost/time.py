@@ -28,7 +28,7 @@ the other slices of Q and K (with them every device computes whole scores itself
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
@@ -40,6 +40,7 @@ class Rates:
     hbm: int  # B/s
     intra: int  # B/s per direction
     inter: int
+    efficiency: Efficiency | None = None  # a calibrated device's; None: the defaults below
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     larger) plus a launch overhead, plus each collective's latency and link time (no overlap
     assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
     """
-    e = eff or Efficiency()
+    e = eff or rates.efficiency or Efficiency()
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     stages = []
     for c in graph.classes:
@@ -259,4 +260,19 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]
     d = plan.cluster.device
-    return Rates(d.compute, d.bandwidth, plan.cluster.intra, plan.cluster.inter)
+    return Rates(d.compute, d.bandwidth, plan.cluster.intra, plan.cluster.inter,
+                 calibrated_efficiency(d, plan.cluster.intra))
+
+
+def calibrated_efficiency(d, intra: int) -> Efficiency | None:  # type: ignore[no-untyped-def]
+    """A calibrated device's measured rates as fractions of its datasheet peaks (the one place
+    estimates read `planc calibrate`'s keys); what it did not measure keeps the default."""
+    if all(x is None for x in (d.gemm, d.attention, d.hbm, d.allreduce, d.latency)):
+        return None
+    e = Efficiency()
+    return replace(
+        e, gemm=d.gemm / d.compute if d.gemm else e.gemm,
+        attention=d.attention / d.compute if d.attention else e.attention,
+        hbm=d.hbm / d.bandwidth if d.hbm else e.hbm,
+        link=d.allreduce / intra if d.allreduce else e.link,
+        collective_latency_s=float(d.latency) if d.latency else e.collective_latency_s)

@@ -31,7 +31,7 @@ from lark.exceptions import (
     VisitError,
 )
 
-from planc.diagnostics import Diagnostic, PlancError, Related, Span, did_you_mean
+from planc.diagnostics import Diagnostic, PlancError, Related, Span, did_you_mean, printable
 from planc.grammar import ast
 from planc.grammar.syntax_errors import SYNTAX_ERRORS
 
@@ -110,11 +110,11 @@ def read_source(path: str | Path) -> str:
     p = Path(path)
     where = Span.point(str(path), 1, 1)
     if p.is_dir():
-        raise _fail("P001", f"{path} is a directory", None, "give a .plan file")
+        raise _fail("P001", f"{printable(str(path))} is a directory", None, "give a .plan file")
     if not p.exists():
-        raise _fail("P001", f"no such file: {path}", None, "check the path")
+        raise _fail("P001", f"no such file: {printable(str(path))}", None, "check the path")
     if not p.is_file():
-        raise _fail("P001", f"{path} is not a regular file", None, "give a .plan file")
+        raise _fail("P001", f"{printable(str(path))} is not a regular file", None, "give a .plan file")
     try:
         size = p.stat().st_size
         if size > MAX_SOURCE_BYTES:  # refused without reading it
@@ -122,7 +122,7 @@ def read_source(path: str | Path) -> str:
         with p.open("rb") as f:
             data = f.read(MAX_SOURCE_BYTES + 1)  # the file may have grown since stat
     except OSError as e:
-        raise _fail("P001", f"cannot read {path}: {e.strerror}", where) from None
+        raise _fail("P001", f"cannot read {printable(str(path))}: {e.strerror}", where) from None
     if len(data) > MAX_SOURCE_BYTES:
         raise _too_big(str(path), None)
     return decode_source(data, str(path))

@@ -106,10 +106,3 @@ def fingerprint(f: Finding, sources: dict[str, str], cwd: str | Path | None = No
         key = ["diagnostic", f.code, path, re.sub(r"\d+", "#", f.message), line]
     return hashlib.sha256("\0".join(key).encode("utf-8")).hexdigest()[:32]
 
-
-def summary(result: CheckResult) -> str:
-    counts = {s: sum(1 for p in result.plans if p.status == s)
-              for s in ("proved", "violated", "unknown")}
-    errors = sum(1 for d in result.diagnostics if d.severity == "error")
-    return (f"{len(result.plans)} plans: {counts['proved']} proved, {counts['violated']} "
-            f"violated, {counts['unknown']} unknown; {errors} input errors")

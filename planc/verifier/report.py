@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planc.compiler.ir import PlacementGraph, ranks_of
-from planc.compiler.units import human_bytes
+from planc.compiler.units import human_bytes, plural
 from planc.diagnostics import Diagnostic
 from planc.verifier.solve import Verdict
 
@@ -47,6 +47,15 @@ class CheckResult:
     plans: list[PlanResult] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The last line of a report: how many plans ended how, and the input errors."""
+        counts = {s: sum(1 for p in self.plans if p.status == s)
+                  for s in ("proved", "violated", "unknown")}
+        errors = sum(1 for d in self.diagnostics if d.severity == "error")
+        return (f"{plural(len(self.plans), 'plan')}: {counts['proved']} proved, "
+                f"{counts['violated']} violated, {counts['unknown']} unknown; "
+                f"{plural(errors, 'input error')}")
 
     @property
     def exit_code(self) -> int:

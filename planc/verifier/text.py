@@ -3,8 +3,9 @@ every obligation; violated ones in full with the source line, a caret and the fi
 
 from __future__ import annotations
 
+from planc.compiler.units import plural
 from planc.cost.performance import summary_text
-from planc.diagnostics import Diagnostic, render
+from planc.diagnostics import Diagnostic, printable, render
 from planc.verifier.report import CheckResult, PlanResult, memory_rows
 
 MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
@@ -25,7 +26,7 @@ def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[
 
 def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> list[str]:
     ncls = len(p.graph.classes) if p.graph else 0
-    out = [f"{p.file}: plan {p.name}: {p.status.upper()} ({p.devices} device{'s' if p.devices != 1 else ''}, "
+    out = [f"{printable(p.file)}: plan {p.name}: {p.status.upper()} ({p.devices} device{'s' if p.devices != 1 else ''}, "
            f"{ncls} device class{'es' if ncls != 1 else ''})"]
     if p.completed:
         out.append("  completed plan (paste it back):")
@@ -49,7 +50,8 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
                 continue
             msg = ob.bad
             if len(classes) > 1:
-                msg += f" (the same for {len(classes) - 1} more device classes: " \
+                more = plural(len(classes) - 1, "more device class", "more device classes")
+                msg += f" (the same for {more}: " \
                        f"{', '.join(classes[1:4])}{', ...' if len(classes) > 4 else ''})"
             d = Diagnostic(ob.code, msg, ob.span, "error", ob.hint, ob.related)
             out += ["  " + line for line in render(d, sources).splitlines()]
@@ -84,9 +86,5 @@ def to_text(result: CheckResult, verbose: bool = False) -> str:
         out.append(render(d, result.sources))
     for p in result.plans:
         out += plan_text(p, result.sources, verbose)
-    counts = {s: sum(1 for p in result.plans if p.status == s)
-              for s in ("proved", "violated", "unknown")}
-    errors = sum(1 for d in result.diagnostics if d.severity == "error")
-    out.append(f"{len(result.plans)} plans: {counts['proved']} proved, {counts['violated']} "
-               f"violated, {counts['unknown']} unknown; {errors} input errors")
+    out.append(result.summary())
     return "\n".join(out) + "\n"

@@ -15,6 +15,7 @@ from typing import Any
 
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.layout import check_config
+from planc.compiler.units import plural
 
 _MAIN = """
 
@@ -85,7 +86,7 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
     m = cfg.model
     mesh = " x ".join(f"{a!r}={s}" for a, s in cfg.mesh)
     mesh_line = (
-        f"# mesh {mesh}: {cfg.world_size} ranks, rank = row-major index of the coordinates"
+        f"# mesh {mesh}: {plural(cfg.world_size, 'rank')}, rank = row-major index of the coordinates"
         " (last axis fastest)"
     )
     model_line = (

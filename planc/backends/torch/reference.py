@@ -82,6 +82,12 @@ def _model_class(m: ModelDims, causal_lm: bool = False) -> Any:
     return MixtralForCausalLM if causal_lm else MixtralModel
 
 
+def checkpoint_key(cfg: RunConfig) -> tuple:  # type: ignore[type-arg]
+    """Everything save_random_checkpoint's output depends on: runs with equal keys can share a
+    checkpoint (a decode run needs the lm_head, a prefill run's checkpoint has none)."""
+    return (cfg.model, cfg.phase == "decode", cfg.causal, cfg.seed, cfg.dtype)
+
+
 def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
     """Seeded random model in the run dtype: config.json + model.safetensors, as save_pretrained
     writes them.
