@@ -13,7 +13,7 @@ from fractions import Fraction
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import linear_bytes
-from planc.cost.performance import performance
+from planc.cost.performance import bound_arithmetic, performance
 from planc.cost.time import rates_of
 
 
@@ -108,7 +108,15 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
            "ttft": "ttft_s"}.get(metric)
     if key is None:
         return None
-    bound = performance(graph, rates_of(plan), bound=True)
+    rates = rates_of(plan)
+    bound = performance(graph, rates, bound=True)
     if not bound:
         return None
-    return bound[key], ("tokens_per_s" if metric == "throughput" else "seconds"), True, None
+    if graph.phase != "decode" or metric == "ttft":
+        how = bound_arithmetic(graph, rates)
+    elif metric == "tpot":
+        how = bound_arithmetic(graph, rates, "decode")
+    else:
+        how = (f"TTFT {bound_arithmetic(graph, rates)}; TPOT "
+               f"{bound_arithmetic(graph, rates, 'decode')}")
+    return bound[key], ("tokens_per_s" if metric == "throughput" else "seconds"), True, how

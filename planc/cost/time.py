@@ -197,11 +197,16 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     return flops / rates.compute, hbm / rates.hbm, link / div
 
 
+def stage_parts(graph: PlacementGraph, rates: Rates, phase: str = "prefill"
+                ) -> list[tuple[Fraction, Fraction, Fraction]]:
+    """Per device class, the (compute, HBM, link) seconds of one microbatch at peak rates."""
+    return [_class_parts(c, graph, rates, per_mb=True, phase=phase) for c in graph.classes]
+
+
 def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> Fraction:
     """Seconds: no execution of this plan's forward step (the prompt's prefill, or one decode
     step with phase="decode") can be faster."""
-    stages = [max(_class_parts(c, graph, rates, per_mb=True, phase=phase))
-              for c in graph.classes]
+    stages = [max(p) for p in stage_parts(graph, rates, phase)]
     if not stages:
         return Fraction(0)
     return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)

@@ -84,14 +84,15 @@ def _claim(r, actual: Fraction, unit: str, is_bound: bool,  # type: ignore[no-un
         return {"<=": a <= c, ">=": a >= c, "<": a < c, ">": a > c,
                 "==": z.And(a - c <= t, c - a <= t)}[op]
 
-    shown = _fmt(unit, actual) + (f" ({how})" if how else "")
+    value = _fmt(unit, actual)
+    shown = value + (f" ({how})" if how else "")
     if is_bound:
         # a physical bound: a claim beyond it is refuted, one within it only "not refuted"
         return Obligation(
             kind="throughput_bound", code="V700", name=f"require {r.metric} {op} {r.text}",
             formula=formula, check=lambda v: holds(actual), mode="refute",
-            ok=f"{r.metric} {op} {r.text} is within the physical bound ({shown}); only a "
-               "measurement can confirm it",
+            ok=f"{r.metric} {op} {r.text} is within the physical bound ({value}"
+               f"{'; ' + how if how else ''}); only a measurement can confirm it",
             bad=f"{r.metric} {op} {r.text} is impossible: the physical bound is {shown}",
             span=r.span, numbers={"claim": float(claim), "bound": float(actual)},
             hint="the bound is the slowest of compute, HBM and link time at peak rates, plus the "
