@@ -21,9 +21,10 @@ inter-node links of every device of a node. Two necessary conditions, whichever 
     that node's g inter-node links (a hierarchical collective moves only this share):
       all-reduce and reduce-scatter (n-g)/n x B / g, all-gather (n-g) x B / g,
       all-to-all (n-g)/n x B, a ring pass (n-g)/(n-1) x B / g per step, send/recv B / node.
-B is what any implementation must exchange, not planc's own choice: for the head x head_dim
-split, the smaller of the partial scores in the model dtype (planc sums them in float32) and
-the other slices of Q and K (with them every device computes whole scores itself).
+B is what an implementation must exchange, not planc's own choice: for the head x head_dim
+split, the cheapest exact exchange known, the smaller of the partial scores in the model dtype
+(planc sums them in float32) and an all-to-all of the Q, K and V slices into a split by heads
+and of the outputs back, (n-1)/n x 2 (Q + K) per device (V is as large as K, the output as Q).
 """
 
 from __future__ import annotations
@@ -134,10 +135,10 @@ def _floor_bytes(c: Collective, cls: DeviceClass) -> Fraction:
     scores = Fraction(c.bytes, 4) * e  # planc's float32 partial scores, in the model dtype
     if q is None or k is None:
         return scores
-    # rope_q / rope_k do 3 FLOPs per element of the local Q / K slice (per microbatch call)
-    slices = Fraction(q.flops + k.flops, 3) * e * (c.group_size - 1)
-    # scores are all-reduced ((n-1)/n of them cross); slices are gathered (n-1 of them)
-    return min(scores, slices * c.group_size / max(1, c.group_size - 1))
+    # rope_q / rope_k do 3 FLOPs per element of the local Q / K slice (per microbatch call);
+    # both exchanges move (n-1)/n of their payload, as the all-reduce's B does
+    slices = Fraction(q.flops + k.flops, 3) * e
+    return min(scores, 2 * slices)
 
 
 def bound_link_bytes(c: Collective, cls: DeviceClass, mesh: Mesh) -> tuple[Fraction, Fraction]:

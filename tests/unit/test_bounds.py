@@ -71,6 +71,11 @@ def test_the_head_x_head_dim_bound_does_not_charge_planc_s_float32_scores():
                                   "attention_scores")
     # at most the partial scores in bf16 (half of planc's float32), all-reduced over 4
     assert device <= Fraction(b, 2) * 3 / 4
+    # and at most an all-to-all of the Q, K, V slices into a split by heads and the outputs
+    # back: 8 heads and 2 kv heads per device (over n), 32 of head_dim 128 (over m), bf16
+    tokens = 128 * 2048
+    q, k = tokens * 8 * 32 * 2, tokens * 2 * 32 * 2
+    assert device <= Fraction(3, 4) * 2 * (q + k)
 
 
 # --- random plans -------------------------------------------------------------------------
