@@ -82,10 +82,11 @@ def summary_text(perf: dict[str, dict[str, float]], phase: str) -> str:
         b = (f"TTFT >= {human_time(bnd['ttft_s'])}, TPOT >= {human_time(bnd['tpot_s'])}, "
              f"<= {bnd['tokens_per_s']:,.0f} tokens/s") if bnd else "-"
     else:
-        e = f"step {human_time(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s"
+        e = (f"step {human_time(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s, "
+             f"{human_time(est['tpot_s'])} per token")
         b = (f"step >= {human_time(bnd['step_s'])}, <= {bnd['tokens_per_s']:,.0f} tokens/s"
              if bnd else "-")
-    return f"{e} (sound bound: {b})" if bnd else e
+    return f"{e}; sound bound: {b}" if bnd else e
 
 
 def bound_arithmetic(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> str:
