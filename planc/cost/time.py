@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
 
@@ -97,25 +98,23 @@ def estimate_link_bytes(c: Collective) -> float:
 def _group_nodes(mesh: Mesh, axes: list[str]) -> tuple[int, int]:
     """(members, most members in one node) of rank 0's group over `axes`: the group's own
     devices must do its transfers, so any one group gives a sound bound."""
+    sizes = tuple((a.name, a.size) for a in mesh.axes)
+    return _group_nodes_of(sizes, tuple(axes), mesh.devices_per_node)
+
+
+@cache
+def _group_nodes_of(sizes: tuple[tuple[str, int], ...], axes: tuple[str, ...], per_node: int
+                    ) -> tuple[int, int]:
     ranks = [0]
-    for a in mesh.axes:
-        if a.name in axes:
-            stride = _stride(mesh, a.name)
-            ranks = [r + i * stride for r in ranks for i in range(a.size)]
-    per_node: dict[int, int] = {}
-    for r in ranks:
-        node = r // max(1, mesh.devices_per_node)
-        per_node[node] = per_node.get(node, 0) + 1
-    return len(ranks), max(per_node.values())
-
-
-def _stride(mesh: Mesh, axis: str) -> int:
     stride = 1
-    for a in reversed(mesh.axes):
-        if a.name == axis:
-            return stride
-        stride *= a.size
-    raise KeyError(axis)
+    for name, size in reversed(sizes):  # row-major: the last axis varies fastest
+        if name in axes:
+            ranks = [r + i * stride for r in ranks for i in range(size)]
+        stride *= size
+    nodes: dict[int, int] = {}
+    for r in ranks:
+        nodes[r // max(1, per_node)] = nodes.get(r // max(1, per_node), 0) + 1
+    return len(ranks), max(nodes.values())
 
 
 def _elem_bytes(cls: DeviceClass) -> Fraction:
