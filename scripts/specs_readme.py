@@ -81,10 +81,13 @@ def render() -> str:
         lines.append("")
         for v in p.verdicts:
             ob = v.obligation
-            if ob.kind in ("claim", "throughput_bound") or v.status == "violated":
+            claim = ob.kind in ("claim", "claim_consistency", "throughput_bound")
+            if claim or v.status == "violated":
                 mark = {"violated": "**refuted / violated**", "proved": "holds",
                         "not_refuted": "not refuted", "unknown": "unknown"}[v.status]
                 msg = ob.bad if v.status == "violated" else ob.ok
+                if ob.kind == "claim_consistency" and v.status == "violated" and ob.hint:
+                    msg += f"; {ob.hint}"
                 lines.append(f"- {mark} ({ob.code}, line {ob.span.line if ob.span else '-'}): "
                              f"{msg}")
         lines.append("")

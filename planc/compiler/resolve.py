@@ -94,6 +94,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "tpot": ("seconds",),  # prefill: step time per token (the seeds' use); decode: per step
     "ttft": ("seconds",),  # decode: time to first token (the prompt's prefill)
     "devices": ("count",),
+    # the seeds' own quantities (cost/claims.py says how each is computed)
+    "layer_activations": ("bytes",),  # the whole batch's input to one layer
+    "expert_weights": ("bytes",),  # weight bytes of one expert (gate, up and down)
+    "expert_weights_per_device": ("bytes",),  # experts' weight bytes on the fullest device
+    "transfer": ("bytes",),  # one pipeline send/recv: a microbatch's activations
+    "ring_step": ("bytes",),  # K and V one device passes on per ring step
+    "collective": ("bytes",),  # payload of the largest collective call per device
+    "communication": ("bytes",),  # bytes one device sends per forward step (all collectives)
 }
 # time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
 OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),

@@ -13,7 +13,7 @@ from fractions import Fraction
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import linear_bytes
-from planc.cost.performance import performance
+from planc.cost.performance import bound_arithmetic, performance
 from planc.cost.time import rates_of
 
 
@@ -58,31 +58,65 @@ def model_weight_bytes(plan: PlanSpec) -> int:
     return m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes
 
 
+def _layer_parts(plan: PlanSpec) -> str:
+    m = plan.model
+    attn = m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads)
+    mlp = (f"{m.experts} experts x 3 x {m.hidden:,} x {m.ffn:,} + router" if m.arch == "mixtral"
+           else f"3 x {m.hidden:,} x {m.ffn:,}")
+    return f"attention {attn:,} + MLP {mlp} + norms {2 * m.hidden:,}"
+
+
 def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
-                ) -> tuple[Fraction, str, bool] | None:
-    """(value, unit dimension, is_bound) for a require metric; None when not applicable."""
+                ) -> tuple[Fraction, str, bool, str | None] | None:
+    """(value, unit dimension, is_bound, the arithmetic) for a require metric; None when the
+    plan has no such quantity (a transfer without a pipeline, experts without MoE)."""
+    from planc.cost import traffic
+
     m = plan.model
     if metric == "params":
-        return Fraction(total_params(plan)), "count", False
+        return (Fraction(total_params(plan)), "count", False,
+                f"{m.layers} layers x {layer_params(plan):,} + final norm"
+                + (" + embeddings" if m.vocab else ""))
     if metric == "layer_params":
-        return Fraction(layer_params(plan)), "count", False
+        return Fraction(layer_params(plan)), "count", False, _layer_parts(plan)
     if metric == "layer_weights":
-        return Fraction(layer_weight_bytes(plan)), "bytes", False
+        return (Fraction(layer_weight_bytes(plan)), "bytes", False,
+                f"({_layer_parts(plan)}) parameters in their storage formats")
     if metric == "weights":
-        return Fraction(model_weight_bytes(plan)), "bytes", False
+        return (Fraction(model_weight_bytes(plan)), "bytes", False,
+                f"{m.layers} layers x {layer_weight_bytes(plan):,} B + final norm"
+                + (" + embeddings" if m.vocab else ""))
     if metric == "weights_per_device":
-        return Fraction(max(c.memory["weights"] for c in graph.classes)), "bytes", False
+        return Fraction(max(c.memory["weights"] for c in graph.classes)), "bytes", False, None
     if metric == "activations":
-        return Fraction(max(c.memory["activations"] for c in graph.classes)), "bytes", False
+        return Fraction(max(c.memory["activations"] for c in graph.classes)), "bytes", False, \
+            "the peak of live activations on the fullest device"
     if metric == "devices":
-        return Fraction(plan.devices), "count", False
+        return Fraction(plan.devices), "count", False, None
     if metric == "cache":
-        return Fraction(max(c.cache_resident for c in graph.classes)), "bytes", False
+        return Fraction(max(c.cache_resident for c in graph.classes)), "bytes", False, None
+    if metric == "layer_activations":
+        value, how = traffic.layer_activations(plan)
+        return value, "bytes", False, how
+    if metric == "expert_weights":
+        got = traffic.expert_weights(plan)
+        return (got[0], "bytes", False, got[1]) if got else None
+    if metric in traffic.TRAFFIC:
+        got = traffic.TRAFFIC[metric](plan, graph)
+        return (got[0], "bytes", False, got[1]) if got else None
     key = {"throughput": "tokens_per_s", "latency": "latency_s", "tpot": "tpot_s",
            "ttft": "ttft_s"}.get(metric)
     if key is None:
         return None
-    bound = performance(graph, rates_of(plan), bound=True)
+    rates = rates_of(plan)
+    bound = performance(graph, rates, bound=True)
     if not bound:
         return None
-    return bound[key], ("tokens_per_s" if metric == "throughput" else "seconds"), True
+    if graph.phase != "decode" or metric == "ttft":
+        how = bound_arithmetic(graph, rates)
+    elif metric == "tpot":
+        how = bound_arithmetic(graph, rates, "decode")
+    else:
+        how = (f"TTFT {bound_arithmetic(graph, rates)}; TPOT "
+               f"{bound_arithmetic(graph, rates, 'decode')}")
+    return bound[key], ("tokens_per_s" if metric == "throughput" else "seconds"), True, how

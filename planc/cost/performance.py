@@ -13,7 +13,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from planc.compiler.ir import PlacementGraph
-from planc.cost.time import Rates, step_estimate, step_lower_bound
+from planc.cost.time import Rates, stage_parts, step_estimate, step_lower_bound
 
 # What synthesis minimises for each objective word (tokens/s is negated: larger is better).
 OBJECTIVE_METRIC = {"tpot": "tpot_s", "ttft": "ttft_s", "throughput": "tokens_per_s"}
@@ -64,6 +64,8 @@ def summary(graph: PlacementGraph, rates: Rates) -> dict[str, dict[str, float]]:
 
 
 def human_time(s: float) -> str:
+    if s == 0:
+        return "0 s"
     if s >= 1:
         return f"{s:.4g} s"
     return f"{s * 1e3:.4g} ms" if s >= 1e-3 else f"{s * 1e6:.4g} us"
@@ -80,7 +82,24 @@ def summary_text(perf: dict[str, dict[str, float]], phase: str) -> str:
         b = (f"TTFT >= {human_time(bnd['ttft_s'])}, TPOT >= {human_time(bnd['tpot_s'])}, "
              f"<= {bnd['tokens_per_s']:,.0f} tokens/s") if bnd else "-"
     else:
-        e = f"step {human_time(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s"
+        e = (f"step {human_time(est['step_s'])}, {est['tokens_per_s']:,.0f} tokens/s, "
+             f"{human_time(est['tpot_s'])} per token")
         b = (f"step >= {human_time(bnd['step_s'])}, <= {bnd['tokens_per_s']:,.0f} tokens/s"
              if bnd else "-")
-    return f"{e} (sound bound: {b})" if bnd else e
+    return f"{e}; sound bound: {b}" if bnd else e
+
+
+def bound_arithmetic(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> str:
+    """How the step bound arises: the slowest stage's compute, HBM and link times for one
+    microbatch at peak rates (the largest counts), and the pipeline fill."""
+    parts = stage_parts(graph, rates, phase)
+    if not parts:
+        return ""
+    worst = max(parts, key=max)
+    what = ", ".join(f"{name} {human_time(float(t))}"
+                     for name, t in zip(("compute", "HBM", "links"), worst))
+    m, s = graph.microbatches, len(parts)
+    fill = (f"; {s} stages" if s > 1 else "; 1 stage") + (
+        f" + {m - 1} more microbatches" if m > 1 else "") if s > 1 or m > 1 else ""
+    unit = "microbatch per decode step" if phase == "decode" else "microbatch"
+    return f"per {unit}, the slowest stage: {what}{fill}"

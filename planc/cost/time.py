@@ -21,15 +21,17 @@ inter-node links of every device of a node. Two necessary conditions, whichever 
     that node's g inter-node links (a hierarchical collective moves only this share):
       all-reduce and reduce-scatter (n-g)/n x B / g, all-gather (n-g) x B / g,
       all-to-all (n-g)/n x B, a ring pass (n-g)/(n-1) x B / g per step, send/recv B / node.
-B is what any implementation must exchange, not planc's own choice: for the head x head_dim
-split, the smaller of the partial scores in the model dtype (planc sums them in float32) and
-the other slices of Q and K (with them every device computes whole scores itself).
+B is what an implementation must exchange, not planc's own choice: for the head x head_dim
+split, the cheapest exact exchange known, the smaller of the partial scores in the model dtype
+(planc sums them in float32) and an all-to-all of the Q, K and V slices into a split by heads
+and of the outputs back, (n-1)/n x 2 (Q + K) per device (V is as large as K, the output as Q).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
 
@@ -97,25 +99,23 @@ def estimate_link_bytes(c: Collective) -> float:
 def _group_nodes(mesh: Mesh, axes: list[str]) -> tuple[int, int]:
     """(members, most members in one node) of rank 0's group over `axes`: the group's own
     devices must do its transfers, so any one group gives a sound bound."""
+    sizes = tuple((a.name, a.size) for a in mesh.axes)
+    return _group_nodes_of(sizes, tuple(axes), mesh.devices_per_node)
+
+
+@cache
+def _group_nodes_of(sizes: tuple[tuple[str, int], ...], axes: tuple[str, ...], per_node: int
+                    ) -> tuple[int, int]:
     ranks = [0]
-    for a in mesh.axes:
-        if a.name in axes:
-            stride = _stride(mesh, a.name)
-            ranks = [r + i * stride for r in ranks for i in range(a.size)]
-    per_node: dict[int, int] = {}
-    for r in ranks:
-        node = r // max(1, mesh.devices_per_node)
-        per_node[node] = per_node.get(node, 0) + 1
-    return len(ranks), max(per_node.values())
-
-
-def _stride(mesh: Mesh, axis: str) -> int:
     stride = 1
-    for a in reversed(mesh.axes):
-        if a.name == axis:
-            return stride
-        stride *= a.size
-    raise KeyError(axis)
+    for name, size in reversed(sizes):  # row-major: the last axis varies fastest
+        if name in axes:
+            ranks = [r + i * stride for r in ranks for i in range(size)]
+        stride *= size
+    nodes: dict[int, int] = {}
+    for r in ranks:
+        nodes[r // max(1, per_node)] = nodes.get(r // max(1, per_node), 0) + 1
+    return len(ranks), max(nodes.values())
 
 
 def _elem_bytes(cls: DeviceClass) -> Fraction:
@@ -135,10 +135,10 @@ def _floor_bytes(c: Collective, cls: DeviceClass) -> Fraction:
     scores = Fraction(c.bytes, 4) * e  # planc's float32 partial scores, in the model dtype
     if q is None or k is None:
         return scores
-    # rope_q / rope_k do 3 FLOPs per element of the local Q / K slice (per microbatch call)
-    slices = Fraction(q.flops + k.flops, 3) * e * (c.group_size - 1)
-    # scores are all-reduced ((n-1)/n of them cross); slices are gathered (n-1 of them)
-    return min(scores, slices * c.group_size / max(1, c.group_size - 1))
+    # rope_q / rope_k do 3 FLOPs per element of the local Q / K slice (per microbatch call);
+    # both exchanges move (n-1)/n of their payload, as the all-reduce's B does
+    slices = Fraction(q.flops + k.flops, 3) * e
+    return min(scores, 2 * slices)
 
 
 def bound_link_bytes(c: Collective, cls: DeviceClass, mesh: Mesh) -> tuple[Fraction, Fraction]:
@@ -198,11 +198,16 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     return flops / rates.compute, hbm / rates.hbm, link / div
 
 
+def stage_parts(graph: PlacementGraph, rates: Rates, phase: str = "prefill"
+                ) -> list[tuple[Fraction, Fraction, Fraction]]:
+    """Per device class, the (compute, HBM, link) seconds of one microbatch at peak rates."""
+    return [_class_parts(c, graph, rates, per_mb=True, phase=phase) for c in graph.classes]
+
+
 def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> Fraction:
     """Seconds: no execution of this plan's forward step (the prompt's prefill, or one decode
     step with phase="decode") can be faster."""
-    stages = [max(_class_parts(c, graph, rates, per_mb=True, phase=phase))
-              for c in graph.classes]
+    stages = [max(p) for p in stage_parts(graph, rates, phase)]
     if not stages:
         return Fraction(0)
     return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)

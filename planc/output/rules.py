@@ -104,6 +104,8 @@ RULES: dict[str, tuple[str, str]] = {
     "V510": ("CompressedBytes", "Compiler and runtime count compressed weight bytes the same."),
     "V211": ("SparseWidth", "2:4 sparsity needs the MLP's local input widths divisible by 8."),
     "V600": ("Claim", "A claimed size or count (`require params == ...`) matches the model."),
+    "V601": ("ClaimWithoutValue", "A claim about a quantity the plan does not have."),
+    "V610": ("ClaimsAgree", "Throughput and TPOT claimed together agree."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),

@@ -16,11 +16,11 @@ from math import prod
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.lower import cdiv, lower, microbatches, zigzag
 from planc.compiler.spec import PlanSpec
-from planc.compiler.units import human_bytes, human_count
+from planc.compiler.units import human_bytes
 from planc.diagnostics import Related
+from planc.verifier.claim_obligations import claims
 from planc.verifier.obligations import Obligation
 
-CLAIM_TOLERANCE = Fraction(1, 100)  # `==` claims hold within 1% (claims are rounded numbers)
 
 
 def variables(plan: PlanSpec) -> dict[str, int]:
@@ -482,68 +482,3 @@ def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:
                 f"{' per layer' if biggest.per_layer else ''}); ")
     return what + ("reduce the batch or sequence per device (more data or sequence "
                    "parallelism, more microbatches), raise tensor parallelism, or compress weights")
-
-
-def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
-    from planc.cost.claims import claim_value  # local: avoids a cycle at import time
-
-    out = []
-    for r in plan.requires:
-        if r.metric == "memory":
-            continue
-        got = claim_value(plan, graph, r.metric)
-        if got is None:
-            continue
-        actual, unit_word, is_bound = got
-        out.append(_claim(r, actual, unit_word, is_bound))
-    return out
-
-
-def _fmt(metric_unit: str, x) -> str:  # type: ignore[no-untyped-def]
-    if metric_unit == "bytes":
-        return human_bytes(x)
-    if metric_unit == "count":
-        return human_count(x)
-    if metric_unit == "tokens_per_s":
-        return f"{float(x):,.0f} tokens/s"
-    if metric_unit == "seconds":
-        return f"{float(x) * 1e3:.4g} ms"
-    return str(x)
-
-
-def _claim(r, actual: Fraction, unit: str, is_bound: bool) -> Obligation:  # type: ignore[no-untyped-def]
-    claim = Fraction(r.value)
-    op = r.op
-    tol = claim * CLAIM_TOLERANCE
-
-    def holds(a: Fraction) -> bool:
-        return {"<=": a <= claim, ">=": a >= claim, "<": a < claim, ">": a > claim,
-                "==": abs(a - claim) <= tol}[op]
-
-    def formula(env, z):  # type: ignore[no-untyped-def]
-        a = z.real(actual.numerator, actual.denominator)
-        c = z.real(claim.numerator, claim.denominator)
-        t = z.real(tol.numerator, tol.denominator)
-        return {"<=": a <= c, ">=": a >= c, "<": a < c, ">": a > c,
-                "==": z.And(a - c <= t, c - a <= t)}[op]
-
-    shown = _fmt(unit, actual)
-    if is_bound:
-        # a physical bound: a claim beyond it is refuted, one within it only "not refuted"
-        return Obligation(
-            kind="throughput_bound", code="V700", name=f"require {r.metric} {op} {r.text}",
-            formula=formula, check=lambda v: holds(actual), mode="refute",
-            ok=f"{r.metric} {op} {r.text} is within the physical bound ({shown}); only a "
-               "measurement can confirm it",
-            bad=f"{r.metric} {op} {r.text} is impossible: the physical bound is {shown}",
-            span=r.span, numbers={"claim": float(claim), "bound": float(actual)},
-            hint="the bound is the slowest of compute, HBM and link time at peak rates, plus the "
-                 "pipeline fill; no schedule can beat it")
-    ratio = float(actual / claim) if claim else float("inf")
-    return Obligation(
-        kind="claim", code="V600", name=f"require {r.metric} {op} {r.text}",
-        formula=formula, check=lambda v: holds(actual),
-        ok=f"{r.metric} is {shown}, so `{r.metric} {op} {r.text}` holds",
-        bad=f"{r.metric} is {shown}, not {op} {r.text} (computed/claimed = {ratio:.3g})",
-        span=r.span, numbers={"claim": float(claim), "computed": float(actual)},
-        hint="`==` allows 1% for rounding" if op == "==" else None)

@@ -34,19 +34,26 @@ def _largest(plan: PlanSpec, step: int, with_value, current: int  # type: ignore
     """Per class, the largest multiple of step that fits (0 when even one step does not),
     searching up from the plan's own value, which fits: claims such as `throughput >= X` may
     fail below it."""
+    seen: dict[int, dict[str, bool]] = {}  # the classes' searches probe the same values
+
+    def fits(k: int, cid: str) -> bool:
+        if k not in seen:
+            seen[k] = _fits_by_class(with_value(plan, k * step))
+        return seen[k].get(cid, False)
+
     classes = list(_fits_by_class(with_value(plan, step)))
     start = current // step if current % step == 0 else 0
     out = {}
     for cid in classes:
         lo, hi = start, max(1, 2 * start)
-        while hi * step <= LIMIT and _fits_by_class(with_value(plan, hi * step)).get(cid, False):
+        while hi * step <= LIMIT and fits(hi, cid):
             lo, hi = hi, hi * 2
         if hi * step > LIMIT and lo == hi // 2 and lo:
             out[cid] = lo * step
             continue
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if _fits_by_class(with_value(plan, mid * step)).get(cid, False):
+            if fits(mid, cid):
                 lo = mid
             else:
                 hi = mid

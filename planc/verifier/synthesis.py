@@ -15,6 +15,7 @@ change: the smallest device count that works, or the largest batch that fits.
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -31,6 +32,7 @@ from planc.verifier.report import PlanResult
 from planc.verifier.solve import SolverConfig
 
 MAX_CANDIDATES = 20_000
+ALTERNATIVES = 3  # runners-up shown beside a completed plan
 BATCH_LIMIT = 2**20
 SEQ_LIMIT = 2**24
 
@@ -190,9 +192,16 @@ def _screen(plan: PlanSpec) -> tuple[bool, object]:
     g = lower(plan)
     values = encode.variables(plan)
     for ob in encode.build(plan, g, hints=False):
+        if ob.code in HOLE_FREE:
+            continue
         if not ob.quantified and not ob.check(values):
             return False, g
     return True, g
+
+
+# Obligations no value of a hole can change (claims that contradict each other): screening
+# with them would reject every candidate and blame memory; the chosen plan reports them.
+HOLE_FREE = ("V610",)
 
 
 def _with_workload(plan: PlanSpec, batch: int | None = None, seq: int | None = None) -> PlanSpec:
@@ -273,12 +282,13 @@ class Budget:
 
 
 def ranked(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
-           budget: Budget | None = None):  # type: ignore[no-untyped-def]
-    """([(score, concrete plan, graph)] best first, candidates tried, unsat core); raises
-    OutOfBudget when a budget is given and spent."""
+           budget: Budget | None = None, keep: int = 1):  # type: ignore[no-untyped-def]
+    """([(score, concrete plan, graph)] of the `keep` best, best first; candidates tried; unsat
+    core). Raises OutOfBudget when a budget is given and spent. Only `keep` graphs are held:
+    thousands of candidates must not hold thousands of graphs."""
     objective = plan.objective or ("minimize", "time")
     cands, core = _enumerate(plan, count or plan.cluster.count, solver)
-    out = []
+    out: list = []  # type: ignore[type-arg]
     tried = 0
     for values in cands:
         mesh_plan = _concrete(plan, values)
@@ -291,9 +301,10 @@ def ranked(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
             if got is None:
                 continue
             cp, g = got
-            out.append((_score(cp, g, objective), cp, g))
-    out.sort(key=lambda x: x[0])
-    return out, tried, core
+            # the candidate's index breaks ties so plans themselves are never compared
+            insort(out, (_score(cp, g, objective), tried, cp, g), key=lambda x: x[:2])
+            del out[keep:]
+    return [(sc, cp, g) for sc, _, cp, g in out], tried, core
 
 
 def search(plan: PlanSpec, solver: SolverConfig, count: int | None = None,
@@ -402,7 +413,7 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     from planc.pipeline import check_plan
 
     cfg = solver or SolverConfig()
-    found, tried, core = ranked(plan, cfg)
+    found, tried, core = ranked(plan, cfg, keep=1 + ALTERNATIVES)
     best = found[0][1] if found else None
     if best is None:
         _explain_infeasible(plan, cfg, core, tried, diags)
@@ -422,8 +433,6 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     }
     return result
 
-
-ALTERNATIVES = 3
 
 
 def _hole_values(plan: PlanSpec, filled: PlanSpec) -> dict[str, int]:

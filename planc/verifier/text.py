@@ -57,7 +57,7 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
             out += ["  " + line for line in render(d, sources).splitlines()]
         elif v.status == "unknown":
             out.append(f"  ?? {ob.code} {ob.kind}: {ob.name}: z3 could not decide ({v.reason})")
-        elif verbose or ob.kind in ("claim", "throughput_bound") or (
+        elif verbose or ob.kind in ("claim", "claim_consistency", "throughput_bound") or (
                 ob.code == "V401" and ob.numbers.get("class") == _worst_class(p)):
             out.append(f"  {MARK[v.status]:>4} {ob.code} {ob.kind}: {ob.ok}")
     if "performance" in p.extra and p.graph is not None:

@@ -51,3 +51,12 @@ def test_every_head_dim_split_the_v203_hint_proposes_passes_v310():
         bad = [x.obligation.code for x in again.verdicts
                if x.obligation.code in ("V203", "V310") and x.status != "proved"]
         assert not bad, (m, bad)
+
+
+def test_claims_that_contradict_each_other_do_not_make_every_hole_value_infeasible(tmp_path):
+    text = plan_text("  mesh tp=?\n  shard heads, kv_heads, ffn over tp\n"
+                     "  require throughput >= 120000 tokens/s\n  require tpot <= 8.3 ms\n")
+    result = _check(tmp_path, text)
+    assert not [d for d in result.diagnostics if d.code == "E093"]
+    [p] = result.plans
+    assert [v.status for v in p.verdicts if v.obligation.code == "V610"] == ["violated"]

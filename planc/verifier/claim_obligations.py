@@ -1,0 +1,171 @@
+"""Claims: a `require METRIC OP VALUE` line against the value planc computes (V600), against
+the sound bound for time-based metrics (V700), and claims that must agree with each other
+(V610: throughput and TPOT under one definition, with the unit that would reconcile them).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from planc.compiler.ir import PlacementGraph
+from planc.compiler.spec import PlanSpec
+from planc.compiler.units import human_bytes, human_count
+from planc.cost.performance import human_time
+from planc.diagnostics import Related
+from planc.verifier.obligations import Obligation
+
+CLAIM_TOLERANCE = Fraction(1, 100)  # `==` claims hold within 1% (claims are rounded numbers)
+# Two stated numbers agree when within 5%: documents round to two significant digits.
+AGREE = Fraction(5, 100)
+TIME_UNITS = ("s", "ms", "us", "ns")
+
+
+def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """One obligation per claim, one for each claim with no value in this plan, and the
+    consistency of claims that must agree."""
+    from planc.cost.claims import claim_value  # local: avoids a cycle at import time
+
+    out = []
+    for r in plan.requires:
+        if r.metric == "memory":
+            continue
+        got = claim_value(plan, graph, r.metric)
+        if got is None:
+            out.append(_not_applicable(plan, r))
+            continue
+        actual, unit_word, is_bound, how = got
+        out.append(_claim(r, actual, unit_word, is_bound, how))
+    out += consistency(plan, graph)
+    return out
+
+
+_ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
+           "expert_weights": "the model has no experts",
+           "expert_weights_per_device": "the model has no experts",
+           "collective": "no collective", "communication": "no communication"}
+
+
+def _not_applicable(plan: PlanSpec, r) -> Obligation:  # type: ignore[no-untyped-def]
+    why = _ABSENT.get(r.metric, "the quantity is zero")
+    return Obligation(
+        kind="claim", code="V601", name=f"require {r.metric} {r.op} {r.text}",
+        formula=lambda env, z: z.lift(False), check=lambda v: False,
+        ok="", bad=f"`require {r.metric}` has no value in plan {plan.name!r}: {why}",
+        span=r.span, hint="remove the claim, or write the plan that has this quantity",
+        numbers={"claim": float(r.value)})
+
+
+def _fmt(metric_unit: str, x) -> str:  # type: ignore[no-untyped-def]
+    if metric_unit == "bytes":
+        return human_bytes(x)
+    if metric_unit == "count":
+        return human_count(x)
+    if metric_unit == "tokens_per_s":
+        return f"{float(x):,.0f} tokens/s"
+    if metric_unit == "seconds":
+        return human_time(float(x))
+    return str(x)
+
+
+def _claim(r, actual: Fraction, unit: str, is_bound: bool,  # type: ignore[no-untyped-def]
+           how: str | None = None) -> Obligation:
+    claim = Fraction(r.value)
+    op = r.op
+    tol = claim * CLAIM_TOLERANCE
+
+    def holds(a: Fraction) -> bool:
+        return {"<=": a <= claim, ">=": a >= claim, "<": a < claim, ">": a > claim,
+                "==": abs(a - claim) <= tol}[op]
+
+    def formula(env, z):  # type: ignore[no-untyped-def]
+        a = z.real(actual.numerator, actual.denominator)
+        c = z.real(claim.numerator, claim.denominator)
+        t = z.real(tol.numerator, tol.denominator)
+        return {"<=": a <= c, ">=": a >= c, "<": a < c, ">": a > c,
+                "==": z.And(a - c <= t, c - a <= t)}[op]
+
+    value = _fmt(unit, actual)
+    shown = value + (f" ({how})" if how else "")
+    if is_bound:
+        # a physical bound: a claim beyond it is refuted, one within it only "not refuted"
+        return Obligation(
+            kind="throughput_bound", code="V700", name=f"require {r.metric} {op} {r.text}",
+            formula=formula, check=lambda v: holds(actual), mode="refute",
+            ok=f"{r.metric} {op} {r.text} is within the physical bound ({value}"
+               f"{'; ' + how if how else ''}); only a measurement can confirm it",
+            bad=f"{r.metric} {op} {r.text} is impossible: the physical bound is {shown}",
+            span=r.span, numbers={"claim": float(claim), "bound": float(actual)},
+            hint="the bound is the slowest of compute, HBM and link time at peak rates, plus the "
+                 "pipeline fill; no schedule can beat it")
+    ratio = float(actual / claim) if claim else float("inf")
+    return Obligation(
+        kind="claim", code="V600", name=f"require {r.metric} {op} {r.text}",
+        formula=formula, check=lambda v: holds(actual),
+        ok=f"{r.metric} is {shown}, so `{r.metric} {op} {r.text}` holds",
+        bad=f"{r.metric} is {shown}, not {op} {r.text} (computed/claimed = {ratio:.3g})",
+        span=r.span, numbers={"claim": float(claim), "computed": float(actual)},
+        hint="`==` allows 1% for rounding" if op == "==" else None)
+
+
+def _time_text(seconds: Fraction) -> str:
+    for i, unit in enumerate(TIME_UNITS):
+        v = seconds * 1000 ** i
+        if v >= 1 or unit == "ns":
+            return f"{float(v):.4g} {unit}"
+    return f"{float(seconds):.4g} s"
+
+
+def _factor(ratio: Fraction) -> str:
+    r = float(ratio)
+    return f"{r:,.0f}x" if r >= 10 else f"{r:.3g}x"
+
+
+def _unit_fix(r, ratio: Fraction) -> str:  # type: ignore[no-untyped-def]
+    """The unit that makes a time claim agree, when the claims differ by a power of 1000."""
+    number, _, unit = r.text.partition(" ")
+    if unit not in TIME_UNITS:
+        return "no change of unit makes them agree"
+    for shift in (-3, -2, -1, 1, 2, 3):
+        k = Fraction(1000) ** shift
+        if abs(ratio / k - 1) <= AGREE:
+            j = TIME_UNITS.index(unit) + shift
+            if 0 <= j < len(TIME_UNITS):
+                return (f"`tpot {r.op} {number} {TIME_UNITS[j]}` would agree (a unit factor of "
+                        f"{1000 ** abs(shift):,})")
+    return "no change of unit makes them agree"
+
+
+def consistency(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """Throughput and TPOT claimed together must agree. Prefill (the seeds' definition, and
+    planc's): TPOT = step / (batch x seq) = 1 / tokens/s. Decode (MLPerf): output tokens/s =
+    batch x generate / (TTFT + (generate - 1) x TPOT) <= batch x generate / ((generate - 1) x
+    TPOT)."""
+    thr = next((r for r in plan.requires if r.metric == "throughput"), None)
+    tpot = next((r for r in plan.requires if r.metric == "tpot"), None)
+    if thr is None or tpot is None:
+        return []
+    rate, t = Fraction(thr.value), Fraction(tpot.value)
+    if graph.phase == "decode":
+        gen = max(2, graph.generate)
+        most = Fraction(graph.batch * gen, gen - 1)  # tokens/s x TPOT can be no more
+        implied = most / rate  # the largest TPOT the throughput allows
+        ratio = t / implied
+        holds = ratio <= 1 + AGREE
+        rule = (f"{graph.batch} sequences x {gen} tokens in at least {gen - 1} TPOTs allow a "
+                f"TPOT of at most {_time_text(implied)} at {thr.text}")
+    else:
+        implied = 1 / rate
+        ratio = t / implied
+        holds = abs(ratio - 1) <= AGREE
+        rule = f"TPOT = 1 / throughput: {thr.text} is {_time_text(implied)} per token"
+    fix = "" if holds else _unit_fix(tpot, ratio)
+    return [Obligation(
+        kind="claim_consistency", code="V610",
+        name=f"require throughput {thr.text} agrees with tpot {tpot.text}",
+        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
+        ok=f"`tpot {tpot.op} {tpot.text}` agrees with `throughput {thr.op} {thr.text}` ({rule})",
+        bad=f"`tpot {tpot.op} {tpot.text}` disagrees with `throughput {thr.op} {thr.text}` by "
+            f"{_factor(ratio)} ({rule})",
+        span=tpot.span, hint=fix or None,
+        related=(Related(thr.span, f"throughput {thr.text} claimed here"),) if thr.span else (),
+        numbers={"ratio": float(ratio), "implied_tpot_s": float(implied)})]
