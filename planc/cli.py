@@ -1,6 +1,6 @@
-"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph (and parse, to
-inspect the AST). Reports go to stdout (or `-o FILE`, written atomically); progress and logs to
-stderr, with a spinner only on a terminal.
+"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph, import (a
+checkpoint's model block), and parse, to inspect the AST. Reports go to stdout (or `-o FILE`,
+written atomically); progress and logs to stderr, with a spinner only on a terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--diff", action="store_true",
                    help="change nothing; print a unified diff of what would change")
 
+    i = sub.add_parser("import", help="print the model block of a Hugging Face checkpoint")
+    i.add_argument("path", metavar="PATH", help="a checkpoint directory or its config.json")
+    i.add_argument("--name", help="the model's name in the block (default: from the path)")
+    i.add_argument("-o", "--output", help="output file (default: stdout)")
+
     r = sub.add_parser("run", help="verify, emit and run a plan with torchrun")
     r.add_argument("file")
     r.add_argument("--plan")
@@ -145,8 +150,10 @@ def _one_plan(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     from planc.pipeline import find_plan
 
     diags = Diagnostics()
-    plan, text = find_plan(a.file, a.plan, diags)
-    sources = {a.file: text} if text else {}
+    sources: dict[str, str] = {}
+    plan, text = find_plan(a.file, a.plan, diags, sources)
+    if text:
+        sources[a.file] = text
     if plan is not None and plan.has_holes:
         diags.error("E091", f"plan {plan.name!r} has holes (?)", plan.span,
                     f"run `planc check {a.file}` to complete it, then paste the values")
@@ -221,6 +228,26 @@ def cmd_graph(a: argparse.Namespace) -> int:
         return got
     plan, graph, _ = got
     _emit_out(to_dot(plan, graph), a.output)
+    return EXIT_OK
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    """The explicit model block `model NAME from hf "PATH"` stands for, to read or edit."""
+    import re
+
+    from planc.models import hf_config
+
+    diags = Diagnostics()
+    sources: dict[str, str] = {}
+    model = hf_config.read(a.path, "", None, diags, sources)
+    _print_diags(diags.sorted(), sources)
+    if model is None or diags.has_errors:
+        return EXIT_FAIL
+    stem = Path(a.path).name if Path(a.path).name != "config.json" else Path(a.path).parent.name
+    name = a.name or re.sub(r"\W|^(?=\d)", "_", stem.removesuffix(".json")) or "model"
+    if not name.isidentifier() or not name.isascii():
+        raise UsageError(f"--name {name!r} is not a plan name (ASCII letters, digits, _)")
+    _emit_out(hf_config.model_block(model, name, a.path), a.output)
     return EXIT_OK
 
 
@@ -408,7 +435,7 @@ def _run_text(m: dict[str, Any]) -> str:
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
             "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
-            "graph": cmd_graph}
+            "graph": cmd_graph, "import": cmd_import}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

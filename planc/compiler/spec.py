@@ -176,3 +176,6 @@ class SpecFile:
     clusters: dict[str, ClusterSpec] = field(default_factory=dict)
     workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
     devices: dict[str, DeviceSpec] = field(default_factory=dict)
+    # Other files read on the way (a `from hf` config.json): path -> text, so a diagnostic
+    # located in one shows its line.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
