@@ -371,6 +371,8 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise EnvironmentProblem(
                 f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",
                 "run on a machine with more GPUs, or shrink the mesh")
+    if not _preflight(a, plan, cfg, nproc):
+        return EXIT_FAIL
     program = _emit(emit, cfg, plan, a.file)
     if a.keep:
         write_atomic(a.keep, program)
@@ -399,6 +401,23 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_run_text(metrics))
     return EXIT_OK
+
+
+def _preflight(a: argparse.Namespace, plan, cfg, nproc: int) -> bool:  # type: ignore[no-untyped-def]
+    """The checkpoint and the device against the plan, before any rank starts; False (with the
+    diagnostics printed) when something disagrees."""
+    from planc.backends.torch import preflight
+    from planc.grammar.parse import read_source
+
+    diags = Diagnostics()
+    sources = {a.file: read_source(a.file)}
+    preflight.check(plan, weights=a.weights, device=a.device, run_dtype=cfg.dtype, nproc=nproc,
+                    node_rank=a.node_rank, reference=cfg.check_reference, diags=diags,
+                    sources=sources)
+    _print_diags(diags.sorted(), sources)
+    if diags.has_errors:
+        print(f"pre-flight: plan {plan.name!r} was not launched", file=sys.stderr)
+    return not diags.has_errors
 
 
 def _with(cfg, **changes):  # type: ignore[no-untyped-def]

@@ -55,6 +55,8 @@ class Family:
     qk_norm: bool = False  # RMSNorm on q and k per head (Qwen3)
     norm_topk: str | bool = True  # the key of the top-k renormalisation, or the constant
     window_flag: str | None = None  # a key that must be true for sliding_window to apply
+    # MoE tensor names: the layer's block, and its experts' gate, up and down projections
+    moe_names: tuple[str, str, str, str] = ("mlp", "gate_proj", "up_proj", "down_proj")
     # Values of keys a config.json may leave out: the transformers config class's defaults.
     defaults: dict[str, Any] = field(default_factory=dict)
     # (key, value planc runs, why another value is refused): values the family's class offers
@@ -71,6 +73,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family("llama", qkv_bias="attention_bias", qk_norm=True,
                     window_flag="use_sliding_window", defaults=_DENSE),
     "mixtral": Family("mixtral", experts=("num_local_experts",),
+                      moe_names=("block_sparse_moe", "w1", "w3", "w2"),
                       defaults={**_DENSE, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
                                 "num_key_value_heads": 8, "num_experts_per_tok": 2}),
     "qwen3_moe": Family(

@@ -118,6 +118,12 @@ RULES: dict[str, tuple[str, str]] = {
     # R: running a plan
     "R001": ("RunFailed", "The launched program failed, timed out or lost a rank."),
     "R002": ("Environment", "The environment lacks something a command needs (torch, GPUs)."),
+    "R010": ("CheckpointNotFound", "--weights is not a checkpoint directory with safetensors."),
+    "R011": ("PickledWeightsRefused", "A checkpoint with only pickled weights (*.bin)."),
+    "R012": ("CheckpointConfigMismatch", "The checkpoint's config.json disagrees with the plan."),
+    "R013": ("CheckpointTensorMismatch", "Checkpoint tensors missing, unread, or of other shapes."),
+    "R014": ("DeviceMemoryTooSmall", "The plan's peak does not fit the memory of this machine."),
+    "R015": ("MalformedCheckpoint", "A safetensors header or index file cannot be read."),
 }
 
 
