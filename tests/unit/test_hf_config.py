@@ -354,3 +354,22 @@ def test_import_of_a_bad_checkpoint_is_a_diagnostic_not_a_traceback(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert p.returncode == 1 and "error[E071]" in p.stderr and "Traceback" not in p.stderr
     assert p.stdout == ""
+
+
+def test_models_md_lists_every_family_and_its_example_resolves():
+    import re
+
+    from planc.compiler.resolve import resolve
+    from planc.grammar import ast
+    from planc.models.hf_config import FAMILIES
+
+    text = (ROOT / "docs" / "models.md").read_text()
+    for family in FAMILIES:
+        assert f"| `{family}`" in text, family
+    (example,) = re.findall(r"```plan\n(.*?)```", text, re.DOTALL)
+    tree = parse_text(example, "models.md")
+    diags = Diagnostics()
+    spec = resolve(ast.PlanFile(str(ROOT / "docs" / "models.md"), tree.blocks), diags)
+    assert not diags.has_errors, [d.message for d in diags]
+    assert spec.models["llama3_70b"].layers == 40
+    assert spec.models["llama3_70b"].hidden == 8192
