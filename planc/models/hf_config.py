@@ -62,6 +62,7 @@ class Family:
     # (key, value planc runs, why another value is refused): values the family's class offers
     # and planc's runtime does not implement.
     only: tuple[tuple[str, Any, str], ...] = ()
+    unused: tuple[str, ...] = ()  # keys that cannot matter once `only` holds
 
 
 _DENSE = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": False}
@@ -82,7 +83,8 @@ FAMILIES: dict[str, Family] = {
         window_flag="use_sliding_window",
         defaults={**_DENSE, "norm_topk_prob": False, "num_experts_per_tok": 8},
         only=(("decoder_sparse_step", 1, "every layer of a planc MoE model is sparse"),
-              ("mlp_only_layers", [], "every layer of a planc MoE model is sparse"))),
+              ("mlp_only_layers", [], "every layer of a planc MoE model is sparse")),
+        unused=("intermediate_size",)),  # the width of the dense layers refused above
 }
 # Keys of families planc does not run, and what they mean: a config holding one is refused even
 # under a known model_type (a fine-tune that added shared experts or MLA keeps its model_type).
@@ -341,7 +343,7 @@ def _map(data: dict[str, Any], spans: dict[str, Span], path: Path, diags: Diagno
 
 def _refusals(m: _Mapper, family: Family) -> None:
     m.read |= {"auto_map", "trust_remote_code", "hidden_act", "layer_types",
-               *(k for k, _, _ in family.only)}
+               *(k for k, _, _ in family.only), *family.unused}
     if family.window_flag:
         m.read.add(family.window_flag)
     act = m.data.get("hidden_act", "silu")
