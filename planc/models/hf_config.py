@@ -227,7 +227,7 @@ def _key_spans(text: str, shown: str) -> dict[str, Span]:
         i = ws(ws(i) + 1)  # past ':'
         _, i = decoder.raw_decode(text, i)
         (l0, c0), (l1, c1) = at(start), at(i)
-        out.setdefault(key, Span(shown, l0, c0, l1, c1))
+        out[key] = Span(shown, l0, c0, l1, c1)  # a repeated key: the last wins, as in json
         i = ws(i)
         if text[i] == ",":
             i += 1
@@ -235,6 +235,12 @@ def _key_spans(text: str, shown: str) -> dict[str, Span]:
 
 # ---------------------------------------------------------------------------------------------
 # Mapping
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A JSON value for a message, cut short: a config value can be a whole nested object."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Mapper:
@@ -270,8 +276,7 @@ class _Mapper:
             want = " or ".join({int: "a whole number", float: "a number", bool: "true or false",
                                 str: "a string", dict: "an object", list: "a list"}[k]
                                for k in kinds)
-            self.err("E076", f"config.json `{key}` is {json.dumps(value)}; it must be {want}",
-                     key)
+            self.err("E076", f"config.json `{key}` is {shown(value)}; it must be {want}", key)
             return None
         if isinstance(value, float) and not math.isfinite(value):
             self.err("E076", f"config.json `{key}` is not finite", key)
@@ -348,15 +353,15 @@ def _refusals(m: _Mapper, family: Family) -> None:
         m.read.add(family.window_flag)
     act = m.data.get("hidden_act", "silu")
     if act != "silu":
-        m.err("E074", f"hidden_act {json.dumps(act)} is not supported: planc's MLP is SwiGLU "
+        m.err("E074", f"hidden_act {shown(act)} is not supported: planc's MLP is SwiGLU "
               "(silu)", "hidden_act", "docs/models.md lists what planc runs")
     for key, meaning in UNSUPPORTED.items():
         if m.data.get(key) not in (None, 0, False, [], {}):
-            m.err("E074", f"`{key}` {json.dumps(m.data[key])}: {meaning} is not supported",
+            m.err("E074", f"`{key}` {shown(m.data[key])}: {meaning} is not supported",
                   key, "docs/models.md lists what planc runs")
     for key, allowed, why in family.only:
         if key in m.data and m.data[key] not in (allowed, None):
-            m.err("E074", f"`{key}` {json.dumps(m.data[key])} is not supported ({why}); planc "
+            m.err("E074", f"`{key}` {shown(m.data[key])} is not supported ({why}); planc "
                   f"runs {json.dumps(allowed)}", key, "docs/models.md lists what planc runs")
     types = m.data.get("layer_types") or []
     odd = sorted({t for t in types if t not in ("full_attention", "sliding_attention")}
@@ -373,7 +378,7 @@ def _dtype(m: _Mapper) -> None:
     if name is None:
         return  # no dtype in the config: the block's `dtype` line (or resolve) decides
     if name not in DTYPES:
-        m.err("E074", f"{key} {json.dumps(name)} is not supported", key,
+        m.err("E074", f"{key} {shown(name)} is not supported", key,
               f"planc runs {', '.join(DTYPES)}; set `dtype` in the model block for a what-if")
         return
     m.put("dtype", DTYPES[name], key)
@@ -389,12 +394,12 @@ def _rope(m: _Mapper, defaults: dict[str, Any]) -> None:
     theta = params.get("rope_theta") if "rope_theta" in params else m.get(
         "rope_theta", (float, int), defaults)
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
-        m.err("E076", f"rope_theta {json.dumps(theta)} must be a positive number", theta_key)
+        m.err("E076", f"rope_theta {shown(theta)} must be a positive number", theta_key)
         return
     m.put("rope_theta", float(theta), theta_key)
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-        m.err("E074", f"rope_type {json.dumps(rope_type)} is not supported", key,
+        m.err("E074", f"rope_type {shown(rope_type)} is not supported", key,
               f"planc runs rope types {', '.join(ROPE_TYPES)}")
         return
     if rope_type == "default":
@@ -407,7 +412,7 @@ def _rope(m: _Mapper, defaults: dict[str, Any]) -> None:
             value, bool) and value > 0
         if not ok:
             m.err("E076" if hf_key in params else "E075", f"{key}.{hf_key} is "
-                  f"{json.dumps(value) if hf_key in params else 'missing'}; {rope_type} rope "
+                  f"{shown(value) if hf_key in params else 'missing'}; {rope_type} rope "
                   f"scaling needs a positive {'whole ' if integral else ''}number", key)
             continue
         m.put(plan_key, value if integral else float(value), key)

@@ -338,6 +338,9 @@ def test_import_prints_a_block_that_checks_to_the_same_model(tmp_path, family):
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert p.returncode == 0, p.stderr
     assert "from hf" not in p.stdout and "model m {" in p.stdout
+    from planc.fmt import format_text
+
+    assert format_text(p.stdout) == p.stdout  # already in `planc fmt`'s layout
     explicit = tmp_path / "explicit.plan"
     explicit.write_text(p.stdout + REST)
     imported, d1 = resolved(explicit)
@@ -373,3 +376,9 @@ def test_models_md_lists_every_family_and_its_example_resolves():
     assert not diags.has_errors, [d.message for d in diags]
     assert spec.models["llama3_70b"].layers == 40
     assert spec.models["llama3_70b"].hidden == 8192
+
+
+def test_a_huge_wrong_value_is_cut_short_in_the_message(tmp_path):
+    checkpoint(tmp_path, {**LLAMA31, "hidden_size": {"nested": list(range(1000))}})
+    (code, _, _, _, msg), = errors(plan_file(tmp_path))
+    assert code == "E076" and len(msg) < 200 and "..." in msg
