@@ -60,7 +60,8 @@ MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "co
               "norm_topk": "flag", "sliding_window": "count", "rope_type": "name",
               # llama3 rope scaling (rope_type llama3), named after HF's rope_parameters
               "rope_factor": "number", "rope_low_freq_factor": "number",
-              "rope_high_freq_factor": "number", "rope_original_max_positions": "count"}
+              "rope_high_freq_factor": "number", "rope_original_max_positions": "count",
+              "max_positions": "count"}
 WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "name",
                  "context": "count", "generate": "count"}
 PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
@@ -516,7 +517,8 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
     spans = {k: p.span for k, p in v.props.items()}
     return ModelSpec(b.name.name, arch, c["layers"], c["hidden"], c["heads"], kv_heads,  # type: ignore[arg-type]
                      head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,  # type: ignore[arg-type]
-                     features, span=b.name.span, spans=spans)
+                     features, max_positions=v.count("max_positions"), span=b.name.span,
+                     spans=spans)
 
 
 def _rope_scaling(v: _Values) -> tuple[tuple[str, float | int | str], ...]:
@@ -541,11 +543,21 @@ def _rope_scaling(v: _Values) -> tuple[tuple[str, float | int | str], ...]:
     return tuple(sorted(pairs))
 
 
-def _check_window(model: ModelSpec, workload: WorkloadSpec, v: _Values) -> None:
+def _check_context(model: ModelSpec, workload: WorkloadSpec, v: _Values) -> None:
     """A sliding window shorter than the tokens a sequence attends to would change the output;
-    planc's attention is full, so such a plan is refused rather than approximated."""
+    planc's attention is full, so such a plan is refused rather than approximated. Positions
+    past the model's trained length change no number planc computes, only their quality: a
+    warning."""
     window = model.features.sliding_window
     tokens = workload.context + workload.generate if workload.phase == "decode" else workload.seq
+    trained = model.max_positions
+    if tokens is not None and trained is not None and tokens > trained:
+        v.diags.warning("W071", f"workload {workload.name!r} reaches position {tokens:,}; model "
+                        f"{model.name!r} was trained for {trained:,} positions",
+                        v.props["workload"].value.span, "outputs past the trained length are "
+                        "unreliable; shorten the sequences or use a long-context model",
+                        (Related(model.spans.get("max_positions", model.span), "the trained "
+                                 "length is set here"),) if model.span else ())
     if window is None or tokens is None or tokens <= window:
         return
     v._err("E077", f"model {model.name!r} has a sliding window of {window:,} tokens and workload "
@@ -677,7 +689,7 @@ def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[
                "add `vocab N` to the model block (the lm_head and embeddings use it)",
                (Related(model.span, "model declared here"),) if model.span else ())
     if workload is not None and model is not None:
-        _check_window(model, workload, v)
+        _check_context(model, workload, v)
     sizes = [size for _, size in mesh if size is not None]
     if sizes and math.prod(sizes) > MAX_DEVICES:
         v._err("E024", f"the mesh has {math.prod(sizes):,} devices; planc plans at most "

@@ -62,6 +62,9 @@ class ModelSpec:
     experts: int = 0
     top_k: int = 0
     features: ModelFeatures = ModelFeatures()  # family data: rope, norm eps, biases, tying
+    # The positions the model was trained for (HF max_position_embeddings): a longer workload
+    # is a warning. Not a feature: it changes no number the program computes.
+    max_positions: int | None = None
     span: Span | None = _span()
     spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
 

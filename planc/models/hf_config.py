@@ -36,7 +36,7 @@ ROPE_KEYS = {"llama3": {"factor": "rope_factor", "low_freq_factor": "rope_low_fr
 # defaults, bookkeeping; pretraining_tp only splits the same matmuls). Any other key planc does
 # not read gets a warning, so a new feature is never dropped silently.
 INERT = {"architectures", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
-         "initializer_range", "max_position_embeddings", "transformers_version", "use_cache",
+         "initializer_range", "transformers_version", "use_cache",
          "output_router_logits", "router_aux_loss_coef", "router_jitter_noise", "_name_or_path",
          "pretraining_tp", "max_window_layers", "id2label", "label2id", "problem_type",
          "return_dict", "output_attentions", "output_hidden_states", "chunk_size_feed_forward",
@@ -337,6 +337,8 @@ def _map(data: dict[str, Any], spans: dict[str, Span], path: Path, diags: Diagno
     m.put("qk_norm", family.qk_norm, "model_type")
     m.put("tie_embeddings", m.get("tie_word_embeddings", bool, d), "tie_word_embeddings")
     _window(m, family)
+    m.put("max_positions", m.get("max_position_embeddings", int, {}, required=False),
+          "max_position_embeddings")
     if not m.ok:
         return None
     for key in sorted(set(data) - m.read - INERT - set(UNSUPPORTED)):
@@ -433,7 +435,7 @@ def _window(m: _Mapper, family: Family) -> None:
 ORDER = ("family", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab", "dtype",
          "experts", "top_k", "rope_theta", "rope_type", "rope_factor", "rope_low_freq_factor",
          "rope_high_freq_factor", "rope_original_max_positions", "norm_eps", "qkv_bias",
-         "qk_norm", "tie_embeddings", "norm_topk", "sliding_window")
+         "qk_norm", "tie_embeddings", "norm_topk", "sliding_window", "max_positions")
 
 
 def plan_value(value: ConfigValue) -> str:

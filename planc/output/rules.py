@@ -88,6 +88,7 @@ RULES: dict[str, tuple[str, str]] = {
     "W005": ("NoPlan", "The file declares blocks but no plan: nothing is verified."),
     "W051": ("IdleAxis", "A mesh axis carries no dimension: its devices repeat the same work."),
     "W070": ("UnreadConfigField", "A config.json field planc does not read."),
+    "W071": ("PastTrainedLength", "A workload goes past the model's trained positions."),
     "W101": ("IdleDevices", "The mesh uses fewer devices than the cluster has."),
     # V: obligations proved or refuted by the verifier
     "V100": ("DeviceCount", "The mesh needs no more devices than the cluster has."),

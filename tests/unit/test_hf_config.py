@@ -382,3 +382,15 @@ def test_a_huge_wrong_value_is_cut_short_in_the_message(tmp_path):
     checkpoint(tmp_path, {**LLAMA31, "hidden_size": {"nested": list(range(1000))}})
     (code, _, _, _, msg), = errors(plan_file(tmp_path))
     assert code == "E076" and len(msg) < 200 and "..." in msg
+
+
+def test_a_workload_past_the_trained_length_is_a_warning_at_the_workload(tmp_path):
+    checkpoint(tmp_path, {**FAMILY_CONFIGS["mistral"], "max_position_embeddings": 32})
+    spec, diags = resolved(plan_file(tmp_path))  # the workload's seq is 64
+    assert not diags.has_errors and spec.plans
+    (w,) = [d for d in diags if d.code == "W071"]
+    assert (w.span.file, w.span.line) == (str(tmp_path / "m.plan"), 14)
+    assert "64" in w.message and "32" in w.message
+    assert w.related[0].span.file.endswith("config.json")
+    checkpoint(tmp_path, {**FAMILY_CONFIGS["mistral"], "max_position_embeddings": 64})
+    assert not [d for d in resolved(plan_file(tmp_path))[1] if d.code == "W071"]
