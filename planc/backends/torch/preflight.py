@@ -49,7 +49,7 @@ def check(plan: PlanSpec, *, weights: str | None, device: str, run_dtype: str, n
                 compare_models(plan.model, ckpt, os.path.relpath(directory, Path(plan.file).parent),
                                diags)
             if not diags.has_errors:
-                check_tensors(plan.model, directory, weights, diags)
+                check_tensors(plan.model, directory, weights, diags, sources)
     if not diags.has_errors:
         check_memory(plan, device, run_dtype, nproc, node_rank, reference, diags)
 
@@ -175,12 +175,14 @@ def _header(file: Path, diags: Diagnostics) -> dict[str, Any] | None:
     return header
 
 
-def _index(directory: Path, weights: str, diags: Diagnostics) -> list[Path] | None:
+def _index(directory: Path, weights: str, diags: Diagnostics, sources: dict[str, str]
+           ) -> list[Path] | None:
     """The safetensors files of a checkpoint: its index's shards, or every *.safetensors."""
     index = directory / "model.safetensors.index.json"
     if not index.is_file():
         return sorted(directory.glob("*.safetensors"))
     text = index.read_text(encoding="utf-8", errors="replace")
+    sources[str(index)] = text  # so a diagnostic located in it shows the line
     try:
         weight_map = json.loads(text).get("weight_map")
     except json.JSONDecodeError as e:
@@ -206,8 +208,9 @@ def _index(directory: Path, weights: str, diags: Diagnostics) -> list[Path] | No
     return files
 
 
-def check_tensors(m: ModelSpec, directory: Path, weights: str, diags: Diagnostics) -> None:
-    files = _index(directory, weights, diags)
+def check_tensors(m: ModelSpec, directory: Path, weights: str, diags: Diagnostics,
+                  sources: dict[str, str] | None = None) -> None:
+    files = _index(directory, weights, diags, {} if sources is None else sources)
     if files is None:
         return
     found: dict[str, tuple[str, tuple[int, ...], Path]] = {}  # bare name -> (name, shape, file)
