@@ -1,6 +1,6 @@
-"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph (and parse, to
-inspect the AST). Reports go to stdout (or `-o FILE`, written atomically); progress and logs to
-stderr, with a spinner only on a terminal.
+"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph, import (a
+checkpoint's model block), and parse, to inspect the AST. Reports go to stdout (or `-o FILE`,
+written atomically); progress and logs to stderr, with a spinner only on a terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--diff", action="store_true",
                    help="change nothing; print a unified diff of what would change")
 
+    i = sub.add_parser("import", help="print the model block of a Hugging Face checkpoint")
+    i.add_argument("path", metavar="PATH", help="a checkpoint directory or its config.json")
+    i.add_argument("--name", help="the model's name in the block (default: from the path)")
+    i.add_argument("-o", "--output", help="output file (default: stdout)")
+
     r = sub.add_parser("run", help="verify, emit and run a plan with torchrun")
     r.add_argument("file")
     r.add_argument("--plan")
@@ -160,8 +165,10 @@ def _one_plan(a: argparse.Namespace):  # type: ignore[no-untyped-def]
     from planc.pipeline import find_plan
 
     diags = Diagnostics()
-    plan, text = find_plan(a.file, a.plan, diags)
-    sources = {a.file: text} if text else {}
+    sources: dict[str, str] = {}
+    plan, text = find_plan(a.file, a.plan, diags, sources)
+    if text:
+        sources[a.file] = text
     if plan is not None and plan.has_holes:
         diags.error("E091", f"plan {plan.name!r} has holes (?)", plan.span,
                     f"run `planc check {printable(a.file)}` to complete it, then paste the values")
@@ -236,6 +243,26 @@ def cmd_graph(a: argparse.Namespace) -> int:
         return got
     plan, graph, _ = got
     _emit_out(to_dot(plan, graph), a.output)
+    return EXIT_OK
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    """The explicit model block `model NAME from hf "PATH"` stands for, to read or edit."""
+    import re
+
+    from planc.models import hf_config
+
+    diags = Diagnostics()
+    sources: dict[str, str] = {}
+    model = hf_config.read(a.path, "", None, diags, sources)
+    _print_diags(diags.sorted(), sources)
+    if model is None or diags.has_errors:
+        return EXIT_FAIL
+    stem = Path(a.path).name if Path(a.path).name != "config.json" else Path(a.path).parent.name
+    name = a.name or re.sub(r"\W|^(?=\d)", "_", stem.removesuffix(".json")) or "model"
+    if not name.isidentifier() or not name.isascii():
+        raise UsageError(f"--name {name!r} is not a plan name (ASCII letters, digits, _)")
+    _emit_out(hf_config.model_block(model, name, a.path), a.output)
     return EXIT_OK
 
 
@@ -359,6 +386,8 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise EnvironmentProblem(
                 f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",
                 "run on a machine with more GPUs, or shrink the mesh")
+    if not _preflight(a, plan, cfg, nproc):
+        return EXIT_FAIL
     program = _emit(emit, cfg, plan, a.file)
     if a.keep:
         write_atomic(a.keep, program)
@@ -387,6 +416,23 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_run_text(metrics))
     return EXIT_OK
+
+
+def _preflight(a: argparse.Namespace, plan, cfg, nproc: int) -> bool:  # type: ignore[no-untyped-def]
+    """The checkpoint and the device against the plan, before any rank starts; False (with the
+    diagnostics printed) when something disagrees."""
+    from planc.backends.torch import preflight
+    from planc.grammar.parse import read_source
+
+    diags = Diagnostics()
+    sources = {a.file: read_source(a.file)}
+    preflight.check(plan, weights=a.weights, device=a.device, run_dtype=cfg.dtype, nproc=nproc,
+                    node_rank=a.node_rank, reference=cfg.check_reference, diags=diags,
+                    sources=sources)
+    _print_diags(diags.sorted(), sources)
+    if diags.has_errors:
+        print(f"pre-flight: plan {plan.name!r} was not launched", file=sys.stderr)
+    return not diags.has_errors
 
 
 def _with(cfg, **changes):  # type: ignore[no-untyped-def]
@@ -447,7 +493,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
             "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
-            "graph": cmd_graph, "calibrate": cmd_calibrate}
+            "graph": cmd_graph, "calibrate": cmd_calibrate, "import": cmd_import}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

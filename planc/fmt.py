@@ -122,7 +122,8 @@ class _Line:
 def _block_lines(b: ast.Block, trailing: dict[tuple[int, int], str],
                  inside: list[tuple[int, int, str]]) -> list[_Line | None]:
     """The lines of one block; None stands for a blank line."""
-    head = f"{b.kind} {b.name.name}" + (f" from {b.base.name}" if b.base else "") + " {"
+    head = f"{b.kind} {b.name.name}" + (f" from {b.base.name}" if b.base else "") + (
+        f' from {b.source.kind.name} "{b.source.path}"' if b.source else "") + " {"
     close_key = (b.span.end_line, b.span.end_column - 1)
     if not b.body and not inside:
         line = _Line(head[:-1] + "{}", trailing.get(close_key) or trailing.get(

@@ -160,6 +160,7 @@ def check_paths(paths: Iterable[str | Path], plan_name: str | None = None,
         if text is not None:
             result.sources[str(f)] = text
         if spec is not None:
+            result.sources.update(spec.sources)
             plans = [p for p in spec.plans if plan_name is None or p.name == plan_name]
             if plan_name is not None and not plans and not diags.has_errors:
                 from planc.diagnostics import did_you_mean
@@ -177,10 +178,13 @@ def check_paths(paths: Iterable[str | Path], plan_name: str | None = None,
     return result
 
 
-def find_plan(path: str | Path, name: str | None, diags: Diagnostics
-              ) -> tuple[PlanSpec | None, str | None]:
-    """The one plan a command works on (`--plan NAME`, or the file's only plan)."""
+def find_plan(path: str | Path, name: str | None, diags: Diagnostics,
+              sources: dict[str, str] | None = None) -> tuple[PlanSpec | None, str | None]:
+    """The one plan a command works on (`--plan NAME`, or the file's only plan); the texts of
+    other files read on the way (a `from hf` config.json) go into `sources`."""
     spec, text = load(path, diags)
+    if spec is not None and sources is not None:
+        sources.update(spec.sources)
     if spec is None or diags.has_errors:
         return None, text
     if name is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -29,6 +30,7 @@ from planc.compiler.spec import (
 )
 from planc.diagnostics import Diagnostics, Related, Span, did_you_mean, one_of, printable
 from planc.grammar import ast
+from planc.models import hf_config
 from planc.models.features import ModelFeatures
 
 MAX_DIM = 2**40  # larger than any real model dimension or device count; catches typos like 1e30
@@ -59,7 +61,11 @@ MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "co
               # family data (planc/models/features.py); `from hf` fills them from config.json
               "family": "name", "rope_theta": "number", "norm_eps": "number",
               "qkv_bias": "flag", "qk_norm": "flag", "tie_embeddings": "flag",
-              "norm_topk": "flag"}
+              "norm_topk": "flag", "sliding_window": "count", "rope_type": "name",
+              # llama3 rope scaling (rope_type llama3), named after HF's rope_parameters
+              "rope_factor": "number", "rope_low_freq_factor": "number",
+              "rope_high_freq_factor": "number", "rope_original_max_positions": "count",
+              "max_positions": "count"}
 WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "name",
                  "context": "count", "generate": "count"}
 PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
@@ -74,8 +80,7 @@ REQUIRED = {
 }
 ARCHS = ("llama", "mixtral")
 # Hugging Face model_type -> the arch whose structure it has (dense Llama-style or MoE).
-FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
-            "mixtral": "mixtral", "qwen3_moe": "mixtral"}
+FAMILIES = {t: f.arch for t, f in hf_config.FAMILIES.items()}
 FLAGS = {"true": True, "false": False}
 PHASES = ("prefill", "decode")
 ATTENTION_MODES = ("local", "ring", "gather")
@@ -330,7 +335,9 @@ def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
     declared_devices = declared["device"]
     clusters = {c.name: c for b in by_kind["cluster"]
                 if (c := _cluster(b, devices, declared_devices, diags))}
-    models = {m.name: m for b in by_kind["model"] if (m := _model(b, diags))}
+    sources: dict[str, str] = {}
+    models = {m.name: m for b in by_kind["model"]
+              if (hb := _from_source(b, file.path, sources, diags)) and (m := _model(hb, diags))}
     workloads = {w.name: w for b in by_kind["workload"] if (w := _workload(b, diags))}
     _no_plan(file, diags)
     plans = []
@@ -338,7 +345,44 @@ def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
         p = _plan(b, file.path, models, clusters, workloads, declared, diags)
         if p is not None:
             plans.append(p)
-    return SpecFile(file.path, tuple(plans), models, clusters, workloads, devices)
+    return SpecFile(file.path, tuple(plans), models, clusters, workloads, devices, sources)
+
+
+def _from_source(b: ast.Block, path: str, sources: dict[str, str], diags: Diagnostics
+                 ) -> ast.Block | None:
+    """`model m from hf "ckpt"`: the block with its config.json's values as lines before its
+    own, which override them (what-if checks). The lines keep their config.json positions, so
+    every later diagnostic about a value points at the field it came from."""
+    if b.source is None:
+        return b
+    src = b.source
+    if b.kind != "model" or src.kind.name != "hf":
+        diags.error("E070", f'`from {src.kind.name} "..."` is not a source planc reads'
+                    + ("" if b.kind == "model" else f" for a {b.kind} block"), src.span,
+                    'a model block can read a Hugging Face checkpoint: `model m from hf "DIR"`')
+        return None
+    if not src.path:
+        diags.error("E070", "the checkpoint path is empty", src.path_span,
+                    'give a directory or its config.json: `from hf "llama3_8b"`')
+        return None
+    model = hf_config.read(src.path, path, src.path_span, diags, sources)
+    if model is None:
+        return None
+    own = {s.key.name for s in b.body if isinstance(s, ast.Prop)}
+    props = tuple(_prop(k, value, span) for k, (value, span) in model.values.items()
+                  if k not in own)
+    return replace(b, body=props + b.body)
+
+
+def _prop(key: str, value: hf_config.ConfigValue, span: Span) -> ast.Prop:
+    """A model-block line for a config.json value, located at the field."""
+    text = hf_config.plan_value(value)
+    v: ast.Value
+    if isinstance(value, (bool, str)):
+        v = ast.NameValue(ast.Ident(text, span), span)
+    else:
+        v = ast.Quantity(ast.Number(Fraction(repr(value)), text, span), None, span)
+    return ast.Prop(ast.Ident(key, span), v, span)
 
 
 def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
@@ -455,6 +499,8 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
         qk_norm=v.flag("qk_norm", defaults.qk_norm),
         tie_embeddings=v.flag("tie_embeddings", defaults.tie_embeddings),
         norm_topk=v.flag("norm_topk", defaults.norm_topk),
+        rope_scaling=_rope_scaling(v),
+        sliding_window=v.count("sliding_window"),
     )
     dtype = v.name("dtype", tuple(DTYPE_BYTES), "bf16")
     c = {k: v.count(k) for k in ("layers", "hidden", "heads", "ffn", "vocab")}
@@ -490,7 +536,55 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
     spans = {k: p.span for k, p in v.props.items()}
     return ModelSpec(b.name.name, arch, c["layers"], c["hidden"], c["heads"], kv_heads,  # type: ignore[arg-type]
                      head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,  # type: ignore[arg-type]
-                     features, span=b.name.span, spans=spans)
+                     features, max_positions=v.count("max_positions"), span=b.name.span,
+                     spans=spans)
+
+
+def _rope_scaling(v: _Values) -> tuple[tuple[str, float | int | str], ...]:
+    """ModelFeatures.rope_scaling from `rope_type` and its parameters (HF's names as keys)."""
+    rope_type = v.name("rope_type", hf_config.ROPE_TYPES, "default")
+    params = hf_config.ROPE_KEYS.get(rope_type or "", {})
+    for key in sorted({k for keys in hf_config.ROPE_KEYS.values() for k in keys.values()}):
+        if v.has(key) and key not in params.values():
+            v._err("E078", f"`{key}` is a parameter of llama3 rope scaling, and this model's "
+                   f"rope_type is {rope_type}", v.span(key), "add `rope_type llama3` or drop "
+                   "the line")
+    if not params:
+        return ()
+    pairs: list[tuple[str, float | int | str]] = [("rope_type", rope_type)]  # type: ignore[list-item]
+    for hf_key, key in params.items():
+        if not v.has(key):
+            v._err("E078", f"rope_type {rope_type} needs `{key}`", v.span("rope_type"),
+                   f"add a line `{key} N` (HF's {hf_key})")
+            continue
+        pairs.append((hf_key, v.count(key) if key == "rope_original_max_positions"
+                      else v.number(key, 1.0)))  # type: ignore[arg-type]
+    return tuple(sorted(pairs))
+
+
+def _check_context(model: ModelSpec, workload: WorkloadSpec, v: _Values) -> None:
+    """A sliding window shorter than the tokens a sequence attends to would change the output;
+    planc's attention is full, so such a plan is refused rather than approximated. Positions
+    past the model's trained length change no number planc computes, only their quality: a
+    warning."""
+    window = model.features.sliding_window
+    tokens = workload.context + workload.generate if workload.phase == "decode" else workload.seq
+    trained = model.max_positions
+    if tokens is not None and trained is not None and tokens > trained:
+        v.diags.warning("W071", f"workload {workload.name!r} reaches position {tokens:,}; model "
+                        f"{model.name!r} was trained for {trained:,} positions",
+                        v.props["workload"].value.span, "outputs past the trained length are "
+                        "unreliable; shorten the sequences or use a long-context model",
+                        (Related(model.spans.get("max_positions", model.span), "the trained "
+                                 "length is set here"),) if model.span else ())
+    if window is None or tokens is None or tokens <= window:
+        return
+    v._err("E077", f"model {model.name!r} has a sliding window of {window:,} tokens and workload "
+           f"{workload.name!r} attends over {tokens:,}: planc's attention is full, so it would "
+           "compute another model", v.props["workload"].value.span,
+           f"keep sequences within {window:,} tokens (planc does not run sliding-window "
+           "attention)", (Related(model.spans.get("sliding_window", model.span), "window set "
+                                  "here"),) if model.span else ())
 
 
 def _workload(b: ast.Block, diags: Diagnostics) -> WorkloadSpec | None:
@@ -613,6 +707,8 @@ def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[
                f"{model.name!r} needs a `vocab`", v.props["workload"].value.span,
                "add `vocab N` to the model block (the lm_head and embeddings use it)",
                (Related(model.span, "model declared here"),) if model.span else ())
+    if workload is not None and model is not None:
+        _check_context(model, workload, v)
     sizes = [size for _, size in mesh if size is not None]
     if sizes and math.prod(sizes) > MAX_DEVICES:
         v._err("E024", f"the mesh has {math.prod(sizes):,} devices; planc plans at most "

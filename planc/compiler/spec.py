@@ -69,6 +69,9 @@ class ModelSpec:
     experts: int = 0
     top_k: int = 0
     features: ModelFeatures = ModelFeatures()  # family data: rope, norm eps, biases, tying
+    # The positions the model was trained for (HF max_position_embeddings): a longer workload
+    # is a warning. Not a feature: it changes no number the program computes.
+    max_positions: int | None = None
     span: Span | None = _span()
     spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
 
@@ -183,3 +186,6 @@ class SpecFile:
     clusters: dict[str, ClusterSpec] = field(default_factory=dict)
     workloads: dict[str, WorkloadSpec] = field(default_factory=dict)
     devices: dict[str, DeviceSpec] = field(default_factory=dict)
+    # Other files read on the way (a `from hf` config.json): path -> text, so a diagnostic
+    # located in one shows its line.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -147,6 +147,16 @@ class Objective:
     span: Span
 
 
+@dataclass(frozen=True)
+class Source:
+    """`from hf "ckpt"`: the block's values come from a file (a checkpoint's config.json)."""
+
+    kind: Ident  # hf
+    path: str  # as written, without the quotes; resolved relative to the plan file
+    path_span: Span
+    span: Span
+
+
 Statement = Union[Prop, Mesh, Shard, Compress, Require, Objective]
 BlockKind = Literal["device", "cluster", "model", "workload", "plan"]
 
@@ -158,6 +168,7 @@ class Block:
     base: Ident | None
     body: tuple[Statement, ...]
     span: Span
+    source: Source | None = None
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,10 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str) -> PlancError:
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     span = _token_span(path, tok)
+    if tok.type == "STRING":  # a quoted string is only a `from hf "PATH"` source
+        return _fail("P100", "unexpected character '\"'", Span.point(path, tok.line, tok.column),
+                     "names are plain identifiers (letters, digits, _); no quotes (a quoted path "
+                     'is only for `model NAME from hf "PATH"`)')
     expected = sorted(x for x in e.expected if not x.startswith("_"))
     if str(tok) in NO_INCLUDE and "KIND" in e.expected:
         return _fail("P105", f"planc has no `{tok}` statement: a .plan file is self-contained",
@@ -342,11 +346,18 @@ class _ToAst(Transformer):
     def block(self, meta, items):
         kind, name, *rest = items
         base = next((x.ident for x in rest if isinstance(x, _Base)), None)
-        body = tuple(x for x in rest if not isinstance(x, _Base))
-        return ast.Block(str(kind), _ident(self.path, name), base, body, self._span(meta))
+        source = next((x for x in rest if isinstance(x, ast.Source)), None)
+        body = tuple(x for x in rest if not isinstance(x, (_Base, ast.Source)))
+        return ast.Block(str(kind), _ident(self.path, name), base, body, self._span(meta),
+                         source)
 
     def base(self, meta, items):
         return _Base(_ident(self.path, items[0]))
+
+    def source(self, meta, items):
+        kind, path = items
+        return ast.Source(_ident(self.path, kind), str(path)[1:-1], _token_span(self.path, path),
+                          self._span(meta))
 
     def key(self, meta, items):
         return _ident(self.path, items[0])

@@ -28,6 +28,9 @@ class ModelFeatures:
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
     tie_embeddings: bool = False  # lm_head shares the embedding matrix (one tensor)
     norm_topk: bool = True  # MoE: the top-k router weights are renormalised to sum to 1
+    # Attention sees at most this many tokens back (Mistral); None: all. planc refuses a window
+    # shorter than the workload's context (resolve), so within a plan it never cuts anything.
+    sliding_window: int | None = None
 
     @property
     def rope_type(self) -> str:

@@ -49,6 +49,15 @@ RULES: dict[str, tuple[str, str]] = {
     "E017": ("DecodeNeedsVocab", "A decode workload with a model that has no `vocab`."),
     "E018": ("HeadsNotMultipleOfKvHeads", "heads must be a multiple of kv_heads (GQA groups)."),
     "E019": ("FamilyArchMismatch", "A model's `family` has another structure than its `arch`."),
+    "E070": ("CheckpointConfigNotFound", "`from hf` names no readable config.json."),
+    "E071": ("MalformedCheckpointConfig", "A checkpoint's config.json is not a JSON object."),
+    "E072": ("CustomCodeRefused", "A checkpoint's config asks for custom code (auto_map)."),
+    "E073": ("UnknownModelType", "A checkpoint's model_type is not a family planc runs."),
+    "E074": ("UnsupportedModelFeature", "A config field asks for something planc does not run."),
+    "E075": ("MissingConfigField", "A field planc needs is missing from config.json."),
+    "E076": ("WrongConfigFieldType", "A config.json field has the wrong JSON type."),
+    "E077": ("SlidingWindowTooShort", "The model's sliding window is shorter than the context."),
+    "E078": ("RopeScalingKeys", "Rope scaling parameters that do not match the rope_type."),
     "E056": ("HeadDimWithSeq", "head_dim and seq cannot both be split."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),
     "E021": ("WrongValueShape", "A key takes another kind of value."),
@@ -81,6 +90,8 @@ RULES: dict[str, tuple[str, str]] = {
     # W: warnings
     "W005": ("NoPlan", "The file declares blocks but no plan: nothing is verified."),
     "W051": ("IdleAxis", "A mesh axis carries no dimension: its devices repeat the same work."),
+    "W070": ("UnreadConfigField", "A config.json field planc does not read."),
+    "W071": ("PastTrainedLength", "A workload goes past the model's trained positions."),
     "W101": ("IdleDevices", "The mesh uses fewer devices than the cluster has."),
     "W102": ("GroupAcrossNodes", "A tensor- or expert-parallel group spans nodes."),
     # V: obligations proved or refuted by the verifier
@@ -114,6 +125,12 @@ RULES: dict[str, tuple[str, str]] = {
     # R: running a plan
     "R001": ("RunFailed", "The launched program failed, timed out or lost a rank."),
     "R002": ("Environment", "The environment lacks something a command needs (torch, GPUs)."),
+    "R010": ("CheckpointNotFound", "--weights is not a checkpoint directory with safetensors."),
+    "R011": ("PickledWeightsRefused", "A checkpoint with only pickled weights (*.bin)."),
+    "R012": ("CheckpointConfigMismatch", "The checkpoint's config.json disagrees with the plan."),
+    "R013": ("CheckpointTensorMismatch", "Checkpoint tensors missing, unread, or of other shapes."),
+    "R014": ("DeviceMemoryTooSmall", "The plan's peak does not fit the memory of this machine."),
+    "R015": ("MalformedCheckpoint", "A safetensors header or index file cannot be read."),
 }
 
 

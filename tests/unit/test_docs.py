@@ -105,7 +105,9 @@ def test_language_md_examples_parse_and_resolve():
     plans = [b for t in trees for b in t.blocks if b.kind == "plan"]
     assert len(plans) >= 6
     diags = Diagnostics()
-    spec = resolve(ast_.PlanFile("language.md", (*definitions.values(), *plans)), diags)
+    # paths in `from hf "..."` are relative to the page, as to a plan file
+    spec = resolve(ast_.PlanFile(str(DOCS / "language.md"), (*definitions.values(), *plans)),
+                   diags)
     assert not diags.has_errors, [d.message for d in diags]
     assert len(spec.plans) == len(plans)
 

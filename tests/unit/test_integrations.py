@@ -123,3 +123,9 @@ def test_the_ci_workflow_in_the_docs_uses_real_formats():
     uploads = [s for job in doc["jobs"].values() for s in job["steps"]
                if "upload-sarif" in s.get("uses", "")]
     assert uploads and uploads[0]["if"].startswith("always()")
+
+
+def test_the_grammar_scopes_a_checkpoint_source():
+    got = scopes('model llama3 from hf "ckpt/llama3_70b" {')
+    assert ("hf", "entity.name.type.base.plan") in got
+    assert ('"ckpt/llama3_70b"', "string.quoted.double.plan") in got
