@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from planc.compiler import vocab
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import linear_bytes
@@ -27,9 +28,10 @@ def layer_params(plan: PlanSpec) -> int:
 
 
 def total_params(plan: PlanSpec) -> int:
+    """The checkpoint's parameters: layers, final norm, and its vocabulary matrices (the
+    embedding and the lm_head, one matrix when they are tied)."""
     m = plan.model
-    extra = m.hidden + (m.vocab * m.hidden if m.vocab else 0)
-    return m.layers * layer_params(plan) + extra
+    return m.layers * layer_params(plan) + m.hidden + vocab.checkpoint_params(plan)
 
 
 def layer_weight_bytes(plan: PlanSpec) -> int:
@@ -60,7 +62,7 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
     if metric == "layer_weights":
         return Fraction(layer_weight_bytes(plan)), "bytes", False
     if metric == "weights":
-        extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
+        extra = vocab.checkpoint_params(plan) + m.hidden
         return Fraction(m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes), "bytes", False
     if metric == "weights_per_device":
         return Fraction(max(c.memory["weights"] for c in graph.classes)), "bytes", False

@@ -48,6 +48,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E018": ("HeadsNotMultipleOfKvHeads", "heads must be a multiple of kv_heads (GQA groups)."),
     "E019": ("FamilyArchMismatch", "A model's `family` has another structure than its `arch`."),
     "E056": ("HeadDimWithSeq", "head_dim and seq cannot both be split."),
+    "E057": ("VocabWithoutVocabulary", "`shard vocab` on a model without a vocabulary."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),
     "E021": ("WrongValueShape", "A key takes another kind of value."),
     "E022": ("NotWhole", "A count or byte size is not a whole number."),
