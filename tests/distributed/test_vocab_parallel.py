@@ -86,10 +86,11 @@ def _run_case(rank: int, case: dict[str, Any]) -> None:
 
 def _greedy_ties(rank: int) -> None:
     """Equal best logits on both parts: the smaller token id wins, as torch.argmax over the
-    whole vocabulary; the padding row (zero weights, logit 0) never wins over negative logits."""
+    whole vocabulary; the padding row (zero weights, logit 0) never wins over negative logits;
+    the lookup and the gathered logits (sampling) equal the unsplit ones."""
     import torch.distributed as dist
 
-    from planc.backends.torch.runtime.vocab_parallel import greedy_tokens, lookup
+    from planc.backends.torch.runtime.vocab_parallel import all_logits, greedy_tokens, lookup
 
     full = torch.tensor([[-3.0], [-1.0], [-2.0], [-1.0], [-5.0]])  # vocab 5: ids 1 and 3 tie
     h = torch.tensor([[1.0], [-1.0]])  # row 0 picks 1 (tie with 3), row 1 picks 4
@@ -100,6 +101,7 @@ def _greedy_ties(rank: int) -> None:
     assert greedy_tokens(h, mine, vs, group).tolist() == [1, 4]
     ids = torch.tensor([[0, 4, 2, 3]])
     assert torch.equal(lookup(ids, mine, vs, group), full[ids])
+    assert torch.equal(all_logits(h, mine, 5, group), h @ full.T)  # padding dropped
 
 
 def _worker(rank: int, world: int, cases: list[dict[str, Any]]) -> None:

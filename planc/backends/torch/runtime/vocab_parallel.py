@@ -12,9 +12,10 @@ carry no batch or sequence split), so:
     per rank, exact for any token id below 2**53) and keeps the largest logit, the smallest id
     among equal ones: torch.argmax's first-index rule over the whole vocabulary, which is what
     Hugging Face's greedy decoding uses. Greedy needs only the winner, so this moves 16 bytes per
-    row per rank where gathering the logits would move 4 * vocab / parts (2 MB per row for
-    Llama-3 at tp 8 in float32 against 16 B); sampling (temperature, top-p) needs every logit
-    and would all-gather them instead.
+    row per rank where gathering the logits would move 4 * vocab / parts (64 KB per row for
+    Llama-3 at tp 8 in float32, against 16 B);
+  - sampling (temperature, top-p) needs every logit: all_logits all-gathers the parts' logits
+    and drops the padding, so every rank of the group draws from the same distribution.
 Without a vocab split these are the plain F.embedding and argmax over the full matrix.
 """
 
@@ -70,3 +71,13 @@ def greedy_tokens(h: Tensor, weight: Tensor, vs: VocabSlice, group: dist.Process
     values, ids = pairs[..., 0], pairs[..., 1]
     top = values.max(dim=0).values
     return ids.masked_fill(values != top, float("inf")).min(dim=0).values.long()
+
+
+def all_logits(h: Tensor, weight: Tensor, vocab: int, group: dist.ProcessGroup | None) -> Tensor:
+    """Logits [r, vocab] over the whole vocabulary on every rank of the group (for sampling)."""
+    logits = F.linear(h, weight)
+    if group is None:
+        return logits
+    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, logits, group=group)
+    return torch.cat(parts, dim=-1)[:, :vocab]
