@@ -2,7 +2,8 @@
 the vocabulary split over tensor parallelism (`shard vocab over tp`) with a vocabulary that
 divides and one that is padded, and tied embeddings over a two-stage pipeline (the first stage
 embeds with `embed_tokens.weight`, the last reads the same tensor as its lm_head; the checkpoint
-has no `lm_head.weight`). Each case is compiled from plan text, so the ranks run what the
+has no `lm_head.weight`), once from planc's seeded writer and once from transformers'
+save_pretrained. Each case is compiled from plan text, so the ranks run what the
 placement graph says: the prefill's last_hidden_state equals Hugging Face's base model, the
 greedy tokens equal `generate` of the ...ForCausalLM class (which ties the checkpoint's tensors
 itself), and every rank's resident weight bytes equal its device class's weights row.
@@ -41,6 +42,9 @@ CASES = {
                                           "  shard heads, kv_heads, ffn, vocab over tp\n"),
     "pp2_tied": (97, True, "  mesh pp=2\n  shard layers over pp microbatches 2\n"),
 }
+# Cases whose checkpoint transformers writes itself (from_config + save_pretrained), not
+# planc's seeded writer: the plan of the case named, the checkpoint of its own config class.
+SAVED_BY_HF = {"pp2_tied_save_pretrained": "pp2_tied"}
 
 
 def compile_case(name: str) -> tuple[RunConfig, dict[int, int], Any]:
@@ -57,6 +61,20 @@ def compile_case(name: str) -> tuple[RunConfig, dict[int, int], Any]:
     cfg = to_run_config(spec.plans[0], graph, warmup=0, repeats=1)
     weights = {r: c.memory["weights"] for c in graph.classes for r in ranks_of(graph.mesh, c)}
     return cfg, weights, graph
+
+
+def save_pretrained_checkpoint(cfg: RunConfig, path: Path) -> None:
+    """A tiny Llama written by transformers: LlamaConfig with the plan's dims and tying."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    m = cfg.model
+    config = LlamaConfig(vocab_size=m.vocab, hidden_size=m.hidden, intermediate_size=m.ffn,
+                         num_hidden_layers=m.layers, num_attention_heads=m.heads,
+                         num_key_value_heads=m.kv_heads, head_dim=m.head_dim,
+                         rms_norm_eps=m.features.norm_eps,  # LlamaConfig's default is 1e-6
+                         tie_word_embeddings=m.features.tie_embeddings)
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
 
 
 def prefill_of(cfg: RunConfig) -> RunConfig:
@@ -116,11 +134,14 @@ def test_vocab_parallel_and_tied_embeddings_equal_hf_prefill_and_generate(tmp_pa
 
     cpu = torch.device("cpu")
     cases = []
-    for name in CASES:
-        cfg, weights, _ = compile_case(name)
+    for name in [*CASES, *SAVED_BY_HF]:
+        cfg, weights, _ = compile_case(SAVED_BY_HF.get(name, name))
         path = tmp_path / name
         path.mkdir()
-        save_random_checkpoint(cfg, path)
+        if name in SAVED_BY_HF:
+            save_pretrained_checkpoint(cfg, path)
+        else:
+            save_random_checkpoint(cfg, path)
         cases.append({"name": name, "cfg": cfg, "weights": weights, "path": str(path),
                       "tokens": reference_generate(cfg, path, cpu),
                       "hidden": reference_output(prefill_of(cfg), path, cpu)})
