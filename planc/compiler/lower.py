@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planc.compiler.check_structure import axis_roles
 from planc.compiler import vocab
+from planc.compiler.check_structure import axis_roles
 from planc.compiler.ir import (
     Axis,
     Buffer,
