@@ -47,18 +47,23 @@ CASES = {
 SAVED_BY_HF = {"pp2_tied_save_pretrained": "pp2_tied"}
 
 
-def compile_case(name: str) -> tuple[RunConfig, dict[int, int], Any]:
-    """(decode RunConfig, weights row of each rank, graph) of one case's plan."""
-    from planc.compiler.ir import ranks_of
+def compile_plan(vocab: int, tied: bool, body: str) -> tuple[Any, Any, RunConfig]:
+    """(plan, placement graph, decode RunConfig with one timed run) of a tiny plan."""
     from planc.compiler.lower import lower
     from planc.compiler.runconfig import to_run_config
 
-    vocab, tied, body = CASES[name]
     spec, diags = resolve_text(plan_text(body, model=model_text(vocab, tied), cluster=CLUSTER,
                                          workload=WORKLOAD))
     assert not diags.has_errors, [d.message for d in diags.items]
     graph = lower(spec.plans[0])
-    cfg = to_run_config(spec.plans[0], graph, warmup=0, repeats=1)
+    return spec.plans[0], graph, to_run_config(spec.plans[0], graph, warmup=0, repeats=1)
+
+
+def compile_case(name: str) -> tuple[RunConfig, dict[int, int], Any]:
+    """(decode RunConfig, weights row of each rank, graph) of one case's plan."""
+    from planc.compiler.ir import ranks_of
+
+    _, graph, cfg = compile_plan(*CASES[name])
     weights = {r: c.memory["weights"] for c in graph.classes for r in ranks_of(graph.mesh, c)}
     return cfg, weights, graph
 
@@ -162,3 +167,22 @@ def test_a_tied_checkpoint_has_one_vocabulary_matrix_and_the_plan_reads_only_it(
     vocab_shards = [[s.name for s in c.shards if s.global_shape == [97, 32]]
                     for c in graph.classes]
     assert vocab_shards == [["embed_tokens.weight"], ["embed_tokens.weight"]]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_params_weights_and_the_table_equal_the_checkpoint_transformers_writes(tmp_path, tied):
+    """On one device the per-GPU table, `params` and `weights` all equal what save_pretrained
+    wrote: its tensors' elements and bytes (one vocabulary matrix when tied, two when not)."""
+    from safetensors import safe_open
+
+    from planc.cost.claims import claim_value
+
+    plan, graph, cfg = compile_plan(96, tied, "  mesh tp=1\n")
+    save_pretrained_checkpoint(cfg, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]
+    numel = sum(t.numel() for t in tensors)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    assert claim_value(plan, graph, "params")[0] == numel
+    assert claim_value(plan, graph, "weights")[0] == nbytes
+    assert graph.classes[0].memory["weights"] == nbytes
