@@ -5,8 +5,8 @@ Each rank holds rows [start, start + n) of a vocabulary matrix [vocab, hidden], 
 (vocab_layout). Every rank of the group holds the same tokens and hidden states (the vocab axes
 carry no batch or sequence split), so:
   - lookup: each rank looks up the ids in its rows, zeroes the rows of ids it does not hold and
-    the group all-reduces (sums) [T, hidden]: exactly one term of every sum is non-zero, so the
-    result equals the unsplit lookup bit for bit;
+    the group all-reduces (sums) [T, hidden]: one rank contributes each row and the others add
+    zeros, so the result equals the unsplit lookup bit for bit;
   - greedy next token: each rank computes its logits [r, n], masks its padding to -inf, takes
     its best (logit, token id) per row, and the group all-gathers these pairs ([r, 2] float64
     per rank, exact for any token id below 2**53) and keeps the largest logit, the smallest id
