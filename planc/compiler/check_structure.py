@@ -1,7 +1,8 @@
 """check_structure: cheap checks that need no solver, and the role each mesh axis plays.
 
 A mesh axis carries one parallel strategy. Which model dimensions may share an axis:
-  tp  heads, kv_heads, ffn (Megatron tensor parallel; ffn may also ride on hd axes)
+  tp  heads, kv_heads, ffn (Megatron tensor parallel; ffn may also ride on hd axes), vocab
+      (vocab-parallel embedding and lm_head: tokens are the same on every device of the axis)
   hd  head_dim (seed 001's intra-head split), optionally with ffn
   pp  layers, alone
   sp  seq (ring or gather attention), alone
@@ -18,8 +19,8 @@ from __future__ import annotations
 from planc.compiler.spec import PlanSpec
 from planc.diagnostics import Diagnostics, Related
 
-ROLE_OF_DIM = {"heads": "tp", "kv_heads": "tp", "ffn": "tp", "head_dim": "hd", "layers": "pp",
-               "seq": "sp", "experts": "ep", "batch": "dp"}
+ROLE_OF_DIM = {"heads": "tp", "kv_heads": "tp", "ffn": "tp", "vocab": "tp", "head_dim": "hd",
+               "layers": "pp", "seq": "sp", "experts": "ep", "batch": "dp"}
 # role sets that may share one axis as they stand (tp with hd and ep with tp are refined below)
 COMPATIBLE = {frozenset({r}) for r in ("tp", "hd", "pp", "sp", "ep", "dp")} | {
     frozenset({"ep", "dp"})}
@@ -69,8 +70,8 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
         diags.error(
             "E050", f"axis {a!r} carries incompatible dimensions: {', '.join(names)}",
             rest[0][1] if rest else first[1],  # type: ignore[arg-type]
-            "an axis carries one strategy: tensor parallel (heads, kv_heads, ffn), pipeline "
-            "(layers), sequence (seq), experts (+ batch), data (batch); use another axis",
+            "an axis carries one strategy: tensor parallel (heads, kv_heads, ffn, vocab), "
+            "pipeline (layers), sequence (seq), experts (+ batch), data (batch); use another axis",
             tuple(Related(sp, f"{d} over {a}") for d, sp in entries[:-1]),  # type: ignore[arg-type]
         )
     for a, size in plan.mesh:
@@ -92,6 +93,14 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
         sh = plan.shard_of("experts")
         diags.error("E053", "`shard experts` needs a mixtral model", sh.span,  # type: ignore[union-attr]
                     f"model {plan.model.name!r} has arch llama and no experts")
+    voc = plan.shard_of("vocab")
+    if voc is not None and not plan.model.vocab:
+        span = next((sp for d, sp in zip(voc.dims, voc.dim_spans) if d == "vocab"), voc.span)
+        diags.error("E057", "`shard vocab` needs a model with a vocabulary",
+                    span,  # type: ignore[arg-type]
+                    f"model {plan.model.name!r} has no `vocab` (it is fed embeddings): add "
+                    "`vocab N` to it, or drop vocab from the line",
+                    (Related(plan.model.span, "model declared here"),) if plan.model.span else ())
     ex = plan.shard_of("experts")
     if ex is not None and not set(ex.axes) <= set(plan.axes_of("heads")):
         b = plan.shard_of("batch")

@@ -6,7 +6,9 @@ tokens one step at a time, greedy), built from the prefill graph of the prompt p
     sequence chunks for sequence parallel (each rank keeps its chunk; new tokens are appended
     round-robin, so chunks stay balanced), per data-parallel / expert-parallel replica over
     the batch;
-  - the lm_head [vocab, hidden] on the last stage and the logits of one step;
+  - the lm_head [vocab, hidden] on the last stage and the logits of one step (compiler/vocab.py:
+    none added where a tied lm_head is the stage's own embedding; rows split and padded with
+    `shard vocab`, the greedy token then an all-gather of each part's best logit);
   - one decode step's ops and buffers per layer (T = the step's tokens: one per sequence of the
     microbatch), whose collectives are named `decode:*`, and with sequence parallelism a
     flash-decoding merge (each rank attends over its chunk; partial outputs and log-sum-exps
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
-from planc.compiler.lower import Degrees, cdiv, microbatches, moe_all_to_all
+from planc.compiler import vocab
+from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
+from planc.compiler.lower import Degrees, _link, cdiv, microbatches, moe_all_to_all
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims, layer_program, peak_live
 
@@ -75,14 +78,16 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
     m = plan.model
     d, ops, bufs = step_program(plan)
     step_peak = peak_live(bufs, len(ops)) + d.tokens * m.hidden * m.dtype_bytes  # + residual
+    lm_head = vocab.lm_head_shard(plan, is_first=len(prompt_rows) == 1)
     out = {}
     for cid, row in prompt_rows.items():
         row = dict(row)
         n = layers_per_class[cid]
         row["kv_cache"] = kv_cache_bytes(plan, n)
         if cid == last and m.vocab:
-            row["weights"] += m.vocab * m.hidden * m.dtype_bytes  # lm_head
-            step_peak_c = step_peak + d.tokens * m.vocab * 4  # float32 logits of the step
+            row["weights"] += lm_head.bytes if lm_head else 0  # a tied one is the embedding
+            # float32 logits of the step, this device's vocabulary rows
+            step_peak_c = step_peak + d.tokens * vocab.vocab_rows(plan) * 4
         else:
             step_peak_c = step_peak
         row["activations"] = max(row["activations"], step_peak_c)
@@ -115,14 +120,15 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
         bufs.append(Buffer(name="kv_cache", role="kv_cache", bytes=kv_cache_bytes(plan, n),
                            live=(0, len(ops) - 1), per_layer=False))
         shards = list(c.shards)
-        if c.id == last and m.vocab:
-            shards.append(TensorShard(name="lm_head.weight", global_shape=[m.vocab, h],
-                                      local_shape=[m.vocab, h], split={}, format="dense",
-                                      dtype=m.dtype, bytes=m.vocab * h * e, per_layer=False))
-            ops.append(Op(name="decode_lm_head", flops=2 * d.tokens * h * m.vocab,
-                          bytes=(m.vocab * h + d.tokens * h) * e + d.tokens * m.vocab * 4,
-                          calls=nmb * steps))
         colls = list(c.collectives)
+        if c.id == last and m.vocab:
+            lm_head = vocab.lm_head_shard(plan, is_first=c.id == graph.classes[0].id)
+            if lm_head is not None:
+                shards.append(lm_head)
+            rows_l = vocab.vocab_rows(plan)
+            ops.append(Op(name="decode_lm_head", flops=2 * d.tokens * h * rows_l,
+                          bytes=(rows_l * h + d.tokens * h) * e + d.tokens * rows_l * 4,
+                          calls=nmb * steps))
         for col in c.collectives:  # the same groups and calls per step, one step's payload
             colls.append(Collective(
                 op=col.op, axes=col.axes, group_size=col.group_size,
@@ -137,11 +143,22 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
                                     bytes=d.tokens * d.heads * (d.head_dim + 1) * 4,
                                     calls=n * nmb * steps, after="decode:flash_decode_merge",
                                     link=colls[0].link if colls else "intra"))
+        vocab_axes = list(plan.axes_of("vocab"))
+        if c.id == last and m.vocab and plan.degree("vocab") > 1:
+            # Greedy over a split vocabulary: each part's (max logit, its token) per row,
+            # all-gathered as float64 pairs instead of the logits (runtime/vocab_parallel.py)
+            colls.append(Collective(op="all_gather", axes=vocab_axes,
+                                    group_size=plan.degree("vocab"), bytes=d.tokens * 2 * 8,
+                                    calls=nmb * steps, after="decode:lm_head",
+                                    link=_link(plan, vocab_axes)))  # type: ignore[arg-type]
         resident = c.cache_resident
         if resident:
             # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache
-            # and the step's residual stream [T, hidden]
-            embed = m.vocab * h * e if m.vocab and c.id == graph.classes[0].id else 0
+            # and the step's residual stream [T, hidden]; of the embedding only its tokens' rows,
+            # unless it is also this stage's (tied) lm_head
+            first = c.id == graph.classes[0].id
+            embed = vocab.matrix_bytes(plan) if first and not (
+                c.id == last and m.features.tie_embeddings) else 0
             resident = (rows[c.id]["weights"] - embed + rows[c.id]["kv_cache"]
                         + d.tokens * h * e)
         classes.append(c.model_copy(update={"ops": ops, "buffers": bufs, "collectives": colls,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from itertools import product
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class _Node(BaseModel):
@@ -63,6 +63,17 @@ class TensorShard(_Node):
     dtype: str
     bytes: int  # per device, per layer instance (after compression, with scales / metadata)
     per_layer: bool  # repeated for every layer of the class's stage
+    # The global shape after zero padding to a multiple of the split (a vocabulary split over
+    # tp that does not divide: local_shape x parts = padded_shape); None: no padding.
+    padded_shape: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_padding(self, handler):  # type: ignore[no-untyped-def]
+        # Unpadded shards (all but a vocabulary that does not divide) serialise as before.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("padded_shape") is None:
+            data.pop("padded_shape", None)
+        return data
 
 
 class Buffer(_Node):

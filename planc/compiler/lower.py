@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planc.compiler import vocab
 from planc.compiler.check_structure import axis_roles
 from planc.compiler.ir import (
     Axis,
@@ -252,7 +253,7 @@ def stage_memory(plan: PlanSpec, ld: LocalDims, layer_peak: int, layer_weights: 
     m, dev = plan.model, plan.cluster.device
     e, h = m.dtype_bytes, m.hidden
     weights = layer_weights * n_layers + (h * e if si == n_stages - 1 else 0) + (
-        m.vocab * h * e if m.vocab and si == 0 else 0)
+        vocab.matrix_bytes(plan) if m.vocab and si == 0 else 0)
     bufs = stage_buffers(plan, ld, si, n_stages)
     steady = sum(b.bytes for b in bufs if not b.transient and b.role in ("activation", "io"))
     transient = max([layer_peak if n_layers else 0] + [b.bytes for b in bufs if b.transient])
@@ -316,10 +317,9 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         is_first, is_last = si == 0, si == len(stages) - 1
         calls = n_layers * nmb
         cls_shards = list(shards)
-        if m.vocab and is_first:
-            cls_shards.append(TensorShard(name="embed_tokens.weight", global_shape=[m.vocab, h],
-                                          local_shape=[m.vocab, h], split={}, format="dense",
-                                          dtype=m.dtype, bytes=m.vocab * h * e, per_layer=False))
+        embed = vocab.embed_shard(plan) if is_first else None
+        if embed is not None:
+            cls_shards.append(embed)
         if is_last:
             cls_shards.append(TensorShard(name="norm.weight", global_shape=[h], local_shape=[h],
                                           split={}, format="dense", dtype=m.dtype, bytes=h * e,
@@ -346,6 +346,8 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                               calls=ncalls, after=after,
                                               link=_link(plan, axes)))  # type: ignore[arg-type]
 
+        if embed is not None:  # vocab-parallel lookup: each row found on one part, summed
+            coll("all_reduce", list(plan.axes_of("vocab")), T * h * e, nmb, "embed_tokens")
         coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
         if deg.hd > 1:
             coll("all_reduce", list(plan.axes_of("head_dim")),
@@ -383,8 +385,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         if sh is not None and sh.fit_cache:
             # What every microbatch re-reads: the stage's weights except the embedding table
             # (a lookup touches only its tokens' rows), plus the microbatch's residual stream.
-            embed = m.vocab * h * e if m.vocab and is_first else 0
-            resident = weights - embed + T * h * e
+            resident = weights - (embed.bytes if embed else 0) + T * h * e
         classes.append(DeviceClass(id=cid, fixed=fixed, count=count, layers=(first, last),
                                    shards=cls_shards, ops=ops, buffers=buffers,
                                    collectives=collectives, memory=memory,

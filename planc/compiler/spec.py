@@ -14,7 +14,7 @@ from typing import Literal
 from planc.diagnostics import Span
 from planc.models.features import ModelFeatures
 
-DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
+DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts", "vocab")
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
                "fp8": 1, "int8": 1}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from planc.compiler import vocab
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import linear_bytes
@@ -29,9 +30,10 @@ def layer_params(plan: PlanSpec) -> int:
 
 
 def total_params(plan: PlanSpec) -> int:
+    """The checkpoint's parameters: layers, final norm, and its vocabulary matrices (the
+    embedding and the lm_head, one matrix when they are tied)."""
     m = plan.model
-    extra = m.hidden + (m.vocab * m.hidden if m.vocab else 0)
-    return m.layers * layer_params(plan) + extra
+    return m.layers * layer_params(plan) + m.hidden + vocab.checkpoint_params(plan)
 
 
 def layer_weight_bytes(plan: PlanSpec) -> int:
@@ -54,7 +56,7 @@ def layer_weight_bytes(plan: PlanSpec) -> int:
 def model_weight_bytes(plan: PlanSpec) -> int:
     """Bytes of the whole model's weights in their storage formats (embeddings, final norm)."""
     m = plan.model
-    extra = (m.vocab * m.hidden if m.vocab else 0) + m.hidden
+    extra = vocab.checkpoint_params(plan) + m.hidden  # one vocabulary matrix when tied
     return m.layers * layer_weight_bytes(plan) + extra * m.dtype_bytes
 
 

@@ -59,6 +59,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E077": ("SlidingWindowTooShort", "The model's sliding window is shorter than the context."),
     "E078": ("RopeScalingKeys", "Rope scaling parameters that do not match the rope_type."),
     "E056": ("HeadDimWithSeq", "head_dim and seq cannot both be split."),
+    "E057": ("VocabWithoutVocabulary", "`shard vocab` on a model without a vocabulary."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),
     "E021": ("WrongValueShape", "A key takes another kind of value."),
     "E022": ("NotWhole", "A count or byte size is not a whole number."),

@@ -20,7 +20,7 @@ from planc.compiler.units import human_bytes
 
 MAX_RANK_COLUMNS = 64  # beyond this, one column per device class
 SHORT = {"heads": "heads", "kv_heads": "kv", "head_dim": "hd", "ffn": "ffn", "experts": "experts",
-         "batch": "batch", "seq": "seq"}
+         "batch": "batch", "seq": "seq", "vocab": "vocab"}
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,18 @@ def _chunk(dim: str, size: int, n: int, index: int, zig: bool) -> str:
         lo, hi = index * k, min((index + 1) * k, half)
         return f"hd {_span_text(lo, hi)}+{_span_text(half + lo, half + hi)}"
     c = cdiv(size, n)
-    return f"{SHORT[dim]} {_span_text(index * c, min((index + 1) * c, size))}"
+    text = f"{SHORT[dim]} {_span_text(index * c, min((index + 1) * c, size))}"
+    pad = (index + 1) * c - max(size, index * c)
+    if dim == "vocab" and pad > 0:  # padded to a multiple of the parts (compiler/vocab.py)
+        text += f" + {pad} pad"
+    return text
 
 
 def _sizes(plan: PlanSpec) -> dict[str, int]:
     m, w = plan.model, plan.workload
     return {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
-            "experts": m.experts, "batch": w.batch or 0, "seq": w.seq or 0, "layers": m.layers}
+            "experts": m.experts, "batch": w.batch or 0, "seq": w.seq or 0, "layers": m.layers,
+            "vocab": m.vocab or 0}
 
 
 def holds(plan: PlanSpec, coords: dict[str, int] | None) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ numbers the verifier's obligations are built from.
 
 from __future__ import annotations
 
+from planc.compiler import vocab
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
 from planc.compiler.spec import PlanSpec, ShardSpec
 from planc.compiler.units import human_bytes
@@ -94,6 +95,9 @@ def show_text(plan: PlanSpec, graph: PlacementGraph, file: str = "") -> str:
            + (f", {m.experts} experts (top {m.top_k})" if m.experts else "") + f", {m.dtype}",
            f"  workload {w.name}: batch {w.batch}, seq {w.seq}, {w.phase}"]
     out += ["  " + shard_text(sh) for sh in plan.shards]
+    padding = vocab.padding_text(plan)
+    if padding:
+        out.append(f"  {padding}")
     cap = graph.device_capacity
     limit = memory_limit(plan, cap)
     groups_ = groups(graph)

@@ -206,7 +206,7 @@ def _coverage(plan: PlanSpec) -> list[Obligation]:
     m, w = plan.model, plan.workload
     sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "ffn": m.ffn, "experts": m.experts,
              "batch": w.batch or 0, "seq": w.seq or 0, "head_dim": m.head_dim,
-             "layers": m.layers}
+             "layers": m.layers, "vocab": m.vocab or 0}  # vocab: padded, so no divisibility
     for sh in plan.shards:
         for dim in sh.dims:
             D = sizes[dim]

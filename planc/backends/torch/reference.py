@@ -51,7 +51,7 @@ def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
         # Unit-variance linear outputs (std 1/sqrt(fan_in) for the hidden-sized inputs), so
         # attention scores are O(1) and a wrong rotation or mask changes the output visibly.
         "initializer_range": m.hidden**-0.5,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": m.features.tie_embeddings,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -111,6 +111,9 @@ def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
     model.to(DTYPES[cfg.dtype])
     model.config.save_pretrained(str(path))
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.model.features.tie_embeddings:
+        # one tensor, as save_pretrained writes a tied model (state_dict lists it twice)
+        tensors.pop("lm_head.weight", None)
     save_file(tensors, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
 
 

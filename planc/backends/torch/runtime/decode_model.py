@@ -2,9 +2,12 @@
 as prefill), the stage's KV cache, and on the last stage the lm_head and the argmax.
 
 The checkpoint is a LlamaForCausalLM / MixtralForCausalLM (tensor names `model.*` and
-`lm_head.weight`; reference.save_random_checkpoint writes one when phase is decode). lm_head
-[vocab, hidden] is whole on every last-stage rank, as the compiler counts it (decode.py), so
-tensor-parallel peers compute the same logits and need no gather.
+`lm_head.weight`; reference.save_random_checkpoint writes one when phase is decode). With tied
+embeddings it has no `lm_head.weight`: the lm_head is `embed_tokens.weight`, held once by a rank
+that also embeds (the same tensor) and read by a last stage that does not. The lm_head
+[vocab, hidden] is whole on every last-stage rank, so tensor-parallel peers compute the same
+logits; with `shard vocab` each holds its rows and the greedy token is agreed over the group
+(vocab_parallel.greedy_tokens). As the compiler counts it (compiler/vocab.py).
 
 The cache is allocated once, at load, for context + generate positions (decode_layout), zeros:
 per layer k and v [rows, kv_heads_local, capacity, head_dim_local] in the run dtype. Bytes per
@@ -18,15 +21,16 @@ from typing import cast
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from planc.backends.torch.runtime import vocab_parallel
 from planc.backends.torch.runtime.decode_attention import CachedAttention
 from planc.backends.torch.runtime.decode_layout import Slots, cache_capacity, last_position_part
 from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions, with_index
 from planc.backends.torch.runtime.model import StageModel, load_stage
+from planc.backends.torch.runtime.vocab_layout import EMBED, LM_HEAD
 from planc.backends.torch.weights import ShardReader
 
 
@@ -38,10 +42,11 @@ class DecodeModel(nn.Module):
     def __init__(self, ctx: RankContext, stage: StageModel, lm_head: Tensor | None) -> None:
         super().__init__()
         self.stage = stage
-        if lm_head is not None:
+        if lm_head is not None and lm_head is not stage.embed:
             self.register_buffer("lm_head", lm_head)
-        else:
-            self.lm_head = None
+        else:  # none, or tied to the stage's embedding: held (and counted) once, there
+            self.lm_head = lm_head
+        self.vocab_slice, self.vocab_group = ctx.layout.vocab_slice, ctx.dim_group("vocab")
         # Plain lists: the attention blocks are already children of stage.layers (weight_bytes
         # counts them once), and the cache is not a weight.
         self.layers = [cast(DecoderLayer, layer) for layer in stage.layers]
@@ -72,7 +77,7 @@ class DecodeModel(nn.Module):
         """x: token ids [r, s] on the first stage, else the received hidden [r, s, hidden] (the
         stage owns it). Returns the hidden to send on, or the final norm on the last stage."""
         if self.stage.embed is not None:
-            x = F.embedding(x, self.stage.embed)
+            x = self.stage.lookup(x)
         for layer, attn, (k, v) in zip(self.layers, self.attns, self.cache):
             x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill))
             x.add_(layer.mlp(x))
@@ -85,14 +90,18 @@ class DecodeModel(nn.Module):
         prompt's last position after prefill, the one new position after a step."""
         assert self.lm_head is not None
         if not prefill:
-            return F.linear(h[:, -1], self.lm_head).argmax(dim=-1)
-        if self.holds_last:
-            tok = F.linear(h[:, self.last_index], self.lm_head).argmax(dim=-1)
+            return self._greedy(h[:, -1])
+        if self.holds_last:  # the whole vocabulary group holds it (no seq split on its axes)
+            tok = self._greedy(h[:, self.last_index])
         else:
             tok = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
         if self.seq_group is not None:
             dist.broadcast(tok, src=self.last_src, group=self.seq_group)
         return tok
+
+    def _greedy(self, h: Tensor) -> Tensor:
+        assert self.lm_head is not None
+        return vocab_parallel.greedy_tokens(h, self.lm_head, self.vocab_slice, self.vocab_group)
 
 
 def load_decode(ctx: RankContext, reader: ShardReader) -> DecodeModel:
@@ -102,5 +111,10 @@ def load_decode(ctx: RankContext, reader: ShardReader) -> DecodeModel:
     lm_head = None
     if lay.is_last_stage:
         assert m.vocab is not None
-        lm_head = reader.place(reader.full("lm_head.weight", (m.vocab, m.hidden)))
+        tied = m.features.tie_embeddings
+        if tied and stage.embed is not None:
+            lm_head = stage.embed
+        else:
+            lm_head = vocab_parallel.read_rows(reader, EMBED if tied else LM_HEAD, m.vocab,
+                                               m.hidden, lay.vocab_slice)
     return DecodeModel(ctx, stage, lm_head)

@@ -100,6 +100,11 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
         dist.init_process_group("gloo", timeout=timeout)
     else:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return make_context(cfg, dev, rank)
+
+
+def make_context(cfg: RunConfig, dev: torch.device, rank: int) -> RankContext:
+    """The mesh and every group of a started process group (init, or a test's own world)."""
     names = tuple(a for a, _ in cfg.mesh)
     mesh = init_device_mesh(dev.type, tuple(s for _, s in cfg.mesh), mesh_dim_names=names)
     ctx = RankContext(cfg, Layout(cfg, rank), mesh, dev, DTYPES[cfg.dtype])

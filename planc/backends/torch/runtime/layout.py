@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.decode_layout import decode_errors
+from planc.backends.torch.runtime.vocab_layout import VocabSlice, vocab_slice
 
-SPLIT_DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
+SPLIT_DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts",
+              "vocab")
 
 
 def axis_sizes(cfg: RunConfig) -> dict[str, int]:
@@ -170,6 +172,12 @@ class Layout:
     def ffn_cols(self) -> range:
         return even_range(self.cfg.model.ffn, self.parts("ffn"), self.part("ffn"))
 
+    @property
+    def vocab_slice(self) -> VocabSlice:
+        """This rank's rows of the embedding and lm_head (padded: vocab_layout)."""
+        vocab = self.cfg.model.vocab or 0
+        return vocab_slice(vocab, self.parts("vocab"), self.part("vocab"))
+
 
 def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
     """(rank, batch rows, seq positions) of one holder of every tile of the final output.
@@ -283,6 +291,15 @@ def _strategy_errors(cfg: RunConfig, sp: int) -> list[str]:
             errs.append(f"ffn over {sorted(ffn)} shares an axis with experts or batch/seq")
     elif s.get("experts"):
         errs.append("splits['experts'] needs arch mixtral")
+    vocab_axes = set(s.get("vocab", ()))
+    if vocab_axes and m.vocab is None:
+        errs.append("splits['vocab'] needs a model vocab (this model is fed inputs_embeds)")
+    shared = vocab_axes & (set(s.get("batch", ())) | set(s.get("seq", ())))
+    if shared:
+        errs.append(
+            f"vocab over {sorted(shared)}, which also splits batch or seq: the ranks of a "
+            "vocabulary group must hold the same tokens"
+        )
     f_local = m.ffn // max(product(cfg, s.get("ffn", ())), 1)
     if cfg.compress_mlp_2_4 and f_local % 8:
         errs.append(
