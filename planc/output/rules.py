@@ -108,6 +108,7 @@ RULES: dict[str, tuple[str, str]] = {
     # R: running a plan
     "R001": ("RunFailed", "The launched program failed, timed out or lost a rank."),
     "R002": ("Environment", "The environment lacks something a command needs (torch, GPUs)."),
+    "R004": ("OutputDiffers", "A run's output differs from the checkpoint's Hugging Face class."),
 }
 
 

@@ -58,6 +58,7 @@ def test_emit_refuses_a_config_the_runtime_cannot_slice(tiny, tp):
 
 def test_emit_refuses_non_finite_numbers(tiny):
     cfg = tiny((("tp", 1),), {})
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rope_theta=float("inf")))
+    features = dataclasses.replace(cfg.model.features, rope_theta=float("inf"))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, features=features))
     with pytest.raises(ValueError, match="rope_theta"):
         emit_program(cfg, plan_name="p", source_file="p.plan")

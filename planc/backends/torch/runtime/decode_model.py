@@ -102,5 +102,7 @@ def load_decode(ctx: RankContext, reader: ShardReader) -> DecodeModel:
     lm_head = None
     if lay.is_last_stage:
         assert m.vocab is not None
-        lm_head = reader.place(reader.full("lm_head.weight", (m.vocab, m.hidden)))
+        # a tied checkpoint has one matrix: the embedding is the lm_head
+        name = "embed_tokens.weight" if m.features.tie_embeddings else "lm_head.weight"
+        lm_head = reader.place(reader.full(name, (m.vocab, m.hidden)))
     return DecodeModel(ctx, stage, lm_head)
