@@ -402,9 +402,13 @@ def cmd_run(a: argparse.Namespace) -> int:
                     str(prog), nproc=nproc, device=a.device, weights=a.weights,
                     timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
                     rdzv_endpoint=a.rdzv_endpoint)
+        except launch.OutputDiffers as e:
+            metrics, differs = e.metrics, str(e)
         except launch.LaunchError as e:
             print(f"error[R001]: the run failed: {e}", file=sys.stderr)
             return EXIT_USAGE
+        else:
+            differs = None
     if metrics is None:  # a non-zero node rank writes no metrics
         return EXIT_OK
     metrics = {"plan": plan.name, "file": a.file, **metrics}
@@ -415,6 +419,11 @@ def cmd_run(a: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         sys.stdout.write(_run_text(metrics))
+    if differs is not None:
+        print(f"error[R004]: {differs}\n  = hint: the plan's model and its checkpoint disagree "
+              "(config.json fields, tensors) or the runtime is wrong for this plan; the metrics "
+              "above hold both outputs' numbers", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 

@@ -126,6 +126,7 @@ RULES: dict[str, tuple[str, str]] = {
     # R: running a plan
     "R001": ("RunFailed", "The launched program failed, timed out or lost a rank."),
     "R002": ("Environment", "The environment lacks something a command needs (torch, GPUs)."),
+    "R004": ("OutputDiffers", "A run's output differs from the checkpoint's Hugging Face class."),
     "R010": ("CheckpointNotFound", "--weights is not a checkpoint directory with safetensors."),
     "R011": ("PickledWeightsRefused", "A checkpoint with only pickled weights (*.bin)."),
     "R012": ("CheckpointConfigMismatch", "The checkpoint's config.json disagrees with the plan."),

@@ -93,11 +93,11 @@ def _run_case(rank: int, case: dict[str, Any]) -> None:
     from planc.backends.torch.runtime.model import weight_bytes
 
     cpu = torch.device("cpu")
-    ctx = make_context(case["cfg"], cpu, rank)
+    ctx = make_context(case["cfg"], cpu)
     model = decode_program.load(ctx, case["path"])
     assert weight_bytes(model) == case["weights"][rank], (case["name"], rank)
     tokens = decode_program.gather_tokens(ctx, decode_program.run(ctx, model).tokens)
-    pctx = make_context(prefill_of(case["cfg"]), cpu, rank)
+    pctx = make_context(prefill_of(case["cfg"]), cpu)
     stage = program.load(pctx, case["path"])
     out = pipeline.gather_output(pctx, program.run(pctx, stage).output)
     if rank == 0:

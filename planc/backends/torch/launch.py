@@ -38,6 +38,15 @@ class LaunchError(RuntimeError):
     """The program failed, timed out or wrote no metrics; the message says which rank and why."""
 
 
+class OutputDiffers(LaunchError):
+    """The program ran and wrote its metrics, but its output differs from the Hugging Face
+    reference (rank 0 exited with status 1); `metrics` holds them, the message says where."""
+
+    def __init__(self, message: str, metrics: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
 def _proc_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, start time) for every process we can see (Linux /proc)."""
     table = {}
@@ -135,6 +144,16 @@ def _failure(torchrun_log: Path, log_dir: Path, rc: int) -> str:
     return f"torchrun exited with {rc}; its output ends with:\n{_tail(torchrun_log)}"
 
 
+def _reference_verdict(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(metrics, their `reference` verdict) when a failed run wrote them, else None."""
+    try:
+        data = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    verdict = data.get("reference") if isinstance(data, dict) else None
+    return (data, verdict) if isinstance(verdict, dict) else None
+
+
 def run_program(
     program_path: str | Path,
     *,
@@ -225,6 +244,9 @@ def run_program(
             _stop(proc)
             raise
     if rc != 0:
+        verdict = _reference_verdict(out)
+        if verdict is not None and not verdict[1].get("ok", True):
+            raise OutputDiffers(verdict[1].get("message", "the output differs"), verdict[0])
         raise LaunchError(
             f"{program_path} on node {node_rank}: "
             f"{_failure(torchrun_log, logs, rc)}\n(logs in {work})"

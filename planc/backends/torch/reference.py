@@ -1,10 +1,13 @@
-"""The independent reference: Hugging Face transformers models built from a RunConfig.
+"""The independent reference: the checkpoint's own Hugging Face class, and the random checkpoints.
 
-`save_random_checkpoint` writes a seeded random LlamaModel (MixtralModel for arch mixtral; their
-...ForCausalLM for a decode run, see reference_decode.py) in save_pretrained's layout, which is
-what ranks load when no checkpoint is given, so the safetensors path is always the one
-exercised. `reference_output` runs the same checkpoint through transformers (eager attention,
-float32) on the same inputs; the runtime's output is compared with it. For a
+`save_random_checkpoint` writes a seeded random model of the plan's family with the family's own
+transformers config class (`AutoConfig.for_model(model_type)`: LlamaConfig, Qwen2Config,
+Qwen3Config, MistralConfig, MixtralConfig, Qwen3MoeConfig), every ModelFeatures field set, built
+by `AutoModelForCausalLM.from_config` and written with the tensor names save_pretrained writes;
+ranks load it when no checkpoint is given, so the safetensors path is always the one exercised.
+`reference_output` loads a checkpoint with `AutoModel.from_pretrained` (eager attention, float32):
+the class its config.json names, never one picked from the plan, so a plan that disagrees with
+its checkpoint (another rope theta, biases the plan drops) shows as a difference. For a
 compressed plan the reference model's weights are first replaced by their dequantised / pruned
 versions (compress_weights_), so it is the same compressed model on one device.
 Nobody in this project wrote that code, which is the point. transformers is imported lazily:
@@ -22,8 +25,9 @@ from torch import Tensor
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.backends.torch.runtime.dist import DTYPES
 from planc.backends.torch.runtime.inputs import make_inputs
+from planc.models.features import ModelFeatures
 
-# LlamaConfig needs an embedding table; models fed inputs_embeds get a 1-row placeholder that the
+# A config needs an embedding table; models fed inputs_embeds get a 1-row placeholder that the
 # runtime never reads.
 PLACEHOLDER_VOCAB = 1
 
@@ -36,8 +40,12 @@ def _quiet_transformers() -> None:
 
 
 def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
-    """A transformers config with exactly the knobs the runtime implements."""
-    common: dict[str, Any] = {
+    """The family's own transformers config (m.features.family is its model_type) with the
+    plan's dimensions and every ModelFeatures field."""
+    from transformers import AutoConfig
+
+    f = m.features
+    kwargs: dict[str, Any] = {
         "vocab_size": m.vocab if m.vocab is not None else PLACEHOLDER_VOCAB,
         "hidden_size": m.hidden,
         "intermediate_size": m.ffn,
@@ -46,40 +54,56 @@ def hf_config(m: ModelDims, *, causal: bool = True) -> Any:
         "num_key_value_heads": m.kv_heads,
         "head_dim": m.head_dim,
         "hidden_act": "silu",
-        "rms_norm_eps": m.features.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": m.features.rope_theta},
+        "rms_norm_eps": f.norm_eps,
+        "rope_parameters": {"rope_type": "default", **dict(f.rope_scaling),
+                            "rope_theta": f.rope_theta},
         # Unit-variance linear outputs (std 1/sqrt(fan_in) for the hidden-sized inputs), so
         # attention scores are O(1) and a wrong rotation or mask changes the output visibly.
         "initializer_range": m.hidden**-0.5,
-        "tie_word_embeddings": m.features.tie_embeddings,
+        "tie_word_embeddings": f.tie_embeddings,
+        "attention_bias": False,  # Llama's and Qwen3's flag biases o_proj too: see _check_family
+        "use_sliding_window": False,
+        "sliding_window": None,
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
         "attention_dropout": 0.0,
     }
-    if m.arch == "llama":
-        from transformers import LlamaConfig
-
-        cfg: Any = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
-    else:
-        from transformers import MixtralConfig
-
-        cfg = MixtralConfig(
-            num_local_experts=m.experts, num_experts_per_tok=m.top_k, sliding_window=None, **common
-        )
+    if m.arch == "mixtral":
+        # num_local_experts: both MoE families map num_experts onto it (attribute_map)
+        kwargs.update(num_local_experts=m.experts, num_experts_per_tok=m.top_k,
+                      moe_intermediate_size=m.ffn, norm_topk_prob=f.norm_topk,
+                      decoder_sparse_step=1, mlp_only_layers=[])
+    family = f.family
+    if m.arch == "mixtral" and family == ModelFeatures().family:
+        family = "mixtral"  # a hand-made mixtral ModelDims with the default (Llama) features
+    try:
+        cfg = AutoConfig.for_model(family, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"model family {family!r} is not a transformers model_type: {e}") from None
     cfg.is_causal = causal  # read by transformers' mask builder; False gives full attention
     return cfg
 
 
-def _model_class(m: ModelDims, causal_lm: bool = False) -> Any:
-    """The base model, or with causal_lm its ...ForCausalLM (embeddings + lm_head, decode)."""
-    if m.arch == "llama":
-        from transformers import LlamaForCausalLM, LlamaModel
-
-        return LlamaForCausalLM if causal_lm else LlamaModel
-    from transformers import MixtralForCausalLM, MixtralModel
-
-    return MixtralForCausalLM if causal_lm else MixtralModel
+def _check_family(model: Any, m: ModelDims) -> None:
+    """The family's transformers class has exactly the plan's features (a qwen2 always has q/k/v
+    biases, a qwen3 always q/k norms, a mixtral always renormalises its top-k weights)."""
+    names = {n for n, _ in model.named_parameters()}
+    f = m.features
+    has = {
+        "qkv_bias": any(n.endswith("self_attn.q_proj.bias") for n in names),
+        "qk_norm": any(n.endswith("self_attn.q_norm.weight") for n in names),
+    }
+    if m.arch == "mixtral":
+        has["norm_topk"] = bool(getattr(model.config, "norm_topk_prob", True))
+    wrong = [f"{k} {str(v).lower()}" for k, v in has.items() if v != getattr(f, k)]
+    if any(n.endswith("self_attn.o_proj.bias") for n in names):
+        wrong.append("o_proj bias")
+    if wrong:
+        raise ValueError(
+            f"family {f.family!r} in transformers has {', '.join(wrong)}, which the plan's model "
+            "does not say: set the model's keys as the family has them"
+        )
 
 
 def checkpoint_key(cfg: RunConfig) -> tuple:  # type: ignore[type-arg]
@@ -89,31 +113,36 @@ def checkpoint_key(cfg: RunConfig) -> tuple:  # type: ignore[type-arg]
 
 
 def save_random_checkpoint(cfg: RunConfig, path: str | Path) -> None:
-    """Seeded random model in the run dtype: config.json + model.safetensors, as save_pretrained
-    writes them.
+    """Seeded random model of the plan's family in the run dtype: config.json and
+    model.safetensors with the names save_pretrained writes (tied lm_head left out).
 
     model.save_pretrained itself writes nothing on a process whose torch.distributed rank is not
     0, and every node's first process must write its own copy, so the tensors go through
-    safetensors directly (HF tensor names, no `model.` prefix, as LlamaModel saves them).
+    transformers' own reverse name conversion and safetensors directly.
     """
     from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from transformers.core_model_loading import revert_weight_conversion
 
     _quiet_transformers()
     torch.manual_seed(cfg.seed)
-    # A decode run needs the lm_head: a ...ForCausalLM (tensor names `model.*`, `lm_head.weight`).
-    model_class = _model_class(cfg.model, causal_lm=cfg.phase == "decode")
-    model = model_class(hf_config(cfg.model, causal=cfg.causal))
+    model = AutoModelForCausalLM.from_config(hf_config(cfg.model, causal=cfg.causal))
+    _check_family(model, cfg.model)
     with torch.no_grad():
-        # HF initialises norms to ones; random scales make a misplaced norm weight visible.
         for name, p in model.named_parameters():
+            # HF initialises norms to ones and biases to zeros; random values make a misplaced
+            # norm weight or a dropped bias visible.
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
     model.to(DTYPES[cfg.dtype])
     model.config.save_pretrained(str(path))
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if cfg.model.features.tie_embeddings:
-        # one tensor, as save_pretrained writes a tied model (state_dict lists it twice)
-        tensors.pop("lm_head.weight", None)
+    state = model.state_dict()
+    for tied in getattr(model, "all_tied_weights_keys", {}) or {}:
+        state.pop(tied, None)
+    state = revert_weight_conversion(model, state)
+    tensors = {k: v.contiguous() for k, v in state.items()}
     save_file(tensors, str(Path(path) / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -154,6 +183,17 @@ def compress_weights_(model: Any, cfg: RunConfig) -> None:
                 p.copy_(effective(p, not attn))
 
 
+def load_hf(path: str | Path, *, causal_lm: bool) -> Any:
+    """The checkpoint's own class, as its config.json names it, in float32 with eager attention:
+    AutoModelForCausalLM (with the lm_head, for decode) or AutoModel (the base model, whose
+    last_hidden_state a prefill run produces). No remote code: the class is transformers' own."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    _quiet_transformers()
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
+    return auto.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+
+
 def reference_output(
     cfg: RunConfig, path: str | Path, device: torch.device, *, compressed: bool | None = None
 ) -> Tensor:
@@ -162,9 +202,7 @@ def reference_output(
     compressed (default: whether cfg compresses): the model's weights replaced by their
     compressed versions (compress_weights_) before the forward."""
     _quiet_transformers()
-    model = _model_class(cfg.model).from_pretrained(
-        str(path), dtype=torch.float32, attn_implementation="eager"
-    )
+    model = load_hf(path, causal_lm=False)
     model.config.is_causal = cfg.causal
     if is_compressed(cfg) if compressed is None else compressed:
         compress_weights_(model, cfg)

@@ -1,7 +1,8 @@
 """The independent reference of a decode run: Hugging Face `generate` on the same checkpoint.
 
-LlamaForCausalLM / MixtralForCausalLM loaded from the run's safetensors in float32 (eager
-attention), one process, the runtime's prompt ids (runtime/inputs.py: row b seeded by
+The checkpoint's own ...ForCausalLM class (reference.load_hf: AutoModelForCausalLM from its
+config.json) in float32 (eager attention), one process, the runtime's prompt ids
+(runtime/inputs.py: row b seeded by
 (seed, b), context tokens), greedy: do_sample=False, max_new_tokens = min_new_tokens = generate,
 use_cache=True, no eos / pad token (the run always generates `generate` tokens). The runtime's
 tokens must equal these exactly. For a compressed plan the weights are first replaced by their
@@ -15,12 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from planc.backends.torch.reference import (
-    _model_class,
-    _quiet_transformers,
-    compress_weights_,
-    is_compressed,
-)
+from planc.backends.torch.reference import compress_weights_, is_compressed, load_hf
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.inputs import make_inputs
 
@@ -32,10 +28,7 @@ def prompt_ids(cfg: RunConfig, device: torch.device) -> Tensor:
 
 def reference_generate(cfg: RunConfig, path: str | Path, device: torch.device) -> Tensor:
     """The greedy tokens [batch, generate] (int64) of transformers' generate."""
-    _quiet_transformers()
-    model = _model_class(cfg.model, causal_lm=True).from_pretrained(
-        str(path), dtype=torch.float32, attn_implementation="eager"
-    )
+    model = load_hf(path, causal_lm=True)
     if is_compressed(cfg):
         compress_weights_(model, cfg)
     model.to(device).eval()

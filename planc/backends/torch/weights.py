@@ -54,6 +54,11 @@ class ShardReader:
         self._open: dict[Path, Any] = {}
         self._stack = ExitStack()
 
+    @property
+    def opened_files(self) -> list[Path]:
+        """The checkpoint files this reader opened: those holding a tensor it read."""
+        return list(self._open)
+
     def close(self) -> None:
         """Close the open files (use with contextlib.closing)."""
         self._stack.close()

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from planc.backends.torch.runtime.decode_layout import Slots
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
 from planc.backends.torch.runtime.headdim_block import HeadDimAttention
-from planc.backends.torch.runtime.layers import Attention, Rope, all_reduce, apply_rope_
+from planc.backends.torch.runtime.layers import Attention, Rope, all_reduce, rotate_qk
 from planc.backends.torch.runtime.ring_attention import attention_with_lse
 from planc.backends.torch.runtime.seq_attention import SeqParallelAttention
 
@@ -81,7 +81,7 @@ class CachedAttention(nn.Module):
         self.kind = block_kind(attn)
         self.block: list[nn.Module] = [attn]  # a list: not registered as a submodule
         blk = cast(Any, attn)
-        self.norm, self.wqkv, self.wo = blk.norm, blk.wqkv, blk.wo
+        self.norm, self.wqkv, self.wo, self.qk_norm = blk.norm, blk.wqkv, blk.wo, blk.qk_norm
         self.heads: int = blk.heads
         self.kv_heads: int = blk.kv_heads
         self.head_dim: int = blk.head_dim  # the whole head's
@@ -114,8 +114,7 @@ class CachedAttention(nn.Module):
         if self.kind == "head_dim":
             rope = Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.slices,
                                     self.slice_index))  # fmt: skip
-        apply_rope_(q, rope)
-        apply_rope_(k, rope)
+        q, k = rotate_qk(q, k, rope, self.qk_norm)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         k_cache, v_cache = cache
         if slots.write is not None:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from planc.backends.torch import decode_metrics, metrics
+from planc.backends.torch.reference_check import decode_verdict, exit_on_mismatch
 from planc.backends.torch.runtime.decode_layout import (
     stage_rounds,
     step_slots,
@@ -134,9 +135,9 @@ def step_ropes(ctx: RankContext) -> list[Rope]:
     """RoPE tables of each step: the rank's prompt positions, then position context + t - 1."""
     cfg, m = ctx.cfg, ctx.cfg.model
     prompt = rope_tables(torch.tensor(ctx.layout.positions, device=ctx.device), m.head_dim,
-                         m.features.rope_theta, ctx.dtype)  # fmt: skip
+                         m.features, ctx.dtype)  # fmt: skip
     new = torch.arange(cfg.context, cfg.context + cfg.generate - 1, device=ctx.device)
-    tab = rope_tables(new, m.head_dim, m.features.rope_theta, ctx.dtype)
+    tab = rope_tables(new, m.head_dim, m.features, ctx.dtype)
     return [prompt] + [Rope(tab.cos[i : i + 1], tab.sin[i : i + 1]) for i in range(len(new))]
 
 
@@ -193,7 +194,7 @@ def report(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Collect every rank's numbers and tokens, compare rank 0's with Hugging Face generate,
-    write the JSON (rank 0)."""
+    write the JSON (rank 0); rank 0 exits with status 1 when a token differs."""
     cfg = ctx.cfg
     mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)
     mine["kv_cache_bytes"] = model.cache_bytes()
@@ -227,9 +228,11 @@ def report(
             from planc.backends.torch.reference_decode import reference_generate
 
             ref = reference_generate(cfg, checkpoint, ctx.device)
-            data["matches_reference"] = bool(torch.equal(full.cpu(), ref.cpu()))
+            data["reference"] = decode_verdict(full, ref, cfg.context)
+            data["matches_reference"] = data["reference"]["ok"]
             if not data["matches_reference"]:
                 data["reference_generated"] = ref.tolist()
         metrics.write_metrics(out_path, data)
     barrier(ctx)  # the JSON exists before any rank exits
+    exit_on_mismatch(data)  # rank 0: status 1 when a token differs from the reference
     return data

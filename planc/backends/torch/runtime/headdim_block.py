@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -41,9 +40,10 @@ from planc.backends.torch.runtime.layers import (
     RMSNorm,
     Rope,
     all_reduce,
-    apply_rope_,
+    attention_weights,
     load_norm,
-    make_linear,
+    load_qk_norm,
+    rotate_qk,
 )
 
 if TYPE_CHECKING:
@@ -64,12 +64,14 @@ class HeadDimAttention(nn.Module):
         causal: bool,
         dim_group: dist.ProcessGroup | None,
         out_group: dist.ProcessGroup | None,
+        qk_norm: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         self.norm, self.wqkv, self.wo = norm, wqkv, wo
         self.heads, self.kv_heads, self.head_dim = dims  # local heads, full head_dim
         self.m, self.j = split  # head_dim slices and this rank's slice
         self.causal, self.dim_group, self.out_group = causal, dim_group, out_group
+        self.qk_norm = qk_norm  # over the whole head: sums of squares all-reduced over m
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         b, s, _ = x.shape
@@ -77,8 +79,7 @@ class HeadDimAttention(nn.Module):
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, dl)
         q, k, v = qkv.split((h, kv, kv), dim=2)
         local = Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.m, self.j))
-        apply_rope_(q, local)
-        apply_rope_(k, local)
+        q, k = rotate_qk(q, k, local, self.qk_norm)
         o = headdim_attention(
             q.transpose(1, 2),
             k.transpose(1, 2),
@@ -110,25 +111,21 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDim
     err = headdim_split_error(m.head_dim, parts)
     if err is not None:
         raise ValueError(err)
-    p, d = f"layers.{layer}.self_attn.", m.head_dim
+    d = m.head_dim
     rows_q = headdim_rows(lay.q_heads, d, parts, j)
     rows_kv = headdim_rows(lay.kv_heads, d, parts, j)
-    wqkv = torch.cat(
-        [
-            reader.row_indices(p + "q_proj.weight", rows_q, (m.heads * d, m.hidden)),
-            reader.row_indices(p + "k_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
-            reader.row_indices(p + "v_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
-        ]
-    )
-    wo = reader.col_indices(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
     out_group = ctx.group(lay.axes("heads") + lay.axes("head_dim"))
+    wqkv, wo = attention_weights(ctx, reader, layer, (rows_q, rows_kv), out_group)
+    dim_group = ctx.dim_group("head_dim")
+    qk_norm = load_qk_norm(ctx, reader, layer, headdim_slice_indices(d, parts, j), dim_group)
     return HeadDimAttention(
         load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
-        make_linear(ctx, reader.place(wqkv), "attn"),
-        make_linear(ctx, reader.place(wo), "attn", out_group),
+        wqkv,
+        wo,
         (len(lay.q_heads), len(lay.kv_heads), d),
         (parts, j),
         cfg.causal,
-        ctx.dim_group("head_dim"),
+        dim_group,
         out_group,
+        qk_norm,
     )

@@ -30,6 +30,7 @@ normalised copy of x is freed as soon as the first GEMM has read it.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -37,6 +38,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from planc.models.features import ModelFeatures
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
@@ -52,7 +55,7 @@ def all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
 
 
 class Linear(nn.Module):
-    """y = x @ W.T for a (local shard of a) bias-free weight [out, in]."""
+    """y = x @ W.T for a (local shard of a) weight [out, in]."""
 
     weight: Tensor
 
@@ -62,6 +65,21 @@ class Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight)
+
+
+class Biased(nn.Module):
+    """linear(x) + bias: the q/k/v bias (Qwen2) on this rank's rows, after any linear kind
+    (plain or compressed), so compression never touches it."""
+
+    bias: Tensor
+
+    def __init__(self, linear: nn.Module, bias: Tensor) -> None:
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).add_(self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -79,6 +97,31 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps).mul_(self.weight)
 
 
+class HeadNorm(nn.Module):
+    """Hugging Face's Qwen3 q_norm / k_norm: RMSNorm over each head's head_dim, on x
+    [b, s, heads, d] before RoPE. With `group` (a head x head_dim split) x holds this rank's d of
+    the head's `head_dim` and the float32 sum of squares is all-reduced over the group, so every
+    slice is scaled by the whole head's norm."""
+
+    weight: Tensor
+
+    def __init__(
+        self, weight: Tensor, eps: float, head_dim: int, group: dist.ProcessGroup | None = None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.eps, self.head_dim, self.group = eps, head_dim, group
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.group is None:
+            return F.rms_norm(x, (x.shape[-1],), eps=self.eps).mul_(self.weight)
+        x32 = x.float()
+        sumsq = x32.square().sum(dim=-1, keepdim=True)
+        dist.all_reduce(sumsq, group=self.group)
+        x32.mul_(torch.rsqrt(sumsq.div_(self.head_dim).add_(self.eps)))
+        return x32.to(x.dtype).mul_(self.weight)
+
+
 @dataclass(frozen=True)
 class Rope:
     """cos / sin of half the head dim, [seq_local, 1, head_dim // 2], for the local positions."""
@@ -87,11 +130,53 @@ class Rope:
     sin: Tensor
 
 
-def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> Rope:
-    # Same arithmetic as HF's default RoPE: float32 angles, cast to the run dtype at the end.
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-    freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
+ROPE_TYPES = ("default", "llama3")
+
+
+def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
+    """RoPE's float32 angle per position of each pair [head_dim // 2], as Hugging Face computes
+    it for the features' rope type: theta ** (-2i / head_dim), then for `llama3` the transform of
+    transformers' _compute_llama3_parameters (long wavelengths divided by `factor`, short ones
+    kept, a smooth blend between `low_freq_factor` and `high_freq_factor`)."""
+    base = 1.0 / (
+        features.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim)
+    )
+    kind, p = features.rope_type, dict(features.rope_scaling)
+    if kind == "default":
+        return base
+    if kind != "llama3":
+        raise ValueError(
+            f"rope scaling {kind!r} is not implemented by the runtime (it implements "
+            f"{', '.join(ROPE_TYPES)}); a plan from such a checkpoint would run a different model"
+        )
+    factor = float(p["factor"])
+    low, high = float(p["low_freq_factor"]), float(p["high_freq_factor"])
+    old = float(p["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / base
+    scaled = torch.where(wavelen > old / low, base / factor, base)
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old / high) * ~(wavelen > old / low)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_tables(
+    positions: Tensor, head_dim: int, features: ModelFeatures, dtype: torch.dtype
+) -> Rope:
+    # Same arithmetic as HF's RoPE: float32 angles, cast to the run dtype at the end.
+    freqs = positions.float()[:, None] * inv_freq(head_dim, features).to(positions.device)[None, :]
     return Rope(freqs.cos().to(dtype)[:, None, :], freqs.sin().to(dtype)[:, None, :])
+
+
+def rotate_qk(q: Tensor, k: Tensor, rope: Rope, qk_norm: nn.ModuleList | None
+              ) -> tuple[Tensor, Tensor]:
+    """q, k [b, s, heads, d] after the family's q/k norm (new tensors; Qwen3) and RoPE (in place
+    on q and k, which may be views of the fused q/k/v output)."""
+    if qk_norm is not None:
+        q, k = qk_norm[0](q), qk_norm[1](k)
+    apply_rope_(q, rope)
+    apply_rope_(k, rope)
+    return q, k
 
 
 def apply_rope_(x: Tensor, rope: Rope) -> None:
@@ -115,19 +200,19 @@ class Attention(nn.Module):
         head_dim: int,
         causal: bool,
         group: dist.ProcessGroup | None,
+        qk_norm: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         self.norm, self.wqkv, self.wo = norm, wqkv, wo
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.causal, self.group = causal, group
+        self.causal, self.group, self.qk_norm = causal, group, qk_norm
 
     def forward(self, x: Tensor, rope: Rope) -> Tensor:
         b, s, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
         q, k, v = qkv.split((h, kv, kv), dim=2)
-        apply_rope_(q, rope)
-        apply_rope_(k, rope)
+        q, k = rotate_qk(q, k, rope, self.qk_norm)
         # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2),
@@ -231,29 +316,60 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Modu
         m.head_dim,
         ctx.cfg.causal,
         ctx.dim_group("heads"),
+        load_qk_norm(ctx, reader, layer),
     )
 
 
 def attention_weights(
-    ctx: RankContext, reader: ShardReader, layer: int
+    ctx: RankContext,
+    reader: ShardReader,
+    layer: int,
+    rows: tuple[list[int], list[int]] | None = None,
+    out_group: dist.ProcessGroup | None = None,
 ) -> tuple[nn.Module, nn.Module]:
-    """This rank's fused q/k/v linear (column-parallel over its heads) and o linear
-    (row-parallel over the heads group)."""
+    """This rank's fused q/k/v linear (column-parallel: q_proj rows rows[0], k/v_proj rows
+    rows[1], with their biases when the family has them) and o linear (row-parallel: o_proj
+    columns rows[0], its int8 scales those of the whole row over out_group). Default: the
+    rows of the rank's heads (layout.q_heads / kv_heads), over the heads group."""
     lay, m = ctx.layout, ctx.cfg.model
     p, d = f"layers.{layer}.self_attn.", m.head_dim
-    rows_q = range(lay.q_heads.start * d, lay.q_heads.stop * d)
-    rows_kv = range(lay.kv_heads.start * d, lay.kv_heads.stop * d)
+    if rows is None:
+        rows = (list(range(lay.q_heads.start * d, lay.q_heads.stop * d)),
+                list(range(lay.kv_heads.start * d, lay.kv_heads.stop * d)))
+        out_group = ctx.dim_group("heads")
+    rows_q, rows_kv = rows
+    shapes = {"q": m.heads * d, "k": m.kv_heads * d, "v": m.kv_heads * d}
+    picks = {"q": rows_q, "k": rows_kv, "v": rows_kv}
     wqkv = torch.cat(
-        [
-            reader.rows(p + "q_proj.weight", rows_q, (m.heads * d, m.hidden)),
-            reader.rows(p + "k_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
-            reader.rows(p + "v_proj.weight", rows_kv, (m.kv_heads * d, m.hidden)),
-        ]
+        [reader.row_indices(f"{p}{n}_proj.weight", picks[n], (shapes[n], m.hidden)) for n in "qkv"]
     )
-    wo = reader.cols(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
-    return (
-        make_linear(ctx, reader.place(wqkv), "attn"),
-        make_linear(ctx, reader.place(wo), "attn", ctx.dim_group("heads")),
+    wo = reader.col_indices(p + "o_proj.weight", rows_q, (m.hidden, m.heads * d))
+    qkv: nn.Module = make_linear(ctx, reader.place(wqkv), "attn")
+    if m.features.qkv_bias:
+        bias = [reader.row_indices(f"{p}{n}_proj.bias", picks[n], (shapes[n],)) for n in "qkv"]
+        qkv = Biased(qkv, reader.place(torch.cat(bias)))
+    return qkv, make_linear(ctx, reader.place(wo), "attn", out_group)
+
+
+def load_qk_norm(
+    ctx: RankContext,
+    reader: ShardReader,
+    layer: int,
+    dims: list[int] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> nn.ModuleList | None:
+    """The layer's q_norm and k_norm when the family has them (Qwen3), else None. dims: the
+    head_dim indices this rank holds of each head (a head x head_dim split; their sum of
+    squares is then all-reduced over `group`), default all."""
+    m = ctx.cfg.model
+    if not m.features.qk_norm:
+        return None
+    d = m.head_dim
+    dims = list(range(d)) if dims is None else dims
+    names = [f"layers.{layer}.self_attn.{n}_norm.weight" for n in ("q", "k")]
+    return nn.ModuleList(
+        HeadNorm(reader.place(reader.row_indices(name, dims, (d,))), m.features.norm_eps, d, group)
+        for name in names
     )
 
 

@@ -1,8 +1,9 @@
 """Mixtral sparse MoE block, local and distributed: routing, expert MLPs, expert-parallel
 all-to-all dispatch/combine, and loading one rank's experts from a safetensors checkpoint.
 
-Semantics are those of transformers 5.23 `MixtralSparseMoeBlock` (inference): router logits =
-x @ gate.T in x's dtype, softmax in float32, top-k, the k weights renormalised to sum to 1;
+Semantics are those of transformers 5.x `MixtralSparseMoeBlock` and `Qwen3MoeSparseMoeBlock`
+(inference): router logits = x @ gate.T in x's dtype, softmax in float32, top-k, the k weights
+renormalised to sum to 1 (Mixtral; Qwen3-MoE only with norm_topk_prob, else kept as they are);
 expert e computes down(silu(gate(x)) * up(x)) (w2(silu(w1 x) * w3 x) in Mistral's names); the
 output is the weighted sum over the k chosen experts. Inference only (no autograd through the
 collectives). Every function takes local 2-D tokens [T, H] and torch.distributed groups.
@@ -70,11 +71,15 @@ def _apply(w: Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def route(
-    x: torch.Tensor, router_weight: torch.Tensor, top_k: int
+    x: torch.Tensor, router_weight: torch.Tensor, top_k: int, norm_topk: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights float32 [T, k], expert indices int64 [T, k]) exactly as MixtralTopKRouter."""
+    """(weights float32 [T, k], expert indices int64 [T, k]) exactly as MixtralTopKRouter, or
+    Qwen3MoeTopKRouter with norm_topk_prob = norm_topk (False: the top-k softmax probabilities
+    as they are, not renormalised to sum to 1)."""
     probs = torch.softmax(F.linear(x, router_weight).float(), dim=-1)
     weights, experts = torch.topk(probs, top_k, dim=-1)
+    if not norm_topk:
+        return weights, experts
     return weights / weights.sum(dim=-1, keepdim=True), experts
 
 
@@ -126,10 +131,15 @@ def _held_contributions(
 
 
 def moe_local(
-    x: torch.Tensor, router_weight: torch.Tensor, experts: ExpertWeights, top_k: int
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    experts: ExpertWeights,
+    top_k: int,
+    *,
+    norm_topk: bool = True,
 ) -> torch.Tensor:
     """Single-rank block: `experts` must hold every expert, whole."""
-    weights, idx = route(x, router_weight, top_k)
+    weights, idx = route(x, router_weight, top_k, norm_topk)
     return _held_contributions(x, weights, idx, experts).to(x.dtype)
 
 
@@ -139,10 +149,12 @@ def moe_replicated(
     experts: ExpertWeights,
     top_k: int,
     group: dist.ProcessGroup | None,
+    *,
+    norm_topk: bool = True,
 ) -> torch.Tensor:
     """Tokens identical on every rank of `group`; each (expert, ffn slice) held by exactly one
     rank of it. Each rank adds what it holds; an all_reduce of [T, H] sums the group."""
-    weights, idx = route(x, router_weight, top_k)
+    weights, idx = route(x, router_weight, top_k, norm_topk)
     out = _held_contributions(x, weights, idx, experts).to(x.dtype)
     dist.all_reduce(out, group=group)
     return out
@@ -156,6 +168,8 @@ def moe_ep(
     ep_group: dist.ProcessGroup | None,
     tp_group: dist.ProcessGroup | None = None,
     stats: dict[str, Any] | None = None,
+    *,
+    norm_topk: bool = True,
 ) -> torch.Tensor:
     """Expert-parallel block over `ep_group` (each rank its own tokens, E/ep experts).
 
@@ -172,7 +186,7 @@ def moe_ep(
         raise ValueError(f"router has {router_weight.shape[0]} experts, ep {ep} x {n_local} held")
     tokens, hidden = x.shape
     dtype, size = x.dtype, x.element_size()
-    weights, idx = route(x, router_weight, top_k)
+    weights, idx = route(x, router_weight, top_k, norm_topk)
 
     # Sort the (token, slot) rows by global expert: rows for rank r are then contiguous.
     flat = idx.reshape(-1)

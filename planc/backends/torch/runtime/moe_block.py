@@ -1,4 +1,4 @@
-"""Mixtral MoE MLP block (seed 004): RMSNorm, router, experts local / expert parallel /
+"""Mixtral / Qwen3-MoE MoE MLP block (seed 004): RMSNorm, router, experts local / expert parallel /
 replicated-token, per the RunConfig's splits (moe_layout.moe_mode), over runtime/moe.py.
 
 - "ep" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over tp`): each
@@ -13,14 +13,15 @@ The router [E, H] is replicated and never compressed (the compiler counts it den
 linears are "mlp" linears: int8 and 2:4 apply (compress.make_linear), a tp-sliced down gets the
 int8 scales of its whole row. Checkpoints: the fused names transformers 5.23 holds in memory
 (`mlp.experts.gate_up_proj` [E, 2F, H], `mlp.experts.down_proj` [E, H, F]; what
-reference.save_random_checkpoint writes) or the legacy per-expert names save_pretrained and
-Mistral's checkpoints use (`block_sparse_moe.experts.{e}.w1/w3/w2`); either is read by slices.
+older planc random checkpoints hold) or the per-expert names save_pretrained and published
+checkpoints use (Mixtral's `block_sparse_moe.experts.{e}.w1/w3/w2`, Qwen3-MoE's
+`mlp.experts.{e}.gate_proj/up_proj/down_proj`); either is read by slices.
 
 Memory, for a microbatch of T local tokens, element size e, H hidden, E experts, k top_k,
 F = local ffn per expert, n_i rows for local expert i, in order:
   norm out [T, H]*e -> router logits [T, E]*e -> probabilities [T, E]*4 (logits freed) -> top-k
   weights [T, k]*4 and ids [T, k]*8 (probabilities freed; weights renormalised into a new
-  [T, k]*4).
+  [T, k]*4 unless the family keeps them, Qwen3-MoE's norm_topk_prob false).
   ep: order [Tk]*8 (argsort of the expert ids) -> send [Tk, H]*e (norm out freed) -> counts
       [E]*8 twice -> recv [R, H]*e, R = rows routed to this rank's experts (send freed) ->
       regroup [R]*8, grouped rows [R, H]*e (recv freed) -> expert outputs [R, H]*e, filled expert
@@ -46,6 +47,7 @@ from torch import Tensor, nn
 from planc.backends.torch.runtime import moe
 from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
 from planc.backends.torch.runtime.moe_layout import (
+    PER_EXPERT_NAMES,
     expert_range,
     ffn_range,
     fused_expert_names,
@@ -72,6 +74,7 @@ class MoeMLP(nn.Module):
         top_k: int,
         mode: str,
         groups: tuple[dist.ProcessGroup | None, dist.ProcessGroup | None],
+        norm_topk: bool = True,
     ) -> None:
         super().__init__()
         self.norm = norm
@@ -80,7 +83,7 @@ class MoeMLP(nn.Module):
         # The expert linears as children, so weight_bytes and .to() see them.
         linears = [w for ws in (experts.gate, experts.up, experts.down) for w in ws]
         self.linears = nn.ModuleList(w for w in linears if isinstance(w, nn.Module))
-        self.top_k, self.mode = top_k, mode
+        self.top_k, self.mode, self.norm_topk = top_k, mode, norm_topk
         self.main_group, self.tp_group = groups  # ep or replicated group; tp inside experts
 
     def forward(self, x: Tensor) -> Tensor:
@@ -88,16 +91,16 @@ class MoeMLP(nn.Module):
         router, experts, k = self.router, self.experts, self.top_k
         # The norm output is passed as a temporary, not bound here: moe_ep frees it as soon as
         # the dispatch rows are gathered from it.
+        renorm = self.norm_topk
         if self.mode == "ep":
-            out = moe.moe_ep(
-                self.norm(x).view(b * s, h), router, experts, k, self.main_group, self.tp_group
-            )
+            out = moe.moe_ep(self.norm(x).view(b * s, h), router, experts, k, self.main_group,
+                             self.tp_group, norm_topk=renorm)  # fmt: skip
         elif self.mode == "replicated":
             out = moe.moe_replicated(
-                self.norm(x).view(b * s, h), router, experts, k, self.main_group
+                self.norm(x).view(b * s, h), router, experts, k, self.main_group, norm_topk=renorm
             )
         else:
-            out = moe.moe_local(self.norm(x).view(b * s, h), router, experts, k)
+            out = moe.moe_local(self.norm(x).view(b * s, h), router, experts, k, norm_topk=renorm)
         return out.view(b, s, h)
 
 
@@ -114,9 +117,12 @@ def load_experts(
     first, last = expert_range(m.experts, *ep)
     lo, hi = ffn_range(m.ffn, *tp)
     gates, ups, downs = [], [], []
-    if reader.has(legacy_expert_names(layer, first, prefix="")["gate"]):
+    # The checkpoint's own names say which layout it has (whichever family wrote it).
+    scheme = next((k for k in PER_EXPERT_NAMES
+                   if reader.has(legacy_expert_names(layer, first, "", k)["gate"])), None)
+    if scheme is not None:
         for e in range(first, last):
-            names = legacy_expert_names(layer, e, prefix="")
+            names = legacy_expert_names(layer, e, "", scheme)
             gates.append(reader.rows(names["gate"], range(lo, hi), (m.ffn, m.hidden)))
             ups.append(reader.rows(names["up"], range(lo, hi), (m.ffn, m.hidden)))
             downs.append(reader.cols(names["down"], range(lo, hi), (m.hidden, m.ffn)))
@@ -171,4 +177,5 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
         m.top_k,
         mode,
         (main, ffn_group if mode == "ep" else None),
+        m.features.norm_topk,
     )

@@ -58,15 +58,27 @@ def ffn_range(ffn: int, tp: int, tp_rank: int) -> tuple[int, int]:
 
 
 # --- checkpoint names -------------------------------------------------------------------------
-# transformers 5.23 holds experts fused in memory (MixtralExperts.gate_up_proj [E, 2F, H] with the
-# gate rows first, down_proj [E, H, F]) but `save_pretrained` writes, and Mistral's published
-# checkpoints hold, the legacy per-expert names below (w1 = gate, w3 = up, w2 = down); its
-# conversion_mapping.py merges them on load. Both layouts are read by moe.load_experts.
+# transformers 5.x holds experts fused in memory (gate_up_proj [E, 2F, H] with the gate rows
+# first, down_proj [E, H, F], under mlp.experts for both families) but `save_pretrained` writes,
+# and the published checkpoints hold, the per-expert names below (Mixtral's w1 = gate, w3 = up,
+# w2 = down; Qwen3-MoE's gate/up/down_proj); its conversion_mapping.py merges them on load.
+# Both layouts are read by moe.load_experts and moe_block.load_experts.
 
 
-def legacy_expert_names(layer: int, expert: int, prefix: str = "model.") -> dict[str, str]:
-    base = f"{prefix}layers.{layer}.block_sparse_moe.experts.{expert}"
-    return {"gate": f"{base}.w1.weight", "up": f"{base}.w3.weight", "down": f"{base}.w2.weight"}
+# Per-expert names save_pretrained writes for each MoE family: (block, gate, up, down).
+PER_EXPERT_NAMES = {
+    "mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
+    "qwen3_moe": ("mlp", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def legacy_expert_names(
+    layer: int, expert: int, prefix: str = "model.", scheme: str = "mixtral"
+) -> dict[str, str]:
+    block, gate, up, down = PER_EXPERT_NAMES[scheme]
+    base = f"{prefix}layers.{layer}.{block}.experts.{expert}"
+    return {"gate": f"{base}.{gate}.weight", "up": f"{base}.{up}.weight",
+            "down": f"{base}.{down}.weight"}
 
 
 def fused_expert_names(layer: int, prefix: str = "model.") -> dict[str, str]:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from planc.backends.torch import metrics, reference
+from planc.backends.torch.reference_check import exit_on_mismatch, prefill_verdict
 from planc.backends.torch.runtime import pipeline
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
@@ -57,7 +58,7 @@ def run(ctx: RankContext, model: StageModel) -> RunResult:
     if lay.is_first_stage:
         inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
     positions = torch.tensor(lay.positions, device=ctx.device)
-    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.features.rope_theta, ctx.dtype)
+    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.features, ctx.dtype)
     resident = metrics.allocated(ctx)
     with torch.inference_mode():
         times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
@@ -72,7 +73,8 @@ def report(
     out_path: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Collect every rank's numbers, check rank 0's gathered output, write the JSON (rank 0)."""
+    """Collect every rank's numbers, check rank 0's gathered output, write the JSON (rank 0);
+    rank 0 exits with status 1 when the output differs from the reference (reference_check)."""
     cfg = ctx.cfg
     mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)  # before the reference
     ranks: list[Any] = [None] * cfg.world_size
@@ -97,6 +99,7 @@ def report(
             if full is not None:
                 ref = reference.reference_output(cfg, checkpoint, ctx.device)
                 errors = reference.max_errors(full, ref)
+                info["reference"] = prefill_verdict(full, ref, cfg.dtype)
                 del ref
                 if reference.is_compressed(cfg):
                     # How far the compressed model we ran is from the model it compresses.
@@ -111,4 +114,5 @@ def report(
         data = metrics.summary(ctx, result.times, ranks, errors, info)
         metrics.write_metrics(out_path, data)
     barrier(ctx)  # the JSON exists before any rank exits
+    exit_on_mismatch(data)  # rank 0: status 1 when the output differs from the reference
     return data

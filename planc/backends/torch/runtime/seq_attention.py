@@ -51,9 +51,10 @@ from planc.backends.torch.runtime.layers import (
     RMSNorm,
     Rope,
     all_reduce,
-    apply_rope_,
     attention_weights,
     load_norm,
+    load_qk_norm,
+    rotate_qk,
 )
 from planc.backends.torch.runtime.ring_attention import gather_attention, ring_attention
 
@@ -76,6 +77,7 @@ class SeqParallelAttention(nn.Module):
         zigzag: bool,
         seq_group: dist.ProcessGroup | None,
         head_group: dist.ProcessGroup | None,
+        qk_norm: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         if kind not in ("ring", "gather"):
@@ -83,7 +85,7 @@ class SeqParallelAttention(nn.Module):
         self.norm, self.wqkv, self.wo = norm, wqkv, wo
         self.heads, self.kv_heads, self.head_dim = dims
         self.kind, self.causal, self.zigzag = kind, causal, zigzag
-        self.seq_group, self.head_group = seq_group, head_group
+        self.seq_group, self.head_group, self.qk_norm = seq_group, head_group, qk_norm
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q [b, heads, s_local, d], k/v [b, kv_heads, s_local, d] -> [b, heads, s_local, d]."""
@@ -105,8 +107,7 @@ class SeqParallelAttention(nn.Module):
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
         q, k, v = qkv.split((h, kv, kv), dim=2)
-        apply_rope_(q, rope)  # rope holds the tables of this rank's global positions
-        apply_rope_(k, rope)
+        q, k = rotate_qk(q, k, rope, self.qk_norm)  # rope: this rank's global positions
         o = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         del qkv, q, k, v
         o_in = o.transpose(1, 2).reshape(b, s, h * d)
@@ -134,4 +135,5 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> SeqPara
         cfg.zigzag,
         ctx.dim_group("seq"),
         ctx.dim_group("heads"),
+        load_qk_norm(ctx, reader, layer),
     )

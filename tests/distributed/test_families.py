@@ -1,0 +1,296 @@
+"""Every supported model family equals its own Hugging Face class, prefill and decode, under one
+device, TP 2, PP 2 (and EP 2 for MoE), on tiny random checkpoints made with the family's own
+transformers config class (no hub) and its real features on:
+
+  llama (Llama-3): llama3 rope scaling, rope theta 500000, tied embeddings;
+  qwen2: q/k/v biases, theta 1e6, norm eps 1e-6; fp16 checkpoint, run in float32;
+  qwen3: q/k RMSNorm, tied embeddings, head_dim independent of hidden / heads; also split
+         heads x head_dim (the q/k norm's sum of squares all-reduced over the head_dim group);
+  mistral: GQA; a bf16 checkpoint in several safetensors shards;
+  mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them);
+  qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names).
+
+save_pretrained writes each checkpoint in the test process, sharded (max_shard_size) for some;
+one spawned gloo world of 2 ranks then runs every case in turn (program.load / run / report, the
+functions the emitted program calls, one mesh per case), so the processes and imports are paid
+once. Rank 0's report compares the gathered output with AutoModel / AutoModelForCausalLM loaded
+from the checkpoint's config.json. Cases whose plan disagrees with its checkpoint (a plan that
+calls a qwen2 checkpoint plain llama, so drops its biases; a wrong rope theta in decode) must be
+reported as differing, with the place. `planc run` on a plan whose rope_theta disagrees with the
+checkpoint's config.json exits 1 and says where the outputs first differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from planc.backends.torch.runtime.config import ModelDims, RunConfig
+from planc.models.features import ModelFeatures
+
+pytestmark = pytest.mark.distributed
+
+LLAMA3_ROPE = (("factor", 8.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+               ("original_max_position_embeddings", 8), ("rope_type", "llama3"))
+DENSE = {"arch": "llama", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2, "head_dim": 8,
+         "ffn": 48, "vocab": 96}
+MOE = {**DENSE, "arch": "mixtral", "ffn": 32, "experts": 4, "top_k": 2}
+# family -> (model dims, features, checkpoint dtype, max_shard_size or None)
+FAMILIES: dict[str, tuple[dict[str, Any], ModelFeatures, torch.dtype, str | None]] = {
+    "llama": (DENSE, ModelFeatures("llama", 500000.0, LLAMA3_ROPE, tie_embeddings=True),
+              torch.float32, None),
+    "qwen2": (DENSE, ModelFeatures("qwen2", 1e6, norm_eps=1e-6, qkv_bias=True),
+              torch.float16, "12KB"),
+    "qwen3": ({**DENSE, "head_dim": 16}, ModelFeatures("qwen3", 1e6, norm_eps=1e-6,
+              qk_norm=True, tie_embeddings=True), torch.float32, None),
+    "mistral": ({**DENSE, "kv_heads": 1}, ModelFeatures("mistral", 1e6), torch.bfloat16,
+                "16KB"),
+    "mixtral": (MOE, ModelFeatures("mixtral", 1e6), torch.float32, None),
+    "qwen3_moe": (MOE, ModelFeatures("qwen3_moe", 1e6, norm_eps=1e-6, qk_norm=True,
+                  norm_topk=False), torch.float32, "24KB"),
+}
+TP = {"heads": ("tp",), "kv_heads": ("tp",), "ffn": ("tp",)}
+Mesh = tuple[tuple[str, int], ...]
+MESHES: dict[str, tuple[Mesh, dict[str, tuple[str, ...]], dict[str, Any]]] = {
+    "single": ((("r", 2),), {}, {}),  # both ranks run the whole model: one device's work
+    "tp2": ((("tp", 2),), TP, {}),
+    "pp2": ((("pp", 2),), {"layers": ("pp",)}, {"stages": ((0, 1), (1, 2))}),
+    "ep2": ((("ep", 2),), {"experts": ("ep",), "batch": ("ep",)}, {}),
+    "headdim2": ((("hd", 2),), {"head_dim": ("hd",)}, {}),
+    "ring2": ((("sp", 2),), {"seq": ("sp",)}, {"attention": "ring"}),
+}
+
+
+def make_checkpoint(family: str, path: Path) -> None:
+    """A seeded random model written by save_pretrained from the family's own config class."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    dims, f, dtype, shard = FAMILIES[family]
+    config_class = {
+        "llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+        "mistral": "MistralConfig", "mixtral": "MixtralConfig", "qwen3_moe": "Qwen3MoeConfig",
+    }[family]
+    import transformers
+
+    kwargs: dict[str, Any] = {
+        "vocab_size": dims["vocab"], "hidden_size": dims["hidden"],
+        "intermediate_size": dims["ffn"], "num_hidden_layers": dims["layers"],
+        "num_attention_heads": dims["heads"], "num_key_value_heads": dims["kv_heads"],
+        "head_dim": dims["head_dim"], "rms_norm_eps": f.norm_eps,
+        "rope_parameters": {"rope_type": "default", **dict(f.rope_scaling),
+                            "rope_theta": f.rope_theta},
+        "tie_word_embeddings": f.tie_embeddings, "sliding_window": None,
+        "initializer_range": dims["hidden"] ** -0.5,
+    }
+    if dims["arch"] == "mixtral":
+        kwargs.update(num_local_experts=dims["experts"], num_experts_per_tok=dims["top_k"],
+                      moe_intermediate_size=dims["ffn"], norm_topk_prob=f.norm_topk)
+    config = getattr(transformers, config_class)(**kwargs)
+    torch.manual_seed(sorted(FAMILIES).index(family))
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms and biases are ones / zeros at init: make them visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    model.to(dtype).save_pretrained(str(path), **({"max_shard_size": shard} if shard else {}))
+
+
+def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
+    dims, features, _, _ = FAMILIES[family]
+    axes, splits, extra = MESHES[mesh]
+    m = ModelDims(**{**dims, "features": features, **model})
+    run: dict[str, Any] = {"batch": 2, "seq": 8, "warmup": 0, "repeats": 1, **extra}
+    if phase == "decode":
+        run.update(phase="decode", context=8, generate=4)
+    return RunConfig(model=m, mesh=axes, splits=splits, **run)
+
+
+def cases() -> list[tuple[str, str, RunConfig]]:
+    """(name, family, config) of every case: each family under each of its meshes and phases."""
+    out = []
+    for family, (dims, _, _, _) in FAMILIES.items():
+        meshes = ["single", "tp2", "pp2"] + (["ep2"] if dims["arch"] == "mixtral" else [])
+        meshes += {"llama": ["ring2"], "qwen3": ["headdim2"]}.get(family, [])
+        for mesh in meshes:
+            for phase in ("prefill", "decode"):
+                out.append((f"{family}/{mesh}/{phase}", family, run_config(family, mesh, phase)))
+    return out
+
+
+# Plans that disagree with their checkpoints: the run must say so.
+MISMATCHES = [
+    # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
+    # is the checkpoint's Qwen2 class, which has them
+    ("qwen2-as-llama/tp2/prefill", "qwen2", dataclasses.replace(
+        run_config("qwen2", "tp2", "prefill"),
+        model=ModelDims(**{**DENSE, "features": ModelFeatures("llama", 1e6, norm_eps=1e-6)}))),
+    # the plan's rope theta is not the checkpoint's (an untied model: a tied one's tiny random
+    # logits favour the input token whatever the rotation)
+    ("qwen2-theta/pp2/decode", "qwen2", dataclasses.replace(
+        run_config("qwen2", "pp2", "decode"),
+        model=ModelDims(**{**DENSE, "features": dataclasses.replace(
+            FAMILIES["qwen2"][1], rope_theta=100.0)}))),
+]
+
+
+def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], root: str) -> None:
+    """Every case in this one process group: load, run, report (rank 0 compares with HF)."""
+    from contextlib import closing
+
+    from planc.backends.torch.runtime import decode_program, program
+    from planc.backends.torch.runtime.dist import make_context
+    from planc.backends.torch.runtime.model import load_stage
+    from planc.backends.torch.weights import ShardReader
+
+    results: dict[str, Any] = {}
+    for name, family, cfg in todo:
+        ckpt = str(Path(root) / family)
+        ctx = make_context(cfg, torch.device("cpu"))
+        prog: Any = decode_program if cfg.phase == "decode" else program
+        model = prog.load(ctx, ckpt)
+        result = prog.run(ctx, model)
+        try:
+            data = prog.report(ctx, model, result, ckpt, str(Path(root) / "m.json"))
+        except SystemExit as e:  # rank 0 leaves this way on a mismatch: record its message
+            data = json.loads((Path(root) / "m.json").read_text())
+            data["exit"] = str(e)
+        if rank == 0:
+            results[name] = {"reference": data["reference"], "exit": data.get("exit")}
+        if cfg.splits.get("layers"):  # a stage opens only the shard files holding its tensors
+            with closing(ShardReader(ckpt, ctx.device, ctx.dtype)) as reader:
+                load_stage(ctx, reader)
+                opened = sorted(p.name for p in reader.opened_files)
+            everyone: list[Any] = [None] * world
+            torch.distributed.all_gather_object(everyone, opened)
+            if rank == 0:
+                results[name]["opened"] = everyone
+    if rank == 0:
+        (Path(root) / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def family_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
+
+    root = tmp_path_factory.mktemp("families")
+    for family in FAMILIES:
+        make_checkpoint(family, root / family)
+    spawn(partial(_worker, todo=cases() + MISMATCHES, root=str(root)), 2, timeout=400.0)
+    results = json.loads((root / "results.json").read_text())
+    results["__root__"] = str(root)
+    return results
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in cases()])
+def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], name: str) -> None:
+    got = family_results[name]
+    assert got["exit"] is None, got
+    assert got["reference"]["ok"] is True, got
+    if name.endswith("prefill"):
+        assert got["reference"]["max_rel_error"] <= 1e-4, got
+
+
+def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
+    family_results: dict[str, Any],
+) -> None:
+    got = family_results["qwen2-as-llama/tp2/prefill"]
+    assert got["reference"]["ok"] is False
+    assert got["reference"]["first_difference"] == {"sequence": 0, "position": 0}
+    assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
+
+
+def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(
+    family_results: dict[str, Any],
+) -> None:
+    got = family_results["qwen2-theta/pp2/decode"]
+    assert got["reference"]["ok"] is False
+    first = got["reference"]["first_difference"]
+    assert first["position"] == 8 + first["generated_index"]
+    assert f"generated token {first['generated_index']}" in got["exit"]
+
+
+def test_sharded_checkpoint_each_stage_opens_only_its_shards(
+    family_results: dict[str, Any],
+) -> None:
+    root = Path(family_results["__root__"])
+    for family in ("qwen2", "mistral", "qwen3_moe"):
+        index = json.loads((root / family / "model.safetensors.index.json").read_text())
+        files = sorted(set(index["weight_map"].values()))
+        assert len(files) >= 3, files
+        opened = family_results[f"{family}/pp2/prefill"]["opened"]
+        for stage, names in enumerate(opened):
+            # exactly the files that hold this stage's layer, embedding (first) or norm (last)
+            layer = f"model.layers.{stage}."
+            own = "model.embed_tokens." if stage == 0 else "model.norm."
+            want = {f for k, f in index["weight_map"].items() if k.startswith((layer, own))}
+            assert set(names) == want, (family, stage, names, want)
+        assert opened[0] != opened[1]
+
+
+PLAN = """
+model m {{
+  family    llama
+  layers    2
+  hidden    32
+  heads     4
+  kv_heads  2
+  head_dim  8
+  ffn       48
+  vocab     96
+  dtype     fp32
+  rope_theta {theta}
+}}
+cluster c {{
+  device CPU x 2
+}}
+workload w {{
+  batch 2
+  seq   8
+}}
+plan p {{
+  model m
+  cluster c
+  workload w
+  mesh     tp=2
+  shard    heads, kv_heads, ffn over tp
+}}
+"""
+
+
+def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
+    the plan says 10000. The run finishes, prints its metrics and exits 1 naming the place."""
+    from planc.backends.torch.reference import save_random_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    right = dataclasses.replace(run_config("llama", "tp2", "prefill"), model=ModelDims(
+        **{**DENSE, "features": ModelFeatures("llama", 500000.0)}))
+    save_random_checkpoint(right, ckpt)
+    (tmp_path / "p.plan").write_text(PLAN.format(theta=10000))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "planc", "run", str(tmp_path / "p.plan"), "--weights", str(ckpt),
+           "--warmup", "0", "--repeats", "1", "--timeout", "120"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
+    assert proc.returncode == 1, proc.stderr
+    assert "error[R004]" in proc.stderr and "first at sequence" in proc.stderr, proc.stderr
+    assert "max rel error" in proc.stdout, proc.stdout
+    # the same plan with the checkpoint's theta runs clean
+    (tmp_path / "p.plan").write_text(PLAN.format(theta=500000))
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
+    assert proc.returncode == 0, proc.stderr
