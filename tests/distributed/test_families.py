@@ -271,11 +271,13 @@ plan p {{
 """
 
 
-def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
+def test_a_checkpoint_whose_config_disagrees_is_refused_before_launch_and_fails_if_run(
     tmp_path: Path,
 ) -> None:
     """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
-    the plan says 10000. The run finishes, prints its metrics and exits 1 naming the place."""
+    the plan says 10000. `planc run` refuses it before launch (R012); the emitted program, run
+    by hand under torchrun past that check, finishes, prints its metrics and exits 1 (R004),
+    naming the place where the outputs first differ."""
     from planc.backends.torch.reference import save_random_checkpoint
 
     ckpt = tmp_path / "ckpt"
@@ -288,8 +290,16 @@ def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
            "--warmup", "0", "--repeats", "1", "--timeout", "120"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 1, proc.stderr
-    assert "error[R004]" in proc.stderr and "first at sequence" in proc.stderr, proc.stderr
-    assert "max rel error" in proc.stdout, proc.stdout
+    assert "error[R012]" in proc.stderr and "rope_theta" in proc.stderr, proc.stderr
+    prog = tmp_path / "prog.py"
+    emit = [sys.executable, "-m", "planc", "emit", str(tmp_path / "p.plan"), "-o", str(prog)]
+    subprocess.run(emit, check=True, env=env, timeout=60)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+              "2", str(prog), "--weights", str(ckpt), "--out", str(tmp_path / "m.json")]
+    proc = subprocess.run(launch, check=False, capture_output=True, text=True, env=env,
+                          timeout=200)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "first at sequence" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     # the same plan with the checkpoint's theta runs clean
     (tmp_path / "p.plan").write_text(PLAN.format(theta=500000))
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
