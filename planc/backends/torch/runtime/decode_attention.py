@@ -103,10 +103,18 @@ class CachedAttention(nn.Module):
         return self.kv_heads, self.head_dim // self.slices
 
     def forward(
-        self, x: Tensor, rope: Rope, cache: tuple[Tensor, Tensor], slots: Slots, prefill: bool
+        self,
+        x: Tensor,
+        rope: Rope,
+        cache: tuple[Tensor, Tensor],
+        slots: Slots,
+        prefill: bool,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """x [b, s, hidden] (s: the prompt's local tokens or 1); cache: this microbatch's rows
-        of the layer's (k, v), [b, kv_heads, capacity, d]."""
+        of the layer's (k, v), [b, kv_heads, capacity, d]; mask: which filled slots a decode
+        step sees, [b, 1, 1, slots.valid] bool (None: all; prompts of different lengths leave
+        padding between a short prompt and the generated tokens)."""
         b, s, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim // self.slices
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
@@ -125,7 +133,7 @@ class CachedAttention(nn.Module):
         if prefill:
             o = self._prefill(q, k, v)
         else:
-            o = self._step(q, k_cache[:, :, : slots.valid], v_cache[:, :, : slots.valid])
+            o = self._step(q, k_cache[:, :, : slots.valid], v_cache[:, :, : slots.valid], mask)
         del qkv, q, k, v
         out = self.wo(o.transpose(1, 2).reshape(b, s, h * d))
         del o
@@ -142,15 +150,17 @@ class CachedAttention(nn.Module):
             q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
 
-    def _step(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d]."""
+    def _step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d] (where mask)."""
         scale = self.head_dim**-0.5
+        if mask is not None and self.kind != "heads":
+            raise NotImplementedError(f"decode attention over a {self.kind} split takes no mask")
         if self.kind == "head_dim":
             return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale)
         if self.seq_group is not None:
             return flash_decode(q, k, v, self.seq_group, scale)
         return F.scaled_dot_product_attention(
-            q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
 
 

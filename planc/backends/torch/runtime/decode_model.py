@@ -14,6 +14,7 @@ kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -28,6 +29,10 @@ from planc.backends.torch.runtime.layers import DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions, with_index
 from planc.backends.torch.runtime.model import StageModel, load_stage
 from planc.backends.torch.weights import ShardReader
+
+
+def greedy(logits: Tensor) -> Tensor:
+    return logits.argmax(dim=-1)
 
 
 class DecodeModel(nn.Module):
@@ -68,26 +73,45 @@ class DecodeModel(nn.Module):
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for kv in self.cache for t in kv)
 
-    def forward(self, x: Tensor, rope: Rope, rows: slice, slots: Slots, prefill: bool) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        rows: slice,
+        slots: Slots,
+        prefill: bool,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """x: token ids [r, s] on the first stage, else the received hidden [r, s, hidden] (the
-        stage owns it). Returns the hidden to send on, or the final norm on the last stage."""
+        stage owns it); mask: the cache slots a decode step sees (CachedAttention). Returns the
+        hidden to send on, or the final norm on the last stage."""
         if self.stage.embed is not None:
             x = F.embedding(x, self.stage.embed)
         for layer, attn, (k, v) in zip(self.layers, self.attns, self.cache):
-            x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill))
+            x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill, mask))
             x.add_(layer.mlp(x))
         if self.stage.norm is not None:
             return self.stage.norm(x)
         return x
 
-    def next_tokens(self, h: Tensor, prefill: bool) -> Tensor:
-        """Greedy tokens [r] (int64) from the last stage's final norm h [r, s, hidden]: the
-        prompt's last position after prefill, the one new position after a step."""
+    def next_tokens(
+        self,
+        h: Tensor,
+        prefill: bool,
+        choose: Callable[[Tensor], Tensor] = greedy,
+        last: Tensor | None = None,
+    ) -> Tensor:
+        """Tokens [r] (int64) that `choose` picks from the logits [r, vocab] of the last stage's
+        final norm h [r, s, hidden]: at the prompt's last position after prefill (per row:
+        local index `last` [r], for prompts of different lengths), the new one after a step."""
         assert self.lm_head is not None
         if not prefill:
-            return F.linear(h[:, -1], self.lm_head).argmax(dim=-1)
+            return choose(F.linear(h[:, -1], self.lm_head))
+        if last is not None:
+            return choose(F.linear(h[torch.arange(h.shape[0], device=h.device), last],
+                                   self.lm_head))  # fmt: skip
         if self.holds_last:
-            tok = F.linear(h[:, self.last_index], self.lm_head).argmax(dim=-1)
+            tok = choose(F.linear(h[:, self.last_index], self.lm_head))
         else:
             tok = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
         if self.seq_group is not None:
