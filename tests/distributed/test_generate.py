@@ -145,7 +145,8 @@ def test_generate_tp2_greedy_equals_hf_generate_on_prompts_of_different_lengths(
 def test_emitted_program_under_torchrun_writes_the_jsonl_of_hf_generate(
     checkpoint, prompts_file, tmp_path, capsys
 ):
-    """One device: `planc emit`, then the program itself with --prompts and -o."""
+    """One device: `planc emit`, then the program itself with --prompts and -o; rank 0's
+    stderr (a terminal for rich, by TTY_COMPATIBLE) shows the checkpoint's loading bar."""
     from planc.backends.torch.launch import run_program
 
     path, want = checkpoint
@@ -153,10 +154,13 @@ def test_emitted_program_under_torchrun_writes_the_jsonl_of_hf_generate(
     plan.write_text(SINGLE)
     assert main(["emit", str(plan), "-o", str(prog)]) == 0
     m = run_program(prog, nproc=1, device="cpu", weights=path, timeout_s=240,
-                    program_args=[f"--prompts={prompts_file}", "-o", str(out)])
+                    program_args=[f"--prompts={prompts_file}", "-o", str(out)],
+                    extra_env={"TTY_COMPATIBLE": "1"}, log_dir=tmp_path / "run")
     assert m is not None
     assert_equals_hf(read_jsonl(out), want)
     assert m["results"] == read_jsonl(out) and m["prompts"] == 3 and m["batches"] == 1
+    (log,) = (tmp_path / "run").glob("logs/*/attempt_*/0/stderr.log")
+    assert f"rank 0: loading layers 0..3 from {path}: done" in log.read_text()
 
 
 # --- sampling: seeded, the same text whatever the plan ------------------------------------------

@@ -42,6 +42,7 @@ from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.load_progress import with_progress
 from planc.backends.torch.runtime.model import weight_bytes
 from planc.backends.torch.runtime.program import load_with
 
@@ -58,8 +59,9 @@ class DecodeResult:
 
 
 def load(ctx: RankContext, checkpoint: str) -> DecodeModel:
-    """This rank's stage, lm_head and KV cache; memory peaks restart from here."""
-    return load_with(ctx, checkpoint, load_decode)
+    """This rank's stage, lm_head and KV cache (a progress bar on rank 0's terminal); memory
+    peaks restart from here."""
+    return load_with(ctx, checkpoint, with_progress(load_decode))
 
 
 def _now(ctx: RankContext) -> float:
