@@ -437,7 +437,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     else:
         sys.stdout.write("".join(r["text"] + "\n" for r in results))
     stops = sum(r["finish_reason"] == "stop" for r in results)
-    print(f"plan {plan.name}: {len(results)} prompts, {metrics['output_tokens']} new tokens "
+    print(f"plan {plan.name}: {len(results)} prompt{'s' * (len(results) != 1)}, "
+          f"{metrics['output_tokens']} new tokens "
           f"({stops} stopped at a stop token) in {metrics['latency_ms'] / 1e3:.2f} s"
           + (f"; wrote {a.output}" if a.output else ""), file=sys.stderr)
     return EXIT_OK

@@ -205,7 +205,7 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
     assert {int(sample(logits, [0], t, 1.0, 0.01, seed=3)) for t in range(20)} == {0}
 
 
-# --- bad input: a diagnostic and exit 1, nothing launched ------------------------------------------
+# --- bad input: a diagnostic and exit 1, nothing launched ------------------------------------
 
 
 def test_a_checkpoint_without_a_tokenizer_is_refused(checkpoint, tmp_path, capsys):

@@ -134,6 +134,11 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
     lines.append(
         f"# run: torchrun --nproc-per-node {cfg.world_size} <this file> --device cpu --out m.json"
     )
+    if cfg.phase == "decode":
+        lines.append(
+            f"# text: torchrun --nproc-per-node {cfg.world_size} <this file> --weights DIR"
+            " --prompts in.jsonl -o out.jsonl  (--help: sampling)"
+        )
     return "\n".join(lines) + "\n"
 
 
