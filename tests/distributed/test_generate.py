@@ -4,11 +4,11 @@ torchrun on CPU ranks (gloo).
 
 Greedy tokens equal Hugging Face generate's on the same prompts (left padding and an attention
 mask: planc pads on the right, each sequence computed as if alone), on one device and on tensor
-parallel 2; three prompts of different lengths share a batch of 4 (one filler row); the stop
-token is one the model produces on its third step for the first prompt, so that sequence stops
-early ("stop") while the others run to max_new_tokens ("length"). Sampling with a seed gives the
-same text on one device and on a two-stage pipeline. Bad input is a diagnostic and exit 1,
-before anything is launched.
+parallel 2; five prompts of different lengths run as two batches of the plans' 4 (three filler
+rows); the stop token is one the model produces on its third step for the first prompt, so that
+sequence stops early ("stop") while others run to max_new_tokens ("length"). Sampling with a
+seed gives the same text on one device, on tensor parallel 2 and on a two-stage pipeline. Bad
+input is a diagnostic and exit 1, before anything is launched.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from planc.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs" / "local"
-PROMPTS = ["the cat sat", "a quick dog ran to the mat", "we"]
+PROMPTS = ["the cat sat", "a quick dog ran to the mat", "we", "tensor parallel", "the lazy fox"]
 NEW = 6  # the decode plans' generate
 SINGLE = """
 cluster cpu1 {
@@ -138,7 +138,7 @@ def test_generate_tp2_greedy_equals_hf_generate_on_prompts_of_different_lengths(
                             "--prompts", str(prompts_file), "-o", str(out))
     assert code == 0, err
     assert_equals_hf(read_jsonl(out), want)
-    assert "3 prompts" in err
+    assert "5 prompts" in err
 
 
 @pytest.mark.distributed
@@ -158,7 +158,7 @@ def test_emitted_program_under_torchrun_writes_the_jsonl_of_hf_generate(
                     extra_env={"TTY_COMPATIBLE": "1"}, log_dir=tmp_path / "run")
     assert m is not None
     assert_equals_hf(read_jsonl(out), want)
-    assert m["results"] == read_jsonl(out) and m["prompts"] == 3 and m["batches"] == 1
+    assert m["results"] == read_jsonl(out) and m["prompts"] == 5 and m["batches"] == 2
     (log,) = (tmp_path / "run").glob("logs/*/attempt_*/0/stderr.log")
     assert f"rank 0: loading layers 0..3 from {path}: done" in log.read_text()
 
@@ -167,21 +167,21 @@ def test_emitted_program_under_torchrun_writes_the_jsonl_of_hf_generate(
 
 
 @pytest.mark.distributed
-def test_seeded_sampling_gives_the_same_text_on_one_device_and_on_a_pipeline(
+def test_seeded_sampling_gives_the_same_text_on_one_device_tensor_parallel_and_a_pipeline(
     checkpoint, prompts_file, tmp_path, capsys
 ):
     path, _ = checkpoint
     plan = tmp_path / "single.plan"
     plan.write_text(SINGLE)
     texts = []
-    for p in (plan, SPECS / "decode_pp2.plan"):
+    for p in (plan, SPECS / "decode_tp2.plan", SPECS / "decode_pp2.plan"):
         out = tmp_path / f"{p.stem}.jsonl"
         code, _, err = generate(capsys, str(p), "--weights", str(path), "--prompts",
                                 str(prompts_file), "--temperature", "1.5", "--top-p", "0.95",
                                 "--seed", "11", "-o", str(out))
         assert code == 0, err
         texts.append(read_jsonl(out))
-    assert texts[0] == texts[1]
+    assert texts[0] == texts[1] == texts[2]
     greedy = hf_generate(path, PROMPTS, eos=json.loads(
         (path / "generation_config.json").read_text())["eos_token_id"])
     assert [r["tokens"] for r in texts[0]] != greedy  # it did sample
