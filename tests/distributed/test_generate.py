@@ -205,6 +205,23 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
     assert {int(sample(logits, [0], t, 1.0, 0.01, seed=3)) for t in range(20)} == {0}
 
 
+def test_headdim_attention_of_a_decode_step_ignores_the_masked_slots():
+    """A head x head_dim plan's decode step over a padded cache: equal to attention over the
+    slots each row keeps (here without the padding at all)."""
+    from planc.backends.torch.runtime.headdim_attention import headdim_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, s, 8, generator=g) for n, s in ((4, 1), (2, 6), (2, 6)))
+    keys = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    keys[0, ..., 2:4] = False  # row 0: a prompt of 2 tokens padded to 4, then 2 generated
+    got = headdim_attention(q, k, v, None, causal=False, scale=8**-0.5, keys=keys)
+    kept = [0, 1, 4, 5]
+    want0 = torch.nn.functional.scaled_dot_product_attention(
+        q[:1], k[:1, :, kept], v[:1, :, kept], enable_gqa=True)
+    want1 = torch.nn.functional.scaled_dot_product_attention(q[1:], k[1:], v[1:], enable_gqa=True)
+    assert torch.allclose(got, torch.cat((want0, want1)), atol=1e-6)
+
+
 # --- bad input: a diagnostic and exit 1, nothing launched ------------------------------------
 
 
@@ -248,7 +265,7 @@ def test_malformed_jsonl_is_refused_with_its_line(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize(("plan", "args", "words"), [
     ("tp2.plan", [], "workload is prefill, not decode"),
-    ("decode_ring4.plan", [], "sequence or head_dim split"),
+    ("decode_ring4.plan", [], "a sequence split"),
     ("decode_tp2.plan", ["--max-new-tokens", "7"], "--max-new-tokens 7 is outside 1..6"),
     ("decode_tp2.plan", ["--top-p", "0"], "--top-p 0.0 is outside (0, 1]"),
 ])

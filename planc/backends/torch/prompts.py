@@ -139,9 +139,9 @@ def plan_errors(cfg: RunConfig) -> list[str]:
     if cfg.phase != "decode":
         return [f"the plan's workload is {cfg.phase}, not decode: generation needs `phase "
                 "decode` with `context` (longest prompt) and `generate` (most new tokens)"]
-    if cfg.splits.get("seq") or cfg.splits.get("head_dim"):
+    if cfg.splits.get("seq"):
         return ["prompts of different lengths need a padding mask, which decode attention over "
-                "a sequence or head_dim split does not take yet; use tensor / pipeline / data / "
+                "a sequence split does not take yet; use tensor / head_dim / pipeline / data / "
                 "expert parallelism for generation"]
     return []
 

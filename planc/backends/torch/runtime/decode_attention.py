@@ -153,10 +153,11 @@ class CachedAttention(nn.Module):
     def _step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d] (where mask)."""
         scale = self.head_dim**-0.5
-        if mask is not None and self.kind != "heads":
-            raise NotImplementedError(f"decode attention over a {self.kind} split takes no mask")
+        if mask is not None and self.kind == "seq":
+            raise NotImplementedError("decode attention over a sequence split takes no mask")
         if self.kind == "head_dim":
-            return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale)
+            return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale,
+                                     keys=mask)
         if self.seq_group is not None:
             return flash_decode(q, k, v, self.seq_group, scale)
         return F.scaled_dot_product_attention(
