@@ -112,7 +112,7 @@ RULES: dict[str, tuple[str, str]] = {
     "R020": ("NoTokenizer", "The checkpoint directory has no tokenizer planc can load."),
     "R021": ("EmptyPrompt", "A prompt is empty or has no tokens."),
     "R022": ("PromptTooLong", "A prompt has more tokens than the plan's context."),
-    "R023": ("CannotGenerate", "The plan cannot generate text (not decode, or its split)."),
+    "R023": ("CannotGenerate", "The plan cannot generate text: its workload is not decode."),
     "R024": ("BadPromptsFile", "The prompts file cannot be read or a line is not a prompt."),
     "R025": ("BadGenerateOption", "--max-new-tokens, --temperature or --top-p out of range."),
 }

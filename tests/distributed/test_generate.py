@@ -129,13 +129,17 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.distributed
-def test_generate_tp2_greedy_equals_hf_generate_on_prompts_of_different_lengths(
-    checkpoint, prompts_file, tmp_path, capsys
+@pytest.mark.parametrize("plan", ["decode_tp2", "decode_ring4"])
+def test_generate_greedy_equals_hf_generate_on_prompts_of_different_lengths(
+    plan, checkpoint, prompts_file, tmp_path, capsys
 ):
+    """Tensor parallel 2, and a ring over 4 sequence ranks (zig-zag prompt chunks: each row's
+    last prompt token on the rank that holds it, padded slots masked in flash-decoding)."""
     path, want = checkpoint
     out = tmp_path / "out.jsonl"
-    code, _, err = generate(capsys, str(SPECS / "decode_tp2.plan"), "--weights", str(path),
-                            "--prompts", str(prompts_file), "-o", str(out))
+    code, _, err = generate(capsys, str(SPECS / f"{plan}.plan"), "--weights", str(path),
+                            "--prompts", str(prompts_file), "-o", str(out),
+                            "--max-new-tokens", str(NEW))
     assert code == 0, err
     assert_equals_hf(read_jsonl(out), want)
     assert "5 prompts" in err
@@ -222,6 +226,25 @@ def test_headdim_attention_of_a_decode_step_ignores_the_masked_slots():
     assert torch.allclose(got, torch.cat((want0, want1)), atol=1e-6)
 
 
+def test_flash_decode_of_masked_slots_weighs_a_rank_that_sees_none_zero():
+    """Sequence-sharded cache: rank parts of the slots, some masked, one part wholly masked
+    for a row; merged, equal to attention over the visible slots only."""
+    from planc.backends.torch.runtime.decode_attention import lse_merge, masked_attention_with_lse
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, n, s, 8, generator=g) for n, s in ((4, 1), (2, 9), (2, 9)))
+    keys = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    keys[0, ..., 3:6] = False  # row 0 sees nothing of the middle part
+    keys[1, ..., [0, 7]] = False
+    parts = [masked_attention_with_lse(q, k[:, :, a:b], v[:, :, a:b], keys[..., a:b], 8**-0.5)
+             for a, b in ((0, 3), (3, 6), (6, 9))]
+    got = lse_merge(torch.stack([o for o, _ in parts]), torch.stack([lse for _, lse in parts]))
+    for row, seen in enumerate(keys[:, 0, 0]):
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[row:row + 1], k[row:row + 1, :, seen], v[row:row + 1, :, seen], enable_gqa=True)
+        assert torch.allclose(got[row:row + 1], want, atol=1e-6)
+
+
 # --- bad input: a diagnostic and exit 1, nothing launched ------------------------------------
 
 
@@ -265,7 +288,6 @@ def test_malformed_jsonl_is_refused_with_its_line(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize(("plan", "args", "words"), [
     ("tp2.plan", [], "workload is prefill, not decode"),
-    ("decode_ring4.plan", [], "a sequence split"),
     ("decode_tp2.plan", ["--max-new-tokens", "7"], "--max-new-tokens 7 is outside 1..6"),
     ("decode_tp2.plan", ["--top-p", "0"], "--top-p 0.0 is outside (0, 1]"),
 ])

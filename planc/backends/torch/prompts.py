@@ -134,18 +134,6 @@ def eos_ids(weights: str, tokenizer: Any) -> list[int]:
     return [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
 
 
-def plan_errors(cfg: RunConfig) -> list[str]:
-    """Why `cfg` cannot generate text (empty when it can)."""
-    if cfg.phase != "decode":
-        return [f"the plan's workload is {cfg.phase}, not decode: generation needs `phase "
-                "decode` with `context` (longest prompt) and `generate` (most new tokens)"]
-    if cfg.splits.get("seq"):
-        return ["prompts of different lengths need a padding mask, which decode attention over "
-                "a sequence split does not take yet; use tensor / head_dim / pipeline / data / "
-                "expert parallelism for generation"]
-    return []
-
-
 def _check_options(cfg: RunConfig, opts: GenerateOptions) -> int:
     new = cfg.generate if opts.max_new_tokens is None else opts.max_new_tokens
     if not 1 <= new <= cfg.generate:
@@ -169,10 +157,11 @@ def prepare(
     opts: GenerateOptions,
 ) -> GenerateRequest:
     """The request for these prompts on this plan, or a PlancError saying what is wrong."""
-    errs = plan_errors(cfg)
-    if errs:
-        raise _fail("R023", errs[0], "generate with a decode plan "
-                    "(specs/local/decode_tp2.plan is one)")
+    if cfg.phase != "decode":
+        raise _fail("R023", f"the plan's workload is {cfg.phase}, not decode: generation needs "
+                    "`phase decode`, with `context` (the longest prompt) and `generate` (the most "
+                    "new tokens)",
+                    "generate with a decode plan (specs/local/decode_tp2.plan is one)")
     new = _check_options(cfg, opts)
     if weights is None:
         raise _fail("R020", "generation needs --weights DIR: a checkpoint with its tokenizer",

@@ -103,13 +103,18 @@ class DecodeModel(nn.Module):
     ) -> Tensor:
         """Tokens [r] (int64) that `choose` picks from the logits [r, vocab] of the last stage's
         final norm h [r, s, hidden]: at the prompt's last position after prefill (per row:
-        local index `last` [r], for prompts of different lengths), the new one after a step."""
+        local index `last` [r], -1 where another rank of the sequence group holds it, for
+        prompts of different lengths), the new one after a step."""
         assert self.lm_head is not None
         if not prefill:
             return choose(F.linear(h[:, -1], self.lm_head))
         if last is not None:
-            return choose(F.linear(h[torch.arange(h.shape[0], device=h.device), last],
-                                   self.lm_head))  # fmt: skip
+            rows = torch.arange(h.shape[0], device=h.device)
+            tok = choose(F.linear(h[rows, last.clamp(min=0)], self.lm_head))
+            if self.seq_group is not None:  # one rank of the group holds each row's last token
+                tok = torch.where(last >= 0, tok, 0)
+                dist.all_reduce(tok, group=self.seq_group)
+            return tok
         if self.holds_last:
             tok = choose(F.linear(h[:, self.last_index], self.lm_head))
         else:

@@ -109,6 +109,8 @@ class TextBatch:
         self.keys = [index[b] for b in rows]
         lengths = [len(req.ids[i]) if i >= 0 else 1 for i in self.keys]
         self.lengths = torch.tensor(lengths, device=ctx.device)
+        # The prompt positions this rank caches, slot by slot (a sequence split holds a part).
+        self.positions = torch.tensor(ctx.layout.positions, device=ctx.device)
         self.eos = torch.tensor(req.eos, device=ctx.device, dtype=torch.long)
         self.stopped = torch.tensor([i < 0 for i in self.keys], device=ctx.device)
 
@@ -117,13 +119,21 @@ class TextBatch:
         return rope_at(self.ctx, self.lengths[rows] + t - 1)
 
     def mask(self, rows: slice, slots: Slots) -> Tensor:
-        """[r, 1, 1, valid]: the prompt's slots [0, len) and the generated ones (>= context)."""
-        slot = torch.arange(slots.valid, device=self.ctx.device)
-        seen = (slot < self.lengths[rows, None]) | (slot >= self.ctx.cfg.context)
+        """[r, 1, 1, valid]: the slots of prompt positions below len, and every generated one
+        (slots after the rank's prompt slots)."""
+        n = len(self.positions)
+        pos = torch.cat((self.positions, self.positions.new_zeros(max(0, slots.valid - n))))
+        seen = pos[None, : slots.valid] < self.lengths[rows, None]
+        seen[:, n:] = True
         return seen[:, None, None, :]
 
+    def last(self, rows: slice) -> Tensor:
+        """The local index of each row's last prompt token, -1 where another rank holds it."""
+        hit = self.positions[None, :] == (self.lengths[rows] - 1)[:, None]
+        return torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1)
+
     def next_tokens(self, model: DecodeModel, h: Tensor, rows: slice, t: int) -> Tensor:
-        last = self.lengths[rows] - 1 if t == 0 else None
+        last = self.last(rows) if t == 0 else None
         tok = model.next_tokens(h, t == 0, lambda logits: self.choose(logits, rows, t), last)
         self.stopped[rows] |= torch.isin(tok, self.eos)
         return tok
@@ -142,13 +152,14 @@ class TextBatch:
 
 
 def _prompt_tile(ctx: RankContext, req: GenerateRequest, index: list[int]) -> Tensor:
-    """This rank's rows of the batch's token ids [rows, context], each prompt right-padded."""
+    """This rank's tile of the batch's token ids [rows, its positions], each prompt
+    right-padded to the context."""
     rows = ctx.layout.batch_rows
     ids = torch.zeros((len(rows), ctx.cfg.context), dtype=torch.long)
     for j, b in enumerate(rows):
         if index[b] >= 0:
             ids[j, : len(req.ids[index[b]])] = torch.tensor(req.ids[index[b]])
-    return ids.to(ctx.device)
+    return ids[:, ctx.layout.positions].to(ctx.device)
 
 
 def run(
