@@ -1,6 +1,7 @@
-"""The `planc` command line: check, compile, schema, emit, run, fmt, show, graph, import (a
-checkpoint's model block), and parse, to inspect the AST. Reports go to stdout (or `-o FILE`,
-written atomically); progress and logs to stderr, with a spinner only on a terminal.
+"""The `planc` command line: check, compile, schema, emit, run, generate, calibrate, fmt, show,
+graph, import (a checkpoint's model block), and parse, to inspect the AST. Reports go to stdout
+(or `-o FILE`, written atomically); progress and logs to stderr, with a spinner only on a
+terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
@@ -39,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from planc.backends.torch.prompts import add_arguments  # no torch: the options only
+
     p = _Parser(prog="planc", description="Compile, verify and run parallel deployment plans.")
     p.add_argument("--version", action="version", version=f"planc {__version__}")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -125,6 +128,21 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--quick", action="store_true", help="tiny sizes (tests): rates are noise")
     k.add_argument("-o", "--output", help="write the device block here (default: stdout)")
     k.add_argument("--json", help="also write every measurement as JSON here")
+
+    n = sub.add_parser("generate", help="turn prompts into text with a decode plan (torchrun)")
+    n.add_argument("file")
+    n.add_argument("--plan")
+    n.add_argument("--weights", required=True,
+                   help="a Hugging Face checkpoint directory with its tokenizer")
+    add_arguments(n, required=True)
+    n.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    n.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="default: float32 on cpu, the model's dtype on cuda")
+    n.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is killed")
+    n.add_argument("--nnodes", type=int, default=1, help="torchrun --nnodes (several hosts)")
+    n.add_argument("--node-rank", type=int, default=0, help="torchrun --node-rank")
+    n.add_argument("--rdzv-endpoint", help="torchrun --rdzv-endpoint HOST:PORT")
+    n.add_argument("--keep", help="also write the generated program here")
     return p
 
 
@@ -362,9 +380,9 @@ def cmd_emit(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(a: argparse.Namespace) -> int:
+def _runnable(a: argparse.Namespace, **run: Any):  # type: ignore[no-untyped-def]
+    """(plan, its RunConfig, emit, launch) of a verified plan to run, or an exit code."""
     from planc.compiler.runconfig import to_run_config
-    from planc.output.console import progress
 
     got = _verified(a)
     if isinstance(got, int):
@@ -372,9 +390,49 @@ def cmd_run(a: argparse.Namespace) -> int:
     plan, graph = got
     emit, launch = _torch_backend()
     dtype = a.dtype or ("float32" if a.device == "cpu" else None)
-    cfg = to_run_config(plan, graph, dtype=dtype, warmup=a.warmup, repeats=a.repeats)
+    return plan, to_run_config(plan, graph, dtype=dtype, **run), emit, launch
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    got = _runnable(a, warmup=a.warmup, repeats=a.repeats)
+    if isinstance(got, int):
+        return got
+    plan, cfg, emit, launch = got
     if a.no_reference:
         cfg = _with(cfg, check_reference=False)
+    differs = None
+    try:
+        metrics = _launch(a, emit, launch, cfg, plan)
+    except launch.OutputDiffers as e:
+        metrics, differs = e.metrics, str(e)
+    if isinstance(metrics, int):
+        return metrics
+    if metrics is None:  # a non-zero node rank writes no metrics
+        return EXIT_OK
+    metrics = {"plan": plan.name, "file": a.file, **metrics}
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if a.output:
+        write_atomic(a.output, text)
+    if a.format == "json":
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(_run_text(metrics))
+    if differs is not None:
+        print(f"error[R004]: {differs}\n  = hint: the plan's model and its checkpoint disagree "
+              "(config.json fields, tensors) or the runtime is wrong for this plan; the metrics "
+              "above hold both outputs' numbers", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _launch(a: argparse.Namespace, emit, launch, cfg, plan,  # type: ignore[no-untyped-def]
+            program_args: list[str] | None = None):
+    """Check the checkpoint and the device (pre-flight), emit the plan's program and run it under
+    torchrun on this node: rank 0's metrics (None on a node without rank 0), or an exit code when
+    the pre-flight or the launch failed. A run whose output differs raises launch.OutputDiffers
+    (with its metrics) for the caller to report."""
+    from planc.output.console import progress
+
     nproc = cfg.world_size // a.nnodes
     if cfg.world_size % a.nnodes:
         raise UsageError(f"--nnodes {a.nnodes} does not divide the plan's {cfg.world_size} ranks")
@@ -398,32 +456,49 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(what + " ...", file=sys.stderr)
         try:
             with progress(what):  # a spinner and the elapsed time, on a terminal only
-                metrics = launch.run_program(
+                return launch.run_program(
                     str(prog), nproc=nproc, device=a.device, weights=a.weights,
                     timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
-                    rdzv_endpoint=a.rdzv_endpoint)
-        except launch.OutputDiffers as e:
-            metrics, differs = e.metrics, str(e)
+                    rdzv_endpoint=a.rdzv_endpoint, program_args=program_args)
+        except launch.OutputDiffers:
+            raise
         except launch.LaunchError as e:
             print(f"error[R001]: the run failed: {e}", file=sys.stderr)
             return EXIT_USAGE
-        else:
-            differs = None
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    """Check the prompts against the plan and the checkpoint's tokenizer (nothing launched on
+    bad input), run the plan's decode program on them, print or write the texts."""
+    got = _runnable(a, warmup=0, repeats=1)
+    if isinstance(got, int):
+        return got
+    plan, cfg, emit, launch = got
+    from planc.backends.torch.prompts import options, prepare
+
+    cfg = _with(cfg, check_reference=False)
+    request = prepare(cfg, a.weights, a.prompt, a.prompts, options(a))  # bad input: exit 1 here
+    args = [f"--prompt={a.prompt}"] if a.prompt is not None else [
+        f"--prompts={Path(a.prompts).resolve()}"]
+    args += [f"--max-new-tokens={request.max_new_tokens}", f"--temperature={a.temperature!r}",
+             f"--top-p={a.top_p!r}", f"--seed={a.seed}"]
+    metrics = _launch(a, emit, launch, cfg, plan, args)
+    if isinstance(metrics, int):
+        return metrics
     if metrics is None:  # a non-zero node rank writes no metrics
         return EXIT_OK
-    metrics = {"plan": plan.name, "file": a.file, **metrics}
-    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    keys = ("prompt", "text", "tokens", "finish_reason")  # the metrics JSON sorted them
+    results = [{k: r[k] for k in keys} for r in metrics["results"]]
     if a.output:
-        write_atomic(a.output, text)
-    if a.format == "json":
-        sys.stdout.write(text)
+        write_atomic(a.output, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                       for r in results))
     else:
-        sys.stdout.write(_run_text(metrics))
-    if differs is not None:
-        print(f"error[R004]: {differs}\n  = hint: the plan's model and its checkpoint disagree "
-              "(config.json fields, tensors) or the runtime is wrong for this plan; the metrics "
-              "above hold both outputs' numbers", file=sys.stderr)
-        return EXIT_FAIL
+        sys.stdout.write("".join(r["text"] + "\n" for r in results))
+    stops = sum(r["finish_reason"] == "stop" for r in results)
+    print(f"plan {plan.name}: {plural(len(results), 'prompt')}, "
+          f"{metrics['output_tokens']} new tokens "
+          f"({stops} stopped at a stop token) in {metrics['latency_ms'] / 1e3:.2f} s"
+          + (f"; wrote {a.output}" if a.output else ""), file=sys.stderr)
     return EXIT_OK
 
 
@@ -501,8 +576,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
-            "run": cmd_run, "parse": cmd_parse, "fmt": cmd_fmt, "show": cmd_show,
-            "graph": cmd_graph, "calibrate": cmd_calibrate, "import": cmd_import}
+            "run": cmd_run, "generate": cmd_generate, "parse": cmd_parse, "fmt": cmd_fmt,
+            "show": cmd_show, "graph": cmd_graph, "calibrate": cmd_calibrate,
+            "import": cmd_import}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

@@ -133,6 +133,13 @@ RULES: dict[str, tuple[str, str]] = {
     "R013": ("CheckpointTensorMismatch", "Checkpoint tensors missing, unread, or of other shapes."),
     "R014": ("DeviceMemoryTooSmall", "The plan's peak does not fit the memory of this machine."),
     "R015": ("MalformedCheckpoint", "A safetensors header or index file cannot be read."),
+    # R02x: `planc generate`'s prompts, checked before anything is launched
+    "R020": ("NoTokenizer", "The checkpoint directory has no tokenizer planc can load."),
+    "R021": ("EmptyPrompt", "A prompt is empty or has no tokens."),
+    "R022": ("PromptTooLong", "A prompt has more tokens than the plan's context."),
+    "R023": ("CannotGenerate", "The plan cannot generate text: its workload is not decode."),
+    "R024": ("BadPromptsFile", "The prompts file cannot be read or a line is not a prompt."),
+    "R025": ("BadGenerateOption", "--max-new-tokens, --temperature or --top-p out of range."),
 }
 
 

@@ -47,6 +47,25 @@ if __name__ == "__main__":
     main()
 """
 
+# A decode program also turns prompts into text (`planc generate`'s options): these edits of
+# _MAIN read the prompts before the weights load, and run them instead of the timed random ones.
+_TEXT_MAIN = (
+    ("    args = parser.parse_args()\n",
+     "    textgen.add_arguments(parser)  # --prompt / --prompts, -o, sampling\n"
+     "    args = parser.parse_args()\n"),
+    ("        checkpoint, cleanup = resolve_checkpoint(ctx, args.weights)\n",
+     "        request = textgen.read_request(ctx, args) if textgen.requested(args) else None\n"
+     "        checkpoint, cleanup = resolve_checkpoint(ctx, args.weights)\n"),
+    ("        result = program.run(ctx, model)  # warm-up, then timed forwards over the pipeline\n"
+     "        program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n",
+     "        if request is not None:  # prompts in, text out\n"
+     "            textgen.run(ctx, model, request, checkpoint, args.out, args.output,\n"
+     "                        {\"plan\": PLAN})\n"
+     "        else:  # warm-up, then timed greedy decodes of random prompts\n"
+     "            result = program.run(ctx, model)\n"
+     "            program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n"),
+)
+
 _IMPORTS = """
 from __future__ import annotations
 
@@ -116,6 +135,11 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
     lines.append(
         f"# run: torchrun --nproc-per-node {cfg.world_size} <this file> --device cpu --out m.json"
     )
+    if cfg.phase == "decode":
+        lines.append(
+            f"# text: torchrun --nproc-per-node {cfg.world_size} <this file> --weights DIR"
+            " --prompts in.jsonl -o out.jsonl  (--help: sampling)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +151,11 @@ def emit_program(cfg: RunConfig, *, plan_name: str, source_file: str) -> str:
     config = pprint.pformat(data, width=100, sort_dicts=True)
     body = f"\nPLAN = {plan_name!r}\nCONFIG = {config}\n"
     imports = _IMPORTS
-    if cfg.phase == "decode":  # the same main(), with the decode program's steps
-        imports = imports.replace("import program\n", "import decode_program as program\n")
-    return _header(cfg, plan_name, source_file) + imports + body + _MAIN
+    main = _MAIN
+    if cfg.phase == "decode":  # the same main(), with the decode program's steps and text
+        imports = imports.replace("import program\n", "import decode_program as program\n"
+                                  "from planc.backends.torch.runtime import textgen\n")
+        for old, text in _TEXT_MAIN:
+            assert old in main, old
+            main = main.replace(old, text)
+    return _header(cfg, plan_name, source_file) + imports + body + main

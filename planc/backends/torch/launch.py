@@ -168,6 +168,7 @@ def run_program(
     out_path: str | Path | None = None,
     rdzv_id: str = "planc",
     log_dir: str | Path | None = None,
+    program_args: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """Run `program_path` under torchrun on this node and return rank 0's metrics.
 
@@ -175,6 +176,7 @@ def run_program(
     `out_path`; the node that hosts rank 0 writes the metrics and every call returns them if
     `out_path` is shared (otherwise the calls without rank 0 return None). Logs go to `log_dir`
     (default: a temporary directory, removed after a success and kept after a failure).
+    `program_args` go to the program after the launcher's own (a decode program's prompts).
     """
     work = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="planc-run-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -215,6 +217,7 @@ def run_program(
     ]
     if weights is not None:
         cmd += ["--weights", str(weights)]
+    cmd += program_args or []
     env = dict(os.environ)
     # The program imports planc; make this checkout importable even when it is not installed.
     root = str(Path(planc.__file__).resolve().parent.parent)

@@ -53,6 +53,7 @@ class ShardReader:
         self._files = _tensor_files(self.path)
         self._open: dict[Path, Any] = {}
         self._stack = ExitStack()
+        self.on_read: Callable[[str], None] | None = None  # told each tensor name (progress)
 
     @property
     def opened_files(self) -> list[Path]:
@@ -72,6 +73,8 @@ class ShardReader:
         if f not in self._open:
             self._open[f] = self._stack.enter_context(safe_open(str(f), framework="pt"))
         sl = self._open[f].get_slice(key)
+        if self.on_read is not None:
+            self.on_read(key)
         if tuple(sl.get_shape()) != shape:
             raise ValueError(
                 f"checkpoint tensor {key!r} in {f} has shape {tuple(sl.get_shape())}, the plan's "

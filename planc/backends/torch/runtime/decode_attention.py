@@ -103,10 +103,18 @@ class CachedAttention(nn.Module):
         return self.kv_heads, self.head_dim // self.slices
 
     def forward(
-        self, x: Tensor, rope: Rope, cache: tuple[Tensor, Tensor], slots: Slots, prefill: bool
+        self,
+        x: Tensor,
+        rope: Rope,
+        cache: tuple[Tensor, Tensor],
+        slots: Slots,
+        prefill: bool,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """x [b, s, hidden] (s: the prompt's local tokens or 1); cache: this microbatch's rows
-        of the layer's (k, v), [b, kv_heads, capacity, d]."""
+        of the layer's (k, v), [b, kv_heads, capacity, d]; mask: which filled slots a decode
+        step sees, [b, 1, 1, slots.valid] bool (None: all; prompts of different lengths leave
+        padding between a short prompt and the generated tokens)."""
         b, s, _ = x.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim // self.slices
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
@@ -124,7 +132,7 @@ class CachedAttention(nn.Module):
         if prefill:
             o = self._prefill(q, k, v)
         else:
-            o = self._step(q, k_cache[:, :, : slots.valid], v_cache[:, :, : slots.valid])
+            o = self._step(q, k_cache[:, :, : slots.valid], v_cache[:, :, : slots.valid], mask)
         del qkv, q, k, v
         out = self.wo(o.transpose(1, 2).reshape(b, s, h * d))
         del o
@@ -141,22 +149,48 @@ class CachedAttention(nn.Module):
             q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
 
-    def _step(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d]."""
+    def _step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """q [b, heads, 1, d] over every filled slot k, v [b, kv_heads, n, d] (where mask)."""
         scale = self.head_dim**-0.5
         if self.kind == "head_dim":
-            return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale)
+            return headdim_attention(q, k, v, self.dim_group, causal=False, scale=scale,
+                                     keys=mask)
         if self.seq_group is not None:
-            return flash_decode(q, k, v, self.seq_group, scale)
+            return flash_decode(q, k, v, self.seq_group, scale, mask)
         return F.scaled_dot_product_attention(
-            q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
 
 
-def flash_decode(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup, scale: float) -> Tensor:
-    """Attention of q over the union of every group rank's k / v (the sequence-sharded cache):
-    local (out, lse), one all_gather of both in one float32 message, lse_merge."""
-    out, lse = attention_with_lse(q, k, v, causal=False, scale=scale)
+def masked_attention_with_lse(
+    q: Tensor, k: Tensor, v: Tensor, keys: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """(out float32 [b, h, 1, d], lse [b, h, 1]) of q over the slots `keys` [b, 1, 1, n] lets
+    each row see. A row that sees none of this rank's slots gets out 0 and lse -inf, which
+    lse_merge weighs 0."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~keys, float("-inf"))
+    lse = scores.logsumexp(dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num_(0.0)  # -inf - -inf: no slot
+    return probs @ v.float(), lse
+
+
+def flash_decode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group: dist.ProcessGroup,
+    scale: float,
+    keys: Tensor | None = None,
+) -> Tensor:
+    """Attention of q over the union of every group rank's k / v (the sequence-sharded cache),
+    over the slots `keys` lets each row see (all when None): local (out, lse), one all_gather
+    of both in one float32 message, lse_merge."""
+    if keys is None:
+        out, lse = attention_with_lse(q, k, v, causal=False, scale=scale)
+    else:
+        out, lse = masked_attention_with_lse(q, k, v, keys, scale)
     d = out.shape[-1]
     msg = torch.cat((out, lse.unsqueeze(-1)), dim=-1)  # [b, heads, sq, d + 1]
     del out, lse

@@ -17,6 +17,7 @@ kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -34,6 +35,10 @@ from planc.backends.torch.runtime.vocab_layout import EMBED, LM_HEAD
 from planc.backends.torch.weights import ShardReader
 
 
+def greedy(logits: Tensor) -> Tensor:
+    return logits.argmax(dim=-1)
+
+
 class DecodeModel(nn.Module):
     """The stage's layers with cached attention; `forward` runs one step of one microbatch."""
 
@@ -47,6 +52,7 @@ class DecodeModel(nn.Module):
         else:  # none, or tied to the stage's embedding: held (and counted) once, there
             self.lm_head = lm_head
         self.vocab_slice, self.vocab_group = ctx.layout.vocab_slice, ctx.dim_group("vocab")
+        self.vocab = ctx.cfg.model.vocab or 0
         # Plain lists: the attention blocks are already children of stage.layers (weight_bytes
         # counts them once), and the cache is not a weight.
         self.layers = [cast(DecoderLayer, layer) for layer in stage.layers]
@@ -73,35 +79,65 @@ class DecodeModel(nn.Module):
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for kv in self.cache for t in kv)
 
-    def forward(self, x: Tensor, rope: Rope, rows: slice, slots: Slots, prefill: bool) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        rows: slice,
+        slots: Slots,
+        prefill: bool,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """x: token ids [r, s] on the first stage, else the received hidden [r, s, hidden] (the
-        stage owns it). Returns the hidden to send on, or the final norm on the last stage."""
+        stage owns it); mask: the cache slots a decode step sees (CachedAttention). Returns the
+        hidden to send on, or the final norm on the last stage."""
         if self.stage.embed is not None:
             x = self.stage.lookup(x)
         for layer, attn, (k, v) in zip(self.layers, self.attns, self.cache):
-            x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill))
+            x.add_(attn(x, rope, (k[rows], v[rows]), slots, prefill, mask))
             x.add_(layer.mlp(x))
         if self.stage.norm is not None:
             return self.stage.norm(x)
         return x
 
-    def next_tokens(self, h: Tensor, prefill: bool) -> Tensor:
-        """Greedy tokens [r] (int64) from the last stage's final norm h [r, s, hidden]: the
-        prompt's last position after prefill, the one new position after a step."""
+    def next_tokens(
+        self,
+        h: Tensor,
+        prefill: bool,
+        choose: Callable[[Tensor], Tensor] = greedy,
+        last: Tensor | None = None,
+    ) -> Tensor:
+        """Tokens [r] (int64) that `choose` picks from the logits [r, vocab] of the last stage's
+        final norm h [r, s, hidden]: at the prompt's last position after prefill (per row:
+        local index `last` [r], -1 where another rank of the sequence group holds it, for
+        prompts of different lengths), the new one after a step."""
         assert self.lm_head is not None
         if not prefill:
-            return self._greedy(h[:, -1])
-        if self.holds_last:  # the whole vocabulary group holds it (no seq split on its axes)
-            tok = self._greedy(h[:, self.last_index])
+            return self._choose(h[:, -1], choose)
+        if last is not None:
+            rows = torch.arange(h.shape[0], device=h.device)
+            tok = self._choose(h[rows, last.clamp(min=0)], choose)
+            if self.seq_group is not None:  # one rank of the group holds each row's last token
+                tok = torch.where(last >= 0, tok, 0)
+                dist.all_reduce(tok, group=self.seq_group)
+            return tok
+        if self.holds_last:
+            tok = self._choose(h[:, self.last_index], choose)
         else:
             tok = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
         if self.seq_group is not None:
             dist.broadcast(tok, src=self.last_src, group=self.seq_group)
         return tok
 
-    def _greedy(self, h: Tensor) -> Tensor:
+    def _choose(self, h: Tensor, choose: Callable[[Tensor], Tensor]) -> Tensor:
+        """The tokens `choose` picks from h [r, hidden]'s logits. Greedy agrees on the argmax
+        over a vocabulary split (16 bytes a row); sampling needs the whole vocabulary's logits
+        on every rank of the group, so that every rank draws the same token."""
         assert self.lm_head is not None
-        return vocab_parallel.greedy_tokens(h, self.lm_head, self.vocab_slice, self.vocab_group)
+        if choose is greedy:
+            return vocab_parallel.greedy_tokens(h, self.lm_head, self.vocab_slice,
+                                                self.vocab_group)
+        return choose(vocab_parallel.all_logits(h, self.lm_head, self.vocab, self.vocab_group))
 
 
 def load_decode(ctx: RankContext, reader: ShardReader) -> DecodeModel:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -43,8 +43,12 @@ from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.load_progress import with_progress
 from planc.backends.torch.runtime.model import weight_bytes
 from planc.backends.torch.runtime.program import load_with
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.textgen import TextBatch
 
 
 @dataclass
@@ -56,8 +60,9 @@ class DecodeResult:
 
 
 def load(ctx: RankContext, checkpoint: str) -> DecodeModel:
-    """This rank's stage, lm_head and KV cache; memory peaks restart from here."""
-    return load_with(ctx, checkpoint, load_decode)
+    """This rank's stage, lm_head and KV cache (a progress bar on rank 0's terminal); memory
+    peaks restart from here."""
+    return load_with(ctx, checkpoint, with_progress(load_decode))
 
 
 def _now(ctx: RankContext) -> float:
@@ -67,11 +72,18 @@ def _now(ctx: RankContext) -> float:
 
 
 def generate(
-    ctx: RankContext, model: DecodeModel, prompt: Tensor | None, ropes: list[Rope]
+    ctx: RankContext,
+    model: DecodeModel,
+    prompt: Tensor | None,
+    ropes: list[Rope],
+    text: TextBatch | None = None,
 ) -> tuple[float, float, Tensor | None]:
-    """One greedy decode of this rank's rows: (seconds to its step-0 end, to its end, tokens)."""
+    """One decode of this rank's rows: (seconds to its step-0 end, to its end, tokens). Greedy
+    over equal-length prompts, or with `text` real prompts (right-padded to the context): its
+    per-row positions, cache mask, token choice and stop (runtime/textgen.py)."""
     cfg, lay = ctx.cfg, ctx.layout
-    nmb, r, steps = cfg.microbatches, lay.micro_rows, cfg.generate
+    nmb, r = cfg.microbatches, lay.micro_rows
+    steps = cfg.generate if text is None else text.steps
     sp, part = lay.parts("seq"), lay.part("seq")
     slots = [step_slots(cfg, lay.positions, sp, part, t) for t in range(steps)]
     p, k = lay.n_stages, lay.stage
@@ -82,7 +94,8 @@ def generate(
 
     tokens = None
     if lay.is_last_stage:
-        tokens = torch.empty((len(lay.batch_rows), steps), device=ctx.device, dtype=torch.long)
+        tokens = torch.zeros((len(lay.batch_rows), cfg.generate), device=ctx.device,
+                             dtype=torch.long)  # fmt: skip
     inbox: dict[int, Tensor] = {}  # item -> its received input (hidden state or token ids)
     exchange: tuple[list[dist.P2POp], list[dist.Work]] = ([], [])
     ttft = 0.0
@@ -104,16 +117,24 @@ def generate(
             else:  # one stage: the tokens it just chose
                 assert tokens is not None
                 x = tokens[rows, t - 1 : t]
-            y = model(x, ropes[t], rows, slots[t], t == 0)
+            if text is None or t == 0:
+                y = model(x, ropes[t], rows, slots[t], t == 0)
+            else:
+                y = model(x, text.rope(rows, t), rows, slots[t], False, text.mask(rows, slots[t]))
             del x
             if nxt is None:
                 assert tokens is not None
-                y = tokens[rows, t] = model.next_tokens(y, t == 0)
+                if text is None:
+                    y = tokens[rows, t] = model.next_tokens(y, t == 0)
+                else:
+                    y = tokens[rows, t] = text.next_tokens(model, y, rows, t)
             if rnd.send:
                 ops.append(dist.P2POp(dist.isend, y, nxt if nxt is not None else back_to))
             del y
             if t == 0 and m == nmb - 1:
                 ttft = _now(ctx) - start
+            if text is not None and p == 1 and m == nmb - 1 and text.all_stopped():
+                break  # every rank runs every item when there is one stage: all agree
         if rnd.recv is not None:
             if k > 0:
                 n = len(slots[rnd.recv // nmb].positions)
@@ -139,6 +160,13 @@ def step_ropes(ctx: RankContext) -> list[Rope]:
     new = torch.arange(cfg.context, cfg.context + cfg.generate - 1, device=ctx.device)
     tab = rope_tables(new, m.head_dim, m.features, ctx.dtype)
     return [prompt] + [Rope(tab.cos[i : i + 1], tab.sin[i : i + 1]) for i in range(len(new))]
+
+
+def rope_at(ctx: RankContext, positions: Tensor) -> Rope:
+    """RoPE of one new token per row at `positions` [r]: tables [r, 1, 1, head_dim // 2]."""
+    m = ctx.cfg.model
+    tab = rope_tables(positions, m.head_dim, m.features.rope_theta, ctx.dtype)
+    return Rope(tab.cos[:, None], tab.sin[:, None])
 
 
 def run(ctx: RankContext, model: DecodeModel) -> DecodeResult:

@@ -98,11 +98,13 @@ def headdim_attention(
     *,
     causal: bool = True,
     scale: float | None = None,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's head_dim slice of softmax(q k^T / sqrt(head_dim) [+ mask]) v.
 
     head_dim is the full head dimension: head_dim/m (local) times dim_group's size.
-    dim_group None means m == 1: no head_dim split, no communication.
+    dim_group None means m == 1: no head_dim split, no communication. keys: which keys each
+    row sees, bool broadcastable to [b, 1, 1, sk] (a decode step's padded cache slots).
     """
     m = dist.get_world_size(dim_group) if dim_group is not None else 1
     b, heads, sq, d_local = q.shape
@@ -118,6 +120,8 @@ def headdim_attention(
     scores.mul_(scale)
     if causal:
         scores.masked_fill_(~_causal_mask(sq, sk, q.device), float("-inf"))
+    if keys is not None:
+        scores.masked_fill_(~keys.reshape(keys.shape[0], 1, 1, 1, sk), float("-inf"))
     scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
     scores.div_(scores.sum(dim=-1, keepdim=True))
     probs = scores.to(v.dtype)  # the same tensor in float32
