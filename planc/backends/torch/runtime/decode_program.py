@@ -165,7 +165,7 @@ def step_ropes(ctx: RankContext) -> list[Rope]:
 def rope_at(ctx: RankContext, positions: Tensor) -> Rope:
     """RoPE of one new token per row at `positions` [r]: tables [r, 1, 1, head_dim // 2]."""
     m = ctx.cfg.model
-    tab = rope_tables(positions, m.head_dim, m.features.rope_theta, ctx.dtype)
+    tab = rope_tables(positions, m.head_dim, m.features, ctx.dtype)
     return Rope(tab.cos[:, None], tab.sin[:, None])
 
 
