@@ -7,10 +7,12 @@ can beat it:
                                             link time)
   and a forward-only pipeline of S stages and M microbatches needs at least
   sum_s t_s + (M - 1) * max_s t_s.
-Compulsory HBM bytes are the weights read once per step, plus once more per further
-microbatch for the part that does not fit L2 (zero for a fit-cache stage, whose weights may stay
-in L2), plus the stage's input and output (for a decode step: the whole KV cache); intermediate
-activations are not counted because a fused kernel could keep them on chip.
+Compulsory HBM bytes are the weights read once per step (zero for a fit-cache stage, whose
+weights may stay in L2; planc's runtime re-reads them per microbatch, which a layer-major
+schedule avoids), plus the stage's input and output (for a decode step: the whole KV cache);
+intermediate activations are not counted because a fused kernel could keep them on chip. Per
+microbatch these are averaged: the slowest stage does all M microbatches' work (M x its
+average), and the others' fill and drain are at least one microbatch's share each.
 
 Link time: a device's intra-node and inter-node links run concurrently, and so do the
 inter-node links of every device of a node. Two necessary conditions, whichever is slower:
@@ -177,14 +179,13 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     div = (nmb if per_mb else 1) * phase_steps(graph, phase)
     flops = Fraction(sum(o.flops * o.calls for o in cls.ops if in_phase(o.name, phase)), div)
     weights = cls.memory["weights"] if not cls.cache_resident else 0
-    # Each microbatch runs every layer of the stage, so it must read the weights again, except
-    # what L2 can keep between microbatches: at least weights + (nmb - 1) x (weights - L2).
-    reread = max(0, weights - graph.cache_capacity) * (nmb - 1)
+    # The weights are read once per step: planc's runtime reads them again for every
+    # microbatch, but a schedule that runs each layer over all its microbatches need not.
     if phase == "decode":  # per step: the weights and the whole KV cache
-        hbm = Fraction(weights + reread + cls.memory.get("kv_cache", 0), nmb if per_mb else 1)
+        hbm = Fraction(weights + cls.memory.get("kv_cache", 0), nmb if per_mb else 1)
     else:
         io = sum(b.bytes for b in cls.buffers if b.role == "io")
-        hbm = Fraction(weights + reread + io, nmb if per_mb else 1)
+        hbm = Fraction(weights + io, nmb if per_mb else 1)
     device, inter = Fraction(0), Fraction(0)
     for c in cls.collectives:
         if not in_phase(c.after, phase):

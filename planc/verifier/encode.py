@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import cache
-from fractions import Fraction
 from functools import reduce
 from math import prod
 

@@ -93,3 +93,15 @@ def test_headroom_for_a_plan_without_requires_is_unchanged_by_claims():
     assert all(c.memory["peak"] <= c.memory["capacity"] for c in g.classes)
     g2 = lower(replace(plan, workload=replace(plan.workload, batch=b + 8)))
     assert any(c.memory["peak"] > c.memory["capacity"] for c in g2.classes)
+
+
+def test_headroom_and_maximize_batch_agree_under_a_memory_require(tmp_path):
+    """Was: headroom said 150 where `require memory <= 90%` fails and `maximize batch` gave 129."""
+    text = plan_text(PP_TP + "  require memory <= 50%\n")
+    spec, _ = resolve_text(text)
+    largest = min(headroom(spec.plans[0])["batch"].values())
+    f = tmp_path / "h.plan"
+    f.write_text(text.replace("batch 128", "batch ?").replace(
+        "require memory <= 50%", "require memory <= 50%\n  maximize batch"))
+    [p] = check_paths([f]).plans
+    assert p.extra["synthesis"]["values"]["batch"] == largest
