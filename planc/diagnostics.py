@@ -113,8 +113,9 @@ class Diagnostics:
         return any(d.severity == "error" for d in self.items)
 
     def sorted(self) -> list[Diagnostic]:
-        """In report order, at most MAX_REPORTED, then a note counting the ones left out."""
-        items = sorted(self.items, key=Diagnostic.sort_key)
+        """In report order, each once (a line inherited with `from` is resolved in every block
+        that inherits it), at most MAX_REPORTED, then a note counting the ones left out."""
+        items = sorted(dict.fromkeys(self.items), key=Diagnostic.sort_key)
         if len(items) <= MAX_REPORTED:
             return items
         rest = items[MAX_REPORTED:]

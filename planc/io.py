@@ -19,7 +19,8 @@ class OutputError(PlancError, OSError):
 
     def __init__(self, path: str | Path, err: OSError):
         reason = err.strerror or str(err)
-        super().__init__(Diagnostic("U003", f"cannot write {printable(str(path))}: {reason}", None, "error",
+        super().__init__(Diagnostic("U003", f"cannot write {printable(str(path))}: {reason}",
+                                    None, "error",
                                     "check that the directory exists and can be written"))
         self.errno, self.strerror, self.filename = err.errno, reason, str(path)
 

@@ -190,7 +190,8 @@ def find_plan(path: str | Path, name: str | None, diags: Diagnostics,
     if name is None:
         if len(spec.plans) == 1:
             return spec.plans[0], text
-        diags.error("E004", f"{printable(str(path))} has {len(spec.plans)} plans; choose one with --plan",
+        diags.error("E004", f"{printable(str(path))} has {len(spec.plans)} plans; choose one "
+                    "with --plan",
                     None, f"plans: {', '.join(p.name for p in spec.plans) or 'none'}")
         return None, text
     for p in spec.plans:

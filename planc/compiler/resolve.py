@@ -396,8 +396,9 @@ def _no_plan(file: ast.PlanFile, diags: Diagnostics) -> None:
                     "nothing to check", start, "a .plan file holds at least one `plan NAME { }`")
     else:
         first = file.blocks[0].name.span
-        diags.warning("W005", f"{printable(file.path)} declares {len(file.blocks)} block(s) but no plan: "
-                      "nothing is verified", first, "add a `plan NAME { ... }` that uses them")
+        diags.warning("W005", f"{printable(file.path)} declares {len(file.blocks)} block(s) "
+                      "but no plan: nothing is verified", first,
+                      "add a `plan NAME { ... }` that uses them")
 
 
 def _device(b: ast.Block, diags: Diagnostics) -> DeviceSpec | None:

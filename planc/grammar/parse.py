@@ -114,7 +114,8 @@ def read_source(path: str | Path) -> str:
     if not p.exists():
         raise _fail("P001", f"no such file: {printable(str(path))}", None, "check the path")
     if not p.is_file():
-        raise _fail("P001", f"{printable(str(path))} is not a regular file", None, "give a .plan file")
+        raise _fail("P001", f"{printable(str(path))} is not a regular file", None,
+                    "give a .plan file")
     try:
         size = p.stat().st_size
         if size > MAX_SOURCE_BYTES:  # refused without reading it

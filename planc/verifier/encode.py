@@ -241,7 +241,8 @@ def _layout(dim: str, D: int, n: int, zig: bool):  # type: ignore[no-untyped-def
     return (lambda r, z: [(r * c, (r + 1) * c, D)], lambda i, z: i / c, "contiguous")
 
 
-def _exact_cover(dim: str, D: int, n: int, zig: bool, span) -> Obligation:  # type: ignore[no-untyped-def]
+def _exact_cover(dim: str, D: int, n: int, zig: bool,  # type: ignore[no-untyped-def]
+                 span) -> Obligation:
     ranges, witness, layout = _layout(dim, D, n, zig)
 
     def owns(r, i, z):  # type: ignore[no-untyped-def]

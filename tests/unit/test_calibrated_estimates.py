@@ -19,7 +19,8 @@ device H100_measured from H100 {
   latency   50 us
 }
 """
-BODY = "  mesh pp=2, tp=8\n  shard layers over pp microbatches 4\n  shard heads, kv_heads, ffn over tp\n"
+BODY = ("  mesh pp=2, tp=8\n  shard layers over pp microbatches 4\n"
+        "  shard heads, kv_heads, ffn over tp\n")
 
 
 def plans():  # type: ignore[no-untyped-def]

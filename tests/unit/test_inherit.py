@@ -91,3 +91,11 @@ def test_a_cycle_of_from_is_reported_once_with_the_chain():
     errs = [(d.code, d.span.line, d.message) for d in diags if d.severity == "error"]
     assert errs == [("E007", 2, "workload 'b' inherits from itself: a -> b -> a"),
                     ("E007", 3, "workload 's' inherits from itself: s -> s")]
+
+
+def test_an_error_in_an_inherited_line_is_reported_once_where_it_is_written():
+    _, diags = resolve_text("model m { layers 2; hidden 64; heads 8; ffn 128; layrs 3 }\n"
+                            "model m2 from m { layers 4 }\n"
+                            "model m3 from m2 { layers 8 }\n")
+    assert [(d.code, d.span.line, d.span.column) for d in diags
+            if d.severity == "error"] == [("E012", 1, 50)]

@@ -134,7 +134,7 @@ MUTATIONS = [
     ("experts on a dense model", "dense", "shard    heads, kv_heads, ffn over tp",
      "shard    heads, kv_heads, ffn, experts over tp", "E053", "shard    heads"),
     ("top_k above the expert count", "moe", "top_k    2", "top_k    32", "E016", "top_k"),
-    # 4040 is not a multiple of the ring of 16 (4048 is, and runs in contiguous chunks)
+    # 4040 is not a multiple of 16 (4048 is: it runs in contiguous chunks, without zig-zag)
     ("seq % ring", "ring", "seq   4096", "seq   4040", "V207", "shard    seq"),
     ("head_dim split breaks RoPE pairs", "headdim", "head_dim 128", "head_dim 36",
      "V310", "shard    head_dim"),
@@ -188,7 +188,7 @@ RUNTIME_LIMITS = [
      "ffn      16392", "V211", "compress mlp"),
     ("heads not a multiple of kv_heads", "dense", "kv_heads 8", "kv_heads 12", "E018",
      "kv_heads 12"),
-    ("gather needs seq divisible by the ring too", "ring", "attention ring\n",
+    ("gather needs the sequence to split over the ring too", "ring", "attention ring\n",
      "attention gather\n", "V207", "shard    seq"),
 ]
 

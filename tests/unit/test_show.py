@@ -235,6 +235,5 @@ def test_graph_escapes_names(tmp_path):
 def test_ring_chunks_are_contiguous_when_the_sequence_is_one_chunk_per_rank():
     text = plan_text("  mesh sp=16\n  shard seq over sp attention ring\n").replace(
         "seq   2048", "seq   16400")  # 16 x 1025: no zig-zag
-    spec, diags = resolve_text(text)
-    plan = spec.plans[0]
-    assert holds(plan, {"sp": 3}) == ("seq 3075-4099",)
+    spec, _ = resolve_text(text)
+    assert holds(spec.plans[0], {"sp": 3}) == ("seq 3075-4099",)

@@ -97,7 +97,6 @@ def _rates(device: str, quick: bool) -> dict[str, float]:
     x = torch.empty((4 * MiB if quick else GiB) // 2, device=device, dtype=torch.bfloat16)
     y = torch.empty_like(x)
     hbm = 2 * x.numel() * x.element_size() / _timed(lambda: y.copy_(x), device, reps)
-    del a, b, q, x, y
     return {"gemm": gemm, "attention": attention, "hbm": hbm}
 
 

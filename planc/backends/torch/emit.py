@@ -105,7 +105,8 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
     m = cfg.model
     mesh = " x ".join(f"{a!r}={s}" for a, s in cfg.mesh)
     mesh_line = (
-        f"# mesh {mesh}: {plural(cfg.world_size, 'rank')}, rank = row-major index of the coordinates"
+        f"# mesh {mesh}: {plural(cfg.world_size, 'rank')}, rank = row-major index of the "
+        "coordinates"
         " (last axis fastest)"
     )
     model_line = (
