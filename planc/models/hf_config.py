@@ -417,7 +417,7 @@ def _rope(m: _Mapper, defaults: dict[str, Any]) -> None:
                   f"{shown(value) if hf_key in params else 'missing'}; {rope_type} rope "
                   f"scaling needs a positive {'whole ' if integral else ''}number", key)
             continue
-        m.put(plan_key, value if integral else float(value), key)
+        m.put(plan_key, value if integral else float(value), key)  # type: ignore[arg-type]
 
 
 def _window(m: _Mapper, family: Family) -> None:

@@ -394,3 +394,30 @@ def test_a_workload_past_the_trained_length_is_a_warning_at_the_workload(tmp_pat
     assert w.related[0].span.file.endswith("config.json")
     checkpoint(tmp_path, {**FAMILY_CONFIGS["mistral"], "max_position_embeddings": 64})
     assert not [d for d in resolved(plan_file(tmp_path))[1] if d.code == "W071"]
+
+
+PUBLISHED = ROOT / "tests" / "unit" / "data" / "hf_configs"  # shaped as the hub's config.json
+
+
+@pytest.mark.parametrize("name, expected", [
+    # (layers, hidden, heads, kv_heads, head_dim, ffn, vocab, experts, top_k, tied, theta)
+    ("llama3.2_1b_instruct", (16, 2048, 32, 8, 64, 8192, 128256, 0, 0, True, 500000.0)),
+    ("mistral_7b_v0.1", (32, 4096, 32, 8, 128, 14336, 32000, 0, 0, False, 10000.0)),
+    ("qwen2.5_7b_instruct", (28, 3584, 28, 4, 128, 18944, 152064, 0, 0, False, 1e6)),
+    ("qwen3_8b", (36, 4096, 32, 8, 128, 12288, 151936, 0, 0, False, 1e6)),
+    ("mixtral_8x7b_v0.1", (32, 4096, 32, 8, 128, 14336, 32000, 8, 2, False, 1e6)),
+    ("qwen3_30b_a3b", (48, 2048, 32, 4, 128, 768, 151936, 128, 8, False, 1e6)),
+])
+def test_published_configs_read_without_a_diagnostic(tmp_path, name, expected):
+    p = plan_file(tmp_path, str(PUBLISHED / f"{name}.json"))  # an absolute path is fine too
+    spec, diags = resolved(p)
+    assert not diags.items, [d.message for d in diags]  # not even an unread-field warning
+    m = spec.models["m"]
+    assert (m.layers, m.hidden, m.heads, m.kv_heads, m.head_dim, m.ffn, m.vocab, m.experts,
+            m.top_k, m.features.tie_embeddings, m.features.rope_theta) == expected
+
+
+def test_mistral_7b_v01_window_refuses_a_context_past_4096(tmp_path):
+    rest = REST.replace("seq   64", "seq   8192")
+    errs = errors(plan_file(tmp_path, str(PUBLISHED / "mistral_7b_v0.1.json"), rest=rest))
+    assert [e[0] for e in errs] == ["E077"] and "4,096" in errs[0][4]

@@ -133,6 +133,7 @@ def compare_models(plan_model: ModelSpec, ckpt: ModelSpec, weights: str,
             continue
         at = ckpt.spans.get(key)
         plan_at = plan_model.spans.get(key)
+        related: tuple[Related, ...]
         if plan_at is not None:
             related = (Related(plan_at, f"the plan's {key} is set here"),)
         elif plan_model.span is not None:
