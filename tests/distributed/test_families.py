@@ -135,8 +135,8 @@ def cases() -> list[tuple[str, str, RunConfig]]:
 MISMATCHES = [
     # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
     # is the checkpoint's Qwen2 class, which has them
-    ("qwen2-as-llama/tp2/prefill", "qwen2", dataclasses.replace(
-        run_config("qwen2", "tp2", "prefill"),
+    ("qwen2-as-llama/pp2/prefill", "qwen2", dataclasses.replace(
+        run_config("qwen2", "pp2", "prefill"),
         model=ModelDims(**{**DENSE, "features": ModelFeatures("llama", 1e6, norm_eps=1e-6)}))),
     # the plan's rope theta is not the checkpoint's (an untied model: a tied one's tiny random
     # logits favour the input token whatever the rotation)
@@ -207,10 +207,12 @@ def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], na
 def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
     family_results: dict[str, Any],
 ) -> None:
-    got = family_results["qwen2-as-llama/tp2/prefill"]
+    got = family_results["qwen2-as-llama/pp2/prefill"]
     assert got["reference"]["ok"] is False
     assert got["reference"]["first_difference"] == {"sequence": 0, "position": 0}
+    assert got["reference"]["first_layer"] == 0  # the biases are in every layer
     assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
+    assert "first differs after layer 0" in got["exit"]
 
 
 def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(
@@ -271,17 +273,45 @@ plan p {{
 """
 
 
-def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
-    tmp_path: Path,
-) -> None:
-    """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
-    the plan says 10000. The run finishes, prints its metrics and exits 1 naming the place."""
+def theta_checkpoint(tmp_path: Path) -> Path:
+    """A llama checkpoint whose config.json says rope_theta 500000."""
     from planc.backends.torch.reference import save_random_checkpoint
 
     ckpt = tmp_path / "ckpt"
     right = dataclasses.replace(run_config("llama", "tp2", "prefill"), model=ModelDims(
         **{**DENSE, "features": ModelFeatures("llama", 500000.0)}))
     save_random_checkpoint(right, ckpt)
+    return ckpt
+
+
+def test_emitted_program_exits_1_when_its_output_differs_from_the_checkpoints_class(
+    tmp_path: Path,
+) -> None:
+    """The program of a plan that says rope_theta 10000, run (no pre-flight) on a checkpoint
+    whose config.json says 500000: rank 0 writes the metrics, then exits 1 with the place; the
+    launcher raises OutputDiffers carrying them."""
+    from planc.backends.torch.emit import emit_program
+    from planc.backends.torch.launch import OutputDiffers, run_program
+
+    ckpt = theta_checkpoint(tmp_path)
+    cfg = dataclasses.replace(run_config("llama", "tp2", "prefill"), model=ModelDims(
+        **{**DENSE, "features": ModelFeatures("llama", 10000.0)}))
+    prog = tmp_path / "prog.py"
+    prog.write_text(emit_program(cfg, plan_name="p", source_file="p.plan"))
+    with pytest.raises(OutputDiffers, match=r"first at sequence \d+, position \d+") as e:
+        run_program(prog, nproc=2, device="cpu", weights=ckpt, timeout_s=120)
+    assert e.value.metrics["reference"]["ok"] is False
+    assert e.value.metrics["max_rel_error"] > 0.01  # five times the float32 tolerance
+    assert "first differs after layer" in str(e.value)
+
+
+def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
+    the plan says 10000. With no pre-flight to refuse it before launch, the run finishes, prints
+    its metrics and exits 1 naming the place."""
+    ckpt = theta_checkpoint(tmp_path)
     (tmp_path / "p.plan").write_text(PLAN.format(theta=10000))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "planc", "run", str(tmp_path / "p.plan"), "--weights", str(ckpt),

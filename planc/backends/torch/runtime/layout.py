@@ -171,8 +171,9 @@ class Layout:
         return even_range(self.cfg.model.ffn, self.parts("ffn"), self.part("ffn"))
 
 
-def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
-    """(rank, batch rows, seq positions) of one holder of every tile of the final output.
+def output_tiles(cfg: RunConfig, stage: int | None = None) -> list[tuple[int, range, list[int]]]:
+    """(rank, batch rows, seq positions) of one holder of every tile of the final output (or of
+    the residual stream of pipeline stage `stage`).
 
     The last stage holds the output; ranks that differ only on tensor-parallel axes hold equal
     copies, so the holder of a tile is the one with coordinate 0 on every such axis.
@@ -183,7 +184,7 @@ def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
     for rank in range(cfg.world_size):
         lay = Layout(cfg, rank)
         c = lay.coords
-        if not lay.is_last_stage or any(
+        if lay.stage != (lay.n_stages - 1 if stage is None else stage) or any(
             c[a] != 0 for a, _ in cfg.mesh if a not in data_axes and a not in stage_axes
         ):
             continue
