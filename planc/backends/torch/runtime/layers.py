@@ -133,9 +133,6 @@ class Rope:
     sin: Tensor
 
 
-ROPE_TYPES = ("default", "llama3")
-
-
 def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
     """RoPE's float32 angle per position of each pair [head_dim // 2], as Hugging Face computes
     it for the features' rope type: theta ** (-2i / head_dim), then for `llama3` the transform of
@@ -147,11 +144,8 @@ def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
     kind, p = features.rope_type, dict(features.rope_scaling)
     if kind == "default":
         return base
-    if kind != "llama3":
-        raise ValueError(
-            f"rope scaling {kind!r} is not implemented by the runtime (it implements "
-            f"{', '.join(ROPE_TYPES)}); a plan from such a checkpoint would run a different model"
-        )
+    # layout.config_errors refuses other types before a rank starts
+    assert kind == "llama3", kind
     factor = float(p["factor"])
     low, high = float(p["low_freq_factor"]), float(p["high_freq_factor"])
     old = float(p["original_max_position_embeddings"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planc.backends.torch.runtime.config import RunConfig
+from planc.backends.torch.runtime.config import ROPE_PARAMETERS, RunConfig
 from planc.backends.torch.runtime.decode_layout import decode_errors
 
 SPLIT_DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
@@ -192,6 +192,14 @@ def output_tiles(cfg: RunConfig, stage: int | None = None) -> list[tuple[int, ra
     return tiles
 
 
+def _rope_errors(kind: str, params: dict[str, object]) -> list[str]:
+    if kind not in ROPE_PARAMETERS:
+        return [(f"rope scaling {kind!r} is not implemented by the runtime (it implements "
+                 f"{', '.join(ROPE_PARAMETERS)}): the run would compute another model")]
+    missing = [k for k in ROPE_PARAMETERS[kind] if k not in params]
+    return [f"rope scaling {kind!r} needs {', '.join(missing)}"] if missing else []
+
+
 def config_errors(cfg: RunConfig) -> list[str]:
     """Everything that would make this runtime slice wrongly, as messages with the numbers.
 
@@ -230,6 +238,7 @@ def config_errors(cfg: RunConfig) -> list[str]:
         errs.append(f"seq = {cfg.seq} is not divisible by the {2 * sp} zigzag chunks of {sp} parts")
     if m.heads % m.kv_heads:
         errs.append(f"heads = {m.heads} is not a multiple of kv_heads = {m.kv_heads}")
+    errs += _rope_errors(m.features.rope_type, dict(m.features.rope_scaling))
     tp = product(cfg, cfg.splits.get("heads", ()))
     kv_axes = cfg.splits.get("kv_heads")
     if kv_axes is not None and kv_axes != cfg.splits.get("heads", ()):
