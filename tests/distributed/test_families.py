@@ -7,7 +7,8 @@ transformers config class (no hub) and its real features on:
   qwen3: q/k RMSNorm, tied embeddings, head_dim independent of hidden / heads; also split
          heads x head_dim (the q/k norm's sum of squares all-reduced over the head_dim group);
   mistral: GQA; a bf16 checkpoint in several safetensors shards;
-  mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them);
+  mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them, and a
+           checkpoint of the fused mlp.experts.gate_up_proj layout transformers 5 holds);
   qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names).
 
 save_pretrained writes each checkpoint in the test process, sharded (max_shard_size) for some;
@@ -70,8 +71,9 @@ MESHES: dict[str, tuple[Mesh, dict[str, tuple[str, ...]], dict[str, Any]]] = {
 }
 
 
-def make_checkpoint(family: str, path: Path) -> None:
-    """A seeded random model written by save_pretrained from the family's own config class."""
+def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
+    """A seeded random model written by save_pretrained from the family's own config class; with
+    fused, its in-memory state dict as it is (transformers 5's fused experts, gate_up_proj)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -106,7 +108,16 @@ def make_checkpoint(family: str, path: Path) -> None:
                 p.uniform_(0.5, 1.5)
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.5)
-    model.to(dtype).save_pretrained(str(path), **({"max_shard_size": shard} if shard else {}))
+    model.to(dtype)
+    if fused:
+        from safetensors.torch import save_file
+
+        model.config.save_pretrained(str(path))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        assert any(k.endswith("experts.gate_up_proj") for k in state)
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    model.save_pretrained(str(path), **({"max_shard_size": shard} if shard else {}))
 
 
 def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
@@ -120,8 +131,10 @@ def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
 
 
 def cases() -> list[tuple[str, str, RunConfig]]:
-    """(name, family, config) of every case: each family under each of its meshes and phases."""
-    out = []
+    """(name, checkpoint, config) of every case: each family under each of its meshes and
+    phases, and a Mixtral checkpoint in transformers 5's fused expert layout."""
+    out = [(f"mixtral-fused/{mesh}/{phase}", "mixtral-fused", run_config("mixtral", mesh, phase))
+           for mesh, phase in (("tp2", "prefill"), ("ep2", "decode"))]
     for family, (dims, _, _, _) in FAMILIES.items():
         meshes = ["single", "tp2", "pp2"] + (["ep2"] if dims["arch"] == "mixtral" else [])
         meshes += {"llama": ["ring2"], "qwen3": ["headdim2"]}.get(family, [])
@@ -135,8 +148,8 @@ def cases() -> list[tuple[str, str, RunConfig]]:
 MISMATCHES = [
     # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
     # is the checkpoint's Qwen2 class, which has them
-    ("qwen2-as-llama/tp2/prefill", "qwen2", dataclasses.replace(
-        run_config("qwen2", "tp2", "prefill"),
+    ("qwen2-as-llama/pp2/prefill", "qwen2", dataclasses.replace(
+        run_config("qwen2", "pp2", "prefill"),
         model=ModelDims(**{**DENSE, "features": ModelFeatures("llama", 1e6, norm_eps=1e-6)}))),
     # the plan's rope theta is not the checkpoint's (an untied model: a tied one's tiny random
     # logits favour the input token whatever the rotation)
@@ -148,7 +161,8 @@ MISMATCHES = [
 
 
 def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], root: str) -> None:
-    """Every case in this one process group: load, run, report (rank 0 compares with HF)."""
+    """Every (name, checkpoint directory, config) in this one process group: load, run, report
+    (rank 0 compares with HF)."""
     from contextlib import closing
 
     from planc.backends.torch.runtime import decode_program, program
@@ -157,8 +171,8 @@ def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], ro
     from planc.backends.torch.weights import ShardReader
 
     results: dict[str, Any] = {}
-    for name, family, cfg in todo:
-        ckpt = str(Path(root) / family)
+    for name, checkpoint, cfg in todo:
+        ckpt = str(Path(root) / checkpoint)
         ctx = make_context(cfg, torch.device("cpu"))
         prog: Any = decode_program if cfg.phase == "decode" else program
         model = prog.load(ctx, ckpt)
@@ -189,6 +203,7 @@ def family_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("families")
     for family in FAMILIES:
         make_checkpoint(family, root / family)
+    make_checkpoint("mixtral", root / "mixtral-fused", fused=True)
     spawn(partial(_worker, todo=cases() + MISMATCHES, root=str(root)), 2, timeout=400.0)
     results = json.loads((root / "results.json").read_text())
     results["__root__"] = str(root)
@@ -207,10 +222,12 @@ def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], na
 def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
     family_results: dict[str, Any],
 ) -> None:
-    got = family_results["qwen2-as-llama/tp2/prefill"]
+    got = family_results["qwen2-as-llama/pp2/prefill"]
     assert got["reference"]["ok"] is False
     assert got["reference"]["first_difference"] == {"sequence": 0, "position": 0}
+    assert got["reference"]["first_layer"] == 0  # the biases are in every layer
     assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
+    assert "first differs after layer 0" in got["exit"]
 
 
 def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(
@@ -271,19 +288,46 @@ plan p {{
 """
 
 
-def test_a_checkpoint_whose_config_disagrees_is_refused_before_launch_and_fails_if_run(
-    tmp_path: Path,
-) -> None:
-    """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
-    the plan says 10000. `planc run` refuses it before launch (R012); the emitted program, run
-    by hand under torchrun past that check, finishes, prints its metrics and exits 1 (R004),
-    naming the place where the outputs first differ."""
+def theta_checkpoint(tmp_path: Path) -> Path:
+    """A llama checkpoint whose config.json says rope_theta 500000."""
     from planc.backends.torch.reference import save_random_checkpoint
 
     ckpt = tmp_path / "ckpt"
     right = dataclasses.replace(run_config("llama", "tp2", "prefill"), model=ModelDims(
         **{**DENSE, "features": ModelFeatures("llama", 500000.0)}))
     save_random_checkpoint(right, ckpt)
+    return ckpt
+
+
+def test_emitted_program_exits_1_when_its_output_differs_from_the_checkpoints_class(
+    tmp_path: Path,
+) -> None:
+    """The program of a plan that says rope_theta 10000, run (no pre-flight) on a checkpoint
+    whose config.json says 500000: rank 0 writes the metrics, then exits 1 with the place; the
+    launcher raises OutputDiffers carrying them."""
+    from planc.backends.torch.emit import emit_program
+    from planc.backends.torch.launch import OutputDiffers, run_program
+
+    ckpt = theta_checkpoint(tmp_path)
+    cfg = dataclasses.replace(run_config("llama", "tp2", "prefill"), model=ModelDims(
+        **{**DENSE, "features": ModelFeatures("llama", 10000.0)}))
+    prog = tmp_path / "prog.py"
+    prog.write_text(emit_program(cfg, plan_name="p", source_file="p.plan"))
+    with pytest.raises(OutputDiffers, match=r"first at sequence \d+, position \d+") as e:
+        run_program(prog, nproc=2, device="cpu", weights=ckpt, timeout_s=120)
+    assert e.value.metrics["reference"]["ok"] is False
+    assert e.value.metrics["max_rel_error"] > 0.01  # five times the float32 tolerance
+    assert "first differs after layer" in str(e.value)
+
+
+def test_planc_run_refuses_a_checkpoint_whose_config_disagrees_before_launch(
+    tmp_path: Path,
+) -> None:
+    """The checkpoint's config.json says rope_theta 500000 (changed after the plan was written);
+    the plan says 10000: `planc run` refuses it before any rank starts (R012, pre-flight; the
+    test above shows the program itself failing when run past that check). The same plan with
+    the checkpoint's theta runs clean."""
+    ckpt = theta_checkpoint(tmp_path)
     (tmp_path / "p.plan").write_text(PLAN.format(theta=10000))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "planc", "run", str(tmp_path / "p.plan"), "--weights", str(ckpt),
@@ -291,16 +335,7 @@ def test_a_checkpoint_whose_config_disagrees_is_refused_before_launch_and_fails_
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 1, proc.stderr
     assert "error[R012]" in proc.stderr and "rope_theta" in proc.stderr, proc.stderr
-    prog = tmp_path / "prog.py"
-    emit = [sys.executable, "-m", "planc", "emit", str(tmp_path / "p.plan"), "-o", str(prog)]
-    subprocess.run(emit, check=True, env=env, timeout=60)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-              "2", str(prog), "--weights", str(ckpt), "--out", str(tmp_path / "m.json")]
-    proc = subprocess.run(launch, check=False, capture_output=True, text=True, env=env,
-                          timeout=200)
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "first at sequence" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    # the same plan with the checkpoint's theta runs clean
+    assert "running plan" not in proc.stderr, proc.stderr  # nothing launched
     (tmp_path / "p.plan").write_text(PLAN.format(theta=500000))
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 0, proc.stderr

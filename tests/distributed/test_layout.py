@@ -71,6 +71,24 @@ def test_output_tiles_come_from_the_last_stage_one_copy_per_data_slice(tiny, tp)
     ]
     pp_tp = tiny((("pp", 2), ("tp", 2)), {"layers": ("pp",), **tp("tp")}, stages=((0, 2), (2, 4)))
     assert output_tiles(pp_tp) == [(2, range(4), list(range(16)))]
+    # a layer's output on an earlier stage (runtime/diagnose.py)
+    assert output_tiles(pp_tp, stage=0) == [(0, range(4), list(range(16)))]
+
+
+@pytest.mark.parametrize(
+    ("scaling", "message"),
+    [
+        ((("rope_type", "yarn"), ("factor", 4.0)), "rope scaling 'yarn' is not implemented"),
+        ((("factor", 8.0), ("rope_type", "llama3")), "'llama3' needs low_freq_factor"),
+    ],
+)
+def test_a_rope_scaling_the_runtime_does_not_implement_is_refused_before_launch(
+    tiny, scaling, message
+):
+    cfg = tiny((("tp", 1),), {})
+    features = dataclasses.replace(cfg.model.features, rope_scaling=scaling)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, features=features))
+    assert any(message in e for e in config_errors(cfg)), config_errors(cfg)
 
 
 @pytest.mark.parametrize(

@@ -195,9 +195,16 @@ def load_hf(path: str | Path, *, causal_lm: bool) -> Any:
 
 
 def reference_output(
-    cfg: RunConfig, path: str | Path, device: torch.device, *, compressed: bool | None = None
-) -> Tensor:
-    """last_hidden_state [batch, seq, hidden] of transformers on the checkpoint, in float32.
+    cfg: RunConfig,
+    path: str | Path,
+    device: torch.device,
+    *,
+    compressed: bool | None = None,
+    all_layers: bool = False,
+) -> Any:
+    """last_hidden_state [batch, seq, hidden] of transformers on the checkpoint, in float32, or
+    with all_layers its output_hidden_states (the embeddings, each layer's output but the last,
+    then the last_hidden_state).
 
     compressed (default: whether cfg compresses): the model's weights replaced by their
     compressed versions (compress_weights_) before the forward."""
@@ -210,12 +217,10 @@ def reference_output(
     # The runtime's inputs, rounded to the run dtype as the runtime sees them.
     x = make_inputs(cfg, range(cfg.batch), None, device, DTYPES[cfg.dtype])
     with torch.inference_mode():
-        if cfg.model.vocab is not None:
-            out = model(input_ids=x).last_hidden_state
-        else:
-            out = model(inputs_embeds=x.float()).last_hidden_state
+        given = {"input_ids": x} if cfg.model.vocab is not None else {"inputs_embeds": x.float()}
+        result = model(**given, output_hidden_states=all_layers)
     del model
-    return out
+    return result.hidden_states if all_layers else result.last_hidden_state
 
 
 def max_errors(out: Tensor, ref: Tensor) -> tuple[float, float]:

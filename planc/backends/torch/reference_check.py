@@ -4,7 +4,8 @@ Prefill: the gathered last_hidden_state against the checkpoint's own class's, by
 (max |out - ref| / max |ref|) under a tolerance per run dtype (RTOL; docs/strategies.md,
 "Checked against Hugging Face"): the reference is float32, so a 16-bit run carries its own
 rounding. The first difference is the first (sequence, position), in row-major order, whose
-largest error exceeds the tolerance times max |ref|. Decode: the greedy tokens must be equal; the first difference is the first
+largest error exceeds the tolerance times max |ref|, and then the first layer whose output
+differs (runtime/diagnose.py gathers every layer's output; Hugging Face's output_hidden_states). Decode: the greedy tokens must be equal; the first difference is the first
 generated position (earliest step, then lowest sequence) where they are not.
 
 A verdict is plain data in the metrics JSON (`reference`: ok, tolerance, first difference,
@@ -43,6 +44,27 @@ def prefill_verdict(out: Tensor, ref: Tensor, dtype: str) -> dict[str, Any]:
             f"(rel error {here:.3g} there)"
         )
     return verdict
+
+
+def first_layer_(
+    verdict: dict[str, Any], outs: list[Tensor | None], states: tuple[Tensor, ...], dtype: str
+) -> None:
+    """Add to a failed prefill verdict the first layer whose output differs: outs[i] is the
+    run's output of layer i, states Hugging Face's output_hidden_states (states[i + 1] is layer
+    i's output for every layer but the last, whose output only reaches the final norm)."""
+    tol, layers = RTOL[dtype], len(outs)
+    for i, out in enumerate(outs[:-1]):
+        assert out is not None
+        ref = states[i + 1]
+        rel = (out.float() - ref.float()).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+        if rel > tol:
+            verdict["first_layer"] = i
+            verdict["message"] += f"; the hidden state first differs after layer {i} " \
+                                  f"(rel error {rel:.3g} there)"
+            return
+    verdict["first_layer"] = layers - 1
+    verdict["message"] += (f"; every layer's output before the last agrees, so the last layer "
+                           f"({layers - 1}) or the final norm differs")
 
 
 def decode_verdict(tokens: Tensor, ref: Tensor, context: int) -> dict[str, Any]:

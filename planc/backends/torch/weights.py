@@ -1,10 +1,14 @@
 """Checkpoint access: each rank reads only its own slices of Hugging Face safetensors files.
 
-Tensor names are Hugging Face Llama's (`layers.{i}.self_attn.q_proj.weight`, `norm.weight`,
-`embed_tokens.weight`), with or without the `model.` prefix that LlamaForCausalLM writes. A
-checkpoint is a directory with `model.safetensors` or shards listed in
-`model.safetensors.index.json`. Slices are read with `safe_open(...).get_slice(name)`, so a rank
-touches only the bytes of its own rows / columns of its own stages' layers.
+Tensor names are Hugging Face's for the Llama-style families (`layers.{i}.self_attn.q_proj.weight`
+and, where the family has them, `.q_proj.bias` (Qwen2) and `.q_norm.weight` (Qwen3), `norm.weight`,
+`embed_tokens.weight`; MoE experts under each family's names, moe_layout), with or without the
+`model.` prefix that ...ForCausalLM writes. A checkpoint is a directory with `model.safetensors`
+or the shards listed in `model.safetensors.index.json`; a file is opened on the first read of a
+tensor it holds, so a rank opens only the shards of its own tensors (`opened_files`). Slices are
+read with `safe_open(...).get_slice(name)`, so a rank touches only the bytes of its own rows /
+columns of its own stages' layers, and `place` converts them from the checkpoint's dtype (fp32,
+bf16, fp16) to the run's.
 """
 
 from __future__ import annotations

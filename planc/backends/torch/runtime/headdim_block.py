@@ -5,6 +5,8 @@ layout.kv_heads say) and slice j of every one of those heads' dimensions, in
 headdim_layout's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
 `head * head_dim + t` for t in headdim_slice_indices(head_dim, m, j) (headdim_shard_indices when
 kv_heads divides by n), read as two contiguous runs per head; o_proj takes the same columns.
+A family with q/k RMSNorm (Qwen3) normalises each head over its whole head_dim: each rank's float32
+sum of squares over its slice is all-reduced over the m ranks first (layers.HeadNorm).
 Partial scores q_j k_j^T are summed over the m ranks of the head group (all_reduce, float32),
 softmax and P V run on the local slice, and o_proj is row-parallel over the whole n x m grid: one
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The

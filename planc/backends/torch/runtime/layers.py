@@ -1,6 +1,8 @@
-"""Sharded Llama decoder layer, Megatron style (gpt-fast's tp.py is the model).
+"""Sharded Llama-style decoder layer, Megatron style (gpt-fast's tp.py is the model).
 
-Attention block: RMSNorm, q/k/v column-parallel over splits["heads"] (one fused GEMM), RoPE, SDPA,
+Attention block: RMSNorm, q/k/v column-parallel over splits["heads"] (one fused GEMM, plus the
+q/k/v bias rows of the local heads when the family has one), the family's q/k RMSNorm over
+head_dim (Qwen3), RoPE (with the family's theta and scaling, `inv_freq`), SDPA,
 o row-parallel, one all_reduce. MLP block: RMSNorm, gate/up column-parallel over splits["ffn"]
 (one fused GEMM), SiLU * up, down row-parallel, one all_reduce. Each block returns its fully
 reduced output and the layer adds it to the residual stream in place.
@@ -8,10 +10,11 @@ reduced output and the layer adds it to the residual stream in place.
 Memory, for a microbatch of T = rows * local seq tokens, element size e, local widths
 Q = q_heads * head_dim, K = kv_heads * head_dim, F = local ffn (what a forward allocates beyond
 the residual stream x [T, hidden], which the stage owns and updates in place):
-  attention: norm out [T, hidden] -> qkv [T, Q + 2K] (norm out freed) -> RoPE in place on the q
-             and k views of qkv, one [T, Q/2] (then [T, K/2]) temporary -> SDPA out [T, Q] (+ its
-             float32 log-sum-exp) -> qkv freed -> o_proj out [T, hidden] -> SDPA out freed ->
-             all_reduce in place -> added to x, freed.
+  attention: norm out [T, hidden] -> qkv [T, Q + 2K] (norm out freed; + the bias in place when
+             the family has one) -> RoPE in place on the q and k views of qkv, one [T, Q/2] (then
+             [T, K/2]) temporary (with q/k norm, Qwen3: RoPE on the normed copies [T, Q] and
+             [T, K] instead) -> SDPA out [T, Q] (+ its float32 log-sum-exp) -> qkv freed ->
+             o_proj out [T, hidden] -> SDPA out freed -> all_reduce in place -> added to x, freed.
   MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
              -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
 
@@ -130,9 +133,6 @@ class Rope:
     sin: Tensor
 
 
-ROPE_TYPES = ("default", "llama3")
-
-
 def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
     """RoPE's float32 angle per position of each pair [head_dim // 2], as Hugging Face computes
     it for the features' rope type: theta ** (-2i / head_dim), then for `llama3` the transform of
@@ -144,11 +144,8 @@ def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
     kind, p = features.rope_type, dict(features.rope_scaling)
     if kind == "default":
         return base
-    if kind != "llama3":
-        raise ValueError(
-            f"rope scaling {kind!r} is not implemented by the runtime (it implements "
-            f"{', '.join(ROPE_TYPES)}); a plan from such a checkpoint would run a different model"
-        )
+    # layout.config_errors refuses other types before a rank starts
+    assert kind == "llama3", kind
     factor = float(p["factor"])
     low, high = float(p["low_freq_factor"]), float(p["high_freq_factor"])
     old = float(p["original_max_position_embeddings"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planc.backends.torch.runtime.config import RunConfig
+from planc.backends.torch.runtime.config import ROPE_PARAMETERS, RunConfig
 from planc.backends.torch.runtime.decode_layout import decode_errors
 from planc.backends.torch.runtime.vocab_layout import VocabSlice, vocab_slice
 
@@ -179,8 +179,9 @@ class Layout:
         return vocab_slice(vocab, self.parts("vocab"), self.part("vocab"))
 
 
-def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
-    """(rank, batch rows, seq positions) of one holder of every tile of the final output.
+def output_tiles(cfg: RunConfig, stage: int | None = None) -> list[tuple[int, range, list[int]]]:
+    """(rank, batch rows, seq positions) of one holder of every tile of the final output (or of
+    the residual stream of pipeline stage `stage`).
 
     The last stage holds the output; ranks that differ only on tensor-parallel axes hold equal
     copies, so the holder of a tile is the one with coordinate 0 on every such axis.
@@ -191,12 +192,20 @@ def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
     for rank in range(cfg.world_size):
         lay = Layout(cfg, rank)
         c = lay.coords
-        if not lay.is_last_stage or any(
+        if lay.stage != (lay.n_stages - 1 if stage is None else stage) or any(
             c[a] != 0 for a, _ in cfg.mesh if a not in data_axes and a not in stage_axes
         ):
             continue
         tiles.append((rank, lay.batch_rows, lay.positions))
     return tiles
+
+
+def _rope_errors(kind: str, params: dict[str, object]) -> list[str]:
+    if kind not in ROPE_PARAMETERS:
+        return [(f"rope scaling {kind!r} is not implemented by the runtime (it implements "
+                 f"{', '.join(ROPE_PARAMETERS)}): the run would compute another model")]
+    missing = [k for k in ROPE_PARAMETERS[kind] if k not in params]
+    return [f"rope scaling {kind!r} needs {', '.join(missing)}"] if missing else []
 
 
 def config_errors(cfg: RunConfig) -> list[str]:
@@ -237,6 +246,7 @@ def config_errors(cfg: RunConfig) -> list[str]:
         errs.append(f"seq = {cfg.seq} is not divisible by the {2 * sp} zigzag chunks of {sp} parts")
     if m.heads % m.kv_heads:
         errs.append(f"heads = {m.heads} is not a multiple of kv_heads = {m.kv_heads}")
+    errs += _rope_errors(m.features.rope_type, dict(m.features.rope_scaling))
     tp = product(cfg, cfg.splits.get("heads", ()))
     kv_axes = cfg.splits.get("kv_heads")
     if kv_axes is not None and kv_axes != cfg.splits.get("heads", ()):

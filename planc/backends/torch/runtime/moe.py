@@ -44,6 +44,7 @@ from planc.backends.torch.runtime.moe_layout import (
     ffn_range,
     fused_expert_names,
     legacy_expert_names,
+    per_expert_scheme,
     router_names,
 )
 
@@ -287,8 +288,9 @@ def load_experts(
     device: torch.device | str | None = None,
 ) -> ExpertWeights:
     """This rank's experts of `layer` (and its ffn slice of each), read with get_slice so only
-    those bytes leave the file. Accepts the legacy per-expert names (w1/w3/w2, what
-    save_pretrained writes) and the fused in-memory layout of transformers 5.x."""
+    those bytes leave the file. Accepts each family's per-expert names (what save_pretrained
+    writes: Mixtral's w1/w3/w2, Qwen3-MoE's gate/up/down_proj) and the fused in-memory layout of
+    transformers 5.x."""
     first, last = expert_range(experts, ep, ep_rank)
     out = ExpertWeights(first=first)
 
@@ -297,10 +299,12 @@ def load_experts(
             lst.append(w.to(device=device, dtype=dtype or w.dtype).contiguous())
 
     with safe_open(path, framework="pt") as f:
-        prefix, layout = _find_layout(list(f.keys()), layer)
-        if layout == "legacy":
+        keys = set(f.keys())
+        prefix, _ = _find_layout(list(keys), layer)
+        scheme = per_expert_scheme(layer, first, prefix, keys.__contains__)
+        if scheme is not None:
             for e in range(first, last):
-                names = legacy_expert_names(layer, e, prefix)
+                names = legacy_expert_names(layer, e, prefix, scheme)
                 gate, up, down = (f.get_slice(names[k]) for k in ("gate", "up", "down"))
                 ffn = gate.get_shape()[0]
                 lo, hi = ffn_range(ffn, tp, tp_rank)

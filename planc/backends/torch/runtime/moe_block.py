@@ -47,12 +47,12 @@ from torch import Tensor, nn
 from planc.backends.torch.runtime import moe
 from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
 from planc.backends.torch.runtime.moe_layout import (
-    PER_EXPERT_NAMES,
     expert_range,
     ffn_range,
     fused_expert_names,
     legacy_expert_names,
     moe_mode,
+    per_expert_scheme,
     router_names,
 )
 
@@ -118,8 +118,7 @@ def load_experts(
     lo, hi = ffn_range(m.ffn, *tp)
     gates, ups, downs = [], [], []
     # The checkpoint's own names say which layout it has (whichever family wrote it).
-    scheme = next((k for k in PER_EXPERT_NAMES
-                   if reader.has(legacy_expert_names(layer, first, "", k)["gate"])), None)
+    scheme = per_expert_scheme(layer, first, "", reader.has)
     if scheme is not None:
         for e in range(first, last):
             names = legacy_expert_names(layer, e, "", scheme)

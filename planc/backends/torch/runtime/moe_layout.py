@@ -25,6 +25,7 @@ only one all_reduce of payload tokens*H*b over the group.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +80,15 @@ def legacy_expert_names(
     base = f"{prefix}layers.{layer}.{block}.experts.{expert}"
     return {"gate": f"{base}.{gate}.weight", "up": f"{base}.{up}.weight",
             "down": f"{base}.{down}.weight"}
+
+
+def per_expert_scheme(layer: int, expert: int, prefix: str, has: Callable[[str], bool]
+                      ) -> str | None:
+    """Which family's per-expert names the checkpoint holds (`has(name)`), or None (fused)."""
+    return next(
+        (k for k in PER_EXPERT_NAMES if has(legacy_expert_names(layer, expert, prefix, k)["gate"])),
+        None,
+    )
 
 
 def fused_expert_names(layer: int, prefix: str = "model.") -> dict[str, str]:

@@ -79,10 +79,12 @@ def forward(
     return out
 
 
-def gather_output(ctx: RankContext, out: Tensor | None) -> Tensor | None:
-    """The full [batch, seq, hidden] output on rank 0 (None elsewhere), by point-to-point."""
+def gather_output(ctx: RankContext, out: Tensor | None, stage: int | None = None
+                  ) -> Tensor | None:
+    """The full [batch, seq, hidden] output on rank 0 (None elsewhere), by point-to-point; with
+    `stage`, what that stage's ranks pass as `out` (a layer's output, say)."""
     cfg = ctx.cfg
-    tiles = output_tiles(cfg)
+    tiles = output_tiles(cfg, stage)
     if ctx.rank != 0:
         if any(r == ctx.rank for r, _, _ in tiles):
             assert out is not None

@@ -17,11 +17,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from planc.backends.torch import metrics, reference
-from planc.backends.torch.reference_check import exit_on_mismatch, prefill_verdict
+from planc.backends.torch.reference_check import exit_on_mismatch, first_layer_, prefill_verdict
 from planc.backends.torch.runtime import pipeline
+from planc.backends.torch.runtime.diagnose import layer_outputs
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
-from planc.backends.torch.runtime.layers import attention_kind, rope_tables
+from planc.backends.torch.runtime.layers import Rope, attention_kind, rope_tables
 from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
 from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader
@@ -51,18 +52,40 @@ def load(ctx: RankContext, checkpoint: str) -> StageModel:
     return load_with(ctx, checkpoint, load_stage)
 
 
-def run(ctx: RankContext, model: StageModel) -> RunResult:
-    """Warm-up and timed forwards of the whole pipeline on this rank's inputs."""
+def rank_inputs(ctx: RankContext) -> tuple[Tensor | None, Rope]:
+    """This rank's inputs (first stage only) and the RoPE tables of its positions."""
     cfg, lay = ctx.cfg, ctx.layout
     inputs = None
     if lay.is_first_stage:
         inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
     positions = torch.tensor(lay.positions, device=ctx.device)
-    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.features, ctx.dtype)
+    return inputs, rope_tables(positions, cfg.model.head_dim, cfg.model.features, ctx.dtype)
+
+
+def run(ctx: RankContext, model: StageModel) -> RunResult:
+    """Warm-up and timed forwards of the whole pipeline on this rank's inputs."""
+    inputs, rope = rank_inputs(ctx)
     resident = metrics.allocated(ctx)
     with torch.inference_mode():
         times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
     return RunResult(times, out, resident)
+
+
+def locate_first_layer(
+    ctx: RankContext, model: StageModel, checkpoint: str, verdict: dict[str, Any] | None
+) -> None:
+    """When rank 0's verdict says the output differs, every layer's output is gathered and
+    compared with Hugging Face's hidden states; the verdict (rank 0) gets the first layer whose
+    output differs. Collective: every rank calls it; rank 0 broadcasts whether to look."""
+    flag = [verdict is not None and not verdict["ok"]]
+    dist.broadcast_object_list(flag, src=0)
+    if not flag[0]:
+        return
+    inputs, rope = rank_inputs(ctx)
+    outs = layer_outputs(ctx, model, inputs, rope)
+    if verdict is not None:
+        states = reference.reference_output(ctx.cfg, checkpoint, ctx.device, all_layers=True)
+        first_layer_(verdict, outs, states, ctx.cfg.dtype)
 
 
 def report(
@@ -109,6 +132,7 @@ def report(
                     info["compressed_vs_uncompressed_rel_error"] = reference.max_errors(
                         full, plain
                     )[1]
+        locate_first_layer(ctx, model, checkpoint, info.get("reference"))
     data = None
     if ctx.rank == 0:
         data = metrics.summary(ctx, result.times, ranks, errors, info)
