@@ -1,7 +1,7 @@
-"""The `planc` command line: check, compile, schema, emit, run, generate, calibrate, fmt, show,
-graph, import (a checkpoint's model block), and parse, to inspect the AST. Reports go to stdout
-(or `-o FILE`, written atomically); progress and logs to stderr, with a spinner only on a
-terminal.
+"""The `planc` command line: check, compile, schema, emit, run, generate (prompts in, text out),
+calibrate, fmt, show, graph, import (a checkpoint's model block), and parse, to inspect the AST. Reports go
+to stdout (or `-o FILE`, written atomically); progress and logs to stderr, with a spinner only on
+a terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
@@ -393,44 +393,11 @@ def _runnable(a: argparse.Namespace, **run: Any):  # type: ignore[no-untyped-def
     return plan, to_run_config(plan, graph, dtype=dtype, **run), emit, launch
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    got = _runnable(a, warmup=a.warmup, repeats=a.repeats)
-    if isinstance(got, int):
-        return got
-    plan, cfg, emit, launch = got
-    if a.no_reference:
-        cfg = _with(cfg, check_reference=False)
-    differs = None
-    try:
-        metrics = _launch(a, emit, launch, cfg, plan)
-    except launch.OutputDiffers as e:
-        metrics, differs = e.metrics, str(e)
-    if isinstance(metrics, int):
-        return metrics
-    if metrics is None:  # a non-zero node rank writes no metrics
-        return EXIT_OK
-    metrics = {"plan": plan.name, "file": a.file, **metrics}
-    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-    if a.output:
-        write_atomic(a.output, text)
-    if a.format == "json":
-        sys.stdout.write(text)
-    else:
-        sys.stdout.write(_run_text(metrics))
-    if differs is not None:
-        print(f"error[R004]: {differs}\n  = hint: the plan's model and its checkpoint disagree "
-              "(config.json fields, tensors) or the runtime is wrong for this plan; the metrics "
-              "above hold both outputs' numbers", file=sys.stderr)
-        return EXIT_FAIL
-    return EXIT_OK
-
-
 def _launch(a: argparse.Namespace, emit, launch, cfg, plan,  # type: ignore[no-untyped-def]
             program_args: list[str] | None = None):
-    """Check the checkpoint and the device (pre-flight), emit the plan's program and run it under
-    torchrun on this node: rank 0's metrics (None on a node without rank 0), or an exit code when
-    the pre-flight or the launch failed. A run whose output differs raises launch.OutputDiffers
-    (with its metrics) for the caller to report."""
+    """Pre-flight, then emit the plan's program and run it under torchrun on this node: an exit
+    code when it was not launched or failed, else (rank 0's metrics, None on a node without
+    rank 0; why the output differs from the reference, or None)."""
     from planc.output.console import progress
 
     nproc = cfg.world_size // a.nnodes
@@ -459,17 +426,47 @@ def _launch(a: argparse.Namespace, emit, launch, cfg, plan,  # type: ignore[no-u
                 return launch.run_program(
                     str(prog), nproc=nproc, device=a.device, weights=a.weights,
                     timeout_s=a.timeout, nnodes=a.nnodes, node_rank=a.node_rank,
-                    rdzv_endpoint=a.rdzv_endpoint, program_args=program_args)
-        except launch.OutputDiffers:
-            raise
+                    rdzv_endpoint=a.rdzv_endpoint, program_args=program_args), None
+        except launch.OutputDiffers as e:
+            return e.metrics, str(e)
         except launch.LaunchError as e:
             print(f"error[R001]: the run failed: {e}", file=sys.stderr)
             return EXIT_USAGE
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    got = _runnable(a, warmup=a.warmup, repeats=a.repeats)
+    if isinstance(got, int):
+        return got
+    plan, cfg, emit, launch = got
+    if a.no_reference:
+        cfg = _with(cfg, check_reference=False)
+    ran = _launch(a, emit, launch, cfg, plan)
+    if isinstance(ran, int):
+        return ran
+    metrics, differs = ran
+    if metrics is None:  # a non-zero node rank writes no metrics
+        return EXIT_OK
+    metrics = {"plan": plan.name, "file": a.file, **metrics}
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if a.output:
+        write_atomic(a.output, text)
+    if a.format == "json":
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(_run_text(metrics))
+    if differs is not None:
+        print(f"error[R004]: {differs}\n  = hint: the plan's model and its checkpoint disagree "
+              "(config.json fields, tensors) or the runtime is wrong for this plan; the metrics "
+              "above hold both outputs' numbers", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
-    """Check the prompts against the plan and the checkpoint's tokenizer (nothing launched on
-    bad input), run the plan's decode program on them, print or write the texts."""
+    """Check the prompts against the plan and the checkpoint's tokenizer, and the checkpoint
+    and the device (pre-flight; nothing launched on bad input), run the plan's decode program
+    on them, print or write the texts."""
     got = _runnable(a, warmup=0, repeats=1)
     if isinstance(got, int):
         return got
@@ -482,9 +479,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         f"--prompts={Path(a.prompts).resolve()}"]
     args += [f"--max-new-tokens={request.max_new_tokens}", f"--temperature={a.temperature!r}",
              f"--top-p={a.top_p!r}", f"--seed={a.seed}"]
-    metrics = _launch(a, emit, launch, cfg, plan, args)
-    if isinstance(metrics, int):
-        return metrics
+    ran = _launch(a, emit, launch, cfg, plan, args)
+    if isinstance(ran, int):
+        return ran
+    metrics, _ = ran  # no reference: nothing to differ from
     if metrics is None:  # a non-zero node rank writes no metrics
         return EXIT_OK
     keys = ("prompt", "text", "tokens", "finish_reason")  # the metrics JSON sorted them
@@ -496,7 +494,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sys.stdout.write("".join(r["text"] + "\n" for r in results))
     stops = sum(r["finish_reason"] == "stop" for r in results)
     print(f"plan {plan.name}: {plural(len(results), 'prompt')}, "
-          f"{metrics['output_tokens']} new tokens "
+          f"{plural(metrics['output_tokens'], 'new token')} "
           f"({stops} stopped at a stop token) in {metrics['latency_ms'] / 1e3:.2f} s"
           + (f"; wrote {a.output}" if a.output else ""), file=sys.stderr)
     return EXIT_OK
@@ -577,8 +575,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "schema": cmd_schema, "emit": cmd_emit,
             "run": cmd_run, "generate": cmd_generate, "parse": cmd_parse, "fmt": cmd_fmt,
-            "show": cmd_show, "graph": cmd_graph, "calibrate": cmd_calibrate,
-            "import": cmd_import}
+            "show": cmd_show, "graph": cmd_graph, "calibrate": cmd_calibrate, "import": cmd_import}
 
 
 def _flag_value(argv: list[str], *names: str) -> str | None:

@@ -3,12 +3,12 @@ random Llama checkpoint with a BPE tokenizer trained here (scripts/make_tiny_che
 torchrun on CPU ranks (gloo).
 
 Greedy tokens equal Hugging Face generate's on the same prompts (left padding and an attention
-mask: planc pads on the right, each sequence computed as if alone), on one device and on tensor
-parallel 2; five prompts of different lengths run as two batches of the plans' 4 (three filler
+mask: planc pads on the right, each sequence computed as if alone), on one device, on tensor
+parallel 2 and on a ring over 4 sequence ranks; five prompts of different lengths run as two batches of the plans' 4 (three filler
 rows); the stop token is one the model produces on its third step for the first prompt, so that
 sequence stops early ("stop") while others run to max_new_tokens ("length"). Sampling with a
-seed gives the same text on one device, on tensor parallel 2 and on a two-stage pipeline. Bad
-input is a diagnostic and exit 1, before anything is launched.
+seed gives the same text on one device, on tensor parallel 2 (also with the vocabulary split)
+and on a two-stage pipeline. Bad input is a diagnostic and exit 1, before anything is launched.
 """
 
 from __future__ import annotations
@@ -175,17 +175,19 @@ def test_seeded_sampling_gives_the_same_text_on_one_device_tensor_parallel_and_a
     checkpoint, prompts_file, tmp_path, capsys
 ):
     path, _ = checkpoint
-    plan = tmp_path / "single.plan"
+    plan, vocab = tmp_path / "single.plan", tmp_path / "vocab_tp2.plan"
     plan.write_text(SINGLE)
+    vocab.write_text(SINGLE.replace("CPU x 1", "CPU x 2").replace("tp=1", "tp=2")
+                     .replace("ffn over tp", "ffn, vocab over tp"))  # logits gathered to sample
     texts = []
-    for p in (plan, SPECS / "decode_tp2.plan", SPECS / "decode_pp2.plan"):
+    for p in (plan, SPECS / "decode_tp2.plan", SPECS / "decode_pp2.plan", vocab):
         out = tmp_path / f"{p.stem}.jsonl"
         code, _, err = generate(capsys, str(p), "--weights", str(path), "--prompts",
                                 str(prompts_file), "--temperature", "1.5", "--top-p", "0.95",
                                 "--seed", "11", "-o", str(out))
         assert code == 0, err
         texts.append(read_jsonl(out))
-    assert texts[0] == texts[1] == texts[2]
+    assert texts[0] == texts[1] == texts[2] == texts[3]
     greedy = hf_generate(path, PROMPTS, eos=json.loads(
         (path / "generation_config.json").read_text())["eos_token_id"])
     assert [r["tokens"] for r in texts[0]] != greedy  # it did sample

@@ -35,10 +35,6 @@ from planc.backends.torch.runtime.vocab_layout import EMBED, LM_HEAD
 from planc.backends.torch.weights import ShardReader
 
 
-def greedy(logits: Tensor) -> Tensor:
-    return logits.argmax(dim=-1)
-
-
 class DecodeModel(nn.Module):
     """The stage's layers with cached attention; `forward` runs one step of one microbatch."""
 
@@ -104,39 +100,38 @@ class DecodeModel(nn.Module):
         self,
         h: Tensor,
         prefill: bool,
-        choose: Callable[[Tensor], Tensor] = greedy,
+        choose: Callable[[Tensor], Tensor] | None = None,
         last: Tensor | None = None,
     ) -> Tensor:
-        """Tokens [r] (int64) that `choose` picks from the logits [r, vocab] of the last stage's
-        final norm h [r, s, hidden]: at the prompt's last position after prefill (per row:
-        local index `last` [r], -1 where another rank of the sequence group holds it, for
-        prompts of different lengths), the new one after a step."""
+        """Tokens [r] (int64) from the last stage's final norm h [r, s, hidden], greedy or as
+        `choose` picks from logits [r, vocab]: at the prompt's last position after prefill
+        (per row: local index `last` [r], -1 where another rank of the sequence group holds
+        it, for prompts of different lengths), the new one after a step."""
         assert self.lm_head is not None
         if not prefill:
-            return self._choose(h[:, -1], choose)
+            return self._pick(h[:, -1], choose)
         if last is not None:
             rows = torch.arange(h.shape[0], device=h.device)
-            tok = self._choose(h[rows, last.clamp(min=0)], choose)
+            tok = self._pick(h[rows, last.clamp(min=0)], choose)
             if self.seq_group is not None:  # one rank of the group holds each row's last token
                 tok = torch.where(last >= 0, tok, 0)
                 dist.all_reduce(tok, group=self.seq_group)
             return tok
-        if self.holds_last:
-            tok = self._choose(h[:, self.last_index], choose)
+        if self.holds_last:  # the whole vocabulary group holds it (no seq split on its axes)
+            tok = self._pick(h[:, self.last_index], choose)
         else:
             tok = torch.empty(h.shape[0], dtype=torch.long, device=h.device)
         if self.seq_group is not None:
             dist.broadcast(tok, src=self.last_src, group=self.seq_group)
         return tok
 
-    def _choose(self, h: Tensor, choose: Callable[[Tensor], Tensor]) -> Tensor:
-        """The tokens `choose` picks from h [r, hidden]'s logits. Greedy agrees on the argmax
-        over a vocabulary split (16 bytes a row); sampling needs the whole vocabulary's logits
-        on every rank of the group, so that every rank draws the same token."""
+    def _pick(self, h: Tensor, choose: Callable[[Tensor], Tensor] | None) -> Tensor:
+        """Tokens [r] of final-norm rows h [r, hidden]: greedy over the (vocab-parallel)
+        lm_head, or `choose` over the whole vocabulary's logits (gathered over the group)."""
         assert self.lm_head is not None
-        if choose is greedy:
+        if choose is None:
             return vocab_parallel.greedy_tokens(h, self.lm_head, self.vocab_slice,
-                                                self.vocab_group)
+                                                self.vocab_group)  # fmt: skip
         return choose(vocab_parallel.all_logits(h, self.lm_head, self.vocab, self.vocab_group))
 
 

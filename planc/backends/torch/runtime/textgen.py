@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -134,15 +135,16 @@ class TextBatch:
 
     def next_tokens(self, model: DecodeModel, h: Tensor, rows: slice, t: int) -> Tensor:
         last = self.last(rows) if t == 0 else None
-        tok = model.next_tokens(h, t == 0, lambda logits: self.choose(logits, rows, t), last)
+        tok = model.next_tokens(h, t == 0, self.chooser(rows, t), last)
         self.stopped[rows] |= torch.isin(tok, self.eos)
         return tok
 
-    def choose(self, logits: Tensor, rows: slice, t: int) -> Tensor:
+    def chooser(self, rows: slice, t: int) -> Callable[[Tensor], Tensor] | None:
+        """None: greedy (the model's argmax, vocab-parallel); else a draw from the logits."""
         if self.req.temperature == 0:
-            return logits.argmax(dim=-1)
-        return sample(logits, self.keys[rows], t, self.req.temperature, self.req.top_p,
-                      self.req.seed)  # fmt: skip
+            return None
+        req, keys = self.req, self.keys[rows]
+        return lambda logits: sample(logits, keys, t, req.temperature, req.top_p, req.seed)
 
     def all_stopped(self) -> bool:
         """Whether every sequence of every rank has stopped (collective over the world)."""
