@@ -6,8 +6,10 @@
    (dimensions, vocabulary, every ModelFeatures field), read as `model m from hf "DIR"` reads it.
 3. Its tensors are the ones the plan's shards read, with the shapes they slice: names and shapes
    come from the safetensors headers only (8-byte length + JSON), never the tensor data.
-4. The plan's predicted peak fits the device it will run on: each GPU's free memory on cuda,
-   the machine's available RAM (/proc/meminfo) for all of this node's ranks on cpu.
+4. The plan's predicted peak fits the device it will run on: on cuda, each rank's allocator
+   peak within the memory a fresh process can get on its GPU (asked in a short-lived child, so
+   the launcher itself never holds a CUDA context, which would cost every run ~0.5 GB); on cpu,
+   the machine's available RAM (/proc/meminfo) for all of this node's ranks.
 
 Each mismatch is a diagnostic naming both values and the fix; `planc run` exits 1 and launches
 nothing.
@@ -18,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -276,6 +280,20 @@ def mem_available() -> int | None:
     return None
 
 
+_GPU_MEMORY = (
+    "import json, sys, torch\n"
+    "print(json.dumps([torch.cuda.mem_get_info(i) for i in range(int(sys.argv[1]))]))\n"
+)
+
+
+def gpu_memory(n: int) -> list[tuple[int, int]]:
+    """(free, total) bytes of GPUs 0..n-1 as a new process with its own CUDA context sees them,
+    asked in a child process that exits before any rank starts."""
+    out = subprocess.run([sys.executable, "-c", _GPU_MEMORY, str(n)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    return [(int(f), int(t)) for f, t in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
 def rank_peaks(plan: PlanSpec, run_dtype: str) -> tuple[list[int], list[int], list[str]]:
     """Predicted peak and reserve per rank at the dtype the run uses, and each rank's class."""
     dtype = PLAN_DTYPE.get(run_dtype, plan.model.dtype)
@@ -294,14 +312,18 @@ def check_memory(plan: PlanSpec, device: str, run_dtype: str, nproc: int, node_r
     fix = ("add devices to the mesh, shrink the workload (batch, seq), or run on a device "
            "with more memory")
     if device == "cuda":
-        import torch
-
-        for i, r in enumerate(local):
-            free, total = torch.cuda.mem_get_info(i)
-            if peaks[r] > free:
-                diags.error("R014", f"rank {r} (cuda:{i}) needs {human_bytes(peaks[r])} (the "
-                            f"predicted peak of {names[r]} at {run_dtype}), and the GPU has "
-                            f"{human_bytes(free)} free of {human_bytes(total)}", plan.span, fix)
+        # A necessary condition, not the sufficient one (that is the verifier's capacity check
+        # with a calibrated device): the child's free memory is after its own bare CUDA
+        # context, which a rank has too, so the rank's allocator peak must fit in it; the rest
+        # of the reserve (libraries, NCCL) is the calibrated device's business.
+        for i, (r, (free, total)) in enumerate(zip(local, gpu_memory(len(local)))):
+            need = peaks[r] - reserves[r]
+            if need > free:
+                diags.error("R014", f"rank {r} (cuda:{i}) needs {human_bytes(need)} in torch's "
+                            f"allocator (the predicted peak of {names[r]} at {run_dtype}, "
+                            f"without the runtime reserve), and a new process gets "
+                            f"{human_bytes(free)} of the GPU's {human_bytes(total)}",
+                            plan.span, fix)
         return
     # On the CPU every rank of the node shares the RAM; there is no CUDA context to reserve.
     need = sum(peaks[r] - reserves[r] for r in local)
