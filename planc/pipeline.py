@@ -78,15 +78,19 @@ def moved_verdicts(verdicts: list[Verdict], old: PlanSpec, new: PlanSpec) -> lis
     _pair_spans(old, new, where)
 
     def move(ob: Obligation) -> Obligation:
-        return replace(ob, span=where.get(ob.span, ob.span) if ob.span else None,
-                       related=tuple(replace(r, span=where.get(r.span, r.span))
-                                     for r in ob.related))
+        related = tuple(r if r.span not in where else replace(r, span=where[r.span])
+                        for r in ob.related)
+        if ob.span not in where and related == ob.related:
+            return ob
+        return replace(ob, span=where.get(ob.span, ob.span), related=related)
 
     return [replace(v, obligation=move(v.obligation)) for v in verdicts]
 
 
 def _pair_spans(a: object, b: object, out: dict[Span, Span]) -> None:
     """Spans at the same place in two equal specs (spans are left out of their equality)."""
+    if a is b:  # the same model, cluster or workload block: its spans stay where they are
+        return
     if isinstance(a, Span) and isinstance(b, Span):
         out[a] = b
     elif is_dataclass(a) and is_dataclass(b):
