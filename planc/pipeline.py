@@ -72,32 +72,41 @@ class _Solved:
 Memo = dict[tuple[PlanSpec, int, int], _Solved]
 
 
-def moved_verdicts(verdicts: list[Verdict], old: PlanSpec, new: PlanSpec) -> list[Verdict]:
-    """An equal plan's verdicts, pointing at the new plan's lines."""
+def moved_verdicts(verdicts: list[Verdict], old: PlanSpec, new: PlanSpec
+                   ) -> list[Verdict] | None:
+    """An equal plan's verdicts, pointing at the new plan's lines; None when the two plans'
+    lines do not pair up (a value written in one and defaulted in the other)."""
     where: dict[Span, Span] = {}
-    _pair_spans(old, new, where)
+    if not _pair_spans(old, new, where):
+        return None
 
     def move(ob: Obligation) -> Obligation:
-        return replace(ob, span=where.get(ob.span, ob.span) if ob.span else None,
-                       related=tuple(replace(r, span=where.get(r.span, r.span))
-                                     for r in ob.related))
+        related = tuple(r if r.span not in where else replace(r, span=where[r.span])
+                        for r in ob.related)
+        if ob.span not in where and related == ob.related:
+            return ob
+        return replace(ob, span=where.get(ob.span, ob.span), related=related)
 
     return [replace(v, obligation=move(v.obligation)) for v in verdicts]
 
 
-def _pair_spans(a: object, b: object, out: dict[Span, Span]) -> None:
-    """Spans at the same place in two equal specs (spans are left out of their equality)."""
+def _pair_spans(a: object, b: object, out: dict[Span, Span]) -> bool:
+    """Spans at the same place in two equal specs (spans are left out of their equality);
+    False when a span of one has no counterpart in the other."""
+    if a is b:  # the same model, cluster or workload block: its spans stay where they are
+        return True
     if isinstance(a, Span) and isinstance(b, Span):
         out[a] = b
-    elif is_dataclass(a) and is_dataclass(b):
-        for f in fields(a):
-            _pair_spans(getattr(a, f.name), getattr(b, f.name), out)
-    elif isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        for x, y in zip(a, b):
-            _pair_spans(x, y, out)
-    elif isinstance(a, dict) and isinstance(b, dict):
-        for k in a.keys() & b.keys():
-            _pair_spans(a[k], b[k], out)
+        return True
+    if isinstance(a, Span) or isinstance(b, Span):
+        return False  # one written, the other not
+    if is_dataclass(a) and is_dataclass(b):
+        return all(_pair_spans(getattr(a, f.name), getattr(b, f.name), out) for f in fields(a))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_pair_spans(x, y, out) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_pair_spans(a[k], b[k], out) for k in a)
+    return True
 
 
 def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None,
@@ -115,12 +124,14 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
     # spans are not part of a spec's equality: the key is the plan less its name
     key = (replace(plan, name=""), cfg.timeout_ms, cfg.rlimit)
     hit = memo.get(key) if memo is not None else None
-    if hit is None:
+    moved = moved_verdicts(hit.verdicts, hit.plan, plan) if hit is not None else None
+    if hit is None or moved is None:
+        hit = None
         graph = lower(plan)
         verdicts = decide(encode.build(plan, graph), encode.variables(plan), cfg)
     else:
         graph = hit.graph.model_copy(update={"plan": plan.name})
-        verdicts = moved_verdicts(hit.verdicts, hit.plan, plan)
+        verdicts = moved
     result = PlanResult(plan.file, plan.name, graph, verdicts, plan.devices)
     h = hit.headroom if hit is not None else None
     from planc.cost.performance import summary
@@ -134,7 +145,7 @@ def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
         result.extra["headroom"] = h
         result.extra["headroom_text"] = (decode_headroom_text(h) if plan.workload.phase ==
                                          "decode" else headroom_text(h))
-    if memo is not None and hit is None:
+    if memo is not None and key not in memo:
         memo[key] = _Solved(plan, graph, verdicts, h)
     from planc.verifier.advice import cross_node_groups
 

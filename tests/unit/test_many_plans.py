@@ -42,3 +42,20 @@ def test_plans_equal_but_for_their_names_get_their_own_lines_and_names(tmp_path)
             start = lines.index(f"plan {r.name} {{") + 1
             assert start < v.obligation.span.line <= start + 8, (r.name, v.obligation.span)
     assert [v.status for v in p.verdicts] == [v.status for v in q.verdicts]
+
+
+def test_equal_plans_that_write_different_lines_point_at_their_own(tmp_path):
+    """p writes `microbatches 1`, q leaves it to the default: equal plans, but p's
+    microbatch verdict points at the option and q's at its shard line."""
+    body = "  mesh pp=2, tp=8\n  shard layers over pp{}\n  shard heads, kv_heads, ffn over tp\n"
+    text = plan_text(body.format(" microbatches 1")) + \
+        "plan q {\n  model m\n  cluster c\n  workload w\n" + body.format("") + "}\n"
+    (tmp_path / "x.plan").write_text(text)
+    p, q = check_paths([tmp_path / "x.plan"]).plans
+    lines = text.splitlines()
+    for r in (p, q):
+        start = lines.index(f"plan {r.name} {{") + 1
+        for v in r.verdicts:
+            for span in (v.obligation.span, *(x.span for x in v.obligation.related)):
+                if span is not None and span.line > lines.index("plan p {"):
+                    assert start < span.line <= start + 8, (r.name, v.obligation.name, span)
