@@ -22,9 +22,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
-from planc.compiler.lower import Degrees, cdiv, microbatches, moe_all_to_all
+from planc.compiler.lower import Degrees, microbatches, plan_moe_mode
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims, layer_program, peak_live
+from planc.layout.schedule import cache_capacity
+from planc.layout.slices import cdiv
 
 
 def prompt_plan(plan: PlanSpec) -> PlanSpec:
@@ -36,7 +38,7 @@ def prompt_plan(plan: PlanSpec) -> PlanSpec:
 def kv_length(plan: PlanSpec) -> int:
     """Cache positions per sequence on one rank: context + generate, split over seq axes."""
     w = plan.workload
-    return cdiv(w.context + w.generate, plan.degree("seq"))
+    return cache_capacity(w.context, w.generate, plan.degree("seq"))
 
 
 def decode_dims(plan: PlanSpec) -> LocalDims:
@@ -47,13 +49,14 @@ def decode_dims(plan: PlanSpec) -> LocalDims:
     mb = cdiv(b_local, microbatches(plan))
     routed = 0
     if m.experts:
-        routed = mb * m.top_k if moe_all_to_all(plan) else cdiv(mb * m.top_k, deg.ep)
+        routed = (mb * m.top_k if plan_moe_mode(plan) == "all_to_all"
+                  else cdiv(mb * m.top_k, deg.ep))
     return LocalDims(tokens=mb, mb=mb, seq_q=1, seq_kv=kv_length(plan), hidden=m.hidden,
                      heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
                      head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
                      experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
                      elem=m.dtype_bytes, routed=routed, experts_total=m.experts,
-                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated")
+                     moe_mode=plan_moe_mode(plan))
 
 
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:

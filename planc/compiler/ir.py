@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from planc.layout import mesh as mesh_math
+
 
 class _Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -33,24 +35,18 @@ class Mesh(_Node):
     devices_per_node: int
 
     @property
+    def shape(self) -> list[tuple[str, int]]:
+        return [(a.name, a.size) for a in self.axes]
+
+    @property
     def size(self) -> int:
-        n = 1
-        for a in self.axes:
-            n *= a.size
-        return n
+        return mesh_math.size(self.shape)
 
     def rank(self, coords: dict[str, int]) -> int:
-        r = 0
-        for a in self.axes:  # row-major: the last axis varies fastest
-            r = r * a.size + coords[a.name]
-        return r
+        return mesh_math.rank(self.shape, coords)
 
     def coords(self, rank: int) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for a in reversed(self.axes):
-            out[a.name] = rank % a.size
-            rank //= a.size
-        return {a.name: out[a.name] for a in self.axes}
+        return mesh_math.coords(self.shape, rank)
 
 
 class TensorShard(_Node):

@@ -27,11 +27,11 @@ from planc.compiler.ir import (
     TensorShard,
 )
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import LocalDims, layer_program, linear_bytes, peak_live
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+from planc.cost.memory import LocalDims, layer_program, peak_live
+from planc.layout.compress import format_for, weight_bytes
+from planc.layout.moe import MoeMode, moe_mode
+from planc.layout.slices import cdiv, pieces_per_part, slice_kind
+from planc.layout.stages import even_stages
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,6 @@ class Degrees:
                        plan.degree("experts"))
 
 
-def even_stages(layers: int, n: int) -> list[tuple[int, int]]:
-    """n contiguous [first, last) ranges, sizes differing by at most one, larger ones first."""
-    base, extra = divmod(layers, n)
-    out, start = [], 0
-    for i in range(n):
-        size = base + (1 if i < extra else 0)
-        out.append((start, start + size))
-        start += size
-    return out
-
-
 def plan_stages(plan: PlanSpec) -> list[tuple[int, int]]:
     sh = plan.shard_of("layers")
     L = plan.model.layers
@@ -78,11 +67,11 @@ def microbatches(plan: PlanSpec) -> int:
 
 
 def seq_chunk_step(plan: PlanSpec) -> int:
-    """What a sequence length must be a multiple of: the sequence degree, twice it when ring or
-    gather attention lays chunks out zig-zag (rank r holds chunks r and 2R-1-r)."""
+    """What a sequence length must be a multiple of: the sequence degree, times the pieces each
+    part holds (two under a zig-zag layout, see planc/layout/slices.py)."""
     sh = plan.shard_of("seq")
-    zigzag = sh is not None and sh.attention in ("ring", "gather")
-    return plan.degree("seq") * (2 if zigzag else 1)
+    kind = slice_kind("seq", sh.attention if sh is not None else "local")
+    return plan.degree("seq") * pieces_per_part(kind)
 
 
 def attention_mode(plan: PlanSpec) -> str:
@@ -91,10 +80,7 @@ def attention_mode(plan: PlanSpec) -> str:
 
 
 def weight_format(plan: PlanSpec, mlp: bool) -> str:
-    sparse = mlp and plan.compress_mlp_2_4
-    if plan.compress_int8:
-        return "int8+2:4" if sparse else "int8"
-    return "2:4" if sparse else "dense"
+    return format_for(mlp, plan.compress_int8, plan.compress_mlp_2_4)
 
 
 def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
@@ -113,7 +99,8 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     def add(name: str, gshape: list[int], lshape: list[int], split: dict[str, list[str]],
             fmt: str) -> None:
         nbytes = (lshape[0] * e if fmt == "norm" else
-                  linear_bytes(lshape[-2], lshape[-1], e, fmt) * (lshape[0] if len(lshape) == 3 else 1))
+                  weight_bytes(lshape[-2], lshape[-1], e, fmt)  # type: ignore[arg-type]
+                   * (lshape[0] if len(lshape) == 3 else 1))
         out.append(TensorShard(name=name, global_shape=gshape, local_shape=lshape,
                                split={k: v for k, v in split.items() if v},
                                format="dense" if fmt == "norm" else fmt,  # type: ignore[arg-type]
@@ -158,9 +145,12 @@ def _link(plan: PlanSpec, axes: list[str]) -> str:
     return "intra" if span < plan.cluster.per_node else "inter"
 
 
-def moe_all_to_all(plan: PlanSpec) -> bool:
-    """Experts with data-parallel attention (tokens travel), or on the tp axis (replicated)."""
-    return not set(plan.axes_of("experts")) <= set(plan.axes_of("heads"))
+def plan_moe_mode(plan: PlanSpec) -> MoeMode:
+    """The MoE layer's routing mode (planc/layout/moe.py); "local" for a dense model."""
+    if not plan.model.experts:
+        return "local"
+    return moe_mode(plan.axes_of("experts"), plan.axes_of("ffn"),
+                    plan.axes_of("batch") + plan.axes_of("seq"))
 
 
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
@@ -176,9 +166,9 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
         # all-to-all mode: every device sends its tokens' top_k copies out and, balanced,
         # receives as many; replicated mode (experts on the tp axis): the group's tokens are
         # the same on every device and each device takes its experts' share.
-        routed = mb * s_l * m.top_k if moe_all_to_all(plan) else cdiv(mb * s_l * m.top_k, deg.ep)
-    return LocalDims(routed=routed, experts_total=m.experts,
-                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated",
+        routed = (mb * s_l * m.top_k if plan_moe_mode(plan) == "all_to_all"
+                  else cdiv(mb * s_l * m.top_k, deg.ep))
+    return LocalDims(routed=routed, experts_total=m.experts, moe_mode=plan_moe_mode(plan),
                      tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
                      heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
                      head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
@@ -345,7 +335,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         elif mode == "gather":
             coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
                  calls, "k_proj")
-        if m.experts and moe_all_to_all(plan):
+        if plan_moe_mode(plan) == "all_to_all":
             ex_axes = list(plan.axes_of("experts"))
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")

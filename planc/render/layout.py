@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from math import prod
 
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
-from planc.compiler.lower import cdiv
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes
+from planc.layout.slices import cdiv, pieces, slice_kind, zigzag_chunks
 
 MAX_RANK_COLUMNS = 64  # beyond this, one column per device class
 SHORT = {"heads": "heads", "kv_heads": "kv", "head_dim": "hd", "ffn": "ffn", "experts": "experts",
@@ -61,14 +61,12 @@ def _span_text(a: int, b: int) -> str:
 
 def _chunk(dim: str, size: int, n: int, index: int, attention: str) -> str:
     """The indices of `dim` that shard `index` of `n` holds, as the coverage proof lays them."""
-    if dim == "seq" and attention in ("ring", "gather"):  # zig-zag: chunk i and its mirror 2n-1-i
-        return f"seq chunks {index}+{2 * n - 1 - index}"
-    if dim == "head_dim":
-        half, k = size // 2, cdiv(size // 2, n)
-        lo, hi = index * k, min((index + 1) * k, half)
-        return f"hd {_span_text(lo, hi)}+{_span_text(half + lo, half + hi)}"
-    c = cdiv(size, n)
-    return f"{SHORT[dim]} {_span_text(index * c, min((index + 1) * c, size))}"
+    kind = slice_kind(dim, attention)
+    if kind == "zigzag":
+        a, b = zigzag_chunks(n, index)
+        return f"seq chunks {a}+{b}"
+    return f"{SHORT[dim]} " + "+".join(_span_text(lo, min(hi, cap))
+                                       for lo, hi, cap in pieces(kind, size, n, index))
 
 
 def _sizes(plan: PlanSpec) -> dict[str, int]:

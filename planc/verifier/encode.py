@@ -14,10 +14,11 @@ from functools import reduce
 from math import prod
 
 from planc.compiler.ir import PlacementGraph
-from planc.compiler.lower import cdiv, lower, microbatches
+from planc.compiler.lower import lower, microbatches
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes, human_count
 from planc.diagnostics import Related
+from planc.layout.slices import cdiv, owner, pieces, pieces_per_part, slice_kind
 from planc.verifier.obligations import Obligation
 
 CLAIM_TOLERANCE = Fraction(1, 100)  # `==` claims hold within 1% (claims are rounded numbers)
@@ -64,7 +65,6 @@ def build(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obl
     obs += _divisibility(plan)
     obs += _coverage(plan)
     obs += _memory(plan, graph, hints)
-    obs += _compressed_bytes(plan, graph)
     obs += _claims(plan, graph)
     return obs
 
@@ -132,12 +132,12 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     ]
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
-        zig = seq_sh.attention in ("ring", "gather")  # both lay chunks out zig-zag
+        halves = pieces_per_part(slice_kind("seq", seq_sh.attention))
         # decode: the prompt is what runs sequence-parallel (generated tokens are appended
         # round-robin to the ranks' cache chunks), so the prompt length must divide
         seq_len = w.context if w.phase == "decode" else (w.seq or 0)
-        out.append(_split_check(plan, "seq", seq_len, "V207", 2 if zig else 1,
-                                (" (zig-zag: 2 chunks per rank)" if zig else "")
+        out.append(_split_check(plan, "seq", seq_len, "V207", halves,
+                                (" (zig-zag: 2 chunks per rank)" if halves > 1 else "")
                                 + (" (the decode prompt, context)" if w.phase == "decode"
                                    else "")))
     lay = plan.shard_of("layers")
@@ -178,11 +178,12 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     if hd is not None:
         names = [f"mesh.{a}" for a in hd.axes]
         d = m.head_dim
+        pairs = pieces_per_part(slice_kind("head_dim"))
         span = next((s for x, s in zip(hd.dims, hd.dim_spans) if x == "head_dim"), hd.span)
         out.append(Obligation(
             kind="rope_pairing", code="V310", name="head_dim % (2 x head_dim split)",
-            formula=lambda env, z: d % (2 * _prod([env[x] for x in names])) == 0,
-            check=lambda v: d % (2 * prod(v[x] for x in names)) == 0,
+            formula=lambda env, z: d % (pairs * _prod([env[x] for x in names])) == 0,
+            check=lambda v: d % (pairs * prod(v[x] for x in names)) == 0,
             ok=f"each device's head_dim slice keeps RoPE pairs (i, i + {d // 2}) together "
                f"(head_dim {d} splits into {2 * plan.degree('head_dim')} half-slices)",
             bad=f"RoPE rotates dimension i with i + {d // 2}; a split of head_dim {d} over "
@@ -214,24 +215,19 @@ def _coverage(plan: PlanSpec) -> list[Obligation]:
 
 
 def _layout(dim: str, D: int, n: int, attention: str):  # type: ignore[no-untyped-def]
-    """How the runtime lays a dimension out over n shards, symbolically in the shard index r.
+    """How the runtime lays a dimension out over n shards, symbolically in the shard index r
+    (planc/layout/slices.py, with z3's If and integer division).
 
     Returns (ranges, witness, name): ranges(r, z) are the [lo, min(hi, cap)) index ranges shard
-    r owns, as (lo, hi, cap) with lo and hi linear in r; witness(i, z) is the shard that should own index i. Coverage is
-    then quantifier-free: for every i in [0, D) the witness owns i and lies in [0, n), and no two
-    distinct shards own the same i (i, r1, r2 are free, hence universal in the obligation).
+    r owns, as (lo, hi, cap) with lo and hi linear in r; witness(i, z) is the shard that should
+    own index i. Coverage is then quantifier-free: for every i in [0, D) the witness owns i and
+    lies in [0, n), and no two distinct shards own the same i (i, r1, r2 are free, hence
+    universal in the obligation).
     """
-    if dim == "seq" and attention in ("ring", "gather"):
-        c = cdiv(D, 2 * n)
-        return (lambda r, z: [(r * c, (r + 1) * c, D), ((2 * n - 1 - r) * c, (2 * n - r) * c, D)],
-                lambda i, z: z.If(i / c < n, i / c, 2 * n - 1 - i / c), "zig-zag")
-    if dim == "head_dim":
-        half = D // 2
-        k = cdiv(half, n)
-        return (lambda r, z: [(r * k, (r + 1) * k, half), (half + r * k, half + (r + 1) * k, D)],
-                lambda i, z: z.If(i < half, i / k, (i - half) / k), "RoPE-paired")
-    c = cdiv(D, n)
-    return (lambda r, z: [(r * c, (r + 1) * c, D)], lambda i, z: i / c, "contiguous")
+    kind = slice_kind(dim, attention)
+    names = {"zigzag": "zig-zag", "rope_paired": "RoPE-paired", "even": "contiguous"}
+    return (lambda r, z: pieces(kind, D, n, r),
+            lambda i, z: owner(kind, D, n, i, ite=z.If, div=lambda a, b: a / b), names[kind])
 
 
 def _exact_cover(dim: str, D: int, n: int, attention: str, span) -> Obligation:  # type: ignore[no-untyped-def]
@@ -386,42 +382,6 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
             out.append(f"the activations need L2 too: one microbatch's residual stream is "
                        f"{human_bytes(act)} (one sequence at least; decode keeps it small)")
     return "; ".join(out) or "compress the weights or add pipeline stages"
-
-
-def _compressed_bytes(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
-    """Each compressed weight's bytes in the graph equal what the runtime stores for it.
-
-    Two independent accountings must agree: the compiler's (cost/memory.linear_bytes) and the
-    runtime's torch-free layout (backends/torch/runtime/compress_layout.weight_bytes), which the
-    runtime's tests check against real tensors: int8 values, per-row scales in the model dtype,
-    2:4 kept values and 2 bits of metadata per kept value.
-    """
-    if not (plan.compress_int8 or plan.compress_mlp_2_4) or not graph.classes:
-        return []
-    from planc.backends.torch.runtime.compress_layout import weight_bytes
-
-    e = plan.model.dtype_bytes
-    rows = []
-    for s in graph.classes[0].shards:
-        if s.format == "dense":
-            continue
-        out_f, in_f = s.local_shape[-2], s.local_shape[-1]
-        if "2:4" in s.format and in_f % 8:
-            continue  # not representable at all: V211 reports the width
-        mats = s.local_shape[0] if len(s.local_shape) == 3 else 1
-        runtime = mats * weight_bytes(out_f, in_f, e, s.format)  # type: ignore[arg-type]
-        rows.append((s.name, s.format, s.bytes, runtime))
-    bad = [r for r in rows if r[2] != r[3]]
-    total = sum(r[2] for r in rows)
-    text = "; ".join(f"{n} ({f}): graph {g:,} B, runtime {r:,} B" for n, f, g, r in bad[:3])
-    span = plan.compress_span
-    return [Obligation(
-        kind="compressed_bytes", code="V510", name="compressed bytes accounted",
-        formula=lambda env, z, b=len(bad): z.int(b) == 0, check=lambda v, b=len(bad): b == 0,
-        ok=f"{len(rows)} compressed weights per layer, {human_bytes(total)}, counted the same "
-           "by the compiler and the runtime (values + scales + 2:4 metadata)",
-        bad=f"compressed byte counts disagree: {text}", span=span,
-        hint="a planc bug: report it with this plan", numbers={"tensors": len(rows)})]
 
 
 def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:

@@ -20,8 +20,8 @@ import torch
 from planc.backends.torch.decode_metrics import decode_times, output_tokens_per_s, tpot_s
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.backends.torch.runtime.decode_attention import lse_merge
-from planc.backends.torch.runtime.decode_layout import cache_capacity, step_slots
 from planc.backends.torch.runtime.layout import check_config, seq_positions
+from planc.layout.schedule import cache_capacity, step_slots
 
 SPECS = Path(__file__).resolve().parents[2] / "specs" / "local"
 DECODE_PLANS = [
@@ -163,12 +163,12 @@ def test_sequence_sharded_cache_holds_every_position_once_within_capacity(
                     splits={"seq": ("sp",)}, attention="ring", zigzag=zigzag,
                     phase="decode", context=context, generate=generate)  # fmt: skip
     check_config(cfg)
-    cap = cache_capacity(cfg, sp)
+    cap = cache_capacity(cfg.context, cfg.generate, sp)
     stored: dict[int, int] = {}  # global position -> rank
     for part in range(sp):
         slots: dict[int, int] = {}  # local slot -> global position
         for t in range(generate):
-            s = step_slots(cfg, seq_positions(cfg, sp, part), sp, part, t)
+            s = step_slots(cfg.context, seq_positions(cfg, sp, part), sp, part, t)
             if s.write is not None:
                 for slot, pos in zip(range(*s.write), s.positions):
                     assert slot not in slots and slot < cap

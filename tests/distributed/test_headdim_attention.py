@@ -21,7 +21,7 @@ from planc.backends.torch.runtime.headdim_attention import (
     o_proj_row_parallel,
     rope_slice,
 )
-from planc.backends.torch.runtime.headdim_layout import (
+from planc.layout.headdim import (
     head_group,
     headdim_shard_indices,
     headdim_slice_indices,

@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
+from planc.layout.slices import kv_heads_of as kv_head_range
 from planc.backends.torch.runtime.layout import (
     Layout,
     config_errors,
-    kv_head_range,
     output_tiles,
     seq_positions,
 )

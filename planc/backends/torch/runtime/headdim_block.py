@@ -2,7 +2,7 @@
 
 Rank (i, j) holds head group i (its query heads and their kv heads, as layout.q_heads /
 layout.kv_heads say) and slice j of every one of those heads' dimensions, in
-headdim_layout's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
+planc/layout/headdim.py's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
 `head * head_dim + t` for t in headdim_slice_indices(head_dim, m, j) (headdim_shard_indices when
 kv_heads divides by n), read as two contiguous runs per head; o_proj takes the same columns.
 Partial scores q_j k_j^T are summed over the m ranks of the head group (all_reduce, float32),
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
-from planc.backends.torch.runtime.headdim_layout import headdim_slice_indices, headdim_split_error
+from planc.layout.headdim import headdim_rows, headdim_split_error
 from planc.backends.torch.runtime.layers import (
     RMSNorm,
     Rope,
@@ -93,12 +93,6 @@ class HeadDimAttention(nn.Module):
         out = self.wo(o_in)
         del o_in
         return all_reduce(out, self.out_group)
-
-
-def headdim_rows(heads: range, head_dim: int, m: int, j: int) -> list[int]:
-    """Rows of q_proj (k/v_proj with kv heads) for `heads` and head_dim slice j of m."""
-    dims = headdim_slice_indices(head_dim, m, j)
-    return [hd * head_dim + t for hd in heads for t in dims]
 
 
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDimAttention:

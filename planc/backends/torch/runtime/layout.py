@@ -1,11 +1,7 @@
-"""Who holds what: pure-Python index arithmetic of a RunConfig over its mesh (no torch).
+"""One rank's view of a RunConfig's placement: its coordinates and every slice it owns.
 
-A rank's coordinates are the row-major digits of its rank over the mesh axes (last axis fastest).
-A model dimension split over several axes is cut into prod(sizes) equal parts and the part of a
-rank is the row-major index of its coordinates on those axes, first axis outermost. Everything
-the runtime slices (batch rows, sequence positions, heads, kv heads, ffn columns, stages) is
-derived here, so it can be checked without starting processes and reused by the other runtime
-modules (ring / head_dim attention, MoE) without re-deriving it.
+The arithmetic is planc/layout's (mesh coordinates, even / zig-zag slices, stage ranges), the
+same the compiler lowers and the verifier proves; this module only applies it to one rank.
 """
 
 from __future__ import annotations
@@ -13,86 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planc.backends.torch.runtime.config import RunConfig
-from planc.backends.torch.runtime.decode_layout import decode_errors
+from planc.layout import mesh, slices
+from planc.layout.headdim import headdim_split_ok
+from planc.layout.stages import stage_layers
 
 SPLIT_DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts")
 
 
-def axis_sizes(cfg: RunConfig) -> dict[str, int]:
-    return dict(cfg.mesh)
-
-
-def coords_of(cfg: RunConfig, rank: int) -> dict[str, int]:
-    """Coordinates of `rank`: row-major over cfg.mesh, last axis fastest."""
-    coords: dict[str, int] = {}
-    for name, size in reversed(cfg.mesh):
-        coords[name] = rank % size
-        rank //= size
-    return {name: coords[name] for name, _ in cfg.mesh}
-
-
-def rank_of(cfg: RunConfig, coords: dict[str, int]) -> int:
-    rank = 0
-    for name, size in cfg.mesh:
-        rank = rank * size + coords[name]
-    return rank
-
-
 def product(cfg: RunConfig, axes: tuple[str, ...]) -> int:
-    sizes = axis_sizes(cfg)
-    n = 1
-    for a in axes:
-        n *= sizes[a]
-    return n
+    return mesh.parts(cfg.mesh, axes)
 
 
-def index_on(cfg: RunConfig, coords: dict[str, int], axes: tuple[str, ...]) -> int:
-    """Row-major index of `coords` restricted to `axes` (first axis outermost)."""
-    sizes = axis_sizes(cfg)
-    i = 0
-    for a in axes:
-        i = i * sizes[a] + coords[a]
-    return i
-
-
-def with_index(cfg: RunConfig, coords: dict[str, int], axes: tuple[str, ...], i: int) -> int:
-    """The rank whose coordinates equal `coords` except on `axes`, where they spell index i."""
-    sizes = axis_sizes(cfg)
-    c = dict(coords)
-    for a in reversed(axes):
-        c[a] = i % sizes[a]
-        i //= sizes[a]
-    return rank_of(cfg, c)
-
-
-def even_range(n: int, parts: int, i: int) -> range:
-    step = n // parts
-    return range(i * step, (i + 1) * step)
+def seq_kind(cfg: RunConfig) -> slices.SliceKind:
+    """How the sequence is laid out over its parts (zig-zag under ring / gather attention)."""
+    return slices.slice_kind("seq", cfg.attention) if cfg.zigzag else "even"
 
 
 def seq_positions(cfg: RunConfig, parts: int, i: int) -> list[int]:
-    """Global token positions held by sequence part i of `parts`.
-
-    Contiguous chunks, except ring/gather attention with zigzag, where part i holds chunks i and
-    2*parts-1-i of 2*parts so that causal work is balanced round the ring.
-    """
-    if parts == 1:
-        return list(range(cfg.seq))
-    if cfg.attention != "local" and cfg.zigzag:
-        c = cfg.seq // (2 * parts)
-        j = 2 * parts - 1 - i
-        return list(range(i * c, (i + 1) * c)) + list(range(j * c, (j + 1) * c))
-    return list(even_range(cfg.seq, parts, i))
-
-
-def kv_head_range(heads: int, kv_heads: int, q_heads: range) -> range:
-    """KV heads needed by the query heads `q_heads` (query head h reads kv head h // group).
-
-    With kv_heads divisible by the tensor-parallel size this is an even slice; with fewer kv heads
-    than ranks (tp % kv_heads == 0) each rank holds the one kv head its query heads share.
-    """
-    group = heads // kv_heads
-    return range(q_heads.start // group, (q_heads.stop - 1) // group + 1)
+    """Global token positions held by sequence part i of `parts` (planc/layout/slices.py)."""
+    return slices.indices(seq_kind(cfg), cfg.seq, parts, i)
 
 
 @dataclass(frozen=True)
@@ -104,16 +39,16 @@ class Layout:
 
     @property
     def coords(self) -> dict[str, int]:
-        return coords_of(self.cfg, self.rank)
+        return mesh.coords(self.cfg.mesh, self.rank)
 
     def axes(self, dim: str) -> tuple[str, ...]:
         return self.cfg.splits.get(dim, ())
 
     def parts(self, dim: str) -> int:
-        return product(self.cfg, self.axes(dim))
+        return mesh.parts(self.cfg.mesh, self.axes(dim))
 
     def part(self, dim: str) -> int:
-        return index_on(self.cfg, self.coords, self.axes(dim))
+        return mesh.part(self.cfg.mesh, self.coords, self.axes(dim))
 
     # Pipeline ------------------------------------------------------------------------------
     @property
@@ -126,10 +61,7 @@ class Layout:
 
     def stage_layers(self, stage: int | None = None) -> range:
         s = self.stage if stage is None else stage
-        if not self.cfg.stages:
-            return range(self.cfg.model.layers)
-        first, last = self.cfg.stages[s]
-        return range(first, last)
+        return stage_layers(self.cfg.stages, self.cfg.model.layers, s)
 
     @property
     def is_first_stage(self) -> bool:
@@ -141,12 +73,12 @@ class Layout:
 
     def stage_peer(self, delta: int) -> int:
         """Rank of the same tensor/data coordinates on stage `stage + delta`."""
-        return with_index(self.cfg, self.coords, self.axes("layers"), self.stage + delta)
+        return mesh.with_part(self.cfg.mesh, self.coords, self.axes("layers"), self.stage + delta)
 
     # Data -----------------------------------------------------------------------------------
     @property
     def batch_rows(self) -> range:
-        return even_range(self.cfg.batch, self.parts("batch"), self.part("batch"))
+        return slices.even(self.cfg.batch, self.parts("batch"), self.part("batch"))
 
     @property
     def micro_rows(self) -> int:
@@ -159,16 +91,16 @@ class Layout:
     # Tensor parallel shards ---------------------------------------------------------------------
     @property
     def q_heads(self) -> range:
-        return even_range(self.cfg.model.heads, self.parts("heads"), self.part("heads"))
+        return slices.even(self.cfg.model.heads, self.parts("heads"), self.part("heads"))
 
     @property
     def kv_heads(self) -> range:
         m = self.cfg.model
-        return kv_head_range(m.heads, m.kv_heads, self.q_heads)
+        return slices.kv_heads_of(m.heads, m.kv_heads, self.q_heads)
 
     @property
     def ffn_cols(self) -> range:
-        return even_range(self.cfg.model.ffn, self.parts("ffn"), self.part("ffn"))
+        return slices.even(self.cfg.model.ffn, self.parts("ffn"), self.part("ffn"))
 
 
 def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
@@ -189,6 +121,19 @@ def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
             continue
         tiles.append((rank, lay.batch_rows, lay.positions))
     return tiles
+
+
+def token_holders(cfg: RunConfig) -> list[tuple[int, range]]:
+    """(rank, batch rows) of one holder of every batch part's generated tokens: the last stage's
+    rank with coordinate 0 on every axis that splits neither batch nor layers (tensor, head_dim,
+    sequence and replicated axes hold equal copies)."""
+    keep = set(cfg.splits.get("batch", ())) | set(cfg.splits.get("layers", ()))
+    out = []
+    for rank in range(cfg.world_size):
+        lay = Layout(cfg, rank)
+        if lay.is_last_stage and all(c == 0 for a, c in lay.coords.items() if a not in keep):
+            out.append((rank, lay.batch_rows))
+    return out
 
 
 def config_errors(cfg: RunConfig) -> list[str]:
@@ -225,8 +170,9 @@ def config_errors(cfg: RunConfig) -> list[str]:
         if n % parts:
             errs.append(f"{dim} = {n} is not divisible by the {parts} parts of splits[{dim!r}]")
     sp = product(cfg, cfg.splits.get("seq", ()))
-    if sp > 1 and cfg.attention != "local" and cfg.zigzag and cfg.seq % (2 * sp):
-        errs.append(f"seq = {cfg.seq} is not divisible by the {2 * sp} zigzag chunks of {sp} parts")
+    pieces = sp * slices.pieces_per_part(seq_kind(cfg))
+    if sp > 1 and cfg.seq % pieces:
+        errs.append(f"seq = {cfg.seq} is not divisible by the {pieces} chunks of {sp} parts")
     if m.heads % m.kv_heads:
         errs.append(f"heads = {m.heads} is not a multiple of kv_heads = {m.kv_heads}")
     tp = product(cfg, cfg.splits.get("heads", ()))
@@ -267,7 +213,7 @@ def _strategy_errors(cfg: RunConfig, sp: int) -> list[str]:
     hd = product(cfg, s.get("head_dim", ()))
     if hd > 1 and sp > 1:
         errs.append("head_dim and seq are both split: no runtime block does both")
-    if hd > 1 and m.head_dim % (2 * hd):
+    if hd > 1 and not headdim_split_ok(m.head_dim, hd):
         errs.append(
             f"head_dim = {m.head_dim} over {hd} slices: needs head_dim divisible by 2 x {hd} "
             "so that every RoPE pair (i, i + head_dim/2) stays on one rank"
@@ -319,3 +265,26 @@ def check_config(cfg: RunConfig) -> None:
     errs = config_errors(cfg)
     if errs:
         raise ValueError("RunConfig cannot run:\n  " + "\n  ".join(errs))
+
+
+def decode_errors(cfg: RunConfig) -> list[str]:
+    """What makes a decode RunConfig unrunnable (empty for prefill configs)."""
+    if cfg.phase == "prefill":
+        return []
+    if cfg.phase != "decode":
+        return [f"phase is 'prefill' or 'decode', not {cfg.phase!r}"]
+    errs = []
+    if cfg.model.vocab is None:
+        errs.append("decode needs a vocabulary (model vocab): tokens are fed back as ids")
+    if cfg.context < 1 or cfg.generate < 1:
+        errs.append(
+            f"decode needs context >= 1 and generate >= 1, got {cfg.context}, {cfg.generate}"
+        )
+    if cfg.seq != cfg.context:
+        errs.append(
+            f"decode runs the prompt as the prefill: seq ({cfg.seq}) must equal "
+            f"context ({cfg.context})"
+        )
+    if not cfg.causal:
+        errs.append("decode is causal: causal must be True")
+    return errs

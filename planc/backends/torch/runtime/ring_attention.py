@@ -55,6 +55,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from planc.layout.slices import zigzag_chunks
+
 Backend = str  # "auto" | "cudnn" | "flash" | "efficient" | "cpu_flash" | "explicit"
 _warned: set[str] = set()
 
@@ -73,7 +75,8 @@ def zigzag_shard(x: torch.Tensor, rank: int, world: int, dim: int) -> torch.Tens
     """Rank's zig-zag part of x along dim: chunk rank, then chunk 2*world-1-rank."""
     _check_seq(x.shape[dim], world, True)
     chunks = x.chunk(2 * world, dim=dim)
-    return torch.cat((chunks[rank], chunks[2 * world - 1 - rank]), dim=dim)
+    first, second = zigzag_chunks(world, rank)
+    return torch.cat((chunks[first], chunks[second]), dim=dim)
 
 
 def zigzag_unshard(chunks_list: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
