@@ -26,7 +26,7 @@ def current_predictions(r: dict) -> None:
     the run was made, as predicted_*_at_run.)"""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from planc.compiler.lower import lower
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
     from planc.cost.time import rates_of, step_estimate
     from planc.diagnostics import Diagnostics
     from planc.pipeline import load as load_spec

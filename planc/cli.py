@@ -307,7 +307,7 @@ class RuntimeRefusal(Exception):
 
 
 def cmd_emit(a: argparse.Namespace) -> int:
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
 
     got = _verified(a)
     if isinstance(got, int):
@@ -321,13 +321,16 @@ def cmd_emit(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
     from planc.output.console import progress
 
     got = _verified(a)
     if isinstance(got, int):
         return got
     plan, graph = got
+    if a.warmup < 0 or a.repeats < 1:
+        raise UsageError(f"--warmup {a.warmup} --repeats {a.repeats}: need warmup >= 0 and "
+                         "repeats >= 1")
     emit, launch = _torch_backend()
     dtype = a.dtype or ("float32" if a.device == "cpu" else None)
     cfg = to_run_config(plan, graph, dtype=dtype, warmup=a.warmup, repeats=a.repeats)
@@ -337,9 +340,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if cfg.world_size % a.nnodes:
         raise UsageError(f"--nnodes {a.nnodes} does not divide the plan's {cfg.world_size} ranks")
     if a.device == "cuda":
-        import torch
-
-        visible = torch.cuda.device_count()
+        visible = launch.visible_gpus()
         if visible < nproc:
             raise EnvironmentProblem(
                 f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
-from planc.compiler.lower import Degrees, microbatches, plan_moe_mode
+from planc.compiler.splits import Degrees, microbatches, plan_moe_mode
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims, layer_program, peak_live
 from planc.layout.schedule import cache_capacity

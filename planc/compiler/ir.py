@@ -121,6 +121,10 @@ class PlacementGraph(_Node):
     seq: int
     microbatches: int
     strategies: list[str]  # e.g. ["tp", "pp"]: what the runtime will do
+    # The placement itself: model dimension -> the mesh axes it is split over (several axes:
+    # their product, first axis outermost; planc/layout/mesh.py). kv_heads follow heads.
+    splits: dict[str, list[str]] = {}
+    attention: Literal["local", "ring", "gather"] = "local"  # how a seq split attends
     stages: list[Stage]
     classes: list[DeviceClass]
     device_capacity: int

@@ -27,56 +27,10 @@ from planc.compiler.ir import (
     TensorShard,
 )
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import Degrees, attention_mode, microbatches, plan_moe_mode, plan_stages
 from planc.cost.memory import LocalDims, layer_program, peak_live
 from planc.layout.compress import format_for, weight_bytes
-from planc.layout.moe import MoeMode, moe_mode
-from planc.layout.slices import cdiv, pieces_per_part, slice_kind
-from planc.layout.stages import even_stages
-
-
-@dataclass(frozen=True)
-class Degrees:
-    dp: int  # batch
-    sp: int  # seq
-    pp: int  # layers
-    th: int  # heads (and kv_heads)
-    hd: int  # head_dim
-    fd: int  # ffn
-    ep: int  # experts
-
-    @staticmethod
-    def of(plan: PlanSpec) -> Degrees:
-        return Degrees(plan.degree("batch"), plan.degree("seq"), plan.degree("layers"),
-                       plan.degree("heads"), plan.degree("head_dim"), plan.degree("ffn"),
-                       plan.degree("experts"))
-
-
-def plan_stages(plan: PlanSpec) -> list[tuple[int, int]]:
-    sh = plan.shard_of("layers")
-    L = plan.model.layers
-    if sh is None:
-        return [(0, L)]
-    if sh.stages:
-        return [(a, b + 1) for a, b in sh.stages]
-    return even_stages(L, plan.degree("layers"))
-
-
-def microbatches(plan: PlanSpec) -> int:
-    sh = plan.shard_of("layers")
-    return sh.microbatches if sh is not None and sh.microbatches else 1
-
-
-def seq_chunk_step(plan: PlanSpec) -> int:
-    """What a sequence length must be a multiple of: the sequence degree, times the pieces each
-    part holds (two under a zig-zag layout, see planc/layout/slices.py)."""
-    sh = plan.shard_of("seq")
-    kind = slice_kind("seq", sh.attention if sh is not None else "local")
-    return plan.degree("seq") * pieces_per_part(kind)
-
-
-def attention_mode(plan: PlanSpec) -> str:
-    sh = plan.shard_of("seq")
-    return sh.attention if sh is not None and plan.degree("seq") > 1 else "local"
+from planc.layout.slices import cdiv
 
 
 def weight_format(plan: PlanSpec, mlp: bool) -> str:
@@ -143,14 +97,6 @@ def _link(plan: PlanSpec, axes: list[str]) -> str:
             span += (s - 1) * stride
         stride *= s
     return "intra" if span < plan.cluster.per_node else "inter"
-
-
-def plan_moe_mode(plan: PlanSpec) -> MoeMode:
-    """The MoE layer's routing mode (planc/layout/moe.py); "local" for a dense model."""
-    if not plan.model.experts:
-        return "local"
-    return moe_mode(plan.axes_of("experts"), plan.axes_of("ffn"),
-                    plan.axes_of("batch") + plan.axes_of("seq"))
 
 
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
@@ -370,6 +316,11 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                    cache_resident=resident))
         graph_stages.append(Stage(index=si, layers=(first, last), device_class=cid))
     strategies = sorted({r for r in roles.values() if r != "idle"})
+    splits = {d: list(sh.axes) for sh in plan.shards for d in sh.dims}
+    if "heads" in splits:
+        splits.setdefault("kv_heads", splits["heads"])  # kv_heads follow heads (E052)
     return PlacementGraph(plan=plan.name, model=m.name, mesh=mesh, batch=w.batch, seq=w.seq,
-                          microbatches=nmb, strategies=strategies, stages=graph_stages,
+                          microbatches=nmb, strategies=strategies,
+                          splits=dict(sorted(splits.items())), attention=mode,  # type: ignore[arg-type]
+                          stages=graph_stages,
                           classes=classes, device_capacity=dev.memory, cache_capacity=dev.cache)

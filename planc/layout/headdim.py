@@ -10,7 +10,8 @@ dimension i together with dimension i + head_dim/2. For the rotation to be compu
 pair must live on one rank, so slice j of m is the range [j*d/(2m), (j+1)*d/(2m)) of the first
 half followed by the same range shifted by d/2. Laid out in that order, the local slice is itself
 a valid `rotate_half` input: rotate_half(x)[slice] == rotate_half(x[slice]), and the matching
-cos/sin columns are cos[..., slice]. This needs head_dim divisible by 2*m; the pairing itself is planc/layout/slices.py's.
+cos/sin columns are cos[..., slice]. This needs head_dim divisible by 2*m; the pairing itself
+is planc/layout/slices.py's.
 """
 
 from __future__ import annotations

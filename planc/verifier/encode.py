@@ -14,7 +14,8 @@ from functools import reduce
 from math import prod
 
 from planc.compiler.ir import PlacementGraph
-from planc.compiler.lower import lower, microbatches
+from planc.compiler.lower import lower
+from planc.compiler.splits import microbatches
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes, human_count
 from planc.diagnostics import Related

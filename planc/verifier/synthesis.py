@@ -21,12 +21,12 @@ from math import prod
 import z3
 
 from planc.compiler.check_structure import check_structure
-from planc.compiler.lower import lower, memory_by_class, seq_chunk_step
+from planc.compiler.lower import lower, memory_by_class
+from planc.compiler.splits import seq_chunk_step
 from planc.compiler.spec import PlanSpec
 from planc.cost.time import rates_of, step_estimate
 from planc.diagnostics import Diagnostics, Related, Span
 from planc.verifier import encode
-from planc.verifier.report import PlanResult
 from planc.verifier.solve import SolverConfig
 
 MAX_CANDIDATES = 20_000
@@ -348,19 +348,16 @@ def _nearest_devices(plan: PlanSpec, solver: SolverConfig, deadline: float) -> i
 
 
 def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
-               ) -> PlanResult | None:
-    from planc.pipeline import check_plan
-
+               ) -> tuple[PlanSpec, dict[str, object]] | None:
+    """The best concrete plan for the holes, and what the search did (the report's
+    "synthesis" entry); None, with a diagnostic, when nothing fits. The caller checks the
+    plan it returns (pipeline.check_plan), so the verifier does not import the pipeline."""
     cfg = solver or SolverConfig()
     best, tried, core = search(plan, cfg)
     if best is None:
         _explain_infeasible(plan, cfg, core, tried, diags)
         return None
-    result = check_plan(best, diags, cfg)
-    if result is None:
-        return None
-    result.completed = completed_text(plan, best)
-    result.extra["synthesis"] = {
+    return best, {
         "objective": " ".join(plan.objective or ("minimize", "time")),
         "candidates": tried,
         "values": {**{f"mesh.{a}": best.axis_size(a) for a in _mesh_holes(plan)},
@@ -370,7 +367,6 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
                       if plan.shard_of("layers") and plan.shard_of("layers").microbatches is None  # type: ignore[union-attr]
                       else {})},
     }
-    return result
 
 
 def _explain_infeasible(plan: PlanSpec, cfg: SolverConfig, core, tried: int,  # type: ignore[no-untyped-def]

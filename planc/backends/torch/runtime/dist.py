@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from planc.backends.torch.launch import NO_MULTICAST_ENV
 from planc.backends.torch.runtime.config import RunConfig
-from planc.backends.torch.runtime.layout import Layout, check_config
+from planc.backends.torch.runtime.layout import Layout
 from planc.layout.mesh import groups as mesh_groups
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,7 +71,6 @@ def _new_axes_group(cfg: RunConfig, mesh: DeviceMesh, axes: tuple[str, ...]) -> 
 
 def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
     """Start the process group (gloo on cpu, nccl on cuda) and build the mesh and its groups."""
-    check_config(cfg)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:

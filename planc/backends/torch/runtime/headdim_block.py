@@ -8,7 +8,7 @@ kv_heads divides by n), read as two contiguous runs per head; o_proj takes the s
 Partial scores q_j k_j^T are summed over the m ranks of the head group (all_reduce, float32),
 softmax and P V run on the local slice, and o_proj is row-parallel over the whole n x m grid: one
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
-MLP is layers.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
+MLP is cores.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
 
 Memory, for a microbatch of T = b * seq tokens (b rows), element size e, local widths
 Q = q_heads * head_dim/m, K = kv_heads * head_dim/m (local heads, local slice), g = q_heads /

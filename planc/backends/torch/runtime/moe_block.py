@@ -1,9 +1,9 @@
 """Mixtral MoE MLP block (seed 004): RMSNorm, router, experts local / expert parallel /
 replicated-token, per the RunConfig's splits (planc/layout/moe.py), over runtime/moe.py.
 
-- "all_to_all" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over tp`): each
-  rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its rank in the
-  group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each expert's ffn slice
+- "all_to_all" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over
+  tp`): each rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its
+  rank in the group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each expert's ffn slice
   is the rank's tp part and one all_reduce over tp completes the down projections.
 - "replicated" (experts and/or ffn over axes where tokens are the same, e.g. the TP 8 x PP 2
   baseline's `heads, kv_heads, experts over tp`: 2 of 16 experts per device): each rank adds its

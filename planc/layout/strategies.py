@@ -1,0 +1,63 @@
+"""The strategy registry: one record per parallel strategy.
+
+A record says which model dimensions the strategy splits, the role its mesh axes play, which
+other roles may share an axis with it, what it communicates, which memory terms it changes and
+which runtime core runs it. check_structure, lower, the renderer and the runtime read these
+records; docs/architecture.md says how to add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    role: str  # the role of a mesh axis that carries it (Axis.role in the placement graph)
+    dims: tuple[str, ...]  # model dimensions it splits
+    shares_axis_with: tuple[str, ...]  # other roles that may ride on the same axis
+    collectives: tuple[str, ...]  # what it sends, per layer and microbatch (lower.py counts them)
+    memory: tuple[str, ...]  # what it shrinks or adds in the memory model (planc/cost)
+    core: str  # the runtime core (backends/torch/runtime/cores.py); "" when it has none
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("tensor", "tp", ("heads", "kv_heads", "ffn"), ("hd", "ep"),
+             ("all_reduce after o_proj", "all_reduce after down_proj"),
+             ("q/k/v/o and MLP weights / tp", "attention activations / tp"), "heads"),
+    Strategy("head_dim", "hd", ("head_dim",), ("tp",),
+             ("all_reduce of partial scores over head_dim", "all_reduce after o_proj"),
+             ("q/k/v/o weights / hd", "float32 scores"), "head_dim"),
+    Strategy("pipeline", "pp", ("layers",), (),
+             ("send_recv of activations between stages",),
+             ("layers / pp", "send and receive buffers"), ""),
+    Strategy("sequence", "sp", ("seq",), (),
+             ("ring_pass of K/V (ring)", "all_gather of K/V (gather)"),
+             ("activations / sp", "K/V blocks in flight"), "ring"),
+    Strategy("expert", "ep", ("experts",), ("dp", "tp"),
+             ("all_to_all dispatch and combine", "all_reduce (replicated tokens)"),
+             ("experts / ep", "routed rows"), "moe"),
+    Strategy("data", "dp", ("batch",), ("ep",), (), ("batch / dp",), ""),
+)
+BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
+ROLE_OF_DIM: dict[str, str] = {d: s.role for s in STRATEGIES for d in s.dims}
+
+
+def compatible(roles: frozenset[str]) -> bool:
+    """May these roles share one mesh axis? (Finer rules: check_structure.)"""
+    by_role = {s.role: s for s in STRATEGIES}
+    return all(set(roles) - {r} <= set(by_role[r].shares_axis_with) for r in roles)
+
+
+def attention_core(splits: Mapping[str, Sequence[str]], attention: str) -> str:
+    """The attention core a rank runs: head x head_dim, ring / gather over a sequence split,
+    or plain heads (tensor parallel or none)."""
+    if splits.get("head_dim"):
+        return "head_dim"
+    if splits.get("seq"):
+        if attention not in ("ring", "gather"):
+            raise ValueError("splits['seq'] needs attention 'ring' or 'gather', not 'local'")
+        return attention
+    return "heads"
