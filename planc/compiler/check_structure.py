@@ -20,6 +20,7 @@ from planc.compiler.spec import PlanSpec
 from planc.diagnostics import Diagnostics, Related
 from planc.layout.strategies import ROLE_OF_DIM, compatible
 
+
 def axis_roles(plan: PlanSpec) -> dict[str, str]:
     """Role per mesh axis ("idle" when nothing is sharded over it). Assumes a checked plan."""
     dims_on: dict[str, list[str]] = {a: [] for a, _ in plan.mesh}

@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph, TensorShard
-from planc.compiler.splits import Degrees, microbatches, plan_moe_mode
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import LocalDims, layer_program, peak_live
+from planc.compiler.splits import Degrees, microbatches, plan_moe_mode
+from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
 from planc.layout.schedule import cache_capacity
 from planc.layout.slices import cdiv
 
@@ -89,9 +89,7 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
         else:
             step_peak_c = step_peak
         row["activations"] = max(row["activations"], step_peak_c)
-        row["peak"] = sum(row[k] for k in ("weights", "activations", "kv_cache", "buffers",
-                                           "reserve"))
-        out[cid] = row
+        out[cid] = with_peak(row)
     return out
 
 

@@ -28,7 +28,7 @@ from planc.compiler.ir import (
 )
 from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import Degrees, attention_mode, microbatches, plan_moe_mode, plan_stages
-from planc.cost.memory import LocalDims, layer_program, peak_live
+from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
 from planc.layout.compress import format_for, weight_bytes
 from planc.layout.slices import cdiv
 
@@ -182,9 +182,8 @@ def stage_memory(plan: PlanSpec, ld: LocalDims, layer_peak: int, layer_weights: 
     steady = sum(b.bytes for b in bufs if not b.transient and b.role in ("activation", "io"))
     transient = max([layer_peak if n_layers else 0] + [b.bytes for b in bufs if b.transient])
     comm = sum(b.bytes for b in bufs if b.role in ("communication", "workspace"))
-    memory = {"weights": weights, "activations": steady + transient, "kv_cache": 0,
-              "buffers": comm, "reserve": dev.reserve}
-    memory["peak"] = sum(memory.values())
+    memory = with_peak({"weights": weights, "activations": steady + transient, "kv_cache": 0,
+                        "buffers": comm, "reserve": dev.reserve})
     memory["capacity"] = dev.memory
     return memory
 

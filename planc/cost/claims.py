@@ -11,8 +11,8 @@ from fractions import Fraction
 
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.layout.compress import format_for, weight_bytes
 from planc.cost.time import rates_of, step_lower_bound
+from planc.layout.compress import format_for, weight_bytes
 
 
 def layer_params(plan: PlanSpec) -> int:

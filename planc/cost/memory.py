@@ -11,6 +11,17 @@ from dataclasses import dataclass
 
 from planc.layout.moe import MoeMode
 
+# The terms of a device's memory row, in the order every table prints them (check, show, JSON);
+# the row's peak is their sum, so a printed row adds up.
+MEMORY_TERMS = ("weights", "activations", "kv_cache", "buffers", "reserve")
+MEMORY_COLUMNS = (*MEMORY_TERMS, "peak")  # the memory table of `check` and of `show`
+MEMORY_HEADER = [k.replace("_", " ") for k in MEMORY_COLUMNS]
+
+
+def with_peak(row: dict[str, int]) -> dict[str, int]:
+    """The row with its peak: the sum of its MEMORY_TERMS."""
+    return {**row, "peak": sum(row[k] for k in MEMORY_TERMS)}
+
 
 @dataclass(frozen=True)
 class LocalDims:

@@ -8,15 +8,14 @@ order so reports are deterministic.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import cache
 from fractions import Fraction
-from functools import reduce
+from functools import cache, reduce
 from math import prod
 
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.lower import lower
-from planc.compiler.splits import microbatches
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import microbatches
 from planc.compiler.units import human_bytes, human_count
 from planc.diagnostics import Related
 from planc.layout.slices import cdiv, owner, pieces, pieces_per_part, slice_kind

@@ -22,8 +22,8 @@ import z3
 
 from planc.compiler.check_structure import check_structure
 from planc.compiler.lower import lower, memory_by_class
-from planc.compiler.splits import seq_chunk_step
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import seq_chunk_step
 from planc.cost.time import rates_of, step_estimate
 from planc.diagnostics import Diagnostics, Related, Span
 from planc.verifier import encode

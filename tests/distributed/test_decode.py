@@ -39,8 +39,8 @@ METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matche
 
 def compiled(name: str) -> tuple[Any, RunConfig]:
     """(placement graph, RunConfig with one timed run) of specs/local/<name>.plan."""
-    from planc.compiler.lower import lower
     from planc.backends.torch.runconfig import to_run_config
+    from planc.compiler.lower import lower
     from planc.diagnostics import Diagnostics
     from planc.pipeline import load
 

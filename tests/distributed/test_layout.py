@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-from planc.layout.slices import kv_heads_of as kv_head_range
 from planc.backends.torch.runtime.layout import (
     Layout,
     output_tiles,
     seq_positions,
 )
+from planc.layout.slices import kv_heads_of as kv_head_range
 
 
 def test_ranks_are_row_major_with_the_last_axis_fastest(tiny, tp):

@@ -5,8 +5,6 @@ the replicated-token mode, both checkpoint layouts, and the traffic formulas of 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path

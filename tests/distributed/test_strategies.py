@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from planc.layout.compress import weight_bytes
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
+from planc.layout.compress import weight_bytes
 
 pytestmark = pytest.mark.distributed
 

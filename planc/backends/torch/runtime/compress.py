@@ -2,7 +2,8 @@
 semi-structured sparsity, and both together; `CompressedLinear` stores a weight compressed and
 computes y = x @ W.T with it.
 
-Storage (what `CompressedLinear.stored_tensors` holds; planc/layout/compress.py gives the byte formulas):
+Storage (what `CompressedLinear.stored_tensors` holds; planc/layout/compress.py gives the byte
+formulas):
 - int8: q int8 [out, in] and scale [out] in the weight's dtype, W ~= q * scale[:, None].
 - 2:4: values [out, in/2] (the 2 kept of every 4 consecutive inputs, in order) and metadata
   uint8 [out, in/8]: per group of 4 one nibble (lo 2 bits: index of the first kept element,

@@ -39,8 +39,8 @@ from planc.backends.torch.runtime.headdim_attention import headdim_attention, ro
 from planc.backends.torch.runtime.headdim_block import HeadDimAttention
 from planc.backends.torch.runtime.layers import Attention, Rope, all_reduce, apply_rope_
 from planc.backends.torch.runtime.ring_attention import attention_with_lse
-from planc.layout.schedule import Slots
 from planc.backends.torch.runtime.seq_attention import SeqParallelAttention
+from planc.layout.schedule import Slots
 
 
 def lse_merge(outs: Tensor, lses: Tensor) -> Tensor:

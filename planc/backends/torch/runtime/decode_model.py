@@ -6,7 +6,8 @@ The checkpoint is a LlamaForCausalLM / MixtralForCausalLM (tensor names `model.*
 [vocab, hidden] is whole on every last-stage rank, as the compiler counts it (decode.py), so
 tensor-parallel peers compute the same logits and need no gather.
 
-The cache is allocated once, at load, for context + generate positions (planc/layout/schedule.py), zeros:
+The cache is allocated once, at load, for context + generate positions
+(planc/layout/schedule.py), zeros:
 per layer k and v [rows, kv_heads_local, capacity, head_dim_local] in the run dtype. Bytes per
 rank: layers * 2 * rows * kv_heads_local * capacity * head_dim_local * e, the compiler's
 kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse it.
@@ -26,9 +27,9 @@ from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions
 from planc.backends.torch.runtime.model import StageModel, load_stage
+from planc.backends.torch.weights import ShardReader
 from planc.layout import mesh
 from planc.layout.schedule import Slots, cache_capacity, last_position_part
-from planc.backends.torch.weights import ShardReader
 
 
 class DecodeModel(nn.Module):

@@ -2,8 +2,8 @@
 program.py's for prefill; emit.py imports this module as `program` when cfg.phase is decode.
 
 Schedule. Items are (step t, microbatch m), numbered i = t * microbatches + m. Step 0 is the
-prefill of the prompt, later steps one token per sequence (planc/layout/schedule.py). The schedule goes in
-rounds (planc/layout/schedule.py): in each round every stage runs at most one item, then
+prefill of the prompt, later steps one token per sequence. The schedule goes in rounds
+(planc/layout/schedule.py): in each round every stage runs at most one item, then
 exchanges with its neighbours in one batch_isend_irecv: it sends the item's hidden state to the
 next stage (the last stage: the argmax token ids [rows] back to the first stage, its peer with
 the same tensor / data / sequence coordinates) and receives what its previous stage (the first
@@ -36,11 +36,11 @@ from planc.backends.torch import decode_metrics, metrics
 from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
-from planc.backends.torch.runtime.layout import token_holders
 from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.layout import token_holders
 from planc.backends.torch.runtime.model import weight_bytes
-from planc.layout.schedule import stage_rounds, step_slots
 from planc.backends.torch.runtime.program import load_with
+from planc.layout.schedule import stage_rounds, step_slots
 
 
 @dataclass

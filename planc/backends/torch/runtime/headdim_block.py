@@ -36,7 +36,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
-from planc.layout.headdim import headdim_rows, headdim_split_error
 from planc.backends.torch.runtime.layers import (
     RMSNorm,
     Rope,
@@ -45,6 +44,7 @@ from planc.backends.torch.runtime.layers import (
     load_norm,
     make_linear,
 )
+from planc.layout.headdim import headdim_rows, headdim_split_error
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext

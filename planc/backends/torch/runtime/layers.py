@@ -20,10 +20,10 @@ Other strategies are cores picked in runtime/cores.py: ring / gather attention
 (runtime/headdim_block.py over headdim_attention.py) and MoE experts (runtime/moe_block.py over
 moe.py); int8 / 2:4 linears come from `make_linear` below (runtime/compress.py). Each core
 exposes `make_attention(ctx, reader, layer)` or `make_mlp(ctx, reader, layer)`; their
-docstrings list the buffers they allocate per microbatch, as above. An attention block maps the residual
-stream x [b, s, hidden] and the Rope tables of the local positions to its reduced output; an MLP
-block maps x to its reduced output; both apply their own input RMSNorm (`load_norm`), so the
-normalised copy of x is freed as soon as the first GEMM has read it.
+docstrings list the buffers they allocate per microbatch, as above. An attention block maps
+the residual stream x [b, s, hidden] and the Rope tables of the local positions to its reduced
+output; an MLP block maps x to its reduced output; both apply their own input RMSNorm
+(`load_norm`), so the normalised copy of x is freed as soon as the first GEMM has read it.
 """
 
 from __future__ import annotations

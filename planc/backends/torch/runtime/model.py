@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.cores import make_layer
+from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import RMSNorm, Rope, load_norm
 from planc.backends.torch.weights import ShardReader
 

@@ -3,8 +3,9 @@ replicated-token, per the RunConfig's splits (planc/layout/moe.py), over runtime
 
 - "all_to_all" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over
   tp`): each rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its
-  rank in the group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each expert's ffn slice
-  is the rank's tp part and one all_reduce over tp completes the down projections.
+  rank in the group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each
+  expert's ffn slice is the rank's tp part and one all_reduce over tp completes the down
+  projections.
 - "replicated" (experts and/or ffn over axes where tokens are the same, e.g. the TP 8 x PP 2
   baseline's `heads, kv_heads, experts over tp`: 2 of 16 experts per device): each rank adds its
   experts' (ffn slices') contributions, one all_reduce over the experts x ffn ranks.
@@ -131,7 +132,7 @@ def load_experts(
 
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     """Layer `layer`'s MoE block for this rank (see the module docstring)."""
-    cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
+    lay, m = ctx.layout, ctx.cfg.model
     if m.experts < 1:
         raise ValueError(f"arch mixtral needs experts >= 1, got {m.experts}")
     mode = moe_mode(lay.axes("experts"), lay.axes("ffn"), lay.axes("batch") + lay.axes("seq"))

@@ -18,9 +18,9 @@ from torch import Tensor
 
 from planc.backends.torch import metrics, reference
 from planc.backends.torch.runtime import pipeline
+from planc.backends.torch.runtime.cores import attention_kind
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
-from planc.backends.torch.runtime.cores import attention_kind
 from planc.backends.torch.runtime.layers import rope_tables
 from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
 from planc.backends.torch.runtime.ring_attention import lse_backend
