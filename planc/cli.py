@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--plan", help="the plan to use when the file has several")
     g.add_argument("-o", "--output", help="output file (default: stdout)")
 
-    f = sub.add_parser("fmt", help="rewrite .plan files in the canonical layout")
+    f = sub.add_parser("fmt", help="rewrite .plan files in the canonical form")
     f.add_argument("paths", nargs="+", metavar="PATH", help="files, directories, or - (stdin)")
     f.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 when a file would change")

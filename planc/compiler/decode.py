@@ -45,16 +45,16 @@ def decode_dims(plan: PlanSpec) -> LocalDims:
     m, w = plan.model, plan.workload
     deg = Degrees.of(plan)
     assert w.batch is not None
-    b_local = cdiv(w.batch, deg.dp)
+    b_local = cdiv(w.batch, deg.batch)
     mb = cdiv(b_local, microbatches(plan))
     routed = 0
     if m.experts:
         routed = (mb * m.top_k if plan_moe_mode(plan) == "all_to_all"
-                  else cdiv(mb * m.top_k, deg.ep))
+                  else cdiv(mb * m.top_k, deg.experts))
     return LocalDims(tokens=mb, mb=mb, seq_q=1, seq_kv=kv_length(plan), hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
-                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
-                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
+                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
+                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
                      elem=m.dtype_bytes, routed=routed, experts_total=m.experts,
                      moe_mode=plan_moe_mode(plan))
 
@@ -62,7 +62,7 @@ def decode_dims(plan: PlanSpec) -> LocalDims:
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
     """K and V for every cached position of the rank's sequences, for its stage's layers."""
     d = decode_dims(plan)
-    b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).dp)
+    b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).batch)
     return n_layers * 2 * b_local * kv_length(plan) * d.kv_heads * d.head_dim * d.elem
 
 
@@ -155,7 +155,7 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
 def _tokens_of(graph: PlacementGraph, plan: PlanSpec) -> int:
     """Tokens of one prefill microbatch on one rank (what the prefill collectives carry)."""
     deg = Degrees.of(plan)
-    b_local = cdiv(graph.batch, deg.dp)
+    b_local = cdiv(graph.batch, deg.batch)
     return cdiv(b_local, graph.microbatches) * _seq_local(plan)
 
 

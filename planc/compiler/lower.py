@@ -42,9 +42,9 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     m = plan.model
     e = m.dtype_bytes
     h = m.hidden
-    heads_l, kv_l = cdiv(m.heads, deg.th), cdiv(m.kv_heads, deg.th)
-    hd_l = cdiv(m.head_dim, deg.hd)
-    f_l = cdiv(m.ffn, deg.fd)
+    heads_l, kv_l = cdiv(m.heads, deg.heads), cdiv(m.kv_heads, deg.heads)
+    hd_l = cdiv(m.head_dim, deg.head_dim)
+    f_l = cdiv(m.ffn, deg.ffn)
     attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
     ffn_axes = list(plan.axes_of("ffn"))
     afmt, mfmt = weight_format(plan, False), weight_format(plan, True)
@@ -76,7 +76,7 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
         add(p + "mlp.up_proj.weight", [m.ffn, h], [f_l, h], {"0": ffn_axes}, mfmt)
         add(p + "mlp.down_proj.weight", [h, m.ffn], [h, f_l], {"1": ffn_axes}, mfmt)
     else:
-        e_l = cdiv(m.experts, deg.ep)
+        e_l = cdiv(m.experts, deg.experts)
         ex_axes = list(plan.axes_of("experts"))
         add(p + "mlp.gate.weight", [m.experts, h], [m.experts, h], {}, "dense")
         add(p + "mlp.experts.gate_proj", [m.experts, m.ffn, h], [e_l, f_l, h],
@@ -102,9 +102,9 @@ def _link(plan: PlanSpec, axes: list[str]) -> str:
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
     m, w = plan.model, plan.workload
     assert w.batch is not None and w.seq is not None
-    b_local = cdiv(w.batch, deg.dp)
+    b_local = cdiv(w.batch, deg.batch)
     mb = cdiv(b_local, microbatches(plan))
-    s_l = cdiv(w.seq, deg.sp)
+    s_l = cdiv(w.seq, deg.seq)
     mode = attention_mode(plan)
     kv_len = s_l if mode == "ring" else w.seq
     routed = 0
@@ -113,12 +113,12 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
         # receives as many; replicated mode (experts on the tp axis): the group's tokens are
         # the same on every device and each device takes its experts' share.
         routed = (mb * s_l * m.top_k if plan_moe_mode(plan) == "all_to_all"
-                  else cdiv(mb * s_l * m.top_k, deg.ep))
+                  else cdiv(mb * s_l * m.top_k, deg.experts))
     return LocalDims(routed=routed, experts_total=m.experts, moe_mode=plan_moe_mode(plan),
                      tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
-                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
-                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
+                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
+                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
                      elem=m.dtype_bytes)
 
 
@@ -200,7 +200,7 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
                                   {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
     ld = local_dims(plan, deg)
-    ops, bufs = layer_program(ld, attention_mode(plan), deg.sp, deg.hd)
+    ops, bufs = layer_program(ld, attention_mode(plan), deg.seq, deg.head_dim)
     peak = peak_live(bufs, len(ops))
     layer_w = sum(s.bytes for s in layer_shards(plan, deg))
     stages = plan_stages(plan)
@@ -227,7 +227,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
-    ops_spec, bufs_spec = layer_program(ld, mode, deg.sp, deg.hd)
+    ops_spec, bufs_spec = layer_program(ld, mode, deg.seq, deg.head_dim)
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)
     pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None
@@ -271,12 +271,12 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                               link=_link(plan, axes)))  # type: ignore[arg-type]
 
         coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
-        if deg.hd > 1:
+        if deg.head_dim > 1:
             coll("all_reduce", list(plan.axes_of("head_dim")),
                  ld.mb * ld.heads * ld.seq_q * ld.seq_kv * 4, calls, "attention_scores")
         if mode == "ring":
             coll("ring_pass", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls * (deg.sp - 1), "k_proj")
+                 calls * (deg.seq - 1), "k_proj")
         elif mode == "gather":
             coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
                  calls, "k_proj")

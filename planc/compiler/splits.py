@@ -16,19 +16,20 @@ from planc.layout.stages import even_stages
 
 @dataclass(frozen=True)
 class Degrees:
-    dp: int  # batch
-    sp: int  # seq
-    pp: int  # layers
-    th: int  # heads (and kv_heads)
-    hd: int  # head_dim
-    fd: int  # ffn
-    ep: int  # experts
+    """How many parts each model dimension is split into (kv_heads follow heads)."""
+
+    batch: int
+    seq: int
+    layers: int
+    heads: int
+    head_dim: int
+    ffn: int
+    experts: int
 
     @staticmethod
     def of(plan: PlanSpec) -> Degrees:
-        return Degrees(plan.degree("batch"), plan.degree("seq"), plan.degree("layers"),
-                       plan.degree("heads"), plan.degree("head_dim"), plan.degree("ffn"),
-                       plan.degree("experts"))
+        return Degrees(*(plan.degree(d) for d in
+                         ("batch", "seq", "layers", "heads", "head_dim", "ffn", "experts")))
 
 
 def plan_stages(plan: PlanSpec) -> list[tuple[int, int]]:

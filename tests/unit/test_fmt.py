@@ -1,4 +1,4 @@
-"""`planc fmt`: the canonical layout keeps the parsed plan (AST modulo spans) and every comment,
+"""`planc fmt`: the canonical form keeps the parsed plan (AST modulo spans) and every comment,
 is idempotent, and `--check` / `--diff` / in-place rewriting behave like other formatters."""
 
 from __future__ import annotations

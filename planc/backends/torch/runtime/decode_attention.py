@@ -162,7 +162,7 @@ def flash_decode(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup, scal
     msg = torch.cat((out, lse.unsqueeze(-1)), dim=-1)  # [b, heads, sq, d + 1]
     del out, lse
     world = dist.get_world_size(group)
-    # Concatenated along dim 0 (the layout gloo's all_gather_into_tensor takes), viewed per rank.
+    # Concatenated along dim 0 (the shape gloo's all_gather_into_tensor takes), viewed per rank.
     gathered = msg.new_empty((world * msg.shape[0], *msg.shape[1:]))
     dist.all_gather_into_tensor(gathered, msg, group=group)
     del msg

@@ -13,7 +13,7 @@ Two process groups are involved:
   input, so rank (i, j) multiplies its attention slice by o_proj's columns
   `headdim_shard_indices(heads, head_dim, n, i, m, j)` and the m*n partial outputs are summed.
 
-Layouts (local dims marked *):
+Shapes (local dims marked *):
 - q: [batch, heads/n *, s, head_dim/m *]; k, v: [batch, kv_heads/n *, s, head_dim/m *], RoPE
   applied with `apply_rope_slice` (cos/sin columns picked by `rope_slice`).
 - headdim_attention output: [batch, heads/n *, s, head_dim/m *], this rank's slice of the heads'

@@ -242,20 +242,20 @@ def compress_experts(
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _find_layout(keys: list[str], layer: int) -> tuple[str, str]:
+def _find_naming(keys: list[str], layer: int) -> tuple[str, str]:
     """(prefix, "legacy" | "fused") of `layer`'s MoE tensors in a checkpoint."""
     for key in keys:
-        for layout, name in zip(("legacy", "fused"), router_names(layer, prefix="")):
+        for naming, name in zip(("legacy", "fused"), router_names(layer, prefix="")):
             if key.endswith(name) and (len(key) == len(name) or key[-len(name) - 1] == "."):
-                return key[: len(key) - len(name)], layout
+                return key[: len(key) - len(name)], naming
     raise KeyError(f"no Mixtral router weight for layer {layer} in the checkpoint")
 
 
 def load_router(path: str, layer: int, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Router weight [E, H] of `layer` (replicated on every rank)."""
     with safe_open(path, framework="pt") as f:
-        prefix, layout = _find_layout(list(f.keys()), layer)
-        w = f.get_tensor(router_names(layer, prefix)[layout == "fused"])
+        prefix, naming = _find_naming(list(f.keys()), layer)
+        w = f.get_tensor(router_names(layer, prefix)[naming == "fused"])
     return w.to(dtype) if dtype is not None else w
 
 
@@ -273,7 +273,7 @@ def load_experts(
 ) -> ExpertWeights:
     """This rank's experts of `layer` (and its ffn slice of each), read with get_slice so only
     those bytes leave the file. Accepts the legacy per-expert names (w1/w3/w2, what
-    save_pretrained writes) and the fused in-memory layout of transformers 5.x."""
+    save_pretrained writes) and the fused in-memory naming of transformers 5.x."""
     first, last = expert_range(experts, ep, ep_rank)
     out = ExpertWeights(first=first)
 
@@ -282,8 +282,8 @@ def load_experts(
             lst.append(w.to(device=device, dtype=dtype or w.dtype).contiguous())
 
     with safe_open(path, framework="pt") as f:
-        prefix, layout = _find_layout(list(f.keys()), layer)
-        if layout == "legacy":
+        prefix, naming = _find_naming(list(f.keys()), layer)
+        if naming == "legacy":
             for e in range(first, last):
                 names = legacy_expert_names(layer, e, prefix)
                 gate, up, down = (f.get_slice(names[k]) for k in ("gate", "up", "down"))

@@ -27,7 +27,7 @@ from planc.layout.moe import experts_per_rank
 # transformers 5.23 holds experts fused in memory (MixtralExperts.gate_up_proj [E, 2F, H] with the
 # gate rows first, down_proj [E, H, F]) but `save_pretrained` writes, and Mistral's published
 # checkpoints hold, the legacy per-expert names below (w1 = gate, w3 = up, w2 = down); its
-# conversion_mapping.py merges them on load. Both layouts are read by moe.load_experts.
+# conversion_mapping.py merges them on load. Both namings are read by moe.load_experts.
 
 
 def legacy_expert_names(layer: int, expert: int, prefix: str = "model.") -> dict[str, str]:
