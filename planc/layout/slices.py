@@ -69,8 +69,8 @@ def owner(kind: SliceKind, size: int, parts: int, x: Any,
           div: Callable[[Any, Any], Any] = operator.floordiv) -> Any:
     """The part that holds index x (the inverse of `pieces`)."""
     if kind == "zigzag":
-        chunk = div(x, cdiv(size, 2 * parts))
-        return ite(chunk < parts, chunk, 2 * parts - 1 - chunk)
+        chunk = div(x, cdiv(size, 2 * parts))  # chunk c is part c's first or its mirror's second
+        return ite(chunk < parts, chunk, zigzag_chunks(parts, chunk)[1])
     if kind == "rope_paired":
         half = size // 2
         w = cdiv(half, parts)

@@ -17,6 +17,7 @@ class Strategy:
     name: str
     role: str  # the role of a mesh axis that carries it (Axis.role in the placement graph)
     dims: tuple[str, ...]  # model dimensions it splits
+    divides: tuple[tuple[str, str], ...]  # (dim, obligation code): dim divisible by its split
     shares_axis_with: tuple[str, ...]  # other roles that may ride on the same axis
     collectives: tuple[str, ...]  # what it sends, per layer and microbatch (lower.py counts them)
     memory: tuple[str, ...]  # what it shrinks or adds in the memory model (planc/cost)
@@ -24,25 +25,29 @@ class Strategy:
 
 
 STRATEGIES: tuple[Strategy, ...] = (
-    Strategy("tensor", "tp", ("heads", "kv_heads", "ffn"), ("hd", "ep"),
+    Strategy("tensor", "tp", ("heads", "kv_heads", "ffn"),
+             (("heads", "V201"), ("kv_heads", "V202"), ("ffn", "V204")), ("hd", "ep"),
              ("all_reduce after o_proj", "all_reduce after down_proj"),
              ("q/k/v/o and MLP weights / tp", "attention activations / tp"), "heads"),
-    Strategy("head_dim", "hd", ("head_dim",), ("tp",),
+    Strategy("head_dim", "hd", ("head_dim",), (("head_dim", "V203"),), ("tp",),
              ("all_reduce of partial scores over head_dim", "all_reduce after o_proj"),
              ("q/k/v/o weights / hd", "float32 scores"), "head_dim"),
-    Strategy("pipeline", "pp", ("layers",), (),
+    Strategy("pipeline", "pp", ("layers",), (("layers", "V208"),), (),
              ("send_recv of activations between stages",),
              ("layers / pp", "send and receive buffers"), ""),
-    Strategy("sequence", "sp", ("seq",), (),
+    Strategy("sequence", "sp", ("seq",), (("seq", "V207"),), (),
              ("ring_pass of K/V (ring)", "all_gather of K/V (gather)"),
              ("activations / sp", "K/V blocks in flight"), "ring"),
-    Strategy("expert", "ep", ("experts",), ("dp", "tp"),
+    Strategy("expert", "ep", ("experts",), (("experts", "V205"),), ("dp", "tp"),
              ("all_to_all dispatch and combine", "all_reduce (replicated tokens)"),
              ("experts / ep", "routed rows"), "moe"),
-    Strategy("data", "dp", ("batch",), ("ep",), (), ("batch / dp",), ""),
+    Strategy("data", "dp", ("batch",), (("batch", "V206"),), ("ep",), (), ("batch / dp",), ""),
 )
 BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 ROLE_OF_DIM: dict[str, str] = {d: s.role for s in STRATEGIES for d in s.dims}
+# Every divisibility obligation, in code order (the order reports list them).
+DIVISIBILITY: tuple[tuple[str, str], ...] = tuple(
+    sorted(((code, dim) for s in STRATEGIES for dim, code in s.divides)))
 
 
 def compatible(roles: frozenset[str]) -> bool:

@@ -19,8 +19,10 @@ from planc.compiler.splits import microbatches
 from planc.compiler.units import human_bytes, human_count
 from planc.diagnostics import Related
 from planc.layout.slices import cdiv, owner, pieces, pieces_per_part, slice_kind
+from planc.layout.strategies import DIVISIBILITY
 from planc.verifier.obligations import Obligation
 
+CODE = {dim: code for code, dim in DIVISIBILITY}
 CLAIM_TOLERANCE = Fraction(1, 100)  # `==` claims hold within 1% (claims are rounded numbers)
 
 
@@ -122,27 +124,25 @@ def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
 
 def _divisibility(plan: PlanSpec) -> list[Obligation]:
     m, w = plan.model, plan.workload
+    sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
+             "experts": m.experts, "batch": w.batch or 0}
+    # seq (zig-zag, the decode prompt) and layers (explicit stages) have rules of their own below
     out: list[Obligation | None] = [
-        _split_check(plan, "heads", m.heads, "V201"),
-        _split_check(plan, "kv_heads", m.kv_heads, "V202"),
-        _split_check(plan, "head_dim", m.head_dim, "V203"),
-        _split_check(plan, "ffn", m.ffn, "V204"),
-        _split_check(plan, "experts", m.experts, "V205") if m.experts else None,
-        _split_check(plan, "batch", w.batch or 0, "V206"),
-    ]
+        _split_check(plan, dim, sizes[dim], code) for code, dim in DIVISIBILITY
+        if dim in sizes and (dim != "experts" or m.experts)]
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
         halves = pieces_per_part(slice_kind("seq", seq_sh.attention))
         # decode: the prompt is what runs sequence-parallel (generated tokens are appended
         # round-robin to the ranks' cache chunks), so the prompt length must divide
         seq_len = w.context if w.phase == "decode" else (w.seq or 0)
-        out.append(_split_check(plan, "seq", seq_len, "V207", halves,
+        out.append(_split_check(plan, "seq", seq_len, CODE["seq"], halves,
                                 (" (zig-zag: 2 chunks per rank)" if halves > 1 else "")
                                 + (" (the decode prompt, context)" if w.phase == "decode"
                                    else "")))
     lay = plan.shard_of("layers")
     if lay is not None and not lay.stages:
-        out.append(_split_check(plan, "layers", m.layers, "V208"))
+        out.append(_split_check(plan, "layers", m.layers, CODE["layers"]))
     if lay is not None:
         dp_names = [f"mesh.{a}" for a in plan.axes_of("batch")]
         batch = w.batch or 0

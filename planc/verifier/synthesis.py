@@ -26,6 +26,7 @@ from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import seq_chunk_step
 from planc.cost.time import rates_of, step_estimate
 from planc.diagnostics import Diagnostics, Related, Span
+from planc.layout.slices import pieces_per_part, slice_kind
 from planc.verifier import encode
 from planc.verifier.solve import SolverConfig
 
@@ -103,7 +104,8 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                          f"{dim} ({size}) divisible by its split"))
     hd = plan.shard_of("head_dim")
     if hd is not None:
-        cons.append(("rope", m.head_dim % (2 * deg("head_dim")) == 0, hd.span,
+        pairs = pieces_per_part(slice_kind("head_dim"))
+        cons.append(("rope", m.head_dim % (pairs * deg("head_dim")) == 0, hd.span,
                      "head_dim divisible by twice its split (RoPE pairs)"))
     if w.batch is not None:
         cons.append(("div.batch", w.batch % deg("batch") == 0, plan.workload.spans.get("batch"),
@@ -114,7 +116,7 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                          "microbatches divide the local batch"))
     seq_sh = plan.shard_of("seq")
     if w.seq is not None and seq_sh is not None:
-        k = 2 if seq_sh.attention in ("ring", "gather") else 1
+        k = pieces_per_part(slice_kind("seq", seq_sh.attention))  # zig-zag: 2 chunks a part
         cons.append(("div.seq", w.seq % (k * deg("seq")) == 0, seq_sh.span,
                      f"seq ({w.seq}) divisible by {'2 x ' if k == 2 else ''}its split"))
     # microbatches are not enumerated by z3: given the mesh they range over the divisors of

@@ -102,3 +102,11 @@ def test_combined_groups_cover_the_head_grid_and_the_replicated_experts():
     rep = RunConfig(model=moe, mesh=(("tp", 2),), batch=1, seq=8,
                     splits={"heads": ("tp",), "experts": ("tp",), "ffn": ("tp",)})  # fmt: skip
     assert combined_groups(rep) == [("tp",)]
+
+
+def test_every_strategy_core_is_a_runtime_core():
+    from planc.backends.torch.runtime import cores
+    from planc.layout.strategies import STRATEGIES
+
+    known = set(cores.ATTENTION) | set(cores.MLP)
+    assert all(s.core in known for s in STRATEGIES if s.core)

@@ -52,3 +52,19 @@ def test_moe_mode_from_the_axes_of_experts_ffn_and_tokens():
     assert moe_mode((), ("tp",), ()) == "replicated"
     with pytest.raises(ValueError):
         moe_mode(("dp", "tp"), (), ("dp",))
+
+
+def test_strategy_records_are_consistent_with_the_dimensions_and_codes():
+    from planc.layout.strategies import DIVISIBILITY, STRATEGIES, compatible
+    from planc.output.rules import RULES
+
+    assert len({s.role for s in STRATEGIES}) == len({s.name for s in STRATEGIES}) == len(STRATEGIES)
+    for s in STRATEGIES:
+        assert {d for d, _ in s.divides} <= set(s.dims), s.name
+        assert all(code in RULES for _, code in s.divides), s.name
+    assert [d for _, d in DIVISIBILITY] == [
+        "heads", "kv_heads", "head_dim", "ffn", "experts", "batch", "seq", "layers"]
+    assert compatible(frozenset({"ep", "dp"})) and compatible(frozenset({"ep", "tp"}))
+    assert compatible(frozenset({"tp", "hd"}))
+    assert not compatible(frozenset({"tp", "pp"})) and not compatible(frozenset({"ep", "dp", "tp"}))
+    assert not compatible(frozenset({"sp", "dp"}))

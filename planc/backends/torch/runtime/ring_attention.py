@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from planc.layout.slices import zigzag_chunks
+from planc.layout.slices import pieces_per_part, zigzag_chunks
 
 Backend = str  # "auto" | "cudnn" | "flash" | "efficient" | "cpu_flash" | "explicit"
 _warned: set[str] = set()
@@ -65,7 +65,7 @@ _warned: set[str] = set()
 
 
 def _check_seq(seq: int, world: int, zigzag: bool) -> None:
-    parts = 2 * world if zigzag else world
+    parts = world * pieces_per_part("zigzag" if zigzag else "even")
     if seq % parts != 0:
         mode = "zig-zag (2 chunks per rank)" if zigzag else "contiguous"
         raise ValueError(f"seq ({seq}) is not divisible by {parts} for {mode} sequence sharding")

@@ -119,10 +119,6 @@ class SeqParallelAttention(nn.Module):
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> SeqParallelAttention:
     """Layer `layer`'s attention for splits["seq"] with cfg.attention ring or gather."""
     cfg, lay = ctx.cfg, ctx.layout
-    if cfg.zigzag and cfg.attention != "local":
-        sp = lay.parts("seq")
-        if sp > 1 and cfg.seq % (2 * sp):
-            raise ValueError(f"zig-zag needs seq ({cfg.seq}) divisible by 2 x {sp} ranks")
     wqkv, wo = attention_weights(ctx, reader, layer)
     return SeqParallelAttention(
         load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
