@@ -30,6 +30,7 @@ from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import Degrees, attention_mode, microbatches, plan_moe_mode, plan_stages
 from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
 from planc.layout.compress import format_for, weight_bytes
+from planc.layout.mesh import group as mesh_group
 from planc.layout.slices import cdiv
 
 
@@ -90,13 +91,8 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
 
 def _link(plan: PlanSpec, axes: list[str]) -> str:
     """intra when the group of rank 0 over these axes stays inside one node."""
-    sizes = [(a, s or 1) for a, s in plan.mesh]
-    stride, span = 1, 0
-    for a, s in reversed(sizes):
-        if a in axes:
-            span += (s - 1) * stride
-        stride *= s
-    return "intra" if span < plan.cluster.per_node else "inter"
+    group = mesh_group([(a, s or 1) for a, s in plan.mesh], 0, axes)
+    return "intra" if max(group) < plan.cluster.per_node else "inter"
 
 
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:

@@ -16,6 +16,7 @@ from math import prod
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes
+from planc.layout import mesh as mesh_math
 from planc.layout.slices import cdiv, pieces, slice_kind, zigzag_chunks
 
 MAX_RANK_COLUMNS = 64  # beyond this, one column per device class
@@ -88,9 +89,7 @@ def holds(plan: PlanSpec, coords: dict[str, int] | None) -> tuple[str, ...]:
             out += [f"{SHORT[d]} {cdiv(sizes[d], n)} each" for d in sh.dims
                     if n > 1 and not (d == "kv_heads" and "heads" in sh.dims)]
             continue
-        index = 0
-        for a in sh.axes:  # mixed radix over the axes as listed: the first varies slowest
-            index = index * plan.axis_size(a) + coords[a]
+        index = mesh_math.part([(a, plan.axis_size(a)) for a, _ in plan.mesh], coords, sh.axes)
         for d in sh.dims:
             if d == "kv_heads" and "heads" in sh.dims:
                 continue  # kv_heads follow heads
@@ -126,9 +125,7 @@ def _columns(plan: PlanSpec, graph: PlacementGraph) -> tuple[list[Column], bool]
             continue
         for r in ranks:
             coords = mesh.coords(r)
-            shard = 0
-            for a in axes:
-                shard = shard * sizes[a] + coords[a]
+            shard = mesh_math.part(mesh.shape, coords, axes)
             hue = si if len(graph.classes) > 1 else (coords[axes[0]] if axes else 0)
             hues = len(graph.classes) if len(graph.classes) > 1 else (
                 sizes[axes[0]] if axes else 1)

@@ -44,7 +44,7 @@ from planc.backends.torch.runtime.layers import (
     load_norm,
     make_linear,
 )
-from planc.layout.headdim import headdim_rows, headdim_split_error
+from planc.layout.headdim import headdim_rows
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
@@ -97,13 +97,9 @@ class HeadDimAttention(nn.Module):
 
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDimAttention:
     """Layer `layer`'s attention for splits["head_dim"] (with or without splits["heads"])."""
+    # head_dim with seq (E056) and head_dim's RoPE pairs (V310) are proved by the compiler.
     cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
-    if "seq" in cfg.splits and lay.parts("seq") > 1:
-        raise NotImplementedError("head_dim split together with a seq split is not implemented")
     parts, j = lay.parts("head_dim"), lay.part("head_dim")
-    err = headdim_split_error(m.head_dim, parts)
-    if err is not None:
-        raise ValueError(err)
     p, d = f"layers.{layer}.self_attn.", m.head_dim
     rows_q = headdim_rows(lay.q_heads, d, parts, j)
     rows_kv = headdim_rows(lay.kv_heads, d, parts, j)

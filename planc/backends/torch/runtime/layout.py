@@ -96,34 +96,24 @@ class Layout:
         return slices.even(self.cfg.model.ffn, self.parts("ffn"), self.part("ffn"))
 
 
-def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
-    """(rank, batch rows, seq positions) of one holder of every tile of the final output.
-
-    The last stage holds the output; ranks that differ only on tensor-parallel axes hold equal
-    copies, so the holder of a tile is the one with coordinate 0 on every such axis.
-    """
-    data_axes = set(cfg.splits.get("batch", ())) | set(cfg.splits.get("seq", ()))
-    stage_axes = cfg.splits.get("layers", ())
-    tiles = []
-    for rank in range(cfg.world_size):
-        lay = Layout(cfg, rank)
-        c = lay.coords
-        if not lay.is_last_stage or any(
-            c[a] != 0 for a, _ in cfg.mesh if a not in data_axes and a not in stage_axes
-        ):
-            continue
-        tiles.append((rank, lay.batch_rows, lay.positions))
-    return tiles
-
-
-def token_holders(cfg: RunConfig) -> list[tuple[int, range]]:
-    """(rank, batch rows) of one holder of every batch part's generated tokens: the last stage's
-    rank with coordinate 0 on every axis that splits neither batch nor layers (tensor, head_dim,
-    sequence and replicated axes hold equal copies)."""
-    keep = set(cfg.splits.get("batch", ())) | set(cfg.splits.get("layers", ()))
+def holders(cfg: RunConfig, dims: tuple[str, ...]) -> list[Layout]:
+    """One last-stage rank per part of `dims` (the others hold equal copies): the one with
+    coordinate 0 on every axis that splits neither `dims` nor layers."""
+    keep = {a for d in (*dims, "layers") for a in cfg.splits.get(d, ())}
     out = []
     for rank in range(cfg.world_size):
         lay = Layout(cfg, rank)
         if lay.is_last_stage and all(c == 0 for a, c in lay.coords.items() if a not in keep):
-            out.append((rank, lay.batch_rows))
+            out.append(lay)
     return out
+
+
+def output_tiles(cfg: RunConfig) -> list[tuple[int, range, list[int]]]:
+    """(rank, batch rows, seq positions) of one holder of every tile of the final output."""
+    return [(lay.rank, lay.batch_rows, lay.positions) for lay in holders(cfg, ("batch", "seq"))]
+
+
+def token_holders(cfg: RunConfig) -> list[tuple[int, range]]:
+    """(rank, batch rows) of one holder of every batch part's generated tokens (tensor,
+    head_dim, sequence and replicated axes hold equal copies)."""
+    return [(lay.rank, lay.batch_rows) for lay in holders(cfg, ("batch",))]
