@@ -2,8 +2,9 @@
 
 A record says which model dimensions the strategy splits, the role its mesh axes play, which
 other roles may share an axis with it, what it communicates, which memory terms it changes and
-which runtime core runs it. check_structure, lower, the renderer and the runtime read these
-records; docs/architecture.md says how to add one.
+which runtime core runs it. check_structure (axis roles and sharing), verifier/encode.py (the
+divisibility obligations) and the runtime (backends/torch/runtime/cores.py) read these records;
+docs/architecture.md says how to add one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Strategy:
     shares_axis_with: tuple[str, ...]  # other roles that may ride on the same axis
     collectives: tuple[str, ...]  # what it sends, per layer and microbatch (lower.py counts them)
     memory: tuple[str, ...]  # what it shrinks or adds in the memory model (planc/cost)
-    core: str  # the runtime core (backends/torch/runtime/cores.py); "" when it has none
+    core: str  # its runtime core (backends/torch/runtime/cores.py); "" when it needs none
 
 
 STRATEGIES: tuple[Strategy, ...] = (
@@ -37,13 +38,12 @@ STRATEGIES: tuple[Strategy, ...] = (
              ("layers / pp", "send and receive buffers"), ""),
     Strategy("sequence", "sp", ("seq",), (("seq", "V207"),), (),
              ("ring_pass of K/V (ring)", "all_gather of K/V (gather)"),
-             ("activations / sp", "K/V blocks in flight"), "ring"),
+             ("activations / sp", "K/V blocks in flight"), "ring"),  # or "gather": the plan says
     Strategy("expert", "ep", ("experts",), (("experts", "V205"),), ("dp", "tp"),
              ("all_to_all dispatch and combine", "all_reduce (replicated tokens)"),
              ("experts / ep", "routed rows"), "moe"),
     Strategy("data", "dp", ("batch",), (("batch", "V206"),), ("ep",), (), ("batch / dp",), ""),
 )
-BY_NAME: dict[str, Strategy] = {s.name: s for s in STRATEGIES}
 ROLE_OF_DIM: dict[str, str] = {d: s.role for s in STRATEGIES for d in s.dims}
 # Every divisibility obligation, in code order (the order reports list them).
 DIVISIBILITY: tuple[tuple[str, str], ...] = tuple(
