@@ -23,27 +23,29 @@ Format = Literal["dense", "int8", "2:4", "int8+2:4"]
 FORMATS: tuple[Format, ...] = ("dense", "int8", "2:4", "int8+2:4")
 
 
+def _meta(values: int) -> int:
+    """2:4 metadata: 2 bits per kept value, half the values kept: values / 8 bytes."""
+    return values // 8
+
+
 def sparse_meta_bytes(out_features: int, in_features: int) -> int:
-    """Metadata bytes of a 2:4 weight: 2 bits per kept element, in/8 bytes per row."""
+    """Metadata bytes of a 2:4 weight: in/8 bytes per row."""
     if in_features % 8:
         raise ValueError(f"2:4 metadata needs in_features % 8 == 0, got {in_features}")
-    return out_features * in_features // 8
+    return _meta(out_features * in_features)
 
 
 def weight_bytes(out_features: int, in_features: int, elem: int, fmt: Format = "dense") -> int:
     """Bytes a [out, in] weight occupies in format `fmt` (see the module docstring). A width
     that is no multiple of 8 is still counted (in/8 rounded down), so that the memory table of
     a plan V211 refuses shows what it would need."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
     n = out_features * in_features
-    if fmt == "dense":
-        return n * elem
-    if fmt == "int8":
-        return n + out_features * elem
-    if fmt == "2:4":
-        return n // 2 * elem + n // 8
-    if fmt == "int8+2:4":
-        return n // 2 + n // 8 + out_features * elem
-    raise ValueError(f"unknown weight format {fmt!r}; known: {', '.join(FORMATS)}")
+    sparse, int8 = "2:4" in fmt, "int8" in fmt
+    kept = n // 2 if sparse else n
+    return (kept * (1 if int8 else elem) + (_meta(n) if sparse else 0)
+            + (out_features * elem if int8 else 0))
 
 
 def format_for(is_mlp: bool, int8: bool, mlp_2_4: bool) -> Format:
