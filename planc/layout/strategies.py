@@ -2,9 +2,10 @@
 
 A record says which model dimensions the strategy splits, the role its mesh axes play, which
 other roles may share an axis with it, what it communicates, which memory terms it changes and
-which runtime core runs it. check_structure (axis roles and sharing), verifier/encode.py (the
-divisibility obligations) and the runtime (backends/torch/runtime/cores.py) read these records;
-docs/architecture.md says how to add one.
+which runtime core runs it. check_structure (axis roles and sharing, hence lower's axis roles),
+verifier/encode.py (the divisibility obligations), render/tables.py (show's strategy names) and
+the runtime (backends/torch/runtime/cores.py) read these records; docs/architecture.md says
+how to add one.
 """
 
 from __future__ import annotations

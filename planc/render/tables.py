@@ -13,6 +13,7 @@ from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
 from planc.compiler.spec import PlanSpec, ShardSpec
 from planc.compiler.units import human_bytes
 from planc.cost.memory import MEMORY_COLUMNS, MEMORY_HEADER
+from planc.layout.strategies import STRATEGIES
 
 BAR = 20
 
@@ -95,6 +96,15 @@ def _bar(used: int, capacity: int) -> str:
     return "[" + "#" * filled + "." * (BAR - filled) + "]" + (" OVER" if used > capacity else "")
 
 
+def strategy_text(graph: PlacementGraph) -> str:
+    """The graph's strategies by their registry names and axes: "pipeline over pp, tensor over
+    tp"."""
+    by_role = {s.role: s.name for s in STRATEGIES}
+    axes = {r: [a.name for a in graph.mesh.axes if a.role == r] for r in graph.strategies}
+    return ", ".join(f"{by_role.get(r, r)} over {', '.join(axes[r])}"
+                     for r in graph.strategies) or "none"
+
+
 def memory_limit(plan: PlanSpec, capacity: int) -> tuple[int, str] | None:
     for r in plan.requires:
         if r.metric == "memory":
@@ -110,7 +120,7 @@ def show_text(plan: PlanSpec, graph: PlacementGraph, file: str = "") -> str:
     out = [f"plan {plan.name}" + (f" ({file})" if file else ""),
            f"  mesh {mesh} on {graph.mesh.size} x {cl.device.name}"
            + (f" ({nodes} nodes of {graph.mesh.devices_per_node})" if nodes > 1 else "")
-           + f"; strategies: {', '.join(graph.strategies) or 'none'}"
+           + f"; strategies: {strategy_text(graph)}"
            + (f"; {graph.microbatches} microbatches" if graph.microbatches > 1 else ""),
            f"  model {m.name}: {m.arch}, {m.layers} layers, hidden {m.hidden}, {m.heads} heads "
            f"({m.kv_heads} kv), head_dim {m.head_dim}, ffn {m.ffn}"

@@ -264,3 +264,10 @@ def test_check_and_show_print_the_same_memory_rows_and_each_adds_up(name, plan_n
     for c in graph.classes:
         assert c.memory["peak"] == sum(c.memory[k] for k in
                                        ("weights", "activations", "kv_cache", "buffers", "reserve"))
+
+
+def test_show_names_each_strategy_from_the_registry_with_its_axes():
+    plan, graph = load(SEEDS / "001_head_x_headdim.plan", "head_x_headdim")
+    assert "strategies: head_dim over m, tensor over n" in show_text(plan, graph)
+    plan, graph = load(SEEDS / "baseline.plan")
+    assert "strategies: pipeline over pp, tensor over tp;" in show_text(plan, graph)
