@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planc.compiler.lower import lower  # noqa: E402
-from planc.compiler.runconfig import to_run_config  # noqa: E402
+from planc.backends.torch.runconfig import to_run_config  # noqa: E402
 from planc.cost.time import rates_of, step_estimate, step_lower_bound  # noqa: E402
 from planc.diagnostics import Diagnostics  # noqa: E402
 from planc.pipeline import load  # noqa: E402

@@ -27,7 +27,7 @@ def todays_model(r: dict) -> None:
     a model tuned after a run would otherwise be shown as if it had predicted it."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from planc.compiler.lower import lower
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
     from planc.cost.time import rates_of, step_estimate
     from planc.diagnostics import Diagnostics
     from planc.pipeline import load as load_spec

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--plan", help="the plan to use when the file has several")
     g.add_argument("-o", "--output", help="output file (default: stdout)")
 
-    f = sub.add_parser("fmt", help="rewrite .plan files in the canonical layout")
+    f = sub.add_parser("fmt", help="rewrite .plan files in the canonical form")
     f.add_argument("paths", nargs="+", metavar="PATH", help="files, directories, or - (stdin)")
     f.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 when a file would change")
@@ -367,7 +367,7 @@ class RuntimeRefusal(Exception):
 
 
 def cmd_emit(a: argparse.Namespace) -> int:
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
 
     got = _verified(a)
     if isinstance(got, int):
@@ -382,8 +382,11 @@ def cmd_emit(a: argparse.Namespace) -> int:
 
 def _runnable(a: argparse.Namespace, **run: Any):  # type: ignore[no-untyped-def]
     """(plan, its RunConfig, emit, launch) of a verified plan to run, or an exit code."""
-    from planc.compiler.runconfig import to_run_config
+    from planc.backends.torch.runconfig import to_run_config
 
+    if run.get("warmup", 0) < 0 or run.get("repeats", 1) < 1:
+        raise UsageError(f"--warmup {run['warmup']} --repeats {run['repeats']}: need warmup >= 0 "
+                         "and repeats >= 1")
     got = _verified(a)
     if isinstance(got, int):
         return got
@@ -404,9 +407,7 @@ def _launch(a: argparse.Namespace, emit, launch, cfg, plan,  # type: ignore[no-u
     if cfg.world_size % a.nnodes:
         raise UsageError(f"--nnodes {a.nnodes} does not divide the plan's {cfg.world_size} ranks")
     if a.device == "cuda":
-        import torch
-
-        visible = torch.cuda.device_count()
+        visible = launch.visible_gpus()
         if visible < nproc:
             raise EnvironmentProblem(
                 f"plan {plan.name!r} needs {nproc} GPUs on this node; {visible} visible",

@@ -1,6 +1,6 @@
-"""`planc fmt`: one canonical layout for .plan files, keeping every comment.
+"""`planc fmt`: one canonical form for .plan files, keeping every comment.
 
-The layout (specs/seeds/baseline.plan is the model):
+The form (specs/seeds/baseline.plan is the model):
   - blocks separated by one blank line; `kind NAME [from BASE] {` ... `}`;
   - one statement per line (`;`-joined lines are split), indented by two spaces, the values of a
     block aligned one column after its longest keyword;
@@ -108,7 +108,7 @@ def statement(s: ast.Statement) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Layout
+# Form
 
 
 @dataclass
@@ -228,7 +228,7 @@ def format_tree(tree: ast.PlanFile, found: list[tuple[int, int, str]]) -> str:
 
 
 def format_text(text: str, path: str = "<input>") -> str:
-    """The canonical layout of a .plan source; raises PlancError at the first syntax error."""
+    """The canonical form of a .plan source; raises PlancError at the first syntax error."""
     text = clean_text(text, path)
     tree = parse_text(text, path)
     return format_tree(tree, comments(text))

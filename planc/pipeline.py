@@ -112,9 +112,17 @@ def _pair_spans(a: object, b: object, out: dict[Span, Span]) -> bool:
 def check_plan(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None,
                memo: Memo | None = None) -> PlanResult | None:
     if plan.has_holes:
-        from planc.verifier.synthesis import synthesize
+        from planc.verifier.synthesis import completed_text, synthesize
 
-        return synthesize(plan, diags, solver)
+        found = synthesize(plan, diags, solver)
+        if found is None:
+            return None
+        best, search = found
+        result = check_plan(best, diags, solver or SolverConfig())
+        if result is not None:
+            result.completed = completed_text(plan, best)
+            result.extra["synthesis"] = search
+        return result
     local = Diagnostics()
     if not check_structure(plan, local):
         diags.extend(local.items)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from planc.backends.torch.runconfig import to_run_config
 from planc.compiler.lower import lower
-from planc.compiler.runconfig import to_run_config
 from planc.diagnostics import Diagnostics
 from planc.pipeline import check_paths, load
 from planc.verifier.text import to_text

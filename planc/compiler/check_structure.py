@@ -1,6 +1,7 @@
 """check_structure: cheap checks that need no solver, and the role each mesh axis plays.
 
-A mesh axis carries one parallel strategy. Which model dimensions may share an axis:
+A mesh axis carries one parallel strategy (planc/layout/strategies.py). Which model dimensions
+may share an axis:
   tp  heads, kv_heads, ffn (Megatron tensor parallel; ffn may also ride on hd axes), vocab
       (vocab-parallel embedding and lm_head: tokens are the same on every device of the axis)
   hd  head_dim (seed 001's intra-head split), optionally with ffn
@@ -18,12 +19,7 @@ from __future__ import annotations
 
 from planc.compiler.spec import PlanSpec
 from planc.diagnostics import Diagnostics, Related
-
-ROLE_OF_DIM = {"heads": "tp", "kv_heads": "tp", "ffn": "tp", "vocab": "tp", "head_dim": "hd",
-               "layers": "pp", "seq": "sp", "experts": "ep", "batch": "dp"}
-# role sets that may share one axis as they stand (tp with hd and ep with tp are refined below)
-COMPATIBLE = {frozenset({r}) for r in ("tp", "hd", "pp", "sp", "ep", "dp")} | {
-    frozenset({"ep", "dp"})}
+from planc.layout.strategies import ROLE_OF_DIM, compatible
 
 
 def axis_roles(plan: PlanSpec) -> dict[str, str]:
@@ -56,15 +52,12 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
                 dims_on.setdefault(a, []).append((d, dsp))
     for a, entries in dims_on.items():
         roles = frozenset(ROLE_OF_DIM[d] for d, _ in entries)
-        if not roles or roles in COMPATIBLE:
+        dims = {d for d, _ in entries}
+        # Which roles may share an axis is the strategy registry's (planc/layout/strategies.py);
+        # one refinement: heads and head_dim on one axis would split a head twice.
+        if not roles or (compatible(roles) and not ({"heads", "kv_heads"} & dims
+                                                    and "head_dim" in dims)):
             continue
-        # heads and ffn both "tp": fine. ffn on a head_dim axis: fine. ffn on an expert axis:
-        # only as part of experts (handled by COMPATIBLE above). Everything else conflicts.
-        if roles <= {"tp", "hd"} and not ({"heads", "kv_heads"} & {d for d, _ in entries}
-                                          and "head_dim" in {d for d, _ in entries}):
-            continue
-        if roles == {"ep", "tp"}:
-            continue  # experts over the tensor-parallel group: tokens replicated, outputs summed
         names = sorted({d for d, _ in entries})
         first, *rest = entries
         diags.error(

@@ -25,9 +25,11 @@ from dataclasses import replace
 
 from planc.compiler import vocab
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
-from planc.compiler.lower import Degrees, _link, cdiv, microbatches, moe_all_to_all
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import LocalDims, layer_program, peak_live
+from planc.compiler.splits import Degrees, link_of, microbatches, plan_moe_mode
+from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
+from planc.layout.schedule import cache_capacity
+from planc.layout.slices import cdiv
 
 
 def prompt_plan(plan: PlanSpec) -> PlanSpec:
@@ -39,30 +41,31 @@ def prompt_plan(plan: PlanSpec) -> PlanSpec:
 def kv_length(plan: PlanSpec) -> int:
     """Cache positions per sequence on one rank: context + generate, split over seq axes."""
     w = plan.workload
-    return cdiv(w.context + w.generate, plan.degree("seq"))
+    return cache_capacity(w.context, w.generate, plan.degree("seq"))
 
 
 def decode_dims(plan: PlanSpec) -> LocalDims:
     m, w = plan.model, plan.workload
     deg = Degrees.of(plan)
     assert w.batch is not None
-    b_local = cdiv(w.batch, deg.dp)
+    b_local = cdiv(w.batch, deg.batch)
     mb = cdiv(b_local, microbatches(plan))
     routed = 0
     if m.experts:
-        routed = mb * m.top_k if moe_all_to_all(plan) else cdiv(mb * m.top_k, deg.ep)
+        routed = (mb * m.top_k if plan_moe_mode(plan) == "all_to_all"
+                  else cdiv(mb * m.top_k, deg.experts))
     return LocalDims(tokens=mb, mb=mb, seq_q=1, seq_kv=kv_length(plan), hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
-                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
-                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
+                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
+                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
                      elem=m.dtype_bytes, routed=routed, experts_total=m.experts,
-                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated")
+                     moe_mode=plan_moe_mode(plan))
 
 
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
     """K and V for every cached position of the rank's sequences, for its stage's layers."""
     d = decode_dims(plan)
-    b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).dp)
+    b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).batch)
     return n_layers * 2 * b_local * kv_length(plan) * d.kv_heads * d.head_dim * d.elem
 
 
@@ -91,9 +94,7 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
         else:
             step_peak_c = step_peak
         row["activations"] = max(row["activations"], step_peak_c)
-        row["peak"] = sum(row[k] for k in ("weights", "activations", "kv_cache", "buffers",
-                                           "reserve"))
-        out[cid] = row
+        out[cid] = with_peak(row)
     return out
 
 
@@ -150,7 +151,7 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
             colls.append(Collective(op="all_gather", axes=vocab_axes,
                                     group_size=plan.degree("vocab"), bytes=d.tokens * 2 * 8,
                                     calls=nmb * steps, after="decode:lm_head",
-                                    link=_link(plan, vocab_axes)))  # type: ignore[arg-type]
+                                    link=link_of(plan, vocab_axes)))  # type: ignore[arg-type]
         resident = c.cache_resident
         if resident:
             # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache
@@ -171,7 +172,7 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
 def _tokens_of(graph: PlacementGraph, plan: PlanSpec) -> int:
     """Tokens of one prefill microbatch on one rank (what the prefill collectives carry)."""
     deg = Degrees.of(plan)
-    b_local = cdiv(graph.batch, deg.dp)
+    b_local = cdiv(graph.batch, deg.batch)
     return cdiv(b_local, graph.microbatches) * _seq_local(plan)
 
 

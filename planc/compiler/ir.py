@@ -17,6 +17,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from planc.layout import mesh as mesh_math
+
 
 class _Node(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -33,24 +35,18 @@ class Mesh(_Node):
     devices_per_node: int
 
     @property
+    def shape(self) -> list[tuple[str, int]]:
+        return [(a.name, a.size) for a in self.axes]
+
+    @property
     def size(self) -> int:
-        n = 1
-        for a in self.axes:
-            n *= a.size
-        return n
+        return mesh_math.size(self.shape)
 
     def rank(self, coords: dict[str, int]) -> int:
-        r = 0
-        for a in self.axes:  # row-major: the last axis varies fastest
-            r = r * a.size + coords[a.name]
-        return r
+        return mesh_math.rank(self.shape, coords)
 
     def coords(self, rank: int) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for a in reversed(self.axes):
-            out[a.name] = rank % a.size
-            rank //= a.size
-        return {a.name: out[a.name] for a in self.axes}
+        return mesh_math.coords(self.shape, rank)
 
 
 class TensorShard(_Node):
@@ -136,6 +132,12 @@ class PlacementGraph(_Node):
     seq: int
     microbatches: int
     strategies: list[str]  # e.g. ["tp", "pp"]: what the runtime will do
+    # The placement itself: model dimension -> the mesh axes it is split over (several axes:
+    # their product, first axis outermost; planc/layout/mesh.py). kv_heads follow heads.
+    splits: dict[str, list[str]] = {}
+    attention: Literal["local", "ring", "gather"] = "local"  # how a seq split attends
+    # a seq split's layout: zig-zag (2 chunks per part, balanced causal work) or contiguous
+    zigzag: bool = False
     stages: list[Stage]
     classes: list[DeviceClass]
     device_capacity: int

@@ -28,85 +28,22 @@ from planc.compiler.ir import (
     TensorShard,
 )
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import LocalDims, layer_program, linear_bytes, peak_live
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-@dataclass(frozen=True)
-class Degrees:
-    dp: int  # batch
-    sp: int  # seq
-    pp: int  # layers
-    th: int  # heads (and kv_heads)
-    hd: int  # head_dim
-    fd: int  # ffn
-    ep: int  # experts
-
-    @staticmethod
-    def of(plan: PlanSpec) -> Degrees:
-        return Degrees(plan.degree("batch"), plan.degree("seq"), plan.degree("layers"),
-                       plan.degree("heads"), plan.degree("head_dim"), plan.degree("ffn"),
-                       plan.degree("experts"))
-
-
-def even_stages(layers: int, n: int) -> list[tuple[int, int]]:
-    """n contiguous [first, last) ranges, sizes differing by at most one, larger ones first."""
-    base, extra = divmod(layers, n)
-    out, start = [], 0
-    for i in range(n):
-        size = base + (1 if i < extra else 0)
-        out.append((start, start + size))
-        start += size
-    return out
-
-
-def plan_stages(plan: PlanSpec) -> list[tuple[int, int]]:
-    sh = plan.shard_of("layers")
-    L = plan.model.layers
-    if sh is None:
-        return [(0, L)]
-    if sh.stages:
-        return [(a, b + 1) for a, b in sh.stages]
-    return even_stages(L, plan.degree("layers"))
-
-
-def microbatches(plan: PlanSpec) -> int:
-    sh = plan.shard_of("layers")
-    return sh.microbatches if sh is not None and sh.microbatches else 1
-
-
-def seq_chunk_step(plan: PlanSpec) -> int:
-    """What a sequence length must be a multiple of: the sequence degree (a multiple of twice it
-    also balances causal attention, see zigzag)."""
-    return plan.degree("seq")
-
-
-def zigzag(plan: PlanSpec) -> bool:
-    """Whether ring or gather attention lays the sequence out zig-zag: 2R chunks, rank r holding
-    chunks r and 2R-1-r, so each rank does the same causal work. It needs the sequence (the
-    prompt, in decode) to be a multiple of 2R; a multiple of R only runs in R contiguous chunks,
-    correct but with the later ranks doing more of the causal work."""
-    sh = plan.shard_of("seq")
-    w = plan.workload
-    n = w.context if w.phase == "decode" else w.seq
-    deg = plan.degree("seq")
-    return (sh is not None and sh.attention in ("ring", "gather") and deg > 1 and n is not None
-            and n % (2 * deg) == 0)
-
-
-def attention_mode(plan: PlanSpec) -> str:
-    sh = plan.shard_of("seq")
-    return sh.attention if sh is not None and plan.degree("seq") > 1 else "local"
+from planc.compiler.splits import (
+    Degrees,
+    attention_mode,
+    link_of,
+    microbatches,
+    plan_moe_mode,
+    plan_stages,
+    zigzag,
+)
+from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
+from planc.layout.compress import format_for, weight_bytes
+from planc.layout.slices import cdiv
 
 
 def weight_format(plan: PlanSpec, mlp: bool) -> str:
-    sparse = mlp and plan.compress_mlp_2_4
-    if plan.compress_int8:
-        return "int8+2:4" if sparse else "int8"
-    return "2:4" if sparse else "dense"
+    return format_for(mlp, plan.compress_int8, plan.compress_mlp_2_4)
 
 
 def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
@@ -114,9 +51,9 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     m = plan.model
     e = m.dtype_bytes
     h = m.hidden
-    heads_l, kv_l = cdiv(m.heads, deg.th), cdiv(m.kv_heads, deg.th)
-    hd_l = cdiv(m.head_dim, deg.hd)
-    f_l = cdiv(m.ffn, deg.fd)
+    heads_l, kv_l = cdiv(m.heads, deg.heads), cdiv(m.kv_heads, deg.heads)
+    hd_l = cdiv(m.head_dim, deg.head_dim)
+    f_l = cdiv(m.ffn, deg.ffn)
     attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
     ffn_axes = list(plan.axes_of("ffn"))
     afmt, mfmt = weight_format(plan, False), weight_format(plan, True)
@@ -125,7 +62,8 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     def add(name: str, gshape: list[int], lshape: list[int], split: dict[str, list[str]],
             fmt: str) -> None:
         nbytes = (lshape[0] * e if fmt == "norm" else
-                  linear_bytes(lshape[-2], lshape[-1], e, fmt) * (lshape[0] if len(lshape) == 3 else 1))
+                  weight_bytes(lshape[-2], lshape[-1], e, fmt)  # type: ignore[arg-type]
+                   * (lshape[0] if len(lshape) == 3 else 1))
         out.append(TensorShard(name=name, global_shape=gshape, local_shape=lshape,
                                split={k: v for k, v in split.items() if v},
                                format="dense" if fmt == "norm" else fmt,  # type: ignore[arg-type]
@@ -147,7 +85,7 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
         add(p + "mlp.up_proj.weight", [m.ffn, h], [f_l, h], {"0": ffn_axes}, mfmt)
         add(p + "mlp.down_proj.weight", [h, m.ffn], [h, f_l], {"1": ffn_axes}, mfmt)
     else:
-        e_l = cdiv(m.experts, deg.ep)
+        e_l = cdiv(m.experts, deg.experts)
         ex_axes = list(plan.axes_of("experts"))
         add(p + "mlp.gate.weight", [m.experts, h], [m.experts, h], {}, "dense")
         add(p + "mlp.experts.gate_proj", [m.experts, m.ffn, h], [e_l, f_l, h],
@@ -159,28 +97,12 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     return out
 
 
-def _link(plan: PlanSpec, axes: list[str]) -> str:
-    """intra when the group of rank 0 over these axes stays inside one node."""
-    sizes = [(a, s or 1) for a, s in plan.mesh]
-    stride, span = 1, 0
-    for a, s in reversed(sizes):
-        if a in axes:
-            span += (s - 1) * stride
-        stride *= s
-    return "intra" if span < plan.cluster.per_node else "inter"
-
-
-def moe_all_to_all(plan: PlanSpec) -> bool:
-    """Experts with data-parallel attention (tokens travel), or on the tp axis (replicated)."""
-    return not set(plan.axes_of("experts")) <= set(plan.axes_of("heads"))
-
-
 def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
     m, w = plan.model, plan.workload
     assert w.batch is not None and w.seq is not None
-    b_local = cdiv(w.batch, deg.dp)
+    b_local = cdiv(w.batch, deg.batch)
     mb = cdiv(b_local, microbatches(plan))
-    s_l = cdiv(w.seq, deg.sp)
+    s_l = cdiv(w.seq, deg.seq)
     mode = attention_mode(plan)
     kv_len = s_l if mode == "ring" else w.seq
     routed = 0
@@ -188,13 +110,13 @@ def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
         # all-to-all mode: every device sends its tokens' top_k copies out and, balanced,
         # receives as many; replicated mode (experts on the tp axis): the group's tokens are
         # the same on every device and each device takes its experts' share.
-        routed = mb * s_l * m.top_k if moe_all_to_all(plan) else cdiv(mb * s_l * m.top_k, deg.ep)
-    return LocalDims(routed=routed, experts_total=m.experts,
-                     moe_mode="a2a" if m.experts and moe_all_to_all(plan) else "replicated",
+        routed = (mb * s_l * m.top_k if plan_moe_mode(plan) == "all_to_all"
+                  else cdiv(mb * s_l * m.top_k, deg.experts))
+    return LocalDims(routed=routed, experts_total=m.experts, moe_mode=plan_moe_mode(plan),
                      tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.th), kv_heads=cdiv(m.kv_heads, deg.th),
-                     head_dim=cdiv(m.head_dim, deg.hd), ffn=cdiv(m.ffn, deg.fd),
-                     experts=cdiv(m.experts, deg.ep) if m.experts else 0, top_k=m.top_k,
+                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
+                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
+                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
                      elem=m.dtype_bytes)
 
 
@@ -258,9 +180,8 @@ def stage_memory(plan: PlanSpec, ld: LocalDims, layer_peak: int, layer_weights: 
     steady = sum(b.bytes for b in bufs if not b.transient and b.role in ("activation", "io"))
     transient = max([layer_peak if n_layers else 0] + [b.bytes for b in bufs if b.transient])
     comm = sum(b.bytes for b in bufs if b.role in ("communication", "workspace"))
-    memory = {"weights": weights, "activations": steady + transient, "kv_cache": 0,
-              "buffers": comm, "reserve": dev.reserve}
-    memory["peak"] = sum(memory.values())
+    memory = with_peak({"weights": weights, "activations": steady + transient, "kv_cache": 0,
+                        "buffers": comm, "reserve": dev.reserve})
     memory["capacity"] = dev.memory
     return memory
 
@@ -277,7 +198,7 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
                                   {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
     ld = local_dims(plan, deg)
-    ops, bufs = layer_program(ld, attention_mode(plan), deg.sp, deg.hd)
+    ops, bufs = layer_program(ld, attention_mode(plan), deg.seq, deg.head_dim)
     peak = peak_live(bufs, len(ops))
     layer_w = sum(s.bytes for s in layer_shards(plan, deg))
     stages = plan_stages(plan)
@@ -304,7 +225,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
-    ops_spec, bufs_spec = layer_program(ld, mode, deg.sp, deg.hd)
+    ops_spec, bufs_spec = layer_program(ld, mode, deg.seq, deg.head_dim)
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)
     pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None
@@ -344,21 +265,21 @@ def lower(plan: PlanSpec) -> PlacementGraph:
             if size > 1 and ncalls > 0:
                 collectives.append(Collective(op=op, axes=axes, group_size=size, bytes=nbytes,  # type: ignore[arg-type]
                                               calls=ncalls, after=after,
-                                              link=_link(plan, axes)))  # type: ignore[arg-type]
+                                              link=link_of(plan, axes)))  # type: ignore[arg-type]
 
         if embed is not None:  # vocab-parallel lookup: each row found on one part, summed
             coll("all_reduce", list(plan.axes_of("vocab")), T * h * e, nmb, "embed_tokens")
         coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
-        if deg.hd > 1:
+        if deg.head_dim > 1:
             coll("all_reduce", list(plan.axes_of("head_dim")),
                  ld.mb * ld.heads * ld.seq_q * ld.seq_kv * 4, calls, "attention_scores")
         if mode == "ring":
             coll("ring_pass", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls * (deg.sp - 1), "k_proj")
+                 calls * (deg.seq - 1), "k_proj")
         elif mode == "gather":
             coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
                  calls, "k_proj")
-        if m.experts and moe_all_to_all(plan):
+        if plan_moe_mode(plan) == "all_to_all":
             ex_axes = list(plan.axes_of("experts"))
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
             coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")
@@ -392,6 +313,12 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                    cache_resident=resident))
         graph_stages.append(Stage(index=si, layers=(first, last), device_class=cid))
     strategies = sorted({r for r in roles.values() if r != "idle"})
+    splits = {d: list(sh.axes) for sh in plan.shards for d in sh.dims}
+    if "heads" in splits:
+        splits.setdefault("kv_heads", splits["heads"])  # kv_heads follow heads (E052)
     return PlacementGraph(plan=plan.name, model=m.name, mesh=mesh, batch=w.batch, seq=w.seq,
-                          microbatches=nmb, strategies=strategies, stages=graph_stages,
+                          microbatches=nmb, strategies=strategies,
+                          splits=dict(sorted(splits.items())), attention=mode,  # type: ignore[arg-type]
+                          zigzag=zigzag(plan),
+                          stages=graph_stages,
                           classes=classes, device_capacity=dev.memory, cache_capacity=dev.cache)

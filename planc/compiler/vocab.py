@@ -6,16 +6,16 @@ A checkpoint has one vocabulary matrix [vocab, hidden] when its embeddings are t
 (`embed_tokens.weight`, `lm_head.weight`). The first stage holds the embedding; a decode's last
 stage holds the lm_head. Tied, a stage that is both holds the one tensor once; with pipeline
 stages both ends hold it, each once. `shard vocab over AXES` splits every vocabulary matrix by
-rows over those axes, padded to a multiple of the parts (runtime/vocab_layout.py), so each
+rows over those axes, padded to a multiple of the parts (planc/layout/vocab.py), so each
 device holds ceil(vocab / parts) rows of each matrix it holds. Shards are named by the tensor
 they read from the checkpoint, so a tied lm_head is an `embed_tokens.weight` shard.
 """
 
 from __future__ import annotations
 
-from planc.backends.torch.runtime.vocab_layout import EMBED, LM_HEAD, padded_vocab, rows_per_part
 from planc.compiler.ir import TensorShard
 from planc.compiler.spec import PlanSpec
+from planc.layout.vocab import EMBED, LM_HEAD, padded_vocab, rows_per_part
 
 
 def vocab_rows(plan: PlanSpec) -> int:

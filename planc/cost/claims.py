@@ -13,9 +13,9 @@ from fractions import Fraction
 from planc.compiler import vocab
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import linear_bytes
 from planc.cost.performance import bound_arithmetic, performance
 from planc.cost.time import rates_of
+from planc.layout.compress import format_for, weight_bytes
 
 
 def layer_params(plan: PlanSpec) -> int:
@@ -38,17 +38,16 @@ def total_params(plan: PlanSpec) -> int:
 
 def layer_weight_bytes(plan: PlanSpec) -> int:
     """Bytes of one whole (unsharded) layer in its storage formats."""
-    from planc.compiler.lower import weight_format
-
     m = plan.model
     e = m.dtype_bytes
-    afmt, mfmt = weight_format(plan, False), weight_format(plan, True)
-    attn = (linear_bytes(m.heads * m.head_dim, m.hidden, e, afmt)
-            + 2 * linear_bytes(m.kv_heads * m.head_dim, m.hidden, e, afmt)
-            + linear_bytes(m.hidden, m.heads * m.head_dim, e, afmt))
+    afmt = format_for(False, plan.compress_int8, plan.compress_mlp_2_4)
+    mfmt = format_for(True, plan.compress_int8, plan.compress_mlp_2_4)
+    attn = (weight_bytes(m.heads * m.head_dim, m.hidden, e, afmt)
+            + 2 * weight_bytes(m.kv_heads * m.head_dim, m.hidden, e, afmt)
+            + weight_bytes(m.hidden, m.heads * m.head_dim, e, afmt))
     n_mlp = m.experts if m.arch == "mixtral" else 1
-    mlp = n_mlp * (2 * linear_bytes(m.ffn, m.hidden, e, mfmt)
-                   + linear_bytes(m.hidden, m.ffn, e, mfmt))
+    mlp = n_mlp * (2 * weight_bytes(m.ffn, m.hidden, e, mfmt)
+                   + weight_bytes(m.hidden, m.ffn, e, mfmt))
     router = m.experts * m.hidden * e if m.arch == "mixtral" else 0
     return attn + mlp + router + 2 * m.hidden * e
 

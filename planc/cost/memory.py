@@ -1,4 +1,4 @@
-"""Bytes: weight shards (with compression formats) and the buffers a layer's forward allocates.
+"""Bytes: the buffers a layer's forward allocates.
 
 Everything is exact integer arithmetic. The buffer list mirrors the op order of the runtime's
 decoder layer (planc/backends/torch/runtime), so the peak computed from live intervals is a
@@ -8,6 +8,19 @@ prediction of `torch.cuda.max_memory_allocated`, to be judged against measuremen
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from planc.layout.moe import MoeMode
+
+# The terms of a device's memory row, in the order every table prints them (check, show, JSON);
+# the row's peak is their sum, so a printed row adds up.
+MEMORY_TERMS = ("weights", "activations", "kv_cache", "buffers", "reserve")
+MEMORY_COLUMNS = (*MEMORY_TERMS, "peak")  # the memory table of `check` and of `show`
+MEMORY_HEADER = [k.replace("_", " ") for k in MEMORY_COLUMNS]
+
+
+def with_peak(row: dict[str, int]) -> dict[str, int]:
+    """The row with its peak: the sum of its MEMORY_TERMS."""
+    return {**row, "peak": sum(row[k] for k in MEMORY_TERMS)}
 
 
 @dataclass(frozen=True)
@@ -27,35 +40,8 @@ class LocalDims:
     top_k: int
     elem: int  # bytes per element of the model dtype
     routed: int = 0  # token-expert pairs this device's experts process (balanced routing)
-    moe_mode: str = "a2a"  # "a2a": tokens travel (expert parallel); "replicated": tokens shared
+    moe_mode: MoeMode = "all_to_all"  # planc/layout/moe.py
     experts_total: int = 0  # experts of the model (router width)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights
-
-
-def linear_bytes(out_f: int, in_f: int, elem: int, fmt: str) -> int:
-    """Bytes a [out_f, in_f] weight occupies in a storage format.
-
-    int8: one byte per weight plus one scale per output row in the model dtype.
-    2:4: half the values kept, plus metadata of 2 bits per kept value (torch's semi-structured
-    layout stores, for every group of 4 inputs, two 2-bit indices: in_f/8 bytes per row).
-    """
-    n = out_f * in_f
-    if fmt == "dense":
-        return n * elem
-    if fmt == "int8":
-        return n + out_f * elem
-    if fmt == "2:4":
-        return (n // 2) * elem + n // 8
-    if fmt == "int8+2:4":
-        return n // 2 + n // 8 + out_f * elem
-    raise ValueError(fmt)
-
-
-def compression_fits(in_f: int, fmt: str) -> bool:
-    return "2:4" not in fmt or in_f % 4 == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +174,7 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         i_router = op("router", 2 * T * h * E, (T * h + T * E) * e)
         buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
         i_exp = -1
-        if d.moe_mode == "a2a":
+        if d.moe_mode == "all_to_all":
             # route -> send [Tk, H] (norm out freed) -> recv [R, H] (send freed) -> grouped
             # [R, H] (recv freed) -> expert outputs [R, H] + one expert's gate/up/down ->
             # back [Tk, H] (outputs freed) -> float32 copy (back freed) -> out32 [T, H]*4 ->

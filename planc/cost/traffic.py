@@ -13,8 +13,8 @@ from fractions import Fraction
 
 from planc.compiler.ir import Collective, DeviceClass, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.cost.memory import linear_bytes
 from planc.cost.time import in_phase
+from planc.layout.compress import weight_bytes
 
 Computed = tuple[Fraction, str]  # (bytes, the arithmetic behind them)
 
@@ -50,8 +50,8 @@ def expert_weights(plan: PlanSpec) -> Computed | None:
     if not m.experts:
         return None
     fmt = weight_format(plan, True)
-    one = linear_bytes(m.ffn, m.hidden, m.dtype_bytes, fmt)
-    down = linear_bytes(m.hidden, m.ffn, m.dtype_bytes, fmt)
+    one = weight_bytes(m.ffn, m.hidden, m.dtype_bytes, fmt)
+    down = weight_bytes(m.hidden, m.ffn, m.dtype_bytes, fmt)
     return (Fraction(2 * one + down),
             f"gate, up and down: 3 x {m.hidden:,} x {m.ffn:,} x {m.dtype_bytes} B"
             + (f" ({fmt})" if fmt != "dense" else ""))

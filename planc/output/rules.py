@@ -113,7 +113,6 @@ RULES: dict[str, tuple[str, str]] = {
     "V401": ("MemoryRequirement", "A device class's peak memory meets `require memory`."),
     "V500": ("CacheCapacity", "A fit-cache stage's resident working set fits L2."),
     "R003": ("RuntimeRefusal", "The runtime cannot run a plan the verifier proved."),
-    "V510": ("CompressedBytes", "Compiler and runtime count compressed weight bytes the same."),
     "V211": ("SparseWidth", "2:4 sparsity needs the MLP's local input widths divisible by 8."),
     "V600": ("Claim", "A claimed size or count (`require params == ...`) matches the model."),
     "V601": ("ClaimWithoutValue", "A claim about a quantity the plan does not have."),

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from math import prod
 
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
-from planc.compiler.lower import cdiv, zigzag
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import seq_slice_kind
 from planc.compiler.units import human_bytes
+from planc.layout import mesh as mesh_math
+from planc.layout.slices import SliceKind, cdiv, pieces, slice_kind, zigzag_chunks
 
 MAX_RANK_COLUMNS = 64  # beyond this, one column per device class
 SHORT = {"heads": "heads", "kv_heads": "kv", "head_dim": "hd", "ffn": "ffn", "experts": "experts",
@@ -59,16 +61,14 @@ def _span_text(a: int, b: int) -> str:
     return f"{a}" if b - a <= 1 else f"{a}-{b - 1}"
 
 
-def _chunk(dim: str, size: int, n: int, index: int, zig: bool) -> str:
+def _chunk(dim: str, size: int, n: int, index: int, kind: SliceKind) -> str:
     """The indices of `dim` that shard `index` of `n` holds, as the coverage proof lays them."""
-    if dim == "seq" and zig:  # zig-zag: chunk i and its mirror 2n-1-i
-        return f"seq chunks {index}+{2 * n - 1 - index}"
-    if dim == "head_dim":
-        half, k = size // 2, cdiv(size // 2, n)
-        lo, hi = index * k, min((index + 1) * k, half)
-        return f"hd {_span_text(lo, hi)}+{_span_text(half + lo, half + hi)}"
+    if kind == "zigzag":
+        a, b = zigzag_chunks(n, index)
+        return f"seq chunks {a}+{b}"
+    text = f"{SHORT[dim]} " + "+".join(_span_text(lo, min(hi, cap))
+                                       for lo, hi, cap in pieces(kind, size, n, index))
     c = cdiv(size, n)
-    text = f"{SHORT[dim]} {_span_text(index * c, min((index + 1) * c, size))}"
     pad = (index + 1) * c - max(size, index * c)
     if dim == "vocab" and pad > 0:  # padded to a multiple of the parts (compiler/vocab.py)
         text += f" + {pad} pad"
@@ -95,14 +95,13 @@ def holds(plan: PlanSpec, coords: dict[str, int] | None) -> tuple[str, ...]:
             out += [f"{SHORT[d]} {cdiv(sizes[d], n)} each" for d in sh.dims
                     if n > 1 and not (d == "kv_heads" and "heads" in sh.dims)]
             continue
-        index = 0
-        for a in sh.axes:  # mixed radix over the axes as listed: the first varies slowest
-            index = index * plan.axis_size(a) + coords[a]
+        index = mesh_math.part([(a, plan.axis_size(a)) for a, _ in plan.mesh], coords, sh.axes)
         for d in sh.dims:
             if d == "kv_heads" and "heads" in sh.dims:
                 continue  # kv_heads follow heads
             if n > 1:
-                out.append(_chunk(d, sizes[d], n, index, d == "seq" and zigzag(plan)))
+                kind = seq_slice_kind(plan) if d == "seq" else slice_kind(d)
+                out.append(_chunk(d, sizes[d], n, index, kind))
     return tuple(out)
 
 
@@ -133,9 +132,7 @@ def _columns(plan: PlanSpec, graph: PlacementGraph) -> tuple[list[Column], bool]
             continue
         for r in ranks:
             coords = mesh.coords(r)
-            shard = 0
-            for a in axes:
-                shard = shard * sizes[a] + coords[a]
+            shard = mesh_math.part(mesh.shape, coords, axes)
             hue = si if len(graph.classes) > 1 else (coords[axes[0]] if axes else 0)
             hues = len(graph.classes) if len(graph.classes) > 1 else (
                 sizes[axes[0]] if axes else 1)

@@ -13,6 +13,8 @@ from planc.compiler import vocab
 from planc.compiler.ir import DeviceClass, PlacementGraph, ranks_of
 from planc.compiler.spec import PlanSpec, ShardSpec
 from planc.compiler.units import human_bytes
+from planc.cost.memory import MEMORY_COLUMNS, MEMORY_HEADER
+from planc.layout.strategies import STRATEGIES
 
 BAR = 20
 
@@ -68,9 +70,40 @@ def _name(group: list[DeviceClass]) -> str:
     return group[0].id if len(group) == 1 else f"{group[0].id}..{group[-1].id}"
 
 
+def _group_layers(g: list[DeviceClass]) -> str:
+    if len(g) == 1:
+        return _layers_text(g[0])
+    return f"{g[0].layers[0]}-{g[-1].layers[1] - 1} ({g[0].layers[1] - g[0].layers[0]} each)"
+
+
+MEMORY_TABLE = ["class", "ranks", "layers", *MEMORY_HEADER, "of HBM"]
+
+
+def memory_rows(graph: PlacementGraph) -> list[list[str]]:
+    """The memory table of `planc check` and `planc show` (MEMORY_TABLE's columns): one row
+    per run of device classes that differ only in their layers; the terms add up to the peak."""
+    rows = []
+    for g in groups(graph):
+        mem = g[0].memory
+        ranks = sorted(r for x in g for r in ranks_of(graph.mesh, x))
+        rows.append([_name(g), _ranks_text(ranks), _group_layers(g),
+                     *(human_bytes(mem[k]) for k in MEMORY_COLUMNS),
+                     f"{100 * mem['peak'] / mem['capacity']:.1f}%"])
+    return rows
+
+
 def _bar(used: int, capacity: int) -> str:
     filled = min(BAR, round(BAR * used / capacity)) if capacity else BAR
     return "[" + "#" * filled + "." * (BAR - filled) + "]" + (" OVER" if used > capacity else "")
+
+
+def strategy_text(graph: PlacementGraph) -> str:
+    """The graph's strategies by their registry names and axes: "pipeline over pp, tensor over
+    tp"."""
+    by_role = {s.role: s.name for s in STRATEGIES}
+    axes = {r: [a.name for a in graph.mesh.axes if a.role == r] for r in graph.strategies}
+    return ", ".join(f"{by_role.get(r, r)} over {', '.join(axes[r])}"
+                     for r in graph.strategies) or "none"
 
 
 def memory_limit(plan: PlanSpec, capacity: int) -> tuple[int, str] | None:
@@ -88,7 +121,7 @@ def show_text(plan: PlanSpec, graph: PlacementGraph, file: str = "") -> str:
     out = [f"plan {plan.name}" + (f" ({file})" if file else ""),
            f"  mesh {mesh} on {graph.mesh.size} x {cl.device.name}"
            + (f" ({nodes} nodes of {graph.mesh.devices_per_node})" if nodes > 1 else "")
-           + f"; strategies: {', '.join(graph.strategies) or 'none'}"
+           + f"; strategies: {strategy_text(graph)}"
            + (f"; {graph.microbatches} microbatches" if graph.microbatches > 1 else ""),
            f"  model {m.name}: {m.arch}, {m.layers} layers, hidden {m.hidden}, {m.heads} heads "
            f"({m.kv_heads} kv), head_dim {m.head_dim}, ffn {m.ffn}"
@@ -101,28 +134,15 @@ def show_text(plan: PlanSpec, graph: PlacementGraph, file: str = "") -> str:
     cap = graph.device_capacity
     limit = memory_limit(plan, cap)
     groups_ = groups(graph)
-    rows = []
-    for g in groups_:
-        c = g[0]
-        mem = c.memory
-        ranks = sorted(r for x in g for r in ranks_of(graph.mesh, x))
-        layers = _layers_text(c) if len(g) == 1 else \
-            f"{c.layers[0]}-{g[-1].layers[1] - 1} ({c.layers[1] - c.layers[0]} each)"
-        bound = min(cap, limit[0]) if limit else cap
-        rows.append([_name(g), _ranks_text(ranks), layers,
-                     *(human_bytes(mem.get(k, 0)) for k in ("weights", "activations", "kv_cache",
-                                                             "buffers", "reserve", "peak")),
-                     f"{100 * mem['peak'] / cap:.1f}%", _bar(mem["peak"], bound)])
+    bound = min(cap, limit[0]) if limit else cap
+    rows = [row + [_bar(g[0].memory["peak"], bound)]
+            for row, g in zip(memory_rows(graph), groups_)]
     out += ["", f"memory per device (HBM {human_bytes(cap)}"
             + (f"; {limit[1]}" if limit else "") + ")"]
-    out += table(["class", "ranks", "layers", "weights", "activations", "kv_cache", "buffers",
-                  "reserve", "peak", "of HBM", "against the limit"], rows,
-                  frozenset(range(3, 10)))
+    out += table([*MEMORY_TABLE, "against the limit"], rows, frozenset(range(3, 10)))
     out += ["", f"L2 cache ({human_bytes(graph.cache_capacity)} per device)"]
     if any(c.cache_resident for c in graph.classes):
-        rows = [[_name(g), _layers_text(g[0]) if len(g) == 1 else
-                 f"{g[0].layers[0]}-{g[-1].layers[1] - 1} ({g[0].layers[1] - g[0].layers[0]} each)",
-                 human_bytes(g[0].cache_resident),
+        rows = [[_name(g), _group_layers(g), human_bytes(g[0].cache_resident),
                  f"{100 * g[0].cache_resident / graph.cache_capacity:.0f}%",
                  "fits" if g[0].cache_resident <= graph.cache_capacity else "DOES NOT FIT"]
                 for g in groups_]

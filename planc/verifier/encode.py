@@ -8,18 +8,21 @@ order so reports are deterministic.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import cache
-from functools import reduce
+from functools import cache, reduce
 from math import prod
 
 from planc.compiler.ir import PlacementGraph
-from planc.compiler.lower import cdiv, lower, microbatches, zigzag
+from planc.compiler.lower import lower
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import microbatches, seq_slice_kind
 from planc.compiler.units import human_bytes
 from planc.diagnostics import Related
+from planc.layout.slices import SliceKind, cdiv, owner, pieces, pieces_per_part, slice_kind
+from planc.layout.strategies import DIVISIBILITY
 from planc.verifier.claim_obligations import claims
 from planc.verifier.obligations import Obligation
 
+CODE = {dim: code for code, dim in DIVISIBILITY}
 
 
 def variables(plan: PlanSpec) -> dict[str, int]:
@@ -63,7 +66,6 @@ def build(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obl
     obs += _divisibility(plan)
     obs += _coverage(plan)
     obs += _memory(plan, graph, hints)
-    obs += _compressed_bytes(plan, graph)
     obs += claims(plan, graph)
     return obs
 
@@ -124,32 +126,31 @@ def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
 
 def _divisibility(plan: PlanSpec) -> list[Obligation]:
     m, w = plan.model, plan.workload
+    sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
+             "experts": m.experts, "batch": w.batch or 0}
+    # seq (zig-zag, the decode prompt) and layers (explicit stages) have rules of their own below
     out: list[Obligation | None] = [
-        _split_check(plan, "heads", m.heads, "V201"),
-        _split_check(plan, "kv_heads", m.kv_heads, "V202"),
-        _split_check(plan, "head_dim", m.head_dim, "V203"),
-        _split_check(plan, "ffn", m.ffn, "V204"),
-        _split_check(plan, "experts", m.experts, "V205") if m.experts else None,
-        _split_check(plan, "batch", w.batch or 0, "V206"),
-    ]
+        _split_check(plan, dim, sizes[dim], code) for code, dim in DIVISIBILITY
+        if dim in sizes and (dim != "experts" or m.experts)]
     seq_sh = plan.shard_of("seq")
     if seq_sh is not None:
-        zig = zigzag(plan)
+        kind = seq_slice_kind(plan)
+        halves = pieces_per_part(kind)
         # decode: the prompt is what runs sequence-parallel (generated tokens are appended
         # round-robin to the ranks' cache chunks), so the prompt length must divide
         seq_len = w.context if w.phase == "decode" else (w.seq or 0)
         deg = plan.degree("seq")
         plain = (f" (contiguous chunks, no zig-zag: {seq_len} is not a multiple of 2 x {deg}, "
                  "so later ranks do more of the causal attention)"
-                 if seq_sh.attention in ("ring", "gather") and deg > 1 and not zig
+                 if seq_sh.attention in ("ring", "gather") and deg > 1 and halves == 1
                  and seq_len % deg == 0 else "")
-        out.append(_split_check(plan, "seq", seq_len, "V207", 2 if zig else 1,
-                                (" (zig-zag: 2 chunks per rank)" if zig else plain)
+        out.append(_split_check(plan, "seq", seq_len, CODE["seq"], halves,
+                                (" (zig-zag: 2 chunks per rank)" if halves > 1 else plain)
                                 + (" (the decode prompt, context)" if w.phase == "decode"
                                    else "")))
     lay = plan.shard_of("layers")
     if lay is not None and not lay.stages:
-        out.append(_split_check(plan, "layers", m.layers, "V208"))
+        out.append(_split_check(plan, "layers", m.layers, CODE["layers"]))
     if lay is not None:
         dp_names = [f"mesh.{a}" for a in plan.axes_of("batch")]
         batch = w.batch or 0
@@ -185,11 +186,12 @@ def _divisibility(plan: PlanSpec) -> list[Obligation]:
     if hd is not None:
         names = [f"mesh.{a}" for a in hd.axes]
         d = m.head_dim
+        pairs = pieces_per_part(slice_kind("head_dim"))
         span = next((s for x, s in zip(hd.dims, hd.dim_spans) if x == "head_dim"), hd.span)
         out.append(Obligation(
             kind="rope_pairing", code="V310", name="head_dim % (2 x head_dim split)",
-            formula=lambda env, z: d % (2 * _prod([env[x] for x in names])) == 0,
-            check=lambda v: d % (2 * prod(v[x] for x in names)) == 0,
+            formula=lambda env, z: d % (pairs * _prod([env[x] for x in names])) == 0,
+            check=lambda v: d % (pairs * prod(v[x] for x in names)) == 0,
             ok=f"each device's head_dim slice keeps RoPE pairs (i, i + {d // 2}) together "
                f"(head_dim {d} splits into {2 * plan.degree('head_dim')} half-slices)",
             bad=f"RoPE rotates dimension i with i + {d // 2}; a split of head_dim {d} over "
@@ -216,34 +218,29 @@ def _coverage(plan: PlanSpec) -> list[Obligation]:
                 ranges = [(a, b) for a, b in sh.stages]
                 out.append(_stage_coverage(plan, sh, ranges, D, n))
                 continue
-            out.append(_exact_cover(dim, D, n, dim == "seq" and zigzag(plan), sh.span))
+            kind = seq_slice_kind(plan) if dim == "seq" else slice_kind(dim)
+            out.append(_exact_cover(dim, D, n, kind, sh.span))
     return out
 
 
-def _layout(dim: str, D: int, n: int, zig: bool):  # type: ignore[no-untyped-def]
-    """How the runtime lays a dimension out over n shards, symbolically in the shard index r.
+def _layout(dim: str, D: int, n: int, kind: SliceKind):  # type: ignore[no-untyped-def]
+    """How the runtime lays a dimension out over n shards, symbolically in the shard index r
+    (planc/layout/slices.py, with z3's If and integer division).
 
     Returns (ranges, witness, name): ranges(r, z) are the [lo, min(hi, cap)) index ranges shard
-    r owns, as (lo, hi, cap) with lo and hi linear in r; witness(i, z) is the shard that should own index i. Coverage is
-    then quantifier-free: for every i in [0, D) the witness owns i and lies in [0, n), and no two
-    distinct shards own the same i (i, r1, r2 are free, hence universal in the obligation).
+    r owns, as (lo, hi, cap) with lo and hi linear in r; witness(i, z) is the shard that should
+    own index i. Coverage is then quantifier-free: for every i in [0, D) the witness owns i and
+    lies in [0, n), and no two distinct shards own the same i (i, r1, r2 are free, hence
+    universal in the obligation).
     """
-    if dim == "seq" and zig:
-        c = cdiv(D, 2 * n)
-        return (lambda r, z: [(r * c, (r + 1) * c, D), ((2 * n - 1 - r) * c, (2 * n - r) * c, D)],
-                lambda i, z: z.If(i / c < n, i / c, 2 * n - 1 - i / c), "zig-zag")
-    if dim == "head_dim":
-        half = D // 2
-        k = cdiv(half, n)
-        return (lambda r, z: [(r * k, (r + 1) * k, half), (half + r * k, half + (r + 1) * k, D)],
-                lambda i, z: z.If(i < half, i / k, (i - half) / k), "RoPE-paired")
-    c = cdiv(D, n)
-    return (lambda r, z: [(r * c, (r + 1) * c, D)], lambda i, z: i / c, "contiguous")
+    names = {"zigzag": "zig-zag", "rope_paired": "RoPE-paired", "even": "contiguous"}
+    return (lambda r, z: pieces(kind, D, n, r),
+            lambda i, z: owner(kind, D, n, i, ite=z.If, div=lambda a, b: a / b), names[kind])
 
 
-def _exact_cover(dim: str, D: int, n: int, zig: bool,  # type: ignore[no-untyped-def]
+def _exact_cover(dim: str, D: int, n: int, kind: SliceKind,  # type: ignore[no-untyped-def]
                  span) -> Obligation:
-    ranges, witness, layout = _layout(dim, D, n, zig)
+    ranges, witness, layout = _layout(dim, D, n, kind)
 
     def owns(r, i, z):  # type: ignore[no-untyped-def]
         return z.Or(*[z.And(lo <= i, i < hi, i < cap) for lo, hi, cap in ranges(r, z)])
@@ -415,42 +412,6 @@ def cache_fit_hint(plan: PlanSpec, weights: int, act: int, n_layers: int, cache:
             out.append(f"the activations need L2 too: one microbatch's residual stream is "
                        f"{human_bytes(act)} (one sequence at least; decode keeps it small)")
     return "; ".join(out) or "compress the weights or add pipeline stages"
-
-
-def _compressed_bytes(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
-    """Each compressed weight's bytes in the graph equal what the runtime stores for it.
-
-    Two independent accountings must agree: the compiler's (cost/memory.linear_bytes) and the
-    runtime's torch-free layout (backends/torch/runtime/compress_layout.weight_bytes), which the
-    runtime's tests check against real tensors: int8 values, per-row scales in the model dtype,
-    2:4 kept values and 2 bits of metadata per kept value.
-    """
-    if not (plan.compress_int8 or plan.compress_mlp_2_4) or not graph.classes:
-        return []
-    from planc.backends.torch.runtime.compress_layout import weight_bytes
-
-    e = plan.model.dtype_bytes
-    rows = []
-    for s in graph.classes[0].shards:
-        if s.format == "dense":
-            continue
-        out_f, in_f = s.local_shape[-2], s.local_shape[-1]
-        if "2:4" in s.format and in_f % 8:
-            continue  # not representable at all: V211 reports the width
-        mats = s.local_shape[0] if len(s.local_shape) == 3 else 1
-        runtime = mats * weight_bytes(out_f, in_f, e, s.format)  # type: ignore[arg-type]
-        rows.append((s.name, s.format, s.bytes, runtime))
-    bad = [r for r in rows if r[2] != r[3]]
-    total = sum(r[2] for r in rows)
-    text = "; ".join(f"{n} ({f}): graph {g:,} B, runtime {r:,} B" for n, f, g, r in bad[:3])
-    span = plan.compress_span
-    return [Obligation(
-        kind="compressed_bytes", code="V510", name="compressed bytes accounted",
-        formula=lambda env, z, b=len(bad): z.int(b) == 0, check=lambda v, b=len(bad): b == 0,
-        ok=f"{len(rows)} compressed weights per layer, {human_bytes(total)}, counted the same "
-           "by the compiler and the runtime (values + scales + 2:4 metadata)",
-        bad=f"compressed byte counts disagree: {text}", span=span,
-        hint="a planc bug: report it with this plan", numbers={"tensors": len(rows)})]
 
 
 def _memory_hint(plan: PlanSpec, cid: str, peak: int, limit: int) -> str | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from planc.compiler.lower import lower, memory_by_class, microbatches, seq_chunk_step
+from planc.compiler.lower import lower, memory_by_class
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import microbatches, seq_chunk_step
 from planc.verifier import encode
 
 LIMIT = 2**24  # search no further: a plan that fits beyond this has no practical limit

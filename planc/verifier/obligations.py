@@ -16,8 +16,7 @@ from planc.diagnostics import Related, Span
 
 # The documented `kind`s of the JSON report (docs/diagnostics.md lists codes per kind).
 KINDS = ("device_count", "divisibility", "coverage", "hbm_capacity", "cache_capacity",
-         "claim", "claim_consistency", "rope_pairing", "throughput_bound", "compressed_bytes",
-         "structure")
+         "claim", "claim_consistency", "rope_pairing", "throughput_bound", "structure")
 
 Env = dict[str, Any]  # variable name -> z3 Int (in solve) or int (in re-checks)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from planc.compiler.ir import PlacementGraph, ranks_of
-from planc.compiler.units import human_bytes, plural
+from planc.compiler.units import plural
 from planc.diagnostics import Diagnostic
 from planc.verifier.solve import Verdict
 
@@ -112,32 +112,3 @@ def to_json(result: CheckResult) -> str:
     doc = {"format_version": "1", "plans": [plan_json(p) for p in result.plans],
            "diagnostics": [diagnostic_json(d) for d in result.diagnostics]}
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
-
-
-def memory_rows(graph: PlacementGraph) -> list[list[str]]:
-    """One row per device class; consecutive classes with identical numbers share a row."""
-    rows: list[list[str]] = []
-    groups: list[list] = []
-    for c in graph.classes:
-        key = (tuple(sorted(c.memory.items())), c.cache_resident, c.layers[1] - c.layers[0])
-        if groups and groups[-1][0] == key:
-            groups[-1][1].append(c)
-        else:
-            groups.append([key, [c]])
-    for _, members in groups:
-        first, last = members[0], members[-1]
-        m = first.memory
-        ranks = sorted(r for c in members for r in ranks_of(graph.mesh, c))
-        shown = (f"{ranks[0]}-{ranks[-1]}" if ranks == list(range(ranks[0], ranks[-1] + 1))
-                 else ",".join(map(str, ranks[:6])) + ("..." if len(ranks) > 6 else ""))
-        cid = first.id if len(members) == 1 else f"{first.id}..{last.id}"
-        layers = (f"{first.layers[0]}..{first.layers[1] - 1}" if len(members) == 1 else
-                  f"{first.layers[0]}..{last.layers[1] - 1} ({first.layers[1] - first.layers[0]}"
-                  " each)")
-        rows.append([cid, shown, layers,
-                     human_bytes(m["weights"]), human_bytes(m["activations"]),
-                     human_bytes(m["kv_cache"]), human_bytes(m["reserve"]),
-                     human_bytes(m["peak"]),
-                     f"{100 * m['peak'] / m['capacity']:.1f}%"]
-                    + ([human_bytes(first.cache_resident)] if first.cache_resident else []))
-    return rows

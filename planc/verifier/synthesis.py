@@ -22,13 +22,14 @@ from math import prod
 import z3
 
 from planc.compiler.check_structure import check_structure
-from planc.compiler.lower import lower, memory_by_class, seq_chunk_step
+from planc.compiler.lower import lower, memory_by_class
 from planc.compiler.spec import PlanSpec
+from planc.compiler.splits import seq_chunk_step
 from planc.cost.performance import objective_value, summary
 from planc.cost.time import rates_of
 from planc.diagnostics import Diagnostics, Related, Span
+from planc.layout.slices import pieces_per_part, slice_kind
 from planc.verifier import encode
-from planc.verifier.report import PlanResult
 from planc.verifier.solve import SolverConfig
 
 MAX_CANDIDATES = 20_000
@@ -106,7 +107,8 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                          f"{dim} ({size}) divisible by its split"))
     hd = plan.shard_of("head_dim")
     if hd is not None:
-        cons.append(("rope", m.head_dim % (2 * deg("head_dim")) == 0, hd.span,
+        pairs = pieces_per_part(slice_kind("head_dim"))
+        cons.append(("rope", m.head_dim % (pairs * deg("head_dim")) == 0, hd.span,
                      "head_dim divisible by twice its split (RoPE pairs)"))
     if w.batch is not None:
         cons.append(("div.batch", w.batch % deg("batch") == 0, plan.workload.spans.get("batch"),
@@ -117,7 +119,7 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
                          "microbatches divide the local batch"))
     seq_sh = plan.shard_of("seq")
     if w.seq is not None and seq_sh is not None:
-        k = 2 if seq_sh.attention in ("ring", "gather") else 1
+        k = pieces_per_part(slice_kind("seq", seq_sh.attention))  # zig-zag: 2 chunks a part
         cons.append(("div.seq", w.seq % (k * deg("seq")) == 0, seq_sh.span,
                      f"seq ({w.seq}) divisible by {'2 x ' if k == 2 else ''}its split"))
     # microbatches are not enumerated by z3: given the mesh they range over the divisors of
@@ -409,20 +411,17 @@ def _largest_batch(plan: PlanSpec, cfg: SolverConfig) -> int | None:
 
 
 def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None = None
-               ) -> PlanResult | None:
-    from planc.pipeline import check_plan
-
+               ) -> tuple[PlanSpec, dict[str, object]] | None:
+    """The best concrete plan for the holes, and what the search did (the report's
+    "synthesis" entry); None, with a diagnostic, when nothing fits. The caller checks the
+    plan it returns (pipeline.check_plan), so the verifier does not import the pipeline."""
     cfg = solver or SolverConfig()
     found, tried, core = ranked(plan, cfg, keep=1 + ALTERNATIVES)
     best = found[0][1] if found else None
     if best is None:
         _explain_infeasible(plan, cfg, core, tried, diags)
         return None
-    result = check_plan(best, diags, cfg)
-    if result is None:
-        return None
-    result.completed = completed_text(plan, best)
-    result.extra["synthesis"] = {
+    return best, {
         "objective": " ".join(plan.objective or ("minimize", "time")),
         "candidates": tried,
         "values": _hole_values(plan, best),
@@ -431,7 +430,6 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
                           "estimate": summary(g, rates_of(cp))["estimate"]}
                          for _, cp, g in found[1:1 + ALTERNATIVES]],
     }
-    return result
 
 
 

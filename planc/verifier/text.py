@@ -3,14 +3,13 @@ every obligation; violated ones in full with the source line, a caret and the fi
 
 from __future__ import annotations
 
-from planc.compiler.units import plural
+from planc.compiler.units import human_bytes, plural
 from planc.cost.performance import summary_text
 from planc.diagnostics import Diagnostic, printable, render
-from planc.verifier.report import CheckResult, PlanResult, memory_rows
+from planc.render.tables import MEMORY_TABLE, groups, memory_rows
+from planc.verifier.report import CheckResult, PlanResult
 
 MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
-HEADER = ["class", "ranks", "layers", "weights", "activations", "kv cache", "reserve", "peak",
-          "of HBM"]
 
 
 def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -34,8 +33,10 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
         out += ["    " + line for line in p.completed.splitlines()]
     if p.graph is not None:
         rows = memory_rows(p.graph)
-        header = HEADER + (["L2 resident"] if any(len(r) > len(HEADER) for r in rows) else [])
-        out += table(header, rows)
+        resident = [g[0].cache_resident for g in groups(p.graph)]
+        if any(resident):
+            rows = [r + [human_bytes(x)] for r, x in zip(rows, resident)]
+        out += table(MEMORY_TABLE + (["L2 resident"] if any(resident) else []), rows)
     shown: dict[tuple, list[str]] = {}
     for v in p.verdicts:  # symmetric device classes break the same way: say it once
         ob = v.obligation

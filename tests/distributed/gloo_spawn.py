@@ -14,7 +14,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

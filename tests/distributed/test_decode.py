@@ -20,8 +20,8 @@ import torch
 from planc.backends.torch.decode_metrics import decode_times, output_tokens_per_s, tpot_s
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.backends.torch.runtime.decode_attention import lse_merge
-from planc.backends.torch.runtime.decode_layout import cache_capacity, step_slots
-from planc.backends.torch.runtime.layout import check_config, seq_positions
+from planc.backends.torch.runtime.layout import seq_positions
+from planc.layout.schedule import cache_capacity, step_slots
 
 SPECS = Path(__file__).resolve().parents[2] / "specs" / "local"
 DECODE_PLANS = [
@@ -39,8 +39,8 @@ METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matche
 
 def compiled(name: str) -> tuple[Any, RunConfig]:
     """(placement graph, RunConfig with one timed run) of specs/local/<name>.plan."""
+    from planc.backends.torch.runconfig import to_run_config
     from planc.compiler.lower import lower
-    from planc.compiler.runconfig import to_run_config
     from planc.diagnostics import Diagnostics
     from planc.pipeline import load
 
@@ -162,13 +162,12 @@ def test_sequence_sharded_cache_holds_every_position_once_within_capacity(
     cfg = RunConfig(model=model, mesh=(("sp", sp),), batch=1, seq=context,
                     splits={"seq": ("sp",)}, attention="ring", zigzag=zigzag,
                     phase="decode", context=context, generate=generate)  # fmt: skip
-    check_config(cfg)
-    cap = cache_capacity(cfg, sp)
+    cap = cache_capacity(cfg.context, cfg.generate, sp)
     stored: dict[int, int] = {}  # global position -> rank
     for part in range(sp):
         slots: dict[int, int] = {}  # local slot -> global position
         for t in range(generate):
-            s = step_slots(cfg, seq_positions(cfg, sp, part), sp, part, t)
+            s = step_slots(cfg.context, seq_positions(cfg, sp, part), sp, part, t)
             if s.write is not None:
                 for slot, pos in zip(range(*s.write), s.positions):
                     assert slot not in slots and slot < cap
@@ -180,12 +179,3 @@ def test_sequence_sharded_cache_holds_every_position_once_within_capacity(
             stored[pos] = part
     # The prompt and every fed-back token (not the last generated one) are cached once.
     assert sorted(stored) == list(range(context + generate - 1))
-
-
-def test_decode_config_without_vocabulary_is_refused_with_the_reason():
-    model = ModelDims(arch="llama", layers=1, hidden=8, heads=2, kv_heads=2, head_dim=4, ffn=8)
-    cfg = RunConfig(model=model, mesh=(("x", 1),), batch=1, seq=4, phase="decode", context=4,
-                    generate=0)  # fmt: skip
-    with pytest.raises(ValueError, match="vocab") as err:
-        check_config(cfg)
-    assert "generate >= 1" in str(err.value)

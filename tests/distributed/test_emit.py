@@ -50,12 +50,6 @@ def test_user_strings_stay_literals_in_code_and_comments(tiny):
     assert RunConfig.from_dict(assigned_literal(src, "CONFIG")) == cfg
 
 
-def test_emit_refuses_a_config_the_runtime_cannot_slice(tiny, tp):
-    cfg = tiny((("tp", 3),), tp("tp"))
-    with pytest.raises(ValueError, match=r"heads = 8 is not divisible by the 3 parts"):
-        emit_program(cfg, plan_name="p", source_file="p.plan")
-
-
 def test_emit_refuses_non_finite_numbers(tiny):
     cfg = tiny((("tp", 1),), {})
     features = dataclasses.replace(cfg.model.features, rope_theta=float("inf"))

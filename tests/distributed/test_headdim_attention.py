@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
 
 from planc.backends.torch.runtime.headdim_attention import (
     apply_rope_slice,
@@ -21,15 +22,13 @@ from planc.backends.torch.runtime.headdim_attention import (
     o_proj_row_parallel,
     rope_slice,
 )
-from planc.backends.torch.runtime.headdim_layout import (
+from planc.layout.headdim import (
     head_group,
     headdim_shard_indices,
     headdim_slice_indices,
     headdim_split_error,
     headdim_split_ok,
 )
-
-from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
 
 TOL = 1e-4
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from planc.backends.torch.runtime.layout import (
     Layout,
-    config_errors,
-    kv_head_range,
     output_tiles,
     seq_positions,
 )
+from planc.layout.slices import kv_heads_of as kv_head_range
 
 
 def test_ranks_are_row_major_with_the_last_axis_fastest(tiny, tp):
@@ -73,46 +70,6 @@ def test_output_tiles_come_from_the_last_stage_one_copy_per_data_slice(tiny, tp)
     assert output_tiles(pp_tp) == [(2, range(4), list(range(16)))]
     # a layer's output on an earlier stage (runtime/diagnose.py)
     assert output_tiles(pp_tp, stage=0) == [(0, range(4), list(range(16)))]
-
-
-@pytest.mark.parametrize(
-    ("scaling", "message"),
-    [
-        ((("rope_type", "yarn"), ("factor", 4.0)), "rope scaling 'yarn' is not implemented"),
-        ((("factor", 8.0), ("rope_type", "llama3")), "'llama3' needs low_freq_factor"),
-    ],
-)
-def test_a_rope_scaling_the_runtime_does_not_implement_is_refused_before_launch(
-    tiny, scaling, message
-):
-    cfg = tiny((("tp", 1),), {})
-    features = dataclasses.replace(cfg.model.features, rope_scaling=scaling)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, features=features))
-    assert any(message in e for e in config_errors(cfg)), config_errors(cfg)
-
-
-@pytest.mark.parametrize(
-    ("mesh", "splits", "extra", "message"),
-    [
-        ((("tp", 3),), {"heads": ("tp",)}, {}, "heads = 8 is not divisible by the 3 parts"),
-        ((("tp", 2),), {"heads": ("tq",)}, {}, "names axes ['tq'] that are not in the mesh"),
-        ((("pp", 2),), {"layers": ("pp",)}, {"stages": ((0, 1), (2, 4))}, "must start at layer 1"),
-        ((("pp", 2),), {"layers": ("pp",)}, {"stages": ((0, 4),)}, "2 pipeline stages"),
-        ((("dp", 2),), {"batch": ("dp",)}, {"microbatches": 4}, "2 local batch rows cannot"),
-        ((("tp", 8),), {"heads": ("tp",)}, {"kv_heads": 3}, "not a multiple of kv_heads = 3"),
-        ((("sp", 2),), {"seq": ("sp",)}, {}, "attention must be 'ring' or 'gather'"),
-        ((("m", 8),), {"head_dim": ("m",)}, {}, "divisible by 2 x 8 so that every RoPE pair"),
-        ((("tp", 32),), {"ffn": ("tp",)}, {"compress_mlp_2_4": True}, "local width 4"),
-    ],
-)
-def test_config_errors_state_the_rule_and_the_numbers(tiny, mesh, splits, extra, message):
-    kv = extra.pop("kv_heads", 4)
-    errs = config_errors(tiny(mesh, splits, kv_heads=kv, **extra))
-    assert any(message in e for e in errs), errs
-
-
-def test_a_plain_tensor_parallel_config_has_no_errors(tiny, tp):
-    assert config_errors(tiny((("tp", 4),), tp("tp"), kv_heads=2)) == []
 
 
 def test_ring_attention_plans_ask_for_one_cuda_work_queue(tiny, tp):

@@ -1,12 +1,10 @@
 """Mixtral MoE runtime (planc.backends.torch.runtime.moe) against Hugging Face's
 MixtralSparseMoeBlock: single process, expert parallel over gloo (ep 2, 4, 8), ep x tp 2x2,
-the replicated-token mode, both checkpoint layouts, and the traffic formulas of moe_layout."""
+the replicated-token mode, both checkpoint layouts, and the traffic formulas of moe_io."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +15,8 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from planc.backends.torch.runtime import moe, moe_layout
+from planc.backends.torch.runtime import moe, moe_io
+from planc.layout.moe import expert_range, ffn_range
 
 HIDDEN, FFN, EXPERTS, TOP_K = 32, 64, 16, 2
 DEAD = [3, 12, 13, 14, 15]  # layer 1's router never picks these (rank 3 of ep 4 gets no rows)
@@ -185,12 +184,12 @@ def _check_world(ref: dict, world: int) -> None:
 
 
 def _check_traffic(case: str, layer: int, stats: list[dict]) -> None:
-    """Bytes sent per rank equal moe_layout's formulas; combine returns what was dispatched."""
+    """Bytes sent per rank equal moe_io's formulas; combine returns what was dispatched."""
     ep = {"ep2": 2, "ep2xtp2": 2}.get(case, len(stats))
     tp = 2 if case == "ep2xtp2" else 1
     for rank, s in enumerate(stats):
         peers = [r for r in range(len(stats)) if _ep_group(case, r) == _ep_group(case, rank)]
-        formula = moe_layout.ep_traffic(
+        formula = moe_io.ep_traffic(
             TOKENS[_slot(case, rank)],
             HIDDEN,
             TOP_K,
@@ -238,8 +237,8 @@ def test_load_experts_reads_legacy_and_fused_layouts_alike_and_slices_ffn(ref: d
         b = moe.load_experts(
             ref["fused"], 1, experts=EXPERTS, ep=ep, ep_rank=ep_rank, tp=tp, tp_rank=tp_rank
         )
-        first, last = moe_layout.expert_range(EXPERTS, ep, ep_rank)
-        lo, hi = moe_layout.ffn_range(FFN, tp, tp_rank)
+        first, last = expert_range(EXPERTS, ep, ep_rank)
+        lo, hi = ffn_range(FFN, tp, tp_rank)
         assert a.first == b.first == first and a.count == b.count == last - first
         for i, e in enumerate(range(first, last)):
             gate_up, down = experts.gate_up_proj[e].detach(), experts.down_proj[e].detach()
@@ -262,18 +261,6 @@ def test_compressed_experts_equal_their_dense_equivalent(ref: dict) -> None:
     assert _rel(out, torch.cat(ref["refs"][0])) > 1e-3  # compression did change the weights
 
 
-def test_moe_mode_from_splits() -> None:
-    assert moe_layout.moe_mode({}) == "local"
-    assert moe_layout.moe_mode({"experts": ("ep",), "batch": ("ep",)}) == "ep"
-    assert moe_layout.moe_mode({"experts": ("ep",), "batch": ("ep",), "ffn": ("tp",)}) == "ep"
-    assert moe_layout.moe_mode({"experts": ("tp",), "heads": ("tp",), "ffn": ("tp",)}) == (
-        "replicated"
-    )
-    assert moe_layout.moe_mode({"ffn": ("tp",), "heads": ("tp",)}) == "replicated"
-    with pytest.raises(ValueError):
-        moe_layout.moe_mode({"experts": ("dp", "tp"), "batch": ("dp",)})
-
-
 @pytest.mark.distributed
 def test_ep4_ep2_ep2xtp2_and_replicated_equal_hf_over_4_gloo_ranks(ref: dict) -> None:
     _check_world(ref, 4)
@@ -283,8 +270,3 @@ def test_ep4_ep2_ep2xtp2_and_replicated_equal_hf_over_4_gloo_ranks(ref: dict) ->
 @pytest.mark.slow  # 8 processes importing torch: ~20 s on 2 cores
 def test_ep8_equals_hf_over_8_gloo_ranks(ref: dict) -> None:
     _check_world(ref, 8)
-
-
-def test_moe_layout_does_not_import_torch() -> None:
-    code = "import sys, planc.backends.torch.runtime.moe_layout; sys.exit('torch' in sys.modules)"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # exit 1: imported

@@ -7,10 +7,10 @@ and the outputs are all-gathered, unsharded and compared to plain softmax(QK^T/s
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
 
 from planc.backends.torch.runtime.ring_attention import (
     attention_with_lse,
@@ -24,8 +24,6 @@ from planc.backends.torch.runtime.ring_attention import (
     zigzag_shard,
     zigzag_unshard,
 )
-
-from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
 
 TOL = 1e-4
 

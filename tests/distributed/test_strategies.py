@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from planc.backends.torch.runtime.compress_layout import weight_bytes
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
+from planc.layout.compress import weight_bytes
 
 pytestmark = pytest.mark.distributed
 
@@ -117,7 +117,7 @@ def test_heads_x_head_dim_2x2_matches_hf(run_plan, tiny):
 # --- Mixtral experts ----------------------------------------------------------------------------
 
 
-def expert_bytes(experts: int, ffn: int, fmt: str = "none") -> int:
+def expert_bytes(experts: int, ffn: int, fmt: str = "dense") -> int:
     """Bytes of `experts` experts' gate, up, down of local width ffn (float32)."""
     return experts * (2 * weight_bytes(ffn, 64, 4, fmt) + weight_bytes(64, ffn, 4, fmt))  # type: ignore[arg-type]
 
@@ -185,7 +185,7 @@ def test_tensor_parallel_2_int8_and_2_4_matches_compressed_hf(run_plan, tiny, tp
 
 def test_layerwise_4_stages_int8_and_2_4_matches_compressed_hf(run_plan, tiny):
     """Seeds 000 / 003: one layer per device, 2 microbatches, compressed weights; each stage
-    holds exactly its layer in compress_layout's formats."""
+    holds exactly its layer in planc/layout/compress.py's formats."""
     stages = ((0, 1), (1, 2), (2, 3), (3, 4))
     cfg = tiny((("stage", 4),), {"layers": ("stage",)}, stages=stages, microbatches=2,
                compress_int8=True, compress_mlp_2_4=True)  # fmt: skip
@@ -237,8 +237,8 @@ def test_ring_attention_8_zigzag_causal_matches_hf(run_plan, tiny):
 def test_a_ring_plan_with_one_chunk_per_rank_runs_contiguous_and_matches_hf(run_plan):
     """seq 6 over 2 ranks: a multiple of the ring (2) but not of its 4 zig-zag chunks. planc
     used to refuse it; it runs in contiguous chunks, zig-zag off, from the plan itself."""
+    from planc.backends.torch.runconfig import to_run_config
     from planc.compiler.lower import lower
-    from planc.compiler.runconfig import to_run_config
     from tests.helpers import resolve_text
 
     spec, diags = resolve_text("""

@@ -9,11 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
-from planc.backends.torch.runtime.headdim_block import headdim_rows
-from planc.backends.torch.runtime.headdim_layout import headdim_shard_indices
 from planc.backends.torch.runtime.layout import Layout, seq_positions
 from planc.backends.torch.runtime.ring_attention import positions_for_rank
 from planc.backends.torch.weights import ShardReader
+from planc.layout.headdim import headdim_rows, headdim_shard_indices
 
 SMALL = {"layers": 1, "hidden": 32, "heads": 4, "kv_heads": 2, "head_dim": 8, "ffn": 64}
 
@@ -103,3 +102,11 @@ def test_combined_groups_cover_the_head_grid_and_the_replicated_experts():
     rep = RunConfig(model=moe, mesh=(("tp", 2),), batch=1, seq=8,
                     splits={"heads": ("tp",), "experts": ("tp",), "ffn": ("tp",)})  # fmt: skip
     assert combined_groups(rep) == [("tp",)]
+
+
+def test_every_strategy_core_is_a_runtime_core():
+    from planc.backends.torch.runtime import cores
+    from planc.layout.strategies import STRATEGIES
+
+    known = set(cores.ATTENTION) | set(cores.MLP)
+    assert all(s.core in known for s in STRATEGIES if s.core)

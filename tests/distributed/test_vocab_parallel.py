@@ -21,7 +21,7 @@ import torch
 from gloo_spawn import spawn  # tests/distributed is on sys.path (no __init__.py)
 
 from planc.backends.torch.runtime.config import RunConfig
-from planc.backends.torch.runtime.vocab_layout import VocabSlice
+from planc.layout.vocab import VocabSlice
 from tests.helpers import plan_text, resolve_text
 
 pytestmark = pytest.mark.distributed
@@ -49,8 +49,8 @@ SAVED_BY_HF = {"pp2_tied_save_pretrained": "pp2_tied"}
 
 def compile_plan(vocab: int, tied: bool, body: str) -> tuple[Any, Any, RunConfig]:
     """(plan, placement graph, decode RunConfig with one timed run) of a tiny plan."""
+    from planc.backends.torch.runconfig import to_run_config
     from planc.compiler.lower import lower
-    from planc.compiler.runconfig import to_run_config
 
     spec, diags = resolve_text(plan_text(body, model=model_text(vocab, tied), cluster=CLUSTER,
                                          workload=WORKLOAD))

@@ -147,3 +147,10 @@ def test_run_text_reports_decode_metrics():
     prefill = _run_text({"plan": "p", "world_size": 2, "device": "cpu", "tokens_per_s": 10.0,
                          "time_s": 0.5, "ranks": []})
     assert "10 tokens/s (forward 500.00 ms)" in prefill
+
+
+def test_run_refuses_negative_warmup_and_zero_repeats_before_starting(good, capsys):
+    code, _, err = run(["run", good, "--repeats", "0"], capsys)
+    assert code == 2 and "repeats >= 1" in err
+    code, _, err = run(["run", good, "--warmup", "-1"], capsys)
+    assert code == 2 and "warmup >= 0" in err

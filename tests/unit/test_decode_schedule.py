@@ -1,4 +1,4 @@
-"""The pipelined decode's rounds (decode_layout.stage_rounds), checked as a message-passing
+"""The pipelined decode's rounds (planc/layout/schedule.stage_rounds), checked as a message-passing
 simulation: every send has its receive on the peer in the same round (what NCCL needs to make
 progress), every input arrives before its item runs, and full pipelines have no idle rounds."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from planc.backends.torch.runtime.decode_layout import pipeline_rounds, stage_rounds
+from planc.layout.schedule import pipeline_rounds, stage_rounds
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 5))
 

@@ -1,4 +1,4 @@
-"""`planc fmt`: the canonical layout keeps the parsed plan (AST modulo spans) and every comment,
+"""`planc fmt`: the canonical form keeps the parsed plan (AST modulo spans) and every comment,
 is idempotent, and `--check` / `--diff` / in-place rewriting behave like other formatters."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def shape(x: Any) -> Any:
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return (type(x).__name__, tuple((f.name, shape(getattr(x, f.name)))
                                         for f in dataclasses.fields(x)
-                                        if f.name not in ("span", "path")))
+                                        if f.name not in ("span", "path", "path_span")))
     if isinstance(x, tuple):
         return tuple(shape(i) for i in x)
     return x

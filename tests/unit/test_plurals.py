@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from planc.backends.torch.emit import emit_program
+from planc.backends.torch.runconfig import to_run_config
 from planc.compiler.lower import lower
-from planc.compiler.runconfig import to_run_config
 from planc.verifier.report import CheckResult
 from planc.verifier.text import to_text
 from tests.helpers import check_text, plan_text, resolve_text

@@ -19,10 +19,11 @@ from planc.compiler.ir import ranks_of
 from planc.compiler.lower import lower
 from planc.compiler.units import human_bytes
 from planc.diagnostics import Diagnostics
-from planc.pipeline import find_plan
+from planc.pipeline import check_paths, find_plan
 from planc.render.dot import to_dot
 from planc.render.layout import holds, picture
 from planc.render.tables import show_text
+from planc.verifier.text import to_text
 from tests.helpers import plan_text, resolve_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,3 +238,43 @@ def test_ring_chunks_are_contiguous_when_the_sequence_is_one_chunk_per_rank():
         "seq   2048", "seq   16400")  # 16 x 1025: no zig-zag
     spec, _ = resolve_text(text)
     assert holds(spec.plans[0], {"sp": 3}) == ("seq 3075-4099",)
+
+
+_SIZE = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+
+def _memory_lines(text: str) -> list[list[str]]:
+    """The cells of the memory table (its first 10 columns: show adds a bar, check L2)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"\s*class\s+ranks", line))
+    out = []
+    for line in lines[start:]:
+        if not line.strip() or line.lstrip().startswith(("ok", "FAIL", "error", "L2", "??")):
+            break
+        out.append(re.split(r"\s{2,}", line.strip())[:10])
+    return out
+
+
+@pytest.mark.parametrize("name,plan_name", [
+    ("baseline", "baseline"), ("001_head_x_headdim", "head_x_headdim"),
+    ("004_expert_parallel", "expert_parallel"), ("000_layerwise_cache", "layerwise")])
+def test_check_and_show_print_the_same_memory_rows_and_each_adds_up(name, plan_name):
+    file = SEEDS / f"{name}.plan"
+    checked = _memory_lines(to_text(check_paths([file], plan_name)))
+    plan, graph = load(file, plan_name)
+    shown = _memory_lines(show_text(plan, graph))
+    assert checked == shown and "buffers" in checked[0]
+    for row in checked[1:]:
+        cells = [c.split() for c in row[3:9]]
+        *terms, peak = [float(v.replace(",", "")) * _SIZE[u] for v, u in cells]
+        assert len(terms) == 5 and abs(sum(terms) - peak) <= 0.01 * peak, row
+    for c in graph.classes:
+        assert c.memory["peak"] == sum(c.memory[k] for k in
+                                       ("weights", "activations", "kv_cache", "buffers", "reserve"))
+
+
+def test_show_names_each_strategy_from_the_registry_with_its_axes():
+    plan, graph = load(SEEDS / "001_head_x_headdim.plan", "head_x_headdim")
+    assert "strategies: head_dim over m, tensor over n" in show_text(plan, graph)
+    plan, graph = load(SEEDS / "baseline.plan")
+    assert "strategies: pipeline over pp, tensor over tp;" in show_text(plan, graph)

@@ -9,7 +9,7 @@ from planc.compiler.lower import lower
 from planc.diagnostics import Diagnostics
 from planc.pipeline import check_paths, check_plan
 from planc.verifier.headroom import headroom
-from tests.helpers import CLUSTER, MODEL, WORKLOAD, line_of, plan_text, resolve_text
+from tests.helpers import WORKLOAD, line_of, plan_text, resolve_text
 
 
 def synth(tmp_path, text: str):  # type: ignore[no-untyped-def]

@@ -14,7 +14,6 @@ import pprint
 from typing import Any
 
 from planc.backends.torch.runtime.config import RunConfig
-from planc.backends.torch.runtime.layout import check_config
 from planc.compiler.units import plural
 
 _MAIN = """
@@ -146,7 +145,6 @@ def _header(cfg: RunConfig, plan_name: str, source_file: str) -> str:
 
 def emit_program(cfg: RunConfig, *, plan_name: str, source_file: str) -> str:
     """The standalone program for `cfg` (deterministic: same config, same bytes)."""
-    check_config(cfg)
     data = cfg.to_dict()
     _check_literal(data, "CONFIG")
     config = pprint.pformat(data, width=100, sort_dicts=True)

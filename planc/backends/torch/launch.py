@@ -47,6 +47,13 @@ class OutputDiffers(LaunchError):
         self.metrics = metrics
 
 
+def visible_gpus() -> int:
+    """CUDA devices this process sees (planc run checks them before it starts any rank)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _proc_table() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, start time) for every process we can see (Linux /proc)."""
     table = {}

@@ -2,7 +2,8 @@
 semi-structured sparsity, and both together; `CompressedLinear` stores a weight compressed and
 computes y = x @ W.T with it.
 
-Storage (what `CompressedLinear.stored_tensors` holds; compress_layout gives the byte formulas):
+Storage (what `CompressedLinear.stored_tensors` holds; planc/layout/compress.py gives the byte
+formulas):
 - int8: q int8 [out, in] and scale [out] in the weight's dtype, W ~= q * scale[:, None].
 - 2:4: values [out, in/2] (the 2 kept of every 4 consecutive inputs, in order) and metadata
   uint8 [out, in/8]: per group of 4 one nibble (lo 2 bits: index of the first kept element,
@@ -29,11 +30,11 @@ Compute:
   weight, 8192 tokens 1.21 ms vs 1.63 dense; 4096x4096, 8192 tokens 0.45 vs 0.35; 16 tokens
   ~0.55 ms vs 0.03-0.05 (per-call cuSPARSELt plan setup). float32 is excluded on purpose:
   torch's float32 CUTLASS format is 1:2, not 2:4, and cuSPARSELt's table has no float32.
-- CUDA int8 + 2:4: weights stay int8 + metadata (memory as compress_layout says) and are
+- CUDA int8 + 2:4: weights stay int8 + metadata (memory as planc/layout/compress.py says) and are
   decompressed per call; no weight-only int8 sparse kernel exists in torch.
 
 Buffers one call y = linear(x) allocates beyond its output y [T, out] (element size e of the
-run dtype; the weight's stored tensors are resident, see compress_layout):
+run dtype; the weight's stored tensors are resident, see planc/layout/compress.py):
 - int8, CUDA: the dense copy q.to(e) [out, in]*e, freed after the GEMM; the scale is applied to y
   in place. CPU: dequantised weight [out, in]*4 (float32), then its cast [out, in]*e (the same
   tensor for float32), freed after the GEMM.

@@ -7,7 +7,7 @@ a sequence group, ring or gather).
 process groups; only what happens between the projections changes:
   prefill (step 0): the block's own attention of the prompt (causal SDPA / head_dim partial
            scores / ring or gather), and the prompt's K/V (after RoPE) written to the cache;
-  decode step: the new token's K/V written to its slot (decode_layout.step_slots; with a
+  decode step: the new token's K/V written to its slot (planc/layout/schedule.step_slots; with a
            sequence split only the owner writes), then attention of the new query over the
            filled slots, which are all visible (no mask):
     heads:    SDPA over the local kv heads' cache;
@@ -35,12 +35,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from planc.backends.torch.runtime.decode_layout import Slots
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
 from planc.backends.torch.runtime.headdim_block import HeadDimAttention
 from planc.backends.torch.runtime.layers import Attention, Rope, all_reduce, rotate_qk
 from planc.backends.torch.runtime.ring_attention import attention_with_lse
 from planc.backends.torch.runtime.seq_attention import SeqParallelAttention
+from planc.layout.schedule import Slots
 
 
 def lse_merge(outs: Tensor, lses: Tensor) -> Tensor:
@@ -195,7 +195,7 @@ def flash_decode(
     msg = torch.cat((out, lse.unsqueeze(-1)), dim=-1)  # [b, heads, sq, d + 1]
     del out, lse
     world = dist.get_world_size(group)
-    # Concatenated along dim 0 (the layout gloo's all_gather_into_tensor takes), viewed per rank.
+    # Concatenated along dim 0 (the shape gloo's all_gather_into_tensor takes), viewed per rank.
     gathered = msg.new_empty((world * msg.shape[0], *msg.shape[1:]))
     dist.all_gather_into_tensor(gathered, msg, group=group)
     del msg

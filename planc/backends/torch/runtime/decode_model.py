@@ -9,7 +9,8 @@ that also embeds (the same tensor) and read by a last stage that does not. The l
 logits; with `shard vocab` each holds its rows and the greedy token is agreed over the group
 (vocab_parallel.greedy_tokens). As the compiler counts it (compiler/vocab.py).
 
-The cache is allocated once, at load, for context + generate positions (decode_layout), zeros:
+The cache is allocated once, at load, for context + generate positions
+(planc/layout/schedule.py), zeros:
 per layer k and v [rows, kv_heads_local, capacity, head_dim_local] in the run dtype. Bytes per
 rank: layers * 2 * rows * kv_heads_local * capacity * head_dim_local * e, the compiler's
 kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse it.
@@ -26,13 +27,14 @@ from torch import Tensor, nn
 
 from planc.backends.torch.runtime import vocab_parallel
 from planc.backends.torch.runtime.decode_attention import CachedAttention
-from planc.backends.torch.runtime.decode_layout import Slots, cache_capacity, last_position_part
 from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import DecoderLayer, Rope
-from planc.backends.torch.runtime.layout import seq_positions, with_index
+from planc.backends.torch.runtime.layout import seq_positions
 from planc.backends.torch.runtime.model import StageModel, load_stage
-from planc.backends.torch.runtime.vocab_layout import EMBED, LM_HEAD
 from planc.backends.torch.weights import ShardReader
+from planc.layout import mesh
+from planc.layout.schedule import Slots, cache_capacity, last_position_part
+from planc.layout.vocab import EMBED, LM_HEAD
 
 
 class DecodeModel(nn.Module):
@@ -55,7 +57,7 @@ class DecodeModel(nn.Module):
         self.attns = [CachedAttention(layer.attn) for layer in self.layers]
         cfg, lay = ctx.cfg, ctx.layout
         sp = lay.parts("seq")
-        cap = cache_capacity(cfg, sp)
+        cap = cache_capacity(cfg.context, cfg.generate, sp)
         self.cache: list[tuple[Tensor, Tensor]] = []
         for attn in self.attns:
             kv, d = attn.cache_dims
@@ -70,7 +72,7 @@ class DecodeModel(nn.Module):
         part, self.last_index = last_position_part(parts, cfg.context)
         self.holds_last = part == lay.part("seq")
         self.seq_group = ctx.dim_group("seq")
-        self.last_src = with_index(cfg, lay.coords, lay.axes("seq"), part)
+        self.last_src = mesh.with_part(cfg.mesh, lay.coords, lay.axes("seq"), part)
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for kv in self.cache for t in kv)

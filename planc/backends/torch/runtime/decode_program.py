@@ -2,8 +2,8 @@
 program.py's for prefill; emit.py imports this module as `program` when cfg.phase is decode.
 
 Schedule. Items are (step t, microbatch m), numbered i = t * microbatches + m. Step 0 is the
-prefill of the prompt, later steps one token per sequence (decode_layout). The schedule goes in
-rounds (decode_layout.pipeline_rounds): in each round every stage runs at most one item, then
+prefill of the prompt, later steps one token per sequence. The schedule goes in rounds
+(planc/layout/schedule.py): in each round every stage runs at most one item, then
 exchanges with its neighbours in one batch_isend_irecv: it sends the item's hidden state to the
 next stage (the last stage: the argmax token ids [rows] back to the first stage, its peer with
 the same tensor / data / sequence coordinates) and receives what its previous stage (the first
@@ -34,18 +34,15 @@ from torch import Tensor
 
 from planc.backends.torch import decode_metrics, metrics
 from planc.backends.torch.reference_check import decode_verdict, exit_on_mismatch
-from planc.backends.torch.runtime.decode_layout import (
-    stage_rounds,
-    step_slots,
-    token_holders,
-)
 from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.layout import token_holders
 from planc.backends.torch.runtime.load_progress import with_progress
 from planc.backends.torch.runtime.model import weight_bytes
 from planc.backends.torch.runtime.program import load_with
+from planc.layout.schedule import stage_rounds, step_slots
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.textgen import TextBatch
@@ -85,7 +82,7 @@ def generate(
     nmb, r = cfg.microbatches, lay.micro_rows
     steps = cfg.generate if text is None else text.steps
     sp, part = lay.parts("seq"), lay.part("seq")
-    slots = [step_slots(cfg, lay.positions, sp, part, t) for t in range(steps)]
+    slots = [step_slots(cfg.context, lay.positions, sp, part, t) for t in range(steps)]
     p, k = lay.n_stages, lay.stage
     prev = lay.stage_peer(-1) if k > 0 else None
     nxt = lay.stage_peer(+1) if k < p - 1 else None

@@ -20,7 +20,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from planc.backends.torch.launch import NO_MULTICAST_ENV
 from planc.backends.torch.runtime.config import RunConfig
-from planc.backends.torch.runtime.layout import Layout, check_config, coords_of
+from planc.backends.torch.runtime.layout import Layout
+from planc.layout.mesh import groups as mesh_groups
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,20 +64,13 @@ class RankContext:
 def _new_axes_group(cfg: RunConfig, mesh: DeviceMesh, axes: tuple[str, ...]) -> dist.ProcessGroup:
     if len(axes) == 1:
         return mesh.get_group(axes[0])
-    # One group per combination of the other axes' coordinates; ranks sorted (new_group sorts
-    # them anyway), so a rank's place in the group is the row-major index in mesh order.
-    others = [a for a, _ in cfg.mesh if a not in axes]
-    members: dict[tuple[int, ...], list[int]] = {}
-    for r in range(cfg.world_size):
-        c = coords_of(cfg, r)
-        members.setdefault(tuple(c[a] for a in others), []).append(r)
-    mine, _ = dist.new_subgroups_by_enumeration([sorted(v) for _, v in sorted(members.items())])
+    # Every rank enumerates every group, in the same order (planc/layout/mesh.groups).
+    mine, _ = dist.new_subgroups_by_enumeration([sorted(g) for g in mesh_groups(cfg.mesh, axes)])
     return mine
 
 
 def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
     """Start the process group (gloo on cpu, nccl on cuda) and build the mesh and its groups."""
-    check_config(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
         raise RuntimeError(

@@ -2,7 +2,7 @@
 
 Rank (i, j) of the n x m grid holds head group i (heads/n contiguous query heads and kv_heads/n
 kv heads; needs heads % n == 0 and kv_heads % n == 0) and head_dim slice j of every one of them.
-The slice is `headdim_slice_indices(head_dim, m, j)` (see headdim_layout: each RoPE pair
+The slice is `headdim_slice_indices(head_dim, m, j)` (see planc/layout/headdim.py: each RoPE pair
 (i, i + head_dim/2) stays on one rank; needs head_dim % (2*m) == 0).
 
 Two process groups are involved:
@@ -13,7 +13,7 @@ Two process groups are involved:
   input, so rank (i, j) multiplies its attention slice by o_proj's columns
   `headdim_shard_indices(heads, head_dim, n, i, m, j)` and the m*n partial outputs are summed.
 
-Layouts (local dims marked *):
+Shapes (local dims marked *):
 - q: [batch, heads/n *, s, head_dim/m *]; k, v: [batch, kv_heads/n *, s, head_dim/m *], RoPE
   applied with `apply_rope_slice` (cos/sin columns picked by `rope_slice`).
 - headdim_attention output: [batch, heads/n *, s, head_dim/m *], this rank's slice of the heads'
@@ -42,12 +42,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from planc.backends.torch.runtime.headdim_layout import (  # noqa: F401  (re-exported)
-    head_group,
-    headdim_shard_indices,
-    headdim_slice_indices,
-    headdim_split_ok,
-)
+from planc.layout.headdim import headdim_slice_indices
+from planc.layout.slices import pieces
 
 
 def rope_slice(
@@ -62,9 +58,9 @@ def rope_slice(
     for half tables works unchanged on the local slice.
     """
     if cos.shape[-1] == head_dim // 2:
-        width = head_dim // (2 * m)
         headdim_slice_indices(head_dim, m, j)  # validates the split
-        return cos[..., j * width : (j + 1) * width], sin[..., j * width : (j + 1) * width]
+        lo, hi, _ = pieces("rope_paired", head_dim, m, j)[0]  # the slice's pair indices
+        return cos[..., lo:hi], sin[..., lo:hi]
     if cos.shape[-1] != head_dim:
         raise ValueError(f"cos has {cos.shape[-1]} columns, expected {head_dim} or {head_dim // 2}")
     idx = torch.tensor(headdim_slice_indices(head_dim, m, j), device=cos.device)

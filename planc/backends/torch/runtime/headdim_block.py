@@ -2,7 +2,7 @@
 
 Rank (i, j) holds head group i (its query heads and their kv heads, as layout.q_heads /
 layout.kv_heads say) and slice j of every one of those heads' dimensions, in
-headdim_layout's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
+planc/layout/headdim.py's order (each RoPE pair (t, t + head_dim/2) on one rank). Its q/k/v rows are
 `head * head_dim + t` for t in headdim_slice_indices(head_dim, m, j) (headdim_shard_indices when
 kv_heads divides by n), read as two contiguous runs per head; o_proj takes the same columns.
 A family with q/k RMSNorm (Qwen3) normalises each head over its whole head_dim: each rank's float32
@@ -10,7 +10,7 @@ sum of squares over its slice is all-reduced over the m ranks first (layers.Head
 Partial scores q_j k_j^T are summed over the m ranks of the head group (all_reduce, float32),
 softmax and P V run on the local slice, and o_proj is row-parallel over the whole n x m grid: one
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
-MLP is layers.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
+MLP is cores.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
 
 Memory, for a microbatch of T = b * seq tokens (b rows), element size e, local widths
 Q = q_heads * head_dim/m, K = kv_heads * head_dim/m (local heads, local slice), g = q_heads /
@@ -37,7 +37,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
-from planc.backends.torch.runtime.headdim_layout import headdim_slice_indices, headdim_split_error
 from planc.backends.torch.runtime.layers import (
     RMSNorm,
     Rope,
@@ -47,6 +46,7 @@ from planc.backends.torch.runtime.layers import (
     load_qk_norm,
     rotate_qk,
 )
+from planc.layout.headdim import headdim_rows, headdim_slice_indices
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
@@ -98,21 +98,11 @@ class HeadDimAttention(nn.Module):
         return all_reduce(out, self.out_group)
 
 
-def headdim_rows(heads: range, head_dim: int, m: int, j: int) -> list[int]:
-    """Rows of q_proj (k/v_proj with kv heads) for `heads` and head_dim slice j of m."""
-    dims = headdim_slice_indices(head_dim, m, j)
-    return [hd * head_dim + t for hd in heads for t in dims]
-
-
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDimAttention:
     """Layer `layer`'s attention for splits["head_dim"] (with or without splits["heads"])."""
+    # head_dim with seq (E056) and head_dim's RoPE pairs (V310) are proved by the compiler.
     cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
-    if "seq" in cfg.splits and lay.parts("seq") > 1:
-        raise NotImplementedError("head_dim split together with a seq split is not implemented")
     parts, j = lay.parts("head_dim"), lay.part("head_dim")
-    err = headdim_split_error(m.head_dim, parts)
-    if err is not None:
-        raise ValueError(err)
     d = m.head_dim
     rows_q = headdim_rows(lay.q_heads, d, parts, j)
     rows_kv = headdim_rows(lay.kv_heads, d, parts, j)

@@ -18,21 +18,19 @@ the residual stream x [T, hidden], which the stage owns and updates in place):
   MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
              -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
 
-Other strategies plug in through the three `make_*` functions: they pick ring / gather attention
+Other strategies are cores picked in runtime/cores.py: ring / gather attention
 (runtime/seq_attention.py over ring_attention.py), head x head_dim attention
-(runtime/headdim_block.py over headdim_attention.py), MoE experts (runtime/moe_block.py over
-moe.py) and int8 / 2:4 linears (runtime/compress.py) from the RunConfig. Each such module exposes
-`make_attention(ctx, reader, layer)`, `make_mlp(ctx, reader, layer)` or
-`make_linear(ctx, weight, role, input_group)` with the signatures below; their docstrings list
-the buffers they allocate per microbatch, as above. An attention block maps the residual
-stream x [b, s, hidden] and the Rope tables of the local positions to its reduced output; an MLP
-block maps x to its reduced output; both apply their own input RMSNorm (`load_norm`), so the
-normalised copy of x is freed as soon as the first GEMM has read it.
+(runtime/headdim_block.py over headdim_attention.py) and MoE experts (runtime/moe_block.py over
+moe.py); int8 / 2:4 linears come from `make_linear` below (runtime/compress.py). Each core
+exposes `make_attention(ctx, reader, layer)` or `make_mlp(ctx, reader, layer)`; their
+docstrings list the buffers they allocate per microbatch, as above. An attention block maps
+the residual stream x [b, s, hidden] and the Rope tables of the local positions to its reduced
+output; an MLP block maps x to its reduced output; both apply their own input RMSNorm
+(`load_norm`), so the normalised copy of x is freed as soon as the first GEMM has read it.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,6 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from planc.backends.torch.runtime import compress
 from planc.models.features import ModelFeatures
 
 if TYPE_CHECKING:
@@ -253,29 +252,6 @@ class DecoderLayer(nn.Module):
         return x
 
 
-# Choosers: the only place that maps RunConfig flags to implementations. ------------------------
-
-
-def _plugin(module: str, func: str, why: str) -> Any:
-    try:
-        mod = importlib.import_module(f"planc.backends.torch.runtime.{module}")
-        return getattr(mod, func)
-    except (ImportError, AttributeError) as e:
-        raise NotImplementedError(
-            f"{why} needs {func}() from planc/backends/torch/runtime/{module}.py ({e})"
-        ) from e
-
-
-def attention_kind(ctx: RankContext) -> str:
-    if "head_dim" in ctx.cfg.splits:
-        return "head_dim"
-    if "seq" in ctx.cfg.splits and ctx.cfg.attention != "local":
-        return ctx.cfg.attention
-    if "seq" in ctx.cfg.splits:
-        return "seq_without_attention"
-    return "heads"
-
-
 def make_linear(
     ctx: RankContext,
     weight: Tensor,
@@ -287,34 +263,8 @@ def make_linear(
     whole row; every rank of it must make the same linears in the same order (collective)."""
     cfg = ctx.cfg
     if cfg.compress_int8 or (cfg.compress_mlp_2_4 and role == "mlp"):
-        make = _plugin("compress", "make_linear", "int8 / 2:4 compression")
-        return make(ctx, weight, role, input_group)  # type: ignore[no-any-return]
+        return compress.make_linear(ctx, weight, role, input_group)
     return Linear(weight)
-
-
-def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
-    kind = attention_kind(ctx)
-    if kind == "head_dim":
-        make = _plugin("headdim_block", "make_attention", "splits['head_dim']")
-        return make(ctx, reader, layer)  # type: ignore[no-any-return]
-    if kind in ("ring", "gather"):
-        make = _plugin("seq_attention", "make_attention", f"{kind} attention")
-        return make(ctx, reader, layer)  # type: ignore[no-any-return]
-    if kind == "seq_without_attention":
-        raise ValueError("splits['seq'] needs attention 'ring' or 'gather', not 'local'")
-    lay, m = ctx.layout, ctx.cfg.model
-    wqkv, wo = attention_weights(ctx, reader, layer)
-    return Attention(
-        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
-        wqkv,
-        wo,
-        len(lay.q_heads),
-        len(lay.kv_heads),
-        m.head_dim,
-        ctx.cfg.causal,
-        ctx.dim_group("heads"),
-        load_qk_norm(ctx, reader, layer),
-    )
 
 
 def attention_weights(
@@ -370,10 +320,30 @@ def load_qk_norm(
     )
 
 
-def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
-    if ctx.cfg.model.arch == "mixtral" or "experts" in ctx.cfg.splits:
-        make = _plugin("moe_block", "make_mlp", "a mixture-of-experts MLP")
-        return make(ctx, reader, layer)  # type: ignore[no-any-return]
+def load_norm(ctx: RankContext, reader: ShardReader, name: str) -> RMSNorm:
+    m = ctx.cfg.model
+    return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.features.norm_eps)
+
+
+def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attention:
+    """Layer `layer`'s attention over the rank's heads (the "heads" core, runtime/cores.py)."""
+    lay, m = ctx.layout, ctx.cfg.model
+    wqkv, wo = attention_weights(ctx, reader, layer)
+    return Attention(
+        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
+        wqkv,
+        wo,
+        len(lay.q_heads),
+        len(lay.kv_heads),
+        m.head_dim,
+        ctx.cfg.causal,
+        ctx.dim_group("heads"),
+        load_qk_norm(ctx, reader, layer),
+    )
+
+
+def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> GatedMLP:
+    """Layer `layer`'s dense MLP over the rank's ffn columns (runtime/cores.py)."""
     m, cols = ctx.cfg.model, ctx.layout.ffn_cols
     p = f"layers.{layer}.mlp."
     gate_up = torch.cat(
@@ -389,12 +359,3 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> nn.Module:
         make_linear(ctx, reader.place(down), "mlp", ctx.dim_group("ffn")),
         ctx.dim_group("ffn"),
     )
-
-
-def load_norm(ctx: RankContext, reader: ShardReader, name: str) -> RMSNorm:
-    m = ctx.cfg.model
-    return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.features.norm_eps)
-
-
-def make_layer(ctx: RankContext, reader: ShardReader, layer: int) -> DecoderLayer:
-    return DecoderLayer(make_attention(ctx, reader, layer), make_mlp(ctx, reader, layer))

@@ -14,10 +14,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime import vocab_parallel
+from planc.backends.torch.runtime.cores import make_layer
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import RMSNorm, Rope, load_norm, make_layer
-from planc.backends.torch.runtime.vocab_layout import EMBED, VocabSlice
+from planc.backends.torch.runtime.layers import RMSNorm, Rope, load_norm
 from planc.backends.torch.weights import ShardReader
+from planc.layout.vocab import EMBED, VocabSlice
 
 
 class StageModel(nn.Module):

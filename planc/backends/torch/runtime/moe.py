@@ -8,7 +8,7 @@ expert e computes down(silu(gate(x)) * up(x)) (w2(silu(w1 x) * w3 x) in Mistral'
 output is the weighted sum over the k chosen experts. Inference only (no autograd through the
 collectives). Every function takes local 2-D tokens [T, H] and torch.distributed groups.
 
-Three ways to run the block, see moe_layout.moe_mode:
+Three ways to run the block, see planc/layout/moe.py:
 - `moe_local`: all experts on this rank (ep = 1).
 - `moe_ep` (`shard experts over A`, attention data-parallel over A, so each rank of the ep group
   has its own tokens): route locally; exchange per-expert counts (all_to_all_single); send each
@@ -24,7 +24,7 @@ Three ways to run the block, see moe_layout.moe_mode:
 - `moe_replicated` (tokens identical on every rank of `group`, e.g. seed 004's baseline: TP=8
   attention and 16 experts / 8 GPUs = 2 experts per GPU over the same axis): each rank adds the
   contributions of the experts (and ffn slices) it holds; one all_reduce over the group.
-Bytes sent per call: moe_layout.ep_traffic.
+Bytes sent per call: moe_io.ep_traffic.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from planc.backends.torch.runtime.compress import CompressedLinear
-from planc.backends.torch.runtime.moe_layout import (
-    expert_range,
-    ffn_range,
+from planc.backends.torch.runtime.moe_io import (
     fused_expert_names,
     legacy_expert_names,
     per_expert_scheme,
     router_names,
 )
+from planc.layout.moe import expert_range, ffn_range
 
 # A linear is a weight [out, in] (y = x @ w.T) or a module such as compress.CompressedLinear.
 Linear = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
@@ -175,7 +174,7 @@ def moe_ep(
     """Expert-parallel block over `ep_group` (each rank its own tokens, E/ep experts).
 
     `stats`, if given, receives the bytes this call sent (counts, dispatch, combine, tp) so the
-    compiler's formulas (moe_layout.ep_traffic) can be checked against the real buffers.
+    compiler's formulas (moe_io.ep_traffic) can be checked against the real buffers.
     The split sizes are read on the host (.tolist()): one device sync per call, the price of
     dropless routing without a worst-case padded buffer. x is not needed after the dispatch
     rows are gathered from it: a caller that passes a temporary lets it be freed there.
@@ -258,20 +257,20 @@ def compress_experts(
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _find_layout(keys: list[str], layer: int) -> tuple[str, str]:
+def _find_naming(keys: list[str], layer: int) -> tuple[str, str]:
     """(prefix, "legacy" | "fused") of `layer`'s MoE tensors in a checkpoint."""
     for key in keys:
-        for layout, name in zip(("legacy", "fused"), router_names(layer, prefix="")):
+        for naming, name in zip(("legacy", "fused"), router_names(layer, prefix="")):
             if key.endswith(name) and (len(key) == len(name) or key[-len(name) - 1] == "."):
-                return key[: len(key) - len(name)], layout
+                return key[: len(key) - len(name)], naming
     raise KeyError(f"no Mixtral router weight for layer {layer} in the checkpoint")
 
 
 def load_router(path: str, layer: int, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Router weight [E, H] of `layer` (replicated on every rank)."""
     with safe_open(path, framework="pt") as f:
-        prefix, layout = _find_layout(list(f.keys()), layer)
-        w = f.get_tensor(router_names(layer, prefix)[layout == "fused"])
+        prefix, naming = _find_naming(list(f.keys()), layer)
+        w = f.get_tensor(router_names(layer, prefix)[naming == "fused"])
     return w.to(dtype) if dtype is not None else w
 
 
@@ -300,7 +299,7 @@ def load_experts(
 
     with safe_open(path, framework="pt") as f:
         keys = set(f.keys())
-        prefix, _ = _find_layout(list(keys), layer)
+        prefix, _ = _find_naming(list(keys), layer)
         scheme = per_expert_scheme(layer, first, prefix, keys.__contains__)
         if scheme is not None:
             for e in range(first, last):

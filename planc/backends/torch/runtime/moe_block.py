@@ -1,10 +1,11 @@
 """Mixtral / Qwen3-MoE MoE MLP block (seed 004): RMSNorm, router, experts local / expert parallel /
-replicated-token, per the RunConfig's splits (moe_layout.moe_mode), over runtime/moe.py.
+replicated-token, per the RunConfig's splits (planc/layout/moe.py), over runtime/moe.py.
 
-- "ep" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over tp`): each
-  rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its rank in the
-  group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each expert's ffn slice
-  is the rank's tp part and one all_reduce over tp completes the down projections.
+- "all_to_all" (`shard experts, batch over ep`, optionally `ffn over tp` beside `heads over
+  tp`): each rank of the ep group holds its own tokens and experts [r*E/ep, (r+1)*E/ep), r its
+  rank in the group; moe.moe_ep dispatches rows by all_to_all and, with ffn split, each
+  expert's ffn slice is the rank's tp part and one all_reduce over tp completes the down
+  projections.
 - "replicated" (experts and/or ffn over axes where tokens are the same, e.g. the TP 8 x PP 2
   baseline's `heads, kv_heads, experts over tp`: 2 of 16 experts per device): each rank adds its
   experts' (ffn slices') contributions, one all_reduce over the experts x ffn ranks.
@@ -46,15 +47,13 @@ from torch import Tensor, nn
 
 from planc.backends.torch.runtime import moe
 from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
-from planc.backends.torch.runtime.moe_layout import (
-    expert_range,
-    ffn_range,
+from planc.backends.torch.runtime.moe_io import (
     fused_expert_names,
     legacy_expert_names,
-    moe_mode,
     per_expert_scheme,
     router_names,
 )
+from planc.layout.moe import expert_range, ffn_range, moe_mode
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
@@ -92,7 +91,7 @@ class MoeMLP(nn.Module):
         # The norm output is passed as a temporary, not bound here: moe_ep frees it as soon as
         # the dispatch rows are gathered from it.
         renorm = self.norm_topk
-        if self.mode == "ep":
+        if self.mode == "all_to_all":
             out = moe.moe_ep(self.norm(x).view(b * s, h), router, experts, k, self.main_group,
                              self.tp_group, norm_topk=renorm)  # fmt: skip
         elif self.mode == "replicated":
@@ -138,10 +137,10 @@ def load_experts(
 
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     """Layer `layer`'s MoE block for this rank (see the module docstring)."""
-    cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
+    lay, m = ctx.layout, ctx.cfg.model
     if m.experts < 1:
         raise ValueError(f"arch mixtral needs experts >= 1, got {m.experts}")
-    mode = moe_mode(cfg.splits)
+    mode = moe_mode(lay.axes("experts"), lay.axes("ffn"), lay.axes("batch") + lay.axes("seq"))
     token_axes = set(lay.axes("batch")) | set(lay.axes("seq"))
     if set(lay.axes("ffn")) & (token_axes | set(lay.axes("experts"))):
         raise ValueError(
@@ -150,7 +149,7 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
         )
     ffn_group = ctx.dim_group("ffn")
     main = ctx.dim_group("experts")
-    if mode == "ep" and main is not None:
+    if mode == "all_to_all" and main is not None:
         # Expert blocks follow the rank's place in the ep group: what moe_ep's all_to_all
         # assumes whatever the order of the axes in splits["experts"].
         ep = (dist.get_world_size(main), dist.get_group_rank(main, ctx.rank))
@@ -175,6 +174,6 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
         experts,
         m.top_k,
         mode,
-        (main, ffn_group if mode == "ep" else None),
+        (main, ffn_group if mode == "all_to_all" else None),
         m.features.norm_topk,
     )

@@ -19,10 +19,11 @@ from torch import Tensor
 from planc.backends.torch import metrics, reference
 from planc.backends.torch.reference_check import exit_on_mismatch, first_layer_, prefill_verdict
 from planc.backends.torch.runtime import pipeline
+from planc.backends.torch.runtime.cores import attention_kind
 from planc.backends.torch.runtime.diagnose import layer_outputs
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
-from planc.backends.torch.runtime.layers import Rope, attention_kind, rope_tables
+from planc.backends.torch.runtime.layers import Rope, rope_tables
 from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
 from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader

@@ -55,6 +55,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from planc.layout.slices import pieces_per_part, zigzag_chunks
+
 Backend = str  # "auto" | "cudnn" | "flash" | "efficient" | "cpu_flash" | "explicit"
 _warned: set[str] = set()
 
@@ -63,7 +65,7 @@ _warned: set[str] = set()
 
 
 def _check_seq(seq: int, world: int, zigzag: bool) -> None:
-    parts = 2 * world if zigzag else world
+    parts = world * pieces_per_part("zigzag" if zigzag else "even")
     if seq % parts != 0:
         mode = "zig-zag (2 chunks per rank)" if zigzag else "contiguous"
         raise ValueError(f"seq ({seq}) is not divisible by {parts} for {mode} sequence sharding")
@@ -73,7 +75,8 @@ def zigzag_shard(x: torch.Tensor, rank: int, world: int, dim: int) -> torch.Tens
     """Rank's zig-zag part of x along dim: chunk rank, then chunk 2*world-1-rank."""
     _check_seq(x.shape[dim], world, True)
     chunks = x.chunk(2 * world, dim=dim)
-    return torch.cat((chunks[rank], chunks[2 * world - 1 - rank]), dim=dim)
+    first, second = zigzag_chunks(world, rank)
+    return torch.cat((chunks[first], chunks[second]), dim=dim)
 
 
 def zigzag_unshard(chunks_list: Sequence[torch.Tensor], dim: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ The residual stream is sequence-sharded: a rank holds x [rows, s_local, hidden] 
 positions layout.seq_positions gives it (zig-zag: chunks i and 2R-1-i of 2R, the same tokens as
 ring_attention.positions_for_rank), and program.run builds its RoPE tables from those global
 positions. Everything outside attention is token-local: the norms, q/k/v and o projections and
-the whole MLP (layers.make_mlp, dense or MoE) run on the local tokens with no communication.
+the whole MLP (cores.make_mlp, dense or MoE) run on the local tokens with no communication.
 Only K/V cross the sequence group, round the ring (ring_attention) or all-gathered
 (gather_attention). Heads may be split as well (`heads over tp` beside `seq over sp`): q/k/v are
 then column-parallel over the local heads and o row-parallel with one all_reduce over the heads
@@ -120,10 +120,6 @@ class SeqParallelAttention(nn.Module):
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> SeqParallelAttention:
     """Layer `layer`'s attention for splits["seq"] with cfg.attention ring or gather."""
     cfg, lay = ctx.cfg, ctx.layout
-    if cfg.zigzag and cfg.attention != "local":
-        sp = lay.parts("seq")
-        if sp > 1 and cfg.seq % (2 * sp):
-            raise ValueError(f"zig-zag needs seq ({cfg.seq}) divisible by 2 x {sp} ranks")
     wqkv, wo = attention_weights(ctx, reader, layer)
     return SeqParallelAttention(
         load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),

@@ -44,7 +44,6 @@ from planc.backends.torch.prompts import (
     prepare,
     records,
 )
-from planc.backends.torch.runtime.decode_layout import Slots
 from planc.backends.torch.runtime.decode_model import DecodeModel
 from planc.backends.torch.runtime.decode_program import (
     gather_tokens,
@@ -55,6 +54,7 @@ from planc.backends.torch.runtime.decode_program import (
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.layers import Rope
 from planc.diagnostics import PlancError, render
+from planc.layout.schedule import Slots
 
 
 def requested(args: argparse.Namespace) -> bool:

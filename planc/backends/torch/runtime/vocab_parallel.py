@@ -2,7 +2,7 @@
 (`shard vocab over tp`; Megatron's VocabParallelEmbedding and its parallel lm_head).
 
 Each rank holds rows [start, start + n) of a vocabulary matrix [vocab, hidden], zero padded to n
-(vocab_layout). Every rank of the group holds the same tokens and hidden states (the vocab axes
+(planc/layout/vocab.py). Every rank of the group holds the same tokens and hidden states (the vocab axes
 carry no batch or sequence split), so:
   - lookup: each rank looks up the ids in its rows, zeroes the rows of ids it does not hold and
     the group all-reduces (sums) [T, hidden]: one rank contributes each row and the others add
@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from planc.backends.torch.runtime.vocab_layout import VocabSlice
+from planc.layout.vocab import VocabSlice
 
 if TYPE_CHECKING:
     from planc.backends.torch.weights import ShardReader

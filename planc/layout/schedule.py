@@ -1,8 +1,7 @@
-"""Where a greedy decode's tokens live, in plain Python (no torch): KV cache slots per step, the
-rank that holds the prompt's last position, the holders of the generated tokens, and what a
-decode RunConfig cannot run.
+"""The decode schedule: KV cache slots per step, the pipeline's rounds, the part that holds the
+prompt's last position.
 
-Steps. Step 0 is the prefill of the prompt (cfg.context tokens, cfg.seq == cfg.context); it
+Steps. Step 0 is the prefill of the prompt (context tokens, seq == context); it
 yields the first token. Step t >= 1 feeds the token of step t - 1, at global position
 context + t - 1, and yields token t. So generate tokens take generate - 1 decode steps, and the
 cache holds at most context + generate - 1 positions (allocated: context + generate, as the
@@ -11,7 +10,7 @@ compiler's planc/compiler/decode.py counts it).
 KV cache per rank and layer: [rows, kv_heads_local, capacity, head_dim_local] for its batch rows
 (data / expert parallel), its kv heads (tensor parallel) and head_dim slice, its stage's layers.
 With a sequence split over sp ranks each rank keeps only its chunk: the prompt's tokens it holds
-(zig-zag chunks i and 2sp-1-i for ring / gather attention, as layout.seq_positions says) in slots
+(zig-zag chunks i and 2sp-1-i for ring / gather attention, as slices.zigzag_chunks says) in slots
 [0, s_local), then the generated tokens appended round-robin: the token at position
 context + t - 1 (step t) goes to rank (t - 1) % sp of the sequence group, in its next free slot.
 Every rank of the group computes that token's q/k/v (the one new token is replicated over the
@@ -26,16 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planc.backends.torch.runtime.config import RunConfig
+from planc.layout.slices import cdiv
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def cache_capacity(cfg: RunConfig, sp: int) -> int:
+def cache_capacity(context: int, generate: int, sp: int) -> int:
     """Cache slots per sequence on one rank of a sequence group of size sp."""
-    return cdiv(cfg.context + cfg.generate, sp)
+    return cdiv(context + generate, sp)
 
 
 def new_token_owner(step: int, sp: int) -> int:
@@ -54,15 +49,16 @@ class Slots:
     valid: int
 
 
-def step_slots(cfg: RunConfig, prompt_positions: list[int], sp: int, part: int, step: int) -> Slots:
+def step_slots(context: int, prompt_positions: list[int], sp: int, part: int, step: int
+               ) -> Slots:
     """Slots of step `step` on sequence part `part` of sp; prompt_positions: the part's share of
-    the prompt (layout.positions)."""
+    the prompt (slices.indices of the sequence)."""
     s_local = len(prompt_positions)
     if step == 0:
         return Slots(list(prompt_positions), (0, s_local), s_local)
     before = (step - 1 - part + sp - 1) // sp  # earlier steps this part stored
     slot = s_local + before
-    position = cfg.context + step - 1
+    position = context + step - 1
     if new_token_owner(step, sp) == part:
         return Slots([position], (slot, slot + 1), slot + 1)
     return Slots([position], None, slot)
@@ -123,41 +119,3 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
         if context - 1 in positions:
             return part, positions.index(context - 1)
     raise ValueError(f"no sequence part holds position {context - 1}")
-
-
-def token_holders(cfg: RunConfig) -> list[tuple[int, range]]:
-    """(rank, batch rows) of one holder of every batch part's generated tokens: the last stage's
-    rank with coordinate 0 on every axis that splits neither batch nor layers (tensor, head_dim,
-    sequence and replicated axes hold equal copies)."""
-    from planc.backends.torch.runtime.layout import Layout
-
-    keep = set(cfg.splits.get("batch", ())) | set(cfg.splits.get("layers", ()))
-    out = []
-    for rank in range(cfg.world_size):
-        lay = Layout(cfg, rank)
-        if lay.is_last_stage and all(c == 0 for a, c in lay.coords.items() if a not in keep):
-            out.append((rank, lay.batch_rows))
-    return out
-
-
-def decode_errors(cfg: RunConfig) -> list[str]:
-    """What makes a decode RunConfig unrunnable (empty for prefill configs)."""
-    if cfg.phase == "prefill":
-        return []
-    if cfg.phase != "decode":
-        return [f"phase is 'prefill' or 'decode', not {cfg.phase!r}"]
-    errs = []
-    if cfg.model.vocab is None:
-        errs.append("decode needs a vocabulary (model vocab): tokens are fed back as ids")
-    if cfg.context < 1 or cfg.generate < 1:
-        errs.append(
-            f"decode needs context >= 1 and generate >= 1, got {cfg.context}, {cfg.generate}"
-        )
-    if cfg.seq != cfg.context:
-        errs.append(
-            f"decode runs the prompt as the prefill: seq ({cfg.seq}) must equal "
-            f"context ({cfg.context})"
-        )
-    if not cfg.causal:
-        errs.append("decode is causal: causal must be True")
-    return errs

@@ -1,12 +1,6 @@
-"""Torch-free layout facts of the mixtral expert runtime: who owns which expert, checkpoint names,
-and the bytes each rank sends per MoE call.
-
-The compiler imports this module to count communication and size buffers, and moe.py imports it
-to place experts, so the two cannot drift apart. It must not import torch.
-
-Placement: expert parallelism over a group of `ep` ranks gives ep-rank r the contiguous block of
-experts [r*E/ep, (r+1)*E/ep). Tensor parallelism inside an expert gives tp-rank t the rows
-[t*F/tp, (t+1)*F/tp) of gate (w1) and up (w3) and the same columns of down (w2).
+"""What a mixtral expert layer reads and sends, torch-free: checkpoint names, and the bytes each
+rank sends per MoE call. Which experts and ffn rows a rank holds, and the routing mode, are
+planc/layout/moe.py's.
 
 Communication per call of `moe.moe_ep` on one rank holding `tokens` tokens (hidden H, top_k k,
 E experts, element size b bytes, dropless, one row sent per (token, chosen expert) pair):
@@ -27,36 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-MoeMode = Literal["local", "ep", "replicated"]
-
-
-def experts_per_rank(experts: int, ep: int) -> int:
-    if ep <= 0 or experts % ep:
-        raise ValueError(f"experts ({experts}) is not divisible by ep ({ep})")
-    return experts // ep
-
-
-def expert_range(experts: int, ep: int, ep_rank: int) -> tuple[int, int]:
-    """[first, last) global expert indices held by ep-rank `ep_rank`."""
-    n = experts_per_rank(experts, ep)
-    if not 0 <= ep_rank < ep:
-        raise ValueError(f"ep_rank {ep_rank} outside [0, {ep})")
-    return ep_rank * n, (ep_rank + 1) * n
-
-
-def expert_owner(expert: int, experts: int, ep: int) -> int:
-    return expert // experts_per_rank(experts, ep)
-
-
-def ffn_range(ffn: int, tp: int, tp_rank: int) -> tuple[int, int]:
-    """[first, last) rows of gate/up (columns of down) held by tp-rank `tp_rank`."""
-    if tp <= 0 or ffn % tp:
-        raise ValueError(f"ffn ({ffn}) is not divisible by tp ({tp})")
-    n = ffn // tp
-    return tp_rank * n, (tp_rank + 1) * n
-
+from planc.layout.moe import experts_per_rank
 
 # --- checkpoint names -------------------------------------------------------------------------
 # transformers 5.x holds experts fused in memory (gate_up_proj [E, 2F, H] with the gate rows
@@ -155,26 +121,3 @@ def ep_recv_rows_max(group_tokens: int, top_k: int, *, experts: int, ep: int) ->
 def replicated_allreduce_payload(tokens: int, hidden: int, dtype_bytes: int) -> int:
     """Payload of the one all_reduce of `moe.moe_replicated` (and of moe_ep's tp all_reduce)."""
     return tokens * hidden * dtype_bytes
-
-
-def moe_mode(splits: dict[str, tuple[str, ...]]) -> MoeMode:
-    """Which runtime function a RunConfig's splits call for.
-
-    - no "experts" split and no "ffn" split: "local" (every rank holds every expert whole);
-    - experts split over axes along which tokens are split (batch or seq, i.e. data-parallel
-      attention): "ep" (all-to-all; "ffn" axes, if any, are the tp group inside each expert);
-    - otherwise (experts and/or ffn split over axes where tokens are replicated, e.g. the
-      tensor-parallel attention axis of seed 004's baseline): "replicated" (all_reduce).
-    """
-    expert_axes = set(splits.get("experts", ()))
-    token_axes = set(splits.get("batch", ())) | set(splits.get("seq", ()))
-    if not expert_axes and not splits.get("ffn"):
-        return "local"
-    if expert_axes and expert_axes <= token_axes:
-        return "ep"
-    if expert_axes & token_axes:
-        raise ValueError(
-            f"experts split over {sorted(expert_axes)}: either all of them carry different "
-            f"tokens (batch/seq over {sorted(token_axes)}) or none do"
-        )
-    return "replicated"

@@ -1,4 +1,4 @@
-"""Index layout of the head x head_dim split (seed 001), in plain Python (no torch).
+"""The head x head_dim split (seed 001): which heads and which dims of each head a rank holds.
 
 The m x n partitioning of attention puts `heads over n` and `head_dim over m`: rank (i, j) holds
 head group i (contiguous heads) and head_dim slice j of every one of those heads. This module
@@ -10,15 +10,18 @@ dimension i together with dimension i + head_dim/2. For the rotation to be compu
 pair must live on one rank, so slice j of m is the range [j*d/(2m), (j+1)*d/(2m)) of the first
 half followed by the same range shifted by d/2. Laid out in that order, the local slice is itself
 a valid `rotate_half` input: rotate_half(x)[slice] == rotate_half(x[slice]), and the matching
-cos/sin columns are cos[..., slice]. This needs head_dim divisible by 2*m.
+cos/sin columns are cos[..., slice]. This needs head_dim divisible by 2*m; the pairing itself
+is planc/layout/slices.py's.
 """
 
 from __future__ import annotations
 
+from planc.layout.slices import indices, pieces_per_part
+
 
 def headdim_split_ok(head_dim: int, m: int) -> bool:
     """True when head_dim can be split over m ranks keeping every RoPE pair on one rank."""
-    return m >= 1 and head_dim >= 2 and head_dim % (2 * m) == 0
+    return m >= 1 and head_dim >= 2 and head_dim % (pieces_per_part("rope_paired") * m) == 0
 
 
 def headdim_split_error(head_dim: int, m: int) -> str | None:
@@ -40,9 +43,7 @@ def headdim_slice_indices(head_dim: int, m: int, j: int) -> list[int]:
         raise ValueError(headdim_split_error(head_dim, m))
     if not 0 <= j < m:
         raise ValueError(f"slice index {j} out of range for {m} slices")
-    half, width = head_dim // 2, head_dim // (2 * m)
-    first = list(range(j * width, (j + 1) * width))
-    return first + [i + half for i in first]
+    return indices("rope_paired", head_dim, m, j)
 
 
 def head_group(num_heads: int, n: int, i: int) -> list[int]:
@@ -60,5 +61,10 @@ def headdim_shard_indices(
     """Flat indices into the heads*head_dim axis held by rank (i, j): head-major, then the
     slice's dimensions. These are the rows of q_proj (k/v_proj with kv_heads) and the columns of
     o_proj for that rank, in the order the local tensors use them."""
+    return headdim_rows(head_group(num_heads, n, i), head_dim, m, j)
+
+
+def headdim_rows(heads: range | list[int], head_dim: int, m: int, j: int) -> list[int]:
+    """Rows of q_proj (k/v_proj with kv heads) for `heads` and head_dim slice j of m."""
     dims = headdim_slice_indices(head_dim, m, j)
-    return [h * head_dim + d for h in head_group(num_heads, n, i) for d in dims]
+    return [h * head_dim + d for h in heads for d in dims]
