@@ -71,9 +71,10 @@ MESHES: dict[str, tuple[Mesh, dict[str, tuple[str, ...]], dict[str, Any]]] = {
 }
 
 
-def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
-    """A seeded random model written by save_pretrained from the family's own config class; with
-    fused, its in-memory state dict as it is (transformers 5's fused experts, gate_up_proj)."""
+def make_checkpoint(family: str, path: Path, *, fused: bool = False, **config: Any) -> None:
+    """A seeded random model written by save_pretrained from the family's own config class (with
+    `config` overriding its arguments); with fused, its in-memory state dict as it is
+    (transformers 5's fused experts, gate_up_proj)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -99,6 +100,7 @@ def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
     if dims["arch"] == "mixtral":
         kwargs.update(num_local_experts=dims["experts"], num_experts_per_tok=dims["top_k"],
                       moe_intermediate_size=dims["ffn"], norm_topk_prob=f.norm_topk)
+    kwargs.update(config)
     config = getattr(transformers, config_class)(**kwargs)
     torch.manual_seed(sorted(FAMILIES).index(family))
     model = AutoModelForCausalLM.from_config(config)
@@ -145,7 +147,13 @@ def cases() -> list[tuple[str, str, RunConfig]]:
 
 
 # Plans that disagree with their checkpoints: the run must say so.
+SLIDING = {"num_hidden_layers": 3, "use_sliding_window": True, "sliding_window": 3,
+           "max_window_layers": 1}  # layers 1 and 2 see only the last 3 positions
 MISMATCHES = [
+    # a qwen2 checkpoint whose layers from 1 on use a sliding window the plan does not know of:
+    # layer 0 agrees, layer 1 (on the second stage) is the first to differ
+    ("qwen2-sliding/pp2/prefill", "qwen2-sliding", dataclasses.replace(
+        run_config("qwen2", "pp2", "prefill", layers=3), stages=((0, 1), (1, 3)))),
     # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
     # is the checkpoint's Qwen2 class, which has them
     ("qwen2-as-llama/pp2/prefill", "qwen2", dataclasses.replace(
@@ -204,6 +212,7 @@ def family_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for family in FAMILIES:
         make_checkpoint(family, root / family)
     make_checkpoint("mixtral", root / "mixtral-fused", fused=True)
+    make_checkpoint("qwen2", root / "qwen2-sliding", **SLIDING)
     spawn(partial(_worker, todo=cases() + MISMATCHES, root=str(root)), 2, timeout=400.0)
     results = json.loads((root / "results.json").read_text())
     results["__root__"] = str(root)
@@ -228,6 +237,17 @@ def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
     assert got["reference"]["first_layer"] == 0  # the biases are in every layer
     assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
     assert "first differs after layer 0" in got["exit"]
+
+
+def test_a_difference_that_starts_in_a_later_layer_is_located_there(
+    family_results: dict[str, Any],
+) -> None:
+    got = family_results["qwen2-sliding/pp2/prefill"]
+    assert got["reference"]["ok"] is False
+    assert got["reference"]["first_layer"] == 1
+    # within the window every position agrees: the first to differ is the first past it
+    assert got["reference"]["first_difference"]["position"] == SLIDING["sliding_window"]
+    assert "first differs after layer 1" in got["exit"]
 
 
 def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(
