@@ -9,16 +9,19 @@ transformers config class (no hub) and its real features on:
   mistral: GQA; a bf16 checkpoint in several safetensors shards;
   mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them, and a
            checkpoint of the fused mlp.experts.gate_up_proj layout transformers 5 holds);
-  qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names).
+  qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names);
+and Qwen3 prefills in bfloat16 and float16 (within their tolerance of the float32 reference).
 
 save_pretrained writes each checkpoint in the test process, sharded (max_shard_size) for some;
 one spawned gloo world of 2 ranks then runs every case in turn (program.load / run / report, the
 functions the emitted program calls, one mesh per case), so the processes and imports are paid
 once. Rank 0's report compares the gathered output with AutoModel / AutoModelForCausalLM loaded
 from the checkpoint's config.json. Cases whose plan disagrees with its checkpoint (a plan that
-calls a qwen2 checkpoint plain llama, so drops its biases; a wrong rope theta in decode) must be
-reported as differing, with the place. `planc run` on a plan whose rope_theta disagrees with the
-checkpoint's config.json exits 1 and says where the outputs first differ.
+calls a qwen2 checkpoint plain llama, so drops its biases; a sliding window from layer 1 on that
+the plan does not know; a wrong rope theta in decode) must be reported as differing, with the
+place: sequence, position and first layer, or the first differing token. The emitted program and
+`planc run` on a plan whose rope_theta disagrees with the checkpoint's config.json exit 1 and
+say where the outputs first differ.
 """
 
 from __future__ import annotations
@@ -234,26 +237,24 @@ def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], na
         assert 1e-4 < got["reference"]["max_rel_error"] <= got["reference"]["tolerance"], got
 
 
-def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
-    family_results: dict[str, Any],
+@pytest.mark.parametrize(
+    ("name", "layer", "position"),
+    [
+        ("qwen2-as-llama/pp2/prefill", 0, 0),  # the dropped biases are in every layer
+        # the sliding window starts at layer 1 (on the second stage); within the window every
+        # position agrees, the first to differ is the first past it
+        ("qwen2-sliding/pp2/prefill", 1, SLIDING["sliding_window"]),
+    ],
+)
+def test_a_prefill_that_differs_is_reported_at_its_first_position_and_layer(
+    family_results: dict[str, Any], name: str, layer: int, position: int
 ) -> None:
-    got = family_results["qwen2-as-llama/pp2/prefill"]
+    got = family_results[name]
     assert got["reference"]["ok"] is False
-    assert got["reference"]["first_difference"] == {"sequence": 0, "position": 0}
-    assert got["reference"]["first_layer"] == 0  # the biases are in every layer
-    assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
-    assert "first differs after layer 0" in got["exit"]
-
-
-def test_a_difference_that_starts_in_a_later_layer_is_located_there(
-    family_results: dict[str, Any],
-) -> None:
-    got = family_results["qwen2-sliding/pp2/prefill"]
-    assert got["reference"]["ok"] is False
-    assert got["reference"]["first_layer"] == 1
-    # within the window every position agrees: the first to differ is the first past it
-    assert got["reference"]["first_difference"]["position"] == SLIDING["sliding_window"]
-    assert "first differs after layer 1" in got["exit"]
+    assert got["reference"]["first_difference"] == {"sequence": 0, "position": position}
+    assert got["reference"]["first_layer"] == layer
+    assert "R004" in got["exit"] and f"first at sequence 0, position {position}" in got["exit"]
+    assert f"first differs after layer {layer}" in got["exit"]
 
 
 def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(
