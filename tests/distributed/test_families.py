@@ -188,7 +188,7 @@ def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], ro
     results: dict[str, Any] = {}
     for name, checkpoint, cfg in todo:
         ckpt = str(Path(root) / checkpoint)
-        ctx = make_context(cfg, torch.device("cpu"))
+        ctx = make_context(cfg, torch.device("cpu"), rank)
         prog: Any = decode_program if cfg.phase == "decode" else program
         model = prog.load(ctx, ckpt)
         result = prog.run(ctx, model)

@@ -77,6 +77,7 @@ def _new_axes_group(cfg: RunConfig, mesh: DeviceMesh, axes: tuple[str, ...]) -> 
 def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
     """Start the process group (gloo on cpu, nccl on cuda) and build the mesh and its groups."""
     check_config(cfg)
+    rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != cfg.world_size:
         raise RuntimeError(
@@ -99,15 +100,14 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
         dist.init_process_group("gloo", timeout=timeout)
     else:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return make_context(cfg, dev)
+    return make_context(cfg, dev, rank)
 
 
-def make_context(cfg: RunConfig, dev: torch.device) -> RankContext:
-    """This rank's context in the started process group: the plan's mesh and every group its
-    layers use (collective). A process group may run several configs one after another."""
+def make_context(cfg: RunConfig, dev: torch.device, rank: int) -> RankContext:
+    """The mesh and every group of a started process group (init, or a test's own world)."""
     names = tuple(a for a, _ in cfg.mesh)
     mesh = init_device_mesh(dev.type, tuple(s for _, s in cfg.mesh), mesh_dim_names=names)
-    ctx = RankContext(cfg, Layout(cfg, dist.get_rank()), mesh, dev, DTYPES[cfg.dtype])
+    ctx = RankContext(cfg, Layout(cfg, rank), mesh, dev, DTYPES[cfg.dtype])
     for dim in sorted(cfg.splits):  # sorted: every rank creates the groups in the same order
         ctx.dim_group(dim)
     for axes in combined_groups(cfg):
