@@ -163,6 +163,11 @@ MISMATCHES = [
         run_config("qwen2", "pp2", "prefill", layers=3), stages=((0, 1), (1, 3)))),
     # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
     # is the checkpoint's Qwen2 class, which has them
+    # a plan that renormalises the top-k weights of a qwen3_moe checkpoint that does not (EP 2:
+    # each rank its own sequences, gathered per layer from both)
+    ("qwen3_moe-renorm/ep2/prefill", "qwen3_moe", dataclasses.replace(
+        run_config("qwen3_moe", "ep2", "prefill"), model=ModelDims(**{**MOE, "features":
+            dataclasses.replace(FAMILIES["qwen3_moe"][1], norm_topk=True)}))),
     ("qwen2-as-llama/pp2/prefill", "qwen2", dataclasses.replace(
         run_config("qwen2", "pp2", "prefill"),
         model=ModelDims(**{**DENSE, "features": ModelFeatures("llama", 1e6, norm_eps=1e-6)}))),
@@ -241,6 +246,7 @@ def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], na
     ("name", "layer", "position"),
     [
         ("qwen2-as-llama/pp2/prefill", 0, 0),  # the dropped biases are in every layer
+        ("qwen3_moe-renorm/ep2/prefill", 0, 0),  # so is the router
         # the sliding window starts at layer 1 (on the second stage); within the window every
         # position agrees, the first to differ is the first past it
         ("qwen2-sliding/pp2/prefill", 1, SLIDING["sliding_window"]),
