@@ -9,16 +9,19 @@ transformers config class (no hub) and its real features on:
   mistral: GQA; a bf16 checkpoint in several safetensors shards;
   mixtral: 4 experts, top-2 (block_sparse_moe.* names as save_pretrained writes them, and a
            checkpoint of the fused mlp.experts.gate_up_proj layout transformers 5 holds);
-  qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names).
+  qwen3_moe: q/k norm, norm_topk_prob false (mlp.experts.{e}.gate_proj names);
+and Qwen3 prefills in bfloat16 and float16 (within their tolerance of the float32 reference).
 
 save_pretrained writes each checkpoint in the test process, sharded (max_shard_size) for some;
 one spawned gloo world of 2 ranks then runs every case in turn (program.load / run / report, the
 functions the emitted program calls, one mesh per case), so the processes and imports are paid
 once. Rank 0's report compares the gathered output with AutoModel / AutoModelForCausalLM loaded
 from the checkpoint's config.json. Cases whose plan disagrees with its checkpoint (a plan that
-calls a qwen2 checkpoint plain llama, so drops its biases; a wrong rope theta in decode) must be
-reported as differing, with the place. `planc run` on a plan whose rope_theta disagrees with the
-checkpoint's config.json exits 1 and says where the outputs first differ.
+calls a qwen2 checkpoint plain llama, so drops its biases; a sliding window from layer 1 on that
+the plan does not know; a wrong rope theta in decode) must be reported as differing, with the
+place: sequence, position and first layer, or the first differing token. The emitted program and
+`planc run` on a plan whose rope_theta disagrees with the checkpoint's config.json exit 1 and
+say where the outputs first differ.
 """
 
 from __future__ import annotations
@@ -71,9 +74,10 @@ MESHES: dict[str, tuple[Mesh, dict[str, tuple[str, ...]], dict[str, Any]]] = {
 }
 
 
-def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
-    """A seeded random model written by save_pretrained from the family's own config class; with
-    fused, its in-memory state dict as it is (transformers 5's fused experts, gate_up_proj)."""
+def make_checkpoint(family: str, path: Path, *, fused: bool = False, **config: Any) -> None:
+    """A seeded random model written by save_pretrained from the family's own config class (with
+    `config` overriding its arguments); with fused, its in-memory state dict as it is
+    (transformers 5's fused experts, gate_up_proj)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -99,6 +103,7 @@ def make_checkpoint(family: str, path: Path, *, fused: bool = False) -> None:
     if dims["arch"] == "mixtral":
         kwargs.update(num_local_experts=dims["experts"], num_experts_per_tok=dims["top_k"],
                       moe_intermediate_size=dims["ffn"], norm_topk_prob=f.norm_topk)
+    kwargs.update(config)
     config = getattr(transformers, config_class)(**kwargs)
     torch.manual_seed(sorted(FAMILIES).index(family))
     model = AutoModelForCausalLM.from_config(config)
@@ -132,9 +137,13 @@ def run_config(family: str, mesh: str, phase: str, **model: Any) -> RunConfig:
 
 def cases() -> list[tuple[str, str, RunConfig]]:
     """(name, checkpoint, config) of every case: each family under each of its meshes and
-    phases, and a Mixtral checkpoint in transformers 5's fused expert layout."""
+    phases, a Mixtral checkpoint in transformers 5's fused expert layout, and 16-bit prefills
+    (within their dtype's tolerance of the float32 reference)."""
     out = [(f"mixtral-fused/{mesh}/{phase}", "mixtral-fused", run_config("mixtral", mesh, phase))
            for mesh, phase in (("tp2", "prefill"), ("ep2", "decode"))]
+    out += [(f"qwen3/tp2/prefill-{dtype}", "qwen3",
+             dataclasses.replace(run_config("qwen3", "tp2", "prefill"), dtype=dtype))
+            for dtype in ("bfloat16", "float16")]
     for family, (dims, _, _, _) in FAMILIES.items():
         meshes = ["single", "tp2", "pp2"] + (["ep2"] if dims["arch"] == "mixtral" else [])
         meshes += {"llama": ["ring2"], "qwen3": ["headdim2"]}.get(family, [])
@@ -145,9 +154,20 @@ def cases() -> list[tuple[str, str, RunConfig]]:
 
 
 # Plans that disagree with their checkpoints: the run must say so.
+SLIDING = {"num_hidden_layers": 3, "use_sliding_window": True, "sliding_window": 3,
+           "max_window_layers": 1}  # layers 1 and 2 see only the last 3 positions
 MISMATCHES = [
+    # a qwen2 checkpoint whose layers from 1 on use a sliding window the plan does not know of:
+    # layer 0 agrees, layer 1 (on the second stage) is the first to differ
+    ("qwen2-sliding/pp2/prefill", "qwen2-sliding", dataclasses.replace(
+        run_config("qwen2", "pp2", "prefill", layers=3), stages=((0, 1), (1, 3)))),
     # the plan calls a qwen2 checkpoint plain llama: no biases in the runtime, but the reference
     # is the checkpoint's Qwen2 class, which has them
+    # a plan that renormalises the top-k weights of a qwen3_moe checkpoint that does not (EP 2:
+    # each rank its own sequences, gathered per layer from both)
+    ("qwen3_moe-renorm/ep2/prefill", "qwen3_moe", dataclasses.replace(
+        run_config("qwen3_moe", "ep2", "prefill"), model=ModelDims(**{**MOE, "features":
+            dataclasses.replace(FAMILIES["qwen3_moe"][1], norm_topk=True)}))),
     ("qwen2-as-llama/pp2/prefill", "qwen2", dataclasses.replace(
         run_config("qwen2", "pp2", "prefill"),
         model=ModelDims(**{**DENSE, "features": ModelFeatures("llama", 1e6, norm_eps=1e-6)}))),
@@ -204,6 +224,7 @@ def family_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for family in FAMILIES:
         make_checkpoint(family, root / family)
     make_checkpoint("mixtral", root / "mixtral-fused", fused=True)
+    make_checkpoint("qwen2", root / "qwen2-sliding", **SLIDING)
     spawn(partial(_worker, todo=cases() + MISMATCHES, root=str(root)), 2, timeout=400.0)
     results = json.loads((root / "results.json").read_text())
     results["__root__"] = str(root)
@@ -215,19 +236,31 @@ def test_family_equals_its_hugging_face_class(family_results: dict[str, Any], na
     got = family_results[name]
     assert got["exit"] is None, got
     assert got["reference"]["ok"] is True, got
-    if name.endswith("prefill"):
+    if name.endswith("prefill"):  # float32: far inside the tolerance
         assert got["reference"]["max_rel_error"] <= 1e-4, got
+    elif "prefill-" in name:  # 16-bit: rounded, so not float32-close, but within its tolerance
+        assert 1e-4 < got["reference"]["max_rel_error"] <= got["reference"]["tolerance"], got
 
 
-def test_plan_that_drops_a_checkpoints_biases_is_reported_where_it_differs(
-    family_results: dict[str, Any],
+@pytest.mark.parametrize(
+    ("name", "layer", "position"),
+    [
+        ("qwen2-as-llama/pp2/prefill", 0, 0),  # the dropped biases are in every layer
+        ("qwen3_moe-renorm/ep2/prefill", 0, 0),  # so is the router
+        # the sliding window starts at layer 1 (on the second stage); within the window every
+        # position agrees, the first to differ is the first past it
+        ("qwen2-sliding/pp2/prefill", 1, SLIDING["sliding_window"]),
+    ],
+)
+def test_a_prefill_that_differs_is_reported_at_its_first_position_and_layer(
+    family_results: dict[str, Any], name: str, layer: int, position: int
 ) -> None:
-    got = family_results["qwen2-as-llama/pp2/prefill"]
+    got = family_results[name]
     assert got["reference"]["ok"] is False
-    assert got["reference"]["first_difference"] == {"sequence": 0, "position": 0}
-    assert got["reference"]["first_layer"] == 0  # the biases are in every layer
-    assert "R004" in got["exit"] and "first at sequence 0, position 0" in got["exit"]
-    assert "first differs after layer 0" in got["exit"]
+    assert got["reference"]["first_difference"] == {"sequence": 0, "position": position}
+    assert got["reference"]["first_layer"] == layer
+    assert "R004" in got["exit"] and f"first at sequence 0, position {position}" in got["exit"]
+    assert f"first differs after layer {layer}" in got["exit"]
 
 
 def test_decode_with_a_wrong_rope_theta_names_the_first_differing_token(

@@ -5,8 +5,9 @@ Prefill: the gathered last_hidden_state against the checkpoint's own class's, by
 "Checked against Hugging Face"): the reference is float32, so a 16-bit run carries its own
 rounding. The first difference is the first (sequence, position), in row-major order, whose
 largest error exceeds the tolerance times max |ref|, and then the first layer whose output
-differs (runtime/diagnose.py gathers every layer's output; Hugging Face's output_hidden_states). Decode: the greedy tokens must be equal; the first difference is the first
-generated position (earliest step, then lowest sequence) where they are not.
+differs (runtime/diagnose.py gathers every layer's output; Hugging Face's
+output_hidden_states). Decode: the greedy tokens must be equal; the first difference is the
+first generated position (earliest step, then lowest sequence) where they are not.
 
 A verdict is plain data in the metrics JSON (`reference`: ok, tolerance, first difference,
 message); `exit_on_mismatch` ends rank 0's process with exit status 1 and the message on stderr

@@ -97,8 +97,9 @@ def init(cfg: RunConfig, device: str, timeout_s: float = 600.0) -> RankContext:
 
 
 def make_context(cfg: RunConfig, dev: torch.device) -> RankContext:
-    """This rank's context in the started process group: the plan's mesh and every group its
-    layers use (collective). A process group may run several configs one after another."""
+    """This rank's context in the started process group (init, or a test's own world): the
+    plan's mesh and every group its layers use (collective). A process group may run several
+    configs one after another."""
     names = tuple(a for a, _ in cfg.mesh)
     mesh = init_device_mesh(dev.type, tuple(s for _, s in cfg.mesh), mesh_dim_names=names)
     ctx = RankContext(cfg, Layout(cfg, dist.get_rank()), mesh, dev, DTYPES[cfg.dtype])

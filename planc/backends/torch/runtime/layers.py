@@ -143,7 +143,7 @@ def inv_freq(head_dim: int, features: ModelFeatures) -> Tensor:
     kind, p = features.rope_type, dict(features.rope_scaling)
     if kind == "default":
         return base
-    # layout.config_errors refuses other types before a rank starts
+    # planc check refuses other types (resolve: E025, E078) before a rank starts
     assert kind == "llama3", kind
     factor = float(p["factor"])
     low, high = float(p["low_freq_factor"]), float(p["high_freq_factor"])
