@@ -4,11 +4,12 @@ torchrun on CPU ranks (gloo).
 
 Greedy tokens equal Hugging Face generate's on the same prompts (left padding and an attention
 mask: planc pads on the right, each sequence computed as if alone), on one device, on tensor
-parallel 2 and on a ring over 4 sequence ranks; five prompts of different lengths run as two batches of the plans' 4 (three filler
-rows); the stop token is one the model produces on its third step for the first prompt, so that
-sequence stops early ("stop") while others run to max_new_tokens ("length"). Sampling with a
-seed gives the same text on one device, on tensor parallel 2 (also with the vocabulary split)
-and on a two-stage pipeline. Bad input is a diagnostic and exit 1, before anything is launched.
+parallel 2 and on a ring over 4 sequence ranks; five prompts of different lengths run as two
+batches of the plans' 4 (three filler rows); the stop token is one the model produces on its
+third step for the first prompt, so that sequence stops early ("stop") while others run to
+max_new_tokens ("length"). Sampling with a seed gives the same text on one device, on tensor
+parallel 2 (also with the vocabulary split) and on a two-stage pipeline. Bad input is a
+diagnostic and exit 1, before anything is launched.
 """
 
 from __future__ import annotations
