@@ -44,7 +44,7 @@ from planc.backends.torch.prompts import (
     prepare,
     records,
 )
-from planc.backends.torch.runtime.decode_model import DecodeModel, greedy
+from planc.backends.torch.runtime.decode_model import DecodeModel
 from planc.backends.torch.runtime.decode_program import (
     gather_tokens,
     generate,
@@ -139,11 +139,10 @@ class TextBatch:
         self.stopped[rows] |= torch.isin(tok, self.eos)
         return tok
 
-    def chooser(self, rows: slice, t: int) -> Callable[[Tensor], Tensor]:
-        """`greedy` itself at temperature 0 (the model then agrees on the argmax over a split
-        vocabulary without gathering every logit), else a draw from the logits."""
+    def chooser(self, rows: slice, t: int) -> Callable[[Tensor], Tensor] | None:
+        """None: greedy (the model's argmax, vocab-parallel); else a draw from the logits."""
         if self.req.temperature == 0:
-            return greedy
+            return None
         req, keys = self.req, self.keys[rows]
         return lambda logits: sample(logits, keys, t, req.temperature, req.top_p, req.seed)
 
