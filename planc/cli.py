@@ -1,7 +1,7 @@
 """The `planc` command line: check, compile, schema, emit, run, generate (prompts in, text out),
-calibrate, fmt, show, graph, import (a checkpoint's model block), and parse, to inspect the AST. Reports go
-to stdout (or `-o FILE`, written atomically); progress and logs to stderr, with a spinner only on
-a terminal.
+calibrate, fmt, show, graph, import (a checkpoint's model block), and parse, to inspect the AST.
+Reports go to stdout (or `-o FILE`, written atomically); progress and logs to stderr, with a
+spinner only on a terminal.
 
 Exit codes: 0 all proved / success; 1 violations or input errors; 2 usage or environment errors
 (bad flags, torch missing, a launch that failed); 3 something is unknown and nothing violated;
@@ -495,8 +495,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sys.stdout.write("".join(r["text"] + "\n" for r in results))
     stops = sum(r["finish_reason"] == "stop" for r in results)
     print(f"plan {plan.name}: {plural(len(results), 'prompt')}, "
-          f"{plural(metrics['output_tokens'], 'new token')} "
-          f"({stops} stopped at a stop token) in {metrics['latency_ms'] / 1e3:.2f} s"
+          f"{plural(metrics['output_tokens'], 'new token')} ({stops} stopped at a stop token), "
+          f"{plural(sum(metrics['steps']), 'step')} in {metrics['latency_ms'] / 1e3:.2f} s"
           + (f"; wrote {a.output}" if a.output else ""), file=sys.stderr)
     return EXIT_OK
 

@@ -164,8 +164,28 @@ def test_emitted_program_under_torchrun_writes_the_jsonl_of_hf_generate(
     assert m is not None
     assert_equals_hf(read_jsonl(out), want)
     assert m["results"] == read_jsonl(out) and m["prompts"] == 5 and m["batches"] == 2
+    assert m["steps"] == [NEW, NEW]  # some sequences of each batch ran to max_new_tokens
     (log,) = (tmp_path / "run").glob("logs/*/attempt_*/0/stderr.log")
     assert f"rank 0: loading layers 0..3 from {path}: done" in log.read_text()
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("plan", ["decode_pp2", "single"])
+def test_the_run_stops_when_every_sequence_has_stopped(plan, checkpoint, tmp_path, capsys):
+    """The first prompt alone stops at its third token: three steps run, on a pipeline (every
+    stage leaves at the same round) as on one device, not max_new_tokens."""
+    path, want = checkpoint
+    plan_file = SPECS / f"{plan}.plan"
+    if plan == "single":
+        plan_file = tmp_path / "single.plan"
+        plan_file.write_text(SINGLE)
+    out = tmp_path / "out.jsonl"
+    code, _, err = generate(capsys, str(plan_file), "--weights", str(path), "--prompt",
+                            PROMPTS[0], "-o", str(out), "--timeout", "180")
+    assert code == 0, err
+    (record,) = read_jsonl(out)
+    assert record["tokens"] == want[0] and record["finish_reason"] == "stop"
+    assert "1 prompt, 3 new tokens (1 stopped at a stop token), 3 steps in" in err
 
 
 # --- sampling: seeded, the same text whatever the plan ------------------------------------------

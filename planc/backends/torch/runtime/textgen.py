@@ -10,10 +10,12 @@ len + t - 1 of their own sequence (per-row RoPE), and a decode step masks the pa
 computes with left padding and an attention mask (its positions are the mask's cumsum).
 
 More prompts than the plan's batch run as consecutive batches (the cache is rewritten each
-time; filler rows of the last batch are dropped). A sequence stops at a stop token; the run
-stops when every sequence has (with one pipeline stage every rank runs every step, so one
-all_reduce per step decides; with several stages the steps run to max_new_tokens and the text
-is cut at the stop token).
+time; filler rows of the last batch are dropped). A sequence stops at a stop token; the batch
+stops when every sequence has. With one pipeline stage every rank runs every step: one
+all_reduce after each step decides. With several, stages run different items in a round, but
+nothing is in flight between two rounds (decode_program): one all_reduce at the top of each
+round, where only last stages (which choose the tokens) can say no, lets every stage leave at
+the same round.
 
 Sampling (temperature > 0): softmax(logits / T) in float64 on the CPU, top-p (the most likely
 tokens whose mass reaches p; always the first), then inverse-CDF with one uniform drawn from a
@@ -114,6 +116,7 @@ class TextBatch:
         self.positions = torch.tensor(ctx.layout.positions, device=ctx.device)
         self.eos = torch.tensor(req.eos, device=ctx.device, dtype=torch.long)
         self.stopped = torch.tensor([i < 0 for i in self.keys], device=ctx.device)
+        self.steps_run = 0  # on the last stage: steps whose tokens were chosen
 
     def rope(self, rows: slice, t: int) -> Rope:
         """Step t's token of each row sits at position len + t - 1 of its own sequence."""
@@ -137,6 +140,7 @@ class TextBatch:
         last = self.last(rows) if t == 0 else None
         tok = model.next_tokens(h, t == 0, self.chooser(rows, t), last)
         self.stopped[rows] |= torch.isin(tok, self.eos)
+        self.steps_run = max(self.steps_run, t + 1)
         return tok
 
     def chooser(self, rows: slice, t: int) -> Callable[[Tensor], Tensor] | None:
@@ -147,8 +151,10 @@ class TextBatch:
         return lambda logits: sample(logits, keys, t, req.temperature, req.top_p, req.seed)
 
     def all_stopped(self) -> bool:
-        """Whether every sequence of every rank has stopped (collective over the world)."""
-        flag = self.stopped.all().to(torch.int32).reshape(1)
+        """Whether every sequence of every rank has stopped (collective over the world; only
+        last stages choose tokens, so only they can say no)."""
+        done = self.stopped.all() if self.ctx.layout.is_last_stage else torch.tensor(True)
+        flag = done.to(device=self.ctx.device, dtype=torch.int32).reshape(1)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
@@ -178,21 +184,23 @@ def run(
     cfg, lay = ctx.cfg, ctx.layout
     ropes = step_ropes(ctx)
     generated: list[list[int]] = []
-    ttfts, latencies = [], []
+    ttfts, latencies, steps = [], [], []
     with torch.inference_mode():
         for start in range(0, len(req.ids), cfg.batch):
             chunk = list(range(start, min(start + cfg.batch, len(req.ids))))
             index = chunk + [-1] * (cfg.batch - len(chunk))
             prompt = _prompt_tile(ctx, req, index) if lay.is_first_stage else None
             barrier(ctx)
-            ttft, latency, tokens = generate(ctx, model, prompt, ropes, TextBatch(ctx, req, index))
+            text = TextBatch(ctx, req, index)
+            ttft, latency, tokens = generate(ctx, model, prompt, ropes, text)
             ttfts.append(ttft)
             latencies.append(latency)
+            steps.append(text.steps_run)
             full = gather_tokens(ctx, tokens)
             if full is not None:
                 generated += full[: len(chunk)].tolist()
-    slowest = torch.tensor([ttfts, latencies], dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    slowest = torch.tensor([ttfts, latencies, steps], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # steps: the last stages
     result = None
     if ctx.rank == 0:
         result = records(req, generated, load_tokenizer(checkpoint))
@@ -203,13 +211,14 @@ def run(
             write_atomic(output, lines)
         else:
             sys.stdout.write(lines)
-        ttft_s, latency_s = (float(x) for x in slowest.sum(dim=1))
+        ttft_s, latency_s, _ = (float(x) for x in slowest.sum(dim=1))
         new = sum(len(r["tokens"]) for r in result)
         metrics.write_metrics(out_path, {
             "phase": "decode",
             "results": result,
             "prompts": len(result),
             "batches": len(ttfts),
+            "steps": [int(x) for x in slowest[2].tolist()],  # per batch: stopped early if < max
             "output_tokens": new,
             "ttft_ms": ttft_s * 1e3,
             "latency_ms": latency_s * 1e3,
