@@ -525,6 +525,17 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
                    "so head_dim cannot be derived", v.span("hidden"), "set `head_dim` explicitly")
             return None
         head_dim = c["hidden"] // c["heads"]
+    family = hf_config.FAMILIES.get(features.family)
+    if family is not None and family.hidden_multiple_of_heads and c["hidden"] % c["heads"]:
+        others = ", ".join(t for t, f in hf_config.FAMILIES.items()
+                           if f.arch == arch and not f.hidden_multiple_of_heads)
+        v._err("E079", f"model {b.name.name!r} is family {features.family}, whose transformers "
+               f"class requires hidden ({c['hidden']}) to be a multiple of heads ({c['heads']}), "
+               "even with an explicit head_dim: no such checkpoint exists, and the reference "
+               "could not be built", v.span("hidden"),
+               f"make hidden a multiple of {c['heads']}, or name a family whose class allows it "
+               f"({others})")
+        return None
     if c["heads"] % kv_heads:
         v._err("E018", f"heads ({c['heads']}) is not a multiple of kv_heads ({kv_heads}): "
                "grouped-query attention shares each kv head among heads / kv_heads query heads",

@@ -63,12 +63,16 @@ class Family:
     # and planc's runtime does not implement.
     only: tuple[tuple[str, Any, str], ...] = ()
     unused: tuple[str, ...] = ()  # keys that cannot matter once `only` holds
+    # The family's transformers config class refuses a hidden size that is not a multiple of
+    # the heads, even with an explicit head_dim (LlamaConfig validates it; the others do not).
+    hidden_multiple_of_heads: bool = False
 
 
 _DENSE = {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": False}
 FAMILIES: dict[str, Family] = {
     "llama": Family("llama", qkv_bias="attention_bias", defaults=_DENSE,
-                    only=(("mlp_bias", False, "planc's MLP has no biases"),)),
+                    only=(("mlp_bias", False, "planc's MLP has no biases"),),
+                    hidden_multiple_of_heads=True),
     "mistral": Family("llama", defaults={**_DENSE, "num_key_value_heads": 8}),
     "qwen2": Family("llama", qkv_bias=True, window_flag="use_sliding_window", defaults=_DENSE),
     "qwen3": Family("llama", qkv_bias="attention_bias", qk_norm=True,

@@ -58,6 +58,7 @@ RULES: dict[str, tuple[str, str]] = {
     "E076": ("WrongConfigFieldType", "A config.json field has the wrong JSON type."),
     "E077": ("SlidingWindowTooShort", "The model's sliding window is shorter than the context."),
     "E078": ("RopeScalingKeys", "Rope scaling parameters that do not match the rope_type."),
+    "E079": ("HiddenNotMultipleOfHeads", "A family whose HF class needs hidden % heads == 0."),
     "E056": ("HeadDimWithSeq", "head_dim and seq cannot both be split."),
     "E057": ("VocabWithoutVocabulary", "`shard vocab` on a model without a vocabulary."),
     "E020": ("HoleNotAllowed", "A `?` hole where planc cannot choose a value."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import plan_text, resolve_text
+from tests.helpers import MODEL, plan_text, resolve_text
 
 
 def errors(text: str) -> list[tuple[str, int, int]]:
@@ -122,3 +122,18 @@ def test_attention_local_on_a_split_sequence_is_an_error_not_a_silent_ring():
     assert errors(text) == [("E038", line, column)]
     spec, _ = resolve_text(text.replace("attention local", "attention gather"))
     assert spec.plans[0].shards[0].attention == "gather"
+
+
+@pytest.mark.parametrize("family,codes", [("llama", ["E079"]), ("mistral", []), ("qwen2", [])])
+def test_hidden_not_a_multiple_of_heads_is_refused_only_for_a_family_whose_class_refuses_it(
+        family, codes):
+    """transformers' LlamaConfig refuses hidden % heads != 0 even with an explicit head_dim (the
+    run's reference could not be built: it crashed every rank); Mistral's and Qwen2's allow it."""
+    text = plan_text("  mesh tp=2\n  shard heads, kv_heads, ffn over tp\n", model=MODEL.replace(
+        "  arch     llama\n", f"  family   {family}\n").replace("hidden   4096", "hidden   4094"))
+    _, diags = resolve_text(text)
+    got = [d for d in diags if d.severity == "error"]
+    assert [d.code for d in got] == codes
+    if codes:
+        assert "hidden (4094)" in got[0].message and "mistral" in got[0].hint
+        assert got[0].span.line == text.splitlines().index("  hidden   4094") + 1
