@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
 #   make demo   set up, check every spec in specs/, run one small plan on the CPU
-#   make test   set up and run the test suite
+#   make test   set up and run the test suite (make test-fast: no processes, about a minute)
 # Setup installs the CPU build of torch 2.13.0 first, so the `torch` extra's `torch>=2.4` is
 # already satisfied and pip does not fetch a CUDA build (several GB). On a machine that has a
 # torch >= 2.4 of its own, `pip install -e '.[torch,test]'` keeps it.
@@ -32,8 +32,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The test folders are the tiers: unit/ (no torch), torch/ (torch, no processes), golden/,
+# distributed/ (gloo process groups), reliability/ (fuzzing, faults). test-fast: the first three.
 test-fast: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not distributed"
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/torch tests/golden
 
 lint: setup
 	$(PY) -m pip install -q ruff mypy

@@ -12,7 +12,7 @@ The metadata term is what torch's CUDA 2:4 formats hold for 16-bit and int8 valu
 keeps an int16 [out, in/16] (int32 [out, in/32] for int8) meta tensor beside packed [out, in/2];
 cuSPARSELt (torch._cslt_compress) allocates one buffer of out*in*9/16 elements for 16-bit dtypes
 (= in/2 values + in/8 bytes per row) and out*in*10/16 bytes for int8 (= in/2 + in/8).
-tests/unit/test_compress.py checks these formulas against the tensors the runtime stores.
+tests/torch/test_compress.py checks these formulas against the tensors the runtime stores.
 """
 
 from __future__ import annotations

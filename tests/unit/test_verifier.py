@@ -75,7 +75,7 @@ def test_microbatches_must_divide_the_local_batch():
 
 
 def test_rope_pairing_of_a_head_dim_split():
-    model = MODEL.replace("hidden   4096", "hidden   48").replace("head_dim 128", "head_dim 6")
+    model = MODEL.replace("hidden   4096", "hidden   192").replace("head_dim 128", "head_dim 6")
     text = plan_text("  mesh n=8, m=2\n  shard heads, kv_heads over n\n  shard head_dim over m\n",
                      model=model)
     result, _ = check_text(text)
@@ -210,7 +210,7 @@ def test_coverage_is_proved_for_each_runtime_layout(mesh, shard):
 
 
 def test_compressed_shards_count_values_scales_and_2_4_metadata():
-    """The graph's compressed weights hold what CompressedLinear stores (tests/unit/
+    """The graph's compressed weights hold what CompressedLinear stores (tests/torch/
     test_compress.py checks planc/layout/compress.py against the real tensors): int8 values and
     one bf16 scale per row; for 2:4, half the values and 2 bits of metadata per kept value."""
     text = plan_text("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n"

@@ -14,7 +14,7 @@ from planc.diagnostics import Diagnostics
 from planc.pipeline import check_paths, load
 from planc.verifier.text import to_text
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent
 CASES = sorted(p.stem for p in GOLDEN.glob("*.plan"))
 
 
