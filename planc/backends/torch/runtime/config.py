@@ -14,11 +14,6 @@ from typing import Any, Literal
 from planc.models.features import ModelFeatures
 
 Arch = Literal["llama", "mixtral"]
-# RoPE types the runtime implements (layers.inv_freq) and the scaling parameters each reads.
-ROPE_PARAMETERS = {
-    "default": (),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-}
 DType = Literal["float32", "bfloat16", "float16"]
 
 
