@@ -79,6 +79,15 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
         {"0": attn_axes}, afmt)
     add(p + "self_attn.o_proj.weight", [h, m.heads * m.head_dim], [h, heads_l * hd_l],
         {"1": attn_axes}, afmt)
+    if m.features.qkv_bias:  # the rows of the q/k/v weights above (Qwen2)
+        for name, n, n_l in (("q", m.heads, heads_l), ("k", m.kv_heads, kv_l),
+                             ("v", m.kv_heads, kv_l)):
+            add(p + f"self_attn.{name}_proj.bias", [n * m.head_dim], [n_l * hd_l],
+                {"0": attn_axes}, "norm")
+    if m.features.qk_norm:  # over head_dim, shared by every head (Qwen3)
+        hd_axes = list(plan.axes_of("head_dim"))
+        for name in ("q_norm", "k_norm"):
+            add(p + f"self_attn.{name}.weight", [m.head_dim], [hd_l], {"0": hd_axes}, "norm")
     add(p + "post_attention_layernorm.weight", [h], [h], {}, "norm")
     if m.arch == "llama":
         add(p + "mlp.gate_proj.weight", [m.ffn, h], [f_l, h], {"0": ffn_axes}, mfmt)

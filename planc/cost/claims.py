@@ -18,10 +18,18 @@ from planc.cost.time import rates_of
 from planc.layout.compress import format_for, weight_bytes
 
 
+def vector_params(plan: PlanSpec) -> int:
+    """A layer's one-dimensional parameters: its two RMSNorms, the q/k/v biases of a family
+    that has them (Qwen2) and the q/k norms over head_dim of one that has those (Qwen3)."""
+    m, f = plan.model, plan.model.features
+    biases = (m.heads + 2 * m.kv_heads) * m.head_dim if f.qkv_bias else 0
+    return 2 * m.hidden + biases + (2 * m.head_dim if f.qk_norm else 0)
+
+
 def layer_params(plan: PlanSpec) -> int:
     m = plan.model
     attn = m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads)
-    norms = 2 * m.hidden
+    norms = vector_params(plan)
     if m.arch == "mixtral":
         mlp = m.experts * 3 * m.hidden * m.ffn + m.experts * m.hidden
     else:
@@ -49,7 +57,7 @@ def layer_weight_bytes(plan: PlanSpec) -> int:
     mlp = n_mlp * (2 * weight_bytes(m.ffn, m.hidden, e, mfmt)
                    + weight_bytes(m.hidden, m.ffn, e, mfmt))
     router = m.experts * m.hidden * e if m.arch == "mixtral" else 0
-    return attn + mlp + router + 2 * m.hidden * e
+    return attn + mlp + router + vector_params(plan) * e
 
 
 def model_weight_bytes(plan: PlanSpec) -> int:
@@ -64,7 +72,9 @@ def _layer_parts(plan: PlanSpec) -> str:
     attn = m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads)
     mlp = (f"{m.experts} experts x 3 x {m.hidden:,} x {m.ffn:,} + router" if m.arch == "mixtral"
            else f"3 x {m.hidden:,} x {m.ffn:,}")
-    return f"attention {attn:,} + MLP {mlp} + norms {2 * m.hidden:,}"
+    f = m.features
+    vectors = "norms" + (" and biases" if f.qkv_bias or f.qk_norm else "")
+    return f"attention {attn:,} + MLP {mlp} + {vectors} {vector_params(plan):,}"
 
 
 def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
