@@ -15,6 +15,9 @@
   lse_kernels rank 0 alone: each CUDA block kernel of ring attention (cuDNN, flash, efficient)
               against the explicit float32 kernel (max error of out and lse: GQA, causal
               diagonal blocks, sq != sk) and timed on an 8k causal block against SDPA
+  decode_peer rank 0 alone: a gpt-fast-style decode (static KV cache, the one-token step under
+              torch.compile reduce-overhead) on the one-GPU decode plans' shapes, with TTFT,
+              TPOT and the bandwidth floor (benchmarks/decode_peer.py, which also runs alone)
 
     torchrun --nproc-per-node 2 benchmarks/peers.py --out peers.json [--small]
 Median of repeats with CUDA events after warm-up; the slowest rank's time. --small runs tiny
@@ -35,6 +38,9 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import decode_peer
 
 from planc.backends.torch.runtime.ring_attention import (  # noqa: E402
     attention_block,
@@ -274,6 +280,7 @@ def main() -> None:
     ap.add_argument("--modes", default="dtensor_tp,ring,ring64k,a2a,eager_op,lse_kernels")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--hbm", type=float, default=4.8e12, help="HBM bytes/s (decode_peer floor)")
     a = ap.parse_args()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     cuda = torch.cuda.is_available() and not a.small
@@ -300,6 +307,12 @@ def main() -> None:
             elif mode == "lse_kernels":
                 if rank == 0:
                     out[mode] = lse_kernels(dev, dtype, a.small, a.warmup, a.repeats)
+                dist.barrier()
+            elif mode == "decode_peer":
+                if rank == 0:
+                    out[mode] = decode_peer.run(
+                        ["tiny"] if a.small else ["llama3_8b", "seed"], None, dev, dtype,
+                        a.hbm, cuda)
                 dist.barrier()
             elif mode == "eager_op":
                 out[mode] = eager_op(dev, dtype, a.small, a.warmup, a.repeats)
