@@ -105,3 +105,38 @@ def test_the_small_peer_reports_every_field(tmp_path):
     floor = (row["weight_bytes_read"] + kv) / 2e12 * 1e3
     assert row["floor_tpot_ms"] == pytest.approx(floor)
     assert row["floor_over_measured"] == pytest.approx(floor / row["tpot_ms"])
+
+
+def test_the_peer_runs_the_shapes_of_the_plans_it_is_compared_with():
+    """decode_h200.py pairs each one-GPU decode plan with a peer shape: the model and workload
+    must be the plan's, or the ratios compare different work."""
+    peer, h200, bench = tool("decode_peer"), tool("decode_h200"), tool("gpu_bench")
+    shapes = {sh.name: (sh, batches) for sh, batches in peer.SHAPES.values()}
+    for plan_file, name, batch in h200.PAIRS:
+        (plan,) = bench.plans_of(ROOT / "benchmarks" / "plans" / plan_file)
+        sh, batches = shapes[name]
+        assert batch in batches, (plan_file, batch)
+        m, w = plan.model, plan.workload
+        got = (m.layers, m.hidden, m.heads, m.kv_heads, m.head_dim, m.ffn, m.vocab,
+               w.batch, w.context, w.generate)
+        want = (sh.layers, sh.hidden, sh.heads, sh.kv_heads, sh.head_dim, sh.ffn, sh.vocab,
+                batch, sh.context, sh.generate)
+        assert got == want, plan_file
+
+
+def test_the_table_pairs_planc_and_the_peer_by_plan_and_batch(tmp_path):
+    h200 = tool("decode_h200")
+    planc = {"records": [{"plan": "gpu1_decode_llama3_8b_b64.plan:x", "tpot_ms": 10.0,
+                          "predicted_tpot_ms": 9.0, "ttft_ms": 3000.0},
+                         {"plan": "gpu1_decode_llama3_8b_b8.plan:y", "tpot_ms": 5.0}]}
+    peer = {"rows": [{"name": "llama3_8b", "batch": 64, "tpot_ms": 12.5, "floor_tpot_ms": 8.0,
+                      "ttft_ms": 2900.0, "hbm_bytes_per_s": 4.8e12},
+                     {"name": "llama3_8b", "batch": 8, "tpot_ms": 4.0, "floor_tpot_ms": 3.0}]}
+    lines = h200.table(planc, peer)
+    b64 = next(ln for ln in lines if ln.startswith("| llama3_8b | 64 "))
+    cells = [c.strip() for c in b64.strip("|").split("|")]
+    assert cells[2:9] == ["10.000", "9.000", "12.500", "8.000", "1.25", "0.80", "0.64"], cells
+    b8 = next(ln for ln in lines if ln.startswith("| llama3_8b | 8 "))
+    assert [c.strip() for c in b8.strip("|").split("|")][6] == "0.80"  # planc slower: < 1
+    b1 = next(ln for ln in lines if ln.startswith("| llama3_8b | 1 "))
+    assert "| - |" in b1  # a shape neither ran shows dashes, not a made-up ratio
