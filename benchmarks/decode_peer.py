@@ -66,8 +66,8 @@ SEED = Shape("seed_decode_single", 2, 4096, 32, 32, 128, 16384, 32000, 8, 2048, 
 TINY = Shape("tiny", 2, 64, 4, 2, 16, 128, 256, 2, 12, 6, 10000.0)
 
 # (shape, batches): the shapes of the one-GPU decode plans (gpu1_decode_llama3_8b_b*.plan and
-# gpu1_decode_single.plan)
-SHAPES = {"llama3_8b": (LLAMA3_8B, (1, 8, 64)), "seed": (SEED, (8,)), "tiny": (TINY, (2,))}
+# gpu1_decode_single.plan); batch 64 first, the issue's target, in case a run is cut short
+SHAPES = {"llama3_8b": (LLAMA3_8B, (64, 8, 1)), "seed": (SEED, (8,)), "tiny": (TINY, (2,))}
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -298,26 +298,36 @@ def run_shape(sh: Shape, dev: torch.device, dtype: torch.dtype, hbm: float, comp
 
 
 def run(shapes: list[str], batches: list[int] | None, dev: torch.device, dtype: torch.dtype,
-        hbm: float, compile_step: bool) -> dict:
-    rows = []
+        hbm: float, compile_step: bool, out: Path | None = None) -> dict:
+    """Every shape at each batch; with out, the report is rewritten after each shape, so a run
+    cut short by its time limit keeps the shapes it finished."""
+    info = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "torch": torch.__version__}
+    rep = {"peer": "gpt-fast-style decode: static KV cache, prefill once, the one-token step "
+                   "under torch.compile(mode='reduce-overhead')", **info, "rows": []}
     for name in shapes:
         base, default_batches = SHAPES[name]
         for b in batches or default_batches:
             t = time.time()
-            row = run_shape(replace(base, batch=b), dev, dtype, hbm, compile_step)
-            rows.append(row)
+            try:
+                row = run_shape(replace(base, batch=b), dev, dtype, hbm, compile_step)
+                msg = (f"TTFT {row['ttft_ms']:.1f} ms, TPOT {row['tpot_ms']:.3f} ms, floor "
+                       f"{row['floor_tpot_ms']:.3f} ms ({row['floor_over_measured']:.2f}), "
+                       f"cudagraph skips {row['cudagraph_skips']}")
+            except Exception as e:  # noqa: BLE001 (one shape's failure must not lose the rest)
+                row = {"name": base.name, "batch": b, "error": f"{type(e).__name__}: {e}"[:2000]}
+                msg = row["error"][:300]
+            rep["rows"].append(row)
             # the model, its cache and the graph pool go before the next shape is built
             gc.collect()
             torch._dynamo.reset()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            print(f"decode_peer {name} b{b}: TTFT {row['ttft_ms']:.1f} ms, TPOT "
-                f"{row['tpot_ms']:.3f} ms, floor {row['floor_tpot_ms']:.3f} ms "
-                f"({row['floor_over_measured']:.2f}), {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    info = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-            "torch": torch.__version__}
-    return {"peer": "gpt-fast-style decode: static KV cache, prefill once, the one-token step "
-                    "under torch.compile(mode='reduce-overhead')", **info, "rows": rows}
+            print(f"decode_peer {base.name} b{b}: {msg}, {time.time() - t:.0f} s",
+                  file=sys.stderr, flush=True)
+            if out is not None:
+                out.write_text(json.dumps(rep, indent=1))
+    return rep
 
 
 def main() -> None:
@@ -333,9 +343,8 @@ def main() -> None:
     dev = torch.device("cuda" if cuda else "cpu")
     shapes = ["tiny"] if a.small else a.shapes.split(",")
     batches = [int(b) for b in a.batches.split(",")] if a.batches else None
-    out = run(shapes, batches, dev, torch.bfloat16 if cuda else torch.float32, a.hbm,
-              cuda and not a.eager)
-    Path(a.out).write_text(json.dumps(out, indent=1))
+    run(shapes, batches, dev, torch.bfloat16 if cuda else torch.float32, a.hbm,
+        cuda and not a.eager, Path(a.out))
 
 
 if __name__ == "__main__":

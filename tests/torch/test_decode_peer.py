@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {"name", "batch", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
           "context", "generate", "ttft_ms", "tpot_ms", "tpot_wall_ms", "step_ms",
           "weight_bytes", "weight_bytes_read", "kv_bytes_mean", "hbm_bytes_per_s",
-          "floor_tpot_ms", "floor_over_measured", "tokens", "compiled"}
+          "floor_tpot_ms", "floor_over_measured", "tokens", "compiled", "cudagraph_skips"}
 
 
 def reference_tokens(model, prompt: torch.Tensor, generate: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
