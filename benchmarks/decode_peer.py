@@ -338,8 +338,15 @@ def main() -> None:
     ap.add_argument("--batches", help="comma-separated; default: each shape's plan batches")
     ap.add_argument("--hbm", type=float, default=4.8e12, help="HBM bytes/s for the floor")
     ap.add_argument("--eager", action="store_true", help="do not compile the step")
+    ap.add_argument("--tune", action="store_true",
+                    help="inductor's coordinate-descent tuning, as gpt-fast sets it (longer "
+                         "compiles; off by default to keep the run within the device limit)")
     a = ap.parse_args()
     cuda = torch.cuda.is_available() and not a.small
+    if a.tune:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
     dev = torch.device("cuda" if cuda else "cpu")
     shapes = ["tiny"] if a.small else a.shapes.split(",")
     batches = [int(b) for b in a.batches.split(",")] if a.batches else None
