@@ -107,6 +107,10 @@ METRICS: dict[str, tuple[str, ...]] = {
     "ring_step": ("bytes",),  # K and V one device passes on per ring step
     "collective": ("bytes",),  # payload of the largest collective call per device
     "communication": ("bytes",),  # bytes one device sends per forward step (all collectives)
+    "communication_buffers": ("bytes",),  # the communication-role buffers of the fullest device
+    "tp_weights_per_device": ("bytes",),  # weights split over a tp axis, experts excepted
+    "token_size": ("bytes",),  # one token's hidden state: hidden x dtype
+    "bandwidth": ("bytes_per_s",),  # throughput x token size; checked against the throughput
 }
 # time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
 OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),

@@ -1,6 +1,7 @@
 """Claims: a `require METRIC OP VALUE` line against the value planc computes (V600), against
 the sound bound for time-based metrics (V700), and claims that must agree with each other
-(V610: throughput and TPOT under one definition, with the unit that would reconcile them).
+(V610: throughput and TPOT under one definition, with the unit that would reconcile them; V611:
+a bandwidth claim against throughput x token size).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from fractions import Fraction
 
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.units import human_bytes, human_count
+from planc.compiler.units import UNITS, human_bytes, human_count
 from planc.cost.performance import human_time
 from planc.diagnostics import Related
 from planc.verifier.obligations import Obligation
@@ -27,7 +28,7 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
 
     out = []
     for r in plan.requires:
-        if r.metric == "memory":
+        if r.metric in ("memory", "bandwidth"):  # V401; bandwidth: V611 in consistency()
             continue
         got = claim_value(plan, graph, r.metric)
         if got is None:
@@ -36,13 +37,16 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
         actual, unit_word, is_bound, how = got
         out.append(_claim(r, actual, unit_word, is_bound, how))
     out += consistency(plan, graph)
+    out += bandwidth_agreement(plan)
     return out
 
 
 _ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
            "expert_weights": "the model has no experts",
            "expert_weights_per_device": "the model has no experts",
-           "collective": "no collective", "communication": "no communication"}
+           "collective": "no collective", "communication": "no communication",
+           "bandwidth": "a bandwidth claim is checked against the throughput it derives from "
+                        "(throughput x token size), and the plan claims no throughput"}
 
 
 def _not_applicable(plan: PlanSpec, r) -> Obligation:  # type: ignore[no-untyped-def]
@@ -158,14 +162,58 @@ def consistency(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
         ratio = t / implied
         holds = abs(ratio - 1) <= AGREE
         rule = f"TPOT = 1 / throughput: {thr.text} is {_time_text(implied)} per token"
-    fix = "" if holds else _unit_fix(tpot, ratio)
-    return [Obligation(
-        kind="claim_consistency", code="V610",
-        name=f"require throughput {thr.text} agrees with tpot {tpot.text}",
+    return [_agreement("V610", tpot, thr, holds, rule, ratio,
+                       None if holds else _unit_fix(tpot, ratio),
+                       {"ratio": float(ratio), "implied_tpot_s": float(implied)})]
+
+
+def _agreement(code: str, claim, thr, holds: bool, rule: str,  # type: ignore[no-untyped-def]
+               ratio: Fraction, hint: str | None, numbers: dict[str, float]) -> Obligation:
+    """A claim that must agree with the plan's throughput claim (`rule` says how)."""
+    return Obligation(
+        kind="claim_consistency", code=code,
+        name=f"require {claim.metric} {claim.text} agrees with throughput {thr.text}",
         formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
-        ok=f"`tpot {tpot.op} {tpot.text}` agrees with `throughput {thr.op} {thr.text}` ({rule})",
-        bad=f"`tpot {tpot.op} {tpot.text}` disagrees with `throughput {thr.op} {thr.text}` by "
-            f"{_factor(ratio)} ({rule})",
-        span=tpot.span, hint=fix or None,
+        ok=f"`{claim.metric} {claim.op} {claim.text}` agrees with `throughput {thr.op} "
+           f"{thr.text}` ({rule})",
+        bad=f"`{claim.metric} {claim.op} {claim.text}` disagrees with `throughput {thr.op} "
+            f"{thr.text}` by {_factor(ratio)} ({rule})",
+        span=claim.span, hint=hint,
         related=(Related(thr.span, f"throughput {thr.text} claimed here"),) if thr.span else (),
-        numbers={"ratio": float(ratio), "implied_tpot_s": float(implied)})]
+        numbers=numbers)
+
+
+def _rate_unit_fix(r, implied: Fraction) -> str:  # type: ignore[no-untyped-def]
+    """The bandwidth unit under which the claimed number agrees with `implied` (B/s)."""
+    number, _, unit = r.text.partition(" ")
+    try:
+        value = Fraction(number.replace(",", ""))
+    except ValueError:
+        return "no change of unit makes them agree"
+    for u, (dim, k) in UNITS.items():
+        if dim == "bytes_per_s" and u != unit and abs(value * k / implied - 1) <= AGREE:
+            return f"`{r.metric} {r.op} {number} {u}` would agree"
+    return "no change of unit makes them agree"
+
+
+def bandwidth_agreement(plan: PlanSpec) -> list[Obligation]:
+    """V611: a bandwidth claimed as the rate tokens cross the network must be the claimed
+    throughput x one token's hidden state (the seeds' arithmetic); stated numbers agree
+    within 5%."""
+    from planc.cost.traffic import token_size
+
+    bw = next((r for r in plan.requires if r.metric == "bandwidth"), None)
+    if bw is None:
+        return []
+    thr = next((r for r in plan.requires if r.metric == "throughput"), None)
+    if thr is None:
+        return [_not_applicable(plan, bw)]
+    size, how = token_size(plan)
+    implied = Fraction(thr.value) * size
+    ratio = Fraction(bw.value) / implied
+    holds = abs(ratio - 1) <= AGREE
+    rule = (f"throughput x token size: {thr.text} x {int(size):,} B ({how}) = "
+            f"{human_bytes(implied)}/s")
+    return [_agreement("V611", bw, thr, holds, rule, ratio,
+                       None if holds else _rate_unit_fix(bw, implied),
+                       {"ratio": float(ratio), "implied_bytes_per_s": float(implied)})]
