@@ -111,6 +111,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "tp_weights_per_device": ("bytes",),  # weights split over a tp axis, experts excepted
     "token_size": ("bytes",),  # one token's hidden state: hidden x dtype
     "bandwidth": ("bytes_per_s",),  # throughput x token size; checked against the throughput
+    "utilization": ("percent",),  # FLOPs per token x throughput / peak; checked against it
 }
 # time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
 OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),

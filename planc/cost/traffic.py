@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from planc.compiler.ir import Collective, DeviceClass, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.cost.time import in_phase
+from planc.cost.time import in_phase, phase_steps
 from planc.layout.compress import weight_bytes
 
 Computed = tuple[Fraction, str]  # (bytes, the arithmetic behind them)
@@ -156,6 +156,20 @@ def token_size(plan: PlanSpec) -> Computed:
     """Bytes of one token's hidden state, what a router sends per token to an expert."""
     m = plan.model
     return Fraction(m.hidden * m.dtype_bytes), f"{m.hidden:,} hidden x {m.dtype_bytes} B"
+
+
+def flops_per_token(graph: PlacementGraph) -> Computed:
+    """FLOPs all devices execute per token the throughput counts: the prefill's over batch x
+    seq, or one decode step's over the batch (its output tokens)."""
+    decode = graph.phase == "decode"
+    phase = "decode" if decode else "prefill"
+    total = sum(cls.count * o.flops * o.calls for cls in graph.classes for o in cls.ops
+                if in_phase(o.name, phase))
+    steps = phase_steps(graph, phase)
+    tokens = graph.batch * (steps if decode else graph.seq)
+    what = (f"{steps} decode steps x {graph.batch} sequences" if decode
+            else f"{graph.batch:,} sequences x {graph.seq:,} tokens")
+    return Fraction(total, max(1, tokens)), f"{total:,} FLOPs over {what}"
 
 
 # metric -> how to compute it from (plan, graph)

@@ -119,6 +119,7 @@ RULES: dict[str, tuple[str, str]] = {
     "V601": ("ClaimWithoutValue", "A claim about a quantity the plan does not have."),
     "V610": ("ClaimsAgree", "Throughput and TPOT claimed together agree."),
     "V611": ("BandwidthAgrees", "A bandwidth claim agrees with throughput x token size."),
+    "V612": ("UtilizationAgrees", "A GPU utilisation claim agrees with the throughput claim."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),

@@ -1,7 +1,8 @@
 """Claims: a `require METRIC OP VALUE` line against the value planc computes (V600), against
 the sound bound for time-based metrics (V700), and claims that must agree with each other
 (V610: throughput and TPOT under one definition, with the unit that would reconcile them; V611:
-a bandwidth claim against throughput x token size).
+a bandwidth claim against throughput x token size; V612: a GPU utilisation claim against the
+compute the throughput claim needs).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
 
     out = []
     for r in plan.requires:
-        if r.metric in ("memory", "bandwidth"):  # V401; bandwidth: V611 in consistency()
+        if r.metric in _ELSEWHERE:
             continue
         got = claim_value(plan, graph, r.metric)
         if got is None:
@@ -38,15 +39,19 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
         out.append(_claim(r, actual, unit_word, is_bound, how))
     out += consistency(plan, graph)
     out += bandwidth_agreement(plan)
+    out += utilization_agreement(plan, graph)
     return out
 
 
+# checked elsewhere: memory by V401, bandwidth and utilisation against the throughput claim
+_ELSEWHERE = ("memory", "bandwidth", "utilization")
+_NO_THROUGHPUT = "the plan claims no throughput to check it against"
 _ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
            "expert_weights": "the model has no experts",
            "expert_weights_per_device": "the model has no experts",
            "collective": "no collective", "communication": "no communication",
-           "bandwidth": "a bandwidth claim is checked against the throughput it derives from "
-                        "(throughput x token size), and the plan claims no throughput"}
+           "bandwidth": f"it is throughput x token size, and {_NO_THROUGHPUT}",
+           "utilization": f"it is FLOPs per token x throughput / peak, and {_NO_THROUGHPUT}"}
 
 
 def _not_applicable(plan: PlanSpec, r) -> Obligation:  # type: ignore[no-untyped-def]
@@ -196,18 +201,22 @@ def _rate_unit_fix(r, implied: Fraction) -> str:  # type: ignore[no-untyped-def]
     return "no change of unit makes them agree"
 
 
+def _with_throughput(plan: PlanSpec, metric: str):  # type: ignore[no-untyped-def]
+    """The plan's claim on `metric` and its throughput claim (either None when absent)."""
+    def first(name: str):  # type: ignore[no-untyped-def]
+        return next((r for r in plan.requires if r.metric == name), None)
+    return first(metric), first("throughput")
+
+
 def bandwidth_agreement(plan: PlanSpec) -> list[Obligation]:
     """V611: a bandwidth claimed as the rate tokens cross the network must be the claimed
     throughput x one token's hidden state (the seeds' arithmetic); stated numbers agree
     within 5%."""
     from planc.cost.traffic import token_size
 
-    bw = next((r for r in plan.requires if r.metric == "bandwidth"), None)
-    if bw is None:
-        return []
-    thr = next((r for r in plan.requires if r.metric == "throughput"), None)
-    if thr is None:
-        return [_not_applicable(plan, bw)]
+    bw, thr = _with_throughput(plan, "bandwidth")
+    if bw is None or thr is None:
+        return [_not_applicable(plan, bw)] if bw else []
     size, how = token_size(plan)
     implied = Fraction(thr.value) * size
     ratio = Fraction(bw.value) / implied
@@ -217,3 +226,36 @@ def bandwidth_agreement(plan: PlanSpec) -> list[Obligation]:
     return [_agreement("V611", bw, thr, holds, rule, ratio,
                        None if holds else _rate_unit_fix(bw, implied),
                        {"ratio": float(ratio), "implied_bytes_per_s": float(implied)})]
+
+
+def utilization_agreement(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """V612: a GPU utilisation claim must be what the plan's own throughput claim needs:
+    FLOPs per token (what planc's placement executes) x tokens/s / (devices x peak FLOP/s),
+    within 5% of the claimed figure for `==` (documents round), and never above 100%."""
+    from planc.cost.traffic import flops_per_token
+
+    u, thr = _with_throughput(plan, "utilization")
+    if u is None or thr is None:
+        return [_not_applicable(plan, u)] if u else []
+    per_token, how = flops_per_token(graph)
+    peak = plan.devices * plan.cluster.device.compute
+    achieved = per_token * Fraction(thr.value) / peak * 100  # percent
+    claim = Fraction(u.value)
+    ratio = claim / achieved if achieved else Fraction(10**9)
+    slack = claim * AGREE
+    holds = {"==": abs(claim - achieved) <= slack, "<=": achieved <= claim + slack,
+             "<": achieved < claim + slack, ">=": achieved >= claim - slack,
+             ">": achieved > claim - slack}[u.op] and not (u.op in ("==", ">=", ">")
+                                                             and claim > 100)
+    rule = (f"{float(per_token) / 1e9:,.4g} GFLOP per token ({how}) x {thr.text} / "
+            f"({plan.devices} x {float(plan.cluster.device.compute) / 1e12:,.4g} TFLOP/s) = "
+            f"{float(achieved):.3g}%")
+    hint = None
+    if not holds:
+        hint = ("no device runs above 100% of its peak" if claim > 100 else
+                f"the throughput claim needs `utilization == {float(achieved):.3g}%`; at "
+                f"{u.text} it would be {float(claim / achieved * Fraction(thr.value)):,.0f} "
+                f"tokens/s")
+    return [_agreement("V612", u, thr, holds, rule, ratio, hint,
+                       {"ratio": float(ratio), "achieved_percent": float(achieved),
+                        "flops_per_token": float(per_token)})]

@@ -117,3 +117,41 @@ def test_bandwidth_a_unit_apart_names_the_unit_that_agrees():
 def test_bandwidth_without_a_throughput_claim_has_nothing_to_agree_with():
     v = verdict(_bandwidth("3.69 GB/s", throughput=None), "V601")
     assert v.status == "violated" and "claims no throughput" in v.obligation.bad
+
+
+# a short sequence, so attention's FLOPs (4 x seq x hidden per token and layer, < 0.5% here)
+# are negligible beside the linear layers' 2 FLOPs per parameter
+SHORT = "workload w {\n  batch 128\n  seq   128\n}\n"
+LINEAR = 16 * (2 * H * H + 2 * KV * HD * H + 3 * H * FFN)  # q, o, k, v and the MLP
+PEAK = 8 * 989 * 10**12  # tp=8 H100s at the dense bf16 datasheet rate
+
+
+def _utilization(percent: float, throughput: int | None = 200_000):  # type: ignore[no-untyped-def]
+    thr = f"  require throughput >= {throughput} tokens/s\n" if throughput else ""
+    text = plan_text(TP8 + thr + f"  require utilization == {percent:.4g}%\n", workload=SHORT)
+    return check_text(text)[0]
+
+
+def test_utilization_is_the_compute_the_throughput_claim_needs():
+    expected = 100 * 2 * LINEAR * 200_000 / PEAK  # 19.7%
+    v = verdict(_utilization(expected), "V612")
+    assert v.status == "proved"
+    assert v.obligation.numbers["achieved_percent"] == pytest.approx(expected, rel=0.01)
+
+
+def test_utilization_the_throughput_does_not_need_is_violated_with_the_arithmetic():
+    expected = 100 * 2 * LINEAR * 200_000 / PEAK
+    v = verdict(_utilization(2 * expected), "V612")
+    assert v.status == "violated" and "GFLOP per token" in v.obligation.bad
+    assert f"utilization == {expected:.3g}%" in v.obligation.hint
+
+
+def test_utilization_above_100_percent_is_violated_even_when_the_throughput_needs_it():
+    needs = int(1.2 * PEAK / (2 * LINEAR))  # 120% of peak
+    v = verdict(_utilization(120, throughput=needs), "V612")
+    assert v.status == "violated" and "100%" in v.obligation.hint
+
+
+def test_utilization_without_a_throughput_claim_has_nothing_to_agree_with():
+    v = verdict(_utilization(50, throughput=None), "V601")
+    assert v.status == "violated" and "claims no throughput" in v.obligation.bad
