@@ -121,6 +121,7 @@ RULES: dict[str, tuple[str, str]] = {
     "V611": ("BandwidthAgrees", "A bandwidth claim agrees with throughput x token size."),
     "V612": ("UtilizationAgrees", "A GPU utilisation claim agrees with the throughput claim."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
+    "V710": ("PowerBound", "A power or energy claim is within the datasheet TDP bound."),
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),
     "U002": ("InternalError", "planc failed: a bug in planc, not in the plan."),

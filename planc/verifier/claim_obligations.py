@@ -2,7 +2,8 @@
 the sound bound for time-based metrics (V700), and claims that must agree with each other
 (V610: throughput and TPOT under one definition, with the unit that would reconcile them; V611:
 a bandwidth claim against throughput x token size; V612: a GPU utilisation claim against the
-compute the throughput claim needs).
+compute the throughput claim needs; V710: power and energy claims against the devices'
+datasheet TDP and peak compute, bounds that can refute a claim but never confirm one).
 """
 
 from __future__ import annotations
@@ -40,18 +41,22 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
     out += consistency(plan, graph)
     out += bandwidth_agreement(plan)
     out += utilization_agreement(plan, graph)
+    out += power_bounds(plan, graph)
     return out
 
 
 # checked elsewhere: memory by V401, bandwidth and utilisation against the throughput claim
-_ELSEWHERE = ("memory", "bandwidth", "utilization")
+_ELSEWHERE = ("memory", "bandwidth", "utilization", "power", "energy_per_token",
+              "tokens_per_joule")
 _NO_THROUGHPUT = "the plan claims no throughput to check it against"
 _ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
            "expert_weights": "the model has no experts",
            "expert_weights_per_device": "the model has no experts",
            "collective": "no collective", "communication": "no communication",
            "bandwidth": f"it is throughput x token size, and {_NO_THROUGHPUT}",
-           "utilization": f"it is FLOPs per token x throughput / peak, and {_NO_THROUGHPUT}"}
+           "utilization": f"it is FLOPs per token x throughput / peak, and {_NO_THROUGHPUT}",
+           **{m: "the device has no `power` (its TDP): add `power 700 W` to its device block"
+              for m in ("power", "energy_per_token", "tokens_per_joule")}}
 
 
 def _not_applicable(plan: PlanSpec, r) -> Obligation:  # type: ignore[no-untyped-def]
@@ -259,3 +264,62 @@ def utilization_agreement(plan: PlanSpec, graph: PlacementGraph) -> list[Obligat
     return [_agreement("V612", u, thr, holds, rule, ratio, hint,
                        {"ratio": float(ratio), "achieved_percent": float(achieved),
                         "flops_per_token": float(per_token)})]
+
+
+# A claim of this much or less (power: or more) cannot hold; `<=` on power and `>=` on energy
+# per token say nothing a bound can refute.
+_ABOVE_REFUTES = {"power": True, "tokens_per_joule": True, "energy_per_token": False}
+
+
+def power_bounds(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """V710. Power: all devices draw at most devices x TDP. Energy per token: at least the
+    FLOPs per token at the datasheet's efficiency (peak FLOP/s at TDP); tokens per joule at
+    most its inverse. Bounds from datasheet figures: a claim beyond one is refuted; within,
+    only a measurement can confirm it. A power-capped device can be somewhat more efficient
+    per FLOP than at TDP, which the messages say."""
+    from planc.cost.traffic import flops_per_token
+
+    dev = plan.cluster.device
+    out: list[Obligation] = []
+    for r in plan.requires:
+        if r.metric not in _ABOVE_REFUTES:
+            continue
+        if dev.power is None:
+            out.append(_not_applicable(plan, r))
+            continue
+        per_token, how = flops_per_token(graph)
+        efficiency = Fraction(dev.compute, dev.power)  # FLOP per joule at peak and TDP
+        if r.metric == "power":
+            bound = Fraction(plan.devices * dev.power)
+            rule = f"{plan.devices} devices x {dev.power:,} W TDP ({dev.name})"
+            shown = f"{float(bound):,.0f} W"
+        else:
+            joules = per_token / efficiency
+            bound = joules if r.metric == "energy_per_token" else 1 / joules
+            rule = (f"{float(per_token) / 1e9:,.4g} GFLOP per token ({how}) / "
+                    f"({float(dev.compute) / 1e12:,.4g} TFLOP/s / {dev.power:,} W); the compute "
+                    "alone at the datasheet's efficiency: a bound, not an estimate (a "
+                    "power-capped device can do somewhat better per FLOP)")
+            shown = (f"{float(joules) * 1000:.4g} mJ per token" if r.metric == "energy_per_token"
+                     else f"{float(bound):,.4g} tokens/J")
+        out.append(_power_claim(r, bound, shown, rule))
+    return out
+
+
+def _power_claim(r, bound: Fraction, shown: str,  # type: ignore[no-untyped-def]
+                 rule: str) -> Obligation:
+    claim = Fraction(r.value)
+    tol = claim * CLAIM_TOLERANCE if r.op == "==" else 0
+    above = _ABOVE_REFUTES[r.metric]
+    side = r.op in ((">=", ">", "==") if above else ("<=", "<", "=="))
+    beyond = claim - tol > bound if above else claim + tol < bound
+    holds = not (side and beyond)
+    word = "at most" if above else "at least"
+    return Obligation(
+        kind="power_bound", code="V710", name=f"require {r.metric} {r.op} {r.text}",
+        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h, mode="refute",
+        ok=f"{r.metric} {r.op} {r.text} is within the bound ({word} {shown}: {rule}); only a "
+           "measurement can confirm it",
+        bad=f"{r.metric} {r.op} {r.text} is impossible: it is {word} {shown} ({rule})",
+        span=r.span, numbers={"claim": float(claim), "bound": float(bound)},
+        hint="a datasheet bound refutes a claim beyond it; one within it needs a measurement")
