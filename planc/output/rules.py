@@ -120,6 +120,7 @@ RULES: dict[str, tuple[str, str]] = {
     "V610": ("ClaimsAgree", "Throughput and TPOT claimed together agree."),
     "V611": ("BandwidthAgrees", "A bandwidth claim agrees with throughput x token size."),
     "V612": ("UtilizationAgrees", "A GPU utilisation claim agrees with the throughput claim."),
+    "V613": ("EfficiencyAgrees", "An energy claim agrees with the throughput and power claims."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
     "V710": ("PowerBound", "A power or energy claim is within the datasheet TDP bound."),
     # U: usage and planc itself

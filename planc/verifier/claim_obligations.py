@@ -3,7 +3,8 @@ the sound bound for time-based metrics (V700), and claims that must agree with e
 (V610: throughput and TPOT under one definition, with the unit that would reconcile them; V611:
 a bandwidth claim against throughput x token size; V612: a GPU utilisation claim against the
 compute the throughput claim needs; V710: power and energy claims against the devices'
-datasheet TDP and peak compute, bounds that can refute a claim but never confirm one).
+datasheet TDP and peak compute, bounds that can refute a claim but never confirm one; V613:
+an energy claim against the throughput and power claims it derives from).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
     out += bandwidth_agreement(plan)
     out += utilization_agreement(plan, graph)
     out += power_bounds(plan, graph)
+    out += efficiency_agreement(plan)
     return out
 
 
@@ -323,3 +325,26 @@ def _power_claim(r, bound: Fraction, shown: str,  # type: ignore[no-untyped-def]
         bad=f"{r.metric} {r.op} {r.text} is impossible: it is {word} {shown} ({rule})",
         span=r.span, numbers={"claim": float(claim), "bound": float(bound)},
         hint="a datasheet bound refutes a claim beyond it; one within it needs a measurement")
+
+
+def efficiency_agreement(plan: PlanSpec) -> list[Obligation]:
+    """V613: tokens per joule claimed beside a throughput and a power must be their quotient
+    (energy per token its inverse): the documents' own arithmetic, within 5%."""
+    power = next((r for r in plan.requires if r.metric == "power"), None)
+    out = []
+    for metric in ("tokens_per_joule", "energy_per_token"):
+        e, thr = _with_throughput(plan, metric)
+        if e is None or thr is None or power is None:
+            continue
+        implied = Fraction(thr.value) / Fraction(power.value)  # tokens/J
+        if metric == "energy_per_token":
+            implied = 1 / implied
+        ratio = Fraction(e.value) / implied
+        holds = abs(ratio - 1) <= AGREE
+        shown = (f"{float(implied):.3g} tokens/J" if metric == "tokens_per_joule"
+                 else f"{float(implied) * 1000:.4g} mJ per token")
+        rule = f"{thr.text} / {power.text} = {shown}"
+        out.append(_agreement("V613", e, thr, holds, rule, ratio,
+                              None if holds else f"the throughput and power claims give {shown}",
+                              {"ratio": float(ratio), "implied": float(implied)}))
+    return out

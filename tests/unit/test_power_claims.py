@@ -74,3 +74,21 @@ def test_a_power_claim_in_the_wrong_unit_is_a_located_error(line):
     errors = [d for d in diags if d.severity == "error"]
     assert [d.code for d in errors] == ["E041"]
     assert errors[0].span.line == line_of(text, line.strip())
+
+
+def _efficiency(claim: str):  # type: ignore[no-untyped-def]
+    text = plan_text(TP8 + "  require throughput >= 10000 tokens/s\n  require power == 5 kW\n"
+                     f"  require {claim}\n", workload=SHORT)
+    return verdict(check_text(text)[0], "V613")
+
+
+@pytest.mark.parametrize("claim,status", [
+    ("tokens_per_joule == 2 tokens/J", "proved"),  # 10,000 tokens/s / 5,000 W
+    ("tokens_per_joule == 3 tokens/J", "violated"),
+    ("energy_per_token == 500 mJ", "proved"),  # 5,000 W / 10,000 tokens/s
+    ("energy_per_token == 50 mJ", "violated"),
+])
+def test_energy_claims_agree_with_the_throughput_and_power_claims(claim, status):
+    v = _efficiency(claim)
+    assert v.status == status
+    assert v.obligation.numbers["implied"] == pytest.approx(2 if "tokens_per" in claim else 0.5)
