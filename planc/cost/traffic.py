@@ -131,7 +131,8 @@ def communication_buffers(plan: PlanSpec, graph: PlacementGraph) -> Computed:
         if total > best[0]:
             best = (total, [f"{b.name} {b.bytes:,} B" for b in bufs])
     if not best[1]:
-        return Fraction(0), "no device allocates a communication buffer"
+        return Fraction(0), ("no device allocates a communication buffer (an all-to-all's "
+                             "dispatch and combine buffers are activations)")
     return Fraction(best[0]), " + ".join(best[1])
 
 
