@@ -18,12 +18,16 @@ GiB = 2**30
 CUBLAS_WORKSPACE = 32 * 2**20  # torch's default cuBLAS workspace, allocated through its allocator
 
 PRESETS: dict[str, dict[str, int]] = {
+    # power: the SXM modules' datasheet TDP (H100 SXM5 700 W, H200 SXM 700 W, A100 SXM4 400 W)
     "H100": {"memory": 80 * GB, "cache": 50 * MB, "compute": 989 * TB,
-             "bandwidth": 3_350 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
+             "bandwidth": 3_350 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE,
+             "power": 700},
     "H200": {"memory": 141 * GB, "cache": 60 * MB, "compute": 989 * TB,
-             "bandwidth": 4_800 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
+             "bandwidth": 4_800 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE,
+             "power": 700},
     "A100_80GB": {"memory": 80 * GB, "cache": 40 * MB, "compute": 312 * TB,
-                  "bandwidth": 2_039 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE},
+                  "bandwidth": 2_039 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE,
+                  "power": 400},
     # A CPU "device" for local runs: capacities are generous placeholders so small plans fit.
     "CPU": {"memory": 16 * GB, "cache": 32 * MB, "compute": 1 * TB, "bandwidth": 50 * GB,
             "reserve": 0, "workspace": 0},

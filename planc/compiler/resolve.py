@@ -53,7 +53,9 @@ DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
                "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes",
                # measured rates (planc calibrate): estimates only, never the bounds
                "gemm": "flops_per_s", "attention": "flops_per_s", "hbm": "bytes_per_s",
-               "allreduce": "bytes_per_s", "latency": "seconds"}
+               "allreduce": "bytes_per_s", "latency": "seconds",
+               # the datasheet TDP: only power and energy claims use it
+               "power": "watts"}
 CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
 MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
               "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
@@ -107,6 +109,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "ring_step": ("bytes",),  # K and V one device passes on per ring step
     "collective": ("bytes",),  # payload of the largest collective call per device
     "communication": ("bytes",),  # bytes one device sends per forward step (all collectives)
+    "communication_buffers": ("bytes",),  # the communication-role buffers of the fullest device
+    "tp_weights_per_device": ("bytes",),  # weights split over a tp axis, experts excepted
+    "token_size": ("bytes",),  # one token's hidden state: hidden x dtype
+    "bandwidth": ("bytes_per_s",),  # throughput x token size; checked against the throughput
+    "utilization": ("percent",),  # FLOPs per token x throughput / peak; checked against it
+    "power": ("watts",),  # all devices' draw: at most devices x TDP
+    "energy_per_token": ("joules",),  # at least FLOPs per token / (peak FLOP/s per watt)
+    "tokens_per_joule": ("tokens_per_joule",),  # at most the inverse of that
 }
 # time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
 OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),

@@ -32,6 +32,9 @@ class DeviceSpec:
     bandwidth: int  # HBM bytes/s
     reserve: int  # bytes the runtime holds outside torch's allocator
     workspace: int = 0  # bytes libraries take through torch's allocator (cuBLAS workspace)
+    # W: the datasheet board power (TDP), what the device can draw at most; None: not known.
+    # Only the power and energy claims use it (cost/claims.power_bounds).
+    power: int | None = None
     # Measured by `planc calibrate` on the device itself; None: not calibrated. Estimates use
     # them; the sound bounds keep the datasheet compute and bandwidth above.
     gemm: int | None = None  # FLOP/s of a large GEMM at the model dtype

@@ -10,7 +10,7 @@ from fractions import Fraction
 from typing import Literal
 
 Dimension = Literal["bytes", "bytes_per_s", "flops_per_s", "percent", "tokens_per_s", "seconds",
-                    "count"]
+                    "count", "watts", "joules", "tokens_per_joule"]
 
 _BYTE_PREFIX = {
     "": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -30,6 +30,11 @@ UNITS["tokens/s"] = ("tokens_per_s", Fraction(1))
 UNITS["s"] = ("seconds", Fraction(1))
 UNITS["ms"] = ("seconds", Fraction(1, 1000))
 UNITS["us"] = ("seconds", Fraction(1, 10**6))
+UNITS["W"] = ("watts", Fraction(1))
+UNITS["kW"] = ("watts", Fraction(1000))
+UNITS["J"] = ("joules", Fraction(1))
+UNITS["mJ"] = ("joules", Fraction(1, 1000))
+UNITS["tokens/J"] = ("tokens_per_joule", Fraction(1))
 # Plain counts may carry a magnitude suffix: `params 30 B` would be ambiguous with bytes,
 # so counts use scientific notation (30e9) or these explicit words.
 UNITS["K"] = ("count", Fraction(10**3))
@@ -44,6 +49,9 @@ DIMENSION_WORDS: dict[Dimension, str] = {
     "tokens_per_s": "a throughput (e.g. 12800 tokens/s)",
     "seconds": "a time (e.g. 0.078 ms)",
     "count": "a plain number (e.g. 16)",
+    "watts": "a power (e.g. 700 W, 11.2 kW)",
+    "joules": "an energy (e.g. 0.9 J, 7 mJ)",
+    "tokens_per_joule": "an energy efficiency (e.g. 1.14 tokens/J)",
 }
 
 

@@ -109,6 +109,9 @@ def claim_value(plan: PlanSpec, graph: PlacementGraph, metric: str
     if metric == "layer_activations":
         value, how = traffic.layer_activations(plan)
         return value, "bytes", False, how
+    if metric == "token_size":
+        value, how = traffic.token_size(plan)
+        return value, "bytes", False, how
     if metric == "expert_weights":
         got = traffic.expert_weights(plan)
         return (got[0], "bytes", False, got[1]) if got else None

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from planc.compiler.ir import Collective, DeviceClass, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.cost.time import in_phase
+from planc.cost.time import in_phase, phase_steps
 from planc.layout.compress import weight_bytes
 
 Computed = tuple[Fraction, str]  # (bytes, the arithmetic behind them)
@@ -119,8 +119,64 @@ def communication(plan: PlanSpec, graph: PlacementGraph) -> Computed | None:
     return Fraction(best[0]), " + ".join(best[1])
 
 
+def communication_buffers(plan: PlanSpec, graph: PlacementGraph) -> Computed:
+    """Bytes of the buffers the runtime allocates only to communicate (the placement graph's
+    `communication` role: a pipeline's receive posted ahead and its send in flight) on the
+    device class that holds the most. An expert-parallel all-to-all writes into activation
+    buffers (dispatch, combine), which `activations` counts, so they are not here."""
+    best: tuple[int, list[str]] = (0, [])
+    for cls in graph.classes:
+        bufs = [b for b in cls.buffers if b.role == "communication"]
+        total = sum(b.bytes for b in bufs)
+        if total > best[0]:
+            best = (total, [f"{b.name} {b.bytes:,} B" for b in bufs])
+    if not best[1]:
+        return Fraction(0), ("no device allocates a communication buffer (an all-to-all's "
+                             "dispatch and combine buffers are activations)")
+    return Fraction(best[0]), " + ".join(best[1])
+
+
+def tp_weights_per_device(plan: PlanSpec, graph: PlacementGraph) -> Computed:
+    """Weight bytes a device holds of the tensors split within a layer (tensor parallelism,
+    whatever the axis is named; a stage split is not in `split`), experts excepted (their own
+    metric): summed over the layers of the fullest device's stage."""
+    best: tuple[int, str] = (0, "no weight is split within a layer (no tensor parallelism)")
+    for cls in graph.classes:
+        layers = cls.layers[1] - cls.layers[0]
+        shards = [s for s in cls.shards if ".mlp.experts." not in s.name and s.split]
+        per_layer = sum(s.bytes for s in shards if s.per_layer)
+        total = layers * per_layer + sum(s.bytes for s in shards if not s.per_layer)
+        if total > best[0]:
+            axes = sorted({a for s in shards for ax in s.split.values() for a in ax})
+            best = (total, (f"{layers} layers x {per_layer:,} B ({len(shards)} shards split "
+                            f"over {', '.join(axes)})"))
+    return Fraction(best[0]), best[1]
+
+
+def token_size(plan: PlanSpec) -> Computed:
+    """Bytes of one token's hidden state, what a router sends per token to an expert."""
+    m = plan.model
+    return Fraction(m.hidden * m.dtype_bytes), f"{m.hidden:,} hidden x {m.dtype_bytes} B"
+
+
+def flops_per_token(graph: PlacementGraph) -> Computed:
+    """FLOPs all devices execute per token the throughput counts: the prefill's over batch x
+    seq, or one decode step's over the batch (its output tokens)."""
+    decode = graph.phase == "decode"
+    phase = "decode" if decode else "prefill"
+    total = sum(cls.count * o.flops * o.calls for cls in graph.classes for o in cls.ops
+                if in_phase(o.name, phase))
+    steps = phase_steps(graph, phase)
+    tokens = graph.batch * (steps if decode else graph.seq)
+    what = (f"{steps} decode steps x {graph.batch} sequences" if decode
+            else f"{graph.batch:,} sequences x {graph.seq:,} tokens")
+    return Fraction(total, max(1, tokens)), f"{total:,} FLOPs over {what}"
+
+
 # metric -> how to compute it from (plan, graph)
 TRAFFIC = {
+    "communication_buffers": communication_buffers,
+    "tp_weights_per_device": tp_weights_per_device,
     "transfer": transfer,
     "ring_step": ring_step,
     "collective": collective,

@@ -118,7 +118,11 @@ RULES: dict[str, tuple[str, str]] = {
     "V600": ("Claim", "A claimed size or count (`require params == ...`) matches the model."),
     "V601": ("ClaimWithoutValue", "A claim about a quantity the plan does not have."),
     "V610": ("ClaimsAgree", "Throughput and TPOT claimed together agree."),
+    "V611": ("BandwidthAgrees", "A bandwidth claim agrees with throughput x token size."),
+    "V612": ("UtilizationAgrees", "A GPU utilisation claim agrees with the throughput claim."),
+    "V613": ("EfficiencyAgrees", "An energy claim agrees with the throughput and power claims."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
+    "V710": ("PowerBound", "A power or energy claim is within the datasheet TDP bound."),
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),
     "U002": ("InternalError", "planc failed: a bug in planc, not in the plan."),

@@ -1,6 +1,10 @@
 """Claims: a `require METRIC OP VALUE` line against the value planc computes (V600), against
 the sound bound for time-based metrics (V700), and claims that must agree with each other
-(V610: throughput and TPOT under one definition, with the unit that would reconcile them).
+(V610: throughput and TPOT under one definition, with the unit that would reconcile them; V611:
+a bandwidth claim against throughput x token size; V612: a GPU utilisation claim against the
+compute the throughput claim needs; V710: power and energy claims against the devices'
+datasheet TDP and peak compute, bounds that can refute a claim but never confirm one; V613:
+an energy claim against the throughput and power claims it derives from).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from fractions import Fraction
 
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.units import human_bytes, human_count
+from planc.compiler.units import UNITS, human_bytes, human_count
 from planc.cost.performance import human_time
 from planc.diagnostics import Related
 from planc.verifier.obligations import Obligation
@@ -27,7 +31,7 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
 
     out = []
     for r in plan.requires:
-        if r.metric == "memory":
+        if r.metric in _ELSEWHERE:
             continue
         got = claim_value(plan, graph, r.metric)
         if got is None:
@@ -36,13 +40,25 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
         actual, unit_word, is_bound, how = got
         out.append(_claim(r, actual, unit_word, is_bound, how))
     out += consistency(plan, graph)
+    out += bandwidth_agreement(plan)
+    out += utilization_agreement(plan, graph)
+    out += power_bounds(plan, graph)
+    out += efficiency_agreement(plan)
     return out
 
 
+# checked elsewhere: memory by V401, bandwidth and utilisation against the throughput claim
+_ELSEWHERE = ("memory", "bandwidth", "utilization", "power", "energy_per_token",
+              "tokens_per_joule")
+_NO_THROUGHPUT = "the plan claims no throughput to check it against"
 _ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
            "expert_weights": "the model has no experts",
            "expert_weights_per_device": "the model has no experts",
-           "collective": "no collective", "communication": "no communication"}
+           "collective": "no collective", "communication": "no communication",
+           "bandwidth": f"it is throughput x token size, and {_NO_THROUGHPUT}",
+           "utilization": f"it is FLOPs per token x throughput / peak, and {_NO_THROUGHPUT}",
+           **{m: "the device has no `power` (its TDP): add `power 700 W` to its device block"
+              for m in ("power", "energy_per_token", "tokens_per_joule")}}
 
 
 def _not_applicable(plan: PlanSpec, r) -> Obligation:  # type: ignore[no-untyped-def]
@@ -158,14 +174,177 @@ def consistency(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
         ratio = t / implied
         holds = abs(ratio - 1) <= AGREE
         rule = f"TPOT = 1 / throughput: {thr.text} is {_time_text(implied)} per token"
-    fix = "" if holds else _unit_fix(tpot, ratio)
-    return [Obligation(
-        kind="claim_consistency", code="V610",
-        name=f"require throughput {thr.text} agrees with tpot {tpot.text}",
+    return [_agreement("V610", tpot, thr, holds, rule, ratio,
+                       None if holds else _unit_fix(tpot, ratio),
+                       {"ratio": float(ratio), "implied_tpot_s": float(implied)})]
+
+
+def _agreement(code: str, claim, thr, holds: bool, rule: str,  # type: ignore[no-untyped-def]
+               ratio: Fraction, hint: str | None, numbers: dict[str, float]) -> Obligation:
+    """A claim that must agree with the plan's throughput claim (`rule` says how)."""
+    return Obligation(
+        kind="claim_consistency", code=code,
+        name=f"require {claim.metric} {claim.text} agrees with throughput {thr.text}",
         formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
-        ok=f"`tpot {tpot.op} {tpot.text}` agrees with `throughput {thr.op} {thr.text}` ({rule})",
-        bad=f"`tpot {tpot.op} {tpot.text}` disagrees with `throughput {thr.op} {thr.text}` by "
-            f"{_factor(ratio)} ({rule})",
-        span=tpot.span, hint=fix or None,
+        ok=f"`{claim.metric} {claim.op} {claim.text}` agrees with `throughput {thr.op} "
+           f"{thr.text}` ({rule})",
+        bad=f"`{claim.metric} {claim.op} {claim.text}` disagrees with `throughput {thr.op} "
+            f"{thr.text}` by {_factor(ratio)} ({rule})",
+        span=claim.span, hint=hint,
         related=(Related(thr.span, f"throughput {thr.text} claimed here"),) if thr.span else (),
-        numbers={"ratio": float(ratio), "implied_tpot_s": float(implied)})]
+        numbers=numbers)
+
+
+def _rate_unit_fix(r, implied: Fraction) -> str:  # type: ignore[no-untyped-def]
+    """The bandwidth unit under which the claimed number agrees with `implied` (B/s)."""
+    number, _, unit = r.text.partition(" ")
+    try:
+        value = Fraction(number.replace(",", ""))
+    except ValueError:
+        return "no change of unit makes them agree"
+    for u, (dim, k) in UNITS.items():
+        if dim == "bytes_per_s" and u != unit and abs(value * k / implied - 1) <= AGREE:
+            return f"`{r.metric} {r.op} {number} {u}` would agree"
+    return "no change of unit makes them agree"
+
+
+def _with_throughput(plan: PlanSpec, metric: str):  # type: ignore[no-untyped-def]
+    """The plan's claim on `metric` and its throughput claim (either None when absent)."""
+    def first(name: str):  # type: ignore[no-untyped-def]
+        return next((r for r in plan.requires if r.metric == name), None)
+    return first(metric), first("throughput")
+
+
+def bandwidth_agreement(plan: PlanSpec) -> list[Obligation]:
+    """V611: a bandwidth claimed as the rate tokens cross the network must be the claimed
+    throughput x one token's hidden state (the seeds' arithmetic); stated numbers agree
+    within 5%."""
+    from planc.cost.traffic import token_size
+
+    bw, thr = _with_throughput(plan, "bandwidth")
+    if bw is None or thr is None:
+        return [_not_applicable(plan, bw)] if bw else []
+    size, how = token_size(plan)
+    implied = Fraction(thr.value) * size
+    ratio = Fraction(bw.value) / implied
+    holds = abs(ratio - 1) <= AGREE
+    rule = (f"throughput x token size: {thr.text} x {int(size):,} B ({how}) = "
+            f"{human_bytes(implied)}/s")
+    return [_agreement("V611", bw, thr, holds, rule, ratio,
+                       None if holds else _rate_unit_fix(bw, implied),
+                       {"ratio": float(ratio), "implied_bytes_per_s": float(implied)})]
+
+
+def utilization_agreement(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """V612: a GPU utilisation claim must be what the plan's own throughput claim needs:
+    FLOPs per token (what planc's placement executes) x tokens/s / (devices x peak FLOP/s),
+    within 5% of the claimed figure for `==` (documents round), and never above 100%."""
+    from planc.cost.traffic import flops_per_token
+
+    u, thr = _with_throughput(plan, "utilization")
+    if u is None or thr is None:
+        return [_not_applicable(plan, u)] if u else []
+    per_token, how = flops_per_token(graph)
+    peak = plan.devices * plan.cluster.device.compute
+    achieved = per_token * Fraction(thr.value) / peak * 100  # percent
+    claim = Fraction(u.value)
+    ratio = claim / achieved if achieved else Fraction(10**9)
+    slack = claim * AGREE
+    holds = {"==": abs(claim - achieved) <= slack, "<=": achieved <= claim + slack,
+             "<": achieved < claim + slack, ">=": achieved >= claim - slack,
+             ">": achieved > claim - slack}[u.op] and not (u.op in ("==", ">=", ">")
+                                                             and claim > 100)
+    rule = (f"{float(per_token) / 1e9:,.4g} GFLOP per token ({how}) x {thr.text} / "
+            f"({plan.devices} x {float(plan.cluster.device.compute) / 1e12:,.4g} TFLOP/s) = "
+            f"{float(achieved):.3g}%")
+    hint = None
+    if not holds:
+        hint = ("no device runs above 100% of its peak" if claim > 100 else
+                f"the throughput claim needs `utilization == {float(achieved):.3g}%`; at "
+                f"{u.text} it would be {float(claim / achieved * Fraction(thr.value)):,.0f} "
+                f"tokens/s")
+    return [_agreement("V612", u, thr, holds, rule, ratio, hint,
+                       {"ratio": float(ratio), "achieved_percent": float(achieved),
+                        "flops_per_token": float(per_token)})]
+
+
+# A claim of this much or less (power: or more) cannot hold; `<=` on power and `>=` on energy
+# per token say nothing a bound can refute.
+_ABOVE_REFUTES = {"power": True, "tokens_per_joule": True, "energy_per_token": False}
+
+
+def power_bounds(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """V710. Power: all devices draw at most devices x TDP. Energy per token: at least the
+    FLOPs per token at the datasheet's efficiency (peak FLOP/s at TDP); tokens per joule at
+    most its inverse. Bounds from datasheet figures: a claim beyond one is refuted; within,
+    only a measurement can confirm it. A power-capped device can be somewhat more efficient
+    per FLOP than at TDP, which the messages say."""
+    from planc.cost.traffic import flops_per_token
+
+    dev = plan.cluster.device
+    out: list[Obligation] = []
+    for r in plan.requires:
+        if r.metric not in _ABOVE_REFUTES:
+            continue
+        if dev.power is None:
+            out.append(_not_applicable(plan, r))
+            continue
+        per_token, how = flops_per_token(graph)
+        efficiency = Fraction(dev.compute, dev.power)  # FLOP per joule at peak and TDP
+        if r.metric == "power":
+            bound = Fraction(plan.devices * dev.power)
+            rule = f"{plan.devices} devices x {dev.power:,} W TDP ({dev.name})"
+            shown = f"{float(bound):,.0f} W"
+        else:
+            joules = per_token / efficiency
+            bound = joules if r.metric == "energy_per_token" else 1 / joules
+            rule = (f"{float(per_token) / 1e9:,.4g} GFLOP per token ({how}) / "
+                    f"({float(dev.compute) / 1e12:,.4g} TFLOP/s / {dev.power:,} W); the compute "
+                    "alone at the datasheet's efficiency: a bound, not an estimate (a "
+                    "power-capped device can do somewhat better per FLOP)")
+            shown = (f"{float(joules) * 1000:.4g} mJ per token" if r.metric == "energy_per_token"
+                     else f"{float(bound):,.4g} tokens/J")
+        out.append(_power_claim(r, bound, shown, rule))
+    return out
+
+
+def _power_claim(r, bound: Fraction, shown: str,  # type: ignore[no-untyped-def]
+                 rule: str) -> Obligation:
+    claim = Fraction(r.value)
+    tol = claim * CLAIM_TOLERANCE if r.op == "==" else 0
+    above = _ABOVE_REFUTES[r.metric]
+    side = r.op in ((">=", ">", "==") if above else ("<=", "<", "=="))
+    beyond = claim - tol > bound if above else claim + tol < bound
+    holds = not (side and beyond)
+    word = "at most" if above else "at least"
+    return Obligation(
+        kind="power_bound", code="V710", name=f"require {r.metric} {r.op} {r.text}",
+        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h, mode="refute",
+        ok=f"{r.metric} {r.op} {r.text} is within the bound ({word} {shown}: {rule}); only a "
+           "measurement can confirm it",
+        bad=f"{r.metric} {r.op} {r.text} is impossible: it is {word} {shown} ({rule})",
+        span=r.span, numbers={"claim": float(claim), "bound": float(bound)},
+        hint="a datasheet bound refutes a claim beyond it; one within it needs a measurement")
+
+
+def efficiency_agreement(plan: PlanSpec) -> list[Obligation]:
+    """V613: tokens per joule claimed beside a throughput and a power must be their quotient
+    (energy per token its inverse): the documents' own arithmetic, within 5%."""
+    power = next((r for r in plan.requires if r.metric == "power"), None)
+    out = []
+    for metric in ("tokens_per_joule", "energy_per_token"):
+        e, thr = _with_throughput(plan, metric)
+        if e is None or thr is None or power is None:
+            continue
+        implied = Fraction(thr.value) / Fraction(power.value)  # tokens/J
+        if metric == "energy_per_token":
+            implied = 1 / implied
+        ratio = Fraction(e.value) / implied
+        holds = abs(ratio - 1) <= AGREE
+        shown = (f"{float(implied):.3g} tokens/J" if metric == "tokens_per_joule"
+                 else f"{float(implied) * 1000:.4g} mJ per token")
+        rule = f"{thr.text} / {power.text} = {shown}"
+        out.append(_agreement("V613", e, thr, holds, rule, ratio,
+                              None if holds else f"the throughput and power claims give {shown}",
+                              {"ratio": float(ratio), "implied": float(implied)}))
+    return out

@@ -16,7 +16,11 @@ from planc.diagnostics import Related, Span
 
 # The documented `kind`s of the JSON report (docs/diagnostics.md lists codes per kind).
 KINDS = ("device_count", "divisibility", "coverage", "hbm_capacity", "cache_capacity",
-         "claim", "claim_consistency", "rope_pairing", "throughput_bound", "structure")
+         "claim", "claim_consistency", "rope_pairing", "throughput_bound", "power_bound",
+         "structure")
+
+# the kinds a report shows even when they hold: a claim's verdict is what its reader asked for
+CLAIM_KINDS = ("claim", "claim_consistency", "throughput_bound", "power_bound")
 
 Env = dict[str, Any]  # variable name -> z3 Int (in solve) or int (in re-checks)
 

@@ -7,6 +7,7 @@ from planc.compiler.units import human_bytes, plural
 from planc.cost.performance import summary_text
 from planc.diagnostics import Diagnostic, printable, render
 from planc.render.tables import MEMORY_TABLE, groups, memory_rows
+from planc.verifier.obligations import CLAIM_KINDS
 from planc.verifier.report import CheckResult, PlanResult
 
 MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
@@ -59,7 +60,7 @@ def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> 
             out += ["  " + line for line in render(d, sources).splitlines()]
         elif v.status == "unknown":
             out.append(f"  ?? {ob.code} {ob.kind}: {ob.name}: z3 could not decide ({v.reason})")
-        elif verbose or ob.kind in ("claim", "claim_consistency", "throughput_bound") or (
+        elif verbose or ob.kind in CLAIM_KINDS or (
                 ob.code == "V401" and ob.numbers.get("class") == _worst_class(p)):
             out.append(f"  {MARK[v.status]:>4} {ob.code} {ob.kind}: {ob.ok}")
     if "performance" in p.extra and p.graph is not None:

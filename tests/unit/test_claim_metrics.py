@@ -32,6 +32,12 @@ def _claim(body: str, metric: str, value: int, model: str = MODEL):  # type: ign
     (TP8, "layer_activations", B * S * H * E, MODEL),  # the whole batch's input to a layer
     (EP, "expert_weights", 3 * H * FFN * E, MOE),  # gate, up and down
     (EP, "expert_weights_per_device", 16 * 3 * H * FFN * E, MOE),  # 1 expert x 16 layers
+    # a stage's receive posted ahead (or its send in flight): one microbatch's hidden states
+    (PP2, "communication_buffers", (B // 8) * S * H * E, MODEL),
+    # 8 layers per stage x 1/8 of q, k, v, o and the three MLP matrices
+    (PP2, "tp_weights_per_device",
+     8 * (2 * H * H + 2 * KV * HD * H + 3 * H * FFN) * E // 8, MODEL),
+    (TP8, "token_size", H * E, MODEL),  # one token's hidden state
 ])
 def test_a_seed_quantity_holds_at_its_value_and_is_refuted_off_it(body, metric, expected, model):
     assert _claim(body, metric, expected, model).status == "proved"
@@ -77,3 +83,75 @@ DECODE = "workload w {\n  batch    8\n  phase    decode\n  context  512\n  gener
 def test_decode_throughput_cannot_exceed_batch_tokens_per_tpot(throughput, tpot, status):
     model = MODEL.replace("  dtype", "  vocab    32000\n  dtype")
     assert _agreement(throughput, tpot, model=model, workload=DECODE).status == status
+
+
+@pytest.mark.parametrize("body,metric,model", [
+    (EP, "communication_buffers", MOE),  # all-to-all buffers are activations, counted there
+    (EP, "tp_weights_per_device", MOE),  # nothing split within a layer
+])
+def test_a_plan_without_the_buffers_or_shards_has_zero_of_them(body, metric, model):
+    v = _claim(body, metric, 10**9, model)
+    assert v.status == "violated" and v.obligation.numbers["computed"] == 0
+
+
+def _bandwidth(bandwidth: str, throughput: str | None = "450000"):  # type: ignore[no-untyped-def]
+    thr = f"  require throughput >= {throughput} tokens/s\n" if throughput else ""
+    text = plan_text(TP8 + thr + f"  require bandwidth == {bandwidth}\n")
+    return check_text(text)[0]
+
+
+def test_bandwidth_is_throughput_times_token_size():
+    implied = 450000 * H * E  # 3.686 GB/s
+    v = verdict(_bandwidth(f"{implied / 1e9:.3g} GB/s"), "V611")
+    assert v.status == "proved"
+    assert v.obligation.numbers["implied_bytes_per_s"] == implied
+
+
+def test_bandwidth_a_unit_apart_names_the_unit_that_agrees():
+    v = verdict(_bandwidth("3.69 MB/s"), "V611")
+    assert v.status == "violated" and "`bandwidth == 3.69 GB/s` would agree" in v.obligation.hint
+    v = verdict(_bandwidth("7 GB/s"), "V611")  # 1.9x: no unit reconciles it
+    assert v.status == "violated" and "no change of unit" in v.obligation.hint
+
+
+def test_bandwidth_without_a_throughput_claim_has_nothing_to_agree_with():
+    v = verdict(_bandwidth("3.69 GB/s", throughput=None), "V601")
+    assert v.status == "violated" and "claims no throughput" in v.obligation.bad
+
+
+# a short sequence, so attention's FLOPs (4 x seq x hidden per token and layer, < 0.5% here)
+# are negligible beside the linear layers' 2 FLOPs per parameter
+SHORT = "workload w {\n  batch 128\n  seq   128\n}\n"
+LINEAR = 16 * (2 * H * H + 2 * KV * HD * H + 3 * H * FFN)  # q, o, k, v and the MLP
+PEAK = 8 * 989 * 10**12  # tp=8 H100s at the dense bf16 datasheet rate
+
+
+def _utilization(percent: float, throughput: int | None = 200_000):  # type: ignore[no-untyped-def]
+    thr = f"  require throughput >= {throughput} tokens/s\n" if throughput else ""
+    text = plan_text(TP8 + thr + f"  require utilization == {percent:.4g}%\n", workload=SHORT)
+    return check_text(text)[0]
+
+
+def test_utilization_is_the_compute_the_throughput_claim_needs():
+    expected = 100 * 2 * LINEAR * 200_000 / PEAK  # 19.7%
+    v = verdict(_utilization(expected), "V612")
+    assert v.status == "proved"
+    assert v.obligation.numbers["achieved_percent"] == pytest.approx(expected, rel=0.01)
+
+
+def test_utilization_the_throughput_does_not_need_is_violated_with_the_arithmetic():
+    expected = 100 * 2 * LINEAR * 200_000 / PEAK
+    v = verdict(_utilization(2 * expected), "V612")
+    assert v.status == "violated" and "GFLOP per token" in v.obligation.bad
+    assert f"utilization == {expected:.3g}%" in v.obligation.hint
+
+
+def test_utilization_above_100_percent_is_violated_even_when_the_throughput_needs_it():
+    needs = int(1.2 * PEAK / (2 * LINEAR))  # 120% of peak
+    v = verdict(_utilization(120, throughput=needs), "V612")
+    assert v.status == "violated" and "100%" in v.obligation.hint
+
+
+def test_utilization_without_a_throughput_claim_has_nothing_to_agree_with():
+    v = verdict(_utilization(50, throughput=None), "V601")
+    assert v.status == "violated" and "claims no throughput" in v.obligation.bad
