@@ -19,7 +19,7 @@ pipeline stages the argmax output is fed straight back.
 
 Timing: each run starts after a barrier; TTFT is when a rank finished its step-0 items, latency
 when it finished all of them; both the slowest rank's (all_reduce MAX), so TTFT is the last
-stage's first tokens. Metrics: decode_metrics.
+stage's first tokens. Metrics: metrics.decode_times.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from planc.backends.torch import decode_metrics, metrics
+from planc.backends.torch import metrics
 from planc.backends.torch.reference_check import decode_verdict, exit_on_mismatch
 from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
@@ -230,25 +230,15 @@ def report(
     data = None
     if ctx.rank == 0:
         assert full is not None
-        data = {
-            "phase": "decode",
+        timing = metrics.decode_times(cfg.batch, cfg.generate, result.ttfts, result.latencies)
+        data = metrics.summary(ctx, timing, ranks, None, {
             "batch": cfg.batch,
             "context": cfg.context,
             "generate": cfg.generate,
             "generated": full.tolist(),
             "matches_reference": None,
-            "mesh": [list(a) for a in cfg.mesh],
-            "microbatches": cfg.microbatches,
-            "ranks": ranks,
-            "world_size": cfg.world_size,
-            "device": ctx.device.type,
-            "dtype": cfg.dtype,
-            "torch_version": torch.__version__,
-            "max_abs_error": None,
-            "max_rel_error": None,
-            **decode_metrics.decode_times(cfg.batch, cfg.generate, result.ttfts, result.latencies),
             **(extra or {}),
-        }
+        })  # fmt: skip
         if cfg.check_reference:
             from planc.backends.torch.reference_decode import reference_generate
 

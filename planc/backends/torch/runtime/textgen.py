@@ -206,7 +206,7 @@ def run(
         ttft_s, latency_s = (float(x) for x in slowest.sum(dim=1))
         new = sum(len(r["tokens"]) for r in result)
         metrics.write_metrics(out_path, {
-            "phase": "decode",
+            **metrics.run_keys(ctx),
             "results": result,
             "prompts": len(result),
             "batches": len(ttfts),
@@ -214,11 +214,6 @@ def run(
             "ttft_ms": ttft_s * 1e3,
             "latency_ms": latency_s * 1e3,
             "output_tokens_per_s": new / latency_s if latency_s > 0 else None,
-            "mesh": [list(a) for a in cfg.mesh],
-            "world_size": cfg.world_size,
-            "device": ctx.device.type,
-            "dtype": cfg.dtype,
-            "torch_version": torch.__version__,
             **(extra or {}),
         })  # fmt: skip
     barrier(ctx)  # the files exist before any rank exits
