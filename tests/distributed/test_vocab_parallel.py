@@ -134,8 +134,11 @@ def _worker(rank: int, world: int, cases: list[dict[str, Any]]) -> None:
 
 
 def test_vocab_parallel_and_tied_embeddings_equal_hf_prefill_and_generate(tmp_path: Path):
-    from planc.backends.torch.reference import reference_output, save_random_checkpoint
-    from planc.backends.torch.reference_decode import reference_generate
+    from planc.backends.torch.reference import (
+        reference_generate,
+        reference_output,
+        save_random_checkpoint,
+    )
 
     cpu = torch.device("cpu")
     cases = []

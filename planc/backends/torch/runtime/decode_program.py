@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from planc.backends.torch import metrics
+from planc.backends.torch import metrics, reference
 from planc.backends.torch.reference_check import decode_verdict, exit_on_mismatch
 from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.dist import RankContext, barrier
@@ -240,9 +240,7 @@ def report(
             **(extra or {}),
         })  # fmt: skip
         if cfg.check_reference:
-            from planc.backends.torch.reference_decode import reference_generate
-
-            ref = reference_generate(cfg, checkpoint, ctx.device)
+            ref = reference.reference_generate(cfg, checkpoint, ctx.device)
             data["reference"] = decode_verdict(full, ref, cfg.context)
             data["matches_reference"] = data["reference"]["ok"]
             if not data["matches_reference"]:
