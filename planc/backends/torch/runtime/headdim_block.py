@@ -12,21 +12,9 @@ softmax and P V run on the local slice, and o_proj is row-parallel over the whol
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
 MLP is cores.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
 
-Memory, for a microbatch of T = b * seq tokens (b rows), element size e, local widths
-Q = q_heads * head_dim/m, K = kv_heads * head_dim/m (local heads, local slice), g = q_heads /
-kv_heads, in order (checked on CPU with the profiler's allocation timeline, m = 2, GQA):
-  norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
-  views with the slice's cos/sin columns (views), one [T, Q/2]*e (then [T, K/2]*e) temporary ->
-  QK^T: q and k in float32 ([T, Q]*4 and [T, K]*4 copies only when e is 16-bit), and the
-  matmul's contiguous copies of its strided operands, q [T, Q]*4 and k repeated over the g
-  query heads of each kv head [T, Q]*4, freed after it -> partial scores [b, q_heads, seq,
-  seq]*4 -> all_reduce over the m ranks in place -> scale, causal mask (the [seq, seq] bool mask
-  and its negation, freed), softmax in place (the [b, q_heads, seq, 1]*4 row max, then row sum)
-  -> probabilities in e ([b, q_heads, seq, seq]*e, only when e is 16-bit; the float32 scores
-  freed then) -> PV: v repeated over the g query heads [T, Q]*e, out [T, Q]*e, the repeat freed
-  -> scores / probabilities freed -> qkv freed -> o_proj input [T, Q]*e (transpose-reshape
-  copy) -> PV out freed -> o_proj out [T, hidden]*e -> o_proj input freed -> all_reduce over
-  the n x m grid in place -> added to x by the layer, freed.
+Memory: planc/cost/memory.py's `layer_program` with hd_split = m: layers.py's attention terms
+with local widths over the head_dim slice, plus partial_scores (float32, all-reduced in place)
+and probs; what this block allocates beyond them is listed there.
 """
 
 from __future__ import annotations

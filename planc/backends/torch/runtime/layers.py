@@ -7,23 +7,17 @@ o row-parallel, one all_reduce. MLP block: RMSNorm, gate/up column-parallel over
 (one fused GEMM), SiLU * up, down row-parallel, one all_reduce. Each block returns its fully
 reduced output and the layer adds it to the residual stream in place.
 
-Memory, for a microbatch of T = rows * local seq tokens, element size e, local widths
-Q = q_heads * head_dim, K = kv_heads * head_dim, F = local ffn (what a forward allocates beyond
-the residual stream x [T, hidden], which the stage owns and updates in place):
-  attention: norm out [T, hidden] -> qkv [T, Q + 2K] (norm out freed; + the bias in place when
-             the family has one) -> RoPE in place on the q and k views of qkv, one [T, Q/2] (then
-             [T, K/2]) temporary (with q/k norm, Qwen3: RoPE on the normed copies [T, Q] and
-             [T, K] instead) -> SDPA out [T, Q] (+ its float32 log-sum-exp) -> qkv freed ->
-             o_proj out [T, hidden] -> SDPA out freed -> all_reduce in place -> added to x, freed.
-  MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
-             -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
+Memory: the buffers a block allocates per microbatch are the attention and MLP terms of
+planc/cost/memory.py's `layer_program` (attn_norm_out, qkv, rope_tmp_q/k, attn_out, attn_lse,
+o_proj_out; mlp_norm_out, gate_up, mlp_out), allocated in its op order; the residual stream x
+is the stage's and is updated in place. Change the op order here and it changes there.
 
 Other strategies are cores picked in runtime/cores.py: ring / gather attention
 (runtime/seq_attention.py over ring_attention.py), head x head_dim attention
 (runtime/headdim_block.py over headdim_attention.py) and MoE experts (runtime/moe_block.py over
 moe.py); int8 / 2:4 linears come from `make_linear` below (runtime/compress.py). Each core
 exposes `make_attention(ctx, reader, layer)` or `make_mlp(ctx, reader, layer)`; their
-docstrings list the buffers they allocate per microbatch, as above. An attention block maps
+docstrings name the `layer_program` terms they allocate, as above. An attention block maps
 the residual stream x [b, s, hidden] and the Rope tables of the local positions to its reduced
 output; an MLP block maps x to its reduced output; both apply their own input RMSNorm
 (`load_norm`), so the normalised copy of x is freed as soon as the first GEMM has read it.

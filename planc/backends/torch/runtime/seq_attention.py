@@ -10,33 +10,10 @@ Only K/V cross the sequence group, round the ring (ring_attention) or all-gather
 then column-parallel over the local heads and o row-parallel with one all_reduce over the heads
 group, as in layers.Attention.
 
-Memory, for a microbatch of T = rows * s_local tokens, element size e, local widths
-Q = q_heads * head_dim, K = kv_heads * head_dim, R ranks in the sequence group, in order (checked
-on CPU with the profiler's allocation timeline, world 2, GQA):
-  norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
-  views, one [T, Q/2]*e (then [T, K/2]*e) temporary -> attention (below) -> qkv freed ->
-  o_proj out [T, hidden]*e (its input is the attention output viewed as [T, Q]: the CPU and
-  CUDA attention kernels lay their output out as [b, s, heads, d]; a kernel that does not would
-  add a [T, Q]*e copy here) -> attention output freed -> all_reduce over the heads group in
-  place -> added to x by the layer, freed.
-  ring:   kv [2T, K]*e (k and v stacked: one message per step) -> receive buffer of the same
-          size, posted before each step's compute while steps remain (the spent block is freed
-          when the received one takes its place: at most 2 x [2T, K]*e live). Per visible block
-          (query rows r <= T, keys c <= T): with grouped-query attention k and v repeated to
-          the query heads, 2 x [c, Q]*e, then the block kernel's out [r, Q]*e and lse
-          [b, heads, r/b]*4, plus the kernel's own workspace; the repeated k / v are freed after
-          the kernel. The first (own) block's out, copied to float32, and its lse become the
-          accumulators [T, Q]*4 and [b, heads, s_local]*4 (the e copy is freed); later blocks
-          merge into them in place (merge_attention_ reads the block in e; besides it, only
-          [b, heads, r/b]*4 vectors) and are freed. After the last step the K/V buffer and the lse accumulator are
-          freed and the out accumulator is cast to e ([T, Q]*e; no copy in float32).
-  gather: kv [T, 2K]*e -> the gathered [R*T, 2K]*e (gloo on CPU allocates two transient copies of
-          it inside the collective; NCCL writes in place) -> kv freed -> the causal mask
-          [s_local, R*s_local] bool -> SDPA on strided views of the gathered K/V: the mask
-          turned into an additive float bias [s_local, R*s_local] (float32 on CPU, e on CUDA),
-          out [T, Q]*e, lse [b, heads, s_local]*4 and workspace (CPU flash kernel; on CUDA the
-          memory-efficient kernel, since flash takes no mask), bias and lse freed -> gathered
-          K/V and mask freed when attention returns.
+Memory: planc/cost/memory.py's `layer_program` for attention ring (ring_kv, ring_recv,
+ring_block0_out, ring_block_kv_repeat, ring_acc_out / ring_acc_lse, ring_block_out /
+ring_block_lse) or gather (gathered_kv, gather_mask, gather_bias), besides layers.py's
+attention terms; what this block allocates beyond them is listed there.
 """
 
 from __future__ import annotations
