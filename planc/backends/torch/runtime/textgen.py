@@ -45,14 +45,14 @@ from planc.backends.torch.prompts import (
     records,
 )
 from planc.backends.torch.runtime.decode_model import DecodeModel
-from planc.backends.torch.runtime.decode_program import (
+from planc.backends.torch.runtime.dist import RankContext, barrier
+from planc.backends.torch.runtime.layers import Rope
+from planc.backends.torch.runtime.pipeline import (
     gather_tokens,
     generate,
     rope_at,
     step_ropes,
 )
-from planc.backends.torch.runtime.dist import RankContext, barrier
-from planc.backends.torch.runtime.layers import Rope
 from planc.diagnostics import PlancError, render
 from planc.layout.schedule import Slots
 
