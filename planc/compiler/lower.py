@@ -149,8 +149,9 @@ def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list
         are copied into one preallocated output for the stage's rows;
       - RoPE cos / sin tables [seq_local, head_dim / 2] each; the cuBLAS workspace.
     The prompt of a decode (phase prefill with generate > 0: decode.prompt_plan) runs in
-    decode_program's rounds instead: a stage posts its receive only after computing, and the
-    last stage keeps token ids, not the hidden outputs; so neither recv_next nor outputs.
+    the decode rounds instead (the runtime's pipeline.generate): a stage posts its receive only
+    after computing, and the last stage keeps token ids, not the hidden outputs; so neither
+    recv_next nor outputs.
     """
     m, w = plan.model, plan.workload
     assert w.batch is not None

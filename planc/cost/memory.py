@@ -73,6 +73,10 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     residual add run in place. `attention` is local / ring / gather; `sp` the sequence degree;
     `hd_split` the head_dim split (partial scores are materialised and all-reduced when > 1).
     Intervals are inclusive op indices.
+
+    Each runtime block names the terms it allocates here; the comments below say, per block,
+    what it allocates that this list leaves out (measured on CPU with the profiler's allocation
+    timeline), so a gap between a predicted and a measured peak can be traced to a line.
     """
     T, h, e = d.tokens, d.hidden, d.elem
     Q = d.heads * d.head_dim
@@ -139,6 +143,10 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
     buf("qkv", T * (Q + 2 * K) * e, i_qkv, i_attn)
     buf("rope_tmp_q", T * (Q // 2) * e, i_rq, i_rq)
     buf("rope_tmp_k", T * (K // 2) * e, i_rk, i_rk)
+    # Not counted: with q/k norm (Qwen3) RoPE runs on the normed copies [T, Q]*e and [T, K]*e
+    # instead of in place on qkv (layers.rotate_qk). ring / gather (seq_attention.py): the
+    # kernel's own workspace; o_proj reads the attention output as a view (the CPU and CUDA
+    # kernels lay it out [b, s, heads, d]; a kernel that does not adds a [T, Q]*e copy).
     buf("attn_out", T * Q * e, i_attn, i_o)
     if attention == "flash_decode" and sp > 1:
         # each rank's partial output and log-sum-exp (float32), all-gathered and merged
@@ -147,11 +155,19 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
         buf("gathered_kv", 2 * d.mb * kv_len * K * e, i_attn, i_attn)
         buf("gather_mask", d.seq_q * kv_len, i_attn, i_attn)
         buf("gather_bias", d.seq_q * kv_len * e, i_attn, i_attn)
+        # Not counted: gloo on CPU makes two transient copies of the gathered K/V inside the
+        # all_gather (NCCL writes in place); the bias is float32 on CPU (e on CUDA, where the
+        # memory-efficient kernel runs, since flash takes no mask).
     if hd_split > 1:
         # partial scores of every head in the group, float32, summed by all-reduce, then the
         # softmax probabilities in the model dtype
         buf("partial_scores", d.mb * d.heads * d.seq_q * kv_len * 4, i_attn, i_attn)
         buf("probs", d.mb * d.heads * d.seq_q * kv_len * e, i_attn, i_attn)
+        # Not counted (headdim_block.py): with a 16-bit e, q and k in float32 ([T, Q]*4,
+        # [T, K]*4) and the matmul's contiguous copies of q and of k repeated over the query
+        # heads ([T, Q]*4 each); the causal mask [seq, seq] bool and its negation; the softmax
+        # row max and sum [b, heads, seq, 1]*4; v repeated over the query heads [T, Q]*e; the
+        # o_proj input [T, Q]*e (a transpose-reshape copy).
     del first_attn
     buf("o_proj_out", T * h * e, i_o, i_add1)
     # MLP block
@@ -209,6 +225,10 @@ def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
             buf("expert_out", R * h * e, i_exp, i_w)
             buf("contrib_f32", R * h * 4, i_w, i_add)
             buf("out_f32", T * h * 4, i_add, i_down)
+        # Not counted (moe_block.py, moe.py): top-k weights [T, k]*4 (renormalised into a new
+        # one unless the family keeps them) and ids [T, k]*8; the sort order [Tk]*8; with
+        # all_to_all the counts [E]*8 twice and the regroup index [R]*8. The weighting is in
+        # place in float32 (contrib_f32 is the copy a 16-bit e makes).
         buf("expert_gate_up", 2 * n * f * e, i_exp, i_exp)
         buf("expert_down", n * h * e, i_exp, i_exp)
     i_add2 = op("all_reduce_add_2", T * h, 3 * T * h * e)

@@ -69,9 +69,10 @@ def pipeline_rounds(microbatches: int, steps: int, stages: int) -> list[int]:
     pipelined decode; stage k runs it in round rounds[i] + k.
 
     Each round every stage runs at most one item, then exchanges with its neighbours in one
-    batched send/receive (decode_program): stage k's output reaches stage k + 1 for the next
-    round, and the last stage's token of item i reaches the first stage, which needs it for item
-    i + microbatches. So rounds[i] = max(rounds[i - 1] + 1, rounds[i - microbatches] + stages):
+    batched send/receive (the runtime's pipeline.generate): stage k's output reaches stage k + 1
+    for the next round, and the last stage's token of item i reaches the first stage, which needs
+    it for item i + microbatches. So
+    rounds[i] = max(rounds[i - 1] + 1, rounds[i - microbatches] + stages):
     with microbatches >= stages the first stage never waits (rounds[i] = i); with fewer, each
     step pays the pipeline's fill."""
     rounds: list[int] = []

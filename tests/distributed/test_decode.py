@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from planc.backends.torch.decode_metrics import decode_times, output_tokens_per_s, tpot_s
+from planc.backends.torch.metrics import decode_times, output_tokens_per_s, tpot_s
 from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.backends.torch.runtime.decode_attention import lse_merge
 from planc.backends.torch.runtime.layout import seq_positions

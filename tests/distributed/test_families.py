@@ -189,7 +189,7 @@ def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], ro
     (rank 0 compares with HF)."""
     from contextlib import closing
 
-    from planc.backends.torch.runtime import decode_program, program
+    from planc.backends.torch.runtime import program
     from planc.backends.torch.runtime.dist import make_context
     from planc.backends.torch.runtime.model import load_stage
     from planc.backends.torch.weights import ShardReader
@@ -198,11 +198,10 @@ def _worker(rank: int, world: int, *, todo: list[tuple[str, str, RunConfig]], ro
     for name, checkpoint, cfg in todo:
         ckpt = str(Path(root) / checkpoint)
         ctx = make_context(cfg, torch.device("cpu"))
-        prog: Any = decode_program if cfg.phase == "decode" else program
-        model = prog.load(ctx, ckpt)
-        result = prog.run(ctx, model)
+        model = program.load(ctx, ckpt)
+        result = program.run(ctx, model)
         try:
-            data = prog.report(ctx, model, result, ckpt, str(Path(root) / "m.json"))
+            data = program.report(ctx, model, result, ckpt, str(Path(root) / "m.json"))
         except SystemExit as e:  # rank 0 leaves this way on a mismatch: record its message
             data = json.loads((Path(root) / "m.json").read_text())
             data["exit"] = str(e)

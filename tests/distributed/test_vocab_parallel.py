@@ -88,15 +88,15 @@ def prefill_of(cfg: RunConfig) -> RunConfig:
 
 
 def _run_case(rank: int, case: dict[str, Any]) -> None:
-    from planc.backends.torch.runtime import decode_program, pipeline, program
+    from planc.backends.torch.runtime import pipeline, program
     from planc.backends.torch.runtime.dist import make_context
     from planc.backends.torch.runtime.model import weight_bytes
 
     cpu = torch.device("cpu")
     ctx = make_context(case["cfg"], cpu)
-    model = decode_program.load(ctx, case["path"])
+    model = program.load(ctx, case["path"])
     assert weight_bytes(model) == case["weights"][rank], (case["name"], rank)
-    tokens = decode_program.gather_tokens(ctx, decode_program.run(ctx, model).tokens)
+    tokens = pipeline.gather_tokens(ctx, program.run(ctx, model).output)
     pctx = make_context(prefill_of(case["cfg"]), cpu)
     stage = program.load(pctx, case["path"])
     out = pipeline.gather_output(pctx, program.run(pctx, stage).output)
@@ -134,8 +134,11 @@ def _worker(rank: int, world: int, cases: list[dict[str, Any]]) -> None:
 
 
 def test_vocab_parallel_and_tied_embeddings_equal_hf_prefill_and_generate(tmp_path: Path):
-    from planc.backends.torch.reference import reference_output, save_random_checkpoint
-    from planc.backends.torch.reference_decode import reference_generate
+    from planc.backends.torch.reference import (
+        reference_generate,
+        reference_output,
+        save_random_checkpoint,
+    )
 
     cpu = torch.device("cpu")
     cases = []

@@ -151,8 +151,8 @@ def emit_program(cfg: RunConfig, *, plan_name: str, source_file: str) -> str:
     body = f"\nPLAN = {plan_name!r}\nCONFIG = {config}\n"
     imports = _IMPORTS
     main = _MAIN
-    if cfg.phase == "decode":  # the same main(), with the decode program's steps and text
-        imports = imports.replace("import program\n", "import decode_program as program\n"
+    if cfg.phase == "decode":  # the same main() and program (its phase is the config's), and text
+        imports = imports.replace("import program\n", "import program\n"
                                   "from planc.backends.torch.runtime import textgen\n")
         for old, text in _TEXT_MAIN:
             assert old in main, old

@@ -1,12 +1,24 @@
-"""Measurements of one run: forward time, memory per rank, and the metrics JSON rank 0 writes.
+"""Measurements of one run, either phase: times, memory per rank, and the metrics JSON rank 0
+writes. Every metrics JSON has the same run keys (`run_keys`); the timing keys are the phase's:
+`prefill_times` or `decode_times`.
 
-Time: `warmup` untimed forwards, then `repeats` timed ones, each started after a barrier. A
+Prefill time: `warmup` untimed forwards, then `repeats` timed ones, each started after a barrier. A
 repeat's time is its slowest rank's (all_reduce MAX: a pipeline finishes when its last stage
 does), the reported time the median over repeats. CUDA events on GPU, perf_counter on CPU.
 Memory (CUDA only): peaks are reset after the weights are loaded, so a peak is the weights plus
 what one forward allocates; the previous forward's output is dropped before the next starts.
 Peaks also hold what CUDA libraries take through PyTorch's allocator on first use: the cuBLAS
 workspace (32 MiB per device on H200 with torch 2.11) stays allocated once the first GEMM ran.
+
+Decode times, MLPerf inference style, for one run of a batch of B sequences generating G tokens:
+  TTFT (time to first token): from the start to the first token of every sequence, i.e. the
+       prefill of the prompt (all microbatches) and its argmax on the last stage;
+  latency: from the start to the last token;
+  TPOT (time per output token): (latency - TTFT) / (G - 1), the mean time of one decode step
+       after the first token (undefined, None, when G == 1);
+  output tokens/s: B * G / latency.
+Each is the slowest rank's time (a pipeline has its tokens when its last stage does), median
+over the timed repeats (TTFT and latency separately; TPOT from the two medians).
 """
 
 from __future__ import annotations
@@ -96,26 +108,72 @@ def sdpa_backend(ctx: RankContext, heads: int, kv_heads: int) -> str | None:
         return None
 
 
-def summary(
-    ctx: RankContext,
-    times: list[float],
-    ranks: list[dict[str, Any]],
-    errors: tuple[float, float] | None,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
+def run_keys(ctx: RankContext) -> dict[str, Any]:
+    """What every metrics JSON of a run says about it, whatever its phase."""
     cfg = ctx.cfg
-    t = statistics.median(times)
     return {
-        "tokens_per_s": cfg.batch * cfg.seq / t,
-        "time_s": t,
-        "times_s": times,
-        "ranks": ranks,
-        "max_abs_error": errors[0] if errors else None,
-        "max_rel_error": errors[1] if errors else None,
+        "phase": cfg.phase,
+        "mesh": [list(a) for a in cfg.mesh],
+        "microbatches": cfg.microbatches,
         "world_size": cfg.world_size,
         "device": ctx.device.type,
         "dtype": cfg.dtype,
         "torch_version": torch.__version__,
+    }
+
+
+def prefill_times(batch: int, seq: int, times_s: list[float]) -> dict[str, Any]:
+    """The metrics JSON's timing keys of a prefill from per-repeat times (seconds)."""
+    t = statistics.median(times_s)
+    return {"tokens_per_s": batch * seq / t, "time_s": t, "times_s": list(times_s)}
+
+
+def tpot_s(latency_s: float, ttft_s: float, generated: int) -> float | None:
+    """MLPerf's time per output token: the time after the first token over the tokens after it."""
+    if generated < 2:
+        return None
+    return (latency_s - ttft_s) / (generated - 1)
+
+
+def output_tokens_per_s(batch: int, generated: int, latency_s: float) -> float:
+    return batch * generated / latency_s
+
+
+def decode_times(
+    batch: int, generated: int, ttfts_s: list[float], latencies_s: list[float]
+) -> dict[str, Any]:
+    """The metrics JSON's timing keys of a decode from per-repeat TTFTs and latencies (seconds)."""
+    ttft = statistics.median(ttfts_s)
+    latency = statistics.median(latencies_s)
+    tpot = tpot_s(latency, ttft, generated)
+    rate = output_tokens_per_s(batch, generated, latency)
+    return {
+        "ttft_ms": ttft * 1e3,
+        "tpot_ms": None if tpot is None else tpot * 1e3,
+        "latency_ms": latency * 1e3,
+        "output_tokens_per_s": rate,
+        "tokens_per_s": rate,  # what `planc run`'s text summary prints
+        "time_s": latency,
+        "times_s": list(latencies_s),
+        "ttfts_s": list(ttfts_s),
+    }
+
+
+def summary(
+    ctx: RankContext,
+    timing: dict[str, Any],
+    ranks: list[dict[str, Any]],
+    errors: tuple[float, float] | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Rank 0's metrics JSON: the run keys, the phase's timing keys (prefill_times or
+    decode_times), every rank's memory, the error against the reference, and `extra`."""
+    return {
+        **run_keys(ctx),
+        **timing,
+        "ranks": ranks,
+        "max_abs_error": errors[0] if errors else None,
+        "max_rel_error": errors[1] if errors else None,
         **extra,
     }
 

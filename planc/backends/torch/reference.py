@@ -10,6 +10,9 @@ the class its config.json names, never one picked from the plan, so a plan that 
 its checkpoint (another rope theta, biases the plan drops) shows as a difference. For a
 compressed plan the reference model's weights are first replaced by their dequantised / pruned
 versions (compress_weights_), so it is the same compressed model on one device.
+`reference_generate` is a decode run's reference: the same class with its lm_head
+(AutoModelForCausalLM), greedy `generate` with the KV cache on the runtime's prompt ids, always
+`generate` new tokens (no eos / pad token); the runtime's tokens must equal these exactly.
 Nobody in this project wrote that code, which is the point. transformers is imported lazily:
 only the ranks that build or check a model pay for the import.
 """
@@ -221,6 +224,34 @@ def reference_output(
         result = model(**given, output_hidden_states=all_layers)
     del model
     return result.hidden_states if all_layers else result.last_hidden_state
+
+
+def prompt_ids(cfg: RunConfig, device: torch.device) -> Tensor:
+    """The whole batch's prompts [batch, context] (int64), as the ranks draw them."""
+    return make_inputs(cfg, range(cfg.batch), None, device, torch.float32)
+
+
+def reference_generate(cfg: RunConfig, path: str | Path, device: torch.device) -> Tensor:
+    """The greedy tokens [batch, generate] (int64) of transformers' generate: float32, eager
+    attention, do_sample=False, exactly `generate` new tokens, use_cache=True."""
+    model = load_hf(path, causal_lm=True)
+    if is_compressed(cfg):
+        compress_weights_(model, cfg)
+    model.to(device).eval()
+    ids = prompt_ids(cfg, device)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=cfg.generate,
+            min_new_tokens=cfg.generate,
+            use_cache=True,
+            pad_token_id=None,
+            eos_token_id=None,
+        )
+    del model
+    return out[:, cfg.context :]
 
 
 def max_errors(out: Tensor, ref: Tensor) -> tuple[float, float]:

@@ -67,7 +67,7 @@ class RunConfig:
     # Rank 0 gathers the full output and compares it with Hugging Face transformers run on the
     # same checkpoint and inputs. Off for large benchmarks, where one device cannot hold the model.
     check_reference: bool = True
-    # Greedy decode (runtime/decode_program.py): prefill a prompt of `context` tokens into a KV
+    # Greedy decode (runtime/pipeline.py, generate): prefill a prompt of `context` tokens into a KV
     # cache of context + generate positions, then generate - 1 steps of one token per sequence.
     # With phase "decode", seq is the prompt's length (= context): the prefill sees it as seq.
     phase: Literal["prefill", "decode"] = "prefill"

@@ -26,9 +26,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime import vocab_parallel
-from planc.backends.torch.runtime.decode_attention import CachedAttention
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import DecoderLayer, Rope
+from planc.backends.torch.runtime.layers import Attention, DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions
 from planc.backends.torch.runtime.model import StageModel, load_stage
 from planc.backends.torch.weights import ShardReader
@@ -54,7 +53,7 @@ class DecodeModel(nn.Module):
         # Plain lists: the attention blocks are already children of stage.layers (weight_bytes
         # counts them once), and the cache is not a weight.
         self.layers = [cast(DecoderLayer, layer) for layer in stage.layers]
-        self.attns = [CachedAttention(layer.attn) for layer in self.layers]
+        self.attns = [cast(Attention, layer.attn) for layer in self.layers]
         cfg, lay = ctx.cfg, ctx.layout
         sp = lay.parts("seq")
         cap = cache_capacity(cfg.context, cfg.generate, sp)
@@ -87,7 +86,7 @@ class DecodeModel(nn.Module):
         mask: Tensor | None = None,
     ) -> Tensor:
         """x: token ids [r, s] on the first stage, else the received hidden [r, s, hidden] (the
-        stage owns it); mask: the cache slots a decode step sees (CachedAttention). Returns the
+        stage owns it); mask: the cache slots a decode step sees (layers.Attention). Returns the
         hidden to send on, or the final norm on the last stage."""
         if self.stage.embed is not None:
             x = self.stage.lookup(x)

@@ -1,4 +1,4 @@
-"""Head x head_dim attention block (seed 001: `shard heads over n` + `shard head_dim over m`).
+"""Head x head_dim attention core (seed 001: `shard heads over n` + `shard head_dim over m`).
 
 Rank (i, j) holds head group i (its query heads and their kv heads, as layout.q_heads /
 layout.kv_heads say) and slice j of every one of those heads' dimensions, in
@@ -12,21 +12,9 @@ softmax and P V run on the local slice, and o_proj is row-parallel over the whol
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
 MLP is cores.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
 
-Memory, for a microbatch of T = b * seq tokens (b rows), element size e, local widths
-Q = q_heads * head_dim/m, K = kv_heads * head_dim/m (local heads, local slice), g = q_heads /
-kv_heads, in order (checked on CPU with the profiler's allocation timeline, m = 2, GQA):
-  norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
-  views with the slice's cos/sin columns (views), one [T, Q/2]*e (then [T, K/2]*e) temporary ->
-  QK^T: q and k in float32 ([T, Q]*4 and [T, K]*4 copies only when e is 16-bit), and the
-  matmul's contiguous copies of its strided operands, q [T, Q]*4 and k repeated over the g
-  query heads of each kv head [T, Q]*4, freed after it -> partial scores [b, q_heads, seq,
-  seq]*4 -> all_reduce over the m ranks in place -> scale, causal mask (the [seq, seq] bool mask
-  and its negation, freed), softmax in place (the [b, q_heads, seq, 1]*4 row max, then row sum)
-  -> probabilities in e ([b, q_heads, seq, seq]*e, only when e is 16-bit; the float32 scores
-  freed then) -> PV: v repeated over the g query heads [T, Q]*e, out [T, Q]*e, the repeat freed
-  -> scores / probabilities freed -> qkv freed -> o_proj input [T, Q]*e (transpose-reshape
-  copy) -> PV out freed -> o_proj out [T, hidden]*e -> o_proj input freed -> all_reduce over
-  the n x m grid in place -> added to x by the layer, freed.
+Memory: planc/cost/memory.py's `layer_program` with hd_split = m: layers.py's attention terms
+with local widths over the head_dim slice, plus partial_scores (float32, all-reduced in place)
+and probs; what this block allocates beyond them is listed there.
 """
 
 from __future__ import annotations
@@ -34,17 +22,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from planc.backends.torch.runtime.headdim_attention import headdim_attention, rope_slice
 from planc.backends.torch.runtime.layers import (
-    RMSNorm,
+    Attention,
+    LocalCore,
     Rope,
-    all_reduce,
     attention_weights,
     load_norm,
     load_qk_norm,
-    rotate_qk,
 )
 from planc.layout.headdim import headdim_rows, headdim_slice_indices
 
@@ -53,52 +40,29 @@ if TYPE_CHECKING:
     from planc.backends.torch.weights import ShardReader
 
 
-class HeadDimAttention(nn.Module):
-    """Pre-norm attention on this rank's heads and head_dim slice, summed over the grid."""
+class HeadDimCore(LocalCore):
+    """Attention on this rank's slice j of m of every local head's head_dim: partial scores
+    summed over the head_dim group, for the prompt (causal) and a decode step (over the cache's
+    filled slots, which hold the same slice)."""
 
-    def __init__(
-        self,
-        norm: RMSNorm,
-        wqkv: nn.Module,
-        wo: nn.Module,
-        dims: tuple[int, int, int],
-        split: tuple[int, int],
-        causal: bool,
-        dim_group: dist.ProcessGroup | None,
-        out_group: dist.ProcessGroup | None,
-        qk_norm: nn.ModuleList | None = None,
-    ) -> None:
-        super().__init__()
-        self.norm, self.wqkv, self.wo = norm, wqkv, wo
-        self.heads, self.kv_heads, self.head_dim = dims  # local heads, full head_dim
-        self.m, self.j = split  # head_dim slices and this rank's slice
-        self.causal, self.dim_group, self.out_group = causal, dim_group, out_group
-        self.qk_norm = qk_norm  # over the whole head: sums of squares all-reduced over m
+    def __init__(self, head_dim: int, causal: bool, split: tuple[int, int],
+                 dim_group: dist.ProcessGroup | None) -> None:
+        super().__init__(head_dim, causal)
+        self.slices, self.index = split  # head_dim slices and this rank's slice
+        self.dim_group = dim_group
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        b, s, _ = x.shape
-        h, kv, dl = self.heads, self.kv_heads, self.head_dim // self.m
-        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, dl)
-        q, k, v = qkv.split((h, kv, kv), dim=2)
-        local = Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.m, self.j))
-        q, k = rotate_qk(q, k, local, self.qk_norm)
-        o = headdim_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            self.dim_group,
-            causal=self.causal,
-            scale=self.head_dim**-0.5,
-        )
-        del qkv, q, k, v
-        o_in = o.transpose(1, 2).reshape(b, s, h * dl)
-        del o
-        out = self.wo(o_in)
-        del o_in
-        return all_reduce(out, self.out_group)
+    def rope(self, rope: Rope) -> Rope:
+        return Rope(*rope_slice(rope.cos, rope.sin, self.head_dim, self.slices, self.index))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return headdim_attention(q, k, v, self.dim_group, causal=self.causal, scale=self.scale)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        return headdim_attention(q, k, v, self.dim_group, causal=False, scale=self.scale,
+                                 keys=mask)  # fmt: skip
 
 
-def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDimAttention:
+def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attention:
     """Layer `layer`'s attention for splits["head_dim"] (with or without splits["heads"])."""
     # head_dim with seq (E056) and head_dim's RoPE pairs (V310) are proved by the compiler.
     cfg, lay, m = ctx.cfg, ctx.layout, ctx.cfg.model
@@ -110,14 +74,13 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> HeadDim
     wqkv, wo = attention_weights(ctx, reader, layer, (rows_q, rows_kv), out_group)
     dim_group = ctx.dim_group("head_dim")
     qk_norm = load_qk_norm(ctx, reader, layer, headdim_slice_indices(d, parts, j), dim_group)
-    return HeadDimAttention(
+    return Attention(
         load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
         wqkv,
         wo,
-        (len(lay.q_heads), len(lay.kv_heads), d),
-        (parts, j),
-        cfg.causal,
-        dim_group,
+        len(lay.q_heads),
+        len(lay.kv_heads),
+        HeadDimCore(d, cfg.causal, (parts, j), dim_group),
         out_group,
         qk_norm,
     )

@@ -1,32 +1,30 @@
 """Sharded Llama-style decoder layer, Megatron style (gpt-fast's tp.py is the model).
 
-Attention block: RMSNorm, q/k/v column-parallel over splits["heads"] (one fused GEMM, plus the
-q/k/v bias rows of the local heads when the family has one), the family's q/k RMSNorm over
-head_dim (Qwen3), RoPE (with the family's theta and scaling, `inv_freq`), SDPA,
-o row-parallel, one all_reduce. MLP block: RMSNorm, gate/up column-parallel over splits["ffn"]
+Attention block (`Attention`, one for every strategy): RMSNorm, q/k/v column-parallel over
+splits["heads"] (one fused GEMM, plus the q/k/v bias rows of the local heads when the family
+has one), the family's q/k RMSNorm over head_dim (Qwen3), RoPE (with the family's theta and
+scaling, `inv_freq`), the strategy's core (`LocalCore`: SDPA), o row-parallel, one
+all_reduce; with a KV cache (decode) it writes the new K/V and a decode step runs the core's
+`step` over the filled slots. MLP block: RMSNorm, gate/up column-parallel over splits["ffn"]
 (one fused GEMM), SiLU * up, down row-parallel, one all_reduce. Each block returns its fully
 reduced output and the layer adds it to the residual stream in place.
 
-Memory, for a microbatch of T = rows * local seq tokens, element size e, local widths
-Q = q_heads * head_dim, K = kv_heads * head_dim, F = local ffn (what a forward allocates beyond
-the residual stream x [T, hidden], which the stage owns and updates in place):
-  attention: norm out [T, hidden] -> qkv [T, Q + 2K] (norm out freed; + the bias in place when
-             the family has one) -> RoPE in place on the q and k views of qkv, one [T, Q/2] (then
-             [T, K/2]) temporary (with q/k norm, Qwen3: RoPE on the normed copies [T, Q] and
-             [T, K] instead) -> SDPA out [T, Q] (+ its float32 log-sum-exp) -> qkv freed ->
-             o_proj out [T, hidden] -> SDPA out freed -> all_reduce in place -> added to x, freed.
-  MLP:       norm out [T, hidden] -> gate_up [T, 2F] (norm out freed) -> SiLU and * up in place
-             -> down out [T, hidden] -> gate_up freed -> all_reduce in place -> added, freed.
+Memory: the buffers a block allocates per microbatch are the attention and MLP terms of
+planc/cost/memory.py's `layer_program` (attn_norm_out, qkv, rope_tmp_q/k, attn_out, attn_lse,
+o_proj_out; mlp_norm_out, gate_up, mlp_out), allocated in its op order; the residual stream x
+is the stage's and is updated in place. Change the op order here and it changes there.
 
 Other strategies are cores picked in runtime/cores.py: ring / gather attention
-(runtime/seq_attention.py over ring_attention.py), head x head_dim attention
-(runtime/headdim_block.py over headdim_attention.py) and MoE experts (runtime/moe_block.py over
-moe.py); int8 / 2:4 linears come from `make_linear` below (runtime/compress.py). Each core
-exposes `make_attention(ctx, reader, layer)` or `make_mlp(ctx, reader, layer)`; their
-docstrings list the buffers they allocate per microbatch, as above. An attention block maps
-the residual stream x [b, s, hidden] and the Rope tables of the local positions to its reduced
-output; an MLP block maps x to its reduced output; both apply their own input RMSNorm
-(`load_norm`), so the normalised copy of x is freed as soon as the first GEMM has read it.
+(runtime/seq_attention.py's SeqCore over ring_attention.py, flash-decoding over
+decode_attention.py), head x head_dim attention (runtime/headdim_block.py's HeadDimCore over
+headdim_attention.py) and MoE experts (runtime/moe_block.py over moe.py); int8 / 2:4 linears
+come from `make_linear` below (runtime/compress.py). Each core module exposes
+`make_attention(ctx, reader, layer)` (an `Attention` with its core) or
+`make_mlp(ctx, reader, layer)`; their docstrings name the `layer_program` terms they allocate,
+as above. An attention block maps the residual stream x [b, s, hidden] and the Rope tables of
+the local positions to its reduced output; an MLP block maps x to its reduced output; both
+apply their own input RMSNorm (`load_norm`), so the normalised copy of x is freed as soon as
+the first GEMM has read it.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ from planc.models.features import ModelFeatures
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
     from planc.backends.torch.weights import ShardReader
+    from planc.layout.schedule import Slots
 
 LinearRole = Literal["attn", "mlp"]
 
@@ -183,8 +182,40 @@ def apply_rope_(x: Tensor, rope: Rope) -> None:
     x1.mul_(rope.cos).sub_(x2_sin)  # x1 cos - x2 sin
 
 
+class LocalCore:
+    """The attention core of whole heads on this rank (the "heads" core): SDPA over the local
+    heads, causal for the prompt, over the cache's filled slots for a decode step. Other cores
+    (headdim_block.HeadDimCore, seq_attention.SeqCore) change these methods."""
+
+    slices = 1  # head_dim slices per head: this rank holds head_dim // slices of each
+
+    def __init__(self, head_dim: int, causal: bool) -> None:
+        self.head_dim, self.causal = head_dim, causal  # the whole head's head_dim
+        self.scale = head_dim**-0.5
+
+    def rope(self, rope: Rope) -> Rope:
+        """The RoPE tables of this rank's head_dim columns."""
+        return rope
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q [b, heads, s, d], k / v [b, kv_heads, s, d] of the same tokens -> [b, heads, s, d]."""
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, scale=self.scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """q [b, heads, 1, d] over the filled cache slots k / v [b, kv_heads, n, d], those that
+        mask [b, 1, 1, n] lets each row see (None: all)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+
+
 class Attention(nn.Module):
-    """Pre-norm grouped-query attention on the local heads, all-reduced over the head group."""
+    """Pre-norm grouped-query attention on the local heads around a core (LocalCore or another
+    strategy's), all-reduced over out_group; with a KV cache, the prompt and the decode steps.
+
+    The core is a plain object, not a child module: it holds no weights."""
 
     def __init__(
         self,
@@ -193,35 +224,61 @@ class Attention(nn.Module):
         wo: nn.Module,
         heads: int,
         kv_heads: int,
-        head_dim: int,
-        causal: bool,
-        group: dist.ProcessGroup | None,
+        core: LocalCore,
+        out_group: dist.ProcessGroup | None,
         qk_norm: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         self.norm, self.wqkv, self.wo = norm, wqkv, wo
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.causal, self.group, self.qk_norm = causal, group, qk_norm
+        self.heads, self.kv_heads = heads, kv_heads
+        self.core, self.out_group, self.qk_norm = core, out_group, qk_norm
+        self.local_dim = core.head_dim // core.slices
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+    @property
+    def cache_dims(self) -> tuple[int, int]:
+        """(kv heads, head_dim) of this rank's KV cache."""
+        return self.kv_heads, self.local_dim
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: Rope,
+        cache: tuple[Tensor, Tensor] | None = None,
+        slots: Slots | None = None,
+        prefill: bool = True,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """x [b, s, hidden] -> the block's reduced output. With a cache (this microbatch's rows
+        of the layer's k and v, [b, kv_heads, capacity, d]) the new K/V go to `slots` (with a
+        sequence split only the owner writes); a decode step (not prefill) then attends over the
+        filled slots, those `mask` [b, 1, 1, slots.valid] lets each row see (None: all)."""
         b, s, _ = x.shape
-        h, kv, d = self.heads, self.kv_heads, self.head_dim
+        h, kv, d = self.heads, self.kv_heads, self.local_dim
         qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
         q, k, v = qkv.split((h, kv, kv), dim=2)
-        q, k = rotate_qk(q, k, rope, self.qk_norm)
+        q, k = rotate_qk(q, k, self.core.rope(rope), self.qk_norm)
         # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            is_causal=self.causal,
-            scale=d**-0.5,
-            enable_gqa=h != kv,
-        )
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            assert slots is not None
+            if slots.write is not None:
+                lo, hi = slots.write
+                cache[0][:, :, lo:hi].copy_(k)
+                cache[1][:, :, lo:hi].copy_(v)
+        if cache is None or prefill:
+            o = self.core.attend(q, k, v)
+        else:
+            assert slots is not None
+            k, v = cache[0][:, :, : slots.valid], cache[1][:, :, : slots.valid]
+            o = self.core.step(q, k, v, mask)
         del qkv, q, k, v
-        out = self.wo(o.transpose(1, 2).reshape(b, s, h * d))
+        # o_proj's input: a view when the kernel lays its output out [b, s, heads, d] (SDPA on
+        # CPU and CUDA), else a copy, and then o is freed before o_proj runs.
+        o_in = o.transpose(1, 2).reshape(b, s, h * d)
         del o
-        return all_reduce(out, self.group)
+        out = self.wo(o_in)
+        del o_in
+        return all_reduce(out, self.out_group)
 
 
 class GatedMLP(nn.Module):
@@ -335,8 +392,7 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attenti
         wo,
         len(lay.q_heads),
         len(lay.kv_heads),
-        m.head_dim,
-        ctx.cfg.causal,
+        LocalCore(m.head_dim, ctx.cfg.causal),
         ctx.dim_group("heads"),
         load_qk_norm(ctx, reader, layer),
     )

@@ -18,24 +18,11 @@ older planc random checkpoints hold) or the per-expert names save_pretrained and
 checkpoints use (Mixtral's `block_sparse_moe.experts.{e}.w1/w3/w2`, Qwen3-MoE's
 `mlp.experts.{e}.gate_proj/up_proj/down_proj`); either is read by slices.
 
-Memory, for a microbatch of T local tokens, element size e, H hidden, E experts, k top_k,
-F = local ffn per expert, n_i rows for local expert i, in order:
-  norm out [T, H]*e -> router logits [T, E]*e -> probabilities [T, E]*4 (logits freed) -> top-k
-  weights [T, k]*4 and ids [T, k]*8 (probabilities freed; weights renormalised into a new
-  [T, k]*4 unless the family keeps them, Qwen3-MoE's norm_topk_prob false).
-  ep: order [Tk]*8 (argsort of the expert ids) -> send [Tk, H]*e (norm out freed) -> counts
-      [E]*8 twice -> recv [R, H]*e, R = rows routed to this rank's experts (send freed) ->
-      regroup [R]*8, grouped rows [R, H]*e (recv freed) -> expert outputs [R, H]*e, filled expert
-      by expert (per expert: gate [n_i, F]*e with SiLU in place, up [n_i, F]*e multiplied into
-      it and freed, down [n_i, H]*e copied into place and freed) -> grouped freed -> back
-      [Tk, H]*e (combine; expert outputs freed) -> weighted in place (float32: no copy; a
-      [Tk, H]*4 copy when e is 16-bit) -> out [T, H]*4 float32 (index_add; back freed) -> cast
-      to [T, H]*e (no copy in float32) -> all_reduce over tp in place when ffn is split.
-  replicated / local: order [Tk]*8 -> rows for the held experts [R, H]*e (R = token-expert
-      pairs routed to the held experts) -> expert outputs [R, H]*e as above (the gathered rows
-      freed) -> weighted in place -> out [T, H]*4 float32 (index_add) -> cast to e -> norm out
-      freed -> all_reduce in place (replicated).
-  The block's output [T, H]*e is added to the residual stream by the layer and freed.
+Memory: planc/cost/memory.py's `layer_program` MoE terms (router_probs; all_to_all:
+dispatch_send, dispatch_recv, grouped, expert_out, combine_back, contrib_f32, out_f32;
+replicated / local: gathered_rows, expert_out, contrib_f32, out_f32; expert_gate_up and
+expert_down per expert), in that op order; what this block allocates beyond them is listed
+there.
 """
 
 from __future__ import annotations

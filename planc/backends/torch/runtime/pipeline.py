@@ -1,22 +1,52 @@
-"""Pipeline-parallel forward over microbatches, and gathering the output onto rank 0.
+"""The schedules of both phases over the pipeline stages, and gathering their outputs (hidden
+states, tokens) onto rank 0.
 
-Schedule (inference, GPipe order): every stage walks the microbatches in order. A stage posts
-the receive of microbatch m+1 before computing m, so the transfer overlaps compute, and keeps at
-most one send in flight, so a stage holds at most two outgoing activations. Tensor-parallel
-peers each send their own (identical) copy to their peer on the next stage: no extra gather.
-The last stage writes each microbatch's output into one preallocated [rows, seq, hidden] tensor.
+Prefill (`forward`, inference, GPipe order): every stage walks the microbatches in order. A stage
+posts the receive of microbatch m+1 before computing m, so the transfer overlaps compute, and
+keeps at most one send in flight, so a stage holds at most two outgoing activations.
+Tensor-parallel peers each send their own (identical) copy to their peer on the next stage: no
+extra gather. The last stage writes each microbatch's output into one preallocated
+[rows, seq, hidden] tensor.
+
+Decode (phase decode, `generate`): items are (step t, microbatch m), numbered
+i = t * microbatches + m. Step 0 is the prefill of the prompt, later steps one token per
+sequence. The schedule goes in rounds (planc/layout/schedule.py): in each round every stage runs
+at most one item, then exchanges with its neighbours in one batch_isend_irecv: it sends the item's hidden state to the
+next stage (the last stage: the argmax token ids [rows] back to the first stage, its peer with
+the same tensor / data / sequence coordinates) and receives what its previous stage (the first
+stage: the last stage) ran in the same round. Both ends of every message are in the same
+round's batch and every rank walks the rounds in order, on one process group. That is what NCCL
+needs: a group's point-to-point ops run on one stream per rank, so an earlier schedule that let
+each stage post receives ahead and keep sends in flight, with the tokens on a second group,
+passed on gloo and deadlocked on NCCL (the stream waits of the sends and receives formed a
+cycle across the two ranks). With m >= p microbatches the stages stay busy: the first stage runs
+item i in round i and stage k in round i + k, so the token of item i is back in time for item
+i + m; with m < p each step pays the pipeline's fill (p - m rounds idle per step). Without
+pipeline stages the argmax output is fed straight back.
+
+Timing: each run starts after a barrier; TTFT is when a rank finished its step-0 items, latency
+when it finished all of them; both the slowest rank's (all_reduce MAX), so TTFT is the last
+stage's first tokens (metrics.decode_times).
 """
 
 from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from planc.backends.torch.runtime.decode_model import DecodeModel
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import Rope
-from planc.backends.torch.runtime.layout import output_tiles
+from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.layout import output_tiles, token_holders
 from planc.backends.torch.runtime.model import StageModel
+from planc.layout.schedule import stage_rounds, step_slots
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.textgen import TextBatch
 
 
 def _irecv(t: Tensor, src: int) -> list[dist.Work]:
@@ -102,4 +132,132 @@ def gather_output(ctx: RankContext, out: Tensor | None, stage: int | None = None
             dist.recv(tile, src=rank)
         idx = torch.tensor(positions, device=ctx.device)
         full[rows.start : rows.stop].index_copy_(1, idx, tile)
+    return full
+
+
+def _now(ctx: RankContext) -> float:
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    return time.perf_counter()
+
+
+def generate(
+    ctx: RankContext,
+    model: DecodeModel,
+    prompt: Tensor | None,
+    ropes: list[Rope],
+    text: TextBatch | None = None,
+) -> tuple[float, float, Tensor | None]:
+    """One decode of this rank's rows: (seconds to its step-0 end, to its end, tokens). Greedy
+    over equal-length prompts, or with `text` real prompts (right-padded to the context): its
+    per-row positions, cache mask, token choice and stop (runtime/textgen.py)."""
+    cfg, lay = ctx.cfg, ctx.layout
+    nmb, r = cfg.microbatches, lay.micro_rows
+    steps = cfg.generate if text is None else text.steps
+    sp, part = lay.parts("seq"), lay.part("seq")
+    slots = [step_slots(cfg.context, lay.positions, sp, part, t) for t in range(steps)]
+    p, k = lay.n_stages, lay.stage
+    prev = lay.stage_peer(-1) if k > 0 else None
+    nxt = lay.stage_peer(+1) if k < p - 1 else None
+    back_to = lay.stage_peer(1 - p) if k == p - 1 > 0 else None
+    back_from = lay.stage_peer(p - 1) if k == 0 < p - 1 else None
+
+    tokens = None
+    if lay.is_last_stage:
+        tokens = torch.zeros((len(lay.batch_rows), cfg.generate), device=ctx.device,
+                             dtype=torch.long)  # fmt: skip
+    inbox: dict[int, Tensor] = {}  # item -> its received input (hidden state or token ids)
+    exchange: tuple[list[dist.P2POp], list[dist.Work]] = ([], [])
+    ttft = 0.0
+    start = _now(ctx)
+    for rnd in stage_rounds(nmb, steps, p, k):
+        for w in exchange[1]:  # the last round's inputs are here and its sends are done
+            w.wait()
+        exchange = ([], [])  # waited once: gloo's work objects do not return a second wait
+        if text is not None and p > 1 and text.all_stopped():
+            break  # nothing is in flight between rounds: every stage may leave here
+        ops: list[dist.P2POp] = []
+        if rnd.run is not None:
+            t, m = divmod(rnd.run, nmb)
+            rows = slice(m * r, (m + 1) * r)
+            if k > 0:
+                x = inbox.pop(rnd.run)
+            elif t == 0:
+                assert prompt is not None
+                x = prompt[rows]
+            elif p > 1:
+                x = inbox.pop(rnd.run).view(r, 1)  # token ids sent back by the last stage
+            else:  # one stage: the tokens it just chose
+                assert tokens is not None
+                x = tokens[rows, t - 1 : t]
+            if text is None or t == 0:
+                y = model(x, ropes[t], rows, slots[t], t == 0)
+            else:
+                y = model(x, text.rope(rows, t), rows, slots[t], False, text.mask(rows, slots[t]))
+            del x
+            if nxt is None:
+                assert tokens is not None
+                if text is None:
+                    y = tokens[rows, t] = model.next_tokens(y, t == 0)
+                else:
+                    y = tokens[rows, t] = text.next_tokens(model, y, rows, t)
+            if rnd.send:
+                ops.append(dist.P2POp(dist.isend, y, nxt if nxt is not None else back_to))
+            del y
+            if t == 0 and m == nmb - 1:
+                ttft = _now(ctx) - start
+            if text is not None and p == 1 and m == nmb - 1 and text.all_stopped():
+                break  # every rank runs every item when there is one stage: all agree
+        if rnd.recv is not None:
+            if k > 0:
+                n = len(slots[rnd.recv // nmb].positions)
+                buf = torch.empty((r, n, cfg.model.hidden), device=ctx.device, dtype=ctx.dtype)
+            else:
+                buf = torch.empty(r, device=ctx.device, dtype=torch.long)
+            inbox[rnd.recv] = buf
+            ops.append(dist.P2POp(dist.irecv, buf, prev if k > 0 else back_from))
+        # Both ends of every message put it in the same round's batch, and every rank walks the
+        # rounds in order: one process group, no ordering between channels to get wrong (NCCL
+        # runs a group's point-to-point ops on one stream; see the module docstring).
+        exchange = (ops, dist.batch_isend_irecv(ops) if ops else [])
+    for w in exchange[1]:
+        w.wait()
+    return ttft, _now(ctx) - start, tokens
+
+
+def step_ropes(ctx: RankContext) -> list[Rope]:
+    """RoPE tables of each step: the rank's prompt positions, then position context + t - 1."""
+    cfg, m = ctx.cfg, ctx.cfg.model
+    prompt = rope_tables(torch.tensor(ctx.layout.positions, device=ctx.device), m.head_dim,
+                         m.features, ctx.dtype)  # fmt: skip
+    new = torch.arange(cfg.context, cfg.context + cfg.generate - 1, device=ctx.device)
+    tab = rope_tables(new, m.head_dim, m.features, ctx.dtype)
+    return [prompt] + [Rope(tab.cos[i : i + 1], tab.sin[i : i + 1]) for i in range(len(new))]
+
+
+def rope_at(ctx: RankContext, positions: Tensor) -> Rope:
+    """RoPE of one new token per row at `positions` [r]: tables [r, 1, 1, head_dim // 2]."""
+    m = ctx.cfg.model
+    tab = rope_tables(positions, m.head_dim, m.features, ctx.dtype)
+    return Rope(tab.cos[:, None], tab.sin[:, None])
+
+
+def gather_tokens(ctx: RankContext, tokens: Tensor | None) -> Tensor | None:
+    """All generated tokens [batch, generate] on rank 0 (None elsewhere), point-to-point."""
+    cfg = ctx.cfg
+    holders = token_holders(cfg)
+    if ctx.rank != 0:
+        if any(rank == ctx.rank for rank, _ in holders):
+            assert tokens is not None
+            dist.send(tokens.contiguous(), dst=0)
+        return None
+    full = torch.empty((cfg.batch, cfg.generate), device=ctx.device, dtype=torch.long)
+    for rank, rows in holders:
+        if rank == 0:
+            assert tokens is not None
+            full[rows.start : rows.stop] = tokens
+        else:
+            tile = torch.empty((len(rows), cfg.generate), device=ctx.device, dtype=torch.long)
+            dist.recv(tile, src=rank)
+            full[rows.start : rows.stop] = tile
     return full

@@ -1,8 +1,12 @@
-"""The steps of a generated program's main(), one function each: load, run, report.
+"""The steps of a generated program's main(), one function each: load, run, report, for both
+phases (the RunConfig's `phase`).
 
 A generated program is: init (process group, mesh) -> resolve_checkpoint -> load -> run ->
 report, with the process group destroyed in a finally. The plan-specific part is its RunConfig;
-everything here only reads it.
+everything here only reads it. The phase picks the model (a stage; with decode also the lm_head
+and the KV cache), the schedule (runtime/pipeline.py: GPipe forwards or decode rounds), the
+timing keys (metrics.py) and the reference check (the hidden states against the Hugging Face
+model's, or the tokens against its `generate`).
 """
 
 from __future__ import annotations
@@ -17,25 +21,36 @@ import torch.distributed as dist
 from torch import Tensor
 
 from planc.backends.torch import metrics, reference
-from planc.backends.torch.reference_check import exit_on_mismatch, first_layer_, prefill_verdict
+from planc.backends.torch.reference_check import (
+    decode_verdict,
+    exit_on_mismatch,
+    first_layer_,
+    prefill_verdict,
+)
 from planc.backends.torch.runtime import pipeline
 from planc.backends.torch.runtime.cores import attention_kind
+from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.diagnose import layer_outputs
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
 from planc.backends.torch.runtime.layers import Rope, rope_tables
+from planc.backends.torch.runtime.load_progress import with_progress
 from planc.backends.torch.runtime.model import StageModel, load_stage, weight_bytes
 from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader
 
 M = TypeVar("M")
+Model = StageModel | DecodeModel  # prefill: a stage; decode: a stage, lm_head and KV cache
 
 
 @dataclass
 class RunResult:
-    times: list[float]  # per timed repeat, slowest rank, seconds
-    output: Tensor | None  # this rank's output tile (last stage only)
-    resident: int | None  # bytes allocated before the first forward (CUDA): weights + inputs
+    # per timed repeat, slowest rank, seconds: the forward (prefill), the whole decode (latency)
+    times: list[float]
+    # the last stage's output: its hidden-state tile (prefill) or tokens [rows, generate] (decode)
+    output: Tensor | None
+    resident: int | None  # bytes allocated before the first run (CUDA): weights, inputs, cache
+    ttfts: list[float] | None = None  # decode: per timed repeat, slowest rank, seconds
 
 
 def load_with(ctx: RankContext, checkpoint: str, build: Callable[[RankContext, ShardReader], M]
@@ -48,28 +63,62 @@ def load_with(ctx: RankContext, checkpoint: str, build: Callable[[RankContext, S
     return model
 
 
-def load(ctx: RankContext, checkpoint: str) -> StageModel:
-    """This rank's stage, shards only; memory peaks restart from here."""
+def load(ctx: RankContext, checkpoint: str) -> Model:
+    """This rank's stage, shards only (decode: with its lm_head and KV cache, and a progress bar
+    on rank 0's terminal); memory peaks restart from here."""
+    if ctx.cfg.phase == "decode":
+        return load_with(ctx, checkpoint, with_progress(load_decode))
     return load_with(ctx, checkpoint, load_stage)
+
+
+def rank_prompt(ctx: RankContext) -> Tensor | None:
+    """This rank's inputs (its rows and positions; first stage only)."""
+    cfg, lay = ctx.cfg, ctx.layout
+    if not lay.is_first_stage:
+        return None
+    return make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
 
 
 def rank_inputs(ctx: RankContext) -> tuple[Tensor | None, Rope]:
     """This rank's inputs (first stage only) and the RoPE tables of its positions."""
-    cfg, lay = ctx.cfg, ctx.layout
-    inputs = None
-    if lay.is_first_stage:
-        inputs = make_inputs(cfg, lay.batch_rows, lay.positions, ctx.device, ctx.dtype)
-    positions = torch.tensor(lay.positions, device=ctx.device)
-    return inputs, rope_tables(positions, cfg.model.head_dim, cfg.model.features, ctx.dtype)
+    cfg = ctx.cfg
+    positions = torch.tensor(ctx.layout.positions, device=ctx.device)
+    rope = rope_tables(positions, cfg.model.head_dim, cfg.model.features, ctx.dtype)
+    return rank_prompt(ctx), rope
 
 
-def run(ctx: RankContext, model: StageModel) -> RunResult:
-    """Warm-up and timed forwards of the whole pipeline on this rank's inputs."""
+def run(ctx: RankContext, model: Model) -> RunResult:
+    """Warm-up and timed runs of the whole pipeline on this rank's inputs: forwards (prefill) or
+    greedy decodes of the whole batch (decode)."""
+    if ctx.cfg.phase == "decode":
+        assert isinstance(model, DecodeModel)
+        return _run_decode(ctx, model)
+    assert isinstance(model, StageModel)
     inputs, rope = rank_inputs(ctx)
     resident = metrics.allocated(ctx)
     with torch.inference_mode():
         times, out = metrics.time_forward(ctx, lambda: pipeline.forward(ctx, model, inputs, rope))
     return RunResult(times, out, resident)
+
+
+def _run_decode(ctx: RankContext, model: DecodeModel) -> RunResult:
+    cfg = ctx.cfg
+    prompt = rank_prompt(ctx)
+    ropes = pipeline.step_ropes(ctx)
+    resident = metrics.allocated(ctx)
+    ttfts, latencies, tokens = [], [], None
+    with torch.inference_mode():
+        for i in range(cfg.warmup + cfg.repeats):
+            barrier(ctx)
+            tokens = None
+            ttft, latency, tokens = pipeline.generate(ctx, model, prompt, ropes)
+            if i >= cfg.warmup:
+                ttfts.append(ttft)
+                latencies.append(latency)
+    slowest = torch.tensor([ttfts, latencies], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    ttfts, latencies = slowest.tolist()
+    return RunResult(latencies, tokens, resident, ttfts)
 
 
 def locate_first_layer(
@@ -91,24 +140,44 @@ def locate_first_layer(
 
 def report(
     ctx: RankContext,
-    model: StageModel,
+    model: Model,
     result: RunResult,
     checkpoint: str,
     out_path: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Collect every rank's numbers, check rank 0's gathered output, write the JSON (rank 0);
-    rank 0 exits with status 1 when the output differs from the reference (reference_check)."""
+    """Collect every rank's numbers, check rank 0's gathered output (hidden states or tokens)
+    against the reference, write the JSON (rank 0); rank 0 exits with status 1 when the output
+    differs from the reference (reference_check)."""
     cfg = ctx.cfg
     mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)  # before the reference
+    if isinstance(model, DecodeModel):
+        mine["kv_cache_bytes"] = model.cache_bytes()
     ranks: list[Any] = [None] * cfg.world_size
     dist.all_gather_object(ranks, mine)
-    info: dict[str, Any] = {
-        "mesh": [list(a) for a in cfg.mesh],
-        "microbatches": cfg.microbatches,
-        "sdpa_backend": None,
-        **(extra or {}),
-    }
+    if cfg.phase == "decode":
+        timing, errors, info = _check_decode(ctx, result, checkpoint)
+    else:
+        assert isinstance(model, StageModel)
+        timing, errors, info = _check_prefill(ctx, model, result, checkpoint)
+    data = None
+    if ctx.rank == 0:
+        data = metrics.summary(ctx, timing, ranks, errors, {**info, **(extra or {})})
+        metrics.write_metrics(out_path, data)
+    barrier(ctx)  # the JSON exists before any rank exits
+    exit_on_mismatch(data)  # rank 0: status 1 when the output differs from the reference
+    return data
+
+
+Checked = tuple[dict[str, Any], tuple[float, float] | None, dict[str, Any]]
+
+
+def _check_prefill(ctx: RankContext, model: StageModel, result: RunResult, checkpoint: str
+                   ) -> Checked:
+    """A prefill's timing keys, its error against the reference and what rank 0 reports of it
+    (the attention kernel, the verdict). Collective: every rank calls it."""
+    cfg = ctx.cfg
+    info: dict[str, Any] = {"sdpa_backend": None}
     kind = attention_kind(ctx)
     if kind == "heads":
         lay = ctx.layout
@@ -134,10 +203,30 @@ def report(
                         full, plain
                     )[1]
         locate_first_layer(ctx, model, checkpoint, info.get("reference"))
-    data = None
-    if ctx.rank == 0:
-        data = metrics.summary(ctx, result.times, ranks, errors, info)
-        metrics.write_metrics(out_path, data)
-    barrier(ctx)  # the JSON exists before any rank exits
-    exit_on_mismatch(data)  # rank 0: status 1 when the output differs from the reference
-    return data
+    return metrics.prefill_times(cfg.batch, cfg.seq, result.times), errors, info
+
+
+def _check_decode(ctx: RankContext, result: RunResult, checkpoint: str) -> Checked:
+    """A decode's timing keys and what rank 0 reports of it: every generated token and the
+    verdict against Hugging Face generate. Collective: every rank calls it."""
+    cfg = ctx.cfg
+    with torch.inference_mode():
+        full = pipeline.gather_tokens(ctx, result.output)
+    info: dict[str, Any] = {}
+    if full is not None:  # rank 0
+        info = {
+            "batch": cfg.batch,
+            "context": cfg.context,
+            "generate": cfg.generate,
+            "generated": full.tolist(),
+            "matches_reference": None,
+        }
+        if cfg.check_reference:
+            ref = reference.reference_generate(cfg, checkpoint, ctx.device)
+            info["reference"] = decode_verdict(full, ref, cfg.context)
+            info["matches_reference"] = info["reference"]["ok"]
+            if not info["matches_reference"]:
+                info["reference_generated"] = ref.tolist()
+    assert result.ttfts is not None
+    timing = metrics.decode_times(cfg.batch, cfg.generate, result.ttfts, result.times)
+    return timing, None, info

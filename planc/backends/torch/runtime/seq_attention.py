@@ -1,4 +1,4 @@
-"""Sequence-parallel attention block (seed 002: `shard seq over sp attention ring|gather`).
+"""Sequence-parallel attention core (seed 002: `shard seq over sp attention ring|gather`).
 
 The residual stream is sequence-sharded: a rank holds x [rows, s_local, hidden] at the global
 positions layout.seq_positions gives it (zig-zag: chunks i and 2R-1-i of 2R, the same tokens as
@@ -10,33 +10,10 @@ Only K/V cross the sequence group, round the ring (ring_attention) or all-gather
 then column-parallel over the local heads and o row-parallel with one all_reduce over the heads
 group, as in layers.Attention.
 
-Memory, for a microbatch of T = rows * s_local tokens, element size e, local widths
-Q = q_heads * head_dim, K = kv_heads * head_dim, R ranks in the sequence group, in order (checked
-on CPU with the profiler's allocation timeline, world 2, GQA):
-  norm out [T, hidden]*e -> qkv [T, Q + 2K]*e (norm out freed) -> RoPE in place on the q and k
-  views, one [T, Q/2]*e (then [T, K/2]*e) temporary -> attention (below) -> qkv freed ->
-  o_proj out [T, hidden]*e (its input is the attention output viewed as [T, Q]: the CPU and
-  CUDA attention kernels lay their output out as [b, s, heads, d]; a kernel that does not would
-  add a [T, Q]*e copy here) -> attention output freed -> all_reduce over the heads group in
-  place -> added to x by the layer, freed.
-  ring:   kv [2T, K]*e (k and v stacked: one message per step) -> receive buffer of the same
-          size, posted before each step's compute while steps remain (the spent block is freed
-          when the received one takes its place: at most 2 x [2T, K]*e live). Per visible block
-          (query rows r <= T, keys c <= T): with grouped-query attention k and v repeated to
-          the query heads, 2 x [c, Q]*e, then the block kernel's out [r, Q]*e and lse
-          [b, heads, r/b]*4, plus the kernel's own workspace; the repeated k / v are freed after
-          the kernel. The first (own) block's out, copied to float32, and its lse become the
-          accumulators [T, Q]*4 and [b, heads, s_local]*4 (the e copy is freed); later blocks
-          merge into them in place (merge_attention_ reads the block in e; besides it, only
-          [b, heads, r/b]*4 vectors) and are freed. After the last step the K/V buffer and the lse accumulator are
-          freed and the out accumulator is cast to e ([T, Q]*e; no copy in float32).
-  gather: kv [T, 2K]*e -> the gathered [R*T, 2K]*e (gloo on CPU allocates two transient copies of
-          it inside the collective; NCCL writes in place) -> kv freed -> the causal mask
-          [s_local, R*s_local] bool -> SDPA on strided views of the gathered K/V: the mask
-          turned into an additive float bias [s_local, R*s_local] (float32 on CPU, e on CUDA),
-          out [T, Q]*e, lse [b, heads, s_local]*4 and workspace (CPU flash kernel; on CUDA the
-          memory-efficient kernel, since flash takes no mask), bias and lse freed -> gathered
-          K/V and mask freed when attention returns.
+Memory: planc/cost/memory.py's `layer_program` for attention ring (ring_kv, ring_recv,
+ring_block0_out, ring_block_kv_repeat, ring_acc_out / ring_acc_lse, ring_block_out /
+ring_block_lse) or gather (gathered_kv, gather_mask, gather_bias), besides layers.py's
+attention terms; what this block allocates beyond them is listed there.
 """
 
 from __future__ import annotations
@@ -44,17 +21,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from planc.backends.torch.runtime.decode_attention import flash_decode
 from planc.backends.torch.runtime.layers import (
-    RMSNorm,
-    Rope,
-    all_reduce,
+    Attention,
+    LocalCore,
     attention_weights,
     load_norm,
     load_qk_norm,
-    rotate_qk,
 )
 from planc.backends.torch.runtime.ring_attention import gather_attention, ring_attention
 
@@ -63,73 +38,42 @@ if TYPE_CHECKING:
     from planc.backends.torch.weights import ShardReader
 
 
-class SeqParallelAttention(nn.Module):
-    """Pre-norm attention of the local tokens over the whole sequence (ring or gather)."""
+class SeqCore(LocalCore):
+    """Attention of the local tokens over the whole sequence: ring or gather for the prompt,
+    flash-decoding over the sequence-sharded cache for a decode step."""
 
-    def __init__(
-        self,
-        norm: RMSNorm,
-        wqkv: nn.Module,
-        wo: nn.Module,
-        dims: tuple[int, int, int],
-        kind: str,
-        causal: bool,
-        zigzag: bool,
-        seq_group: dist.ProcessGroup | None,
-        head_group: dist.ProcessGroup | None,
-        qk_norm: nn.ModuleList | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, head_dim: int, causal: bool, kind: str, zigzag: bool,
+                 seq_group: dist.ProcessGroup | None) -> None:
+        super().__init__(head_dim, causal)
         if kind not in ("ring", "gather"):
             raise ValueError(f"sequence-parallel attention is 'ring' or 'gather', not {kind!r}")
-        self.norm, self.wqkv, self.wo = norm, wqkv, wo
-        self.heads, self.kv_heads, self.head_dim = dims
-        self.kind, self.causal, self.zigzag = kind, causal, zigzag
-        self.seq_group, self.head_group, self.qk_norm = seq_group, head_group, qk_norm
+        self.kind, self.zigzag, self.seq_group = kind, zigzag, seq_group
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q [b, heads, s_local, d], k/v [b, kv_heads, s_local, d] -> [b, heads, s_local, d]."""
-        scale = self.head_dim**-0.5
         if self.seq_group is None:  # the seq axes have size 1: the local tokens are all tokens
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=self.causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-            )
-        if self.kind == "ring":
-            return ring_attention(
-                q, k, v, self.seq_group, causal=self.causal, zigzag=self.zigzag, scale=scale
-            )
-        return gather_attention(
-            q, k, v, self.seq_group, causal=self.causal, zigzag=self.zigzag, scale=scale
-        )
+            return super().attend(q, k, v)
+        attention = ring_attention if self.kind == "ring" else gather_attention
+        return attention(q, k, v, self.seq_group, causal=self.causal, zigzag=self.zigzag,
+                         scale=self.scale)  # fmt: skip
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        b, s, _ = x.shape
-        h, kv, d = self.heads, self.kv_heads, self.head_dim
-        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
-        q, k, v = qkv.split((h, kv, kv), dim=2)
-        q, k = rotate_qk(q, k, rope, self.qk_norm)  # rope: this rank's global positions
-        o = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        del qkv, q, k, v
-        o_in = o.transpose(1, 2).reshape(b, s, h * d)
-        del o
-        out = self.wo(o_in)
-        del o_in
-        return all_reduce(out, self.head_group)
+    def step(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        if self.seq_group is None:
+            return super().step(q, k, v, mask)
+        return flash_decode(q, k, v, self.seq_group, self.scale, mask)
 
 
-def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> SeqParallelAttention:
+def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attention:
     """Layer `layer`'s attention for splits["seq"] with cfg.attention ring or gather."""
     cfg, lay = ctx.cfg, ctx.layout
     wqkv, wo = attention_weights(ctx, reader, layer)
-    return SeqParallelAttention(
+    return Attention(
         load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
         wqkv,
         wo,
-        (len(lay.q_heads), len(lay.kv_heads), cfg.model.head_dim),
-        cfg.attention,
-        cfg.causal,
-        cfg.zigzag,
-        ctx.dim_group("seq"),
+        len(lay.q_heads),
+        len(lay.kv_heads),
+        SeqCore(cfg.model.head_dim, cfg.causal, cfg.attention, cfg.zigzag, ctx.dim_group("seq")),
         ctx.dim_group("heads"),
         load_qk_norm(ctx, reader, layer),
     )

@@ -13,7 +13,7 @@ More prompts than the plan's batch run as consecutive batches (the cache is rewr
 time; filler rows of the last batch are dropped). A sequence stops at a stop token; the batch
 stops when every sequence has. With one pipeline stage every rank runs every step: one
 all_reduce after each step decides. With several, stages run different items in a round, but
-nothing is in flight between two rounds (decode_program): one all_reduce at the top of each
+nothing is in flight between two rounds (runtime/pipeline.py generate): one all_reduce at the top of each
 round, where only last stages (which choose the tokens) can say no, lets every stage leave at
 the same round.
 
@@ -47,14 +47,14 @@ from planc.backends.torch.prompts import (
     records,
 )
 from planc.backends.torch.runtime.decode_model import DecodeModel
-from planc.backends.torch.runtime.decode_program import (
+from planc.backends.torch.runtime.dist import RankContext, barrier
+from planc.backends.torch.runtime.layers import Rope
+from planc.backends.torch.runtime.pipeline import (
     gather_tokens,
     generate,
     rope_at,
     step_ropes,
 )
-from planc.backends.torch.runtime.dist import RankContext, barrier
-from planc.backends.torch.runtime.layers import Rope
 from planc.diagnostics import PlancError, render
 from planc.layout.schedule import Slots
 
@@ -214,7 +214,7 @@ def run(
         ttft_s, latency_s, _ = (float(x) for x in slowest.sum(dim=1))
         new = sum(len(r["tokens"]) for r in result)
         metrics.write_metrics(out_path, {
-            "phase": "decode",
+            **metrics.run_keys(ctx),
             "results": result,
             "prompts": len(result),
             "batches": len(ttfts),
@@ -223,11 +223,6 @@ def run(
             "ttft_ms": ttft_s * 1e3,
             "latency_ms": latency_s * 1e3,
             "output_tokens_per_s": new / latency_s if latency_s > 0 else None,
-            "mesh": [list(a) for a in cfg.mesh],
-            "world_size": cfg.world_size,
-            "device": ctx.device.type,
-            "dtype": cfg.dtype,
-            "torch_version": torch.__version__,
             **(extra or {}),
         })  # fmt: skip
     barrier(ctx)  # the files exist before any rank exits
