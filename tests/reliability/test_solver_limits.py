@@ -29,6 +29,9 @@ def test_a_tiny_rlimit_is_unknown_exit_3_and_the_same_twice(tmp_path):
     assert docs[0] == docs[1]
     [plan] = json.loads(docs[0])["plans"]
     assert plan["status"] == "unknown"
-    assert {o["status"] for o in plan["obligations"]} == {"unknown"}
+    # Obligations that fold to true with every variable fixed are decided without the solver
+    # (verifier/solve.py), so the budget cannot make them unknown; the solver's are unknown.
+    statuses = {o["status"] for o in plan["obligations"]}
+    assert "unknown" in statuses and statuses <= {"unknown", "proved"}
     # With the default budget the same plan is proved: the limit, not the plan, made it unknown.
     assert planc_process("check", ROOT / SPEC).code == 0
