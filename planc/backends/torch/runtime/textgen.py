@@ -14,8 +14,8 @@ time; filler rows of the last batch are dropped). A sequence stops at a stop tok
 stops when every sequence has. With one pipeline stage every rank runs every step: one
 all_reduce after each step decides. With several, stages run different items in a round, but
 nothing is in flight between two rounds (runtime/pipeline.py generate): one all_reduce at the
-top of each round, where only last stages (which choose the tokens) can say no, lets every stage leave at
-the same round.
+top of each round, where only last stages (which choose the tokens) can say no, lets every
+stage leave at the same round.
 
 Sampling (temperature > 0): softmax(logits / T) in float64 on the CPU, top-p (the most likely
 tokens whose mass reaches p; always the first), then inverse-CDF with one uniform drawn from a

@@ -2,8 +2,8 @@
 (`shard vocab over tp`; Megatron's VocabParallelEmbedding and its parallel lm_head).
 
 Each rank holds rows [start, start + n) of a vocabulary matrix [vocab, hidden], zero padded to n
-(planc/layout/vocab.py). Every rank of the group holds the same tokens and hidden states (the vocab axes
-carry no batch or sequence split), so:
+(planc/layout/vocab.py). Every rank of the group holds the same tokens and hidden states (the
+vocab axes carry no batch or sequence split), so:
   - lookup: each rank looks up the ids in its rows, zeroes the rows of ids it does not hold and
     the group all-reduces (sums) [T, hidden]: one rank contributes each row and the others add
     zeros, so the result equals the unsplit lookup bit for bit;
