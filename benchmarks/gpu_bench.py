@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planc.compiler.lower import lower  # noqa: E402
-from planc.backends.torch.runconfig import to_run_config  # noqa: E402
-from planc.cost.time import rates_of, step_estimate, step_lower_bound  # noqa: E402
-from planc.diagnostics import Diagnostics  # noqa: E402
-from planc.pipeline import load  # noqa: E402
+from planc.backends.torch.runconfig import to_run_config
+from planc.compiler.lower import lower
+from planc.cost.time import rates_of, step_estimate, step_lower_bound
+from planc.diagnostics import Diagnostics
+from planc.pipeline import load
 
 
 def plans_of(path: Path):  # type: ignore[no-untyped-def]
@@ -73,12 +73,15 @@ def checkpoint_for(plan, cache: dict, workdir: Path) -> str:  # type: ignore[no-
     return cache[key]
 
 
-def run_plan(path: Path, plan, weights: str, repeats: int, warmup: int, timeout: int) -> dict:  # type: ignore[no-untyped-def]
+def run_plan(path: Path, plan, weights: str, repeats: int, warmup: int, timeout: int,  # type: ignore[no-untyped-def]
+             reference: bool = False) -> dict:
     env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
                NVSHMEM_DISABLE_NVLS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "planc", "run", str(path), "--plan", plan.name, "--device",
-           "cuda", "--format", "json", "--no-reference", "--weights", weights,
+           "cuda", "--format", "json", "--weights", weights,
            "--repeats", str(repeats), "--warmup", str(warmup), "--timeout", str(timeout)]
+    if not reference:
+        cmd.insert(cmd.index("--weights"), "--no-reference")
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout + 60)
     wall = time.time() - t
@@ -125,6 +128,10 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "resident_before_forward": [r.get("resident_before_forward") for r in ranks],
         "weight_bytes": [r.get("weight_bytes") for r in ranks],
         "sdpa_backend": metrics.get("sdpa_backend"),
+        "decode_step": metrics.get("decode_step"),  # cuda_graph, or why the rounds ran eagerly
+        "decode_attention": metrics.get("decode_attention"),  # the decode attention kernel
+        "graph_pool_bytes": [r.get("graph_pool_bytes") for r in ranks],
+        "matches_reference": metrics.get("matches_reference"),
         "ring_block_kernel": metrics.get("ring_block_kernel"),  # ring attention's block kernel
         "wall_s": metrics.get("wall_s"),
     })
@@ -167,6 +174,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--workdir", default="/tmp/planc-bench")
     ap.add_argument("--dry-run", action="store_true", help="predictions only, run nothing")
+    ap.add_argument("--reference", nargs="*", default=[], metavar="PLAN_FILE",
+                    help="these plan files also run the reference check (a run that differs "
+                         "from Hugging Face exits 1 and is recorded as an error)")
     a = ap.parse_args()
     cache: dict = {}
     records = []
@@ -177,7 +187,8 @@ def main() -> None:
                 records.append(record(path, plan, {"error": "dry run"}))
                 continue
             weights = checkpoint_for(plan, cache, Path(a.workdir))
-            metrics = run_plan(path, plan, weights, a.repeats, a.warmup, a.timeout)
+            ref = path.name in {Path(r).name for r in a.reference}
+            metrics = run_plan(path, plan, weights, a.repeats, a.warmup, a.timeout, ref)
             rec = record(path, plan, metrics)
             records.append(rec)
             print(json.dumps({k: rec.get(k) for k in ("plan", "tokens_per_s", "measured_time_s",

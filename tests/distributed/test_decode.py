@@ -34,6 +34,9 @@ DECODE_PLANS = [
     "decode_layerwise4",
     "decode_dp2_tp2",
 ]
+# One stage, whole heads per rank, dense MLPs: the decode steps run at static addresses
+# (runtime/decode_step.py; eagerly on the CPU, one CUDA graph per microbatch on a GPU).
+STATIC_STEP = {"decode_tp2", "decode_dp2_tp2"}
 METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matches_reference"}
 
 
@@ -85,6 +88,11 @@ def test_decode_plan_generates_the_tokens_of_hf_generate(name: str, run_plan):
     assert cfg.phase == "decode" and cfg.seq == cfg.context
     m = run_plan(cfg, name, timeout_s=240)
     assert_decode_metrics(m, cfg)
+    if name in STATIC_STEP:
+        assert m["decode_step"] == "eager (static step)", m["decode_step"]
+        assert m["decode_attention"] == "grouped_bmm"
+    else:
+        assert m["decode_step"].startswith("eager rounds ("), m["decode_step"]
     # Each rank's preallocated cache and its weights (the lm_head on the last stage) are the
     # compiler's kv_cache and weights rows for its device class.
     for cls in graph.classes:
@@ -106,6 +114,24 @@ def test_gather_over_sp2_x_pipeline_2_contiguous_chunks_generates_hf_tokens(run_
                     microbatches=2, attention="gather", zigzag=False, warmup=0, repeats=1,
                     phase="decode", context=10, generate=5)  # fmt: skip
     assert_decode_metrics(run_plan(cfg, "gather2xpp2_decode", timeout_s=240), cfg)
+
+
+@pytest.mark.distributed
+def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(run_plan):
+    """The static decode step (runtime/decode_step.py) with two microbatches of different rows
+    (a state and a cache view each), GQA over a tensor-parallel pair with the vocabulary split
+    (the greedy token agreed over the pair inside the step), a context that is no multiple of
+    the read bucket and more generated tokens than the cache's first bucket would show."""
+    model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
+                      ffn=128, vocab=97)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=4, seq=7,
+                    splits={"heads": ("tp",), "kv_heads": ("tp",), "ffn": ("tp",),
+                            "vocab": ("tp",)},
+                    microbatches=2, warmup=1, repeats=1, phase="decode", context=7,
+                    generate=6)  # fmt: skip
+    m = run_plan(cfg, "static_mb2_decode", timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    assert m["decode_step"] == "eager (static step)"
 
 
 # --- units ----------------------------------------------------------------------------------------

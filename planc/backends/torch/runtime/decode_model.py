@@ -19,13 +19,14 @@ kv_cache row. Runs overwrite it from slot 0, so warm-up and timed repeats reuse 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from planc.backends.torch.runtime import vocab_parallel
+from planc.backends.torch.runtime import decode_step, vocab_parallel
+from planc.backends.torch.runtime.decode_step import StaticStep
 from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import Attention, DecoderLayer, Rope
 from planc.backends.torch.runtime.layout import seq_positions
@@ -34,6 +35,9 @@ from planc.backends.torch.weights import ShardReader
 from planc.layout import mesh
 from planc.layout.schedule import Slots, cache_capacity, last_position_part
 from planc.layout.vocab import EMBED, LM_HEAD
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.textgen import TextBatch
 
 
 class DecodeModel(nn.Module):
@@ -72,6 +76,28 @@ class DecodeModel(nn.Module):
         self.holds_last = part == lay.part("seq")
         self.seq_group = ctx.dim_group("seq")
         self.last_src = mesh.with_part(cfg.mesh, lay.coords, lay.axes("seq"), part)
+        self._static: StaticStep | None = None
+
+    def static_step(self, ctx: RankContext, text: TextBatch | None = None) -> StaticStep | None:
+        """The static decode steps of this rank (made once), or None when this run's steps run
+        in generate's eager rounds (decode_step.static_reason)."""
+        if decode_step.static_reason(ctx, self, text) is not None:
+            return None
+        if self._static is None:
+            self._static = decode_step.StaticStep(ctx, self)
+        return self._static
+
+    def step_kind(self, ctx: RankContext, text: TextBatch | None = None) -> dict[str, str]:
+        """How this run's decode steps run, for the run's metrics: the step ("cuda_graph",
+        "eager (static step)" or the eager rounds and why) and the attention kernel."""
+        static = self.static_step(ctx, text)
+        if static is None:
+            why = decode_step.static_reason(ctx, self, text)
+            return {"decode_step": f"eager rounds ({why})", "decode_attention": "core step"}
+        return {"decode_step": static.mode, "decode_attention": static.kernel}
+
+    def graph_pool_bytes(self) -> int | None:
+        return None if self._static is None else self._static.pool_bytes()
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for kv in self.cache for t in kv)

@@ -252,13 +252,7 @@ class Attention(nn.Module):
         of the layer's k and v, [b, kv_heads, capacity, d]) the new K/V go to `slots` (with a
         sequence split only the owner writes); a decode step (not prefill) then attends over the
         filled slots, those `mask` [b, 1, 1, slots.valid] lets each row see (None: all)."""
-        b, s, _ = x.shape
-        h, kv, d = self.heads, self.kv_heads, self.local_dim
-        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
-        q, k, v = qkv.split((h, kv, kv), dim=2)
-        q, k = rotate_qk(q, k, self.core.rope(rope), self.qk_norm)
-        # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v = self.project(x, rope)
         if cache is not None:
             assert slots is not None
             if slots.write is not None:
@@ -271,14 +265,32 @@ class Attention(nn.Module):
             assert slots is not None
             k, v = cache[0][:, :, : slots.valid], cache[1][:, :, : slots.valid]
             o = self.core.step(q, k, v, mask)
-        del qkv, q, k, v
-        # o_proj's input: a view when the kernel lays its output out [b, s, heads, d] (SDPA on
-        # CPU and CUDA), else a copy, and then o is freed before o_proj runs.
-        o_in = o.transpose(1, 2).reshape(b, s, h * d)
-        del o
-        out = self.wo(o_in)
-        del o_in
-        return all_reduce(out, self.out_group)
+        del q, k, v
+        o_in = merge_heads(o)
+        del o  # before o_proj runs (when merge_heads copied)
+        return self.output(o_in)
+
+    def project(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [b, heads or kv_heads, s, d] of x [b, s, hidden]: normed, projected (one
+        fused GEMM), the family's q/k norm and RoPE applied."""
+        b, s, _ = x.shape
+        h, kv, d = self.heads, self.kv_heads, self.local_dim
+        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
+        q, k, v = qkv.split((h, kv, kv), dim=2)
+        q, k = rotate_qk(q, k, self.core.rope(rope), self.qk_norm)
+        # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def output(self, o_in: Tensor) -> Tensor:
+        """o_proj of the merged heads o_in [b, s, heads * d], all-reduced over out_group."""
+        return all_reduce(self.wo(o_in), self.out_group)
+
+
+def merge_heads(o: Tensor) -> Tensor:
+    """A core's output [b, heads, s, d] as o_proj's input [b, s, heads * d]: a view when the
+    kernel lays its output out [b, s, heads, d] (SDPA on CPU and CUDA), else a copy."""
+    b, h, s, d = o.shape
+    return o.transpose(1, 2).reshape(b, s, h * d)
 
 
 class GatedMLP(nn.Module):

@@ -150,7 +150,10 @@ def generate(
 ) -> tuple[float, float, Tensor | None]:
     """One decode of this rank's rows: (seconds to its step-0 end, to its end, tokens). Greedy
     over equal-length prompts, or with `text` real prompts (right-padded to the context): its
-    per-row positions, cache mask, token choice and stop (runtime/textgen.py)."""
+    per-row positions, cache mask, token choice and stop (runtime/textgen.py). One stage whose
+    steps can run at static addresses runs them so (runtime/decode_step.py: CUDA graphs)."""
+    if model.static_step(ctx, text) is not None:
+        return _generate_static(ctx, model, prompt, ropes, text)
     cfg, lay = ctx.cfg, ctx.layout
     nmb, r = cfg.microbatches, lay.micro_rows
     steps = cfg.generate if text is None else text.steps
@@ -223,6 +226,47 @@ def generate(
     for w in exchange[1]:
         w.wait()
     return ttft, _now(ctx) - start, tokens
+
+
+def _generate_static(
+    ctx: RankContext,
+    model: DecodeModel,
+    prompt: Tensor | None,
+    ropes: list[Rope],
+    text: TextBatch | None,
+) -> tuple[float, float, Tensor | None]:
+    """generate() on one stage with static decode steps: every microbatch's prompt, then
+    step by step every microbatch's token (a graph replay each on CUDA)."""
+    cfg, lay = ctx.cfg, ctx.layout
+    static = model.static_step(ctx, text)
+    assert static is not None and prompt is not None
+    nmb, r = cfg.microbatches, lay.micro_rows
+    steps = cfg.generate if text is None else text.steps
+    first = step_slots(cfg.context, lay.positions, 1, 0, 0)
+    static.tokens.zero_()  # a batch that stops early leaves its later columns 0, as eagerly
+    start = _now(ctx)
+    for m in range(nmb):
+        rows = slice(m * r, (m + 1) * r)
+        y = model(prompt[rows], ropes[0], rows, first, True)
+        if text is None:
+            tok = model.next_tokens(y, True)
+            static.start(m, tok, torch.full_like(tok, cfg.context), None)
+        else:
+            tok = text.next_tokens(model, y, rows, 0)
+            static.start(m, tok, text.lengths[rows], text.lengths[rows])
+        del y
+    ttft = _now(ctx) - start
+    for t in range(1, steps):
+        for m in range(nmb):
+            tok = static.step(m, t)
+            if text is not None:
+                rows = slice(m * r, (m + 1) * r)
+                text.stopped[rows] |= torch.isin(tok[:, 0], text.eos)
+        if text is not None:
+            text.steps_run = t + 1
+            if text.all_stopped():
+                break
+    return ttft, _now(ctx) - start, static.tokens
 
 
 def step_ropes(ctx: RankContext) -> list[Rope]:

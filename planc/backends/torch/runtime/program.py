@@ -153,6 +153,8 @@ def report(
     mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)  # before the reference
     if isinstance(model, DecodeModel):
         mine["kv_cache_bytes"] = model.cache_bytes()
+        mine["graph_pool_bytes"] = model.graph_pool_bytes()
+        extra = {**model.step_kind(ctx), **(extra or {})}
     ranks: list[Any] = [None] * cfg.world_size
     dist.all_gather_object(ranks, mine)
     if cfg.phase == "decode":

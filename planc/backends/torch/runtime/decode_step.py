@@ -1,0 +1,214 @@
+"""The decode step at static addresses: one CUDA graph per microbatch, replayed once per token.
+
+A decode step (planc/layout/schedule.py: step t >= 1 feeds the token of step t - 1) is the
+same work every token: embed the fed tokens, every layer with its KV cache, the final norm,
+the lm_head and the greedy choice. Run eagerly, each of its few hundred kernels pays a launch
+from Python (about 13 ms per token for a Llama-3-8B shape on an H200 whatever the batch, while
+the bytes it reads take 3-7 ms: issue 15's baseline). Here everything a step reads or writes
+lives at an address fixed for the whole run, and what changes between tokens is data on the
+device: the fed token ids, each row's position (RoPE), the cache slot written, how many slots
+each row's attention reads. The step advances those counters itself, so on CUDA it is captured
+once as a torch.cuda.CUDAGraph and each token is one `replay()`: no launch per kernel and no
+host synchronisation per token (only the stop test of real prompts at EOS reads the device).
+Collectives of the step's tensor-parallel groups (the o_proj and down all_reduce, a vocab
+split's argmax agreement) are captured with it when the group is NCCL's.
+
+On the CPU (gloo) the same step runs eagerly: the tests check it token for token against
+Hugging Face `generate`, and the graph only records what the eager step launches.
+
+Where the step applies (`static_reason` says why not, and the run reports it): one pipeline
+stage (point-to-point exchanges between stages stay in pipeline.generate's eager rounds),
+whole heads per rank (LocalCore: the head x head_dim and sequence-parallel cores keep their
+eager `step`), dense MLPs (the routed MoE's rows per expert are data-dependent shapes) and
+greedy choice (sampling draws on the host's seeded generator, textgen.sample).
+
+Attention reads the cache through runtime/decode_kernels.py (the kernel is recorded in the run's
+metrics); a kernel that reads a prefix of the cache of fixed length (grouped_bmm) gets a graph
+per bucket of `BUCKET` slots, so it reads at most BUCKET - 1 slots more than are filled.
+
+Memory: the graph's private pool holds the step's transient tensors (planc/cost/memory.py's
+layer_program run as a decode step, compiler/decode.step_program) for the whole run; the state
+below is a few bytes per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import Tensor
+
+from planc.backends.torch.runtime import decode_kernels
+from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
+
+if TYPE_CHECKING:
+    from planc.backends.torch.runtime.decode_model import DecodeModel
+    from planc.backends.torch.runtime.dist import RankContext
+    from planc.backends.torch.runtime.textgen import TextBatch
+
+BUCKET = 256  # slots: a prefix-reading kernel's read length rounds up to this
+
+
+def static_reason(ctx: RankContext, model: DecodeModel, text: TextBatch | None) -> str | None:
+    """None when the static step serves this run, else why the eager rounds run it."""
+    if ctx.layout.n_stages > 1:
+        return "pipeline stages exchange eagerly"
+    if any(type(a.core) is not LocalCore for a in model.attns):
+        return "the attention core is not whole heads per rank"
+    if any(not isinstance(layer.mlp, GatedMLP) for layer in model.layers):
+        return "a routed MoE has data-dependent shapes"
+    if text is not None and text.req.temperature != 0:
+        return "sampling draws on the host"
+    return None
+
+
+@dataclass
+class StepState:
+    """What changes between tokens, on the device, for one microbatch of r rows."""
+
+    tok: Tensor  # [r, 1] int64: the tokens the step feeds (the last ones chosen)
+    pos: Tensor  # [r] int64: each row's position of the fed token (RoPE)
+    slot: Tensor  # [1] int64: the cache slot its K/V go to (the same for every row)
+    lengths: Tensor  # [r] int32: slots each row's attention reads, the new one included
+    gap_lo: Tensor  # [r] int64: each row's first padded prompt slot (the context: no padding)
+    col: Tensor  # [1] int64: the column of the token buffer the chosen token goes to
+
+    def advance(self) -> None:
+        for t in (self.pos, self.slot, self.lengths, self.col):
+            t.add_(1)
+
+    def save(self) -> list[Tensor]:
+        return [t.clone() for t in self._all()]
+
+    def restore(self, saved: list[Tensor]) -> None:
+        for t, s in zip(self._all(), saved):
+            t.copy_(s)
+
+    def _all(self) -> list[Tensor]:
+        return [self.tok, self.pos, self.slot, self.lengths, self.gap_lo, self.col]
+
+
+class StaticStep:
+    """The decode steps of a one-stage rank at static addresses (module docstring)."""
+
+    def __init__(self, ctx: RankContext, model: DecodeModel) -> None:
+        cfg, m, dev = ctx.cfg, ctx.cfg.model, ctx.device
+        self.ctx, self.model = ctx, model
+        self.context, self.rows = cfg.context, ctx.layout.micro_rows
+        self.capacity = model.cache[0][0].shape[2] if model.cache else 0
+        self.kernel = decode_kernels.choose(dev, ctx.dtype)
+        tab = rope_tables(torch.arange(cfg.context + cfg.generate, device=dev), m.head_dim,
+                          m.features, ctx.dtype)  # fmt: skip
+        self.cos, self.sin = tab.cos[:, 0], tab.sin[:, 0]  # [positions, head_dim // 2]
+        # The token buffer the graphs write (generate returns it; the next run overwrites it).
+        self.tokens = torch.zeros((len(ctx.layout.batch_rows), cfg.generate), device=dev,
+                                  dtype=torch.long)  # fmt: skip
+        r = self.rows
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.zeros(shape, device=dev, dtype=dtype)
+
+        self.states = [
+            StepState(zeros(r, 1), zeros(r), zeros(1), zeros(r, dtype=torch.int32), zeros(r),
+                      zeros(1))
+            for _ in range(cfg.microbatches)
+        ]
+        self.use_graphs = dev.type == "cuda"
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.mode = "cuda_graph" if self.use_graphs else "eager (static step)"
+
+    def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
+        """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
+        `positions` [r]; gap_lo [r]: the rows' prompt lengths when right-padded."""
+        st, rows = self.states[m], slice(m * self.rows, (m + 1) * self.rows)
+        self.tokens[rows, 0] = first
+        st.tok.copy_(first[:, None])
+        st.pos.copy_(positions)
+        st.slot.fill_(self.context)
+        st.lengths.fill_(self.context + 1)
+        if gap_lo is None:
+            st.gap_lo.fill_(self.context)
+        else:
+            st.gap_lo.copy_(gap_lo)
+        st.col.fill_(1)
+
+    def step(self, m: int, t: int) -> Tensor:
+        """Decode step t of microbatch m; returns the chosen tokens [r, 1] (the state's)."""
+        n_read = self._read_length(t)
+        if not self.use_graphs:
+            self._step(m, n_read)
+            return self.states[m].tok
+        key = (m, n_read)
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._capture(m, n_read)
+        graph.replay()
+        return self.states[m].tok
+
+    def pool_bytes(self) -> int | None:
+        """Bytes of the CUDA segments of the graphs' private pool (held for the whole run;
+        the allocator counts them as allocated only while a capture runs), None without
+        graphs or when torch's snapshot format is not the expected one."""
+        if self.pool is None:
+            return None
+        try:
+            segs = torch.cuda.memory_snapshot()
+            return sum(s["total_size"] for s in segs
+                       if tuple(s.get("segment_pool_id", ())) == tuple(self.pool))  # fmt: skip
+        except (KeyError, TypeError, RuntimeError):
+            return None
+
+    def _read_length(self, t: int) -> int:
+        """Cache slots the kernel reads at step t (slots 0 .. context + t - 1 are filled)."""
+        if self.kernel != "grouped_bmm":
+            return self.capacity  # the kernel stops at each row's length on the device
+        return min(self.capacity, -(-(self.context + t) // BUCKET) * BUCKET)
+
+    def _capture(self, m: int, n_read: int) -> torch.cuda.CUDAGraph:
+        """A graph of microbatch m's step: one eager run on a side stream first (lazy
+        initialisation, cuBLAS workspaces, kernel compilation stay out of the graph), then the
+        counters are put back and the step is captured (capturing runs nothing)."""
+        st = self.states[m]
+        saved = st.save()
+        side = torch.cuda.Stream(self.ctx.device)
+        side.wait_stream(torch.cuda.current_stream(self.ctx.device))
+        with torch.cuda.stream(side):
+            self._step(m, n_read)
+        torch.cuda.current_stream(self.ctx.device).wait_stream(side)
+        st.restore(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._step(m, n_read)
+        return graph
+
+    def _step(self, m: int, n_read: int) -> None:
+        """Embed, every layer over its cache, final norm, greedy token; advance the counters."""
+        model, st = self.model, self.states[m]
+        rows = slice(m * self.rows, (m + 1) * self.rows)
+        x = model.stage.lookup(st.tok)
+        rope = Rope(self.cos[st.pos][:, None, None], self.sin[st.pos][:, None, None])
+        for layer, attn, (k, v) in zip(model.layers, model.attns, model.cache):
+            x.add_(self._attention(attn, x, rope, k[rows], v[rows], st, n_read))
+            x.add_(layer.mlp(x))
+        assert model.stage.norm is not None
+        tok = model.next_tokens(model.stage.norm(x), False)
+        st.tok.copy_(tok[:, None])
+        self.tokens[rows].index_copy_(1, st.col, st.tok)
+        st.advance()
+
+    def _attention(self, attn: Attention, x: Tensor, rope: Rope, k_cache: Tensor,
+                   v_cache: Tensor, st: StepState, n_read: int) -> Tensor:
+        core = cast(LocalCore, attn.core)
+        q, k, v = attn.project(x, rope)
+        k_cache.index_copy_(2, st.slot, k)
+        v_cache.index_copy_(2, st.slot, v)
+        del k, v
+        args = (q[:, :, 0], k_cache, v_cache, st.lengths, st.gap_lo, self.context, core.scale)
+        if self.kernel == "grouped_bmm":
+            o = decode_kernels.grouped_attention(*args, n_read)
+        else:
+            o = decode_kernels.KERNELS[self.kernel](*args)
+        del q
+        return attn.output(o.reshape(o.shape[0], 1, -1))
