@@ -30,6 +30,7 @@ Kernels (`KERNELS`, picked by `choose`):
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -202,11 +203,19 @@ def _merge_body(
 _BUILT: dict[bool, tuple[Callable, Callable]] = {}
 
 
+def _interpreting() -> bool:
+    """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def _kernels() -> tuple[Callable, Callable]:
     """The jitted kernels, built on first use: triton.jit reads TRITON_INTERPRET when it wraps
     a function, so building late lets a test run them in Triton's interpreter on CPU tensors
     (TRITON_INTERPRET=1 set before the first call) without touching the process at import."""
-    interpret = bool(triton.knobs.runtime.interpret)
+    interpret = _interpreting()
     if interpret not in _BUILT:
         attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
         _BUILT[interpret] = (attn, triton.jit(_merge_body))
@@ -265,7 +274,7 @@ def flash_decode_triton(
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
         BLOCK_N=BLOCK_N, SPLITS=n_splits,
-        DOT_F32=q.dtype == torch.float32 or bool(triton.knobs.runtime.interpret),
+        DOT_F32=q.dtype == torch.float32 or _interpreting(),
     )
     merge[(b * heads,)](
         part, lse, out, part.stride(0), part.stride(1), part.stride(2),
