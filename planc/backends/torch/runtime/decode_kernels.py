@@ -1,27 +1,305 @@
-"""Placeholder of the decode attention kernels (the kernels branch replaces this file)."""
+"""Attention kernels for one decode step over a KV cache, safe to capture in a CUDA graph.
+
+Why a module of its own: the decode step is replayed as one CUDA graph while the lengths of the
+rows grow, so the attention must read every per-step quantity on the device (no `.item()`, no
+boolean indexing, no shape that depends on data) and launch the same kernels every replay.
+
+Semantics shared by every kernel here:
+
+- q: [b, heads, d], one new (already RoPE-rotated) query token per row; bf16, fp16 or fp32.
+- k_cache, v_cache: [b, kv_heads, capacity, d], possibly views (strided rows of a bigger
+  cache); the last dim is contiguous. heads = kv_heads * g (grouped-query attention, g >= 1);
+  query head h uses kv head h // g (Hugging Face's repeat_kv convention).
+- lengths: int32 or int64 tensor [b] on q's device: row i sees the slots j < lengths[i].
+- gap_lo: int tensor [b] and gap_hi: a Python int. The slots gap_lo[i] <= j < gap_hi are NOT
+  visible (right-padded prompts: the padding between a row's prompt end and the shared context
+  length). gap_lo[i] == gap_hi means no gap. gap_hi is baked into a captured graph.
+- scale: float (head_dim ** -0.5 usually).
+- Result: [b, heads, d] in q's dtype, softmax(q k^T * scale over the visible slots) v with
+  float32 scores, softmax and accumulation. Every row sees at least one slot.
+
+Kernels (`KERNELS`, picked by `choose`):
+
+- `grouped_attention` ("grouped_bmm"): plain torch over the slots [0, n_read) (n_read: the
+  caller's static bucket); the CPU path and the fallback.
+- `flash_decode_triton` ("triton_flash_decode"): flash-decoding in Triton, one program per
+  (row, kv head, split of the row's length), K/V read once per kv head, merged by
+  log-sum-exp in a second small kernel.
+"""
 
 from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
 
-def grouped_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor,
-                      gap_lo: Tensor, gap_hi: int, scale: float, n_read: int) -> Tensor:
+BLOCK_N = 64  # slots per tile of the Triton kernel
+MIN_G = 16  # tl.dot needs >= 16 rows: the g query heads of a kv head are padded up to this
+
+
+def available() -> bool:
+    """Whether the Triton kernel can run here (triton importable)."""
+    return triton is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Plain torch: the CPU path and the fallback
+
+
+def visible_slots(lengths: Tensor, gap_lo: Tensor, gap_hi: int, n: int) -> Tensor:
+    """[b, n] bool: which of the slots [0, n) each row sees, built on the device."""
+    j = torch.arange(n, device=lengths.device)
+    seen = j < lengths.unsqueeze(-1)
+    gap = (j >= gap_lo.unsqueeze(-1)) & (j < gap_hi)
+    return seen & ~gap
+
+
+def grouped_attention(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    lengths: Tensor,
+    gap_lo: Tensor,
+    gap_hi: int,
+    scale: float,
+    n_read: int,
+) -> Tensor:
+    """Attention over the slots [0, n_read) of the cache (n_read >= max(lengths), static).
+
+    GQA without repeating K/V: q is viewed as [b, kv, g, d] and multiplied with the [b, kv,
+    n_read, d] view of the cache, so each kv head is read once for its g query heads. Scores,
+    softmax and the weighted sum are float32 (K and V are upcast; for fp32 inputs K is not
+    copied). V is zeroed where invisible so that garbage, NaN included, in unwritten or padding
+    slots cannot leak through 0 * NaN (K needs nothing: its scores are masked to -inf).
+    """
     b, heads, d = q.shape
     kv = k_cache.shape[1]
-    k, v = k_cache[:, :, :n_read], v_cache[:, :, :n_read]
-    qg = q.view(b, kv, heads // kv, d)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
-    j = torch.arange(n_read, device=q.device)
-    seen = (j[None, :] < lengths[:, None]) & ~((j[None, :] >= gap_lo[:, None]) & (j < gap_hi))
-    scores.masked_fill_(~seen[:, None, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    return torch.matmul(probs, v).view(b, heads, d)
+    g = heads // kv
+    k = k_cache[:, :, :n_read]
+    v = v_cache[:, :, :n_read]
+    seen = visible_slots(lengths, gap_lo, gap_hi, n_read)[:, None, None, :]  # [b, 1, 1, n]
+    qg = q.reshape(b, kv, g, d).float()
+    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale  # [b, kv, g, n]
+    scores = scores.masked_fill(~seen, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    v32 = torch.where(seen.transpose(-1, -2), v.float(), 0.0)  # [b, kv, n, d] float32
+    out = torch.matmul(probs, v32)  # [b, kv, g, d]
+    return out.reshape(b, heads, d).to(q.dtype)
 
 
-KERNELS = {"grouped_bmm": grouped_attention}
+# --------------------------------------------------------------------------------------------
+# Triton flash-decoding
 
 
-def choose(device: torch.device, dtype: torch.dtype) -> str:
+def _attn_partials_body(
+    Q, K, V, LENGTHS, GAP_LO, gap_hi, OUT, LSE, scale,
+    sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_s, sl_b, sl_h,
+    KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
+    of the row's visible slots (out 0, lse -inf when the part is empty).
+
+    DOT_F32: tl.dot on float32 operands with exact ("ieee") products: for fp32 inputs (tf32
+    would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (triton 3.9:
+    numerically garbage); bf16/fp16 products are exact in float32, so this is the same sum as
+    the tensor cores' bf16 dot with float32 accumulation."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    row = pid // KV
+    kvh = pid % KV
+    length = tl.load(LENGTHS + row).to(tl.int32)
+    glo = tl.load(GAP_LO + row).to(tl.int32)
+    # this split's tiles: the row's tiles shared out evenly (from the length, on the device)
+    n_tiles = tl.cdiv(length, BLOCK_N)
+    per = tl.cdiv(n_tiles, SPLITS)
+    t_lo = split * per
+    t_hi = tl.minimum(t_lo + per, n_tiles)
+    # tiles wholly inside the gap [glo, gap_hi) are skipped: [s_lo, s_hi)
+    s_lo = tl.cdiv(glo, BLOCK_N)
+    s_hi = tl.maximum(gap_hi // BLOCK_N, s_lo)
+    n1 = tl.maximum(tl.minimum(t_hi, s_lo) - t_lo, 0)
+    t2 = tl.maximum(t_lo, s_hi)
+    n2 = tl.maximum(t_hi - t2, 0)
+
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    g_ok = offs_g < G
+    d_ok = offs_d < D
+    heads = kvh * G + offs_g
+    q_ptrs = Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + row * sk_b + kvh * sk_h
+    v_base = V + row * sv_b + kvh * sv_h
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
+    for i in range(n1 + n2):
+        t = tl.where(i < n1, t_lo + i, t2 + i - n1)
+        slots = t * BLOCK_N + offs_n
+        seen = (slots < length) & ((slots < glo) | (slots >= gap_hi))
+        kv_mask = seen[:, None] & d_ok[None, :]
+        k = tl.load(k_base + slots[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
+        if DOT_F32:
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(seen[None, :], s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + slots[:, None] * sv_n + offs_d[None, :], mask=kv_mask, other=0.0)
+        if DOT_F32:  # p rounded to V's dtype as on the tensor cores, then exact products
+            pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    has = l_i > 0.0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
+    o_ptrs = OUT + row * so_b + heads[:, None] * so_h + split * so_s + offs_d[None, :]
+    tl.store(o_ptrs, out, mask=g_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + row * sl_b + heads * sl_h + split, lse, mask=g_ok)
+
+
+def _merge_body(
+    PART, LSE, OUT, sp_b, sp_h, sp_s, sl_b, sl_h, so_b, so_h,
+    HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+):
+    """One program per (row, head): out = sum_s exp(lse_s - L) out_s, L = logsumexp(lse)."""
+    pid = tl.program_id(0)
+    row = pid // HEADS
+    h = pid % HEADS
+    offs_s = tl.arange(0, S_PAD)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_ok = offs_s < SPLITS
+    d_ok = offs_d < D
+    lse = tl.load(LSE + row * sl_b + h * sl_h + offs_s, mask=s_ok, other=float("-inf"))
+    top = tl.max(lse, 0)
+    w = tl.exp(lse - top)  # -inf parts weigh 0; every row sees a slot, so top is finite
+    part_ptrs = PART + row * sp_b + h * sp_h + offs_s[:, None] * sp_s + offs_d[None, :]
+    part = tl.load(part_ptrs, mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    out = tl.sum(part * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(OUT + row * so_b + h * so_h + offs_d, out.to(OUT.dtype.element_ty), mask=d_ok)
+
+
+_BUILT: dict[bool, tuple[Callable, Callable]] = {}
+
+
+def _interpreting() -> bool:
+    """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _kernels() -> tuple[Callable, Callable]:
+    """The jitted kernels, built on first use: triton.jit reads TRITON_INTERPRET when it wraps
+    a function, so building late lets a test run them in Triton's interpreter on CPU tensors
+    (TRITON_INTERPRET=1 set before the first call) without touching the process at import."""
+    interpret = _interpreting()
+    if interpret not in _BUILT:
+        attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
+        _BUILT[interpret] = (attn, triton.jit(_merge_body))
+    return _BUILT[interpret]
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the device (static); 4 off CUDA (the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_splits(capacity: int, programs: int, device: torch.device) -> int:
+    """Splits of the sequence from static information only: enough (row, kv head, split)
+    programs to give every SM two, no more splits than tiles of the capacity."""
+    want = math.ceil(2 * _sm_count(device) / max(programs, 1))
+    return max(1, min(want, math.ceil(capacity / BLOCK_N)))
+
+
+def flash_decode_triton(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    lengths: Tensor,
+    gap_lo: Tensor,
+    gap_hi: int,
+    scale: float,
+    splits: int | None = None,
+) -> Tensor:
+    """Flash-decoding (see the module docstring for the semantics).
+
+    Grid (b * kv_heads, splits): each program loads the g query heads of its kv head (padded
+    to MIN_G rows for tl.dot), walks BLOCK_N-slot tiles of its share of the row's length (the
+    share is computed on the device from lengths, tiles wholly in the gap are skipped, tiles
+    at or beyond the length are not read), online softmax in float32, and writes a partial
+    (out, lse). A second kernel merges the splits by log-sum-exp into q's dtype.
+    """
+    if triton is None:
+        raise RuntimeError("flash_decode_triton needs triton (pip install triton, or the "
+                           "torch CUDA wheel that brings it); use grouped_attention instead")
+    b, heads, d = q.shape
+    _, kv, capacity, _ = k_cache.shape
+    g = heads // kv
+    assert heads == kv * g and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert q.stride(-1) == 1
+    n_splits = splits or default_splits(capacity, b * kv, q.device)
+    block_d = triton.next_power_of_2(d)
+    part = torch.empty(b, heads, n_splits, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, heads, n_splits, dtype=torch.float32, device=q.device)
+    out = torch.empty(b, heads, d, dtype=q.dtype, device=q.device)
+    attn, merge = _kernels()
+    attn[(b * kv, n_splits)](
+        q, k_cache, v_cache, lengths, gap_lo, gap_hi, part, lse, scale,
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+        KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
+        BLOCK_N=BLOCK_N, SPLITS=n_splits,
+        DOT_F32=q.dtype == torch.float32 or _interpreting(),
+    )
+    merge[(b * heads,)](
+        part, lse, out, part.stride(0), part.stride(1), part.stride(2),
+        lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
+        HEADS=heads, D=d, BLOCK_D=block_d, SPLITS=n_splits,
+        S_PAD=triton.next_power_of_2(n_splits),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+KERNELS: dict[str, Callable[..., Tensor]] = {
+    "grouped_bmm": grouped_attention,
+    "triton_flash_decode": flash_decode_triton,
+}
+
+
+def choose(device: torch.device | str, dtype: torch.dtype) -> str:
+    """The kernel name for a device and dtype (recorded in the run's metrics): Triton's
+    flash-decoding on CUDA when triton imports, else the plain torch path. The two kernels take
+    different last arguments (n_read vs splits): the caller passes what its pick needs."""
+    del dtype  # every supported dtype (bf16, fp16, fp32) runs on both
+    if torch.device(device).type == "cuda" and available():
+        return "triton_flash_decode"
     return "grouped_bmm"

@@ -1,0 +1,192 @@
+"""decode_kernels: every kernel against a float64 reference written out directly (K/V repeated
+per query head, an explicit masked softmax), over grouped and plain heads, one and several rows
+of different lengths, with and without a right-padding gap, caches that are strided views whose
+capacity is not a multiple of the Triton block. The Triton kernel runs in Triton's interpreter
+on CPU tensors (TRITON_INTERPRET=1 set per test, read when the kernel is built), or on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+
+def _import_triton_for_the_interpreter() -> None:
+    """Triton jits its own standard library (tl.max, tl.cdiv, ...) when triton is imported,
+    in interpreter mode only if TRITON_INTERPRET is set then: without CUDA, import it here
+    with the variable set, and restore the environment at once (nothing else sees it)."""
+    if torch.cuda.is_available() or "triton" in sys.modules:
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with contextlib.suppress(ImportError):
+            importlib.import_module("triton.language")
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_import_triton_for_the_interpreter()
+
+from planc.backends.torch.runtime import decode_kernels as dk
+
+CAPACITY = 200  # not a multiple of dk.BLOCK_N (64); a gap below spans a whole tile
+
+
+def _case(b: int, gap: bool) -> tuple[list[int], list[int], int]:
+    """(lengths, gap_lo, gap_hi) for b rows (1 or 3). With a gap, the shared context is 140
+    slots and row 0's prompt ends at 20, so its gap [20, 140) covers the tile [64, 128)."""
+    if gap:
+        lengths, lo, hi = [150, 180, 170], [20, 140, 60], 140
+    else:
+        lengths, lo, hi = [150, 37, 183], [150, 37, 183], 0
+    if b == 1:
+        return lengths[:1], lo[:1] if gap else [0], hi
+    return lengths, lo if gap else [0, 0, 0], hi
+
+
+def _inputs(b: int, kv: int, g: int, d: int, dtype: torch.dtype, gap: bool, device: str = "cpu"):
+    """q [b, heads, d] and K/V caches that are views into a bigger cache (other rows, slots
+    before and after), with lengths/gap tensors; int64 lengths, int32 gap_lo."""
+    gen = torch.Generator().manual_seed(1000 * b + 100 * g + d + gap)
+    lengths, lo, hi = _case(b, gap)
+    big_k = torch.randn(b + 2, kv, CAPACITY + 24, d, generator=gen)
+    big_v = torch.randn(b + 2, kv, CAPACITY + 24, d, generator=gen)
+    k = big_k.to(device, dtype)[1:b + 1, :, 8:CAPACITY + 8]
+    v = big_v.to(device, dtype)[1:b + 1, :, 8:CAPACITY + 8]
+    q = torch.randn(b, kv * g, d, generator=gen).to(device, dtype)
+    lengths_t = torch.tensor(lengths, dtype=torch.int64, device=device)
+    lo_t = torch.tensor(lo, dtype=torch.int32, device=device)
+    return q, k, v, lengths_t, lo_t, hi
+
+
+def reference(q, k, v, lengths, gap_lo, gap_hi: int, scale: float) -> torch.Tensor:
+    """float64 attention with K/V repeated per query head and an explicit masked softmax."""
+    g = q.shape[1] // k.shape[1]
+    k64 = k.double().repeat_interleave(g, dim=1)
+    v64 = v.double().repeat_interleave(g, dim=1)
+    scores = torch.einsum("bhd,bhnd->bhn", q.double(), k64) * scale
+    j = torch.arange(k.shape[2], device=q.device)
+    seen = (j < lengths[:, None]) & ~((j >= gap_lo[:, None]) & (j < gap_hi))
+    scores = scores.masked_fill(~seen[:, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhn,bhnd->bhd", probs, v64)
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert out.dtype == dtype and out.shape == ref.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+SHAPES = [(b, g, gap, d) for b in (1, 3) for g in (1, 4) for gap in (False, True)
+          for d in (16, 64)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("b,g,gap,d", SHAPES)
+def test_grouped_attention_matches_reference(b, g, gap, d, dtype):
+    q, k, v, lengths, lo, hi = _inputs(b, 2, g, d, dtype, gap)
+    n_read = math.ceil(int(lengths.max()) / 8) * 8
+    assert n_read < CAPACITY
+    out = dk.grouped_attention(q, k, v, lengths, lo, hi, d ** -0.5, n_read)
+    _close(out, reference(q, k, v, lengths, lo, hi, d ** -0.5), dtype)
+
+
+def _poison(k: torch.Tensor, v: torch.Tensor, lengths, lo, hi: int, upto: int) -> None:
+    """NaN into every slot the rows must not see: invisible ones below `upto`, all at or
+    above it (in place, into the views)."""
+    j = torch.arange(k.shape[2], device=k.device)
+    lengths, lo = lengths.to(k.device), lo.to(k.device)
+    hidden = (j >= lengths[:, None]) | ((j >= lo[:, None]) & (j < hi)) | (j >= upto)
+    k.masked_fill_(hidden[:, None, :, None], float("nan"))
+    v.masked_fill_(hidden[:, None, :, None], float("nan"))
+
+
+@pytest.mark.parametrize("gap", [False, True])
+def test_grouped_attention_reads_nothing_it_must_not(gap):
+    q, k, v, lengths, lo, hi = _inputs(3, 2, 4, 16, torch.float32, gap)
+    n_read = int(lengths.max())
+    clean = dk.grouped_attention(q, k, v, lengths, lo, hi, 0.25, n_read)
+    k2, v2 = k.clone(), v.clone()
+    _poison(k2, v2, lengths, lo, hi, n_read)
+    k2[:, :, n_read:] = float("nan")
+    out = dk.grouped_attention(q, k2, v2, lengths, lo, hi, 0.25, n_read)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, clean)
+
+
+def test_visible_slots_is_the_length_minus_the_gap():
+    seen = dk.visible_slots(torch.tensor([5, 3]), torch.tensor([1, 3]), 3, 6)
+    assert seen.tolist() == [[True, False, False, True, True, False],
+                             [True, True, True, False, False, False]]
+
+
+def test_choose_and_the_registry():
+    assert dk.choose("cpu", torch.float32) == "grouped_bmm"
+    assert set(dk.KERNELS) == {"grouped_bmm", "triton_flash_decode"}
+    assert dk.KERNELS[dk.choose("cpu", torch.bfloat16)] is dk.grouped_attention
+    expected = "triton_flash_decode" if dk.available() else "grouped_bmm"
+    assert dk.choose("cuda", torch.bfloat16) == expected
+
+
+def test_flash_decode_without_triton_says_why(monkeypatch):
+    monkeypatch.setattr(dk, "triton", None)
+    assert not dk.available()
+    q, k, v, lengths, lo, hi = _inputs(1, 1, 1, 16, torch.float32, False)
+    with pytest.raises(RuntimeError, match="needs triton"):
+        dk.flash_decode_triton(q, k, v, lengths, lo, hi, 0.25)
+
+
+def test_default_splits_fill_the_device_within_the_tiles():
+    cpu = torch.device("cpu")  # 4 "SMs" off CUDA
+    assert dk.default_splits(2080, 8, cpu) == 1
+    assert dk.default_splits(2080, 1, cpu) == 8
+    assert dk.default_splits(100, 1, cpu) == 2  # no more splits than tiles
+
+
+@pytest.fixture
+def triton_device(monkeypatch) -> str:
+    """Where the Triton kernel runs: CUDA, else the interpreter on CPU (env var scoped to the
+    test; the kernels are built on first use under each mode)."""
+    if not dk.available():
+        pytest.skip("triton is not installed")
+    if torch.cuda.is_available():
+        return "cuda"
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(dk.triton.language.standard.cdiv, InterpretedFunction):
+        pytest.skip("no CUDA, and triton was imported before this module outside interpreter "
+                    "mode (its standard library is not interpretable then)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return "cpu"
+
+
+TRITON_SHAPES = [(1, 1, False, 16, None), (3, 4, True, 16, 3), (3, 1, True, 64, None),
+                 (1, 4, True, 64, 2), (3, 4, False, 64, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("b,g,gap,d,splits", TRITON_SHAPES)
+def test_flash_decode_triton_matches_reference(triton_device, b, g, gap, d, splits, dtype):
+    q, k, v, lengths, lo, hi = _inputs(b, 2, g, d, dtype, gap, triton_device)
+    out = dk.flash_decode_triton(q, k, v, lengths, lo, hi, d ** -0.5, splits)
+    _close(out.cpu(), reference(q, k, v, lengths, lo, hi, d ** -0.5).cpu(), dtype)
+
+
+@pytest.mark.parametrize("splits", [None, 4])
+def test_flash_decode_triton_reads_nothing_it_must_not(triton_device, splits):
+    q, k, v, lengths, lo, hi = _inputs(3, 2, 4, 16, torch.float32, True, triton_device)
+    clean = dk.flash_decode_triton(q, k, v, lengths, lo, hi, 0.25, splits)
+    k2, v2 = k.clone(), v.clone()
+    _poison(k2, v2, lengths, lo, hi, CAPACITY)
+    out = dk.flash_decode_triton(q, k2, v2, lengths, lo, hi, 0.25, splits)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, clean)
