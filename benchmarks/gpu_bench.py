@@ -62,7 +62,10 @@ def checkpoint_for(plan, cache: dict, workdir: Path) -> str:  # type: ignore[no-
     cfg = to_run_config(plan, lower(plan), dtype="bfloat16")
     # everything the checkpoint depends on, not the model alone: a decode plan needs the
     # lm_head that a prefill plan's checkpoint of the same model lacks
-    key = checkpoint_key(cfg)
+    key = repr(checkpoint_key(cfg))  # a string: the index is JSON
+    index = workdir / "checkpoints.json"  # a later gpu_bench on the same workdir reuses them
+    if not cache and index.exists():
+        cache.update(json.loads(index.read_text()))
     if key not in cache:
         path = workdir / f"ckpt{len(cache)}"
         path.mkdir(parents=True, exist_ok=True)
@@ -70,11 +73,12 @@ def checkpoint_for(plan, cache: dict, workdir: Path) -> str:  # type: ignore[no-
         save_random_checkpoint(cfg, path)
         print(f"checkpoint for {plan.model.name}: {time.time() - t:.1f} s", file=sys.stderr)
         cache[key] = str(path)
+        index.write_text(json.dumps(cache))
     return cache[key]
 
 
 def run_plan(path: Path, plan, weights: str, repeats: int, warmup: int, timeout: int,  # type: ignore[no-untyped-def]
-             reference: bool = False) -> dict:
+             reference: bool = False, dtype: str | None = None) -> dict:
     env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1",
                NVSHMEM_DISABLE_NVLS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "planc", "run", str(path), "--plan", plan.name, "--device",
@@ -82,6 +86,8 @@ def run_plan(path: Path, plan, weights: str, repeats: int, warmup: int, timeout:
            "--repeats", str(repeats), "--warmup", str(warmup), "--timeout", str(timeout)]
     if not reference:
         cmd.insert(cmd.index("--weights"), "--no-reference")
+    if dtype is not None:
+        cmd += ["--dtype", dtype]
     t = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout + 60)
     wall = time.time() - t
@@ -149,6 +155,17 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
     return rec
 
 
+def reference_check(path: Path, plan, weights: str, timeout: int) -> dict:  # type: ignore[no-untyped-def]
+    """One float32 run with the reference on: its verdict and how its decode steps ran."""
+    m = run_plan(path, plan, weights, 1, 0, timeout, reference=True, dtype="float32")
+    if "error" in m:
+        return {"ok": False, "dtype": "float32", "error": m["error"][-1500:]}
+    verdict = m.get("reference") or {}
+    return {"ok": verdict.get("ok"), "dtype": "float32", "verdict": verdict,
+            "decode_step": m.get("decode_step"), "decode_attention": m.get("decode_attention"),
+            "max_rel_error": m.get("max_rel_error")}
+
+
 def machine() -> dict:
     info = {"host": platform.node(), "python": platform.python_version(),
             "date": date.today().isoformat()}
@@ -175,8 +192,10 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/planc-bench")
     ap.add_argument("--dry-run", action="store_true", help="predictions only, run nothing")
     ap.add_argument("--reference", nargs="*", default=[], metavar="PLAN_FILE",
-                    help="these plan files also run the reference check (a run that differs "
-                         "from Hugging Face exits 1 and is recorded as an error)")
+                    help="after their timed run, these plan files run once more in float32 "
+                         "with the reference check on (decode accepts no token difference, so "
+                         "a 16-bit run's near-ties are no evidence: docs/strategies.md); the "
+                         "record's reference_check holds the verdict")
     a = ap.parse_args()
     cache: dict = {}
     records = []
@@ -187,9 +206,10 @@ def main() -> None:
                 records.append(record(path, plan, {"error": "dry run"}))
                 continue
             weights = checkpoint_for(plan, cache, Path(a.workdir))
-            ref = path.name in {Path(r).name for r in a.reference}
-            metrics = run_plan(path, plan, weights, a.repeats, a.warmup, a.timeout, ref)
+            metrics = run_plan(path, plan, weights, a.repeats, a.warmup, a.timeout)
             rec = record(path, plan, metrics)
+            if path.name in {Path(r).name for r in a.reference}:
+                rec["reference_check"] = reference_check(path, plan, weights, a.timeout)
             records.append(rec)
             print(json.dumps({k: rec.get(k) for k in ("plan", "tokens_per_s", "measured_time_s",
                                                        "predicted_time_s", "peak_error",

@@ -33,6 +33,7 @@ below is a few bytes per row.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -118,6 +119,12 @@ class StaticStep:
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.mode = "cuda_graph" if self.use_graphs else "eager (static step)"
+        # The step's body, or torch.compile of it (PLANC_DECODE_COMPILE=1, a measurement
+        # switch for now: benchmarks/results say whether it pays), captured all the same.
+        self._body = self._step
+        if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE") == "1":
+            self._body = torch.compile(self._step, dynamic=False, fullgraph=False)
+            self.mode = "cuda_graph+compile"
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
@@ -175,12 +182,20 @@ class StaticStep:
         side = torch.cuda.Stream(self.ctx.device)
         side.wait_stream(torch.cuda.current_stream(self.ctx.device))
         with torch.cuda.stream(side):
-            self._step(m, n_read)
+            try:
+                self._body(m, n_read)
+            except Exception as e:  # torch.compile fails with many exception types
+                if self._body == self._step:
+                    raise
+                self.mode = f"cuda_graph (torch.compile failed: {type(e).__name__}: {e})"[:300]
+                self._body = self._step
+                st.restore(saved)
+                self._body(m, n_read)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         st.restore(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self._step(m, n_read)
+            self._body(m, n_read)
         return graph
 
     def _step(self, m: int, n_read: int) -> None:
