@@ -32,6 +32,7 @@ from planc.compiler.splits import (
     Degrees,
     attention_mode,
     link_of,
+    local_dims,
     microbatches,
     plan_moe_mode,
     plan_stages,
@@ -104,29 +105,6 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
         add(p + "mlp.experts.down_proj", [m.experts, h, m.ffn], [e_l, h, f_l],
             {"0": ex_axes, "2": ffn_axes}, mfmt)
     return out
-
-
-def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
-    m, w = plan.model, plan.workload
-    assert w.batch is not None and w.seq is not None
-    b_local = cdiv(w.batch, deg.batch)
-    mb = cdiv(b_local, microbatches(plan))
-    s_l = cdiv(w.seq, deg.seq)
-    mode = attention_mode(plan)
-    kv_len = s_l if mode == "ring" else w.seq
-    routed = 0
-    if m.experts:
-        # all-to-all mode: every device sends its tokens' top_k copies out and, balanced,
-        # receives as many; replicated mode (experts on the tp axis): the group's tokens are
-        # the same on every device and each device takes its experts' share.
-        routed = (mb * s_l * m.top_k if plan_moe_mode(plan) == "all_to_all"
-                  else cdiv(mb * s_l * m.top_k, deg.experts))
-    return LocalDims(routed=routed, experts_total=m.experts, moe_mode=plan_moe_mode(plan),
-                     tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
-                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
-                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
-                     elem=m.dtype_bytes)
 
 
 @dataclass(frozen=True)
@@ -207,7 +185,7 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
         return decode.decode_rows(plan, memory_by_class(prompt),
                                   {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
-    ld = local_dims(plan, deg)
+    ld = local_dims(plan)
     ops, bufs = layer_program(ld, attention_mode(plan), deg.seq, deg.head_dim)
     peak = peak_live(bufs, len(ops))
     layer_w = sum(s.bytes for s in layer_shards(plan, deg))
@@ -231,7 +209,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                 devices_per_node=plan.cluster.per_node)
     stages = plan_stages(plan)
     nmb = microbatches(plan)
-    ld = local_dims(plan, deg)
+    ld = local_dims(plan)
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
