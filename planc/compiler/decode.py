@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler import vocab
+from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.splits import Degrees, kv_length, link_of, local_dims
+from planc.compiler.splits import Degrees, kv_length, local_dims
 from planc.cost.memory import layer_program, peak_live, with_peak
+from planc.layout import strategies
 from planc.layout.slices import cdiv
 
 
@@ -82,7 +84,7 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
     nmb = graph.microbatches
     prompt_tokens = local_dims(prompt_plan(plan)).tokens  # what the prefill collectives carry
     classes = []
-    last = graph.classes[-1].id
+    first_id, last = graph.classes[0].id, graph.classes[-1].id
     rows = decode_rows(plan, {c.id: c.memory for c in graph.classes},
                        {c.id: c.layers[1] - c.layers[0] for c in graph.classes}, last)
     for c in graph.classes:
@@ -106,28 +108,14 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
             ops.append(Op(name="decode_lm_head", flops=2 * d.tokens * h * rows_l,
                           bytes=(rows_l * h + d.tokens * h) * e + d.tokens * rows_l * 4,
                           calls=nmb * steps))
-        for col in c.collectives:  # the same groups and calls per step, one step's payload
-            colls.append(Collective(
-                op=col.op, axes=col.axes, group_size=col.group_size,
-                bytes=max(1, col.bytes * d.tokens // max(1, prompt_tokens)),
-                calls=col.calls * steps, after=f"decode:{col.after}", link=col.link))
-        if plan.degree("seq") > 1:
-            colls = [x for x in colls if not (x.after.startswith("decode:") and
-                                              x.op in ("ring_pass", "all_gather"))]
-            seq_axes = list(plan.axes_of("seq"))
-            colls.append(Collective(op="all_gather", axes=seq_axes,
-                                    group_size=plan.degree("seq"),
-                                    bytes=d.tokens * d.heads * (d.head_dim + 1) * 4,
-                                    calls=n * nmb * steps, after="decode:flash_decode_merge",
-                                    link=colls[0].link if colls else "intra"))
-        vocab_axes = list(plan.axes_of("vocab"))
-        if c.id == last and m.vocab and plan.degree("vocab") > 1:
-            # Greedy over a split vocabulary: each part's (max logit, its token) per row,
-            # all-gathered as float64 pairs instead of the logits (runtime/vocab_parallel.py)
-            colls.append(Collective(op="all_gather", axes=vocab_axes,
-                                    group_size=plan.degree("vocab"), bytes=d.tokens * 2 * 8,
-                                    calls=nmb * steps, after="decode:lm_head",
-                                    link=link_of(plan, vocab_axes)))  # type: ignore[arg-type]
+        # a step repeats the prefill's collectives with one step's payload (the same groups,
+        # calls per step), but those its records leave to a step's own (strategies.Comm)
+        colls += [Collective(op=col.op, axes=col.axes, group_size=col.group_size,
+                             bytes=max(1, col.bytes * d.tokens // max(1, prompt_tokens)),
+                             calls=col.calls * steps, after=f"decode:{col.after}", link=col.link)
+                  for col in c.collectives if strategies.step_copy(col.op, col.after)]
+        colls += stage_collectives(plan, d, stage_facts(plan, c.id == first_id, c.id == last),
+                                   n * nmb * steps, nmb * steps, phase="step")
         resident = c.cache_resident
         if resident:
             # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache

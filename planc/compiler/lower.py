@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from planc.compiler import vocab
 from planc.compiler.check_structure import axis_roles
+from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import (
     Axis,
     Buffer,
-    Collective,
     DeviceClass,
     Mesh,
     Op,
@@ -31,10 +31,8 @@ from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import (
     Degrees,
     attention_mode,
-    link_of,
     local_dims,
     microbatches,
-    plan_moe_mode,
     plan_stages,
     zigzag,
 )
@@ -217,8 +215,6 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)
     pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None
-    attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
-    ffn_axes = list(plan.axes_of("ffn"))
     classes: list[DeviceClass] = []
     graph_stages: list[Stage] = []
     for si, (first, last) in enumerate(stages):
@@ -244,42 +240,8 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         buffers += [Buffer(name=b.name, role="activation", bytes=b.bytes,
                            live=(b.first, min(b.last, n_ops - 1)), per_layer=True)
                     for b in bufs_spec]
-        collectives: list[Collective] = []
-
-        def coll(op: str, axes: list[str], nbytes: int, ncalls: int, after: str) -> None:
-            size = 1
-            for a in axes:
-                size *= plan.axis_size(a)
-            if size > 1 and ncalls > 0:
-                collectives.append(Collective(op=op, axes=axes, group_size=size, bytes=nbytes,  # type: ignore[arg-type]
-                                              calls=ncalls, after=after,
-                                              link=link_of(plan, axes)))  # type: ignore[arg-type]
-
-        if embed is not None:  # vocab-parallel lookup: each row found on one part, summed
-            coll("all_reduce", list(plan.axes_of("vocab")), T * h * e, nmb, "embed_tokens")
-        coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
-        if deg.head_dim > 1:
-            coll("all_reduce", list(plan.axes_of("head_dim")),
-                 ld.mb * ld.heads * ld.seq_q * ld.seq_kv * 4, calls, "attention_scores")
-        if mode == "ring":
-            coll("ring_pass", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls * (deg.seq - 1), "k_proj")
-        elif mode == "gather":
-            coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls, "k_proj")
-        if plan_moe_mode(plan) == "all_to_all":
-            ex_axes = list(plan.axes_of("experts"))
-            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
-            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")
-            coll("all_reduce", ffn_axes, ld.routed * h * e, calls, "experts")
-        elif m.experts:
-            ex_axes = sorted(set(plan.axes_of("experts")) | set(ffn_axes))
-            coll("all_reduce", [a for a, _ in plan.mesh if a in ex_axes], T * h * e, calls,
-                 "weighted_sum")
-        else:
-            coll("all_reduce", ffn_axes, T * h * e, calls, "down_proj")
-        if pp_axis is not None and not is_last:
-            coll("send_recv", [pp_axis], T * h * e, nmb, "stage_output")
+        collectives = stage_collectives(plan, ld, stage_facts(plan, is_first, is_last),
+                                        calls, nmb)
         ops = [Op(name=o.name, flops=o.flops, bytes=o.hbm_bytes, calls=calls) for o in ops_spec]
         if is_last:
             ops.append(Op(name="final_norm", flops=4 * T * h, bytes=2 * T * h * e, calls=nmb))
