@@ -24,11 +24,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planc.compiler import vocab
+from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.splits import Degrees, link_of, microbatches, plan_moe_mode
-from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
-from planc.layout.schedule import cache_capacity
+from planc.compiler.splits import Degrees, kv_length, local_dims
+from planc.cost.memory import layer_program, peak_live, with_peak
+from planc.layout import strategies
 from planc.layout.slices import cdiv
 
 
@@ -38,39 +39,15 @@ def prompt_plan(plan: PlanSpec) -> PlanSpec:
     return replace(plan, workload=replace(w, phase="prefill", seq=w.context))
 
 
-def kv_length(plan: PlanSpec) -> int:
-    """Cache positions per sequence on one rank: context + generate, split over seq axes."""
-    w = plan.workload
-    return cache_capacity(w.context, w.generate, plan.degree("seq"))
-
-
-def decode_dims(plan: PlanSpec) -> LocalDims:
-    m, w = plan.model, plan.workload
-    deg = Degrees.of(plan)
-    assert w.batch is not None
-    b_local = cdiv(w.batch, deg.batch)
-    mb = cdiv(b_local, microbatches(plan))
-    routed = 0
-    if m.experts:
-        routed = (mb * m.top_k if plan_moe_mode(plan) == "all_to_all"
-                  else cdiv(mb * m.top_k, deg.experts))
-    return LocalDims(tokens=mb, mb=mb, seq_q=1, seq_kv=kv_length(plan), hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
-                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
-                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
-                     elem=m.dtype_bytes, routed=routed, experts_total=m.experts,
-                     moe_mode=plan_moe_mode(plan))
-
-
 def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
     """K and V for every cached position of the rank's sequences, for its stage's layers."""
-    d = decode_dims(plan)
+    d = local_dims(plan, "step")
     b_local = cdiv(plan.workload.batch or 0, Degrees.of(plan).batch)
     return n_layers * 2 * b_local * kv_length(plan) * d.kv_heads * d.head_dim * d.elem
 
 
 def step_program(plan: PlanSpec):  # type: ignore[no-untyped-def]
-    d = decode_dims(plan)
+    d = local_dims(plan, "step")
     mode = "flash_decode" if plan.degree("seq") > 1 else "local"
     return d, *layer_program(d, mode, plan.degree("seq"), plan.degree("head_dim"))
 
@@ -105,8 +82,9 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
     e, h = m.dtype_bytes, m.hidden
     steps = max(0, w.generate - 1)
     nmb = graph.microbatches
+    prompt_tokens = local_dims(prompt_plan(plan)).tokens  # what the prefill collectives carry
     classes = []
-    last = graph.classes[-1].id
+    first_id, last = graph.classes[0].id, graph.classes[-1].id
     rows = decode_rows(plan, {c.id: c.memory for c in graph.classes},
                        {c.id: c.layers[1] - c.layers[0] for c in graph.classes}, last)
     for c in graph.classes:
@@ -130,28 +108,14 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
             ops.append(Op(name="decode_lm_head", flops=2 * d.tokens * h * rows_l,
                           bytes=(rows_l * h + d.tokens * h) * e + d.tokens * rows_l * 4,
                           calls=nmb * steps))
-        for col in c.collectives:  # the same groups and calls per step, one step's payload
-            colls.append(Collective(
-                op=col.op, axes=col.axes, group_size=col.group_size,
-                bytes=max(1, col.bytes * d.tokens // max(1, _tokens_of(graph, plan))),
-                calls=col.calls * steps, after=f"decode:{col.after}", link=col.link))
-        if plan.degree("seq") > 1:
-            colls = [x for x in colls if not (x.after.startswith("decode:") and
-                                              x.op in ("ring_pass", "all_gather"))]
-            seq_axes = list(plan.axes_of("seq"))
-            colls.append(Collective(op="all_gather", axes=seq_axes,
-                                    group_size=plan.degree("seq"),
-                                    bytes=d.tokens * d.heads * (d.head_dim + 1) * 4,
-                                    calls=n * nmb * steps, after="decode:flash_decode_merge",
-                                    link=colls[0].link if colls else "intra"))
-        vocab_axes = list(plan.axes_of("vocab"))
-        if c.id == last and m.vocab and plan.degree("vocab") > 1:
-            # Greedy over a split vocabulary: each part's (max logit, its token) per row,
-            # all-gathered as float64 pairs instead of the logits (runtime/vocab_parallel.py)
-            colls.append(Collective(op="all_gather", axes=vocab_axes,
-                                    group_size=plan.degree("vocab"), bytes=d.tokens * 2 * 8,
-                                    calls=nmb * steps, after="decode:lm_head",
-                                    link=link_of(plan, vocab_axes)))  # type: ignore[arg-type]
+        # a step repeats the prefill's collectives with one step's payload (the same groups,
+        # calls per step), but those its records leave to a step's own (strategies.Comm)
+        colls += [Collective(op=col.op, axes=col.axes, group_size=col.group_size,
+                             bytes=max(1, col.bytes * d.tokens // max(1, prompt_tokens)),
+                             calls=col.calls * steps, after=f"decode:{col.after}", link=col.link)
+                  for col in c.collectives if strategies.step_copy(col.op, col.after)]
+        colls += stage_collectives(plan, d, stage_facts(plan, c.id == first_id, c.id == last),
+                                   n * nmb * steps, nmb * steps, phase="step")
         resident = c.cache_resident
         if resident:
             # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache
@@ -168,13 +132,3 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
     return graph.model_copy(update={"classes": classes, "phase": "decode",
                                     "context": w.context, "generate": w.generate})
 
-
-def _tokens_of(graph: PlacementGraph, plan: PlanSpec) -> int:
-    """Tokens of one prefill microbatch on one rank (what the prefill collectives carry)."""
-    deg = Degrees.of(plan)
-    b_local = cdiv(graph.batch, deg.batch)
-    return cdiv(b_local, graph.microbatches) * _seq_local(plan)
-
-
-def _seq_local(plan: PlanSpec) -> int:
-    return cdiv(plan.workload.context, plan.degree("seq"))

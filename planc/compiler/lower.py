@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from planc.compiler import vocab
 from planc.compiler.check_structure import axis_roles
+from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import (
     Axis,
     Buffer,
-    Collective,
     DeviceClass,
     Mesh,
     Op,
@@ -31,9 +31,8 @@ from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import (
     Degrees,
     attention_mode,
-    link_of,
+    local_dims,
     microbatches,
-    plan_moe_mode,
     plan_stages,
     zigzag,
 )
@@ -104,29 +103,6 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
         add(p + "mlp.experts.down_proj", [m.experts, h, m.ffn], [e_l, h, f_l],
             {"0": ex_axes, "2": ffn_axes}, mfmt)
     return out
-
-
-def local_dims(plan: PlanSpec, deg: Degrees) -> LocalDims:
-    m, w = plan.model, plan.workload
-    assert w.batch is not None and w.seq is not None
-    b_local = cdiv(w.batch, deg.batch)
-    mb = cdiv(b_local, microbatches(plan))
-    s_l = cdiv(w.seq, deg.seq)
-    mode = attention_mode(plan)
-    kv_len = s_l if mode == "ring" else w.seq
-    routed = 0
-    if m.experts:
-        # all-to-all mode: every device sends its tokens' top_k copies out and, balanced,
-        # receives as many; replicated mode (experts on the tp axis): the group's tokens are
-        # the same on every device and each device takes its experts' share.
-        routed = (mb * s_l * m.top_k if plan_moe_mode(plan) == "all_to_all"
-                  else cdiv(mb * s_l * m.top_k, deg.experts))
-    return LocalDims(routed=routed, experts_total=m.experts, moe_mode=plan_moe_mode(plan),
-                     tokens=mb * s_l, mb=mb, seq_q=s_l, seq_kv=kv_len, hidden=m.hidden,
-                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
-                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
-                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
-                     elem=m.dtype_bytes)
 
 
 @dataclass(frozen=True)
@@ -207,7 +183,7 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
         return decode.decode_rows(plan, memory_by_class(prompt),
                                   {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
-    ld = local_dims(plan, deg)
+    ld = local_dims(plan)
     ops, bufs = layer_program(ld, attention_mode(plan), deg.seq, deg.head_dim)
     peak = peak_live(bufs, len(ops))
     layer_w = sum(s.bytes for s in layer_shards(plan, deg))
@@ -231,7 +207,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                 devices_per_node=plan.cluster.per_node)
     stages = plan_stages(plan)
     nmb = microbatches(plan)
-    ld = local_dims(plan, deg)
+    ld = local_dims(plan)
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
@@ -239,8 +215,6 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)
     pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None
-    attn_axes = list(plan.axes_of("heads")) + list(plan.axes_of("head_dim"))
-    ffn_axes = list(plan.axes_of("ffn"))
     classes: list[DeviceClass] = []
     graph_stages: list[Stage] = []
     for si, (first, last) in enumerate(stages):
@@ -266,42 +240,8 @@ def lower(plan: PlanSpec) -> PlacementGraph:
         buffers += [Buffer(name=b.name, role="activation", bytes=b.bytes,
                            live=(b.first, min(b.last, n_ops - 1)), per_layer=True)
                     for b in bufs_spec]
-        collectives: list[Collective] = []
-
-        def coll(op: str, axes: list[str], nbytes: int, ncalls: int, after: str) -> None:
-            size = 1
-            for a in axes:
-                size *= plan.axis_size(a)
-            if size > 1 and ncalls > 0:
-                collectives.append(Collective(op=op, axes=axes, group_size=size, bytes=nbytes,  # type: ignore[arg-type]
-                                              calls=ncalls, after=after,
-                                              link=link_of(plan, axes)))  # type: ignore[arg-type]
-
-        if embed is not None:  # vocab-parallel lookup: each row found on one part, summed
-            coll("all_reduce", list(plan.axes_of("vocab")), T * h * e, nmb, "embed_tokens")
-        coll("all_reduce", attn_axes, T * h * e, calls, "o_proj")
-        if deg.head_dim > 1:
-            coll("all_reduce", list(plan.axes_of("head_dim")),
-                 ld.mb * ld.heads * ld.seq_q * ld.seq_kv * 4, calls, "attention_scores")
-        if mode == "ring":
-            coll("ring_pass", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls * (deg.seq - 1), "k_proj")
-        elif mode == "gather":
-            coll("all_gather", list(plan.axes_of("seq")), 2 * T * ld.kv_heads * ld.head_dim * e,
-                 calls, "k_proj")
-        if plan_moe_mode(plan) == "all_to_all":
-            ex_axes = list(plan.axes_of("experts"))
-            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "router")
-            coll("all_to_all", ex_axes, T * m.top_k * h * e, calls, "experts")
-            coll("all_reduce", ffn_axes, ld.routed * h * e, calls, "experts")
-        elif m.experts:
-            ex_axes = sorted(set(plan.axes_of("experts")) | set(ffn_axes))
-            coll("all_reduce", [a for a, _ in plan.mesh if a in ex_axes], T * h * e, calls,
-                 "weighted_sum")
-        else:
-            coll("all_reduce", ffn_axes, T * h * e, calls, "down_proj")
-        if pp_axis is not None and not is_last:
-            coll("send_recv", [pp_axis], T * h * e, nmb, "stage_output")
+        collectives = stage_collectives(plan, ld, stage_facts(plan, is_first, is_last),
+                                        calls, nmb)
         ops = [Op(name=o.name, flops=o.flops, bytes=o.hbm_bytes, calls=calls) for o in ops_spec]
         if is_last:
             ops.append(Op(name="final_norm", flops=4 * T * h, bytes=2 * T * h * e, calls=nmb))

@@ -1,5 +1,6 @@
 """What a checked plan's shard lines mean, before any bytes are counted: the degree of every
-model dimension, the pipeline stages, microbatches, the sequence attention, the MoE mode.
+model dimension, the pipeline stages, microbatches, the sequence attention, the MoE mode, and
+the sizes one device's layer works on (local_dims, for a prefill and for a decode step).
 
 lower and decode both read these; the arithmetic behind them is planc/layout's.
 """
@@ -7,12 +8,19 @@ lower and decode both read these; the arithmetic behind them is planc/layout's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from planc.compiler.spec import PlanSpec
+from planc.cost.memory import LocalDims
 from planc.layout.mesh import group as mesh_group
 from planc.layout.moe import MoeMode, moe_mode
-from planc.layout.slices import SliceKind, pieces_per_part, slice_kind
+from planc.layout.schedule import cache_capacity
+from planc.layout.slices import SliceKind, cdiv, pieces_per_part, slice_kind
 from planc.layout.stages import even_stages
+
+# What a layer's forward runs on: a prefill's prompt (the local sequence), or one decode step
+# (one query token per sequence, attending to the cache).
+Phase = Literal["prefill", "step"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +98,43 @@ def plan_moe_mode(plan: PlanSpec) -> MoeMode:
         return "local"
     return moe_mode(plan.axes_of("experts"), plan.axes_of("ffn"),
                     plan.axes_of("batch") + plan.axes_of("seq"))
+
+
+def kv_length(plan: PlanSpec) -> int:
+    """Cache positions per sequence on one rank: context + generate, split over seq axes."""
+    w = plan.workload
+    return cache_capacity(w.context, w.generate, plan.degree("seq"))
+
+
+def local_dims(plan: PlanSpec, phase: Phase = "prefill") -> LocalDims:
+    """The sizes one device's layer works on, for one microbatch.
+
+    prefill: the plan's `seq` tokens split over the sequence axes; keys are the local block
+    under ring attention, the whole sequence otherwise. step (a decode plan): one query token
+    per sequence, attending to the rank's cache (kv_length). Either way the MoE rows: with
+    all_to_all every device sends its tokens' top_k copies out and, balanced, receives as many;
+    replicated (experts on the tp axis): the group's tokens are the same on every device and
+    each device takes its experts' share.
+    """
+    m, w = plan.model, plan.workload
+    deg = Degrees.of(plan)
+    assert w.batch is not None
+    mb = cdiv(cdiv(w.batch, deg.batch), microbatches(plan))
+    if phase == "step":
+        seq_q, seq_kv = 1, kv_length(plan)
+    else:
+        assert w.seq is not None
+        seq_q = cdiv(w.seq, deg.seq)
+        seq_kv = seq_q if attention_mode(plan) == "ring" else w.seq
+    tokens = mb * seq_q
+    mode = plan_moe_mode(plan)
+    routed = 0
+    if m.experts:
+        routed = (tokens * m.top_k if mode == "all_to_all"
+                  else cdiv(tokens * m.top_k, deg.experts))
+    return LocalDims(routed=routed, experts_total=m.experts, moe_mode=mode,
+                     tokens=tokens, mb=mb, seq_q=seq_q, seq_kv=seq_kv, hidden=m.hidden,
+                     heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
+                     head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),
+                     experts=cdiv(m.experts, deg.experts) if m.experts else 0, top_k=m.top_k,
+                     elem=m.dtype_bytes)

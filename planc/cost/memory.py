@@ -7,6 +7,7 @@ prediction of `torch.cuda.max_memory_allocated`, to be judged against measuremen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from planc.layout.moe import MoeMode
@@ -42,6 +43,27 @@ class LocalDims:
     routed: int = 0  # token-expert pairs this device's experts process (balanced routing)
     moe_mode: MoeMode = "all_to_all"  # planc/layout/moe.py
     experts_total: int = 0  # experts of the model (router width)
+
+
+# The bytes of one call of a collective, by the `size` a strategy record's collective names
+# (planc/layout/strategies.py Comm), from the sizes of the layer it runs in (a prefill's, or a
+# decode step's for a step's own collectives).
+MESSAGE_BYTES: dict[str, Callable[[LocalDims], int]] = {
+    # the residual stream [T, hidden]: o_proj's and down_proj's partial sums, a stage's output
+    "residual": lambda d: d.tokens * d.hidden * d.elem,
+    # float32 partial scores of the local heads over head_dim slices
+    "scores": lambda d: d.mb * d.heads * d.seq_q * d.seq_kv * 4,
+    # K and V of the local block [T, kv_heads x head_dim] each
+    "kv": lambda d: 2 * d.tokens * d.kv_heads * d.head_dim * d.elem,
+    # every token's top_k copies of its hidden state, sent to (and back from) their experts
+    "routed_copies": lambda d: d.tokens * d.top_k * d.hidden * d.elem,
+    # the rows this device's experts process (balanced routing)
+    "routed_rows": lambda d: d.routed * d.hidden * d.elem,
+    # flash-decoding: each rank's partial output and log-sum-exp per local head, float32
+    "partials": lambda d: d.tokens * d.heads * (d.head_dim + 1) * 4,
+    # a greedy token over a split vocabulary: (max logit, its token) per row as float64 pairs
+    "token_choice": lambda d: d.tokens * 2 * 8,
+}
 
 
 # ---------------------------------------------------------------------------------------------

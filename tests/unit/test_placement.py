@@ -68,3 +68,57 @@ def test_strategy_records_are_consistent_with_the_dimensions_and_codes():
     assert compatible(frozenset({"tp", "hd"}))
     assert not compatible(frozenset({"tp", "pp"})) and not compatible(frozenset({"ep", "dp", "tp"}))
     assert not compatible(frozenset({"sp", "dp"}))
+
+
+def test_strategy_collectives_name_known_ops_points_facts_and_sizes():
+    from typing import get_args
+
+    from planc.compiler.ir import Collective
+    from planc.cost.memory import MESSAGE_BYTES
+    from planc.layout.strategies import CALLS, FACTS, POINTS, STRATEGIES, collectives
+
+    ops = get_args(Collective.model_fields["op"].annotation)
+    dims = {d for s in STRATEGIES for d in s.dims}
+    for s in STRATEGIES:
+        for c in s.collectives:
+            assert c.op in ops and c.after in POINTS and c.calls in CALLS, (s.name, c)
+            assert c.size in MESSAGE_BYTES and set(c.when) <= set(FACTS), (s.name, c)
+            assert c.phase in ("prefill", "step") and set(c.over) <= dims, (s.name, c)
+    # a decode step's copy of a prefill collective is found by (op, after): one entry each
+    prefill = collectives([d for s in STRATEGIES for d in s.dims])
+    assert len({(c.op, c.after) for c in prefill}) == len(prefill)
+    # a collective two strategies share is listed once, in the order of its point
+    assert [c.after for c in collectives(["head_dim"])] == ["o_proj", "attention_scores"]
+    assert [c.after for c in collectives(["heads", "head_dim"])] == [
+        "embed_tokens", "o_proj", "attention_scores", "weighted_sum", "down_proj"]
+    assert [c.after for c in collectives(["experts"])] == [
+        "router", "experts", "experts", "weighted_sum"]
+    assert collectives(["batch"]) == ()
+
+
+
+def test_a_strategy_record_is_what_the_lowering_emits(monkeypatch):
+    """A collective added to a record appears in the graph of every plan that uses the strategy,
+    on the stages its condition holds for, sized from the layer's dims."""
+    from dataclasses import replace
+
+    from planc.compiler.lower import lower
+    from planc.layout import strategies
+    from tests.helpers import plan_text, resolve_text
+
+    pp = next(s for s in strategies.STRATEGIES if s.name == "pipeline")
+    extra = strategies.Comm("all_gather", "stage_output", ("layers",), "kv", "layer", ("sends",))
+    monkeypatch.setattr(strategies, "STRATEGIES", tuple(
+        replace(s, collectives=(*s.collectives, extra)) if s is pp else s
+        for s in strategies.STRATEGIES))
+    spec, diags = resolve_text(plan_text("  mesh pp=2, tp=4\n  shard layers over pp microbatches 2\n"
+                                         "  shard heads, kv_heads, ffn over tp\n"))
+    assert not diags.has_errors
+    g = lower(spec.plans[0])
+    first, last = ([(x.op, x.after, x.calls) for x in c.collectives] for c in g.classes)
+    assert first == [("all_reduce", "o_proj", 16), ("all_reduce", "down_proj", 16),
+                     ("send_recv", "stage_output", 2), ("all_gather", "stage_output", 16)]
+    assert last == [("all_reduce", "o_proj", 16), ("all_reduce", "down_proj", 16)]
+    kv = g.classes[0].collectives[-1]
+    # K and V of one microbatch's tokens: 64 sequences x 2048 tokens, 2 of 8 kv heads x 128, bf16
+    assert kv.bytes == 2 * 64 * 2048 * 2 * 128 * 2 and kv.group_size == 2
