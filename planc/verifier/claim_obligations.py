@@ -384,10 +384,10 @@ def _hit_rate_claim(r, reads) -> Obligation:  # type: ignore[no-untyped-def]
         "claim": float(r.value), "unique_bytes": worst.unique,
         "compulsory_bytes": worst.compulsory, "cache_bytes": worst.capacity,
         "streaming_hit_rate_at_most": float(worst.streaming_rate) * 100}
-    reads_text = (f"per step, {worst.cls} must read {human_bytes(worst.unique)} that exist "
-                  f"before it ({worst.parts()}); at most the L2's {human_bytes(worst.capacity)} "
-                  f"can be resident at the start, so at least {human_bytes(worst.compulsory)} "
-                  "miss")
+    reads_text = (f"per step, device class {worst.cls} must read {human_bytes(worst.unique)} "
+                  f"that exist before it ({worst.parts()}); at most the L2's "
+                  f"{human_bytes(worst.capacity)} can be resident at the start, so at least "
+                  f"{human_bytes(worst.compulsory)} miss")
     claim = f"cache_hit_rate {r.op} {r.text}"
     ok, bad, hint = "", "", None
     if rate > 1 or (rate == 1 and r.op == ">"):
@@ -403,8 +403,8 @@ def _hit_rate_claim(r, reads) -> Obligation:  # type: ignore[no-untyped-def]
         bad = f"{claim} is impossible: {reads_text}"
         hint = ("a step that must read more than the L2 holds misses at least once per byte "
                 "beyond it; a measured rate is below 100%")
-        ok = (f"{claim} is conditional: it holds only if every byte {worst.cls} reads per step "
-              f"({human_bytes(worst.unique)}: {worst.parts()}) is resident in the "
+        ok = (f"{claim} is conditional: it holds only if every byte device class {worst.cls} "
+              f"reads per step ({human_bytes(worst.unique)}: {worst.parts()}) is resident in the "
               f"{human_bytes(worst.capacity)} L2 when the step starts; planc does not model the "
               "kernels' access order, so it can neither confirm nor refute it")
     else:
@@ -413,9 +413,10 @@ def _hit_rate_claim(r, reads) -> Obligation:  # type: ignore[no-untyped-def]
         needed = worst.requests_needed(rate) or Fraction(0)
         numbers.update({"rerequests_k": float(k), "requests_at_least_bytes": float(needed)})
         if worst.compulsory == 0:
-            cond = (f"every byte {worst.cls} must read per step ({human_bytes(worst.unique)}: "
-                    f"{worst.parts()}) fits the {human_bytes(worst.capacity)} L2, so no miss is "
-                    "compulsory: it holds if those bytes stay resident")
+            cond = (f"every byte device class {worst.cls} must read per step "
+                    f"({human_bytes(worst.unique)}: {worst.parts()}) fits the "
+                    f"{human_bytes(worst.capacity)} L2, so no miss is compulsory: it holds if "
+                    "those bytes stay resident")
         else:
             cond = (f"{reads_text}; at {r.text} misses are at most {_pct(1 - rate)} of requests, "
                     f"so requests >= {human_bytes(worst.compulsory)} / {float(1 - rate):.3g} = "
