@@ -117,6 +117,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "power": ("watts",),  # all devices' draw: at most devices x TDP
     "energy_per_token": ("joules",),  # at least FLOPs per token / (peak FLOP/s per watt)
     "tokens_per_joule": ("tokens_per_joule",),  # at most the inverse of that
+    # L2 hits / read requests per device over a step: conditional on the kernels' re-requests
+    "cache_hit_rate": ("percent",),
 }
 # time: TPOT for decode, time per token for prefill (cost/performance.objective_value)
 OBJECTIVES = {"minimize": ("time", "tpot", "ttft", "memory", "devices"),

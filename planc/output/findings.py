@@ -19,7 +19,8 @@ from planc.verifier.report import CheckResult, PlanResult
 
 Level = Literal["error", "warning", "note"]
 # Verdict statuses plus the two a diagnostic can have.
-Status = Literal["violated", "unknown", "proved", "not_refuted", "error", "warning", "note"]
+Status = Literal["violated", "unknown", "proved", "not_refuted", "conditional", "error",
+                 "warning", "note"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Finding:
 def findings(result: CheckResult, passing: bool = False) -> list[Finding]:
     """Input diagnostics first, then each plan's verdicts in report order.
 
-    `passing` adds proved and not-refuted obligations (JUnit lists every test case).
+    `passing` adds proved, not-refuted and conditional obligations (JUnit lists every test case).
     """
     out = [Finding(d.code, d.severity, d.severity, d.message, d.span, d.hint, d.related,
                    file=d.span.file if d.span else None) for d in result.diagnostics]
@@ -58,7 +59,7 @@ def plan_findings(p: PlanResult, passing: bool = False) -> list[Finding]:
     out = []
     for v in p.verdicts:
         ob = v.obligation
-        if v.status in ("proved", "not_refuted") and not passing:
+        if v.status in ("proved", "not_refuted", "conditional") and not passing:
             continue
         if v.status == "unknown":
             msg = f"{ob.name}: z3 could not decide ({v.reason})"

@@ -43,7 +43,7 @@ def _case(f: Finding, classname: str, sources: dict[str, str]) -> ET.Element:
     elif f.status in ("unknown", "error"):
         ET.SubElement(case, "error", {"type": f.code, "message": _clean(f.message)}).text = \
             _clean(text)
-    elif f.status in ("warning", "note", "not_refuted"):
+    elif f.status in ("warning", "note", "not_refuted", "conditional"):
         ET.SubElement(case, "system-out").text = _clean(text)
     return case
 

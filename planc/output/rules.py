@@ -123,6 +123,7 @@ RULES: dict[str, tuple[str, str]] = {
     "V613": ("EfficiencyAgrees", "An energy claim agrees with the throughput and power claims."),
     "V700": ("ThroughputBound", "A performance claim is within the physical upper bound."),
     "V710": ("PowerBound", "A power or energy claim is within the datasheet TDP bound."),
+    "V720": ("HitRate", "An L2 hit rate claim is possible given the step's compulsory misses."),
     # U: usage and planc itself
     "U001": ("UsageError", "Bad command-line flags or arguments."),
     "U002": ("InternalError", "planc failed: a bug in planc, not in the plan."),

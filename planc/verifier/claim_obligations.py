@@ -4,7 +4,9 @@ the sound bound for time-based metrics (V700), and claims that must agree with e
 a bandwidth claim against throughput x token size; V612: a GPU utilisation claim against the
 compute the throughput claim needs; V710: power and energy claims against the devices'
 datasheet TDP and peak compute, bounds that can refute a claim but never confirm one; V613:
-an energy claim against the throughput and power claims it derives from).
+an energy claim against the throughput and power claims it derives from; V720: an L2 hit rate
+against the compulsory misses of a step, which only refute a rate above 100% or of 100% with
+misses; any other rate is "conditional" on how often the kernels re-request each byte).
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ def claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
     out += utilization_agreement(plan, graph)
     out += power_bounds(plan, graph)
     out += efficiency_agreement(plan)
+    out += hit_rate_claims(plan, graph)
     return out
 
 
 # checked elsewhere: memory by V401, bandwidth and utilisation against the throughput claim
 _ELSEWHERE = ("memory", "bandwidth", "utilization", "power", "energy_per_token",
-              "tokens_per_joule")
+              "tokens_per_joule", "cache_hit_rate")
 _NO_THROUGHPUT = "the plan claims no throughput to check it against"
 _ABSENT = {"transfer": "no pipeline stage sends to another", "ring_step": "no ring attention",
            "expert_weights": "the model has no experts",
@@ -348,3 +351,84 @@ def efficiency_agreement(plan: PlanSpec) -> list[Obligation]:
                               None if holds else f"the throughput and power claims give {shown}",
                               {"ratio": float(ratio), "implied": float(implied)}))
     return out
+
+
+def _pct(x: Fraction) -> str:
+    return f"{float(x) * 100:.3g}%"
+
+
+def hit_rate_claims(plan: PlanSpec, graph: PlacementGraph) -> list[Obligation]:
+    """V720: an L2 hit rate, read as every device's hit rate over one forward step's read
+    requests (cost/hit_rate.py). Physics refutes only a rate above 100%, or 100% where some
+    device has compulsory misses; for any other rate the verdict is "conditional": it holds
+    only if the kernels request each byte the step must read at least k times on average,
+    k = compulsory / ((1 - rate) x unique), shown for the device class that needs the most."""
+    from planc.cost.hit_rate import step_reads
+
+    out = []
+    for r in plan.requires:
+        if r.metric != "cache_hit_rate":
+            continue
+        reads = step_reads(plan, graph)
+        out.append(_hit_rate_claim(r, reads) if reads else _not_applicable(plan, r))
+    return out
+
+
+def _hit_rate_claim(r, reads) -> Obligation:  # type: ignore[no-untyped-def]
+    rate = Fraction(r.value) / 100  # a fraction of requests
+    if rate < 1:  # the class that needs the most requests per byte it must read
+        worst = max(reads, key=lambda x: (x.rerequests(rate), x.compulsory))
+    else:  # the class with the most compulsory misses
+        worst = max(reads, key=lambda x: x.compulsory)
+    numbers: dict[str, float] = {
+        "claim": float(r.value), "unique_bytes": worst.unique,
+        "compulsory_bytes": worst.compulsory, "cache_bytes": worst.capacity,
+        "streaming_hit_rate_at_most": float(worst.streaming_rate) * 100}
+    reads_text = (f"per step, device class {worst.cls} must read {human_bytes(worst.unique)} "
+                  f"that exist before it ({worst.parts()}); at most the L2's "
+                  f"{human_bytes(worst.capacity)} can be resident at the start, so at least "
+                  f"{human_bytes(worst.compulsory)} miss")
+    claim = f"cache_hit_rate {r.op} {r.text}"
+    ok, bad, hint = "", "", None
+    if rate > 1 or (rate == 1 and r.op == ">"):
+        holds = False
+        bad = f"{claim} is impossible: hits are a subset of requests, so no hit rate exceeds 100%"
+        hint = "a hit rate is hits / requests, at most 100%"
+    elif r.op in ("<=", "<"):
+        holds = True
+        ok = (f"{claim} is conditional: physics sets no floor (every request may miss), so "
+              "only a measurement can check it")
+    elif rate == 1:
+        holds = worst.compulsory == 0
+        bad = f"{claim} is impossible: {reads_text}"
+        hint = ("a step that must read more than the L2 holds misses at least once per byte "
+                "beyond it; a measured rate is below 100%")
+        ok = (f"{claim} is conditional: it holds only if every byte device class {worst.cls} "
+              f"reads per step ({human_bytes(worst.unique)}: {worst.parts()}) is resident in the "
+              f"{human_bytes(worst.capacity)} L2 when the step starts; planc does not model the "
+              "kernels' access order, so it can neither confirm nor refute it")
+    else:
+        holds = True
+        k = worst.rerequests(rate)
+        needed = worst.requests_needed(rate) or Fraction(0)
+        numbers.update({"rerequests_k": float(k), "requests_at_least_bytes": float(needed)})
+        if worst.compulsory == 0:
+            cond = (f"every byte device class {worst.cls} must read per step "
+                    f"({human_bytes(worst.unique)}: {worst.parts()}) fits the "
+                    f"{human_bytes(worst.capacity)} L2, so no miss is compulsory: it holds if "
+                    "those bytes stay resident")
+        else:
+            cond = (f"{reads_text}; at {r.text} misses are at most {_pct(1 - rate)} of requests, "
+                    f"so requests >= {human_bytes(worst.compulsory)} / {float(1 - rate):.3g} = "
+                    f"{human_bytes(needed)}, {float(k):.3g} x the {human_bytes(worst.unique)}: ")
+            cond += (f"the kernels must request each of those bytes at least {float(k):.3g} "
+                     "times on average" if k > 1 else
+                     "requesting each byte once suffices, if the resident bytes are the ones "
+                     "requested")
+            cond += f" (requested once each, at most {_pct(worst.streaming_rate)} could hit)"
+        ok = (f"{claim} is conditional: {cond}; planc does not model the kernels' access order, "
+              "so it can neither confirm nor refute it")
+    return Obligation(
+        kind="hit_rate", code="V720", name=f"require {claim}",
+        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
+        mode="conditional", ok=ok, bad=bad, span=r.span, numbers=numbers, hint=hint)

@@ -17,10 +17,10 @@ from planc.diagnostics import Related, Span
 # The documented `kind`s of the JSON report (docs/diagnostics.md lists codes per kind).
 KINDS = ("device_count", "divisibility", "coverage", "hbm_capacity", "cache_capacity",
          "claim", "claim_consistency", "rope_pairing", "throughput_bound", "power_bound",
-         "structure")
+         "hit_rate", "structure")
 
 # the kinds a report shows even when they hold: a claim's verdict is what its reader asked for
-CLAIM_KINDS = ("claim", "claim_consistency", "throughput_bound", "power_bound")
+CLAIM_KINDS = ("claim", "claim_consistency", "throughput_bound", "power_bound", "hit_rate")
 
 Env = dict[str, Any]  # variable name -> z3 Int (in solve) or int (in re-checks)
 
@@ -39,6 +39,9 @@ class Obligation:
     related: tuple[Related, ...] = ()
     # "proof": an unsat negation proves it. "refute": only a violation is conclusive; when the
     # formula holds the claim is "not refuted" (e.g. a throughput claim under the bound).
+    # "conditional": likewise only a violation is conclusive, and when the formula holds the
+    # claim is true only under a condition planc states but does not model (an L2 hit rate:
+    # how often the kernels re-request each byte).
     mode: str = "proof"
     numbers: dict[str, Any] = field(default_factory=dict)
     quantified: bool = False  # formula has its own quantifiers (coverage): no Python model check

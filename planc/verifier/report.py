@@ -70,7 +70,7 @@ class CheckResult:
 
 def verdict_json(v: Verdict) -> dict[str, Any]:
     ob = v.obligation
-    msg = ob.ok if v.status in ("proved", "not_refuted") else ob.bad
+    msg = ob.ok if v.status in ("proved", "not_refuted", "conditional") else ob.bad
     if v.status == "unknown":
         msg = f"{ob.name}: z3 could not decide ({v.reason})"
     out: dict[str, Any] = {"kind": ob.kind, "code": ob.code, "name": ob.name,

@@ -3,7 +3,9 @@
 Each obligation is decided by asking z3 for a counterexample (the negation of the formula under
 the plan's variable assignment): unsat -> PROVED; sat -> VIOLATED, with the model re-checked by
 the obligation's plain-Python predicate (a disagreement is an internal error, exit 101);
-unknown -> UNKNOWN with z3's reason. UNKNOWN is never a pass.
+unknown -> UNKNOWN with z3's reason. UNKNOWN is never a pass. An obligation that physics can
+only refute is NOT_REFUTED when it holds (a claim within a bound), and one whose truth depends on
+what planc does not model is CONDITIONAL (an L2 hit rate: on the kernels' access order).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import z3
 
 from planc.verifier.obligations import Obligation
 
-Status = Literal["proved", "violated", "unknown", "not_refuted"]
+Status = Literal["proved", "violated", "unknown", "not_refuted", "conditional"]
 
 DEFAULT_TIMEOUT_MS = 5_000
 DEFAULT_RLIMIT = 50_000_000
 SEED = 0
+# An obligation's mode -> its status when the formula holds (obligations.Obligation.mode)
+_HOLDS: dict[str, Status] = {"proof": "proved", "refute": "not_refuted",
+                             "conditional": "conditional"}
 
 
 class InternalError(Exception):
@@ -90,7 +95,7 @@ def decide(obligations: list[Obligation], values: dict[str, int],
         if result == z3.unsat:
             if not ob.quantified and not ob.check(values):
                 raise InternalError(f"z3 proved {ob.name!r} but the Python check says it fails")
-            verdicts.append(Verdict(ob, "not_refuted" if ob.mode == "refute" else "proved"))
+            verdicts.append(Verdict(ob, _HOLDS[ob.mode]))
         elif result == z3.sat:
             if not ob.quantified and ob.check(values):
                 raise InternalError(f"z3 found a violation of {ob.name!r} that the Python "

@@ -10,7 +10,8 @@ from planc.render.tables import MEMORY_TABLE, groups, memory_rows
 from planc.verifier.obligations import CLAIM_KINDS
 from planc.verifier.report import CheckResult, PlanResult
 
-MARK = {"proved": "ok", "not_refuted": "ok?", "violated": "FAIL", "unknown": "??"}
+MARK = {"proved": "ok", "not_refuted": "ok?", "conditional": "if", "violated": "FAIL",
+        "unknown": "??"}
 
 
 def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
