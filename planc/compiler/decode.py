@@ -27,8 +27,8 @@ from planc.compiler import vocab
 from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.splits import Degrees, kv_length, local_dims
-from planc.cost.memory import layer_program, peak_live, with_peak
+from planc.compiler.splits import Degrees, kv_length, local_dims, static_decode_step
+from planc.cost.memory import layer_program, peak_live, static_step_bytes, with_peak
 from planc.layout import strategies
 from planc.layout.slices import cdiv
 
@@ -71,6 +71,11 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
         else:
             step_peak_c = step_peak
         row["activations"] = max(row["activations"], step_peak_c)
+        if static_decode_step(plan):
+            w = plan.workload
+            rows = cdiv(w.batch or 0, Degrees.of(plan).batch)
+            row["buffers"] += static_step_bytes(rows, w.generate, w.context + w.generate,
+                                                d.head_dim, m.dtype_bytes)  # fmt: skip
         out[cid] = with_peak(row)
     return out
 

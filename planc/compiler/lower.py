@@ -29,6 +29,7 @@ from planc.compiler.ir import (
 )
 from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import (
+    plan_splits,
     Degrees,
     attention_mode,
     local_dims,
@@ -263,9 +264,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
                                    cache_resident=resident))
         graph_stages.append(Stage(index=si, layers=(first, last), device_class=cid))
     strategies = sorted({r for r in roles.values() if r != "idle"})
-    splits = {d: list(sh.axes) for sh in plan.shards for d in sh.dims}
-    if "heads" in splits:
-        splits.setdefault("kv_heads", splits["heads"])  # kv_heads follow heads (E052)
+    splits = plan_splits(plan)
     return PlacementGraph(plan=plan.name, model=m.name, mesh=mesh, batch=w.batch, seq=w.seq,
                           microbatches=nmb, strategies=strategies,
                           splits=dict(sorted(splits.items())), attention=mode,  # type: ignore[arg-type]

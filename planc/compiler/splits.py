@@ -14,9 +14,10 @@ from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims
 from planc.layout.mesh import group as mesh_group
 from planc.layout.moe import MoeMode, moe_mode
-from planc.layout.schedule import cache_capacity
+from planc.layout.schedule import cache_capacity, static_step_reason
 from planc.layout.slices import SliceKind, cdiv, pieces_per_part, slice_kind
 from planc.layout.stages import even_stages
+from planc.layout.strategies import attention_core
 
 # What a layer's forward runs on: a prefill's prompt (the local sequence), or one decode step
 # (one query token per sequence, attending to the cache).
@@ -85,6 +86,22 @@ def link_of(plan: PlanSpec, axes: list[str]) -> str:
     """intra when the group of rank 0 over these axes stays inside one node."""
     group = mesh_group([(a, s or 1) for a, s in plan.mesh], 0, axes)
     return "intra" if max(group) < plan.cluster.per_node else "inter"
+
+
+def plan_splits(plan: PlanSpec) -> dict[str, list[str]]:
+    """Model dimension -> the mesh axes it is split over (the placement graph's `splits`)."""
+    splits = {d: list(sh.axes) for sh in plan.shards for d in sh.dims}
+    if "heads" in splits:
+        splits.setdefault("kv_heads", splits["heads"])  # kv_heads follow heads (E052)
+    return splits
+
+
+def static_decode_step(plan: PlanSpec) -> bool:
+    """Whether the plan's decode steps run at static addresses (one CUDA graph per microbatch;
+    planc/layout/schedule.static_step_reason; `planc run` decodes greedily)."""
+    core = attention_core(plan_splits(plan), attention_mode(plan))
+    reason = static_step_reason(len(plan_stages(plan)), core, plan.model.experts > 0, False)
+    return reason is None
 
 
 def attention_mode(plan: PlanSpec) -> str:

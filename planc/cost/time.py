@@ -36,6 +36,8 @@ from fractions import Fraction
 from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
+from planc.layout.schedule import static_step_reason
+from planc.layout.strategies import attention_core
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class Efficiency:
     link: float = 0.73
     collective_latency_s: float = 33e-6
     op_overhead_s: float = 20e-6
+    # A decode step replayed as one CUDA graph (schedule.static_step_reason): no Python launch,
+    # but each op's kernels still start and drain one after another, and the flash-decoding
+    # kernel reads the cache below the copy bandwidth at these sizes. Fitted on one H200 run
+    # (benchmarks/results/h200_decode_run2.json: the Llama-3-8B shape at batch 1 and 64), checked
+    # on batch 8 and the seed shape, which the fit did not see.
+    graph_op_overhead_s: float = 5.6e-6
+    decode_attention_hbm: float = 0.71
 
 
 def link_bytes(c: Collective) -> Fraction:
@@ -247,13 +256,22 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     """
     e = eff or rates.efficiency or Efficiency()
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
+    static = phase == "decode" and static_decode(graph)
+    if static:
+        e = replace(e, op_overhead_s=e.graph_op_overhead_s)
     stages = []
     for c in graph.classes:
         t = 0.0
         for o in c.ops:
-            if in_phase(o.name, phase):
-                t += _op_time(o.name.removeprefix("decode_"), o.flops, o.bytes, rates, e) \
-                    * o.calls / nmb
+            if not in_phase(o.name, phase):
+                continue
+            name = o.name.removeprefix("decode_")
+            if static and name.startswith("attention"):  # the cache read by flash-decoding
+                op_t = max(o.flops / (rates.compute * e.attention),
+                           o.bytes / (rates.hbm * e.decode_attention_hbm)) + e.op_overhead_s
+            else:
+                op_t = _op_time(name, o.flops, o.bytes, rates, e)
+            t += op_t * o.calls / nmb
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb
@@ -262,6 +280,14 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
         return 0.0
     m = max(1, graph.microbatches)
     return sum(stages) + (m - 1) * max(stages)
+
+
+def static_decode(graph: PlacementGraph) -> bool:
+    """Whether the graph's decode steps run as CUDA graphs (the rule of
+    planc/layout/schedule.static_step_reason, read off the graph; `planc run` is greedy)."""
+    routed = any(o.name == "router" for c in graph.classes for o in c.ops)
+    core = attention_core(graph.splits, graph.attention)
+    return static_step_reason(len(graph.stages), core, routed, False) is None
 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]

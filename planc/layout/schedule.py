@@ -120,3 +120,19 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
         if context - 1 in positions:
             return part, positions.index(context - 1)
     raise ValueError(f"no sequence part holds position {context - 1}")
+
+
+def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool
+                       ) -> str | None:
+    """Why a decode step cannot run at static addresses (one CUDA graph per microbatch,
+    backends/torch/runtime/decode_step.py), or None when it can. The runtime picks the step by
+    this rule and the cost model prices the step by it (planc/cost/time.py)."""
+    if stages > 1:
+        return "pipeline stages exchange eagerly"
+    if attention_core != "heads":
+        return "the attention core is not whole heads per rank"
+    if routed_moe:
+        return "a routed MoE has data-dependent shapes"
+    if sampling:
+        return "sampling draws on the host"
+    return None

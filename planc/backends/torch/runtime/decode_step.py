@@ -42,6 +42,8 @@ from torch import Tensor
 
 from planc.backends.torch.runtime import decode_kernels
 from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
+from planc.layout.schedule import static_step_reason
+from planc.layout.strategies import attention_core
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.decode_model import DecodeModel
@@ -52,16 +54,14 @@ BUCKET = 256  # slots: a prefix-reading kernel's read length rounds up to this
 
 
 def static_reason(ctx: RankContext, model: DecodeModel, text: TextBatch | None) -> str | None:
-    """None when the static step serves this run, else why the eager rounds run it."""
-    if ctx.layout.n_stages > 1:
-        return "pipeline stages exchange eagerly"
-    if any(type(a.core) is not LocalCore for a in model.attns):
-        return "the attention core is not whole heads per rank"
-    if any(not isinstance(layer.mlp, GatedMLP) for layer in model.layers):
-        return "a routed MoE has data-dependent shapes"
-    if text is not None and text.req.temperature != 0:
-        return "sampling draws on the host"
-    return None
+    """None when the static step serves this run, else why the eager rounds run it (the rule:
+    planc/layout/schedule.static_step_reason)."""
+    return static_step_reason(
+        ctx.layout.n_stages,
+        attention_core(ctx.cfg.splits, ctx.cfg.attention),
+        any(not isinstance(layer.mlp, GatedMLP) for layer in model.layers),
+        text is not None and text.req.temperature != 0,
+    )
 
 
 @dataclass
