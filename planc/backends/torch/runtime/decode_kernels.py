@@ -218,8 +218,51 @@ def _kernels() -> tuple[Callable, Callable]:
     interpret = _interpreting()
     if interpret not in _BUILT:
         attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
+        if not interpret:  # the autotuner times on the GPU; the interpreter runs BLOCK_N
+            attn = triton.autotune(TILE_CONFIGS, key=["KV", "G", "D", "SPLITS", "sk_h"])(attn)
         _BUILT[interpret] = (attn, triton.jit(_merge_body))
     return _BUILT[interpret]
+
+
+def _tile_configs() -> list:  # type: ignore[type-arg]
+    """Tile size and pipelining of the attention kernel, timed by triton.autotune at its first
+    call for each shape (a decode step's warm-up, before the CUDA graph is captured)."""
+    if triton is None:
+        return []
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+            for n in (64, 128) for w in (4, 8) for s in (2, 3)]
+
+
+TILE_CONFIGS = _tile_configs()
+
+
+def tune_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, gap_lo: Tensor,
+                gap_hi: int, scale: float) -> int:
+    """The sequence splits at which flash_decode_triton runs fastest on these inputs: the
+    static heuristic (default_splits) and 2, 4 and 8 times it, each timed with CUDA events
+    (median of 5 after 2 warm-ups); on CPU (the interpreter) the heuristic's."""
+    b, _, _ = q.shape
+    kv, capacity = k_cache.shape[1], k_cache.shape[2]
+    base = default_splits(capacity, b * kv, q.device)
+    if q.device.type != "cuda":
+        return base
+    top = max(1, math.ceil(capacity / BLOCK_N))
+    times: dict[int, float] = {}
+    for n in sorted({min(top, base * f) for f in (1, 2, 4, 8)}):
+        def call(n: int = n) -> Tensor:
+            return flash_decode_triton(q, k_cache, v_cache, lengths, gap_lo, gap_hi, scale, n)
+        for _ in range(2):
+            call()
+        runs = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end))
+        times[n] = sorted(runs)[len(runs) // 2]
+    return min(times, key=lambda n: times[n])
 
 
 def _sm_count(device: torch.device) -> int:
@@ -273,8 +316,8 @@ def flash_decode_triton(
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
-        BLOCK_N=BLOCK_N, SPLITS=n_splits,
-        DOT_F32=q.dtype == torch.float32 or _interpreting(),
+        SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or _interpreting(),
+        **({"BLOCK_N": BLOCK_N} if _interpreting() else {}),  # else the autotuner's tile
     )
     merge[(b * heads,)](
         part, lse, out, part.stride(0), part.stride(1), part.stride(2),

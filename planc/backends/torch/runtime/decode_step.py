@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor
 
-from planc.backends.torch.runtime import decode_kernels
+from planc.backends.torch.runtime import decode_kernels, layers
 from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
 from planc.layout.schedule import static_step_reason
 from planc.layout.strategies import attention_core
@@ -119,12 +119,14 @@ class StaticStep:
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.mode = "cuda_graph" if self.use_graphs else "eager (static step)"
-        # The step's body, or torch.compile of it (PLANC_DECODE_COMPILE=1, a measurement
-        # switch for now: benchmarks/results say whether it pays), captured all the same.
-        self._body = self._step
-        if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE") == "1":
-            self._body = torch.compile(self._step, dynamic=False, fullgraph=False)
-            self.mode = "cuda_graph+compile"
+        # The layers' elementwise math while the step is recorded: torch.compile fusions on a
+        # GPU (layers.Elementwise says where and why it pays; PLANC_DECODE_COMPILE=0 keeps the
+        # eager ops, for measuring), eager torch ops on the CPU.
+        self.ops = layers.EAGER
+        if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
+            self.ops = layers.compiled_elementwise()
+            self.mode = "cuda_graph+compiled elementwise"
+        self.splits: int | None = None  # the flash-decoding kernel's, tuned at the first step
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
@@ -145,7 +147,7 @@ class StaticStep:
         """Decode step t of microbatch m; returns the chosen tokens [r, 1] (the state's)."""
         n_read = self._read_length(t)
         if not self.use_graphs:
-            self._step(m, n_read)
+            self._run(m, n_read)
             return self.states[m].tok
         key = (m, n_read)
         graph = self.graphs.get(key)
@@ -182,21 +184,44 @@ class StaticStep:
         side = torch.cuda.Stream(self.ctx.device)
         side.wait_stream(torch.cuda.current_stream(self.ctx.device))
         with torch.cuda.stream(side):
+            self._tune(m, n_read)
             try:
-                self._body(m, n_read)
+                self._run(m, n_read)
             except Exception as e:  # torch.compile fails with many exception types
-                if self._body == self._step:
+                if self.ops is layers.EAGER:
                     raise
                 self.mode = f"cuda_graph (torch.compile failed: {type(e).__name__}: {e})"[:300]
-                self._body = self._step
+                self.ops = layers.EAGER
                 st.restore(saved)
-                self._body(m, n_read)
+                self._run(m, n_read)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         st.restore(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._body(m, n_read)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                self._run(m, n_read)
+        except Exception as e:  # a compiled call that cannot be recorded: record the eager ops
+            if self.ops is layers.EAGER:
+                raise
+            self.mode = f"cuda_graph (compiled ops not capturable: {type(e).__name__}: {e})"[:300]
+            self.ops = layers.EAGER
+            st.restore(saved)
+            return self._capture(m, n_read)
         return graph
+
+    def _run(self, m: int, n_read: int) -> None:
+        with layers.elementwise(self.ops):
+            self._step(m, n_read)
+
+    def _tune(self, m: int, n_read: int) -> None:
+        """Pick the flash-decoding kernel's sequence splits on this rank's cache (once)."""
+        if self.splits is not None or self.kernel != "triton_flash_decode" or not self.model.cache:
+            return
+        st, rows = self.states[m], slice(m * self.rows, (m + 1) * self.rows)
+        attn, (k, v) = self.model.attns[0], self.model.cache[0]
+        q = torch.randn((self.rows, attn.heads, attn.local_dim), device=k.device, dtype=k.dtype)
+        self.splits = decode_kernels.tune_splits(q, k[rows], v[rows], st.lengths, st.gap_lo,
+                                                 self.context, attn.core.scale)  # fmt: skip
 
     def _step(self, m: int, n_read: int) -> None:
         """Embed, every layer over its cache, final norm, greedy token; advance the counters."""
@@ -224,6 +249,6 @@ class StaticStep:
         if self.kernel == "grouped_bmm":
             o = decode_kernels.grouped_attention(*args, n_read)
         else:
-            o = decode_kernels.KERNELS[self.kernel](*args)
+            o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
         del q
         return attn.output(o.reshape(o.shape[0], 1, -1))

@@ -30,8 +30,10 @@ the first GEMM has read it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -94,8 +96,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        # rms_norm computes in float32 and rounds once to x's dtype, as HF does before scaling.
-        return F.rms_norm(x, (x.shape[-1],), eps=self.eps).mul_(self.weight)
+        return _ops.norm(x, self.weight, self.eps)
 
 
 class HeadNorm(nn.Module):
@@ -165,21 +166,86 @@ def rope_tables(
 
 def rotate_qk(q: Tensor, k: Tensor, rope: Rope, qk_norm: nn.ModuleList | None
               ) -> tuple[Tensor, Tensor]:
-    """q, k [b, s, heads, d] after the family's q/k norm (new tensors; Qwen3) and RoPE (in place
-    on q and k, which may be views of the fused q/k/v output)."""
+    """q, k [b, s, heads, d] after the family's q/k norm (new tensors; Qwen3) and RoPE (eagerly
+    in place on q and k, which may be views of the fused q/k/v output)."""
     if qk_norm is not None:
         q, k = qk_norm[0](q), qk_norm[1](k)
-    apply_rope_(q, rope)
-    apply_rope_(k, rope)
-    return q, k
+    return _ops.rope(q, rope.cos, rope.sin), _ops.rope(k, rope.cos, rope.sin)
 
 
-def apply_rope_(x: Tensor, rope: Rope) -> None:
+# --- the layer's elementwise math: eager torch ops, or torch.compile fusions of it --------------
+
+
+def _norm_eager(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    # rms_norm computes in float32 and rounds once to x's dtype, as HF does before scaling.
+    return F.rms_norm(x, (x.shape[-1],), eps=eps).mul_(w)
+
+
+def _rope_eager(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate-half RoPE (HF's convention) in place on x [b, s, h, d], which may be a view."""
     x1, x2 = x.chunk(2, dim=-1)
-    x2_sin = x2 * rope.sin  # the only temporary: half of x
-    x2.mul_(rope.cos).addcmul_(x1, rope.sin)  # x2 cos + x1 sin
-    x1.mul_(rope.cos).sub_(x2_sin)  # x1 cos - x2 sin
+    x2_sin = x2 * sin  # the only temporary: half of x
+    x2.mul_(cos).addcmul_(x1, sin)  # x2 cos + x1 sin
+    x1.mul_(cos).sub_(x2_sin)  # x1 cos - x2 sin
+    return x
+
+
+def _silu_mul_eager(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
+    return F.silu(gate, inplace=True).mul_(up)
+
+
+def _norm_fused(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * w
+
+
+def _rope_fused(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _silu_mul_fused(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """A layer's elementwise math (RMSNorm with its scale, RoPE, SiLU x up). EAGER is torch's
+    ops, in place where they can be: what every phase runs and what planc/cost's buffers count.
+    `compiled()` is torch.compile of the same math, one fused kernel per call where eagerly it
+    launches two (the norm), five (RoPE) or two (SiLU x up): it pays inside the static decode
+    step's CUDA graph (decode_step.py), where a step is hundreds of small kernels and each
+    costs a few microseconds whatever its size (benchmarks/results/h200_decode_*). The fused
+    forms return new tensors: a decode step's are a few KB per row."""
+
+    norm: Callable[[Tensor, Tensor, float], Tensor]
+    rope: Callable[[Tensor, Tensor, Tensor], Tensor]
+    silu_mul: Callable[[Tensor], Tensor]
+
+
+EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager)
+_ops = EAGER
+
+
+def compiled_elementwise() -> Elementwise:
+    """torch.compile of the fused forms (compiled on their first call, per shape)."""
+    def c(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        return cast(Callable[..., Tensor], torch.compile(f, dynamic=False, fullgraph=True))
+
+    return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused))
+
+
+@contextmanager
+def elementwise(ops: Elementwise) -> Iterator[None]:
+    """Run the layers with `ops` as their elementwise math (decode_step.py, while it records)."""
+    global _ops
+    prev, _ops = _ops, ops
+    try:
+        yield
+    finally:
+        _ops = prev
 
 
 class LocalCore:
@@ -301,10 +367,9 @@ class GatedMLP(nn.Module):
         self.norm, self.gate_up, self.down, self.group = norm, w_gate_up, w_down, group
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(self.norm(x)).chunk(2, dim=-1)
-        # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
-        out = self.down(F.silu(gate, inplace=True).mul_(up))
-        del gate, up
+        gate_up = self.gate_up(self.norm(x))
+        out = self.down(_ops.silu_mul(gate_up))
+        del gate_up
         return all_reduce(out, self.group)
 
 

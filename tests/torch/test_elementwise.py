@@ -1,0 +1,53 @@
+"""The layer's elementwise math: the torch.compile fusions the static decode step records on a
+GPU (layers.compiled_elementwise) compute what the eager ops every phase runs compute
+(layers.EAGER), here compiled by inductor for the CPU: same shapes, strided views as inputs
+(q and k are views of the fused q/k/v output), float32 to rounding and bfloat16 to a rounding
+of the 8-bit mantissa (the fusions round once where the eager ops round per op)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from planc.backends.torch.runtime import layers
+
+
+@pytest.fixture(scope="module")
+def fused() -> layers.Elementwise:
+    return layers.compiled_elementwise()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_compiled_elementwise_equals_the_eager_ops(fused, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 64, generator=g).to(dtype)
+    w = torch.randn(64, generator=g).to(dtype)
+    qkv = torch.randn(3, 1, 12, 16, generator=g).to(dtype)  # 8 q heads, 2 k, 2 v
+    cos, sin = torch.randn(3, 1, 1, 8, generator=g).to(dtype), torch.randn(3, 1, 1, 8).to(dtype)
+    gate_up = torch.randn(3, 1, 96, generator=g).to(dtype)
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> None:
+        assert a.shape == b.shape
+        err = (a.float() - b.float()).abs().max().item()
+        assert err <= tol * max(1.0, b.float().abs().max().item()), err
+
+    close(fused.norm(x, w, 1e-5), layers.EAGER.norm(x.clone(), w, 1e-5))
+    q_view = qkv[:, :, :8]
+    expect = layers.EAGER.rope(qkv.clone()[:, :, :8], cos, sin)
+    close(fused.rope(q_view, cos, sin), expect)
+    assert torch.equal(q_view, qkv[:, :, :8])  # the fused form leaves its input alone
+    close(fused.silu_mul(gate_up), layers.EAGER.silu_mul(gate_up.clone()))
+
+
+def test_the_eager_ops_are_the_default_and_the_context_restores_them(fused):
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(layers._ops)
+            return x
+
+    with layers.elementwise(fused):
+        Probe()(torch.zeros(1))
+    Probe()(torch.zeros(1))
+    assert seen == [fused, layers.EAGER]
