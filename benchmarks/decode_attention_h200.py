@@ -8,9 +8,9 @@ Shapes: Llama-3-8B decode (heads 32, kv_heads 8, head_dim 128, bf16, capacity 20
 spread over 2049..2080: a 2048-token context plus generated tokens) at batch 1, 8 and 64, and
 batch 8 at capacity 1088 with every length 1025. Candidates:
 - grouped_bmm: decode_kernels.grouped_attention, n_read = max length rounded up to 256.
-- triton_flash_decode: decode_kernels.flash_decode_triton, default splits (the tile autotuned);
-  triton_flash_decode_tuned_sN: the same with the splits decode_kernels.tune_splits picks (N),
-  as the runtime runs it.
+- triton_flash_decode: decode_kernels.flash_decode_triton, default splits, the tile autotuned
+  (as the runtime runs it). Run 3 (h200_decode_attention_run3.json) also timed the splits a
+  first-step timing picked (triton_flash_decode_tuned_sN): no faster, 9% slower at batch 64.
 - sdpa_gqa_exact (peer): SDPA, enable_gqa=True, no mask, over the slots [0, max length): exact
   only where every row has the max length; its error is measured against that semantics.
 - sdpa_mask_repeat (peer, what gpt-fast does): K/V repeat_interleave'd to the query heads and a
@@ -125,11 +125,6 @@ def candidates(x: dict) -> dict[str, tuple[Callable[[], torch.Tensor], bool]]:
     if dk.available():
         out["triton_flash_decode"] = (
             lambda: dk.flash_decode_triton(q, k, v, lengths, gap_lo, 0, scale), False)
-        # the splits the runtime uses: tuned on these inputs (decode_step.StaticStep._tune)
-        tuned = dk.tune_splits(q, k, v, lengths, gap_lo, 0, scale)
-        x["tuned_splits"] = tuned
-        out[f"triton_flash_decode_tuned_s{tuned}"] = (
-            lambda: dk.flash_decode_triton(q, k, v, lengths, gap_lo, 0, scale, tuned), False)
 
     def sdpa_exact() -> torch.Tensor:
         kk, vv = k[:, :, :x["max_len"]], v[:, :, :x["max_len"]]

@@ -236,35 +236,6 @@ def _tile_configs() -> list:  # type: ignore[type-arg]
 TILE_CONFIGS = _tile_configs()
 
 
-def tune_splits(q: Tensor, k_cache: Tensor, v_cache: Tensor, lengths: Tensor, gap_lo: Tensor,
-                gap_hi: int, scale: float) -> int:
-    """The sequence splits at which flash_decode_triton runs fastest on these inputs: the
-    static heuristic (default_splits) and 2, 4 and 8 times it, each timed with CUDA events
-    (median of 5 after 2 warm-ups); on CPU (the interpreter) the heuristic's."""
-    b, _, _ = q.shape
-    kv, capacity = k_cache.shape[1], k_cache.shape[2]
-    base = default_splits(capacity, b * kv, q.device)
-    if q.device.type != "cuda":
-        return base
-    top = max(1, math.ceil(capacity / BLOCK_N))
-    times: dict[int, float] = {}
-    for n in sorted({min(top, base * f) for f in (1, 2, 4, 8)}):
-        def call(n: int = n) -> Tensor:
-            return flash_decode_triton(q, k_cache, v_cache, lengths, gap_lo, gap_hi, scale, n)
-        for _ in range(2):
-            call()
-        runs = []
-        for _ in range(5):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end))
-        times[n] = sorted(runs)[len(runs) // 2]
-    return min(times, key=lambda n: times[n])
-
-
 def _sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of the device (static); 4 off CUDA (the interpreter)."""
     if device.type != "cuda":

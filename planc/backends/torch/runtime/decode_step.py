@@ -126,7 +126,11 @@ class StaticStep:
         if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
             self.ops = layers.compiled_elementwise()
             self.mode = "cuda_graph+compiled elementwise"
-        self.splits: int | None = None  # the flash-decoding kernel's, tuned at the first step
+        # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
+        # times it on the rank's cache at the first step picked 8 at batch 64, which replays
+        # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
+        # run3.json), so nothing is tuned here; triton's autotuner picks the tile.
+        self.splits: int | None = None
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
@@ -184,7 +188,6 @@ class StaticStep:
         side = torch.cuda.Stream(self.ctx.device)
         side.wait_stream(torch.cuda.current_stream(self.ctx.device))
         with torch.cuda.stream(side):
-            self._tune(m, n_read)
             try:
                 self._run(m, n_read)
             except Exception as e:  # torch.compile fails with many exception types
@@ -212,16 +215,6 @@ class StaticStep:
     def _run(self, m: int, n_read: int) -> None:
         with layers.elementwise(self.ops):
             self._step(m, n_read)
-
-    def _tune(self, m: int, n_read: int) -> None:
-        """Pick the flash-decoding kernel's sequence splits on this rank's cache (once)."""
-        if self.splits is not None or self.kernel != "triton_flash_decode" or not self.model.cache:
-            return
-        st, rows = self.states[m], slice(m * self.rows, (m + 1) * self.rows)
-        attn, (k, v) = self.model.attns[0], self.model.cache[0]
-        q = torch.randn((self.rows, attn.heads, attn.local_dim), device=k.device, dtype=k.dtype)
-        self.splits = decode_kernels.tune_splits(q, k[rows], v[rows], st.lengths, st.gap_lo,
-                                                 self.context, attn.core.scale)  # fmt: skip
 
     def _step(self, m: int, n_read: int) -> None:
         """Embed, every layer over its cache, final norm, greedy token; advance the counters."""
