@@ -310,22 +310,15 @@ class GatedMLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """x += attn(x); x += mlp(x), on the stage's residual stream x (updated in place); a decode
-    hands the attention its rows of the layer's KV cache (Attention.forward)."""
+    passes the attention its rows of the layer's KV cache, the slots, prefill and the mask
+    (`cached`: Attention.forward's arguments after rope)."""
 
     def __init__(self, attn: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
         self.attn, self.mlp = attn, mlp
 
-    def forward(
-        self,
-        x: Tensor,
-        rope: Rope,
-        cache: tuple[Tensor, Tensor] | None = None,
-        slots: Slots | None = None,
-        prefill: bool = True,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        x.add_(self.attn(x, rope, cache, slots, prefill, mask))
+    def forward(self, x: Tensor, rope: Rope, *cached: Any) -> Tensor:
+        x.add_(self.attn(x, rope, *cached))
         x.add_(self.mlp(x))
         return x
 

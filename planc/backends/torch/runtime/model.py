@@ -133,8 +133,11 @@ class StageModel(nn.Module):
         if self.first:
             x = self.embed_inputs(x)
         for i, layer in enumerate(self.layers):
-            kv = None if rows is None else (self.cache[i][0][rows], self.cache[i][1][rows])
-            x = layer(x, rope, kv, slots, prefill, mask)
+            if rows is None:
+                x = layer(x, rope)
+            else:
+                k, v = self.cache[i]
+                x = layer(x, rope, (k[rows], v[rows]), slots, prefill, mask)
         if self.norm is not None:
             return self.norm(x)
         return x
