@@ -5,7 +5,7 @@ float32 over the group carries both, and `lse_merge` combines them: every rank e
 same output. With prompts of different lengths a mask says which slots each row sees.
 
 The KV cache itself belongs to the attention block (layers.Attention, given its rows of the
-cache by decode_model.DecodeModel). Memory: planc/cost/memory.py's `layer_program` run as a
+cache by the decode model, model.StageModel). Memory: planc/cost/memory.py's `layer_program` run as a
 decode step (compiler/decode.step_program): the attention terms with one token per sequence,
 and decode_partials, the gathered (out, lse) of every rank.
 """

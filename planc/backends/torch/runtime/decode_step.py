@@ -46,14 +46,14 @@ from planc.layout.schedule import static_step_reason
 from planc.layout.strategies import attention_core
 
 if TYPE_CHECKING:
-    from planc.backends.torch.runtime.decode_model import DecodeModel
     from planc.backends.torch.runtime.dist import RankContext
+    from planc.backends.torch.runtime.model import StageModel
     from planc.backends.torch.runtime.textgen import TextBatch
 
 BUCKET = 256  # slots: a prefix-reading kernel's read length rounds up to this
 
 
-def static_reason(ctx: RankContext, model: DecodeModel, text: TextBatch | None) -> str | None:
+def static_reason(ctx: RankContext, model: StageModel, text: TextBatch | None) -> str | None:
     """None when the static step serves this run, else why the eager rounds run it (the rule:
     planc/layout/schedule.static_step_reason)."""
     return static_step_reason(
@@ -93,7 +93,7 @@ class StepState:
 class StaticStep:
     """The decode steps of a one-stage rank at static addresses (module docstring)."""
 
-    def __init__(self, ctx: RankContext, model: DecodeModel) -> None:
+    def __init__(self, ctx: RankContext, model: StageModel) -> None:
         cfg, m, dev = ctx.cfg, ctx.cfg.model, ctx.device
         self.ctx, self.model = ctx, model
         self.context, self.rows = cfg.context, ctx.layout.micro_rows
@@ -220,13 +220,13 @@ class StaticStep:
         """Embed, every layer over its cache, final norm, greedy token; advance the counters."""
         model, st = self.model, self.states[m]
         rows = slice(m * self.rows, (m + 1) * self.rows)
-        x = model.stage.lookup(st.tok)
+        x = model.lookup(st.tok)
         rope = Rope(self.cos[st.pos][:, None, None], self.sin[st.pos][:, None, None])
         for layer, attn, (k, v) in zip(model.layers, model.attns, model.cache):
             x.add_(self._attention(attn, x, rope, k[rows], v[rows], st, n_read))
             x.add_(layer.mlp(x))
-        assert model.stage.norm is not None
-        tok = model.next_tokens(model.stage.norm(x), False)
+        assert model.norm is not None
+        tok = model.next_tokens(model.norm(x), False)
         st.tok.copy_(tok[:, None])
         self.tokens[rows].index_copy_(1, st.col, st.tok)
         st.advance()

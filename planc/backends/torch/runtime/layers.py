@@ -374,14 +374,16 @@ class GatedMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """x += attn(x); x += mlp(x), on the stage's residual stream x (updated in place)."""
+    """x += attn(x); x += mlp(x), on the stage's residual stream x (updated in place); a decode
+    passes the attention its rows of the layer's KV cache, the slots, prefill and the mask
+    (`cached`: Attention.forward's arguments after rope)."""
 
     def __init__(self, attn: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
         self.attn, self.mlp = attn, mlp
 
-    def forward(self, x: Tensor, rope: Rope) -> Tensor:
-        x.add_(self.attn(x, rope))
+    def forward(self, x: Tensor, rope: Rope, *cached: Any) -> Tensor:
+        x.add_(self.attn(x, rope, *cached))
         x.add_(self.mlp(x))
         return x
 

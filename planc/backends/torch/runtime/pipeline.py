@@ -38,7 +38,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from planc.backends.torch.runtime.decode_model import DecodeModel
 from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import Rope, rope_tables
 from planc.backends.torch.runtime.layout import output_tiles, token_holders
@@ -92,7 +91,7 @@ def forward(
             pending = post_recv() if m + 1 < n_micro else None
         else:
             assert inputs is not None
-            x = model.embed_inputs(inputs[m * rows : (m + 1) * rows])
+            x = inputs[m * rows : (m + 1) * rows]  # the model embeds (or copies) it
         y = model(x, rope)  # every microbatch has the same positions: one rope table
         del x
         if nxt is not None:
@@ -143,7 +142,7 @@ def _now(ctx: RankContext) -> float:
 
 def generate(
     ctx: RankContext,
-    model: DecodeModel,
+    model: StageModel,
     prompt: Tensor | None,
     ropes: list[Rope],
     text: TextBatch | None = None,
@@ -230,7 +229,7 @@ def generate(
 
 def _generate_static(
     ctx: RankContext,
-    model: DecodeModel,
+    model: StageModel,
     prompt: Tensor | None,
     ropes: list[Rope],
     text: TextBatch | None,

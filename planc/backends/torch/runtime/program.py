@@ -3,8 +3,8 @@ phases (the RunConfig's `phase`).
 
 A generated program is: init (process group, mesh) -> resolve_checkpoint -> load -> run ->
 report, with the process group destroyed in a finally. The plan-specific part is its RunConfig;
-everything here only reads it. The phase picks the model (a stage; with decode also the lm_head
-and the KV cache), the schedule (runtime/pipeline.py: GPipe forwards or decode rounds), the
+everything here only reads it. The phase picks what the one model holds (model.StageModel: a
+stage; with decode also the lm_head and the KV cache), the schedule (runtime/pipeline.py: GPipe forwards or decode rounds), the
 timing keys (metrics.py) and the reference check (the hidden states against the Hugging Face
 model's, or the tokens against its `generate`).
 """
@@ -29,7 +29,6 @@ from planc.backends.torch.reference_check import (
 )
 from planc.backends.torch.runtime import pipeline
 from planc.backends.torch.runtime.cores import attention_kind
-from planc.backends.torch.runtime.decode_model import DecodeModel, load_decode
 from planc.backends.torch.runtime.diagnose import layer_outputs
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.inputs import make_inputs
@@ -40,7 +39,6 @@ from planc.backends.torch.runtime.ring_attention import lse_backend
 from planc.backends.torch.weights import ShardReader
 
 M = TypeVar("M")
-Model = StageModel | DecodeModel  # prefill: a stage; decode: a stage, lm_head and KV cache
 
 
 @dataclass
@@ -63,12 +61,11 @@ def load_with(ctx: RankContext, checkpoint: str, build: Callable[[RankContext, S
     return model
 
 
-def load(ctx: RankContext, checkpoint: str) -> Model:
+def load(ctx: RankContext, checkpoint: str) -> StageModel:
     """This rank's stage, shards only (decode: with its lm_head and KV cache, and a progress bar
     on rank 0's terminal); memory peaks restart from here."""
-    if ctx.cfg.phase == "decode":
-        return load_with(ctx, checkpoint, with_progress(load_decode))
-    return load_with(ctx, checkpoint, load_stage)
+    decode = ctx.cfg.phase == "decode"
+    return load_with(ctx, checkpoint, with_progress(load_stage) if decode else load_stage)
 
 
 def rank_prompt(ctx: RankContext) -> Tensor | None:
@@ -87,13 +84,11 @@ def rank_inputs(ctx: RankContext) -> tuple[Tensor | None, Rope]:
     return rank_prompt(ctx), rope
 
 
-def run(ctx: RankContext, model: Model) -> RunResult:
+def run(ctx: RankContext, model: StageModel) -> RunResult:
     """Warm-up and timed runs of the whole pipeline on this rank's inputs: forwards (prefill) or
     greedy decodes of the whole batch (decode)."""
     if ctx.cfg.phase == "decode":
-        assert isinstance(model, DecodeModel)
         return _run_decode(ctx, model)
-    assert isinstance(model, StageModel)
     inputs, rope = rank_inputs(ctx)
     resident = metrics.allocated(ctx)
     with torch.inference_mode():
@@ -101,7 +96,7 @@ def run(ctx: RankContext, model: Model) -> RunResult:
     return RunResult(times, out, resident)
 
 
-def _run_decode(ctx: RankContext, model: DecodeModel) -> RunResult:
+def _run_decode(ctx: RankContext, model: StageModel) -> RunResult:
     cfg = ctx.cfg
     prompt = rank_prompt(ctx)
     ropes = pipeline.step_ropes(ctx)
@@ -140,7 +135,7 @@ def locate_first_layer(
 
 def report(
     ctx: RankContext,
-    model: Model,
+    model: StageModel,
     result: RunResult,
     checkpoint: str,
     out_path: str,
@@ -151,7 +146,7 @@ def report(
     differs from the reference (reference_check)."""
     cfg = ctx.cfg
     mine = metrics.memory_stats(ctx, weight_bytes(model), result.resident)  # before the reference
-    if isinstance(model, DecodeModel):
+    if cfg.phase == "decode":
         mine["kv_cache_bytes"] = model.cache_bytes()
         mine["graph_pool_bytes"] = model.graph_pool_bytes()
         extra = {**model.step_kind(ctx), **(extra or {})}
@@ -160,7 +155,6 @@ def report(
     if cfg.phase == "decode":
         timing, errors, info = _check_decode(ctx, result, checkpoint)
     else:
-        assert isinstance(model, StageModel)
         timing, errors, info = _check_prefill(ctx, model, result, checkpoint)
     data = None
     if ctx.rank == 0:

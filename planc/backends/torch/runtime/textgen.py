@@ -46,9 +46,9 @@ from planc.backends.torch.prompts import (
     prepare,
     records,
 )
-from planc.backends.torch.runtime.decode_model import DecodeModel
 from planc.backends.torch.runtime.dist import RankContext, barrier
 from planc.backends.torch.runtime.layers import Rope
+from planc.backends.torch.runtime.model import StageModel
 from planc.backends.torch.runtime.pipeline import (
     gather_tokens,
     generate,
@@ -136,7 +136,7 @@ class TextBatch:
         hit = self.positions[None, :] == (self.lengths[rows] - 1)[:, None]
         return torch.where(hit.any(dim=1), hit.int().argmax(dim=1), -1)
 
-    def next_tokens(self, model: DecodeModel, h: Tensor, rows: slice, t: int) -> Tensor:
+    def next_tokens(self, model: StageModel, h: Tensor, rows: slice, t: int) -> Tensor:
         last = self.last(rows) if t == 0 else None
         tok = model.next_tokens(h, t == 0, self.chooser(rows, t), last)
         self.stopped[rows] |= torch.isin(tok, self.eos)
@@ -172,7 +172,7 @@ def _prompt_tile(ctx: RankContext, req: GenerateRequest, index: list[int]) -> Te
 
 def run(
     ctx: RankContext,
-    model: DecodeModel,
+    model: StageModel,
     req: GenerateRequest,
     checkpoint: str,
     out_path: str,

@@ -16,11 +16,14 @@ vocab axes carry no batch or sequence split), so:
     Llama-3 at tp 8 in float32, against 16 B);
   - sampling (temperature, top-p) needs every logit: all_logits all-gathers the parts' logits
     and drops the padding, so every rank of the group draws from the same distribution.
+pick_tokens is the token choice of a decode's last stage (runtime/model.py next_tokens): greedy,
+or a `choose` (textgen.sample) over all_logits.
 Without a vocab split these are the plain F.embedding and argmax over the full matrix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -81,3 +84,18 @@ def all_logits(h: Tensor, weight: Tensor, vocab: int, group: dist.ProcessGroup |
     parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, logits, group=group)
     return torch.cat(parts, dim=-1)[:, :vocab]
+
+
+def pick_tokens(
+    h: Tensor,
+    weight: Tensor,
+    vs: VocabSlice,
+    group: dist.ProcessGroup | None,
+    vocab: int,
+    choose: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Tokens [r] of final-norm rows h [r, hidden]: greedy over this rank's rows of the lm_head
+    (agreed over the group), or `choose` over the whole vocabulary's logits [r, vocab]."""
+    if choose is None:
+        return greedy_tokens(h, weight, vs, group)
+    return choose(all_logits(h, weight, vocab, group))
