@@ -23,7 +23,7 @@ MEMORY_HEADER = [k.replace("_", " ") for k in MEMORY_COLUMNS]
 # allocated through the caching allocator once per stream that runs a GEMM and then held. The
 # static decode step adds two streams: the side stream of its warm-up and the capture stream
 # of torch.cuda.graph (measured on one H200: 64 MiB above the eager decode's peak,
-# benchmarks/results/h200_decode_run2.json).
+# benchmarks/results/h200_decode_run2_planc.json against run 1).
 CUBLAS_WORKSPACE = 32 * 2**20
 
 

@@ -68,13 +68,16 @@ class Efficiency:
     link: float = 0.73
     collective_latency_s: float = 33e-6
     op_overhead_s: float = 20e-6
-    # A decode step replayed as one CUDA graph (schedule.static_step_reason): no Python launch,
-    # but each op's kernels still start and drain one after another, and the flash-decoding
-    # kernel reads the cache below the copy bandwidth at these sizes. Fitted on one H200 run
-    # (benchmarks/results/h200_decode_run2.json: the Llama-3-8B shape at batch 1 and 64), checked
-    # on batch 8 and the seed shape, which the fit did not see.
-    graph_op_overhead_s: float = 5.6e-6
-    decode_attention_hbm: float = 0.71
+    # A decode step replayed as one CUDA graph (schedule.static_step_reason) with its
+    # elementwise math compiled (runtime/layers.Elementwise): no Python launch, but each op's
+    # kernels still start and drain one after another, and the flash-decoding kernel reads the
+    # cache below the copy bandwidth at small batches. Fitted on the Llama-3-8B shape at batch 1
+    # (benchmarks/results/h200_decode_run3_planc.json) and 64 (h200_decode_run4_planc.json);
+    # batch 8 and the seed shape, which the fit did not see, land at -0.9% and -5.9%. (The
+    # first fit, 5.6 us and 0.71 from run 2's uncompiled step and untuned tile, was the
+    # prediction stored with runs 3 and 4: h200_decode_issue15.md has both.)
+    graph_op_overhead_s: float = 3.3e-6
+    decode_attention_hbm: float = 0.88
 
 
 def link_bytes(c: Collective) -> Fraction:
