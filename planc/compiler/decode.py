@@ -75,7 +75,8 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
             w = plan.workload
             rows = cdiv(w.batch or 0, Degrees.of(plan).batch)
             row["buffers"] += static_step_bytes(rows, w.generate, w.context + w.generate,
-                                                d.head_dim, m.dtype_bytes)  # fmt: skip
+                                                d.head_dim, m.dtype_bytes,
+                                                plan.cluster.device.workspace)  # fmt: skip
         out[cid] = with_peak(row)
     return out
 

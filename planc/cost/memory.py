@@ -19,21 +19,16 @@ MEMORY_COLUMNS = (*MEMORY_TERMS, "peak")  # the memory table of `check` and of `
 MEMORY_HEADER = [k.replace("_", " ") for k in MEMORY_COLUMNS]
 
 
-# torch's default cuBLAS workspace on sm_90 (CUBLAS_WORKSPACE_CONFIG ":4096:8", 8 x 4 MiB),
-# allocated through the caching allocator once per stream that runs a GEMM and then held. The
-# static decode step adds two streams: the side stream of its warm-up and the capture stream
-# of torch.cuda.graph (measured on one H200: 64 MiB above the eager decode's peak,
-# benchmarks/results/h200_decode_run2_planc.json against run 1).
-CUBLAS_WORKSPACE = 32 * 2**20
-
-
-def static_step_bytes(rows: int, generate: int, positions: int, head_dim: int, elem: int
-                      ) -> int:
+def static_step_bytes(rows: int, generate: int, positions: int, head_dim: int, elem: int,
+                      workspace: int) -> int:
     """What the static decode step (backends/torch/runtime/decode_step.py) holds beside the
-    eager decode: two cuBLAS workspaces, the RoPE cos / sin tables of every position
-    [positions, head_dim // 2] and the int64 token buffer [rows, generate]. Its counters are a
-    few bytes per row (not counted); the graphs' private pool is reserved, not allocated."""
-    return 2 * CUBLAS_WORKSPACE + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
+    eager decode: the RoPE cos / sin tables of every position [positions, head_dim // 2], the
+    int64 token buffer [rows, generate] and, on a GPU, one more cuBLAS `workspace` (the
+    device's, presets.py) for each of its two new streams, the warm-up's side stream and the
+    capture stream of torch.cuda.graph (measured on one H200: 64.5 MiB above the eager decode's
+    peak, benchmarks/results/h200_decode_run2_planc.json against run 1). Its counters are a few
+    bytes per row (not counted); the graphs' private pool is reserved, not allocated."""
+    return 2 * workspace + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
 
 
 def with_peak(row: dict[str, int]) -> dict[str, int]:
