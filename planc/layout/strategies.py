@@ -56,11 +56,12 @@ class Comm:
 class Memory:
     """One memory term a strategy adds: the key of its function in planc/cost/memory.py.
 
-    A key of LAYER_TERMS there is an attention core's ops and buffers in one layer (the layer's
-    common part and its MLP are the model's: without one, the layer runs the "heads" core); a key
-    of STAGE_TERMS is what a stage holds beside its layers. compiler/lower.py (a prefill's layer
-    and stages) and decode.py (a decode step's layer) pick the entries of the strategies that
-    split a dimension (degree > 1) where one of `when` holds, for their phase.
+    A key of ATTENTION_TERMS there is an attention core's ops and buffers in one layer (the
+    layer's common part and its MLP are the model's; a layer whose strategies name no attention
+    core runs "heads"); a key of STAGE_TERMS is what a stage holds beside its layers.
+    compiler/splits.plan_memory_terms picks the entries of the strategies that split a dimension
+    (degree > 1) where one of `when` holds, for a phase: lower.py's layer and stages (prefill),
+    decode.py's step.
     """
 
     key: str
