@@ -9,7 +9,7 @@ from math import prod
 
 from planc.compiler.ir import Collective
 from planc.compiler.spec import PlanSpec
-from planc.compiler.splits import attention_mode, link_of, plan_moe_mode
+from planc.compiler.splits import link_of, plan_facts
 from planc.cost.memory import MESSAGE_BYTES, LocalDims
 from planc.layout import strategies
 
@@ -18,8 +18,7 @@ def stage_facts(plan: PlanSpec, is_first: bool, is_last: bool) -> frozenset[str]
     """What holds for one stage's device class, of the FACTS a strategy record's collective may
     be conditioned on (planc/layout/strategies.py)."""
     m = plan.model
-    facts = {f"attention:{attention_mode(plan)}",
-             f"mlp:{plan_moe_mode(plan) if m.experts else 'dense'}"}
+    facts = set(plan_facts(plan))
     if m.vocab and is_first:
         facts.add("embedding")
     if m.vocab and is_last:

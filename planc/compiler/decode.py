@@ -27,7 +27,13 @@ from planc.compiler import vocab
 from planc.compiler.collectives import stage_collectives, stage_facts
 from planc.compiler.ir import Buffer, Collective, Op, PlacementGraph
 from planc.compiler.spec import PlanSpec
-from planc.compiler.splits import Degrees, kv_length, local_dims, static_decode_step
+from planc.compiler.splits import (
+    Degrees,
+    kv_length,
+    local_dims,
+    plan_memory_terms,
+    static_decode_step,
+)
 from planc.cost.memory import layer_program, peak_live, static_step_bytes, with_peak
 from planc.layout import strategies
 from planc.layout.slices import cdiv
@@ -48,8 +54,7 @@ def kv_cache_bytes(plan: PlanSpec, n_layers: int) -> int:
 
 def step_program(plan: PlanSpec):  # type: ignore[no-untyped-def]
     d = local_dims(plan, "step")
-    mode = "flash_decode" if plan.degree("seq") > 1 else "local"
-    return d, *layer_program(d, mode, plan.degree("seq"), plan.degree("head_dim"))
+    return d, *layer_program(d, plan_memory_terms(plan, "step"), plan.degree("seq"))
 
 
 def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],

@@ -12,8 +12,6 @@ still shows what the plan would need.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from planc.compiler import vocab
 from planc.compiler.check_structure import axis_roles
 from planc.compiler.collectives import stage_collectives, stage_facts
@@ -29,15 +27,24 @@ from planc.compiler.ir import (
 )
 from planc.compiler.spec import PlanSpec
 from planc.compiler.splits import (
-    plan_splits,
     Degrees,
     attention_mode,
     local_dims,
     microbatches,
+    plan_memory_terms,
+    plan_splits,
     plan_stages,
     zigzag,
 )
-from planc.cost.memory import LocalDims, layer_program, peak_live, with_peak
+from planc.cost.memory import (
+    STAGE_TERMS,
+    LocalDims,
+    StageBuffer,
+    StageShape,
+    layer_program,
+    peak_live,
+    with_peak,
+)
 from planc.layout.compress import format_for, weight_bytes
 from planc.layout.slices import cdiv
 
@@ -106,22 +113,14 @@ def layer_shards(plan: PlanSpec, deg: Degrees) -> list[TensorShard]:
     return out
 
 
-@dataclass(frozen=True)
-class StageBuffer:
-    name: str
-    role: str  # io, activation, communication, workspace
-    bytes: int
-    transient: bool = False  # live only outside the layers (final norm), not beside them
-
-
 def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list[StageBuffer]:
     """What a stage holds beside its layers' transient buffers, as the runtime allocates it
     (planc/backends/torch/runtime/pipeline.py, program.py, model.py):
       - the first stage keeps its rows of the inputs for the whole run (embeddings, or token
         ids with a vocabulary) and clones each microbatch into the residual stream x;
       - every stage owns x [T, hidden] (layers update it in place);
-      - a later stage posts the receive of microbatch m+1 while computing m, and a stage that
-        sends keeps one send in flight (the previous microbatch's x);
+      - the terms of the plan's strategies (cost/memory.py STAGE_TERMS, by the keys of their
+        records: pipeline's receive posted ahead and send in flight);
       - the last stage's final norm makes a new [T, hidden]; with several microbatches they
         are copied into one preallocated output for the stage's rows;
       - RoPE cos / sin tables [seq_local, head_dim / 2] each; the cuBLAS workspace.
@@ -142,10 +141,10 @@ def stage_buffers(plan: PlanSpec, ld: LocalDims, si: int, n_stages: int) -> list
     if first:
         per_elem = 8 if m.vocab else h * e  # int64 token ids, or embeddings
         out.append(StageBuffer("inputs", "io", b_local * ld.seq_q * per_elem))
-    if not first and nmb > 1 and not rounds:
-        out.append(StageBuffer("recv_next", "communication", T * h * e))
-    if not last and nmb > 1:
-        out.append(StageBuffer("send_in_flight", "communication", T * h * e))
+    stage = StageShape(first, last, nmb, rounds)
+    for key in plan_memory_terms(plan):
+        if key in STAGE_TERMS:
+            out += STAGE_TERMS[key](stage, ld)
     if last:
         if nmb > 1 and not rounds:
             out.append(StageBuffer("outputs", "io", b_local * ld.seq_q * h * e))
@@ -185,7 +184,7 @@ def memory_by_class(plan: PlanSpec) -> dict[str, dict[str, int]]:
                                   {cid: b - a for cid, (a, b) in zip(ids, stages)}, ids[-1])
     deg = Degrees.of(plan)
     ld = local_dims(plan)
-    ops, bufs = layer_program(ld, attention_mode(plan), deg.seq, deg.head_dim)
+    ops, bufs = layer_program(ld, plan_memory_terms(plan), deg.seq)
     peak = peak_live(bufs, len(ops))
     layer_w = sum(s.bytes for s in layer_shards(plan, deg))
     stages = plan_stages(plan)
@@ -212,7 +211,7 @@ def lower(plan: PlanSpec) -> PlacementGraph:
     mode = attention_mode(plan)
     e, h = m.dtype_bytes, m.hidden
     T = ld.tokens
-    ops_spec, bufs_spec = layer_program(ld, mode, deg.seq, deg.head_dim)
+    ops_spec, bufs_spec = layer_program(ld, plan_memory_terms(plan), deg.seq)
     layer_peak = peak_live(bufs_spec, len(ops_spec))
     shards = layer_shards(plan, deg)
     pp_axis = plan.axes_of("layers")[0] if plan.axes_of("layers") else None

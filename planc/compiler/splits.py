@@ -17,7 +17,7 @@ from planc.layout.moe import MoeMode, moe_mode
 from planc.layout.schedule import cache_capacity, static_step_reason
 from planc.layout.slices import SliceKind, cdiv, pieces_per_part, slice_kind
 from planc.layout.stages import even_stages
-from planc.layout.strategies import attention_core
+from planc.layout.strategies import attention_core, memory_terms
 
 # What a layer's forward runs on: a prefill's prompt (the local sequence), or one decode step
 # (one query token per sequence, attending to the cache).
@@ -115,6 +115,21 @@ def plan_moe_mode(plan: PlanSpec) -> MoeMode:
         return "local"
     return moe_mode(plan.axes_of("experts"), plan.axes_of("ffn"),
                     plan.axes_of("batch") + plan.axes_of("seq"))
+
+
+def plan_facts(plan: PlanSpec) -> frozenset[str]:
+    """The facts of the plan's attention and MLP (planc/layout/strategies.py FACTS), the same
+    on every stage: the sequence attention, and the MLP (dense, or the MoE mode)."""
+    mlp = plan_moe_mode(plan) if plan.model.experts else "dense"
+    return frozenset({f"attention:{attention_mode(plan)}", f"mlp:{mlp}"})
+
+
+def plan_memory_terms(plan: PlanSpec, phase: Phase = "prefill") -> tuple[str, ...]:
+    """The keys of the memory terms (planc/cost/memory.py) of the strategies the plan splits a
+    dimension of (degree > 1), whose condition holds for its attention and MLP, for a
+    prefill's layer and stages or a decode step's layer."""
+    split = [d for sh in plan.shards for d in sh.dims if plan.degree(d) > 1]
+    return memory_terms(split, plan_facts(plan), phase)
 
 
 def kv_length(plan: PlanSpec) -> int:

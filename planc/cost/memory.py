@@ -7,8 +7,8 @@ prediction of `torch.cuda.max_memory_allocated`, to be judged against measuremen
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 from planc.layout.moe import MoeMode
 
@@ -97,177 +97,337 @@ class OpSpec:
     hbm_bytes: int
 
 
-def layer_program(d: LocalDims, attention: str, sp: int, hd_split: int
+@dataclass
+class Program:
+    """One layer's ops and buffers as its terms add them, in op order (intervals: inclusive op
+    indices). An attention core's buffers go to `bufs` (listed before the block's shared ones)
+    or, with late=True, to `late` (listed after attn_out: layer_program moves them over)."""
+
+    d: LocalDims
+    sp: int  # the sequence degree (the ring's blocks, flash-decoding's partials)
+    ops: list[OpSpec] = field(default_factory=list)
+    bufs: list[BufferSpec] = field(default_factory=list)
+    late: list[BufferSpec] = field(default_factory=list)
+
+    def op(self, name: str, flops: int, hbm: int) -> int:
+        self.ops.append(OpSpec(name, flops, hbm))
+        return len(self.ops) - 1
+
+    def buf(self, name: str, nbytes: int, first: int, last: int, late: bool = False) -> None:
+        (self.late if late else self.bufs).append(BufferSpec(name, nbytes, first, last))
+
+
+def _widths(d: LocalDims) -> tuple[int, int]:
+    """Q and K: the local query and key (or value) widths, heads x head_dim."""
+    return d.heads * d.head_dim, d.kv_heads * d.head_dim
+
+
+def _attention_bytes(d: LocalDims) -> int:
+    """q and the output [T, Q], K and V of the keys attended to, read and written once."""
+    Q, K = _widths(d)
+    return (2 * d.tokens * Q + 2 * d.mb * d.seq_kv * K) * d.elem
+
+
+def _score_flops(d: LocalDims) -> int:
+    return 2 * 2 * d.mb * d.heads * d.seq_q * d.seq_kv * d.head_dim // 2  # causal: half
+
+
+def _lse(d: LocalDims) -> int:
+    return d.mb * d.heads * d.seq_q * 4  # float32 log-sum-exp per query row and head
+
+
+def _one_op(p: Program, mode: str, extra: int = 0) -> int:
+    """Attention as one op (`attention_<mode>`) with its log-sum-exp; its index."""
+    i = p.op(f"attention_{mode}", _score_flops(p.d), _attention_bytes(p.d) + extra)
+    p.buf("attn_lse", _lse(p.d), i, i)
+    return i
+
+
+# ---------------------------------------------------------------------------------------------
+# The attention cores' terms, by the core name of the strategy records (planc/layout/strategies
+# .py Memory; runtime/cores.py runs the cores): each adds its ops and buffers to the program and
+# returns the op that writes the attention output (attn_out).
+
+
+def heads_terms(p: Program) -> int:
+    """SDPA over the local heads (runtime/layers.py LocalCore): no split, or tensor parallel."""
+    return _one_op(p, "local")
+
+
+def head_dim_terms(p: Program) -> int:
+    """A head x head_dim split (runtime/headdim_block.py): the scores materialised."""
+    d = p.d
+    scores = d.mb * d.heads * d.seq_q * d.seq_kv
+    # float32 partials written, all-reduced in place, read by the softmax, probabilities written
+    # in e and read by the product with V
+    i = _one_op(p, "local", scores * (4 + 4 + 2 * d.elem))
+    # partial scores of every head in the group, float32, summed by all-reduce, then the
+    # softmax probabilities in the model dtype
+    p.buf("partial_scores", scores * 4, i, i, late=True)
+    p.buf("probs", scores * d.elem, i, i, late=True)
+    # Not counted (headdim_block.py): with a 16-bit e, q and k in float32 ([T, Q]*4,
+    # [T, K]*4) and the matmul's contiguous copies of q and of k repeated over the query
+    # heads ([T, Q]*4 each); the causal mask [seq, seq] bool and its negation; the softmax
+    # row max and sum [b, heads, seq, 1]*4; v repeated over the query heads [T, Q]*e; the
+    # o_proj input [T, Q]*e (a transpose-reshape copy).
+    return i
+
+
+def ring_terms(p: Program) -> int:
+    """Ring attention over the sequence axis (runtime/seq_attention.py, ring_attention.py)."""
+    d, sp = p.d, p.sp
+    T, e = d.tokens, d.elem
+    Q, K = _widths(d)
+    lse, score_flops, attn_bytes = _lse(d), _score_flops(d), _attention_bytes(d)
+    # K and V stacked [2T, K] and a receive buffer posted while steps remain; step 0 (the own
+    # block, T rows) makes its output in e and a float32 copy that becomes the accumulator; a
+    # later zig-zag block has T rows and T/2 keys or T/2 rows: its output (in e) merges into the
+    # accumulator; then the accumulator is cast to e. With grouped-query attention each block
+    # repeats K/V to the query heads.
+    # step 0 writes its output in e and copies it to float32; each later step writes a
+    # block output in e, and the merge scales the float32 accumulator (read, write) and
+    # adds the block times its weight (read both, write): the bytes the implementation
+    # moves beyond the kernels' own
+    step0_extra = T * Q * (e + e + 4)
+    steps_extra = (sp - 1) * T * Q * (e + 2 * 4 + 4 + e + 4)
+    # seq_kv is one block here: the own block is causal (half its scores), and each of the
+    # sp - 1 blocks that arrive is half visible under zig-zag: sp x the own block's work
+    i_s0 = p.op("attention_ring_step0", score_flops, attn_bytes + step0_extra)
+    i_sn = p.op("attention_ring_steps", score_flops * (sp - 1),
+                attn_bytes * (sp - 1) + steps_extra)
+    i_attn = p.op("attention_ring_cast", T * Q, T * Q * (4 + e))
+    rep = 2 * T * Q * e if K < Q else 0
+    p.buf("ring_kv", 2 * T * K * e, i_s0, i_sn)
+    p.buf("ring_recv", 2 * T * K * e, i_s0, i_sn if sp > 2 else i_s0)
+    p.buf("ring_block0_out", T * Q * e, i_s0, i_s0)
+    p.buf("ring_block_kv_repeat", rep, i_s0, i_sn)
+    p.buf("ring_acc_out", T * Q * 4, i_s0, i_attn)
+    p.buf("ring_acc_lse", lse, i_s0, i_sn)
+    p.buf("ring_block_out", T * Q * e, i_sn, i_sn)
+    p.buf("ring_block_lse", lse, i_sn, i_sn)
+    return i_attn
+
+
+def gather_terms(p: Program) -> int:
+    """All-gathered K/V over the sequence axis (runtime/seq_attention.py)."""
+    d = p.d
+    i = _one_op(p, "gather")
+    p.buf("gathered_kv", 2 * d.mb * d.seq_kv * _widths(d)[1] * d.elem, i, i, late=True)
+    p.buf("gather_mask", d.seq_q * d.seq_kv, i, i, late=True)
+    p.buf("gather_bias", d.seq_q * d.seq_kv * d.elem, i, i, late=True)
+    # Not counted: gloo on CPU makes two transient copies of the gathered K/V inside the
+    # all_gather (NCCL writes in place); the bias is float32 on CPU (e on CUDA, where the
+    # memory-efficient kernel runs, since flash takes no mask).
+    return i
+
+
+def flash_decode_terms(p: Program) -> int:
+    """A decode step over a split sequence (runtime/decode_attention.py flash_decode)."""
+    d = p.d
+    i = _one_op(p, "flash_decode")
+    # each rank's partial output and log-sum-exp (float32), all-gathered and merged
+    p.buf("decode_partials", p.sp * d.tokens * (_widths(d)[0] + d.heads) * 4, i, i, late=True)
+    return i
+
+
+ATTENTION_TERMS: dict[str, Callable[[Program], int]] = {
+    "heads": heads_terms,  # the core of a layer whose strategies add no attention term
+    "head_dim": head_dim_terms,
+    "ring": ring_terms,
+    "gather": gather_terms,
+    "flash_decode": flash_decode_terms,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The MLP's terms, by the model's MLP (runtime/cores.py MLP; a MoE block by its mode, planc/
+# layout/moe.py): each adds its ops and buffers after the block's norm (op `i_norm`) and
+# returns the op that writes the MLP output (mlp_out).
+
+
+def dense_terms(p: Program, i_norm: int) -> int:
+    """runtime/layers.py: fused gate/up, SiLU * up in place, down."""
+    d = p.d
+    T, h, e, f = d.tokens, d.hidden, d.elem, d.ffn
+    i_gu = p.op("gate_up_proj", 2 * T * h * 2 * f, (T * h + 2 * h * f + 2 * T * f) * e)
+    p.op("silu_mul", 5 * T * f, 3 * T * f * e)  # in place on gate_up
+    i_down = p.op("down_proj", 2 * T * f * h, (T * f + f * h + T * h) * e)
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_gu)
+    p.buf("gate_up", 2 * T * f * e, i_gu, i_down)
+    return i_down
+
+
+def _experts_op(p: Program) -> int:
+    d = p.d
+    R, h, f = d.routed, d.hidden, d.ffn
+    return p.op("experts", 3 * 2 * R * h * f, (3 * h * f * d.experts + 2 * R * h) * d.elem)
+
+
+def moe_all_to_all_terms(p: Program, i_norm: int) -> tuple[int, int]:
+    """route -> send [Tk, H] (norm out freed) -> recv [R, H] (send freed) -> grouped [R, H]
+    (recv freed) -> expert outputs [R, H] + one expert's gate/up/down -> back [Tk, H] (outputs
+    freed) -> float32 copy (back freed) -> out32 [T, H]*4 -> cast to e. (The experts op, the
+    output op.)"""
+    d = p.d
+    T, h, e, R = d.tokens, d.hidden, d.elem, d.routed
+    Tk = T * d.top_k
+    i_send = p.op("dispatch", 0, 2 * Tk * h * e)
+    i_recv = p.op("all_to_all_dispatch", 0, 2 * R * h * e)
+    i_grp = p.op("regroup", 0, 2 * R * h * e)
+    i_exp = _experts_op(p)
+    i_back = p.op("all_to_all_combine", 0, 2 * Tk * h * e)
+    i_w = p.op("weight_f32", Tk * h, Tk * h * (e + 4))
+    i_add = p.op("index_add", Tk * h, (Tk + T) * h * 4)
+    i_down = p.op("cast_out", T * h, T * h * (4 + e))
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_send)
+    p.buf("dispatch_send", Tk * h * e, i_send, i_recv)
+    p.buf("dispatch_recv", R * h * e, i_recv, i_grp)
+    p.buf("grouped", R * h * e, i_grp, i_exp)
+    p.buf("expert_out", R * h * e, i_exp, i_back)
+    p.buf("combine_back", Tk * h * e, i_back, i_w)
+    p.buf("contrib_f32", Tk * h * 4, i_w, i_add)
+    p.buf("out_f32", T * h * 4, i_add, i_down)
+    return i_exp, i_down
+
+
+def moe_gathered_terms(p: Program, i_norm: int) -> tuple[int, int]:
+    """replicated / local: the block's input (norm out) lives through the call; gathered rows
+    [R, H] -> expert outputs [R, H] + one expert's temporaries (gathered freed) -> float32 copy
+    [R, H]*4 (outputs freed) -> out32 [T, H]*4 (index_add) -> cast. (The experts op, the output
+    op.)"""
+    d = p.d
+    T, h, e, R = d.tokens, d.hidden, d.elem, d.routed
+    i_gat = p.op("gather_rows", 0, 2 * R * h * e)
+    i_exp = _experts_op(p)
+    i_w = p.op("weight_f32", R * h, R * h * (e + 4))
+    i_add = p.op("index_add", R * h, (R + T) * h * 4)
+    i_down = p.op("cast_out", T * h, T * h * (4 + e))
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_down)
+    p.buf("gathered_rows", R * h * e, i_gat, i_exp)
+    p.buf("expert_out", R * h * e, i_exp, i_w)
+    p.buf("contrib_f32", R * h * 4, i_w, i_add)
+    p.buf("out_f32", T * h * 4, i_add, i_down)
+    return i_exp, i_down
+
+
+MOE_TERMS: dict[str, Callable[[Program, int], tuple[int, int]]] = {
+    "all_to_all": moe_all_to_all_terms,
+    "replicated": moe_gathered_terms,
+    "local": moe_gathered_terms,
+}
+
+
+def moe_terms(p: Program, i_norm: int) -> int:
+    """runtime/moe.py. R = (token, expert) rows this device's experts process and n = rows per
+    local expert, both assuming balanced routing (a router that favours some experts moves the
+    peak by the extra rows of its busiest expert; see benchmarks/README.md)."""
+    d = p.d
+    T, h, e, f = d.tokens, d.hidden, d.elem, d.ffn
+    n = -(-d.routed // d.experts)
+    E = d.experts_total or d.experts
+    i_router = p.op("router", 2 * T * h * E, (T * h + T * E) * e)
+    p.buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
+    i_exp, i_down = MOE_TERMS[d.moe_mode](p, i_norm)
+    # Not counted (moe_block.py, moe.py): top-k weights [T, k]*4 (renormalised into a new
+    # one unless the family keeps them) and ids [T, k]*8; the sort order [Tk]*8; with
+    # all_to_all the counts [E]*8 twice and the regroup index [R]*8. The weighting is in
+    # place in float32 (contrib_f32 is the copy a 16-bit e makes).
+    p.buf("expert_gate_up", 2 * n * f * e, i_exp, i_exp)
+    p.buf("expert_down", n * h * e, i_exp, i_exp)
+    return i_down
+
+
+MLP_TERMS: dict[str, Callable[[Program, int], int]] = {"dense": dense_terms, "moe": moe_terms}
+
+
+def layer_program(d: LocalDims, terms: Collection[str], sp: int
                   ) -> tuple[list[OpSpec], list[BufferSpec]]:
     """Ops and transient buffers of one layer for one microbatch on one device.
 
     Mirrors planc/backends/torch/runtime/layers.py (see its docstring): the residual stream x
     [T, hidden] is owned by the stage and updated in place (not listed here); each block
     normalises into a fresh buffer that the first (fused) GEMM frees; RoPE, SiLU * up and the
-    residual add run in place. `attention` is local / ring / gather; `sp` the sequence degree;
-    `hd_split` the head_dim split (partial scores are materialised and all-reduced when > 1).
-    Intervals are inclusive op indices.
+    residual add run in place. `terms`: the memory-term keys of the plan's strategies
+    (planc/layout/strategies.py memory_terms); the one of ATTENTION_TERMS among them is the
+    attention core ("heads" without one), the MLP's are the model's (MLP_TERMS, by d.experts).
+    `sp` is the sequence degree. Intervals are inclusive op indices.
 
-    Each runtime block names the terms it allocates here; the comments below say, per block,
-    what it allocates that this list leaves out (measured on CPU with the profiler's allocation
+    Each runtime block names the terms it allocates here; the comments say, per block, what it
+    allocates that this list leaves out (measured on CPU with the profiler's allocation
     timeline), so a gap between a predicted and a measured peak can be traced to a line.
     """
+    cores = [k for k in terms if k in ATTENTION_TERMS]
+    if len(cores) > 1:
+        raise ValueError(f"one attention core per layer, not {cores}")
     T, h, e = d.tokens, d.hidden, d.elem
-    Q = d.heads * d.head_dim
-    K = d.kv_heads * d.head_dim
-    ops: list[OpSpec] = []
-    bufs: list[BufferSpec] = []
-
-    def op(name: str, flops: int, hbm: int) -> int:
-        ops.append(OpSpec(name, flops, hbm))
-        return len(ops) - 1
-
-    def buf(name: str, nbytes: int, first: int, last: int) -> None:
-        bufs.append(BufferSpec(name, nbytes, first, last))
-
-    kv_len = d.seq_kv
+    Q, K = _widths(d)
+    p = Program(d, sp)
     # attention block
-    i_norm = op("attn_norm", 4 * T * h, 2 * T * h * e)
-    i_qkv = op("qkv_proj", 2 * T * h * (Q + 2 * K), (T * h + h * (Q + 2 * K) + T * (Q + 2 * K)) * e)
-    i_rq = op("rope_q", 3 * T * Q, 3 * T * Q * e)
-    i_rk = op("rope_k", 3 * T * K, 3 * T * K * e)
-    score_flops = 2 * 2 * d.mb * d.heads * d.seq_q * kv_len * d.head_dim // 2  # causal: half
-    lse = d.mb * d.heads * d.seq_q * 4
-    if attention == "ring" and sp > 1:
-        # runtime/seq_attention.py: K and V stacked [2T, K] and a receive buffer posted while
-        # steps remain; step 0 (the own block, T rows) makes its output in e and a float32 copy
-        # that becomes the accumulator; a later zig-zag block has T rows and T/2 keys or T/2
-        # rows: its output (in e) merges into the accumulator; then the accumulator is cast to
-        # e. With grouped-query attention each block repeats K/V to the query heads.
-        attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
-        # step 0 writes its output in e and copies it to float32; each later step writes a
-        # block output in e, and the merge scales the float32 accumulator (read, write) and
-        # adds the block times its weight (read both, write): the bytes the implementation
-        # moves beyond the kernels' own
-        step0_extra = T * Q * (e + e + 4)
-        steps_extra = (sp - 1) * T * Q * (e + 2 * 4 + 4 + e + 4)
-        # kv_len is one block here: the own block is causal (half its scores), and each of the
-        # sp - 1 blocks that arrive is half visible under zig-zag: sp x the own block's work
-        i_s0 = op("attention_ring_step0", score_flops, attn_bytes + step0_extra)
-        i_sn = op("attention_ring_steps", score_flops * (sp - 1),
-                  attn_bytes * (sp - 1) + steps_extra)
-        i_attn = op("attention_ring_cast", T * Q, T * Q * (4 + e))
-        rep = 2 * T * Q * e if K < Q else 0
-        buf("ring_kv", 2 * T * K * e, i_s0, i_sn)
-        buf("ring_recv", 2 * T * K * e, i_s0, i_sn if sp > 2 else i_s0)
-        buf("ring_block0_out", T * Q * e, i_s0, i_s0)
-        buf("ring_block_kv_repeat", rep, i_s0, i_sn)
-        buf("ring_acc_out", T * Q * 4, i_s0, i_attn)
-        buf("ring_acc_lse", lse, i_s0, i_sn)
-        buf("ring_block_out", T * Q * e, i_sn, i_sn)
-        buf("ring_block_lse", lse, i_sn, i_sn)
-        first_attn = i_s0
-    else:
-        attn_bytes = (2 * T * Q + 2 * d.mb * kv_len * K) * e
-        if hd_split > 1:
-            # scores materialised: float32 partials written, all-reduced in place, read by the
-            # softmax, probabilities written in e and read by the product with V
-            attn_bytes += d.mb * d.heads * d.seq_q * kv_len * (4 + 4 + 2 * e)
-        i_attn = op(f"attention_{attention}", score_flops, attn_bytes)
-        first_attn = i_attn
-        buf("attn_lse", lse, i_attn, i_attn)
-    i_o = op("o_proj", 2 * T * Q * h, (T * Q + Q * h + T * h) * e)
-    i_add1 = op("all_reduce_add_1", T * h, 3 * T * h * e)
-    buf("attn_norm_out", T * h * e, i_norm, i_qkv)
-    buf("qkv", T * (Q + 2 * K) * e, i_qkv, i_attn)
-    buf("rope_tmp_q", T * (Q // 2) * e, i_rq, i_rq)
-    buf("rope_tmp_k", T * (K // 2) * e, i_rk, i_rk)
+    i_norm = p.op("attn_norm", 4 * T * h, 2 * T * h * e)
+    i_qkv = p.op("qkv_proj", 2 * T * h * (Q + 2 * K),
+                 (T * h + h * (Q + 2 * K) + T * (Q + 2 * K)) * e)
+    i_rq = p.op("rope_q", 3 * T * Q, 3 * T * Q * e)
+    i_rk = p.op("rope_k", 3 * T * K, 3 * T * K * e)
+    i_attn = ATTENTION_TERMS[cores[0] if cores else "heads"](p)
+    i_o = p.op("o_proj", 2 * T * Q * h, (T * Q + Q * h + T * h) * e)
+    i_add1 = p.op("all_reduce_add_1", T * h, 3 * T * h * e)
+    p.buf("attn_norm_out", T * h * e, i_norm, i_qkv)
+    p.buf("qkv", T * (Q + 2 * K) * e, i_qkv, i_attn)
+    p.buf("rope_tmp_q", T * (Q // 2) * e, i_rq, i_rq)
+    p.buf("rope_tmp_k", T * (K // 2) * e, i_rk, i_rk)
     # Not counted: with q/k norm (Qwen3) RoPE runs on the normed copies [T, Q]*e and [T, K]*e
     # instead of in place on qkv (layers.rotate_qk). ring / gather (seq_attention.py): the
     # kernel's own workspace; o_proj reads the attention output as a view (the CPU and CUDA
     # kernels lay it out [b, s, heads, d]; a kernel that does not adds a [T, Q]*e copy).
-    buf("attn_out", T * Q * e, i_attn, i_o)
-    if attention == "flash_decode" and sp > 1:
-        # each rank's partial output and log-sum-exp (float32), all-gathered and merged
-        buf("decode_partials", sp * T * (Q + d.heads) * 4, i_attn, i_attn)
-    elif attention == "gather" and sp > 1:
-        buf("gathered_kv", 2 * d.mb * kv_len * K * e, i_attn, i_attn)
-        buf("gather_mask", d.seq_q * kv_len, i_attn, i_attn)
-        buf("gather_bias", d.seq_q * kv_len * e, i_attn, i_attn)
-        # Not counted: gloo on CPU makes two transient copies of the gathered K/V inside the
-        # all_gather (NCCL writes in place); the bias is float32 on CPU (e on CUDA, where the
-        # memory-efficient kernel runs, since flash takes no mask).
-    if hd_split > 1:
-        # partial scores of every head in the group, float32, summed by all-reduce, then the
-        # softmax probabilities in the model dtype
-        buf("partial_scores", d.mb * d.heads * d.seq_q * kv_len * 4, i_attn, i_attn)
-        buf("probs", d.mb * d.heads * d.seq_q * kv_len * e, i_attn, i_attn)
-        # Not counted (headdim_block.py): with a 16-bit e, q and k in float32 ([T, Q]*4,
-        # [T, K]*4) and the matmul's contiguous copies of q and of k repeated over the query
-        # heads ([T, Q]*4 each); the causal mask [seq, seq] bool and its negation; the softmax
-        # row max and sum [b, heads, seq, 1]*4; v repeated over the query heads [T, Q]*e; the
-        # o_proj input [T, Q]*e (a transpose-reshape copy).
-    del first_attn
-    buf("o_proj_out", T * h * e, i_o, i_add1)
+    p.buf("attn_out", T * Q * e, i_attn, i_o)
+    p.bufs += p.late
+    p.buf("o_proj_out", T * h * e, i_o, i_add1)
     # MLP block
-    i_norm2 = op("mlp_norm", 4 * T * h, 2 * T * h * e)
-    if d.experts == 0:
-        f = d.ffn
-        i_gu = op("gate_up_proj", 2 * T * h * 2 * f, (T * h + 2 * h * f + 2 * T * f) * e)
-        op("silu_mul", 5 * T * f, 3 * T * f * e)  # in place on gate_up
-        i_down = op("down_proj", 2 * T * f * h, (T * f + f * h + T * h) * e)
-        buf("mlp_norm_out", T * h * e, i_norm2, i_gu)
-        buf("gate_up", 2 * T * f * e, i_gu, i_down)
-    else:
-        # runtime/moe.py. R = (token, expert) rows this device's experts process and n = rows
-        # per local expert, both assuming balanced routing (a router that favours some experts
-        # moves the peak by the extra rows of its busiest expert; see benchmarks/README.md).
-        R, f, E_l = d.routed, d.ffn, d.experts
-        n = -(-R // E_l)
-        Tk = T * d.top_k
-        E = d.experts_total or E_l
-        i_router = op("router", 2 * T * h * E, (T * h + T * E) * e)
-        buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
-        i_exp = -1
-        if d.moe_mode == "all_to_all":
-            # route -> send [Tk, H] (norm out freed) -> recv [R, H] (send freed) -> grouped
-            # [R, H] (recv freed) -> expert outputs [R, H] + one expert's gate/up/down ->
-            # back [Tk, H] (outputs freed) -> float32 copy (back freed) -> out32 [T, H]*4 ->
-            # cast to e.
-            i_send = op("dispatch", 0, 2 * Tk * h * e)
-            i_recv = op("all_to_all_dispatch", 0, 2 * R * h * e)
-            i_grp = op("regroup", 0, 2 * R * h * e)
-            i_exp = op("experts", 3 * 2 * R * h * f, (3 * h * f * E_l + 2 * R * h) * e)
-            i_back = op("all_to_all_combine", 0, 2 * Tk * h * e)
-            i_w = op("weight_f32", Tk * h, Tk * h * (e + 4))
-            i_add = op("index_add", Tk * h, (Tk + T) * h * 4)
-            i_down = op("cast_out", T * h, T * h * (4 + e))
-            buf("mlp_norm_out", T * h * e, i_norm2, i_send)
-            buf("dispatch_send", Tk * h * e, i_send, i_recv)
-            buf("dispatch_recv", R * h * e, i_recv, i_grp)
-            buf("grouped", R * h * e, i_grp, i_exp)
-            buf("expert_out", R * h * e, i_exp, i_back)
-            buf("combine_back", Tk * h * e, i_back, i_w)
-            buf("contrib_f32", Tk * h * 4, i_w, i_add)
-            buf("out_f32", T * h * 4, i_add, i_down)
-        else:
-            # replicated / local: the block's input (norm out) lives through the call; gathered
-            # rows [R, H] -> expert outputs [R, H] + one expert's temporaries (gathered freed)
-            # -> float32 copy [R, H]*4 (outputs freed) -> out32 [T, H]*4 (index_add) -> cast.
-            i_gat = op("gather_rows", 0, 2 * R * h * e)
-            i_exp = op("experts", 3 * 2 * R * h * f, (3 * h * f * E_l + 2 * R * h) * e)
-            i_w = op("weight_f32", R * h, R * h * (e + 4))
-            i_add = op("index_add", R * h, (R + T) * h * 4)
-            i_down = op("cast_out", T * h, T * h * (4 + e))
-            buf("mlp_norm_out", T * h * e, i_norm2, i_down)
-            buf("gathered_rows", R * h * e, i_gat, i_exp)
-            buf("expert_out", R * h * e, i_exp, i_w)
-            buf("contrib_f32", R * h * 4, i_w, i_add)
-            buf("out_f32", T * h * 4, i_add, i_down)
-        # Not counted (moe_block.py, moe.py): top-k weights [T, k]*4 (renormalised into a new
-        # one unless the family keeps them) and ids [T, k]*8; the sort order [Tk]*8; with
-        # all_to_all the counts [E]*8 twice and the regroup index [R]*8. The weighting is in
-        # place in float32 (contrib_f32 is the copy a 16-bit e makes).
-        buf("expert_gate_up", 2 * n * f * e, i_exp, i_exp)
-        buf("expert_down", n * h * e, i_exp, i_exp)
-    i_add2 = op("all_reduce_add_2", T * h, 3 * T * h * e)
-    buf("mlp_out", T * h * e, i_down, i_add2)
-    return ops, bufs
+    i_norm2 = p.op("mlp_norm", 4 * T * h, 2 * T * h * e)
+    i_down = MLP_TERMS["moe" if d.experts else "dense"](p, i_norm2)
+    i_add2 = p.op("all_reduce_add_2", T * h, 3 * T * h * e)
+    p.buf("mlp_out", T * h * e, i_down, i_add2)
+    return p.ops, p.bufs
+
+
+# ---------------------------------------------------------------------------------------------
+# What a stage holds beside its layers' transient buffers (compiler/lower.py stage_buffers)
+
+
+@dataclass(frozen=True)
+class StageBuffer:
+    name: str
+    role: str  # io, activation, communication, workspace
+    bytes: int
+    transient: bool = False  # live only outside the layers (final norm), not beside them
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """Where a stage is and how it runs, for the stage terms."""
+
+    first: bool
+    last: bool
+    microbatches: int
+    rounds: bool  # a decode's prompt: run in the decode rounds (lower.stage_buffers)
+
+
+def send_recv_terms(st: StageShape, d: LocalDims) -> list[StageBuffer]:
+    """Pipeline (runtime/pipeline.py): a later stage posts the receive of microbatch m+1 while
+    computing m (not in decode rounds: there it posts after computing), and a stage that sends
+    keeps one send in flight (the previous microbatch's x)."""
+    x = d.tokens * d.hidden * d.elem
+    out = []
+    if not st.first and st.microbatches > 1 and not st.rounds:
+        out.append(StageBuffer("recv_next", "communication", x))
+    if not st.last and st.microbatches > 1:
+        out.append(StageBuffer("send_in_flight", "communication", x))
+    return out
+
+
+STAGE_TERMS: dict[str, Callable[[StageShape, LocalDims], list[StageBuffer]]] = {
+    "send_recv": send_recv_terms,
+}
 
 
 def peak_live(bufs: list[BufferSpec], nops: int) -> int:

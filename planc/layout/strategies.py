@@ -1,11 +1,12 @@
 """The strategy registry: one record per parallel strategy.
 
 A record says which model dimensions the strategy splits, the role its mesh axes play, which
-other roles may share an axis with it, what it communicates, which memory terms it changes and
+other roles may share an axis with it, what it communicates, which memory terms it adds and
 which runtime core runs it. check_structure (axis roles and sharing, hence lower's axis roles),
 verifier/encode.py (the divisibility obligations), compiler/lower.py and decode.py (the
-collectives of the placement graph), render/tables.py (show's strategy names) and the runtime
-(backends/torch/runtime/cores.py) read these records; docs/architecture.md says how to add one.
+collectives and the memory terms of the placement graph), render/tables.py (show's strategy
+names) and the runtime (backends/torch/runtime/cores.py) read these records;
+docs/architecture.md says how to add one.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ class Comm:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """One memory term a strategy adds: the key of its function in planc/cost/memory.py.
+
+    A key of ATTENTION_TERMS there is an attention core's ops and buffers in one layer (the
+    layer's common part and its MLP are the model's; a layer whose strategies name no attention
+    core runs "heads"); a key of STAGE_TERMS is what a stage holds beside its layers.
+    compiler/splits.plan_memory_terms picks the entries of the strategies that split a dimension
+    (degree > 1) where one of `when` holds, for a phase: lower.py's layer and stages (prefill),
+    decode.py's step.
+    """
+
+    key: str
+    when: tuple[str, ...] = ()  # any one of these FACTS (of the attention or the MLP); () always
+    phases: tuple[str, ...] = ("prefill", "step")  # a prefill's layer, a decode step's layer
+
+
+@dataclass(frozen=True)
 class Strategy:
     name: str
     role: str  # the role of a mesh axis that carries it (Axis.role in the placement graph)
@@ -59,7 +77,9 @@ class Strategy:
     divides: tuple[tuple[str, str], ...]  # (dim, obligation code): dim divisible by its split
     shares_axis_with: tuple[str, ...]  # other roles that may ride on the same axis
     collectives: tuple[Comm, ...]  # what it sends, per layer and microbatch (lower.py emits them)
-    memory: tuple[str, ...]  # what it shrinks or adds in the memory model (planc/cost)
+    # the terms it adds to the memory model (what it shrinks follows from the layer's LocalDims
+    # and shards, every split dimension's degree)
+    memory: tuple[Memory, ...]
     core: str  # its runtime core (backends/torch/runtime/cores.py); "" when it needs none
 
 
@@ -82,15 +102,16 @@ STRATEGIES: tuple[Strategy, ...] = (
               # greedy over a split vocabulary: each part's (max logit, its token) per row
               Comm("all_gather", "lm_head", ("vocab",), "token_choice", "microbatch",
                    ("lm_head",), phase="step")),
-             ("q/k/v/o and MLP weights / tp", "attention activations / tp"), "heads"),
+             (), "heads"),
     Strategy("head_dim", "hd", ("head_dim",), (("head_dim", "V203"),), ("tp",),
              (O_PROJ,  # and the partial scores of the head_dim slices
               Comm("all_reduce", "attention_scores", ("head_dim",), "scores")),
-             ("q/k/v/o weights / hd", "float32 scores"), "head_dim"),
+             # the float32 partial scores and the probabilities, materialised
+             (Memory("head_dim"),), "head_dim"),
     Strategy("pipeline", "pp", ("layers",), (("layers", "V208"),), (),
              (Comm("send_recv", "stage_output", ("layers",), "residual", "microbatch",
                    ("sends",)),),
-             ("layers / pp", "send and receive buffers"), ""),
+             (Memory("send_recv"),), ""),  # the receive posted ahead and the send in flight
     Strategy("sequence", "sp", ("seq",), (("seq", "V207"),), (),
              (Comm("ring_pass", "k_proj", ("seq",), "kv", "hop", ("attention:ring",),
                    step_copy=False),
@@ -99,7 +120,11 @@ STRATEGIES: tuple[Strategy, ...] = (
               # a decode step attends over each rank's chunk of the cache: the partial outputs
               # and log-sum-exps are all-gathered and merged (flash-decoding)
               Comm("all_gather", "flash_decode_merge", ("seq",), "partials", phase="step")),
-             ("activations / sp", "K/V blocks in flight"), "ring"),  # or "gather": the plan says
+             # K/V blocks in flight, or the gathered K/V; a decode step's partials
+             (Memory("ring", ("attention:ring",), ("prefill",)),
+              Memory("gather", ("attention:gather",), ("prefill",)),
+              Memory("flash_decode", phases=("step",))),
+             "ring"),  # or "gather": the plan says
     Strategy("expert", "ep", ("experts",), (("experts", "V205"),), ("dp", "tp"),
              (Comm("all_to_all", "router", ("experts",), "routed_copies",
                    when=("mlp:all_to_all",)),  # dispatch
@@ -108,8 +133,8 @@ STRATEGIES: tuple[Strategy, ...] = (
               # the ffn axes are the tensor-parallel group inside each expert
               Comm("all_reduce", "experts", ("ffn",), "routed_rows", when=("mlp:all_to_all",)),
               WEIGHTED_SUM),
-             ("experts / ep", "routed rows"), "moe"),
-    Strategy("data", "dp", ("batch",), (("batch", "V206"),), ("ep",), (), ("batch / dp",), ""),
+             (), "moe"),  # its buffers are the MoE mode's (cost/memory.py MOE_TERMS)
+    Strategy("data", "dp", ("batch",), (("batch", "V206"),), ("ep",), (), (), ""),
 )
 ROLE_OF_DIM: dict[str, str] = {d: s.role for s in STRATEGIES for d in s.dims}
 # Every divisibility obligation, in code order (the order reports list them).
@@ -125,6 +150,18 @@ def collectives(split: Collection[str], phase: str = "prefill") -> tuple[Comm, .
         if set(s.dims) & set(split):
             out += [c for c in s.collectives if c.phase == phase and c not in out]
     return tuple(sorted(out, key=lambda c: POINTS.index(c.after)))
+
+
+def memory_terms(split: Collection[str], facts: Collection[str], phase: str = "prefill"
+                 ) -> tuple[str, ...]:
+    """The keys of the memory terms (Memory) of the strategies that split any of these
+    dimensions, whose condition holds among `facts`, for one phase, in record order, once each."""
+    out: list[str] = []
+    for s in STRATEGIES:
+        if set(s.dims) & set(split):
+            out += [t.key for t in s.memory if phase in t.phases and t.key not in out
+                    and (not t.when or set(t.when) & set(facts))]
+    return tuple(out)
 
 
 def step_copy(op: str, after: str) -> bool:

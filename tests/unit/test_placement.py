@@ -97,6 +97,64 @@ def test_strategy_collectives_name_known_ops_points_facts_and_sizes():
 
 
 
+def test_strategy_memory_keys_name_term_functions():
+    """Every record's memory terms name a function of cost/memory.py's tables, under known facts
+    and phases; every MoE mode has its terms; a decode step's and a prefill's keys differ only
+    where a record says so."""
+    from typing import get_args
+
+    from planc.cost.memory import ATTENTION_TERMS, MLP_TERMS, MOE_TERMS, STAGE_TERMS
+    from planc.layout.moe import MoeMode
+    from planc.layout.strategies import FACTS, STRATEGIES, memory_terms
+
+    for s in STRATEGIES:
+        for t in s.memory:
+            assert t.key in ATTENTION_TERMS or t.key in STAGE_TERMS, (s.name, t)
+            assert set(t.when) <= set(FACTS) and set(t.phases) <= {"prefill", "step"}, (s.name, t)
+        # a record's runtime core, when it is an attention core, has terms of its own
+        assert s.core in ("", *ATTENTION_TERMS, *MLP_TERMS), s.name
+    assert set(MOE_TERMS) == set(get_args(MoeMode)) and set(MLP_TERMS) == {"dense", "moe"}
+    assert memory_terms(["seq"], {"attention:ring"}) == ("ring",)
+    assert memory_terms(["seq"], {"attention:gather"}, "step") == ("flash_decode",)
+    assert memory_terms(["head_dim", "heads"], {"attention:local"}, "step") == ("head_dim",)
+    assert memory_terms(["layers", "batch"], ()) == ("send_recv",)
+    assert memory_terms(["heads", "experts", "batch"], {"mlp:all_to_all"}) == ()
+
+
+def test_a_memory_key_added_to_a_record_is_what_the_lowering_counts(monkeypatch):
+    """A memory term added to a record changes the layer program and the stage buffers of every
+    plan that uses the strategy (where its condition holds), and the memory rows with them."""
+    from dataclasses import replace
+
+    from planc.compiler.lower import lower, memory_by_class
+    from planc.cost import memory
+    from planc.layout import strategies
+    from tests.helpers import plan_text, resolve_text
+
+    spec, diags = resolve_text(plan_text("  mesh tp=4\n  shard heads, kv_heads, ffn over tp\n"))
+    assert not diags.has_errors
+    plan = spec.plans[0]
+    before, rows = lower(plan), memory_by_class(plan)
+    probe = memory.StageBuffer("probe", "communication", 12345)
+    monkeypatch.setitem(memory.STAGE_TERMS, "probe", lambda stage, d: [probe])
+    tp = next(s for s in strategies.STRATEGIES if s.name == "tensor")
+    added = (strategies.Memory("head_dim"), strategies.Memory("probe", ("mlp:dense",)),
+             strategies.Memory("ring", ("attention:ring",)))  # its condition does not hold
+    monkeypatch.setattr(strategies, "STRATEGIES", tuple(
+        replace(s, memory=(*s.memory, *added)) if s is tp else s for s in strategies.STRATEGIES))
+    after = lower(plan)
+    names = [b.name for b in after.classes[0].buffers]
+    assert set(names) - {b.name for b in before.classes[0].buffers} == {
+        "probe", "partial_scores", "probs"}
+    assert not any(n.startswith("ring_") for n in names)
+    scores = 128 * 8 * 2048 * 2048  # one microbatch of 128 sequences, 32 / 4 heads, seq x seq
+    ops = {o.name: o.bytes for o in after.classes[0].ops}
+    assert ops["attention_local"] - {o.name: o.bytes for o in before.classes[0].ops}[
+        "attention_local"] == scores * (4 + 4 + 2 * 2)
+    assert memory_by_class(plan)["all"]["buffers"] == rows["all"]["buffers"] + 12345
+    assert after.classes[0].memory == memory_by_class(plan)["all"]
+
+
 def test_a_strategy_record_is_what_the_lowering_emits(monkeypatch):
     """A collective added to a record appears in the graph of every plan that uses the strategy,
     on the stages its condition holds for, sized from the layer's dims."""

@@ -12,7 +12,7 @@ softmax and P V run on the local slice, and o_proj is row-parallel over the whol
 all_reduce of [T, hidden] over the ranks that differ only on the heads and head_dim axes. The
 MLP is cores.make_mlp's, column/row-parallel over splits["ffn"] (the seed shards it over n, m).
 
-Memory: planc/cost/memory.py's `layer_program` with hd_split = m: layers.py's attention terms
+Memory: planc/cost/memory.py's `head_dim_terms` (the head_dim record's key): layers.py's terms
 with local widths over the head_dim slice, plus partial_scores (float32, all-reduced in place)
 and probs; what this block allocates beyond them is listed there.
 """

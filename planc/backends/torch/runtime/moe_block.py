@@ -18,7 +18,7 @@ older planc random checkpoints hold) or the per-expert names save_pretrained and
 checkpoints use (Mixtral's `block_sparse_moe.experts.{e}.w1/w3/w2`, Qwen3-MoE's
 `mlp.experts.{e}.gate_proj/up_proj/down_proj`); either is read by slices.
 
-Memory: planc/cost/memory.py's `layer_program` MoE terms (router_probs; all_to_all:
+Memory: planc/cost/memory.py's `moe_terms` (router_probs; MOE_TERMS by mode, all_to_all:
 dispatch_send, dispatch_recv, grouped, expert_out, combine_back, contrib_f32, out_f32;
 replicated / local: gathered_rows, expert_out, contrib_f32, out_f32; expert_gate_up and
 expert_down per expert), in that op order; what this block allocates beyond them is listed

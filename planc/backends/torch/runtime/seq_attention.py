@@ -10,9 +10,9 @@ Only K/V cross the sequence group, round the ring (ring_attention) or all-gather
 then column-parallel over the local heads and o row-parallel with one all_reduce over the heads
 group, as in layers.Attention.
 
-Memory: planc/cost/memory.py's `layer_program` for attention ring (ring_kv, ring_recv,
+Memory: planc/cost/memory.py's `ring_terms` (ring_kv, ring_recv,
 ring_block0_out, ring_block_kv_repeat, ring_acc_out / ring_acc_lse, ring_block_out /
-ring_block_lse) or gather (gathered_kv, gather_mask, gather_bias), besides layers.py's
+ring_block_lse) or `gather_terms` (gathered_kv, gather_mask, gather_bias), besides layers.py's
 attention terms; what this block allocates beyond them is listed there.
 """
 
