@@ -61,3 +61,25 @@ def test_timeout_stops_every_rank_even_one_that_ignores_sigterm(tmp_path, monkey
     started = [int(p.read_text()) for p in pids.iterdir()]
     assert len(started) == 2, "both ranks should have started within the timeout"
     assert not [pid for pid in started if alive(pid)]
+
+
+@pytest.mark.parametrize(("body", "code", "stderr"), [
+    ("pass", 0, ""),
+    ("raise SystemExit('planc: error[R004]: the output differs')", 1,
+     "planc: error[R004]: the output differs"),
+    ("raise SystemExit(3)", 3, ""),
+    ("raise RuntimeError('boom')", 1, "RuntimeError: boom"),
+])
+def test_a_generated_program_leaves_with_the_status_python_would_give(body, code, stderr):
+    """run_and_leave (every generated program's entry) skips the interpreter's finalization but
+    keeps Python's exit status and message: a differing output still exits 1 with R004."""
+    import subprocess
+    import sys
+
+    src = ("from planc.backends.torch.runtime.dist import run_and_leave\n"
+           f"def main():\n    {body}\n"
+           "run_and_leave(main)\n")
+    p = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert p.returncode == code, p.stderr
+    assert stderr in p.stderr

@@ -43,7 +43,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    rank_dist.run_and_leave(main)
 """
 
 # A decode program also turns prompts into text (`planc generate`'s options): these edits of

@@ -11,8 +11,12 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -171,3 +175,27 @@ def barrier(ctx: RankContext) -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_and_leave(main: Callable[[], None]) -> NoReturn:
+    """Run a generated program's main() and end the process with its exit status, as Python
+    would (a SystemExit's code or message, a traceback and 1 for any other exception), but
+    without the interpreter's finalization: after the process group was destroyed, a rank was
+    seen aborting there under load ("terminate called without an active exception", SIGABRT,
+    with its work done and its metrics written) as gloo's worker threads and the tensors they
+    hold are torn down in the wrong order (pytorch/pytorch#179291 describes it)."""
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            code = 1
+        else:
+            code = int(e.code or 0)
+    except BaseException:  # noqa: BLE001 - reported as Python would, then the status
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
