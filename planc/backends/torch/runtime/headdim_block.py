@@ -29,8 +29,8 @@ from planc.backends.torch.runtime.layers import (
     Attention,
     LocalCore,
     Rope,
+    assemble_attention,
     attention_weights,
-    load_norm,
     load_qk_norm,
 )
 from planc.layout.headdim import headdim_rows, headdim_slice_indices
@@ -74,13 +74,5 @@ def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attenti
     wqkv, wo = attention_weights(ctx, reader, layer, (rows_q, rows_kv), out_group)
     dim_group = ctx.dim_group("head_dim")
     qk_norm = load_qk_norm(ctx, reader, layer, headdim_slice_indices(d, parts, j), dim_group)
-    return Attention(
-        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
-        wqkv,
-        wo,
-        len(lay.q_heads),
-        len(lay.kv_heads),
-        HeadDimCore(d, cfg.causal, (parts, j), dim_group),
-        out_group,
-        qk_norm,
-    )
+    core = HeadDimCore(d, cfg.causal, (parts, j), dim_group)
+    return assemble_attention(ctx, reader, layer, (wqkv, wo), core, out_group, qk_norm)

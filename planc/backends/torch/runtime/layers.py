@@ -461,20 +461,31 @@ def load_norm(ctx: RankContext, reader: ShardReader, name: str) -> RMSNorm:
     return RMSNorm(reader.place(reader.full(name, (m.hidden,))), m.features.norm_eps)
 
 
-def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attention:
-    """Layer `layer`'s attention over the rank's heads (the "heads" core, runtime/cores.py)."""
-    lay, m = ctx.layout, ctx.cfg.model
+def make_attention(ctx: RankContext, reader: ShardReader, layer: int,
+                   core: LocalCore | None = None) -> Attention:
+    """Layer `layer`'s attention over the rank's heads around `core` (default: SDPA over them,
+    the "heads" core of runtime/cores.py; seq_attention passes its SeqCore)."""
     wqkv, wo = attention_weights(ctx, reader, layer)
-    return Attention(
-        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
-        wqkv,
-        wo,
-        len(lay.q_heads),
-        len(lay.kv_heads),
-        LocalCore(m.head_dim, ctx.cfg.causal),
-        ctx.dim_group("heads"),
-        load_qk_norm(ctx, reader, layer),
-    )
+    core = core or LocalCore(ctx.cfg.model.head_dim, ctx.cfg.causal)
+    return assemble_attention(ctx, reader, layer, (wqkv, wo), core, ctx.dim_group("heads"),
+                              load_qk_norm(ctx, reader, layer))  # fmt: skip
+
+
+def assemble_attention(
+    ctx: RankContext,
+    reader: ShardReader,
+    layer: int,
+    weights: tuple[nn.Module, nn.Module],
+    core: LocalCore,
+    out_group: dist.ProcessGroup | None,
+    qk_norm: nn.ModuleList | None,
+) -> Attention:
+    """The attention block of the rank's heads from its q/k/v and o linears (`weights`), its
+    input norm (read here) and `core`, all-reduced over out_group."""
+    lay = ctx.layout
+    norm = load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight")
+    return Attention(norm, *weights, len(lay.q_heads), len(lay.kv_heads), core, out_group,
+                     qk_norm)  # fmt: skip
 
 
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> GatedMLP:

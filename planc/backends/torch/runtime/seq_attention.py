@@ -23,14 +23,9 @@ from typing import TYPE_CHECKING
 import torch.distributed as dist
 from torch import Tensor
 
+from planc.backends.torch.runtime import layers
 from planc.backends.torch.runtime.decode_attention import flash_decode
-from planc.backends.torch.runtime.layers import (
-    Attention,
-    LocalCore,
-    attention_weights,
-    load_norm,
-    load_qk_norm,
-)
+from planc.backends.torch.runtime.layers import Attention, LocalCore
 from planc.backends.torch.runtime.ring_attention import gather_attention, ring_attention
 
 if TYPE_CHECKING:
@@ -65,15 +60,6 @@ class SeqCore(LocalCore):
 
 def make_attention(ctx: RankContext, reader: ShardReader, layer: int) -> Attention:
     """Layer `layer`'s attention for splits["seq"] with cfg.attention ring or gather."""
-    cfg, lay = ctx.cfg, ctx.layout
-    wqkv, wo = attention_weights(ctx, reader, layer)
-    return Attention(
-        load_norm(ctx, reader, f"layers.{layer}.input_layernorm.weight"),
-        wqkv,
-        wo,
-        len(lay.q_heads),
-        len(lay.kv_heads),
-        SeqCore(cfg.model.head_dim, cfg.causal, cfg.attention, cfg.zigzag, ctx.dim_group("seq")),
-        ctx.dim_group("heads"),
-        load_qk_norm(ctx, reader, layer),
-    )
+    cfg = ctx.cfg
+    core = SeqCore(cfg.model.head_dim, cfg.causal, cfg.attention, cfg.zigzag, ctx.dim_group("seq"))
+    return layers.make_attention(ctx, reader, layer, core)
