@@ -9,6 +9,7 @@ Each plan's table row is its latest run (earlier runs stay in their JSON files).
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -50,10 +51,21 @@ def today(r: dict, key: str, scale: float = 1.0, fmt: str = ".2f") -> str:
     return "-" if v is None else f"{v * scale:{fmt}}"
 
 
+def run_order(d: dict) -> tuple:
+    """When a run was made, as far as its file says: its date, then the number in its file name
+    (`..._run4...`: the runs of one day are numbered), then the name; a plan's row is its latest
+    run. (A glob's alphabetical order put a 2026-11-22 run after 2026-11-29 ones.)"""
+    name = d["records"][0]["_file"] if d.get("records") else ""
+    m = re.search(r"_run(\d+)", name)
+    return (d.get("date") or "", int(m.group(1)) if m else 0, name)
+
+
 def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
     runs, peers = [], []
     for p in paths:
         d = json.loads(Path(p).read_text())
+        if "records" in d and not all("plan" in r for r in d["records"]):
+            continue  # a micro-benchmark's rows (decode_attention_h200.py), not plan runs
         if "records" in d:
             for r in d["records"]:
                 r["_file"] = Path(p).name
@@ -63,7 +75,7 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
         else:
             d["_file"] = Path(p).name
             peers.append(d)
-    return runs, peers
+    return sorted(runs, key=run_order), peers
 
 
 def decode_table(runs: list[dict]) -> list[str]:

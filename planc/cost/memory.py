@@ -26,7 +26,8 @@ def static_step_bytes(rows: int, generate: int, positions: int, head_dim: int, e
     int64 token buffer [rows, generate] and, on a GPU, one more cuBLAS `workspace` (the
     device's, presets.py) for each of its two new streams, the warm-up's side stream and the
     capture stream of torch.cuda.graph (measured on one H200: 64.5 MiB above the eager decode's
-    peak, benchmarks/results/h200_decode_run2_planc.json against run 1). Its counters are a few
+    peak, benchmarks/results/h200_decode_run2_planc.json against
+    h200_decode_run1_grouped_bmm.json). Its counters are a few
     bytes per row (not counted); the graphs' private pool is reserved, not allocated."""
     return 2 * workspace + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
 

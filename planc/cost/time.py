@@ -73,7 +73,7 @@ class Efficiency:
     # kernels still start and drain one after another, and the flash-decoding kernel reads the
     # cache below the copy bandwidth at small batches. Fitted on the Llama-3-8B shape at batch 1
     # (benchmarks/results/h200_decode_run3_planc.json) and 64 (h200_decode_run4_planc.json);
-    # batch 8 and the seed shape, which the fit did not see, land at -0.9% and -5.9%. (The
+    # batch 8 and the seed shape, which the fit did not see, land at -0.9% and -5.8%. (The
     # first fit, 5.6 us and 0.71 from run 2's uncompiled step and untuned tile, was the
     # prediction stored with runs 3 and 4: h200_decode_issue15.md has both.)
     graph_op_overhead_s: float = 3.3e-6
@@ -190,11 +190,18 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     nmb = graph.microbatches
     div = (nmb if per_mb else 1) * phase_steps(graph, phase)
     flops = Fraction(sum(o.flops * o.calls for o in cls.ops if in_phase(o.name, phase)), div)
-    weights = cls.memory["weights"] if not cls.cache_resident else 0
+    weights = cls.memory["weights"] - _lookup_only_bytes(cls, graph) if not cls.cache_resident \
+        else 0
     # The weights are read once per step: planc's runtime reads them again for every
     # microbatch, but a schedule that runs each layer over all its microbatches need not.
-    if phase == "decode":  # per step: the weights and the whole KV cache
-        hbm = Fraction(weights + cls.memory.get("kv_cache", 0), nmb if per_mb else 1)
+    if phase == "decode":  # per step: the weights and the cache's filled positions
+        kv = Fraction(cls.memory.get("kv_cache", 0))
+        if graph.context + graph.generate:
+            # the cache is allocated for context + generate positions; step t reads the
+            # context + t filled ones, context + generate / 2 on average over the steps
+            kv *= Fraction(2 * graph.context + graph.generate,
+                           2 * (graph.context + graph.generate))
+        hbm = (weights + kv) / (nmb if per_mb else 1)
     else:
         io = sum(b.bytes for b in cls.buffers if b.role == "io")
         hbm = Fraction(weights + io, nmb if per_mb else 1)
@@ -209,6 +216,19 @@ def _class_parts(cls: DeviceClass, graph: PlacementGraph, rates: Rates, per_mb: 
     if rates.inter:
         link = max(link, inter / rates.inter)
     return flops / rates.compute, hbm / rates.hbm, link / div
+
+
+def _lookup_only_bytes(cls: DeviceClass, graph: PlacementGraph) -> int:
+    """Bytes of an embedding table the class only looks tokens up in: a step reads the rows of
+    its tokens, not the table (counted as nothing: a bound may only undercount). A table that
+    is also the class's (tied) lm_head is read whole."""
+    embed = sum(s.bytes for s in cls.shards if s.name == "embed_tokens.weight")
+    if not embed:
+        return 0
+    own_head = any(s.name == "lm_head.weight" for s in cls.shards)
+    is_last = cls.id == graph.classes[-1].id
+    tied_head = graph.phase == "decode" and is_last and not own_head
+    return 0 if tied_head else embed
 
 
 def stage_parts(graph: PlacementGraph, rates: Rates, phase: str = "prefill"

@@ -2,8 +2,8 @@
 
 A decode step (planc/layout/schedule.py: step t >= 1 feeds the token of step t - 1) is the
 same work every token: embed the fed tokens, every layer with its KV cache, the final norm,
-the lm_head and the greedy choice. Run eagerly, each of its few hundred kernels pays a launch
-from Python (about 13 ms per token for a Llama-3-8B shape on an H200 whatever the batch, while
+the lm_head and the greedy choice. Run eagerly, each of its ~900 kernels (385 ops of the cost
+model) pays a launch from Python (about 13 ms per token for a Llama-3-8B shape on an H200 whatever the batch, while
 the bytes it reads take 3-7 ms: issue 15's baseline). Here everything a step reads or writes
 lives at an address fixed for the whole run, and what changes between tokens is data on the
 device: the fed token ids, each row's position (RoPE), the cache slot written, how many slots

@@ -214,7 +214,7 @@ def _silu_mul_fused(gate_up: Tensor) -> Tensor:
 class Elementwise:
     """A layer's elementwise math (RMSNorm with its scale, RoPE, SiLU x up). EAGER is torch's
     ops, in place where they can be: what every phase runs and what planc/cost's buffers count.
-    `compiled()` is torch.compile of the same math, one fused kernel per call where eagerly it
+    `compiled_elementwise()` is torch.compile of the same math, one fused kernel per call where eagerly it
     launches two (the norm), five (RoPE) or two (SiLU x up): it pays inside the static decode
     step's CUDA graph (decode_step.py), where a step is hundreds of small kernels and each
     costs a few microseconds whatever its size (benchmarks/results/h200_decode_*). The fused
