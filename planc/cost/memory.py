@@ -277,17 +277,14 @@ def moe_all_to_all_terms(p: Program, i_norm: int) -> tuple[int, int]:
     i_grp = p.op("regroup", 0, 2 * R * h * e)
     i_exp = _experts_op(p)
     i_back = p.op("all_to_all_combine", 0, 2 * Tk * h * e)
-    i_w = p.op("weight_f32", Tk * h, Tk * h * (e + 4))
-    i_add = p.op("index_add", Tk * h, (Tk + T) * h * 4)
-    i_down = p.op("cast_out", T * h, T * h * (4 + e))
+    i_w, i_add, i_down = _weighted_sum_ops(p, Tk)
     p.buf("mlp_norm_out", T * h * e, i_norm, i_send)
     p.buf("dispatch_send", Tk * h * e, i_send, i_recv)
     p.buf("dispatch_recv", R * h * e, i_recv, i_grp)
     p.buf("grouped", R * h * e, i_grp, i_exp)
     p.buf("expert_out", R * h * e, i_exp, i_back)
     p.buf("combine_back", Tk * h * e, i_back, i_w)
-    p.buf("contrib_f32", Tk * h * 4, i_w, i_add)
-    p.buf("out_f32", T * h * 4, i_add, i_down)
+    _weighted_sum_bufs(p, Tk, i_w, i_add, i_down)
     return i_exp, i_down
 
 
@@ -300,15 +297,27 @@ def moe_gathered_terms(p: Program, i_norm: int) -> tuple[int, int]:
     T, h, e, R = d.tokens, d.hidden, d.elem, d.routed
     i_gat = p.op("gather_rows", 0, 2 * R * h * e)
     i_exp = _experts_op(p)
-    i_w = p.op("weight_f32", R * h, R * h * (e + 4))
-    i_add = p.op("index_add", R * h, (R + T) * h * 4)
-    i_down = p.op("cast_out", T * h, T * h * (4 + e))
+    i_w, i_add, i_down = _weighted_sum_ops(p, R)
     p.buf("mlp_norm_out", T * h * e, i_norm, i_down)
     p.buf("gathered_rows", R * h * e, i_gat, i_exp)
     p.buf("expert_out", R * h * e, i_exp, i_w)
-    p.buf("contrib_f32", R * h * 4, i_w, i_add)
-    p.buf("out_f32", T * h * 4, i_add, i_down)
+    _weighted_sum_bufs(p, R, i_w, i_add, i_down)
     return i_exp, i_down
+
+
+def _weighted_sum_ops(p: Program, rows: int) -> tuple[int, int, int]:
+    """Both MoE modes end alike on their `rows` expert outputs: weighted in float32, summed per
+    token with index_add into [T, H] float32, cast to e. (Its three ops.)"""
+    T, h, e = p.d.tokens, p.d.hidden, p.d.elem
+    i_w = p.op("weight_f32", rows * h, rows * h * (e + 4))
+    i_add = p.op("index_add", rows * h, (rows + T) * h * 4)
+    return i_w, i_add, p.op("cast_out", T * h, T * h * (4 + e))
+
+
+def _weighted_sum_bufs(p: Program, rows: int, i_w: int, i_add: int, i_down: int) -> None:
+    """The float32 buffers of _weighted_sum_ops, listed after the mode's own buffers."""
+    p.buf("contrib_f32", rows * p.d.hidden * 4, i_w, i_add)
+    p.buf("out_f32", p.d.tokens * p.d.hidden * 4, i_add, i_down)
 
 
 MOE_TERMS: dict[str, Callable[[Program, int], tuple[int, int]]] = {
