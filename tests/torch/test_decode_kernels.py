@@ -87,6 +87,53 @@ def _close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
 
 
+def _rope_case(dtype: torch.dtype, device: str, heads: int = 4, kv: int = 2, d: int = 16):
+    """A fused q/k/v output [3, heads + 2 kv, d] (a strided view), cos / sin [3, d // 2] and
+    caches [3, kv, 10, d] that are views of a bigger cache, slot 6."""
+    gen = torch.Generator().manual_seed(7)
+    qkv = torch.randn(3, 2, heads + 2 * kv, d, generator=gen).to(device, dtype)[:, 1]
+    ang = torch.randn(3, d // 2, generator=gen)
+    cos, sin = ang.cos().to(device, dtype), ang.sin().to(device, dtype)
+    big = torch.randn(2, 5, kv, 12, d, generator=gen).to(device, dtype)
+    slot = torch.tensor([6], device=device)
+    return qkv, cos, sin, slot, big[0, 1:4, :, 1:11], big[1, 1:4, :, 1:11], heads
+
+
+def _rope_reference(qkv, cos, sin, heads):
+    """float64 rotate-half RoPE of every q and k head (HF: x cos + rotate_half(x) sin)."""
+    x = qkv.double()
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos.double()[:, None], sin.double()[:, None]
+    rot = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    kv = (qkv.shape[1] - heads) // 2
+    return rot[:, :heads], rot[:, heads:heads + kv], x[:, heads + kv:]
+
+
+def _check_rope_store(fn, dtype: torch.dtype, device: str) -> None:
+    qkv, cos, sin, slot, k_cache, v_cache, heads = _rope_case(dtype, device)
+    q_ref, k_ref, v_ref = _rope_reference(qkv, cos, sin, heads)
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    q = fn(qkv.clone(), cos, sin, slot, k_cache, v_cache, heads)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(q.double().cpu(), q_ref.cpu(), rtol=tol, atol=tol)
+    torch.testing.assert_close(k_cache[:, :, 6].double().cpu(), k_ref.cpu(), rtol=tol, atol=tol)
+    assert torch.equal(v_cache[:, :, 6].cpu(), v_ref.to(dtype).cpu())
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[6] = False  # every other slot, and the rest of the big cache, untouched
+    assert torch.equal(k_cache[:, :, keep], k_before[:, :, keep])
+    assert torch.equal(v_cache[:, :, keep], v_before[:, :, keep])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rope_store_torch_matches_reference(dtype):
+    from planc.backends.torch.runtime import layers
+
+    def fn(*args):  # type: ignore[no-untyped-def]
+        return dk.rope_store_torch(*args, layers.EAGER.rope)
+
+    _check_rope_store(fn, dtype, "cpu")
+
+
 SHAPES = [(b, g, gap, d) for b in (1, 3) for g in (1, 4) for gap in (False, True)
           for d in (16, 64)]
 
@@ -190,3 +237,8 @@ def test_flash_decode_triton_reads_nothing_it_must_not(triton_device, splits):
     out = dk.flash_decode_triton(q, k2, v2, lengths, lo, hi, 0.25, splits)
     assert torch.isfinite(out).all()
     assert torch.equal(out, clean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rope_store_triton_matches_reference(triton_device, dtype):
+    _check_rope_store(dk.rope_store_triton, dtype, triton_device)

@@ -37,6 +37,11 @@ def test_compiled_elementwise_equals_the_eager_ops(fused, dtype, tol):
     close(fused.rope(q_view, cos, sin), expect)
     assert torch.equal(q_view, qkv[:, :, :8])  # the fused form leaves its input alone
     close(fused.silu_mul(gate_up), layers.EAGER.silu_mul(gate_up.clone()))
+    delta = torch.randn(3, 1, 64, generator=g).to(dtype)
+    x_fused, x_eager = x.clone(), x.clone()
+    close(fused.add_norm(x_fused, delta, w, 1e-5), layers.EAGER.add_norm(x_eager, delta, w, 1e-5))
+    close(x_fused, x + delta)  # both update the residual stream in place
+    close(x_eager, x + delta)
 
 
 def test_the_eager_ops_are_the_default_and_the_context_restores_them(fused):

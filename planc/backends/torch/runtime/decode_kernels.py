@@ -106,10 +106,11 @@ def _attn_partials_body(
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_s, sl_b, sl_h,
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
-    of the row's visible slots (out 0, lse -inf when the part is empty).
+    of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
+    split) OUT is the result itself, in its dtype, and there is no merge to run.
 
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products: for fp32 inputs (tf32
     would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (triton 3.9:
@@ -174,8 +175,9 @@ def _attn_partials_body(
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
     o_ptrs = OUT + row * so_b + heads[:, None] * so_h + split * so_s + offs_d[None, :]
-    tl.store(o_ptrs, out, mask=g_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + row * sl_b + heads * sl_h + split, lse, mask=g_ok)
+    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
+    if WRITE_LSE:
+        tl.store(LSE + row * sl_b + heads * sl_h + split, lse, mask=g_ok)
 
 
 def _merge_body(
@@ -200,7 +202,41 @@ def _merge_body(
     tl.store(OUT + row * so_b + h * so_h + offs_d, out.to(OUT.dtype.element_ty), mask=d_ok)
 
 
+def _rope_store_body(
+    QKV, COS, SIN, SLOT, QOUT, K, V,
+    sx_r, sx_h, sc_r, sq_r, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n,
+    H: tl.constexpr, KV: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program per (row, head of the fused q/k/v output): a q head rotated into QOUT, a k
+    head rotated into the K cache at slot SLOT[0], a v head copied into the V cache there.
+    Rotate-half RoPE (Hugging Face's) in float32, rounded once to the output's dtype."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < HALF
+    src = QKV + row * sx_r + head * sx_h
+    x1 = tl.load(src + offs, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF + offs, mask=ok, other=0.0).to(tl.float32)
+    slot = tl.load(SLOT)
+    if head < H + KV:
+        c = tl.load(COS + row * sc_r + offs, mask=ok, other=0.0).to(tl.float32)
+        s = tl.load(SIN + row * sc_r + offs, mask=ok, other=0.0).to(tl.float32)
+        y1 = x1 * c - x2 * s
+        y2 = x2 * c + x1 * s
+        if head < H:
+            dst = QOUT + row * sq_r + head * sq_h
+        else:
+            dst = K + row * sk_b + (head - H) * sk_h + slot * sk_n
+    else:
+        y1 = x1
+        y2 = x2
+        dst = V + row * sv_b + (head - H - KV) * sv_h + slot * sv_n
+    tl.store(dst + offs, y1.to(QOUT.dtype.element_ty), mask=ok)
+    tl.store(dst + HALF + offs, y2.to(QOUT.dtype.element_ty), mask=ok)
+
+
 _BUILT: dict[bool, tuple[Callable, Callable]] = {}
+_BUILT_ROPE: dict[bool, Callable] = {}
 
 
 def _interpreting() -> bool:
@@ -266,7 +302,8 @@ def flash_decode_triton(
     to MIN_G rows for tl.dot), walks BLOCK_N-slot tiles of its share of the row's length (the
     share is computed on the device from lengths, tiles wholly in the gap are skipped, tiles
     at or beyond the length are not read), online softmax in float32, and writes a partial
-    (out, lse). A second kernel merges the splits by log-sum-exp into q's dtype.
+    (out, lse). A second kernel merges the splits by log-sum-exp into q's dtype; with one
+    split (large batches) the first writes the result and the merge does not run.
     """
     if triton is None:
         raise RuntimeError("flash_decode_triton needs triton (pip install triton, or the "
@@ -278,18 +315,25 @@ def flash_decode_triton(
     assert q.stride(-1) == 1
     n_splits = splits or default_splits(capacity, b * kv, q.device)
     block_d = triton.next_power_of_2(d)
-    part = torch.empty(b, heads, n_splits, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(b, heads, n_splits, dtype=torch.float32, device=q.device)
     out = torch.empty(b, heads, d, dtype=q.dtype, device=q.device)
     attn, merge = _kernels()
+    if n_splits == 1:  # the one split's output is the result: no partials, no merge kernel
+        part, lse = out.unsqueeze(2), out.new_empty(1, dtype=torch.float32)  # lse: unused
+    else:
+        part = torch.empty(b, heads, n_splits, d, dtype=torch.float32, device=q.device)
+        lse = torch.empty(b, heads, n_splits, dtype=torch.float32, device=q.device)
     attn[(b * kv, n_splits)](
         q, k_cache, v_cache, lengths, gap_lo, gap_hi, part, lse, scale,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+        part.stride(0), part.stride(1), part.stride(2),
+        *((lse.stride(0), lse.stride(1)) if n_splits > 1 else (0, 0)),
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
         SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or _interpreting(),
+        WRITE_LSE=n_splits > 1,
         **({"BLOCK_N": BLOCK_N} if _interpreting() else {}),  # else the autotuner's tile
     )
+    if n_splits == 1:
+        return out
     merge[(b * heads,)](
         part, lse, out, part.stride(0), part.stride(1), part.stride(2),
         lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
@@ -297,6 +341,49 @@ def flash_decode_triton(
         S_PAD=triton.next_power_of_2(n_splits),
     )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# RoPE and the cache write of a decode step, in one kernel
+
+
+def rope_store_torch(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
+                     v_cache: Tensor, heads: int, rope: Callable[..., Tensor]) -> Tensor:
+    """The step's q [r, heads, d] (rotated) from the fused q/k/v output qkv [r, heads + 2 kv,
+    d], its k (rotated) and v written into the caches [r, kv, capacity, d] at slot [1]; cos /
+    sin [r, d // 2] of each row's position. `rope`: the layer's RoPE (layers.Elementwise.rope,
+    which may rotate in place). The plain torch form, and the reference of rope_store_triton."""
+    kv = (qkv.shape[1] - heads) // 2
+    q, k, v = qkv.split((heads, kv, kv), dim=1)
+    c, s = cos[:, None], sin[:, None]
+    q, k = rope(q, c, s), rope(k, c, s)
+    k_cache.index_copy_(2, slot, k.unsqueeze(2))
+    v_cache.index_copy_(2, slot, v.unsqueeze(2))
+    return q
+
+
+def rope_store_triton(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
+                      v_cache: Tensor, heads: int) -> Tensor:
+    """rope_store_torch in one kernel launch instead of four or more (two rotations, two
+    index_copy_), each a few microseconds in a step of ~300 kernels: grid (rows, heads + 2 kv)."""
+    if triton is None:
+        raise RuntimeError("rope_store_triton needs triton; use rope_store_torch instead")
+    r, n_heads, d = qkv.shape
+    kv = (n_heads - heads) // 2
+    assert n_heads == heads + 2 * kv and d % 2 == 0 and qkv.stride(-1) == 1
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert cos.stride(-1) == 1 and sin.stride(-1) == 1 and cos.stride(0) == sin.stride(0)
+    q = torch.empty(r, heads, d, dtype=qkv.dtype, device=qkv.device)
+    interpret = _interpreting()
+    if interpret not in _BUILT_ROPE:
+        _BUILT_ROPE[interpret] = triton.jit(_rope_store_body)
+    _BUILT_ROPE[interpret][(r, n_heads)](
+        qkv, cos, sin, slot, q, k_cache, v_cache,
+        qkv.stride(0), qkv.stride(1), cos.stride(0), q.stride(0), q.stride(1),
+        *k_cache.stride()[:3], *v_cache.stride()[:3],
+        H=heads, KV=kv, HALF=d // 2, BLOCK=triton.next_power_of_2(d // 2),
+    )
+    return q
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,31 +217,55 @@ class StaticStep:
             self._step(m, n_read)
 
     def _step(self, m: int, n_read: int) -> None:
-        """Embed, every layer over its cache, final norm, greedy token; advance the counters."""
-        model, st = self.model, self.states[m]
+        """Embed, every layer over its cache, final norm, greedy token; advance the counters.
+
+        Each residual add is one call with the norm that reads its result (the next block's,
+        or the final norm): x += block output; h = norm(x) (Elementwise.add_norm), so h is the
+        normed input every block starts from."""
+        model, st, ops = self.model, self.states[m], self.ops
         rows = slice(m * self.rows, (m + 1) * self.rows)
         x = model.lookup(st.tok)
-        rope = Rope(self.cos[st.pos][:, None, None], self.sin[st.pos][:, None, None])
-        for layer, attn, (k, v) in zip(model.layers, model.attns, model.cache):
-            x.add_(self._attention(attn, x, rope, k[rows], v[rows], st, n_read))
-            x.add_(layer.mlp(x))
+        cos, sin = self.cos[st.pos], self.sin[st.pos]  # [r, head_dim // 2]: each row's position
         assert model.norm is not None
-        tok = model.next_tokens(model.norm(x), False)
+        norms = [cast(GatedMLP, layer.mlp).norm for layer in model.layers]
+        after_mlp = [attn.norm for attn in model.attns[1:]] + [model.norm]
+        h = ops.norm(x, model.attns[0].norm.weight, model.attns[0].norm.eps)
+        for i, (layer, attn, (k, v)) in enumerate(zip(model.layers, model.attns, model.cache)):
+            o = self._attention(attn, h, cos, sin, k[rows], v[rows], st, n_read)
+            h = ops.add_norm(x, o, norms[i].weight, norms[i].eps)
+            o = cast(GatedMLP, layer.mlp).from_normed(h)
+            h = ops.add_norm(x, o, after_mlp[i].weight, after_mlp[i].eps)
+        tok = model.next_tokens(h, False)
         st.tok.copy_(tok[:, None])
         self.tokens[rows].index_copy_(1, st.col, st.tok)
         st.advance()
 
-    def _attention(self, attn: Attention, x: Tensor, rope: Rope, k_cache: Tensor,
+    def _attention(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
                    v_cache: Tensor, st: StepState, n_read: int) -> Tensor:
+        """The attention block's reduced output for its normed input h [r, 1, hidden]."""
         core = cast(LocalCore, attn.core)
-        q, k, v = attn.project(x, rope)
-        k_cache.index_copy_(2, st.slot, k)
-        v_cache.index_copy_(2, st.slot, v)
-        del k, v
-        args = (q[:, :, 0], k_cache, v_cache, st.lengths, st.gap_lo, self.context, core.scale)
+        if attn.qk_norm is None:  # RoPE and the cache write in one call (one kernel on GPUs)
+            qkv = attn.qkv(h)[:, 0]  # [r, heads + 2 kv, d]
+            q = self.rope_store(qkv, cos, sin, st.slot, k_cache, v_cache, attn.heads)
+        else:  # the family's q/k norm first (Qwen3): the block's own projection
+            q4, k, v = attn.project_normed(h, Rope(cos[:, None, None], sin[:, None, None]))
+            k_cache.index_copy_(2, st.slot, k)
+            v_cache.index_copy_(2, st.slot, v)
+            q = q4[:, :, 0]
+            del k, v, q4
+        args = (q, k_cache, v_cache, st.lengths, st.gap_lo, self.context, core.scale)
         if self.kernel == "grouped_bmm":
             o = decode_kernels.grouped_attention(*args, n_read)
         else:
             o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
         del q
         return attn.output(o.reshape(o.shape[0], 1, -1))
+
+    def rope_store(self, qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
+                   v_cache: Tensor, heads: int) -> Tensor:
+        """decode_kernels.rope_store_*: the Triton kernel beside the Triton attention, else the
+        layer's RoPE ops and index_copy_."""
+        if self.kernel == "triton_flash_decode":
+            return decode_kernels.rope_store_triton(qkv, cos, sin, slot, k_cache, v_cache, heads)
+        return decode_kernels.rope_store_torch(qkv, cos, sin, slot, k_cache, v_cache, heads,
+                                               self.ops.rope)  # fmt: skip

@@ -190,6 +190,11 @@ def _rope_eager(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x
 
 
+def _add_norm_eager(x: Tensor, delta: Tensor, w: Tensor, eps: float) -> Tensor:
+    """x += delta (the residual stream, in place), then the next block's norm of it."""
+    return _norm_eager(x.add_(delta), w, eps)
+
+
 def _silu_mul_eager(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
@@ -205,6 +210,11 @@ def _rope_fused(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def _add_norm_fused(x: Tensor, delta: Tensor, w: Tensor, eps: float) -> Tensor:
+    x.copy_(x + delta)  # compiled: the add, its store into x and the norm are one kernel
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * w
+
+
 def _silu_mul_fused(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -212,7 +222,8 @@ def _silu_mul_fused(gate_up: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Elementwise:
-    """A layer's elementwise math (RMSNorm with its scale, RoPE, SiLU x up). EAGER is torch's
+    """A layer's elementwise math (RMSNorm with its scale, RoPE, SiLU x up, and the residual
+    add with the next norm, which the static decode step calls). EAGER is torch's
     ops, in place where they can be: what every phase runs and what planc/cost's buffers count.
     `compiled_elementwise()` is torch.compile of the same math, one fused kernel per call where eagerly it
     launches two (the norm), five (RoPE) or two (SiLU x up): it pays inside the static decode
@@ -223,9 +234,10 @@ class Elementwise:
     norm: Callable[[Tensor, Tensor, float], Tensor]
     rope: Callable[[Tensor, Tensor, Tensor], Tensor]
     silu_mul: Callable[[Tensor], Tensor]
+    add_norm: Callable[[Tensor, Tensor, Tensor, float], Tensor]
 
 
-EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager)
+EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager, _add_norm_eager)
 _ops = EAGER
 
 
@@ -234,7 +246,7 @@ def compiled_elementwise() -> Elementwise:
     def c(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
         return cast(Callable[..., Tensor], torch.compile(f, dynamic=False, fullgraph=True))
 
-    return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused))
+    return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused), c(_add_norm_fused))
 
 
 @contextmanager
@@ -339,10 +351,17 @@ class Attention(nn.Module):
     def project(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [b, heads or kv_heads, s, d] of x [b, s, hidden]: normed, projected (one
         fused GEMM), the family's q/k norm and RoPE applied."""
-        b, s, _ = x.shape
-        h, kv, d = self.heads, self.kv_heads, self.local_dim
-        qkv = self.wqkv(self.norm(x)).view(b, s, h + 2 * kv, d)
-        q, k, v = qkv.split((h, kv, kv), dim=2)
+        return self.project_normed(self.norm(x), rope)
+
+    def qkv(self, h: Tensor) -> Tensor:
+        """The fused q/k/v projection [b, s, heads + 2 kv_heads, d] of the normed input h."""
+        b, s, _ = h.shape
+        return self.wqkv(h).view(b, s, self.heads + 2 * self.kv_heads, self.local_dim)
+
+    def project_normed(self, h: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        """project() of an input already normed by this block's norm."""
+        h_, kv = self.heads, self.kv_heads
+        q, k, v = self.qkv(h).split((h_, kv, kv), dim=2)
         q, k = rotate_qk(q, k, self.core.rope(rope), self.qk_norm)
         # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -367,7 +386,11 @@ class GatedMLP(nn.Module):
         self.norm, self.gate_up, self.down, self.group = norm, w_gate_up, w_down, group
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up(self.norm(x))
+        return self.from_normed(self.norm(x))
+
+    def from_normed(self, h: Tensor) -> Tensor:
+        """The block's reduced output for an input h already normed by its norm."""
+        gate_up = self.gate_up(h)
         out = self.down(_ops.silu_mul(gate_up))
         del gate_up
         return all_reduce(out, self.group)
