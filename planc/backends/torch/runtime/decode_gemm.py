@@ -14,7 +14,8 @@ What `skinny_linear(x, weight)` guarantees:
   F.linear itself (the fallback).
 - Safe to capture in a CUDA graph once warm: fixed launches, no host syncs, no shapes that depend
   on data. The autotuner times its configs at the first call per (M, N, K, dtype): make that
-  call before capturing.
+  call before capturing (it also allocates the partials of the largest split it may time,
+  [8, M, N] float32 at most; later calls allocate those of the chosen split only).
 
 The kernel (swap-AB): one program per BLOCK_N rows of W and per split of K; it multiplies its
 [BLOCK_N, BLOCK_K] tiles of W with x^T ([BLOCK_K, M_PAD], M padded to >= 16 rows for tl.dot) and
