@@ -66,3 +66,21 @@ plan prefill2 { model tiny; cluster c; workload pre; mesh y=1 }
     assert prefill != decode and again == prefill
     with safe_open(str(Path(decode) / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" in set(f.keys())
+
+
+def test_decode_gemm_shapes_come_from_llama_and_the_seed_plan():
+    bench = tool("decode_gemm_h200")
+    shapes = bench.all_shapes(bench.SEED_PLAN)
+    assert [s.m for s in shapes[:5]] == [64] * 5  # where cuBLAS is furthest from the bandwidth
+    seed = {(s.proj, s.n, s.k) for s in shapes if s.model == "seed"}
+    # hidden 4096, 32 heads x 128 (kv 32), ffn 16384, vocab 32000; o 4096 x 4096 is Llama's too
+    assert seed == {("qkv", 12288, 4096), ("gate_up", 32768, 4096), ("down", 4096, 16384),
+                    ("lm_head", 32000, 4096)}
+    assert len(shapes) == 3 * (5 + 4)
+    rec = {"model": "seed", "proj": "qkv", "m": 8, "n": 12288, "k": 4096, "winner": "planc",
+           "candidates": {"cublas": {"us": 30.0, "tbps": 3.36}, "inductor": {"skipped": "x"},
+                          "planc": {"us": 25.0, "tbps": 4.03, "config": {
+                              "BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 2, "num_warps": 4,
+                              "num_stages": 4}}}}
+    line = bench.table([rec]).splitlines()[1]
+    assert "30.0" in line and "4.03" in line and "64x128 sk2 w4 s4" in line

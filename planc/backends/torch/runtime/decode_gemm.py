@@ -1,0 +1,286 @@
+"""A weight-streaming Triton GEMM for decode's skinny products y = x @ W^T (F.linear, no bias).
+
+Why it exists: in a decode step x has few rows (the batch: 1..64) and W is a large weight, so a
+GEMM is a read of W at HBM bandwidth. On an H200 cuBLAS reads the Llama-3-8B weights at batch 64
+at 2.9-3.8 TB/s (a device copy reaches 4.18 TB/s). This kernel is a candidate to close that gap,
+timed against cuBLAS by benchmarks/decode_gemm_h200.py; nothing in the runtime calls it yet.
+
+What `skinny_linear(x, weight)` guarantees:
+
+- x: [..., K], weight: [N, K] with its last dim contiguous, the same dtype (bf16, fp16 or fp32).
+  Result: [..., N] in x's dtype, products summed in float32 (fp32 inputs: exact "ieee" products,
+  not tf32).
+- Rows beyond MAX_M, other dtypes, or no triton / a CPU tensor outside Triton's interpreter:
+  F.linear itself (the fallback).
+- Safe to capture in a CUDA graph once warm: fixed launches, no host syncs, no shapes that depend
+  on data. The autotuner times its configs at the first call per (M, N, K, dtype): make that
+  call before capturing (it also allocates the partials of the largest split it may time,
+  [8, M, N] float32 at most; later calls allocate those of the chosen split only).
+
+The kernel (swap-AB): one program per BLOCK_N rows of W and per split of K; it multiplies its
+[BLOCK_N, BLOCK_K] tiles of W with x^T ([BLOCK_K, M_PAD], M padded to >= 16 rows for tl.dot) and
+keeps a [BLOCK_N, M_PAD] float32 accumulator, so W is read once and x comes from L2. With
+SPLIT_K = 1 it writes y directly; with SPLIT_K > 1 each split writes a float32 partial
+([SPLIT_K, M, N]) and a second small kernel sums them in a fixed order (deterministic, no
+atomics, no zeroing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
+MAX_M = 64  # more rows is no longer a skinny product: F.linear
+MIN_M = 16  # tl.dot needs >= 16 rows: x is padded up to this
+REDUCE_BLOCK = 1024  # elements of y per program of the split-K reduction
+SMEM_BYTES = 200 * 1024  # shared memory a config may pipeline into (H100/H200: 227 KiB)
+INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}  # the one config off the GPU
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def available() -> bool:
+    """Whether the Triton kernel can run here (triton importable)."""
+    return triton is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+
+
+def _gemm_body(
+    X, W, Y, P, M, N, K, sx_m, sw_n, sy_m,
+    M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """Program (n block, split): acc[BLOCK_N, M_PAD] = W[n block, split's K] @ x[:, split's K]^T.
+
+    DOT_F32: tl.dot on float32 operands with exact ("ieee") products, for fp32 inputs (tf32
+    would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (see
+    decode_kernels); bf16/fp16 products are exact in float32, so the sum is the same."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, M_PAD)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    rows = offs_n.to(tl.int64)  # N * K may pass 2**31 (a large vocabulary's lm_head)
+    # this split's K tiles: the tiles shared out evenly, the last splits may get fewer (or none)
+    n_tiles = tl.cdiv(K, BLOCK_K)
+    per = tl.cdiv(n_tiles, SPLIT_K)
+    t_lo = split * per
+    t_hi = tl.minimum(t_lo + per, n_tiles)
+    acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
+    for t in range(t_lo, t_hi):
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        w = tl.load(W + rows[:, None] * sw_n + offs_k[None, :],
+                    mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        xt = tl.load(X + offs_m[None, :] * sx_m + offs_k[:, None],
+                     mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        if DOT_F32:
+            acc += tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(w, xt)
+    mask = n_ok[:, None] & m_ok[None, :]
+    if SPLIT_K == 1:
+        tl.store(Y + offs_m[None, :] * sy_m + offs_n[:, None], acc.to(Y.dtype.element_ty),
+                 mask=mask)
+    else:  # partial [SPLIT_K, M, N] float32, contiguous
+        tl.store(P + split * M * N + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask)
+
+
+def _reduce_body(P, Y, M, N, sy_m, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """y[m, n] = sum over splits of P[s, m, n] (in split order), cast to y's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < M * N
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(P + s * M * N + offs, mask=ok, other=0.0)
+    m = offs // N
+    n = offs % N
+    tl.store(Y + m * sy_m + n, acc.to(Y.dtype.element_ty), mask=ok)
+
+
+def _reduce(reduce: Any, parts: Tensor, y: Tensor, split_k: int) -> None:
+    """Launch the split-K reduction of parts[:split_k] into y (nothing when split_k == 1)."""
+    if split_k == 1:
+        return
+    m, n = y.shape
+    reduce[(triton.cdiv(m * n, REDUCE_BLOCK),)](parts, y, m, n, y.stride(0),
+                                               SPLIT_K=split_k, BLOCK=REDUCE_BLOCK)
+
+
+# --------------------------------------------------------------------------------------------
+# Building: lazily, per interpreter mode (as decode_kernels does)
+
+
+_BUILT: dict[bool, tuple[Any, Any, Any]] = {}
+_SPLIT_OF: dict[tuple, int] = {}  # (M, N, K, dtype) -> the autotuner's SPLIT_K for that key
+
+
+def _interpreting() -> bool:
+    """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _configs() -> list:  # type: ignore[type-arg]
+    """The autotuner's candidates (32): tiles of W of 8-32 KiB bf16 per pipeline stage (enough
+    bytes in flight per SM to stream HBM), each with SPLIT_K 1..8 (split K when N alone gives
+    too few programs to fill the GPU). `_prune` drops or trims them per shape."""
+    if triton is None:
+        return []
+    tiles = [  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
+        (16, 256, 4, 5), (32, 128, 4, 5), (32, 256, 4, 4), (64, 128, 4, 4),
+        (64, 256, 8, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 128, 4, 4),
+    ]
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk},
+                          num_warps=w, num_stages=s)
+            for bn, bk, w, s in tiles for sk in (1, 2, 4, 8)]
+
+
+def _prune(configs: list, named_args: dict, **kwargs: Any) -> list:  # type: ignore[type-arg]
+    """Per shape: no split leaves a split without a K tile; no split-K once the N blocks alone
+    fill every SM four times (it would only add partial traffic); stages trimmed to fit the
+    shared memory (x's padded tile included). Keeps at least one config."""
+    args = {**named_args, **kwargs}
+    n, k, m_pad, w = args["N"], args["K"], args["M_PAD"], args["W"]
+    sms = _sm_count(w.device)
+    kept, seen = [], set()
+    for c in configs:
+        bn, bk, sk = c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"]
+        if sk > 1 and (k < bk * sk or triton.cdiv(n, bn) >= 4 * sms):
+            continue
+        stages = min(c.num_stages, SMEM_BYTES // ((bn + m_pad) * bk * w.element_size()))
+        key = (bn, bk, sk, c.num_warps, stages)
+        if stages >= 2 and key not in seen:
+            seen.add(key)
+            kept.append(triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages))
+    return kept or [configs[0]]
+
+
+def _post_hook(nargs: dict, exception: BaseException | None = None) -> None:
+    """After each config's timed launch: its split-K reduction, so the timing the autotuner
+    compares is the whole product, not the partials alone."""
+    if exception is None:
+        _reduce(_kernels()[2], nargs["P"], nargs["Y"], nargs["SPLIT_K"])
+
+
+def _bench(fn: Callable, quantiles: Any = None) -> Any:
+    """The autotuner's timer: triton's do_bench (L2 flushed before each launch) shortened from
+    25 + 100 ms per config, which the ~30 configs x every shape would make minutes."""
+    from triton.testing import do_bench  # only on the GPU: not at import
+    return do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _kernels() -> tuple[Any, Any, Any]:
+    """(jitted GEMM, autotuned GEMM or None under the interpreter, jitted reduction), built on
+    first use: triton.jit reads TRITON_INTERPRET when it wraps a function, so building late lets
+    a test run them in Triton's interpreter on CPU tensors."""
+    interpret = _interpreting()
+    if interpret not in _BUILT:
+        gemm = triton.jit(_gemm_body)
+        tuned = None
+        if not interpret:  # the autotuner times on the GPU; the interpreter runs one config
+            tuned = triton.autotune(_configs(), key=["M", "N", "K"], post_hook=_post_hook,
+                                    prune_configs_by={"early_config_prune": _prune},
+                                    do_bench=_bench)(triton.jit(_gemm_body))
+        _BUILT[interpret] = (gemm, tuned, triton.jit(_reduce_body))
+    return _BUILT[interpret]
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the device; 4 off CUDA (the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def best_config() -> dict | None:
+    """The autotuner's config of its latest call (its tile, split, warps, stages), or None."""
+    if not _BUILT or triton is None:
+        return None
+    tuned = _kernels()[1]
+    cfg = getattr(tuned, "best_config", None)
+    if cfg is None:
+        return None
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _uses_kernel(x: Tensor, weight: Tensor) -> bool:
+    """Whether skinny_linear runs the Triton kernel for these operands (else F.linear)."""
+    if triton is None or x.dtype != weight.dtype or x.dtype not in _DTYPES:
+        return False
+    if weight.dim() != 2 or weight.stride(-1) != 1 or x.device != weight.device:
+        return False
+    m = x.numel() // max(x.shape[-1], 1)
+    return 1 <= m <= MAX_M and (x.is_cuda or _interpreting())
+
+
+def skinny_linear(x: Tensor, weight: Tensor, config: dict[str, int] | None = None) -> Tensor:
+    """y = x @ weight^T for few rows of x (see the module docstring).
+
+    config: {"BLOCK_N", "BLOCK_K", "SPLIT_K"} (and optionally "num_warps", "num_stages") runs
+    that config instead of the autotuner's (tests, experiments); under the interpreter
+    INTERPRETER_CONFIG is the default."""
+    if not _uses_kernel(x, weight):
+        return F.linear(x, weight)
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], weight.shape[0]
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    gemm, tuned, reduce = _kernels()
+    common = {"M_PAD": max(MIN_M, triton.next_power_of_2(m)),
+              "DOT_F32": x.dtype == torch.float32 or _interpreting()}
+    if config is None and tuned is None:
+        config = INTERPRETER_CONFIG
+    if config is not None:
+        split_k = config["SPLIT_K"]
+        parts = _partials(split_k, m, n, x.device)
+        grid = (triton.cdiv(n, config["BLOCK_N"]), split_k)
+        gemm[grid](x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+                   **common, **config)
+    else:
+        key = (m, n, k, x.dtype)
+        split_k = _SPLIT_OF.get(key, 0)  # 0: not tuned yet: room for the largest split kept
+        parts = _partials(split_k or _max_split(n, k, common["M_PAD"], weight), m, n, x.device)
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+            **common)
+        if not split_k:
+            split_k = _SPLIT_OF[key] = tuned.best_config.kwargs["SPLIT_K"]
+    _reduce(reduce, parts, y, split_k)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _max_split(n: int, k: int, m_pad: int, weight: Tensor) -> int:
+    """The largest SPLIT_K among the configs the autotuner will time for this shape."""
+    kept = _prune(_configs(), {"N": n, "K": k, "M_PAD": m_pad, "W": weight})
+    return max(c.kwargs["SPLIT_K"] for c in kept)
+
+
+def _partials(split_k: int, m: int, n: int, device: torch.device) -> Tensor:
+    """The float32 partial buffer [split_k, m, n] (one element when split_k == 1: unused)."""
+    if split_k == 1:
+        return torch.empty(1, dtype=torch.float32, device=device)
+    return torch.empty(split_k, m, n, dtype=torch.float32, device=device)
