@@ -126,7 +126,7 @@ def profile_plan(path: Path, plan, ckpt: str, steps: int) -> dict:  # type: igno
         pipeline.generate(ctx, model, prompt, ropes)  # captures the graph
         static = model.static_step(ctx)
         assert static is not None, "this plan's decode does not run the static step"
-        rec["decode_step"], rec["decode_attention"] = static.mode, static.kernel
+        rec.update(model.step_kind(ctx))
         first = static.tokens[:, 0].clone()
         n_read = static._read_length(1)
         gemm_bytes = sum(lin.weight.numel() * lin.weight.element_size()

@@ -36,7 +36,7 @@ from fractions import Fraction
 from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
-from planc.layout.schedule import static_step_reason
+from planc.layout.schedule import STATIC_STEP_EXTRA_KERNELS, STATIC_STEP_FUSED, static_step_reason
 from planc.layout.strategies import attention_core
 
 
@@ -68,16 +68,22 @@ class Efficiency:
     link: float = 0.73
     collective_latency_s: float = 33e-6
     op_overhead_s: float = 20e-6
-    # A decode step replayed as one CUDA graph (schedule.static_step_reason) with its
-    # elementwise math compiled (runtime/layers.Elementwise): no Python launch, but each op's
-    # kernels still start and drain one after another, and the flash-decoding kernel reads the
-    # cache below the copy bandwidth at small batches. Fitted on the Llama-3-8B shape at batch 1
-    # (benchmarks/results/h200_decode_run3_planc.json) and 64 (h200_decode_run4_planc.json);
-    # batch 8 and the seed shape, which the fit did not see, land at -0.9% and -5.8%. (The
-    # first fit, 5.6 us and 0.71 from run 2's uncompiled step and untuned tile, was the
-    # prediction stored with runs 3 and 4: h200_decode_issue15.md has both.)
-    graph_op_overhead_s: float = 3.3e-6
-    decode_attention_hbm: float = 0.88
+    # A decode step replayed as one CUDA graph (schedule.static_step_reason): no Python
+    # launch, but each kernel still starts and drains after the one before it, microseconds
+    # above its bytes at the copy rate whatever its size; the ops the step fuses into
+    # another's kernel (schedule.STATIC_STEP_FUSED) start none, the step's own kernels outside
+    # the layer program (STATIC_STEP_EXTRA_KERNELS) one each. Measured kernel by kernel
+    # (torch.profiler over graph replays; not fitted to any TPOT) on the Llama-3-8B shape cut
+    # to 4 layers at batch 1 and 64 (benchmarks/results/h200_decode_profile_run6_l4.json):
+    # a kernel's time less its bytes at `hbm` is 1.3-2.7 us for the elementwise kernels (2.0
+    # on average) and 1.4-7.7 us for the GEMMs (4.1: cuBLAS reads small weights below the copy
+    # rate, and its split-K runs a second kernel), and the graph leaves 0.5 us between kernels
+    # (span less busy time over the kernel count); the flash-decoding kernel reads the
+    # batch-64 cache at 0.92 of the HBM rate after a GEMM-like start. The whole models' TPOTs
+    # (32 layers, batch 1 / 8 / 64, and the seed shape) are the check, not the fit.
+    graph_op_overhead_s: float = 2.5e-6
+    graph_gemm_overhead_s: float = 4.6e-6
+    decode_attention_hbm: float = 0.92
 
 
 def link_bytes(c: Collective) -> Fraction:
@@ -291,10 +297,18 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
             name = o.name.removeprefix("decode_")
             if static and name.startswith("attention"):  # the cache read by flash-decoding
                 op_t = max(o.flops / (rates.compute * e.attention),
-                           o.bytes / (rates.hbm * e.decode_attention_hbm)) + e.op_overhead_s
+                           o.bytes / (rates.hbm * e.decode_attention_hbm)
+                           ) + e.graph_gemm_overhead_s
+            elif static and name in STATIC_STEP_FUSED:  # inside another op's kernel
+                op_t = _op_time(name, o.flops, o.bytes, rates, replace(e, op_overhead_s=0.0))
+            elif static and (name.endswith("_proj") or name == "lm_head"):
+                op_t = _op_time(name, o.flops, o.bytes, rates,
+                                replace(e, op_overhead_s=e.graph_gemm_overhead_s))
             else:
                 op_t = _op_time(name, o.flops, o.bytes, rates, e)
             t += op_t * o.calls / nmb
+        if static:  # the step's kernels outside the layer program (it has one stage)
+            t += STATIC_STEP_EXTRA_KERNELS * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb

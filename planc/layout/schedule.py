@@ -122,6 +122,17 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
     raise ValueError(f"no sequence part holds position {context - 1}")
 
 
+# Ops of a decode layer (planc/cost/memory.py's layer_program) that the static step computes
+# inside the kernel of another op (backends/torch/runtime/decode_step.py): each block's norm
+# with the residual add before it (Elementwise.add_norm), RoPE of k with RoPE of q and the K/V
+# cache write (decode_kernels.rope_store_*). The cost model starts no kernel for them.
+STATIC_STEP_FUSED = frozenset({"attn_norm", "mlp_norm", "rope_k"})
+# Kernels of a static step outside the layer program: the embedding gather, the two RoPE table
+# gathers, the final norm, the two passes of the greedy argmax, the token write and the state's
+# four counters (decode_step.StaticStep._step).
+STATIC_STEP_EXTRA_KERNELS = 11
+
+
 def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool
                        ) -> str | None:
     """Why a decode step cannot run at static addresses (one CUDA graph per microbatch,

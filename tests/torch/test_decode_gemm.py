@@ -100,3 +100,21 @@ def test_configs_and_pruning():
         stage = (c.kwargs["BLOCK_N"] + 64) * c.kwargs["BLOCK_K"] * 2
         assert 2 <= c.num_stages and c.num_stages * stage <= dg.SMEM_BYTES
     assert dg._max_split(64, 4096, 16, w) == 8
+
+
+def test_linear_streams_wide_weights_only_inside_streaming(monkeypatch):
+    """decode_gemm.linear: F.linear outside `streaming`; inside, the streaming kernel for a
+    wide weight (N >= WIDE * K) and F.linear for the others."""
+    calls = []
+    monkeypatch.setattr(dg, "skinny_linear", lambda x, w: calls.append(w.shape) or F.linear(x, w))
+    x = torch.randn(2, 8)
+    wide, narrow = torch.randn(dg.WIDE * 8, 8), torch.randn(dg.WIDE * 8 - 1, 8)
+    dg.linear(x, wide)
+    with dg.streaming(True):
+        dg.linear(x, wide)
+        dg.linear(x, narrow)
+        with dg.streaming(False):
+            dg.linear(x, wide)
+    dg.linear(x, wide)
+    assert calls == [wide.shape]
+    assert dg.is_wide(wide) and not dg.is_wide(narrow)

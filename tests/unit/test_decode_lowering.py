@@ -105,3 +105,27 @@ def test_a_sequence_sharded_decode_needs_the_prompt_to_divide_not_prompt_plus_ge
     bad = decode_plan(body).replace("context  2048", "context  10").replace(
         "generate 128", "generate 6")  # 16 in all, but a 10-token prompt is not 4 chunks
     assert verdict(check_text(bad)[0], "V207").status == "violated"
+
+
+def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
+    """The ops the static decode step runs inside another op's kernel are ops of the decode
+    layer program (a rename there would silently price them as kernels again), and each is
+    priced with no kernel start of its own: without the fusion the estimate grows by exactly
+    their calls x the per-kernel start."""
+    from planc.cost import time as cost_time
+    from planc.layout.schedule import STATIC_STEP_FUSED
+
+    spec, _ = resolve_text(decode_plan("  mesh dp=1\n"))
+    plan = spec.plans[0]
+    graph = lower(plan)
+    assert cost_time.static_decode(graph)
+    ops = {o.name.removeprefix("decode_"): o for o in graph.classes[0].ops
+           if o.name.startswith("decode_")}
+    assert STATIC_STEP_FUSED <= set(ops)
+    rates = cost_time.rates_of(plan)
+    e = rates.efficiency or cost_time.Efficiency()
+    fused = cost_time.step_estimate(graph, rates, phase="decode")
+    monkeypatch.setattr(cost_time, "STATIC_STEP_FUSED", frozenset())
+    unfused = cost_time.step_estimate(graph, rates, phase="decode")
+    calls = sum(ops[n].calls for n in STATIC_STEP_FUSED) / cost_time.phase_steps(graph, "decode")
+    assert unfused - fused == pytest.approx(calls * e.graph_op_overhead_s, rel=1e-9)

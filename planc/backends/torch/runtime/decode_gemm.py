@@ -3,7 +3,12 @@
 Why it exists: in a decode step x has few rows (the batch: 1..64) and W is a large weight, so a
 GEMM is a read of W at HBM bandwidth. On an H200 cuBLAS reads the Llama-3-8B weights at batch 64
 at 2.9-3.8 TB/s (a device copy reaches 4.18 TB/s). This kernel is a candidate to close that gap,
-timed against cuBLAS by benchmarks/decode_gemm_h200.py; nothing in the runtime calls it yet.
+timed against cuBLAS by benchmarks/decode_gemm_h200.py (benchmarks/results/
+h200_decode_gemm_run6.json). There it beat cuBLAS on every wide weight (N >= 3 K: the MLP's
+gate/up, the lm_head, the seed shape's q/k/v) at every batch measured (1, 8, 64), by 2-10%,
+and did not on the others (o_proj, down_proj, Llama-3-8B's q/k/v: within 1.5 us either way,
+cuBLAS ahead at batch 64). So `linear`, inside `streaming(True)` (the static decode step on a
+GPU), runs it for wide weights only, and cuBLAS for the rest.
 
 What `skinny_linear(x, weight)` guarantees:
 
@@ -28,7 +33,8 @@ atomics, no zeroing).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -50,9 +56,36 @@ INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}  # the one con
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
+WIDE = 3  # N >= WIDE * K: a weight this kernel reads faster than cuBLAS (module docstring)
+_streaming = False
+
+
 def available() -> bool:
     """Whether the Triton kernel can run here (triton importable)."""
     return triton is not None
+
+
+def is_wide(weight: Tensor) -> bool:
+    """Whether a weight [N, K] is one this kernel beat cuBLAS on (N >= WIDE * K)."""
+    return weight.dim() == 2 and weight.shape[0] >= WIDE * weight.shape[1]
+
+
+@contextmanager
+def streaming(on: bool) -> Iterator[None]:
+    """Within: `linear` streams wide weights through this kernel (when `on`)."""
+    global _streaming
+    prev, _streaming = _streaming, on
+    try:
+        yield
+    finally:
+        _streaming = prev
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """F.linear(x, weight); inside streaming(True), skinny_linear for a wide weight."""
+    if _streaming and is_wide(weight):
+        return skinny_linear(x, weight)
+    return F.linear(x, weight)
 
 
 # --------------------------------------------------------------------------------------------

@@ -266,7 +266,7 @@ def _tile_configs() -> list:  # type: ignore[type-arg]
     if triton is None:
         return []
     return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-            for n in (64, 128) for w in (4, 8) for s in (2, 3)]
+            for n in (64, 128) for w in (4, 8) for s in (2, 3, 4)]
 
 
 TILE_CONFIGS = _tile_configs()

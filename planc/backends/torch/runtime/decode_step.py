@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor
 
-from planc.backends.torch.runtime import decode_kernels, layers
+from planc.backends.torch.runtime import decode_gemm, decode_kernels, layers
 from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
 from planc.layout.schedule import static_step_reason
 from planc.layout.strategies import attention_core
@@ -126,6 +126,14 @@ class StaticStep:
         if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
             self.ops = layers.compiled_elementwise()
             self.mode = "cuda_graph+compiled elementwise"
+        # Wide weights (the MLP's gate/up, the lm_head) through planc's weight-streaming GEMM
+        # where it measured faster than cuBLAS (decode_gemm's docstring); PLANC_DECODE_GEMM=
+        # cublas keeps cuBLAS for every GEMM, for measuring.
+        self.stream_gemm = (self.use_graphs and decode_gemm.available()
+                            and os.environ.get("PLANC_DECODE_GEMM", "") != "cublas")
+        self.gemm = "triton_streaming (wide weights) + cublas" if self.stream_gemm else "cublas"
+        if not self.use_graphs:
+            self.gemm = "torch"
         # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
         # times it on the rank's cache at the first step picked 8 at batch 64, which replays
         # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
@@ -190,11 +198,9 @@ class StaticStep:
         with torch.cuda.stream(side):
             try:
                 self._run(m, n_read)
-            except Exception as e:  # torch.compile fails with many exception types
-                if self.ops is layers.EAGER:
+            except Exception as e:  # torch.compile / triton fail with many exception types
+                if not self._plain(f"failed: {type(e).__name__}: {e}"):
                     raise
-                self.mode = f"cuda_graph (torch.compile failed: {type(e).__name__}: {e})"[:300]
-                self.ops = layers.EAGER
                 st.restore(saved)
                 self._run(m, n_read)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
@@ -204,16 +210,23 @@ class StaticStep:
             with torch.cuda.graph(graph, pool=self.pool):
                 self._run(m, n_read)
         except Exception as e:  # a compiled call that cannot be recorded: record the eager ops
-            if self.ops is layers.EAGER:
+            if not self._plain(f"not capturable: {type(e).__name__}: {e}"):
                 raise
-            self.mode = f"cuda_graph (compiled ops not capturable: {type(e).__name__}: {e})"[:300]
-            self.ops = layers.EAGER
             st.restore(saved)
             return self._capture(m, n_read)
         return graph
 
+    def _plain(self, why: str) -> bool:
+        """Fall back to the eager elementwise ops and cuBLAS after the compiled ops or the
+        streaming GEMM failed (`why`, recorded in the mode); False when already there."""
+        if self.ops is layers.EAGER and not self.stream_gemm:
+            return False
+        self.mode = f"cuda_graph (compiled ops / streaming GEMM {why})"[:300]
+        self.ops, self.stream_gemm, self.gemm = layers.EAGER, False, "cublas"
+        return True
+
     def _run(self, m: int, n_read: int) -> None:
-        with layers.elementwise(self.ops):
+        with layers.elementwise(self.ops), decode_gemm.streaming(self.stream_gemm):
             self._step(m, n_read)
 
     def _step(self, m: int, n_read: int) -> None:

@@ -192,7 +192,8 @@ class StageModel(nn.Module):
         if static is None:
             why = decode_step.static_reason(ctx, self, text)
             return {"decode_step": f"eager rounds ({why})", "decode_attention": "core step"}
-        return {"decode_step": static.mode, "decode_attention": static.kernel}
+        return {"decode_step": static.mode, "decode_attention": static.kernel,
+                "decode_gemm": static.gemm}
 
     def graph_pool_bytes(self) -> int | None:
         return None if self._static is None else self._static.pool_bytes()

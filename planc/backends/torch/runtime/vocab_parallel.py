@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from planc.backends.torch.runtime import decode_gemm
 from planc.layout.vocab import VocabSlice
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def lookup(ids: Tensor, weight: Tensor, vs: VocabSlice, group: dist.ProcessGroup
 def greedy_tokens(h: Tensor, weight: Tensor, vs: VocabSlice, group: dist.ProcessGroup | None
                   ) -> Tensor:
     """Greedy next tokens [r] (int64) from final-norm hidden states h [r, hidden]."""
-    logits = F.linear(h, weight)
+    logits = decode_gemm.linear(h, weight)  # F.linear but in the static decode step
     if group is None:
         return first_argmax(logits)
     if vs.pad:
