@@ -102,19 +102,26 @@ def test_configs_and_pruning():
     assert dg._max_split(64, 4096, 16, w) == 8
 
 
-def test_linear_streams_wide_weights_only_inside_streaming(monkeypatch):
-    """decode_gemm.linear: F.linear outside `streaming`; inside, the streaming kernel for a
-    wide weight (N >= WIDE * K) and F.linear for the others."""
-    calls = []
+def test_linear_runs_the_faster_kernel_inside_streaming_only(monkeypatch):
+    """decode_gemm.linear: F.linear outside `streaming`; inside, per shape, the kernel its
+    first product timed faster (timed once per shape), recorded in choices()."""
+    calls, timed = [], []
     monkeypatch.setattr(dg, "skinny_linear", lambda x, w: calls.append(w.shape) or F.linear(x, w))
+    monkeypatch.setattr(dg, "_faster_than_cublas", lambda x, w: timed.append(w.shape) or
+                        w.shape[0] > 20)
+    monkeypatch.setattr(dg, "_interpreting", lambda: False)  # as on a GPU
+    monkeypatch.setattr(dg, "_uses_kernel", lambda x, w: True)
+    monkeypatch.setattr(dg, "_CHOICE", {})
     x = torch.randn(2, 8)
-    wide, narrow = torch.randn(dg.WIDE * 8, 8), torch.randn(dg.WIDE * 8 - 1, 8)
+    wide, narrow = torch.randn(24, 8), torch.randn(16, 8)
     dg.linear(x, wide)
     with dg.streaming(True):
+        dg.linear(x, wide)
         dg.linear(x, wide)
         dg.linear(x, narrow)
         with dg.streaming(False):
             dg.linear(x, wide)
     dg.linear(x, wide)
-    assert calls == [wide.shape]
-    assert dg.is_wide(wide) and not dg.is_wide(narrow)
+    assert calls == [wide.shape, wide.shape]
+    assert timed == [wide.shape, narrow.shape]  # once per shape
+    assert dg.choices() == {"2x16x8 float32": "cublas", "2x24x8 float32": "triton"}

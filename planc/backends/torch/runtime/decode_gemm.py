@@ -5,10 +5,13 @@ GEMM is a read of W at HBM bandwidth. On an H200 cuBLAS reads the Llama-3-8B wei
 at 2.9-3.8 TB/s (a device copy reaches 4.18 TB/s). This kernel is a candidate to close that gap,
 timed against cuBLAS by benchmarks/decode_gemm_h200.py (benchmarks/results/
 h200_decode_gemm_run6.json). There it beat cuBLAS on every wide weight (N >= 3 K: the MLP's
-gate/up, the lm_head, the seed shape's q/k/v) at every batch measured (1, 8, 64), by 2-10%,
-and did not on the others (o_proj, down_proj, Llama-3-8B's q/k/v: within 1.5 us either way,
-cuBLAS ahead at batch 64). So `linear`, inside `streaming(True)` (the static decode step on a
-GPU), runs it for wide weights only, and cuBLAS for the rest.
+gate/up, the lm_head, the seed shape's q/k/v) at every batch measured (1, 8, 64), by 2-10%;
+on the others the faster of the two depends on the batch (down_proj: this kernel at 64,
+cuBLAS at 8 by 16%), within 1.5 us either way but for that. So `linear`, inside
+`streaming(True)` (the static decode step on a GPU), times both on the first product of each
+shape (triton's do_bench, L2 flushed before each launch, as the weights of a decode step are
+read from HBM) and runs the faster from then on (`choices()` says which, for the run's
+metrics); off the GPU it is F.linear.
 
 What `skinny_linear(x, weight)` guarantees:
 
@@ -56,8 +59,8 @@ INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1}  # the one con
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-WIDE = 3  # N >= WIDE * K: a weight this kernel reads faster than cuBLAS (module docstring)
 _streaming = False
+_CHOICE: dict[tuple[int, int, int, torch.dtype], bool] = {}  # (M, N, K, dtype) -> this kernel
 
 
 def available() -> bool:
@@ -65,14 +68,9 @@ def available() -> bool:
     return triton is not None
 
 
-def is_wide(weight: Tensor) -> bool:
-    """Whether a weight [N, K] is one this kernel beat cuBLAS on (N >= WIDE * K)."""
-    return weight.dim() == 2 and weight.shape[0] >= WIDE * weight.shape[1]
-
-
 @contextmanager
 def streaming(on: bool) -> Iterator[None]:
-    """Within: `linear` streams wide weights through this kernel (when `on`)."""
+    """Within: `linear` picks between this kernel and cuBLAS per shape (when `on`)."""
     global _streaming
     prev, _streaming = _streaming, on
     try:
@@ -82,10 +80,31 @@ def streaming(on: bool) -> Iterator[None]:
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """F.linear(x, weight); inside streaming(True), skinny_linear for a wide weight."""
-    if _streaming and is_wide(weight):
-        return skinny_linear(x, weight)
-    return F.linear(x, weight)
+    """F.linear(x, weight); inside streaming(True), the faster of it and skinny_linear as timed
+    on the first product of this shape (module docstring)."""
+    if not _streaming or not _uses_kernel(x, weight) or _interpreting():
+        return F.linear(x, weight)
+    key = (x.numel() // x.shape[-1], weight.shape[0], weight.shape[1], x.dtype)
+    if key not in _CHOICE:
+        _CHOICE[key] = _faster_than_cublas(x, weight)
+    return skinny_linear(x, weight) if _CHOICE[key] else F.linear(x, weight)
+
+
+def _faster_than_cublas(x: Tensor, weight: Tensor) -> bool:
+    """Whether skinny_linear (autotuned first) beats F.linear on these operands: medians of
+    triton's do_bench, which flushes the L2 cache before each launch."""
+    from triton.testing import do_bench  # only on the GPU: not at import
+
+    skinny_linear(x, weight)  # the autotuner's first call: its tile, then timed as it runs
+    ours = do_bench(lambda: skinny_linear(x, weight), warmup=5, rep=40, return_mode="median")
+    theirs = do_bench(lambda: F.linear(x, weight), warmup=5, rep=40, return_mode="median")
+    return bool(ours < theirs)
+
+
+def choices() -> dict[str, str]:
+    """Which GEMM each timed shape runs ("MxNxK dtype" -> "triton" or "cublas")."""
+    return {f"{m}x{n}x{k} {str(dt).removeprefix('torch.')}": "triton" if ours else "cublas"
+            for (m, n, k, dt), ours in sorted(_CHOICE.items(), key=str)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -126,14 +126,18 @@ class StaticStep:
         if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
             self.ops = layers.compiled_elementwise()
             self.mode = "cuda_graph+compiled elementwise"
-        # Wide weights (the MLP's gate/up, the lm_head) through planc's weight-streaming GEMM
-        # where it measured faster than cuBLAS (decode_gemm's docstring); PLANC_DECODE_GEMM=
-        # cublas keeps cuBLAS for every GEMM, for measuring.
+        # Each GEMM shape through planc's weight-streaming kernel or cuBLAS, whichever its
+        # first product times faster (decode_gemm's docstring); PLANC_DECODE_GEMM=cublas keeps
+        # cuBLAS for every GEMM, for measuring.
         self.stream_gemm = (self.use_graphs and decode_gemm.available()
                             and os.environ.get("PLANC_DECODE_GEMM", "") != "cublas")
-        self.gemm = "triton_streaming (wide weights) + cublas" if self.stream_gemm else "cublas"
+
+    @property
+    def gemm(self) -> str | dict[str, str]:
+        """The step's GEMM kernels, for the run's metrics: per shape when timed."""
         if not self.use_graphs:
-            self.gemm = "torch"
+            return "torch"
+        return decode_gemm.choices() if self.stream_gemm else "cublas"
         # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
         # times it on the rank's cache at the first step picked 8 at batch 64, which replays
         # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
@@ -222,7 +226,7 @@ class StaticStep:
         if self.ops is layers.EAGER and not self.stream_gemm:
             return False
         self.mode = f"cuda_graph (compiled ops / streaming GEMM {why})"[:300]
-        self.ops, self.stream_gemm, self.gemm = layers.EAGER, False, "cublas"
+        self.ops, self.stream_gemm = layers.EAGER, False
         return True
 
     def _run(self, m: int, n_read: int) -> None:
