@@ -59,6 +59,18 @@ def test_skinny_linear_matches_reference(device, m, n, k, bn, bk, sk, dtype):
     _check(y, x, w)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bn,bk,sk", [(16, 32, 1), (16, 16, 3)], ids=lambda v: str(v))
+def test_gated_skinny_linear_is_the_down_projection_of_silu_times_up(device, bn, bk, sk, dtype):
+    """gated: x = (gate | up) [M, 2K] and y = (silu(gate) * up) @ w^T, against the eager ops
+    (F.silu then the multiply, each rounded to the dtype) and a float64 product of them."""
+    gate_up, w = _operands(3, 40, 140, dtype, device)
+    w = w[:, :70].contiguous()
+    y = dg.skinny_linear(gate_up, w, {"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk}, gated=True)
+    gate, up = gate_up.chunk(2, dim=-1)
+    _check(y, F.silu(gate) * up, w)
+
+
 def test_default_config_and_leading_dims(device):
     """Without a config (the interpreter's fixed one, or the autotuner's on CUDA): x [2, 3, K],
     a strided x (a column slice) and a weight that is a row slice of a bigger one."""
@@ -107,10 +119,15 @@ def test_linear_runs_the_faster_kernel_inside_streaming_only(monkeypatch):
     first product timed faster (timed once per shape), recorded in choices()."""
     calls, timed = [], []
     monkeypatch.setattr(dg, "skinny_linear", lambda x, w: calls.append(w.shape) or F.linear(x, w))
-    monkeypatch.setattr(dg, "_faster_than_cublas", lambda x, w: timed.append(w.shape) or
-                        w.shape[0] > 20)
+
+    def fastest(cands):  # type: ignore[no-untyped-def]
+        n = cands["cublas"]().shape[-1]  # the F.linear candidate: the weight's N
+        timed.append(n)
+        return "triton" if n > 20 else "cublas"
+
+    monkeypatch.setattr(dg, "_fastest", fastest)
     monkeypatch.setattr(dg, "_interpreting", lambda: False)  # as on a GPU
-    monkeypatch.setattr(dg, "_uses_kernel", lambda x, w: True)
+    monkeypatch.setattr(dg, "_uses_kernel", lambda x, w, gated=False: True)
     monkeypatch.setattr(dg, "_CHOICE", {})
     x = torch.randn(2, 8)
     wide, narrow = torch.randn(24, 8), torch.randn(16, 8)
@@ -123,5 +140,36 @@ def test_linear_runs_the_faster_kernel_inside_streaming_only(monkeypatch):
             dg.linear(x, wide)
     dg.linear(x, wide)
     assert calls == [wide.shape, wide.shape]
-    assert timed == [wide.shape, narrow.shape]  # once per shape
-    assert dg.choices() == {"2x16x8 float32": "cublas", "2x24x8 float32": "triton"}
+    assert timed == [24, 16]  # once per shape
+    assert dg.choices() == {"linear 2x16x8 float32": "cublas", "linear 2x24x8 float32": "triton"}
+
+
+def test_gated_linear_is_down_of_silu_mul_and_times_on_a_copy(monkeypatch):
+    """gated_linear: outside streaming, linear(silu_mul(gate_up)); inside, the timed choice,
+    which times candidates on a copy (an eager silu_mul overwrites its input) and leaves the
+    caller's gate_up to the chosen path."""
+    from planc.backends.torch.runtime import layers
+
+    gate_up, w = torch.randn(2, 16), torch.randn(5, 8)
+    expect = F.linear(layers.EAGER.silu_mul(gate_up.clone()), w)
+    torch.testing.assert_close(dg.gated_linear(gate_up.clone(), w, layers.EAGER.silu_mul), expect)
+    monkeypatch.setattr(dg, "_interpreting", lambda: False)
+    monkeypatch.setattr(dg, "_uses_kernel", lambda x, w, gated=False: True)
+    monkeypatch.setattr(dg, "_CHOICE", {})
+    ran = []
+
+    def fastest(cands):  # type: ignore[no-untyped-def]
+        for name, fn in cands.items():
+            ran.append(name)
+            fn()
+        return "separate"
+
+    monkeypatch.setattr(dg, "_fastest", fastest)
+    monkeypatch.setattr(dg, "skinny_linear",
+                        lambda x, w, config=None, gated=False: F.linear(x[..., :8], w))
+    mine = gate_up.clone()
+    with dg.streaming(True):
+        out = dg.gated_linear(mine, w, layers.EAGER.silu_mul)
+    assert {"separate", "triton_gated"} <= set(ran)
+    torch.testing.assert_close(out, expect)  # the copy took the timing runs' overwrites
+    assert dg.choices()["gated 2x5x8 float32"] == "separate"

@@ -11,7 +11,9 @@ cuBLAS at 8 by 16%), within 1.5 us either way but for that. So `linear`, inside
 `streaming(True)` (the static decode step on a GPU), times both on the first product of each
 shape (triton's do_bench, L2 flushed before each launch, as the weights of a decode step are
 read from HBM) and runs the faster from then on (`choices()` says which, for the run's
-metrics); off the GPU it is F.linear.
+metrics); off the GPU it is F.linear. `gated_linear` does the same for the MLP's down
+projection of silu(gate) * up, where the kernel can make silu(gate) * up in its loads of the
+fused gate/up output and save the elementwise kernel between the two GEMMs.
 
 What `skinny_linear(x, weight)` guarantees:
 
@@ -60,7 +62,7 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 _streaming = False
-_CHOICE: dict[tuple[int, int, int, torch.dtype], bool] = {}  # (M, N, K, dtype) -> this kernel
+_CHOICE: dict[tuple[Any, ...], str] = {}  # (product, M, N, K, dtype) -> the kernel it runs
 
 
 def available() -> bool:
@@ -70,7 +72,7 @@ def available() -> bool:
 
 @contextmanager
 def streaming(on: bool) -> Iterator[None]:
-    """Within: `linear` picks between this kernel and cuBLAS per shape (when `on`)."""
+    """Within: `linear` and `gated_linear` pick their kernels per shape (when `on`)."""
     global _streaming
     prev, _streaming = _streaming, on
     try:
@@ -82,29 +84,60 @@ def streaming(on: bool) -> Iterator[None]:
 def linear(x: Tensor, weight: Tensor) -> Tensor:
     """F.linear(x, weight); inside streaming(True), the faster of it and skinny_linear as timed
     on the first product of this shape (module docstring)."""
-    if not _streaming or not _uses_kernel(x, weight) or _interpreting():
+    key = _key("linear", x, weight)
+    if key is None:
         return F.linear(x, weight)
-    key = (x.numel() // x.shape[-1], weight.shape[0], weight.shape[1], x.dtype)
     if key not in _CHOICE:
-        _CHOICE[key] = _faster_than_cublas(x, weight)
-    return skinny_linear(x, weight) if _CHOICE[key] else F.linear(x, weight)
+        _CHOICE[key] = _fastest({"cublas": lambda: F.linear(x, weight),
+                                 "triton": lambda: skinny_linear(x, weight)})
+    return skinny_linear(x, weight) if _CHOICE[key] == "triton" else F.linear(x, weight)
 
 
-def _faster_than_cublas(x: Tensor, weight: Tensor) -> bool:
-    """Whether skinny_linear (autotuned first) beats F.linear on these operands: medians of
-    triton's do_bench, which flushes the L2 cache before each launch."""
+def gated_linear(gate_up: Tensor, weight: Tensor, silu_mul: Callable[[Tensor], Tensor]
+                 ) -> Tensor:
+    """linear(silu_mul(gate_up), weight): the MLP's down projection of silu(gate) * up, with
+    gate_up [..., 2 K] = (gate | up). Inside streaming(True), per shape, the faster of that
+    (two kernels) and skinny_linear reading gate_up itself (one kernel, the SiLU x up made
+    in its loads; module docstring). silu_mul may overwrite its input (layers.EAGER's does):
+    timing runs on a copy."""
+    key = _key("gated", gate_up, weight, gated=True)
+    if key is None:
+        return linear(silu_mul(gate_up), weight)
+    if key not in _CHOICE:
+        copy = gate_up.clone()
+        _CHOICE[key] = _fastest({
+            "separate": lambda: linear(silu_mul(copy), weight),
+            "triton_gated": lambda: skinny_linear(copy, weight, gated=True)})
+    if _CHOICE[key] == "triton_gated":
+        return skinny_linear(gate_up, weight, gated=True)
+    return linear(silu_mul(gate_up), weight)
+
+
+def _key(product: str, x: Tensor, weight: Tensor, gated: bool = False
+         ) -> tuple[Any, ...] | None:
+    """The choice's key of this product, None when F.linear runs regardless (outside
+    streaming, off the GPU, or operands the kernel does not take)."""
+    if not _streaming or _interpreting() or not _uses_kernel(x, weight, gated):
+        return None
+    return (product, x.numel() // x.shape[-1], weight.shape[0], weight.shape[1], x.dtype)
+
+
+def _fastest(candidates: dict[str, Callable[[], Tensor]]) -> str:
+    """The candidate with the least median time by triton's do_bench (which flushes the L2
+    cache before each launch), each run once first (the Triton autotuner's call)."""
     from triton.testing import do_bench  # only on the GPU: not at import
 
-    skinny_linear(x, weight)  # the autotuner's first call: its tile, then timed as it runs
-    ours = do_bench(lambda: skinny_linear(x, weight), warmup=5, rep=40, return_mode="median")
-    theirs = do_bench(lambda: F.linear(x, weight), warmup=5, rep=40, return_mode="median")
-    return bool(ours < theirs)
+    times = {}
+    for name, fn in candidates.items():
+        fn()
+        times[name] = do_bench(fn, warmup=5, rep=40, return_mode="median")
+    return min(times, key=lambda n: times[n])
 
 
 def choices() -> dict[str, str]:
-    """Which GEMM each timed shape runs ("MxNxK dtype" -> "triton" or "cublas")."""
-    return {f"{m}x{n}x{k} {str(dt).removeprefix('torch.')}": "triton" if ours else "cublas"
-            for (m, n, k, dt), ours in sorted(_CHOICE.items(), key=str)}
+    """Which kernel each timed product runs ("linear MxNxK dtype" -> its name)."""
+    return {f"{p} {m}x{n}x{k} {str(dt).removeprefix('torch.')}": name
+            for (p, m, n, k, dt), name in sorted(_CHOICE.items(), key=str)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,13 +147,15 @@ def choices() -> dict[str, str]:
 def _gemm_body(
     X, W, Y, P, M, N, K, sx_m, sw_n, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr,
+    SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr, GATED: tl.constexpr,
 ):
     """Program (n block, split): acc[BLOCK_N, M_PAD] = W[n block, split's K] @ x[:, split's K]^T.
 
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products, for fp32 inputs (tf32
     would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (see
-    decode_kernels); bf16/fp16 products are exact in float32, so the sum is the same."""
+    decode_kernels); bf16/fp16 products are exact in float32, so the sum is the same.
+    GATED: X is [M, 2 K] = (gate | up) and the product's x is silu(gate) * up, each step
+    rounded to X's dtype as the eager ops round it (F.silu, then the multiply)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -139,8 +174,15 @@ def _gemm_body(
         k_ok = offs_k < K
         w = tl.load(W + rows[:, None] * sw_n + offs_k[None, :],
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        xt = tl.load(X + offs_m[None, :] * sx_m + offs_k[:, None],
-                     mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        x_ptrs = X + offs_m[None, :] * sx_m + offs_k[:, None]
+        x_ok = k_ok[:, None] & m_ok[None, :]
+        if GATED:
+            gate = tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
+            up = tl.load(x_ptrs + K, mask=x_ok, other=0.0).to(tl.float32)
+            silu = (gate / (1.0 + tl.exp(-gate))).to(X.dtype.element_ty).to(tl.float32)
+            xt = (silu * up).to(X.dtype.element_ty)
+        else:
+            xt = tl.load(x_ptrs, mask=x_ok, other=0.0)
         if DOT_F32:
             acc += tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
         else:
@@ -179,7 +221,7 @@ def _reduce(reduce: Any, parts: Tensor, y: Tensor, split_k: int) -> None:
 
 
 _BUILT: dict[bool, tuple[Any, Any, Any]] = {}
-_SPLIT_OF: dict[tuple, int] = {}  # (M, N, K, dtype) -> the autotuner's SPLIT_K for that key
+_SPLIT_OF: dict[tuple, int] = {}  # (M, N, K, dtype, gated) -> the autotuner's SPLIT_K
 
 
 def _interpreting() -> bool:
@@ -248,7 +290,8 @@ def _kernels() -> tuple[Any, Any, Any]:
         gemm = triton.jit(_gemm_body)
         tuned = None
         if not interpret:  # the autotuner times on the GPU; the interpreter runs one config
-            tuned = triton.autotune(_configs(), key=["M", "N", "K"], post_hook=_post_hook,
+            tuned = triton.autotune(_configs(), key=["M", "N", "K", "GATED"],
+                                    post_hook=_post_hook,
                                     prune_configs_by={"early_config_prune": _prune},
                                     do_bench=_bench)(triton.jit(_gemm_body))
         _BUILT[interpret] = (gemm, tuned, triton.jit(_reduce_body))
@@ -277,33 +320,40 @@ def best_config() -> dict | None:
 # Entry point
 
 
-def _uses_kernel(x: Tensor, weight: Tensor) -> bool:
+def _uses_kernel(x: Tensor, weight: Tensor, gated: bool = False) -> bool:
     """Whether skinny_linear runs the Triton kernel for these operands (else F.linear)."""
     if triton is None or x.dtype != weight.dtype or x.dtype not in _DTYPES:
         return False
     if weight.dim() != 2 or weight.stride(-1) != 1 or x.device != weight.device:
         return False
+    if x.shape[-1] != weight.shape[1] * (2 if gated else 1):
+        return False
     m = x.numel() // max(x.shape[-1], 1)
     return 1 <= m <= MAX_M and (x.is_cuda or _interpreting())
 
 
-def skinny_linear(x: Tensor, weight: Tensor, config: dict[str, int] | None = None) -> Tensor:
-    """y = x @ weight^T for few rows of x (see the module docstring).
+def skinny_linear(x: Tensor, weight: Tensor, config: dict[str, int] | None = None,
+                  gated: bool = False) -> Tensor:
+    """y = x @ weight^T for few rows of x (see the module docstring); with `gated`,
+    y = (silu(gate) * up) @ weight^T of x = (gate | up) [..., 2 K].
 
     config: {"BLOCK_N", "BLOCK_K", "SPLIT_K"} (and optionally "num_warps", "num_stages") runs
     that config instead of the autotuner's (tests, experiments); under the interpreter
     INTERPRETER_CONFIG is the default."""
-    if not _uses_kernel(x, weight):
+    if not _uses_kernel(x, weight, gated):
+        if gated:
+            gate, up = x.chunk(2, dim=-1)
+            return F.linear(F.silu(gate) * up, weight)
         return F.linear(x, weight)
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
+    k = weight.shape[1]
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, n = x2.shape[0], weight.shape[0]
     y = torch.empty(m, n, dtype=x.dtype, device=x.device)
     gemm, tuned, reduce = _kernels()
     common = {"M_PAD": max(MIN_M, triton.next_power_of_2(m)),
-              "DOT_F32": x.dtype == torch.float32 or _interpreting()}
+              "DOT_F32": x.dtype == torch.float32 or _interpreting(), "GATED": gated}
     if config is None and tuned is None:
         config = INTERPRETER_CONFIG
     if config is not None:
@@ -313,7 +363,7 @@ def skinny_linear(x: Tensor, weight: Tensor, config: dict[str, int] | None = Non
         gemm[grid](x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
                    **common, **config)
     else:
-        key = (m, n, k, x.dtype)
+        key = (m, n, k, x.dtype, gated)
         split_k = _SPLIT_OF.get(key, 0)  # 0: not tuned yet: room for the largest split kept
         parts = _partials(split_k or _max_split(n, k, common["M_PAD"], weight), m, n, x.device)
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](

@@ -391,7 +391,11 @@ class GatedMLP(nn.Module):
     def from_normed(self, h: Tensor) -> Tensor:
         """The block's reduced output for an input h already normed by its norm."""
         gate_up = self.gate_up(h)
-        out = self.down(_ops.silu_mul(gate_up))
+        if isinstance(self.down, Linear):  # a plain weight: in the static decode step the
+            # SiLU x up may be made inside the down GEMM (decode_gemm.gated_linear)
+            out = decode_gemm.gated_linear(gate_up, self.down.weight, _ops.silu_mul)
+        else:
+            out = self.down(_ops.silu_mul(gate_up))
         del gate_up
         return all_reduce(out, self.group)
 
