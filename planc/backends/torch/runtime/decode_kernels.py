@@ -401,6 +401,9 @@ def choose(device: torch.device | str, dtype: torch.dtype) -> str:
     flash-decoding on CUDA when triton imports, else the plain torch path. The two kernels take
     different last arguments (n_read vs splits): the caller passes what its pick needs."""
     del dtype  # every supported dtype (bf16, fp16, fp32) runs on both
+    forced = os.environ.get("PLANC_DECODE_ATTENTION")  # for measuring, and for CI to run the
+    if forced in KERNELS:  # Triton kernels through the whole step in Triton's interpreter
+        return forced
     if torch.device(device).type == "cuda" and available():
         return "triton_flash_decode"
     return "grouped_bmm"

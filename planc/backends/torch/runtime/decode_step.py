@@ -131,6 +131,11 @@ class StaticStep:
         # cuBLAS for every GEMM, for measuring.
         self.stream_gemm = (self.use_graphs and decode_gemm.available()
                             and os.environ.get("PLANC_DECODE_GEMM", "") != "cublas")
+        # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
+        # times it on the rank's cache at the first step picked 8 at batch 64, which replays
+        # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
+        # run3.json), so nothing is tuned here; triton's autotuner picks the tile.
+        self.splits: int | None = None
 
     @property
     def gemm(self) -> str | dict[str, str]:
@@ -138,11 +143,6 @@ class StaticStep:
         if not self.use_graphs:
             return "torch"
         return decode_gemm.choices() if self.stream_gemm else "cublas"
-        # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
-        # times it on the rank's cache at the first step picked 8 at batch 64, which replays
-        # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
-        # run3.json), so nothing is tuned here; triton's autotuner picks the tile.
-        self.splits: int | None = None
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
