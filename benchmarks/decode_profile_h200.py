@@ -123,7 +123,14 @@ def profile_plan(path: Path, plan, ckpt: str, steps: int) -> dict:  # type: igno
     rec: dict = {"plan": f"{path.name}:{plan.name}", "layers": cfg.model.layers,
                  "batch": cfg.batch, "context": cfg.context}
     with torch.inference_mode():
+        torch.cuda.synchronize()
+        resident = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         pipeline.generate(ctx, model, prompt, ropes)  # captures the graph
+        rec["first_generate_peak_above_resident"] = torch.cuda.max_memory_allocated() - resident
+        torch.cuda.reset_peak_memory_stats()
+        pipeline.generate(ctx, model, prompt, ropes)  # replays only
+        rec["second_generate_peak_above_resident"] = torch.cuda.max_memory_allocated() - resident
         static = model.static_step(ctx)
         assert static is not None, "this plan's decode does not run the static step"
         rec.update(model.step_kind(ctx))
