@@ -15,6 +15,13 @@ metrics); off the GPU it is F.linear. `gated_linear` does the same for the MLP's
 projection of silu(gate) * up, where the kernel can make silu(gate) * up in its loads of the
 fused gate/up output and save the elementwise kernel between the two GEMMs.
 
+What it measured inside the decode step's CUDA graph, though (benchmarks/results/
+h200_decode_profile_run9_b64_{stream,cublas}.json, Llama-3-8B cut to 4 layers, batch 64): the
+picks (this kernel for gate/up, the gated down and the lm_head) took 873 us of GEMMs per step
+against cuBLAS's 767 us, though each was faster in isolation. So the static step runs cuBLAS
+and uses this module only with PLANC_DECODE_GEMM=timed (runtime/decode_step.py): kept to
+measure with, not as the default, until a kernel is faster where it runs.
+
 What `skinny_linear(x, weight)` guarantees:
 
 - x: [..., K], weight: [N, K] with its last dim contiguous, the same dtype (bf16, fp16 or fp32).

@@ -126,11 +126,13 @@ class StaticStep:
         if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
             self.ops = layers.compiled_elementwise()
             self.mode = "cuda_graph+compiled elementwise"
-        # Each GEMM shape through planc's weight-streaming kernel or cuBLAS, whichever its
-        # first product times faster (decode_gemm's docstring); PLANC_DECODE_GEMM=cublas keeps
-        # cuBLAS for every GEMM, for measuring.
+        # cuBLAS for every GEMM. PLANC_DECODE_GEMM=timed lets each GEMM shape run planc's
+        # weight-streaming kernel where its first product times faster in isolation
+        # (decode_gemm's docstring): off by default, since inside the step's graph those picks
+        # were slower, 873 against 767 us of GEMMs per step of 4 layers at batch 64
+        # (benchmarks/results/h200_decode_profile_run9_b64_*.json).
         self.stream_gemm = (self.use_graphs and decode_gemm.available()
-                            and os.environ.get("PLANC_DECODE_GEMM", "") != "cublas")
+                            and os.environ.get("PLANC_DECODE_GEMM", "") == "timed")
         # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8
         # times it on the rank's cache at the first step picked 8 at batch 64, which replays
         # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_

@@ -351,7 +351,8 @@ class Attention(nn.Module):
     def project(self, x: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [b, heads or kv_heads, s, d] of x [b, s, hidden]: normed, projected (one
         fused GEMM), the family's q/k norm and RoPE applied."""
-        return self.project_normed(self.norm(x), rope)
+        # The normed copy of x is a temporary the GEMM frees (not an argument held below).
+        return self._rotated(self.qkv(self.norm(x)), rope)
 
     def qkv(self, h: Tensor) -> Tensor:
         """The fused q/k/v projection [b, s, heads + 2 kv_heads, d] of the normed input h."""
@@ -360,8 +361,11 @@ class Attention(nn.Module):
 
     def project_normed(self, h: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
         """project() of an input already normed by this block's norm."""
-        h_, kv = self.heads, self.kv_heads
-        q, k, v = self.qkv(h).split((h_, kv, kv), dim=2)
+        return self._rotated(self.qkv(h), rope)
+
+    def _rotated(self, qkv: Tensor, rope: Rope) -> tuple[Tensor, Tensor, Tensor]:
+        h, kv = self.heads, self.kv_heads
+        q, k, v = qkv.split((h, kv, kv), dim=2)
         q, k = rotate_qk(q, k, self.core.rope(rope), self.qk_norm)
         # [b, s, heads, d] views -> [b, heads, s, d]: strided, last dim contiguous, no copies.
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -386,11 +390,16 @@ class GatedMLP(nn.Module):
         self.norm, self.gate_up, self.down, self.group = norm, w_gate_up, w_down, group
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.from_normed(self.norm(x))
+        # The normed copy of x is a temporary the GEMM frees: held as an argument through the
+        # down GEMM it was 1.07 GB more than planc/cost/memory.py counts at a Llama-3-8B
+        # batch-64 prefill (benchmarks/results/h200_decode_run8_planc.json).
+        return self._down(self.gate_up(self.norm(x)))
 
     def from_normed(self, h: Tensor) -> Tensor:
         """The block's reduced output for an input h already normed by its norm."""
-        gate_up = self.gate_up(h)
+        return self._down(self.gate_up(h))
+
+    def _down(self, gate_up: Tensor) -> Tensor:
         if isinstance(self.down, Linear):  # a plain weight: in the static decode step the
             # SiLU x up may be made inside the down GEMM (decode_gemm.gated_linear)
             out = decode_gemm.gated_linear(gate_up, self.down.weight, _ops.silu_mul)
