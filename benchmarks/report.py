@@ -64,8 +64,9 @@ def load(paths: list[str]) -> tuple[list[dict], list[dict]]:
     runs, peers = [], []
     for p in paths:
         d = json.loads(Path(p).read_text())
-        if "records" in d and not all("plan" in r for r in d["records"]):
-            continue  # a micro-benchmark's rows (decode_attention_h200.py), not plan runs
+        if "records" in d and not all("plan" in r and "strategy" in r for r in d["records"]):
+            continue  # a micro-benchmark's or a profile's rows (decode_attention_h200.py,
+            # decode_gemm_h200.py, decode_profile_h200.py), not plan runs
         if "records" in d:
             for r in d["records"]:
                 r["_file"] = Path(p).name
