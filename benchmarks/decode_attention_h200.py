@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +36,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from graph_timer import us_per_call
 
 from planc.backends.torch.runtime import decode_kernels as dk
 
@@ -146,27 +148,7 @@ def candidates(x: dict) -> dict[str, tuple[Callable[[], torch.Tensor], bool]]:
 def time_graph(fn: Callable[[], torch.Tensor]) -> float:
     """Microseconds per call: fn captured CALLS_PER_GRAPH times in one CUDA graph, the median
     over timed replays."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(CALLS_PER_GRAPH):
-            fn()
-    for _ in range(WARMUP_REPLAYS):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(TIMED_REPLAYS):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / CALLS_PER_GRAPH)
-    return statistics.median(times)
+    return us_per_call([fn] * CALLS_PER_GRAPH, [fn] * 3, WARMUP_REPLAYS, TIMED_REPLAYS)
 
 
 def measure(s: Shape, dtype: torch.dtype) -> list[dict]:

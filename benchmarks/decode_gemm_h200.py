@@ -26,9 +26,9 @@ time. Each output is checked once per shape against F.linear in float32 (max |er
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch
 import torch.nn.functional as F
 from gpu_bench import machine, plans_of
+from graph_timer import us_per_call
 
 from planc.backends.torch.runtime import decode_gemm as dg
 
@@ -96,28 +97,8 @@ def weight_ring(n: int, k: int, ring_bytes: float) -> list[torch.Tensor]:
 def time_ring(fn: Linear, x: torch.Tensor, ring: list[torch.Tensor]) -> float:
     """Microseconds per call: one CUDA graph of fn(x, w) for every w of the ring, the median of
     timed replays over the ring's length."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for w in ring[:2]:
-            fn(x, w)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in ring:
-            fn(x, w)
-    for _ in range(WARMUP_REPLAYS):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(TIMED_REPLAYS):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / len(ring))
-    del graph
-    return statistics.median(times)
+    calls = [functools.partial(fn, x, w) for w in ring]
+    return us_per_call(calls, calls[:2], WARMUP_REPLAYS, TIMED_REPLAYS)
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

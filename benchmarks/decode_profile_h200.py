@@ -32,17 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
+import torch
+from gpu_bench import checkpoint_for, machine, plans_of
 
-from gpu_bench import checkpoint_for, machine, plans_of  # noqa: E402
-from planc.backends.torch.runconfig import to_run_config  # noqa: E402
-from planc.backends.torch.runtime import dist as rdist  # noqa: E402
-from planc.backends.torch.runtime import pipeline, program  # noqa: E402
-from planc.compiler.lower import lower  # noqa: E402
+from planc.backends.torch.runconfig import to_run_config
+from planc.backends.torch.runtime import dist as rdist
+from planc.backends.torch.runtime import pipeline, program
+from planc.compiler.lower import lower
 
 GROUPS = [  # first match wins: (group, pattern over the kernel name)
-    ("attention", r"flash_decode|_merge|fwd_kernel|flash"),
-    ("gemm", r"gemm|nvjet|cutlass|xmma|sm90|sm100|splitK|splitk"),
+    ("attention", r"attn_partials|_merge_body|flash_decode|fwd_kernel|flash"),
+    ("gemm", r"gemm|nvjet|cutlass|xmma|sm90|sm100|splitK|splitk|_reduce_body"),
+    ("elementwise (planc triton)", r"rope_store"),
     ("argmax/reduce", r"argmax|reduce|max_kernel"),
     ("index/copy", r"index|copy|scatter|gather|Memcpy|memcpy|embedding"),
     ("elementwise (compiled)", r"triton_"),
@@ -166,7 +167,7 @@ def profile_plan(path: Path, plan, ckpt: str, steps: int) -> dict:  # type: igno
                 torch.cuda.synchronize()
             rec[mode] = {"step_ms_median": statistics.median(ms), "step_ms": ms,
                          **summarize(kernels_of(prof), steps, gemm_bytes)}
-    del model, static
+    del model
     torch.cuda.empty_cache()
     return rec
 

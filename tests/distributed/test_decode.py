@@ -119,11 +119,20 @@ def test_gather_over_sp2_x_pipeline_2_contiguous_chunks_generates_hf_tokens(run_
 
 
 @pytest.mark.distributed
-def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(run_plan):
+@pytest.mark.parametrize("kernel", ["default", "triton_flash_decode"])
+def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
+        run_plan, monkeypatch, kernel):
     """The static decode step (runtime/decode_step.py) with two microbatches of different rows
     (a state and a cache view each), GQA over a tensor-parallel pair with the vocabulary split
     (the greedy token agreed over the pair inside the step), a context that is no multiple of
-    the read bucket and more generated tokens than the cache's first bucket would show."""
+    the read bucket and more generated tokens than the cache's first bucket would show. With
+    "triton_flash_decode" the step's GPU path (the Triton flash-decoding with its split count,
+    the fused RoPE + cache write) runs whole, in Triton's interpreter on CPU tensors."""
+    if kernel != "default":
+        pytest.importorskip("triton")
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
+        monkeypatch.setenv("PLANC_DECODE_ATTENTION", kernel)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
                       ffn=128, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=4, seq=7,
@@ -134,28 +143,7 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     m = run_plan(cfg, "static_mb2_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
-
-
-@pytest.mark.distributed
-def test_the_static_step_with_the_triton_kernels_generates_hf_tokens(run_plan, monkeypatch):
-    """The static step's GPU path (the Triton flash-decoding and the fused RoPE + cache write,
-    with its split count) run whole, in Triton's interpreter on CPU tensors: the tokens of
-    Hugging Face generate, over two microbatches and a vocabulary split."""
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
-    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
-    model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
-                      ffn=128, vocab=97)  # fmt: skip
-    cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=4, seq=7,
-                    splits={"heads": ("tp",), "kv_heads": ("tp",), "ffn": ("tp",),
-                            "vocab": ("tp",)},
-                    microbatches=2, warmup=0, repeats=1, phase="decode", context=7,
-                    generate=4)  # fmt: skip
-    m = run_plan(cfg, "static_triton_decode", timeout_s=240)
-    assert_decode_metrics(m, cfg)
-    assert m["decode_step"] == "eager (static step)"
-    assert m["decode_attention"] == "triton_flash_decode"
+    assert m["decode_attention"] == ("grouped_bmm" if kernel == "default" else kernel)
 
 
 # --- units ----------------------------------------------------------------------------------------
