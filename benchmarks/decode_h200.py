@@ -2,9 +2,14 @@
 gpt-fast-style peer on the same shapes, in the same run, and one table of the ratios.
 
 On the single-GPU machine (`nvidia-h200`), from the repository root, with planc's pure-Python
-dependencies on PYTHONPATH (about 7 minutes; each step prints its time to stderr):
+dependencies on PYTHONPATH (each step prints its time to stderr):
 
     PYTHONPATH=/tmp/site:$PWD python benchmarks/decode_h200.py --out $OUT
+
+All of it took about 11 minutes in run 8 (two checkpoints, four plans, the float32 check),
+more than one 600 s device command: split it into consecutive commands on the warm machine
+(released 30 s after a command ends; /tmp's checkpoints go with it), e.g.
+`--parts planc --only b64,single`, then `--parts planc --only b1,b8`, then `--parts peer`.
 
 1. gpu_bench.py on gpu1_decode_llama3_8b_b{1,8,64}.plan and gpu1_decode_single.plan (one random
    checkpoint per model: the three Llama-3-8B plans share one), --repeats 3 --warmup 1:
@@ -30,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # (plan file, the peer's shape name, batch): the peer runs the plan's model and workload
+REFERENCE_PLAN = "gpu1_decode_single.plan"
 PAIRS = [
     ("gpu1_decode_llama3_8b_b1.plan", "llama3_8b", 1),
     ("gpu1_decode_llama3_8b_b8.plan", "llama3_8b", 8),
@@ -85,6 +91,10 @@ def main() -> None:
     ap.add_argument("--hbm", type=float, default=4.8e12, help="HBM bytes/s for the floor")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--only", help="planc part: comma-separated parts of the plan file names "
+                    "to run (e.g. b64,single then b1,b8: each set is one command's worth), "
+                    "written to h200_decode_planc_<parts>.json; the table merges every "
+                    "h200_decode_planc*.json in --out")
     ap.add_argument("--table", nargs=2, metavar=("PLANC_JSON", "PEER_JSON"),
                     help="print the table of these files and run nothing")
     a = ap.parse_args()
@@ -95,21 +105,30 @@ def main() -> None:
         ap.error("--out is required unless --table")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    planc_json, peer_json = out / "h200_decode_planc.json", out / "h200_decode_peer.json"
+    only = a.only.split(",") if a.only else None
+    name = "h200_decode_planc" + ("_" + "_".join(only) if only else "") + ".json"
+    planc_json, peer_json = out / name, out / "h200_decode_peer.json"
     parts = a.parts.split(",")
     t = time.time()
     if "planc" in parts:
-        plans = [str(ROOT / "benchmarks" / "plans" / p) for p, _, _ in PAIRS]
+        files = [p for p, _, _ in PAIRS if only is None or any(o in p for o in only)]
+        plans = [str(ROOT / "benchmarks" / "plans" / p) for p in files]
+        # the seed plan also runs once in float32 with the reference check (tokens equal to
+        # Hugging Face generate: a bf16 run's near-ties are no evidence, docs/strategies.md)
+        check = [p for p in plans if p.endswith(REFERENCE_PLAN)]
         step("planc", [sys.executable, "benchmarks/gpu_bench.py", "--machine", "nvidia-h200",
                        "--repeats", str(a.repeats), "--warmup", str(a.warmup),
-                       "--out", str(planc_json), "--plans", *plans])
+                       "--out", str(planc_json), "--plans", *plans,
+                       *(["--reference", *check] if check else [])])
     if "peer" in parts:
         step("peer", [sys.executable, "benchmarks/decode_peer.py", "--out", str(peer_json),
                       "--hbm", str(a.hbm), "--shapes", "llama3_8b,seed"])
     log(f"all steps: {time.time() - t:.0f} s")
     # a step that failed leaves its file missing: the table shows dashes for it
-    lines = table(*(json.loads(f.read_text()) if f.exists() else {}
-                    for f in (planc_json, peer_json)))
+    merged: dict = {"records": []}
+    for f in sorted(out.glob("h200_decode_planc*.json")):
+        merged["records"] += json.loads(f.read_text()).get("records", [])
+    lines = table(merged, json.loads(peer_json.read_text()) if peer_json.exists() else {})
     (out / "h200_decode_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -140,3 +140,17 @@ def test_the_table_pairs_planc_and_the_peer_by_plan_and_batch(tmp_path):
     assert [c.strip() for c in b8.strip("|").split("|")][6] == "0.80"  # planc slower: < 1
     b1 = next(ln for ln in lines if ln.startswith("| llama3_8b | 1 "))
     assert "| - |" in b1  # a shape neither ran shows dashes, not a made-up ratio
+
+
+def test_the_table_merges_the_planc_files_of_split_commands(tmp_path, monkeypatch):
+    """decode_h200.py --only splits the planc part over commands, each writing its own file;
+    the table run (no part) reads every h200_decode_planc*.json in --out."""
+    h200 = tool("decode_h200")
+    for tag, plan, tpot in (("b64_single", "gpu1_decode_llama3_8b_b64.plan:x", 9.0),
+                            ("b1_b8", "gpu1_decode_llama3_8b_b1.plan:y", 5.0)):
+        (tmp_path / f"h200_decode_planc_{tag}.json").write_text(
+            json.dumps({"records": [{"plan": plan, "tpot_ms": tpot}]}))
+    monkeypatch.setattr(sys, "argv", ["decode_h200.py", "--out", str(tmp_path), "--parts", ""])
+    h200.main()
+    table = (tmp_path / "h200_decode_table.md").read_text()
+    assert "| llama3_8b | 64 | 9.000 |" in table and "| llama3_8b | 1 | 5.000 |" in table
