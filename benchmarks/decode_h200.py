@@ -126,8 +126,9 @@ def main() -> None:
     log(f"all steps: {time.time() - t:.0f} s")
     # a step that failed leaves its file missing: the table shows dashes for it
     merged: dict = {"records": []}
-    for f in sorted(out.glob("h200_decode_planc*.json")):
-        merged["records"] += json.loads(f.read_text()).get("records", [])
+    for f in sorted(out.glob("h200_decode_planc*.json")):  # one per --only command
+        d = json.loads(f.read_text())
+        merged = {**d, "records": merged["records"] + d.get("records", [])}
     lines = table(merged, json.loads(peer_json.read_text()) if peer_json.exists() else {})
     (out / "h200_decode_table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -41,12 +41,12 @@ from planc.backends.torch.runtime import pipeline, program
 from planc.compiler.lower import lower
 
 GROUPS = [  # first match wins: (group, pattern over the kernel name)
+    ("elementwise (compiled)", r"^triton_(red|poi|per)_"),  # inductor's, whatever they fuse
     ("attention", r"attn_partials|_merge_body|flash_decode|fwd_kernel|flash"),
     ("gemm", r"gemm|nvjet|cutlass|xmma|sm90|sm100|splitK|splitk|_reduce_body"),
     ("elementwise (planc triton)", r"rope_store"),
     ("argmax/reduce", r"argmax|reduce|max_kernel"),
     ("index/copy", r"index|copy|scatter|gather|Memcpy|memcpy|embedding"),
-    ("elementwise (compiled)", r"triton_"),
     ("elementwise (eager)", r"elementwise|vectorized|unrolled|rms|norm"),
 ]
 

@@ -36,7 +36,7 @@ from fractions import Fraction
 from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
-from planc.layout.schedule import STATIC_STEP_EXTRA_KERNELS, STATIC_STEP_FUSED, static_step_reason
+from planc.layout.schedule import STATIC_STEP_EXTRA_KERNELS, static_step_fused, static_step_reason
 from planc.layout.strategies import attention_core
 
 
@@ -71,16 +71,18 @@ class Efficiency:
     # A decode step replayed as one CUDA graph (schedule.static_step_reason): no Python
     # launch, but each kernel still starts and drains after the one before it, microseconds
     # above its bytes at the copy rate whatever its size; the ops the step fuses into
-    # another's kernel (schedule.STATIC_STEP_FUSED) start none, the step's own kernels outside
+    # another's kernel (schedule.static_step_fused) start none, the step's own kernels outside
     # the layer program (STATIC_STEP_EXTRA_KERNELS) one each. Measured kernel by kernel
     # (torch.profiler over graph replays; not fitted to any TPOT) on the Llama-3-8B shape cut
     # to 4 layers at batch 1 and 64 (benchmarks/results/h200_decode_profile_run6_l4.json):
     # a kernel's time less its bytes at `hbm` is 1.3-2.7 us for the elementwise kernels (2.0
-    # on average) and 1.4-7.7 us for the GEMMs (4.1: cuBLAS reads small weights below the copy
-    # rate, and its split-K runs a second kernel), and the graph leaves 0.5 us between kernels
-    # (span less busy time over the kernel count); the flash-decoding kernel reads the
-    # batch-64 cache at 0.92 of the HBM rate after a GEMM-like start. The whole models' TPOTs
-    # (32 layers, batch 1 / 8 / 64, and the seed shape) are the check, not the fit.
+    # on average) and 1.4-7.7 us for the layers' GEMMs (4.1: cuBLAS reads small weights below
+    # the copy rate, and its split-K runs a second kernel), and the graph leaves 0.5 us between
+    # kernels (span less busy time over the kernel count); the flash-decoding kernel reads the
+    # batch-64 cache at 0.92 of the HBM rate after a GEMM-like start. Not in it: the lm_head's
+    # cuBLAS GEMM ran 24-31 us above its bytes (about 0.3% of a 32-layer step). The check is
+    # whole-model TPOTs of this step: the seed shape's (run 8) is in; the Llama-3-8B shape's
+    # at batch 1 / 8 / 64 are extrapolated from profiles, not yet measured.
     graph_op_overhead_s: float = 2.5e-6
     graph_gemm_overhead_s: float = 4.6e-6
     decode_attention_hbm: float = 0.92
@@ -288,6 +290,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     static = phase == "decode" and static_decode(graph)
     if static:
         e = replace(e, op_overhead_s=e.graph_op_overhead_s)
+    fused = static_step_fused(qk_norm_of(graph)) if static else frozenset()
     stages = []
     for c in graph.classes:
         t = 0.0
@@ -299,7 +302,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
                 op_t = max(o.flops / (rates.compute * e.attention),
                            o.bytes / (rates.hbm * e.decode_attention_hbm)
                            ) + e.graph_gemm_overhead_s
-            elif static and name in STATIC_STEP_FUSED:  # inside another op's kernel
+            elif name in fused:  # inside another op's kernel
                 op_t = _op_time(name, o.flops, o.bytes, rates, replace(e, op_overhead_s=0.0))
             elif static and (name.endswith("_proj") or name == "lm_head"):
                 op_t = _op_time(name, o.flops, o.bytes, rates,
@@ -317,6 +320,11 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
         return 0.0
     m = max(1, graph.microbatches)
     return sum(stages) + (m - 1) * max(stages)
+
+
+def qk_norm_of(graph: PlacementGraph) -> bool:
+    """Whether the model norms q and k per head (Qwen3: its layers hold q_norm weights)."""
+    return any(s.name.endswith("q_norm.weight") for c in graph.classes for s in c.shards)
 
 
 def static_decode(graph: PlacementGraph) -> bool:

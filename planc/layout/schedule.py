@@ -124,13 +124,19 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
 
 # Ops of a decode layer (planc/cost/memory.py's layer_program) that the static step computes
 # inside the kernel of another op (backends/torch/runtime/decode_step.py): each block's norm
-# with the residual add before it (Elementwise.add_norm), RoPE of k with RoPE of q and the K/V
-# cache write (decode_kernels.rope_store_*). The cost model starts no kernel for them.
-STATIC_STEP_FUSED = frozenset({"attn_norm", "mlp_norm", "rope_k"})
-# Kernels of a static step outside the layer program: the embedding gather, the two RoPE table
-# gathers, the final norm, the two passes of the greedy argmax, the token write and the state's
-# four counters (decode_step.StaticStep._step).
-STATIC_STEP_EXTRA_KERNELS = 11
+# with the residual add before it (Elementwise.add_norm), and, for a family without a q/k norm,
+# RoPE of k with RoPE of q and the K/V cache write (decode_kernels.rope_store_*). The cost
+# model starts no kernel for them.
+def static_step_fused(qk_norm: bool) -> frozenset[str]:
+    return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_k"}))
+
+
+# Kernels of a static step outside the layer program, as the profile of a replay counts them
+# (benchmarks/results/h200_decode_profile_run6_l4.json, batch 64): the embedding gather, the
+# two RoPE table gathers, the first layer's attention norm, the greedy argmax's five (the
+# maximum of each part, the argmax over parts, a gather, a multiply and an add), the token
+# copy, the token buffer's write and the state's four counters.
+STATIC_STEP_EXTRA_KERNELS = 15
 
 
 def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool

@@ -48,6 +48,27 @@ def test_the_mlp_frees_its_normed_input_before_the_down_gemm(monkeypatch):
     assert mlp(torch.randn(2, 3, h)).shape == (2, 3, h)
 
 
+def test_the_mlp_frees_its_normed_input_before_a_plain_down_weight(monkeypatch):
+    """A plain down weight goes through decode_gemm.gated_linear (the static step's way): the
+    normed input must be gone by then too."""
+    from planc.backends.torch.runtime import decode_gemm
+
+    refs = _watch_norm(monkeypatch)
+    seen = []
+    original = decode_gemm.gated_linear
+
+    def gated_linear(gate_up, weight, silu_mul):  # type: ignore[no-untyped-def]
+        assert refs and all(r() is None for r in refs), "the normed input is alive"
+        seen.append(1)
+        return original(gate_up, weight, silu_mul)
+
+    monkeypatch.setattr(decode_gemm, "gated_linear", gated_linear)
+    h, f = 16, 32
+    mlp = layers.GatedMLP(layers.RMSNorm(torch.ones(h), 1e-5), layers.Linear(torch.randn(2 * f, h)),
+                          layers.Linear(torch.randn(h, f)), None)
+    assert mlp(torch.randn(2, 3, h)).shape == (2, 3, h) and seen == [1]
+
+
 def test_the_attention_frees_its_normed_input_before_rope(monkeypatch):
     refs = _watch_norm(monkeypatch)
     ropes = []

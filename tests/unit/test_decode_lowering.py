@@ -111,21 +111,23 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     """The ops the static decode step runs inside another op's kernel are ops of the decode
     layer program (a rename there would silently price them as kernels again), and each is
     priced with no kernel start of its own: without the fusion the estimate grows by exactly
-    their calls x the per-kernel start."""
+    their calls x the per-kernel start. A family with a q/k norm keeps RoPE of k apart."""
     from planc.cost import time as cost_time
-    from planc.layout.schedule import STATIC_STEP_FUSED
+    from planc.layout.schedule import static_step_fused
 
     spec, _ = resolve_text(decode_plan("  mesh dp=1\n"))
     plan = spec.plans[0]
     graph = lower(plan)
-    assert cost_time.static_decode(graph)
+    assert cost_time.static_decode(graph) and not cost_time.qk_norm_of(graph)
+    fused = static_step_fused(False)
+    assert static_step_fused(True) == fused - {"rope_k"}
     ops = {o.name.removeprefix("decode_"): o for o in graph.classes[0].ops
            if o.name.startswith("decode_")}
-    assert STATIC_STEP_FUSED <= set(ops)
+    assert fused <= set(ops)
     rates = cost_time.rates_of(plan)
     e = rates.efficiency or cost_time.Efficiency()
-    fused = cost_time.step_estimate(graph, rates, phase="decode")
-    monkeypatch.setattr(cost_time, "STATIC_STEP_FUSED", frozenset())
-    unfused = cost_time.step_estimate(graph, rates, phase="decode")
-    calls = sum(ops[n].calls for n in STATIC_STEP_FUSED) / cost_time.phase_steps(graph, "decode")
-    assert unfused - fused == pytest.approx(calls * e.graph_op_overhead_s, rel=1e-9)
+    with_fusion = cost_time.step_estimate(graph, rates, phase="decode")
+    monkeypatch.setattr(cost_time, "static_step_fused", lambda qk_norm: frozenset())
+    without = cost_time.step_estimate(graph, rates, phase="decode")
+    calls = sum(ops[n].calls for n in fused) / cost_time.phase_steps(graph, "decode")
+    assert without - with_fusion == pytest.approx(calls * e.graph_op_overhead_s, rel=1e-9)

@@ -5,9 +5,9 @@ GEMM is a read of W at HBM bandwidth. On an H200 cuBLAS reads the Llama-3-8B wei
 at 2.9-3.8 TB/s (a device copy reaches 4.18 TB/s). This kernel is a candidate to close that gap,
 timed against cuBLAS by benchmarks/decode_gemm_h200.py (benchmarks/results/
 h200_decode_gemm_run6.json). There it beat cuBLAS on every wide weight (N >= 3 K: the MLP's
-gate/up, the lm_head, the seed shape's q/k/v) at every batch measured (1, 8, 64), by 2-10%;
+gate/up, the lm_head, the seed shape's q/k/v) at every batch measured (1, 8, 64), by 1.3-9.5%;
 on the others the faster of the two depends on the batch (down_proj: this kernel at 64,
-cuBLAS at 8 by 16%), within 1.5 us either way but for that. So `linear`, inside
+cuBLAS at 8 by 16%; o_proj: cuBLAS at 64 by 43%, 12.3 against 17.6 us). So `linear`, inside
 `streaming(True)` (the static decode step on a GPU), times both on the first product of each
 shape (triton's do_bench, L2 flushed before each launch, as the weights of a decode step are
 read from HBM) and runs the faster from then on (`choices()` says which, for the run's
@@ -17,8 +17,8 @@ fused gate/up output and save the elementwise kernel between the two GEMMs.
 
 What it measured inside the decode step's CUDA graph, though (benchmarks/results/
 h200_decode_profile_run9_b64_{stream,cublas}.json, Llama-3-8B cut to 4 layers, batch 64): the
-picks (this kernel for gate/up, the gated down and the lm_head) took 873 us of GEMMs per step
-against cuBLAS's 767 us, though each was faster in isolation. So the static step runs cuBLAS
+picks (this kernel for gate/up, the gated down and the lm_head) took 883 us of GEMM kernels per
+replayed step against cuBLAS's 771 us, though each was faster in isolation. So the static step runs cuBLAS
 and uses this module only with PLANC_DECODE_GEMM=timed (runtime/decode_step.py): kept to
 measure with, not as the default, until a kernel is faster where it runs.
 

@@ -118,7 +118,7 @@ def _attn_partials_body(
     the tensor cores' bf16 dot with float32 accumulation."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    row = pid // KV
+    row = (pid // KV).to(tl.int64)  # row * its stride passes 2**31 in a large cache
     kvh = pid % KV
     length = tl.load(LENGTHS + row).to(tl.int32)
     glo = tl.load(GAP_LO + row).to(tl.int32)
@@ -210,7 +210,7 @@ def _rope_store_body(
     """One program per (row, head of the fused q/k/v output): a q head rotated into QOUT, a k
     head rotated into the K cache at slot SLOT[0], a v head copied into the V cache there.
     Rotate-half RoPE (Hugging Face's) in float32, rounded once to the output's dtype."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # row * its cache stride passes 2**31 in a large cache
     head = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     ok = offs < HALF
@@ -352,7 +352,7 @@ def rope_store_torch(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cach
     """The step's q [r, heads, d] (rotated) from the fused q/k/v output qkv [r, heads + 2 kv,
     d], its k (rotated) and v written into the caches [r, kv, capacity, d] at slot [1]; cos /
     sin [r, d // 2] of each row's position. `rope`: the layer's RoPE (layers.Elementwise.rope,
-    which may rotate in place). The plain torch form, and the reference of rope_store_triton."""
+    which may rotate in place). The plain torch form (tests check both forms against float64)."""
     kv = (qkv.shape[1] - heads) // 2
     q, k, v = qkv.split((heads, kv, kv), dim=1)
     c, s = cos[:, None], sin[:, None]
@@ -365,7 +365,7 @@ def rope_store_torch(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cach
 def rope_store_triton(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
                       v_cache: Tensor, heads: int) -> Tensor:
     """rope_store_torch in one kernel launch instead of four or more (two rotations, two
-    index_copy_), each a few microseconds in a step of ~300 kernels: grid (rows, heads + 2 kv)."""
+    index_copy_), each a few microseconds in a step of 330-400 kernels: grid (rows, heads + 2 kv)."""
     if triton is None:
         raise RuntimeError("rope_store_triton needs triton; use rope_store_torch instead")
     r, n_heads, d = qkv.shape

@@ -129,7 +129,7 @@ class StaticStep:
         # cuBLAS for every GEMM. PLANC_DECODE_GEMM=timed lets each GEMM shape run planc's
         # weight-streaming kernel where its first product times faster in isolation
         # (decode_gemm's docstring): off by default, since inside the step's graph those picks
-        # were slower, 873 against 767 us of GEMMs per step of 4 layers at batch 64
+        # were slower, 883 against 771 us of GEMMs per replayed step of 4 layers at batch 64
         # (benchmarks/results/h200_decode_profile_run9_b64_*.json).
         self.stream_gemm = (self.use_graphs and decode_gemm.available()
                             and os.environ.get("PLANC_DECODE_GEMM", "") == "timed")
