@@ -44,7 +44,6 @@ atomics, no zeroing).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +51,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from planc.backends.torch.runtime.decode_kernels import interpreting as _interpreting
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton
@@ -229,14 +230,6 @@ def _reduce(reduce: Any, parts: Tensor, y: Tensor, split_k: int) -> None:
 
 _BUILT: dict[bool, tuple[Any, Any, Any]] = {}
 _SPLIT_OF: dict[tuple, int] = {}  # (M, N, K, dtype, gated) -> the autotuner's SPLIT_K
-
-
-def _interpreting() -> bool:
-    """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
-    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _configs() -> list:  # type: ignore[type-arg]

@@ -239,7 +239,7 @@ _BUILT: dict[bool, tuple[Callable, Callable]] = {}
 _BUILT_ROPE: dict[bool, Callable] = {}
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
     knobs = getattr(triton, "knobs", None)  # triton >= 3.4
     if knobs is not None:
@@ -251,7 +251,7 @@ def _kernels() -> tuple[Callable, Callable]:
     """The jitted kernels, built on first use: triton.jit reads TRITON_INTERPRET when it wraps
     a function, so building late lets a test run them in Triton's interpreter on CPU tensors
     (TRITON_INTERPRET=1 set before the first call) without touching the process at import."""
-    interpret = _interpreting()
+    interpret = interpreting()
     if interpret not in _BUILT:
         attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
         if not interpret:  # the autotuner times on the GPU; the interpreter runs BLOCK_N
@@ -328,9 +328,9 @@ def flash_decode_triton(
         part.stride(0), part.stride(1), part.stride(2),
         *((lse.stride(0), lse.stride(1)) if n_splits > 1 else (0, 0)),
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
-        SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or _interpreting(),
+        SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or interpreting(),
         WRITE_LSE=n_splits > 1,
-        **({"BLOCK_N": BLOCK_N} if _interpreting() else {}),  # else the autotuner's tile
+        **({"BLOCK_N": BLOCK_N} if interpreting() else {}),  # else the autotuner's tile
     )
     if n_splits == 1:
         return out
@@ -374,7 +374,7 @@ def rope_store_triton(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cac
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     assert cos.stride(-1) == 1 and sin.stride(-1) == 1 and cos.stride(0) == sin.stride(0)
     q = torch.empty(r, heads, d, dtype=qkv.dtype, device=qkv.device)
-    interpret = _interpreting()
+    interpret = interpreting()
     if interpret not in _BUILT_ROPE:
         _BUILT_ROPE[interpret] = triton.jit(_rope_store_body)
     _BUILT_ROPE[interpret][(r, n_heads)](
