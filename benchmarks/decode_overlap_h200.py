@@ -1,0 +1,192 @@
+"""Does an L2 prefetch of a GEMM's weight, issued while the small kernel before it runs, make a
+decode layer faster? (issue 15: the batch-64 step's GEMMs read at 3.0-3.9 TB/s in the step's
+graph while HBM idles during the small kernels between them.)
+
+A Llama-3-8B-shaped layer is emulated with its real kernels and sizes, for a ring of distinct
+layers (no weight or cache found in L2 by the next replay): norm -> qkv GEMM -> a RoPE-sized
+elementwise kernel -> a read of the layer's KV cache (the attention's bytes, torch.sum) -> o
+GEMM -> norm -> gate/up GEMM -> SiLU x up -> down GEMM. Variants, each one CUDA graph of the
+ring (graph_timer: median of timed replays), per layer:
+- plain: as above (cuBLAS F.linear).
+- prefetch_P: on a side stream forked as each small kernel before a GEMM starts (the norms,
+  the SiLU x up), runtime/l2_prefetch.prefetch of the next GEMM's first P MB; the side
+  stream joins at the end of the graph, so no GEMM waits for a prefetch.
+- prefetch_P+o: the same, and Wo's first P MB forked as the KV read starts.
+- kn: the weights stored [K, N] (x @ W), which makes cuBLAS pick other kernels.
+Also per GEMM shape (a norm then the GEMM, ring of distinct weights): plain against prefetch_P,
+and the read rate of a plain torch.sum over 4 GB (what a read-only kernel reaches).
+
+    PYTHONPATH=$PWD python benchmarks/decode_overlap_h200.py --out $OUT/overlap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch
+import torch.nn.functional as F
+from gpu_bench import machine
+from graph_timer import us_per_call
+
+from planc.backends.torch.runtime import l2_prefetch
+
+DT = torch.bfloat16
+H, Q, KVH, D, FFN = 4096, 32, 8, 128, 14336
+CTX = 2048
+MB = 1 << 20
+
+
+class Layer:
+    def __init__(self, m: int, kn: bool) -> None:
+        def w(n: int, k: int) -> torch.Tensor:
+            t = torch.randn(n, k, device="cuda", dtype=DT) * k ** -0.5
+            return t.t().contiguous() if kn else t
+
+        self.kn = kn
+        self.wqkv, self.wo = w((Q + 2 * KVH) * D, H), w(H, Q * D)
+        self.wgu, self.wd = w(2 * FFN, H), w(H, FFN)
+        self.kv = torch.randn(m, 2 * KVH, CTX, D, device="cuda", dtype=DT)  # K and V bytes
+        self.nw = torch.ones(H, device="cuda", dtype=DT)
+
+
+def mm(x: torch.Tensor, w: torch.Tensor, kn: bool) -> torch.Tensor:
+    return x @ w if kn else F.linear(x, w)
+
+
+class Runner:
+    """One layer's kernels, with prefetches forked onto `side` where asked."""
+
+    def __init__(self, m: int, pf_mb: float, pf_o: bool) -> None:
+        self.m, self.pf, self.pf_o = m, int(pf_mb * MB), pf_o
+        self.side = torch.cuda.Stream()
+        self.x = torch.randn(m, H, device="cuda", dtype=DT)
+
+    def fork(self, w: torch.Tensor) -> None:
+        if self.pf <= 0:
+            return
+        main = torch.cuda.current_stream()
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            l2_prefetch.prefetch(w, self.pf)
+
+    def join(self) -> None:
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    def layer(self, L: Layer) -> None:
+        self.fork(L.wqkv)
+        h = F.rms_norm(self.x, (H,), L.nw, 1e-5)
+        qkv = mm(h, L.wqkv, L.kn)
+        q = qkv[:, : Q * D] * 1.0001  # RoPE-sized elementwise
+        if self.pf_o:
+            self.fork(L.wo)
+        s = L.kv.sum(dtype=torch.float32)  # the attention's cache bytes
+        a = q + s.to(DT)
+        o = mm(a, L.wo, L.kn)
+        self.fork(L.wgu)
+        h = F.rms_norm(self.x + o, (H,), L.nw, 1e-5)
+        gu = mm(h, L.wgu, L.kn)
+        self.fork(L.wd)
+        g, u = gu.chunk(2, dim=-1)
+        act = F.silu(g) * u
+        self.x.copy_(mm(act, L.wd, L.kn))
+
+
+def time_layers(layers: list[Layer], m: int, pf_mb: float, pf_o: bool) -> float:
+    r = Runner(m, pf_mb, pf_o)
+
+    def all_layers() -> None:
+        for L in layers:
+            r.layer(L)
+        r.join()
+
+    return us_per_call([all_layers], [all_layers], 3, 20) / len(layers)
+
+
+def time_gemm(ws: list[torch.Tensor], m: int, pf_mb: float) -> float:
+    r = Runner(m, pf_mb, False)
+    x = torch.randn(m, ws[0].shape[1], device="cuda", dtype=DT)
+    nw = torch.ones(ws[0].shape[1], device="cuda", dtype=DT)
+
+    def one(w: torch.Tensor) -> None:
+        r.fork(w)
+        F.linear(F.rms_norm(x, (x.shape[1],), nw, 1e-5), w)
+
+    def ring() -> None:
+        for w in ws:
+            one(w)
+        r.join()
+
+    return us_per_call([ring], [ring], 3, 20) / len(ws)
+
+
+def read_rate() -> float:
+    t = torch.empty(2 * 1024 ** 3, device="cuda", dtype=DT).normal_()
+    us = us_per_call([lambda: t.sum(dtype=torch.float32)], [lambda: t.sum()], 3, 20)
+    return t.numel() * t.element_size() / (us * 1e-6) / 1e12
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--rows", type=int, nargs="*", default=[64, 1])
+    ap.add_argument("--pf-mb", type=float, nargs="*", default=[4, 8, 16])
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    out: dict = {"machine": machine(), "torch": torch.__version__, "layers": args.layers,
+                 "records": []}
+
+    def log(rec: dict) -> None:
+        out["records"].append(rec)
+        print(json.dumps(rec), f"[{time.perf_counter() - t0:.0f} s]", file=sys.stderr,
+              flush=True)
+
+    try:
+        log({"what": "read_rate_tbps", "value": round(read_rate(), 3)})
+    except Exception as e:  # noqa: BLE001 - a result
+        log({"what": "read_rate_tbps", "error": repr(e)[:300]})
+    torch.cuda.empty_cache()
+    for m in args.rows:
+        for kn in (False, True):
+            layers = [Layer(m, kn) for _ in range(args.layers)]
+            variants = [(0.0, False)] if kn else (
+                [(0.0, False)] + [(p, False) for p in args.pf_mb] + [(args.pf_mb[-1], True)])
+            for pf, pf_o in variants:
+                name = ("kn" if kn else "plain") if pf == 0 else f"prefetch_{pf:g}MB" + (
+                    "+o" if pf_o else "")
+                try:
+                    us = time_layers(layers, m, pf, pf_o)
+                    log({"what": "layer", "rows": m, "variant": name, "us_per_layer": round(us, 2)})
+                except Exception as e:  # noqa: BLE001
+                    log({"what": "layer", "rows": m, "variant": name, "error": repr(e)[:300]})
+            del layers
+            torch.cuda.empty_cache()
+        for proj, (n, k) in {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+                             "down": (4096, 14336)}.items():
+            ws = [torch.randn(n, k, device="cuda", dtype=DT) for _ in range(
+                max(2, -(-400 * MB // (n * k * 2))))]
+            for pf in [0.0, *args.pf_mb]:
+                try:
+                    us = time_gemm(ws, m, pf)
+                    log({"what": "gemm", "rows": m, "proj": proj, "prefetch_mb": pf,
+                         "us": round(us, 2), "tbps": round(n * k * 2 / (us * 1e-6) / 1e12, 3)})
+                except Exception as e:  # noqa: BLE001
+                    log({"what": "gemm", "rows": m, "proj": proj, "prefetch_mb": pf,
+                         "error": repr(e)[:300]})
+            del ws
+            torch.cuda.empty_cache()
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
