@@ -67,6 +67,7 @@ class Runner:
     def __init__(self, m: int, pf_mb: float, pf_o: bool) -> None:
         self.m, self.pf, self.pf_o = m, int(pf_mb * MB), pf_o
         self.side = torch.cuda.Stream()
+        self.forked = False  # join only a stream that was forked in (else the capture breaks)
         self.x = torch.randn(m, H, device="cuda", dtype=DT)
 
     def fork(self, w: torch.Tensor) -> None:
@@ -74,11 +75,14 @@ class Runner:
             return
         main = torch.cuda.current_stream()
         self.side.wait_stream(main)
+        self.forked = True
         with torch.cuda.stream(self.side):
             l2_prefetch.prefetch(w, self.pf)
 
     def join(self) -> None:
-        torch.cuda.current_stream().wait_stream(self.side)
+        if self.forked:
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.forked = False
 
     def layer(self, L: Layer) -> None:
         self.fork(L.wqkv)
