@@ -10,7 +10,8 @@ ring (graph_timer: median of timed replays), per layer:
 - plain: as above (cuBLAS F.linear).
 - prefetch_P: on a side stream forked as each small kernel before a GEMM starts (the norms,
   the SiLU x up), runtime/l2_prefetch.prefetch of the next GEMM's first P MB; the side
-  stream joins at the end of the graph, so no GEMM waits for a prefetch.
+  stream joins at the end of the graph, so no GEMM waits for a prefetch. (The prefetch
+  kernel is this file's `l2_prefetch`: it stays here, since it measured no faster.)
 - prefetch_P+o: the same, and Wo's first P MB forked as the KV read starts.
 - kn: the weights stored [K, N] (x @ W), which makes cuBLAS pick other kernels.
 Also per GEMM shape (a norm then the GEMM, ring of distinct weights): plain against prefetch_P,
@@ -33,10 +34,55 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from gpu_bench import machine
 from graph_timer import us_per_call
+from torch import Tensor
 
-from planc.backends.torch.runtime import l2_prefetch
+# --- the prefetch: cp.async.bulk.prefetch.L2 (sm_90+) over a tensor's first bytes, one
+# instruction per PIECE bytes; the kernel ends as soon as the requests are issued.
+
+PIECE = 16384  # bytes per prefetch instruction (a multiple of 16, as the instruction needs)
+LANES = 32  # instructions per program (one warp)
+
+
+def _supported(t: Tensor) -> bool:
+    """Whether prefetch can run for t: a CUDA tensor on sm_90 or newer, triton importable."""
+    return (triton is not None and t.is_cuda
+            and torch.cuda.get_device_capability(t.device)[0] >= 9)
+
+
+def _prefetch_body(BASE, n_pieces, PIECE_BYTES: tl.constexpr, LANES: tl.constexpr):
+    """Program p prefetches pieces p * LANES .. (p + 1) * LANES - 1 of BASE (bytes)."""
+    idx = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    ok = (idx < n_pieces).to(tl.int32)
+    ptrs = BASE + idx.to(tl.int64) * PIECE_BYTES
+    size = tl.full([LANES], PIECE_BYTES, tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.s32 p, $2, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $3; mov.u32 $0, 0; }",
+        "=r,l,r,r", [ptrs, ok, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+_KERNEL: list = []
+
+
+def l2_prefetch(t: Tensor, nbytes: int) -> None:
+    """Bulk-prefetch the first min(nbytes, t's bytes) of t (contiguous) into L2; whole PIECEs
+    only (the tail of less than a piece is left)."""
+    if not _supported(t) or nbytes <= 0:
+        return
+    assert t.is_contiguous()
+    n_pieces = min(nbytes, t.numel() * t.element_size()) // PIECE
+    if n_pieces == 0:
+        return
+    if not _KERNEL:
+        _KERNEL.append(triton.jit(_prefetch_body))
+    base = t.view(torch.uint8) if t.dim() else t.reshape(1).view(torch.uint8)
+    _KERNEL[0][(triton.cdiv(n_pieces, LANES),)](base, n_pieces, PIECE_BYTES=PIECE,
+                                                LANES=LANES, num_warps=1)
+
 
 DT = torch.bfloat16
 H, Q, KVH, D, FFN = 4096, 32, 8, 128, 14336
@@ -77,7 +123,7 @@ class Runner:
         self.side.wait_stream(main)
         self.forked = True
         with torch.cuda.stream(self.side):
-            l2_prefetch.prefetch(w, self.pf)
+            l2_prefetch(w, self.pf)
 
     def join(self) -> None:
         if self.forked:

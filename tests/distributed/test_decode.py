@@ -127,12 +127,14 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     (the greedy token agreed over the pair inside the step), a context that is no multiple of
     the read bucket and more generated tokens than the cache's first bucket would show. With
     "triton_flash_decode" the step's GPU path (the Triton flash-decoding with its split count,
-    the fused RoPE + cache write) runs whole, in Triton's interpreter on CPU tensors."""
+    the fused RoPE + cache write, the linears' weights stored input-major) runs whole, in Triton's
+    interpreter on CPU tensors."""
     if kernel != "default":
         pytest.importorskip("triton")
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
         monkeypatch.setenv("PLANC_DECODE_ATTENTION", kernel)
+        monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")  # the GPU's weight layout too
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
                       ffn=128, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=4, seq=7,
@@ -144,6 +146,8 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_attention"] == ("grouped_bmm" if kernel == "default" else kernel)
+    layout = "out_major" if kernel == "default" else "in_major"
+    assert m["decode_gemm"] == f"torch ({layout} weights)", m["decode_gemm"]
 
 
 # --- units ----------------------------------------------------------------------------------------

@@ -142,9 +142,10 @@ class StaticStep:
     @property
     def gemm(self) -> str | dict[str, str]:
         """The step's GEMM kernels, for the run's metrics: per shape when timed."""
+        layout = layers.weight_layout(self.ctx.device)  # how the plain linears' weights lie
         if not self.use_graphs:
-            return "torch"
-        return decode_gemm.choices() if self.stream_gemm else "cublas"
+            return f"torch ({layout} weights)"
+        return decode_gemm.choices() if self.stream_gemm else f"cublas ({layout} weights)"
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at

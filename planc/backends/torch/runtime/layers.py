@@ -30,6 +30,7 @@ the first GEMM has read it.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,8 +58,36 @@ def all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     return x
 
 
+WEIGHT_LAYOUTS = ("out_major", "in_major")
+
+
+def weight_layout(device: torch.device) -> str:
+    """How a plain linear's weight [out, in] is stored on `device`: "in_major" (strides
+    (1, out): F.linear multiplies x by a contiguous [in, out] matrix, cuBLAS's NN kernels) on
+    CUDA, "out_major" (the checkpoint's own, contiguous [out, in]) elsewhere.
+
+    Why in_major on a GPU: in a decode layer's graph (Llama-3-8B shapes, one H200) cuBLAS's
+    kernels for that layout took 291 against 298 us per layer at 64 rows and 152.5 against
+    154.7 at one row (benchmarks/results/h200_decode_overlap_run10.json). The CPU keeps the
+    checkpoint's layout (its tests compare tokens with Hugging Face, which multiplies that one).
+    PLANC_WEIGHT_LAYOUT=out_major|in_major forces one (measuring; tests of both paths)."""
+    forced = os.environ.get("PLANC_WEIGHT_LAYOUT")
+    if forced in WEIGHT_LAYOUTS:
+        return forced
+    return "in_major" if device.type == "cuda" else "out_major"
+
+
+def laid_out(weight: Tensor) -> Tensor:
+    """weight [out, in] in weight_layout(its device): the same values and shape, its strides
+    (1, out) when in_major (a transposed copy; the contiguous original is freed by the
+    caller dropping it)."""
+    if weight.dim() != 2 or weight_layout(weight.device) == "out_major":
+        return weight
+    return weight.t().contiguous().t()
+
+
 class Linear(nn.Module):
-    """y = x @ W.T for a (local shard of a) weight [out, in]."""
+    """y = x @ W.T for a (local shard of a) weight [out, in], stored as `laid_out` says."""
 
     weight: Tensor
 
@@ -450,7 +479,7 @@ def make_linear(
     cfg = ctx.cfg
     if cfg.compress_int8 or (cfg.compress_mlp_2_4 and role == "mlp"):
         return compress.make_linear(ctx, weight, role, input_group)
-    return Linear(weight)
+    return Linear(laid_out(weight))
 
 
 def attention_weights(
