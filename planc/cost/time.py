@@ -36,7 +36,7 @@ from fractions import Fraction
 from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
-from planc.layout.schedule import STATIC_STEP_EXTRA_KERNELS, static_step_fused, static_step_reason
+from planc.layout.schedule import static_step_extra_kernels, static_step_fused, static_step_reason
 from planc.layout.strategies import attention_core
 
 
@@ -72,7 +72,7 @@ class Efficiency:
     # launch, but each kernel still starts and drains after the one before it, microseconds
     # above its bytes at the copy rate whatever its size; the ops the step fuses into
     # another's kernel (schedule.static_step_fused) start none, the step's own kernels outside
-    # the layer program (STATIC_STEP_EXTRA_KERNELS) one each. Measured kernel by kernel
+    # the layer program (schedule.static_step_extra_kernels) one each. Measured kernel by kernel
     # (torch.profiler over graph replays; not fitted to any TPOT) on the Llama-3-8B shape cut
     # to 4 layers at batch 1 and 64 (benchmarks/results/h200_decode_profile_run6_l4.json):
     # a kernel's time less its bytes at `hbm` is 1.3-2.7 us for the elementwise kernels (2.0
@@ -311,7 +311,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
                 op_t = _op_time(name, o.flops, o.bytes, rates, e)
             t += op_t * o.calls / nmb
         if static:  # the step's kernels outside the layer program (it has one stage)
-            t += STATIC_STEP_EXTRA_KERNELS * e.op_overhead_s
+            t += static_step_extra_kernels("vocab" in graph.splits) * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb

@@ -131,12 +131,18 @@ def static_step_fused(qk_norm: bool) -> frozenset[str]:
     return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_k"}))
 
 
-# Kernels of a static step outside the layer program, as the profile of a replay counts them
-# (benchmarks/results/h200_decode_profile_run6_l4.json, batch 64): the embedding gather, the
-# two RoPE table gathers, the first layer's attention norm, the greedy argmax's five (the
-# maximum of each part, the argmax over parts, a gather, a multiply and an add), the token
-# copy, the token buffer's write and the state's four counters.
-STATIC_STEP_EXTRA_KERNELS = 15
+def static_step_extra_kernels(vocab_split: bool) -> int:
+    """Kernels of a static step outside the layer program (one GPU's step: the Triton
+    attention's path). Without a vocabulary split, 7 as a replay's profile counts them: the
+    embedding gather, the two RoPE table gathers, the first layer's attention norm, the greedy
+    argmax's two (decode_kernels.argmax_triton) and the one that writes the token and advances
+    the counters (finish_step_triton); profiled before those two came in, the step had 15
+    (an argmax of five torch kernels and six for the token and counters:
+    benchmarks/results/h200_decode_profile_run6_l4.json). With a vocabulary split, counted from
+    the code, not profiled (that needs several GPUs): the lookup's masking (7 kernels around
+    its all_reduce), the two gathers, the first norm, the split's greedy agreement
+    (vocab_parallel.greedy_tokens: 12 around its all_gather) and the end kernel: 23."""
+    return 23 if vocab_split else 7
 
 
 def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool

@@ -150,6 +150,28 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     assert m["decode_gemm"] == f"torch ({layout} weights)", m["decode_gemm"]
 
 
+@pytest.mark.distributed
+def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan, monkeypatch):
+    """The static step's GPU path (Triton flash-decoding, fused RoPE + cache write, input-major
+    weights, and at the step's end the Triton argmax over the whole vocabulary and the one
+    kernel that writes the token and advances the counters) in Triton's interpreter: tensor
+    parallel heads and ffn, the vocabulary whole on each rank, equal to HF generate."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
+    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
+    monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
+    model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
+                      ffn=128, vocab=97)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=2, seq=5,
+                    splits={"heads": ("tp",), "kv_heads": ("tp",), "ffn": ("tp",)},
+                    warmup=0, repeats=1, phase="decode", context=5, generate=6)  # fmt: skip
+    m = run_plan(cfg, "static_novocab_decode", timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    assert m["decode_step"] == "eager (static step)"
+    assert m["decode_attention"] == "triton_flash_decode"
+
+
 # --- units ----------------------------------------------------------------------------------------
 
 

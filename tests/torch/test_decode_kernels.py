@@ -242,3 +242,37 @@ def test_flash_decode_triton_reads_nothing_it_must_not(triton_device, splits):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_rope_store_triton_matches_reference(triton_device, dtype):
     _check_rope_store(dk.rope_store_triton, dtype, triton_device)
+
+
+@pytest.mark.parametrize("n", [97, 4096, 9000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_argmax_triton_is_torchs_first_index_of_the_maximum(triton_device, n, dtype):
+    g = torch.Generator().manual_seed(n)
+    logits = torch.randn(5, n, generator=g).to(dtype)  # bf16: ties happen
+    logits[1, :] = 0.0  # all tied: index 0
+    logits[2, n // 3] = logits[2, n - 1] = 9.0  # tie across the argmax's parts (n > its block)
+    logits[3, 1] = logits[3, 2] = 9.0  # tie inside a part
+    logits[4, :] = float("-inf")  # nothing finite: index 0, as torch
+    logits = logits.to(triton_device)
+    got = dk.argmax_triton(logits)
+    assert got.dtype == torch.long
+    assert torch.equal(got.cpu(), logits.cpu().argmax(dim=-1))
+    assert got.tolist()[1:5] == [0, n // 3, 1, 0]
+
+
+def test_finish_step_triton_writes_the_tokens_and_advances_the_counters(triton_device):
+    r, generate = 3, 5
+    dev = triton_device
+    tok = torch.tensor([7, 8, 9], device=dev)
+    tok_out = torch.zeros(r, 1, dtype=torch.long, device=dev)
+    tokens = torch.full((2 * r, generate), -1, dtype=torch.long, device=dev)
+    pos = torch.tensor([10, 11, 12], device=dev)
+    lengths = torch.tensor([4, 5, 6], dtype=torch.int32, device=dev)
+    slot, col = torch.tensor([20], device=dev), torch.tensor([2], device=dev)
+    dk.finish_step_triton(tok, tok_out, tokens[r:], pos, slot, lengths, col)
+    assert tok_out[:, 0].tolist() == [7, 8, 9]
+    assert tokens[r:, 2].tolist() == [7, 8, 9]  # the microbatch's rows, column col
+    assert (tokens[:r] == -1).all() and (tokens[r:, [0, 1, 3, 4]] == -1).all()
+    assert pos.tolist() == [11, 12, 13] and lengths.tolist() == [5, 6, 7]
+    assert lengths.dtype == torch.int32
+    assert slot.tolist() == [21] and col.tolist() == [3]

@@ -387,6 +387,102 @@ def rope_store_triton(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cac
 
 
 # --------------------------------------------------------------------------------------------
+# The greedy token and the step's counters: the end of a decode step in three kernels
+
+
+ARGMAX_BLOCK = 4096  # logits per program of the argmax's first pass
+
+
+def _argmax_parts_body(LOGITS, PART_MAX, PART_IDX, n, s_r, parts, BLOCK: tl.constexpr):
+    """Program (row, part): the maximum of the part's logits (float32) and the first index of
+    it in the row (tl.argmax keeps the leftmost of equal values)."""
+    row = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(1)
+    offs = part * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(LOGITS + row * s_r + offs, mask=offs < n, other=float("-inf")).to(tl.float32)
+    i = tl.argmax(x, 0, tie_break_left=True)
+    tl.store(PART_MAX + row * parts + part, tl.max(x, 0))
+    tl.store(PART_IDX + row * parts + part, part * BLOCK + i)
+
+
+def _argmax_pick_body(PART_MAX, PART_IDX, OUT, parts, P_PAD: tl.constexpr):
+    """Program row: the first part holding the row's maximum, its index into OUT (int64)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, P_PAD)
+    ok = offs < parts
+    m = tl.load(PART_MAX + row * parts + offs, mask=ok, other=float("-inf"))
+    first = tl.argmax(m, 0, tie_break_left=True)
+    tl.store(OUT + row, tl.load(PART_IDX + row * parts + first).to(tl.int64))
+
+
+def _finish_step_body(TOK, TOK_OUT, s_out, TOKENS, s_tok, POS, SLOT, LENGTHS, COL, r,
+                      BLOCK: tl.constexpr):
+    """One program: each row's chosen token into TOK_OUT and into column COL[0] of TOKENS,
+    then the counters advanced (POS, LENGTHS per row; SLOT, COL once)."""
+    col = tl.load(COL)
+    for start in range(0, r, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        ok = offs < r
+        rows = offs.to(tl.int64)
+        tok = tl.load(TOK + rows, mask=ok, other=0)
+        tl.store(TOK_OUT + rows * s_out, tok, mask=ok)
+        tl.store(TOKENS + rows * s_tok + col, tok, mask=ok)
+        tl.store(POS + rows, tl.load(POS + rows, mask=ok, other=0) + 1, mask=ok)
+        tl.store(LENGTHS + rows, tl.load(LENGTHS + rows, mask=ok, other=0) + 1, mask=ok)
+    tl.store(SLOT, tl.load(SLOT) + 1)
+    tl.store(COL, col + 1)
+
+
+_BUILT_END: dict[bool, tuple[Callable, Callable, Callable]] = {}
+
+
+def _end_kernels() -> tuple[Callable, Callable, Callable]:
+    interpret = interpreting()
+    if interpret not in _BUILT_END:
+        _BUILT_END[interpret] = (triton.jit(_argmax_parts_body), triton.jit(_argmax_pick_body),
+                                 triton.jit(_finish_step_body))
+    return _BUILT_END[interpret]
+
+
+def argmax_triton(logits: Tensor) -> Tensor:
+    """logits.argmax(-1) of [r, n] (int64 [r], the first index of the maximum) in two kernels:
+    the maximum and its first index per ARGMAX_BLOCK logits of a row, then the first part
+    holding the row's maximum. torch's argmax here is a reduction of one thread block per row
+    (33-35 us for a 128,256-token vocabulary on an H200), and the two-pass torch form
+    (vocab_parallel.first_argmax) five kernels: 22 us at batch 64, 11 us at the seed shape
+    (benchmarks/results/h200_decode_profile_run9_b64_cublas.json, _run6_seed.json).
+    Finite logits (NaN is not ordered as torch orders it)."""
+    if triton is None:
+        raise RuntimeError("argmax_triton needs triton; use vocab_parallel.first_argmax")
+    r, n = logits.shape
+    assert logits.stride(-1) == 1
+    parts = triton.cdiv(n, ARGMAX_BLOCK)
+    part_max = torch.empty(r, parts, dtype=torch.float32, device=logits.device)
+    part_idx = torch.empty(r, parts, dtype=torch.int32, device=logits.device)
+    out = torch.empty(r, dtype=torch.long, device=logits.device)
+    first, pick, _ = _end_kernels()
+    first[(r, parts)](logits, part_max, part_idx, n, logits.stride(0), parts,
+                      BLOCK=ARGMAX_BLOCK, num_warps=8)
+    pick[(r,)](part_max, part_idx, out, parts, P_PAD=max(16, triton.next_power_of_2(parts)))
+    return out
+
+
+def finish_step_triton(tok: Tensor, tok_out: Tensor, tokens: Tensor, pos: Tensor,
+                       slot: Tensor, lengths: Tensor, col: Tensor) -> None:
+    """The step's end in one kernel: tok [r] (int64) into tok_out [r, 1] and into column col[0]
+    of tokens [r, generate] (the rows of this microbatch, a view), pos and lengths [r] + 1,
+    slot and col [1] + 1. The torch form is decode_step.StaticStep's copy_, index_copy_ and
+    StepState.advance: six kernels of about 1.2 us each."""
+    if triton is None:
+        raise RuntimeError("finish_step_triton needs triton")
+    r = tok.shape[0]
+    assert tokens.stride(1) == 1 and pos.is_contiguous() and lengths.is_contiguous()
+    _end_kernels()[2][(1,)](tok, tok_out, tok_out.stride(0), tokens, tokens.stride(0), pos,
+                            slot, lengths, col, r,
+                            BLOCK=min(1024, max(16, triton.next_power_of_2(r))))
+
+
+# --------------------------------------------------------------------------------------------
 # Registry
 
 

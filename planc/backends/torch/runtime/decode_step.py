@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor
 
-from planc.backends.torch.runtime import decode_gemm, decode_kernels, layers
+from planc.backends.torch.runtime import decode_gemm, decode_kernels, layers, vocab_parallel
 from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
 from planc.layout.schedule import static_step_reason
 from planc.layout.strategies import attention_core
@@ -138,6 +138,10 @@ class StaticStep:
         # 9% slower in a graph than the heuristic's 1 (benchmarks/results/h200_decode_attention_
         # run3.json), so nothing is tuned here; triton's autotuner picks the tile.
         self.splits: int | None = None
+        # The step's end beside the Triton attention: the greedy token's argmax in two Triton
+        # kernels (decode_kernels.argmax_triton; without a vocab split) and the token's copies
+        # with the counters' advance in one (finish_step_triton), where torch took eleven.
+        self.triton_end = self.kernel == "triton_flash_decode"
 
     @property
     def gemm(self) -> str | dict[str, str]:
@@ -233,7 +237,8 @@ class StaticStep:
         return True
 
     def _run(self, m: int, n_read: int) -> None:
-        with layers.elementwise(self.ops), decode_gemm.streaming(self.stream_gemm):
+        with (layers.elementwise(self.ops), decode_gemm.streaming(self.stream_gemm),
+              vocab_parallel.triton_argmax(self.triton_end)):
             self._step(m, n_read)
 
     def _step(self, m: int, n_read: int) -> None:
@@ -256,6 +261,10 @@ class StaticStep:
             o = cast(GatedMLP, layer.mlp).from_normed(h)
             h = ops.add_norm(x, o, after_mlp[i].weight, after_mlp[i].eps)
         tok = model.next_tokens(h, False)
+        if self.triton_end:  # the token's copies and the counters in one kernel
+            decode_kernels.finish_step_triton(tok, st.tok, self.tokens[rows], st.pos, st.slot,
+                                              st.lengths, st.col)
+            return
         st.tok.copy_(tok[:, None])
         self.tokens[rows].index_copy_(1, st.col, st.tok)
         st.advance()

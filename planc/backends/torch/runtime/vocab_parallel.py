@@ -18,12 +18,13 @@ vocab axes carry no batch or sequence split), so:
     and drops the padding, so every rank of the group draws from the same distribution.
 pick_tokens is the token choice of a decode's last stage (runtime/model.py next_tokens): greedy,
 or a `choose` (textgen.sample) over all_logits.
-Without a vocab split these are the plain F.embedding and argmax over the full matrix.
+Without a vocab split these are the plain lookup (indexing) and argmax over the full matrix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from planc.backends.torch.runtime import decode_gemm
+from planc.backends.torch.runtime import decode_gemm, decode_kernels
 from planc.layout.vocab import VocabSlice
 
 if TYPE_CHECKING:
@@ -49,8 +50,8 @@ def read_rows(reader: ShardReader, name: str, vocab: int, hidden: int, vs: Vocab
 def lookup(ids: Tensor, weight: Tensor, vs: VocabSlice, group: dist.ProcessGroup | None
            ) -> Tensor:
     """Embeddings [..., hidden] of token ids [...] from this rank's rows, summed over the group."""
-    if group is None:
-        return F.embedding(ids, weight)
+    if group is None:  # indexing: a gather kernel where F.embedding's index_select took
+        return weight[ids]  # 7.5 us for 8 rows in a decode step (h200_decode_profile_run6_seed)
     local = ids - vs.start
     outside = (local < 0) | (local >= vs.real)
     out = F.embedding(local.masked_fill(outside, 0), weight)
@@ -77,6 +78,21 @@ def greedy_tokens(h: Tensor, weight: Tensor, vs: VocabSlice, group: dist.Process
     return ids.masked_fill(values != top, float("inf")).min(dim=0).values.long()
 
 
+_triton_argmax = False
+
+
+@contextmanager
+def triton_argmax(on: bool) -> Iterator[None]:
+    """Within (when `on`): first_argmax runs decode_kernels.argmax_triton (the static decode
+    step beside the Triton attention: on a GPU, or in Triton's interpreter in the tests)."""
+    global _triton_argmax
+    prev, _triton_argmax = _triton_argmax, on
+    try:
+        yield
+    finally:
+        _triton_argmax = prev
+
+
 def first_argmax(logits: Tensor, chunks: int = 256) -> Tensor:
     """logits.argmax(-1) of [r, n] (the first index of the maximum, as argmax), in two passes:
     the maximum of each of `chunks` equal parts of a row, then the first part holding the
@@ -84,6 +100,8 @@ def first_argmax(logits: Tensor, chunks: int = 256) -> Tensor:
     thread block per row: 33-35 us for a 128,256-token vocabulary on an H200 at batch 1 and 64
     (benchmarks/results/h200_decode_profile_run5_l4.json); its two reductions took 10 and 21 us
     (run 6), the index arithmetic about 1 us a kernel."""
+    if _triton_argmax and logits.stride(-1) == 1:
+        return decode_kernels.argmax_triton(logits)
     r, n = logits.shape
     while chunks > 1 and n % chunks:
         chunks //= 2
