@@ -9,7 +9,7 @@ GEMM -> norm -> gate/up GEMM -> SiLU x up -> down GEMM. Variants, each one CUDA 
 ring (graph_timer: median of timed replays), per layer:
 - plain: as above (cuBLAS F.linear).
 - prefetch_P: on a side stream forked as each small kernel before a GEMM starts (the norms,
-  the SiLU x up), runtime/l2_prefetch.prefetch of the next GEMM's first P MB; the side
+  the SiLU x up), this file's l2_prefetch of the next GEMM's first P MB; the side
   stream joins at the end of the graph, so no GEMM waits for a prefetch. (The prefetch
   kernel is this file's `l2_prefetch`: it stays here, since it measured no faster.)
 - prefetch_P+o: the same, and Wo's first P MB forked as the KV read starts.

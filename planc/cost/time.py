@@ -81,8 +81,9 @@ class Efficiency:
     # kernels (span less busy time over the kernel count); the flash-decoding kernel reads the
     # batch-64 cache at 0.92 of the HBM rate after a GEMM-like start. Not in it: the lm_head's
     # cuBLAS GEMM ran 24-31 us above its bytes (about 0.3% of a 32-layer step). The check is
-    # whole-model TPOTs of this step: the seed shape's (run 8) is in; the Llama-3-8B shape's
-    # at batch 1 / 8 / 64 are extrapolated from profiles, not yet measured.
+    # whole-model TPOTs of this step: run 13 measured the four one-GPU decode plans within
+    # +0.4..+3.8% of what this model predicted before the run (benchmarks/results/
+    # h200_decode_issue15.md, round 3).
     graph_op_overhead_s: float = 2.5e-6
     graph_gemm_overhead_s: float = 4.6e-6
     decode_attention_hbm: float = 0.92
@@ -311,7 +312,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
                 op_t = _op_time(name, o.flops, o.bytes, rates, e)
             t += op_t * o.calls / nmb
         if static:  # the step's kernels outside the layer program (it has one stage)
-            t += static_step_extra_kernels("vocab" in graph.splits) * e.op_overhead_s
+            t += static_step_extra_kernels(vocab_parts(graph)) * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb
@@ -320,6 +321,15 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
         return 0.0
     m = max(1, graph.microbatches)
     return sum(stages) + (m - 1) * max(stages)
+
+
+def vocab_parts(graph: PlacementGraph) -> int:
+    """Ranks the vocabulary is split over (1: not split)."""
+    sizes = dict(graph.mesh.shape)
+    n = 1
+    for axis in graph.splits.get("vocab", []):
+        n *= sizes[axis]
+    return n
 
 
 def qk_norm_of(graph: PlacementGraph) -> bool:

@@ -131,18 +131,22 @@ def static_step_fused(qk_norm: bool) -> frozenset[str]:
     return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_k"}))
 
 
-def static_step_extra_kernels(vocab_split: bool) -> int:
+def static_step_extra_kernels(vocab_parts: int = 1) -> int:
     """Kernels of a static step outside the layer program (one GPU's step: the Triton
-    attention's path). Without a vocabulary split, 7 as a replay's profile counts them: the
-    embedding gather, the two RoPE table gathers, the first layer's attention norm, the greedy
-    argmax's two (decode_kernels.argmax_triton) and the one that writes the token and advances
-    the counters (finish_step_triton); profiled before those two came in, the step had 15
-    (an argmax of five torch kernels and six for the token and counters:
-    benchmarks/results/h200_decode_profile_run6_l4.json). With a vocabulary split, counted from
-    the code, not profiled (that needs several GPUs): the lookup's masking (7 kernels around
-    its all_reduce), the two gathers, the first norm, the split's greedy agreement
-    (vocab_parallel.greedy_tokens: 12 around its all_gather) and the end kernel: 23."""
-    return 23 if vocab_split else 7
+    attention's path), with the vocabulary split over `vocab_parts` ranks (1: not split).
+
+    Not split: 7, counted from the code (decode_step.StaticStep._step): the embedding gather,
+    the two RoPE table gathers, the first layer's attention norm, the greedy argmax's two
+    (decode_kernels.argmax_triton) and the one that writes the token and advances the counters
+    (finish_step_triton). Profiled before those two came in, the step had 15 (an argmax of five
+    torch kernels and six for the token and counters: benchmarks/results/
+    h200_decode_profile_run6_l4.json); the whole-model TPOTs of run 13 were predicted with 7.
+    Split (counted from the code, not profiled: that needs several GPUs): the lookup's masking
+    around its all_reduce (7: vocab_parallel.lookup), the two gathers, the first norm, the
+    split's greedy agreement (vocab_parallel.greedy_tokens: 12 around its all_gather, which
+    copies each of the parts out of NCCL's buffer: one kernel a part) and the end kernel:
+    23 + parts (a padded last part adds its -inf fill)."""
+    return 7 if vocab_parts <= 1 else 23 + vocab_parts
 
 
 def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool

@@ -253,26 +253,28 @@ def test_argmax_triton_is_torchs_first_index_of_the_maximum(triton_device, n, dt
     logits[2, n // 3] = logits[2, n - 1] = 9.0  # tie across the argmax's parts (n > its block)
     logits[3, 1] = logits[3, 2] = 9.0  # tie inside a part
     logits[4, :] = float("-inf")  # nothing finite: index 0, as torch
-    logits = logits.to(triton_device)
+    logits = torch.cat([logits, torch.full((5, 3), 99.0, dtype=dtype)], dim=1)[:, :n]  # rows
+    logits = logits.to(triton_device)  # strided n + 3 apart, the 99s past each row's end
     got = dk.argmax_triton(logits)
     assert got.dtype == torch.long
     assert torch.equal(got.cpu(), logits.cpu().argmax(dim=-1))
     assert got.tolist()[1:5] == [0, n // 3, 1, 0]
 
 
-def test_finish_step_triton_writes_the_tokens_and_advances_the_counters(triton_device):
-    r, generate = 3, 5
+@pytest.mark.parametrize("r", [3, 1500])  # 1500: more rows than one pass of the kernel
+def test_finish_step_triton_writes_the_tokens_and_advances_the_counters(triton_device, r):
+    generate = 5
     dev = triton_device
-    tok = torch.tensor([7, 8, 9], device=dev)
+    tok = torch.arange(7, 7 + r, device=dev)
     tok_out = torch.zeros(r, 1, dtype=torch.long, device=dev)
     tokens = torch.full((2 * r, generate), -1, dtype=torch.long, device=dev)
-    pos = torch.tensor([10, 11, 12], device=dev)
-    lengths = torch.tensor([4, 5, 6], dtype=torch.int32, device=dev)
+    pos = torch.arange(10, 10 + r, device=dev)
+    lengths = torch.arange(4, 4 + r, dtype=torch.int32, device=dev)
     slot, col = torch.tensor([20], device=dev), torch.tensor([2], device=dev)
     dk.finish_step_triton(tok, tok_out, tokens[r:], pos, slot, lengths, col)
-    assert tok_out[:, 0].tolist() == [7, 8, 9]
-    assert tokens[r:, 2].tolist() == [7, 8, 9]  # the microbatch's rows, column col
+    assert torch.equal(tok_out[:, 0], tok)
+    assert torch.equal(tokens[r:, 2], tok)  # the microbatch's rows, column col
     assert (tokens[:r] == -1).all() and (tokens[r:, [0, 1, 3, 4]] == -1).all()
-    assert pos.tolist() == [11, 12, 13] and lengths.tolist() == [5, 6, 7]
-    assert lengths.dtype == torch.int32
+    assert torch.equal(pos.cpu(), torch.arange(11, 11 + r))
+    assert torch.equal(lengths.cpu(), torch.arange(5, 5 + r, dtype=torch.int32))
     assert slot.tolist() == [21] and col.tolist() == [3]

@@ -12,12 +12,16 @@ from planc.backends.torch.runtime import layers
 
 def test_cpu_keeps_the_checkpoint_layout_and_cuda_stores_input_major(monkeypatch):
     monkeypatch.delenv("PLANC_WEIGHT_LAYOUT", raising=False)
+    monkeypatch.delenv("PLANC_DECODE_GEMM", raising=False)
     assert layers.weight_layout(torch.device("cpu")) == "out_major"
     assert layers.weight_layout(torch.device("cuda", 0)) == "in_major"
     monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
     assert layers.weight_layout(torch.device("cpu")) == "in_major"
     monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "sideways")  # not a layout: the default
     assert layers.weight_layout(torch.device("cpu")) == "out_major"
+    monkeypatch.delenv("PLANC_WEIGHT_LAYOUT")
+    monkeypatch.setenv("PLANC_DECODE_GEMM", "timed")  # the streaming kernel reads rows
+    assert layers.weight_layout(torch.device("cuda", 0)) == "out_major"
 
 
 @pytest.mark.parametrize("layout", layers.WEIGHT_LAYOUTS)

@@ -1,4 +1,5 @@
-"""Attention kernels for one decode step over a KV cache, safe to capture in a CUDA graph.
+"""Kernels of one decode step over a KV cache, safe to capture in a CUDA graph: the attention,
+RoPE with the cache write, and the step's end (greedy argmax, the token's copies, the counters).
 
 Why a module of its own: the decode step is replayed as one CUDA graph while the lengths of the
 rows grow, so the attention must read every per-step quantity on the device (no `.item()`, no
@@ -25,6 +26,9 @@ Kernels (`KERNELS`, picked by `choose`):
 - `flash_decode_triton` ("triton_flash_decode"): flash-decoding in Triton, one program per
   (row, kv head, split of the row's length), K/V read once per kv head, merged by
   log-sum-exp in a second small kernel.
+
+Beside them (used by decode_step.StaticStep with the Triton attention): `rope_store_triton`,
+`argmax_triton` and `finish_step_triton` (their docstrings say what each replaces).
 """
 
 from __future__ import annotations
@@ -429,6 +433,7 @@ def _finish_step_body(TOK, TOK_OUT, s_out, TOKENS, s_tok, POS, SLOT, LENGTHS, CO
         tl.store(TOKENS + rows * s_tok + col, tok, mask=ok)
         tl.store(POS + rows, tl.load(POS + rows, mask=ok, other=0) + 1, mask=ok)
         tl.store(LENGTHS + rows, tl.load(LENGTHS + rows, mask=ok, other=0) + 1, mask=ok)
+    tl.debug_barrier()  # every warp has read COL (and written its rows) before it moves on
     tl.store(SLOT, tl.load(SLOT) + 1)
     tl.store(COL, col + 1)
 

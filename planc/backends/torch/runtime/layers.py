@@ -70,17 +70,22 @@ def weight_layout(device: torch.device) -> str:
     kernels for that layout took 291 against 298 us per layer at 64 rows and 152.5 against
     154.7 at one row (benchmarks/results/h200_decode_overlap_run10.json). The CPU keeps the
     checkpoint's layout (its tests compare tokens with Hugging Face, which multiplies that one).
-    PLANC_WEIGHT_LAYOUT=out_major|in_major forces one (measuring; tests of both paths)."""
+    PLANC_WEIGHT_LAYOUT=out_major|in_major forces one (measuring; tests of both paths);
+    PLANC_DECODE_GEMM=timed keeps out_major (decode_gemm's streaming kernel reads a weight's
+    rows, so it runs on that layout only)."""
     forced = os.environ.get("PLANC_WEIGHT_LAYOUT")
     if forced in WEIGHT_LAYOUTS:
         return forced
+    if os.environ.get("PLANC_DECODE_GEMM", "") == "timed":
+        return "out_major"
     return "in_major" if device.type == "cuda" else "out_major"
 
 
 def laid_out(weight: Tensor) -> Tensor:
     """weight [out, in] in weight_layout(its device): the same values and shape, its strides
-    (1, out) when in_major (a transposed copy; the contiguous original is freed by the
-    caller dropping it)."""
+    (1, out) when in_major (a transposed copy made on the weight's device; the contiguous
+    original is freed by the caller dropping it, so loading holds one weight twice for a
+    moment, before program.load restarts the memory peaks the memory model predicts)."""
     if weight.dim() != 2 or weight_layout(weight.device) == "out_major":
         return weight
     return weight.t().contiguous().t()

@@ -99,7 +99,8 @@ def first_argmax(logits: Tensor, chunks: int = 256) -> Tensor:
     row's maximum (five small kernels with the index arithmetic). One argmax over a row is one
     thread block per row: 33-35 us for a 128,256-token vocabulary on an H200 at batch 1 and 64
     (benchmarks/results/h200_decode_profile_run5_l4.json); its two reductions took 10 and 21 us
-    (run 6), the index arithmetic about 1 us a kernel."""
+    (run 6), the index arithmetic about 1 us a kernel. Within triton_argmax(True) (the static
+    decode step beside the Triton attention) decode_kernels.argmax_triton does it in two."""
     if _triton_argmax and logits.stride(-1) == 1:
         return decode_kernels.argmax_triton(logits)
     r, n = logits.shape
