@@ -36,6 +36,7 @@ from fractions import Fraction
 from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
+from planc.layout.mesh import parts as mesh_parts
 from planc.layout.schedule import static_step_extra_kernels, static_step_fused, static_step_reason
 from planc.layout.strategies import attention_core
 
@@ -312,7 +313,8 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
                 op_t = _op_time(name, o.flops, o.bytes, rates, e)
             t += op_t * o.calls / nmb
         if static:  # the step's kernels outside the layer program (it has one stage)
-            t += static_step_extra_kernels(vocab_parts(graph)) * e.op_overhead_s
+            vocab_parts = mesh_parts(graph.mesh.shape, graph.splits.get("vocab", []))
+            t += static_step_extra_kernels(vocab_parts) * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb
@@ -321,15 +323,6 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
         return 0.0
     m = max(1, graph.microbatches)
     return sum(stages) + (m - 1) * max(stages)
-
-
-def vocab_parts(graph: PlacementGraph) -> int:
-    """Ranks the vocabulary is split over (1: not split)."""
-    sizes = dict(graph.mesh.shape)
-    n = 1
-    for axis in graph.splits.get("vocab", []):
-        n *= sizes[axis]
-    return n
 
 
 def qk_norm_of(graph: PlacementGraph) -> bool:
