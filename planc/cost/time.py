@@ -292,7 +292,8 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     static = phase == "decode" and static_decode(graph)
     if static:
         e = replace(e, op_overhead_s=e.graph_op_overhead_s)
-    fused = static_step_fused(qk_norm_of(graph)) if static else frozenset()
+    qk_norm = qk_norm_of(graph)
+    fused = static_step_fused(qk_norm) if static else frozenset()
     stages = []
     for c in graph.classes:
         t = 0.0
@@ -314,7 +315,7 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
             t += op_t * o.calls / nmb
         if static:  # the step's kernels outside the layer program (it has one stage)
             vocab_parts = mesh_parts(graph.mesh.shape, graph.splits.get("vocab", []))
-            t += static_step_extra_kernels(vocab_parts) * e.op_overhead_s
+            t += static_step_extra_kernels(vocab_parts, qk_norm) * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb

@@ -125,28 +125,31 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
 # Ops of a decode layer (planc/cost/memory.py's layer_program) that the static step computes
 # inside the kernel of another op (backends/torch/runtime/decode_step.py): each block's norm
 # with the residual add before it (Elementwise.add_norm), and, for a family without a q/k norm,
-# RoPE of k with RoPE of q and the K/V cache write (decode_kernels.rope_store_*). The cost
-# model starts no kernel for them.
+# RoPE of q and k with the K/V cache write inside the attention kernel
+# (decode_kernels.rope_flash_decode_triton). The cost model starts no kernel for them.
 def static_step_fused(qk_norm: bool) -> frozenset[str]:
-    return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_k"}))
+    return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_q", "rope_k"}))
 
 
-def static_step_extra_kernels(vocab_parts: int = 1) -> int:
+def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False) -> int:
     """Kernels of a static step outside the layer program (one GPU's step: the Triton
     attention's path), with the vocabulary split over `vocab_parts` ranks (1: not split).
 
-    Not split: 7, counted from the code (decode_step.StaticStep._step): the embedding gather,
-    the two RoPE table gathers, the first layer's attention norm, the greedy argmax's two
-    (decode_kernels.argmax_triton) and the one that writes the token and advances the counters
-    (finish_step_triton). Profiled before those two came in, the step had 15 (an argmax of five
+    Not split: 5, counted from the code (decode_step.StaticStep._step): the embedding gather,
+    the first layer's attention norm, the greedy argmax's two (decode_kernels.argmax_triton)
+    and the one that writes the token and advances the counters (finish_step_triton); with a
+    q/k norm (RoPE outside the attention kernel) also the two gathers of each row's RoPE table
+    rows: 7. Profiled before the end kernels came in, the step had 15 (an argmax of five
     torch kernels and six for the token and counters: benchmarks/results/
-    h200_decode_profile_run6_l4.json); the whole-model TPOTs of run 13 were predicted with 7.
-    Split (counted from the code, not profiled: that needs several GPUs): the lookup's masking
-    around its all_reduce (7: vocab_parallel.lookup), the two gathers, the first norm, the
-    split's greedy agreement (vocab_parallel.greedy_tokens: 12 around its all_gather, which
-    copies each of the parts out of NCCL's buffer: one kernel a part) and the end kernel:
-    23 + parts (a padded last part adds its -inf fill)."""
-    return 7 if vocab_parts <= 1 else 23 + vocab_parts
+    h200_decode_profile_run6_l4.json); the whole-model TPOTs of run 13 were predicted with 7
+    (the gathers were made then). Split (counted from the code, not profiled: that needs
+    several GPUs): the lookup's masking around its all_reduce (7: vocab_parallel.lookup), the
+    first norm, the split's greedy agreement (vocab_parallel.greedy_tokens: 12 around its
+    all_gather, which copies each of the parts out of NCCL's buffer: one kernel a part) and
+    the end kernel: 21 + parts (a padded last part adds its -inf fill), 23 + parts with the
+    gathers."""
+    gathers = 2 if qk_norm else 0
+    return (5 if vocab_parts <= 1 else 21 + vocab_parts) + gathers
 
 
 def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool

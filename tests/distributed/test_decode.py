@@ -127,7 +127,7 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     (the greedy token agreed over the pair inside the step), a context that is no multiple of
     the read bucket and more generated tokens than the cache's first bucket would show. With
     "triton_flash_decode" the step's GPU path (the Triton flash-decoding with its split count,
-    the fused RoPE + cache write, the linears' weights stored input-major) runs whole, in Triton's
+    RoPE and the cache write inside its kernel, the linears' weights stored input-major) runs whole, in Triton's
     interpreter on CPU tensors."""
     if kernel != "default":
         pytest.importorskip("triton")
@@ -145,14 +145,15 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     m = run_plan(cfg, "static_mb2_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
-    assert m["decode_attention"] == ("grouped_bmm" if kernel == "default" else kernel)
+    fused = " (RoPE and cache write fused)"  # decode_kernels.rope_flash_decode_triton
+    assert m["decode_attention"] == ("grouped_bmm" if kernel == "default" else kernel + fused)
     layout = "out_major" if kernel == "default" else "in_major"
     assert m["decode_gemm"] == f"torch ({layout} weights)", m["decode_gemm"]
 
 
 @pytest.mark.distributed
 def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan, monkeypatch):
-    """The static step's GPU path (Triton flash-decoding, fused RoPE + cache write, input-major
+    """The static step's GPU path (Triton flash-decoding with RoPE and the cache write in its kernel, input-major
     weights, and at the step's end the Triton argmax over the whole vocabulary and the one
     kernel that writes the token and advances the counters) in Triton's interpreter: tensor
     parallel heads and ffn, the vocabulary whole on each rank, equal to HF generate."""
@@ -169,7 +170,7 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     m = run_plan(cfg, "static_novocab_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
-    assert m["decode_attention"] == "triton_flash_decode"
+    assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
 
 
 # --- units ----------------------------------------------------------------------------------------

@@ -244,6 +244,52 @@ def test_rope_store_triton_matches_reference(triton_device, dtype):
     _check_rope_store(dk.rope_store_triton, dtype, triton_device)
 
 
+def _fused_case(g: int, d: int, gap: bool, dtype: torch.dtype, device: str):
+    """The step's inputs for rope_flash_decode_triton: 3 rows that write their new token at
+    slot 169 (lengths 170, the new one included), with or without right-padding gaps, a
+    strided q/k/v output [3, 2 g + 4, d], tables of 300 positions and each row's position."""
+    gen = torch.Generator().manual_seed(31 + 10 * g + d + gap)
+    kv, heads, slot = 2, 2 * g, 169
+    _, k, v, _, _, hi = _inputs(3, kv, g, d, dtype, gap, device)
+    qkv = torch.randn(3, 2, heads + 2 * kv, d, generator=gen).to(device, dtype)[:, 1]
+    ang = torch.randn(300, d // 2, generator=gen)
+    cos, sin = ang.cos().to(device, dtype), ang.sin().to(device, dtype)
+    pos = torch.tensor([169, 12, 250], device=device)
+    lengths = torch.full((3,), slot + 1, dtype=torch.int32, device=device)
+    lo = torch.tensor([20, 140, 60] if gap else [slot + 1] * 3, dtype=torch.int32, device=device)
+    return (qkv, cos, sin, pos, torch.tensor([slot], device=device), k, v, lengths, lo,
+            hi if gap else slot + 1, heads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("g,d,gap,splits", [(1, 16, False, None), (4, 16, True, 3),
+                                            (4, 64, True, 1), (1, 64, True, 2)])
+def test_rope_flash_decode_is_rope_store_then_attention(triton_device, g, d, gap, splits,
+                                                        dtype):
+    """The fused kernel against float64 RoPE (rounded to the dtype, as the cache holds it),
+    the cache write, then float64 attention; the caches after it hold the new k and v at the
+    slot and nothing else changed; a stale value at the slot is never read."""
+    qkv, cos, sin, pos, slot, k, v, lengths, lo, hi, heads = _fused_case(
+        g, d, gap, dtype, triton_device)
+    q_ref, k_ref, v_ref = _rope_reference(qkv, cos[pos], sin[pos], heads)
+    k_want, v_want = k.clone(), v.clone()
+    k_want[:, :, 169] = k_ref.to(dtype)
+    v_want[:, :, 169] = v_ref.to(dtype)
+    want = reference(q_ref.to(dtype), k_want, v_want, lengths, lo, hi, d ** -0.5)
+    k[:, :, 169] = float("nan")  # the stale slot the kernel overwrites and must not read
+    v[:, :, 169] = float("nan")
+    out = dk.rope_flash_decode_triton(qkv, cos, sin, pos, slot, k, v, lengths, lo, hi,
+                                      d ** -0.5, heads, splits)
+    _close(out.cpu(), want.cpu(), dtype)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(k[:, :, 169].double().cpu(), k_ref.cpu(), rtol=tol, atol=tol)
+    assert torch.equal(v[:, :, 169].cpu(), v_want[:, :, 169].cpu())
+    keep = torch.ones(k.shape[2], dtype=torch.bool)
+    keep[169] = False
+    assert torch.equal(k[:, :, keep].cpu(), k_want[:, :, keep].cpu())
+    assert torch.equal(v[:, :, keep].cpu(), v_want[:, :, keep].cpu())
+
+
 @pytest.mark.parametrize("n", [97, 4096, 9000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_argmax_triton_is_torchs_first_index_of_the_maximum(triton_device, n, dtype):

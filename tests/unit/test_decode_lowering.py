@@ -111,16 +111,18 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     """The ops the static decode step runs inside another op's kernel are ops of the decode
     layer program (a rename there would silently price them as kernels again), and each is
     priced with no kernel start of its own: without the fusion the estimate grows by exactly
-    their calls x the per-kernel start. A family with a q/k norm keeps RoPE of k apart."""
+    their calls x the per-kernel start. A family with a q/k norm keeps RoPE apart (and gathers
+    its tables' rows: two more kernels per step)."""
     from planc.cost import time as cost_time
-    from planc.layout.schedule import static_step_fused
+    from planc.layout.schedule import static_step_extra_kernels, static_step_fused
 
     spec, _ = resolve_text(decode_plan("  mesh dp=1\n"))
     plan = spec.plans[0]
     graph = lower(plan)
     assert cost_time.static_decode(graph) and not cost_time.qk_norm_of(graph)
     fused = static_step_fused(False)
-    assert static_step_fused(True) == fused - {"rope_k"}
+    assert static_step_fused(True) == fused - {"rope_q", "rope_k"}
+    assert static_step_extra_kernels(1, True) == static_step_extra_kernels(1, False) + 2
     ops = {o.name.removeprefix("decode_"): o for o in graph.classes[0].ops
            if o.name.startswith("decode_")}
     assert fused <= set(ops)

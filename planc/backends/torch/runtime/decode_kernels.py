@@ -108,14 +108,22 @@ def grouped_attention(
 def _attn_partials_body(
     Q, K, V, LENGTHS, GAP_LO, gap_hi, OUT, LSE, scale,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_s, sl_b, sl_h,
+    COS, SIN, POS, SLOT, sc_r,
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
-    DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr,
+    DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr, ROPE: tl.constexpr,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
     of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
     split) OUT is the result itself, in its dtype, and there is no merge to run.
 
+    ROPE (rope_flash_decode_triton): Q is the fused q/k/v output [b, heads + 2 kv, d] of the
+    step's new token, not yet rotated and not yet in the cache. The program rotates its q heads
+    (cos / sin rows COS / SIN + POS[row] * sc_r, rotate-half in float32 rounded once to the
+    dtype, as _rope_store_body does), leaves the new token's slot SLOT[0] out of its tiles, and
+    the last split takes the new token from registers: its rotated k and its v join that
+    split's softmax, and the same program writes them into the caches at SLOT[0] for the steps
+    after (one program per (row, kv head) writes; no program reads that slot from memory).
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products: for fp32 inputs (tf32
     would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (triton 3.9:
     numerically garbage); bf16/fp16 products are exact in float32, so this is the same sum as
@@ -145,9 +153,34 @@ def _attn_partials_body(
     d_ok = offs_d < D
     heads = kvh * G + offs_g
     q_ptrs = Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    q_mask = g_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
     k_base = K + row * sk_b + kvh * sk_h
     v_base = V + row * sv_b + kvh * sv_h
+    new_slot = -1  # ROPE: the new token's slot, read from registers instead of the cache
+    if ROPE:
+        half: tl.constexpr = D // 2
+        pos = tl.load(POS + row)
+        new_slot = tl.load(SLOT).to(tl.int32)
+        cs_off = tl.where(offs_d < half, offs_d, offs_d - half)  # cos / sin are [.., d // 2]
+        partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
+        sign = tl.where(offs_d < half, -1.0, 1.0)  # rotate_half(x) = (-x2, x1)
+        c = tl.load(COS + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
+        s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
+        qp = tl.load(Q + row * sq_b + heads[:, None] * sq_h + partner[None, :], mask=q_mask,
+                     other=0.0).to(tl.float32)
+        q = (q.to(tl.float32) * c[None, :] + (sign[None, :] * qp) * s_[None, :]
+             ).to(Q.dtype.element_ty)
+        new = Q + row * sq_b + (KV * G + kvh) * sq_h  # this kv head's k, then its v
+        kx = tl.load(new + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        kp = tl.load(new + partner, mask=d_ok, other=0.0).to(tl.float32)
+        k_new = (kx * c + (sign * kp) * s_).to(Q.dtype.element_ty)
+        v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
+        last_d = (offs_d * 0 + split) == SPLITS - 1  # as vectors: masks (the interpreter)
+        tl.store(k_base + new_slot * sk_n + offs_d, k_new.to(K.dtype.element_ty),
+                 mask=d_ok & last_d)
+        tl.store(v_base + new_slot * sv_n + offs_d, v_new.to(V.dtype.element_ty),
+                 mask=d_ok & last_d)
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
@@ -155,7 +188,7 @@ def _attn_partials_body(
     for i in range(n1 + n2):
         t = tl.where(i < n1, t_lo + i, t2 + i - n1)
         slots = t * BLOCK_N + offs_n
-        seen = (slots < length) & ((slots < glo) | (slots >= gap_hi))
+        seen = (slots < length) & ((slots < glo) | (slots >= gap_hi)) & (slots != new_slot)
         kv_mask = seen[:, None] & d_ok[None, :]
         k = tl.load(k_base + slots[:, None] * sk_n + offs_d[None, :], mask=kv_mask, other=0.0)
         if DOT_F32:
@@ -174,6 +207,17 @@ def _attn_partials_body(
         else:
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    if ROPE:  # the new token, in the last split only (-inf elsewhere: weight 0)
+        s_n = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale
+        s_n = tl.where(g_ok & ((offs_g * 0 + split) == SPLITS - 1), s_n, float("-inf"))
+        m_new = tl.maximum(m_i, s_n)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p_n = tl.exp(s_n - m_safe)
+        l_i = l_i * alpha + p_n
+        p_r = p_n.to(v_new.dtype).to(tl.float32)  # rounded to V's dtype, as in the tiles
+        acc = acc * alpha[:, None] + p_r[:, None] * v_new.to(tl.float32)[None, :]
         m_i = m_new
     has = l_i > 0.0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -259,7 +303,8 @@ def _kernels() -> tuple[Callable, Callable]:
     if interpret not in _BUILT:
         attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
         if not interpret:  # the autotuner times on the GPU; the interpreter runs BLOCK_N
-            attn = triton.autotune(TILE_CONFIGS, key=["KV", "G", "D", "SPLITS", "sk_h"])(attn)
+            attn = triton.autotune(TILE_CONFIGS, key=["KV", "G", "D", "SPLITS", "sk_h", "ROPE"]
+                                   )(attn)
         _BUILT[interpret] = (attn, triton.jit(_merge_body))
     return _BUILT[interpret]
 
@@ -309,14 +354,55 @@ def flash_decode_triton(
     (out, lse). A second kernel merges the splits by log-sum-exp into q's dtype; with one
     split (large batches) the first writes the result and the merge does not run.
     """
+    assert q.stride(-1) == 1
+    return _flash_decode(q, q.shape[1], k_cache, v_cache, lengths, gap_lo, gap_hi, scale,
+                         splits, None)
+
+
+def rope_flash_decode_triton(
+    qkv: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    pos: Tensor,
+    slot: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    lengths: Tensor,
+    gap_lo: Tensor,
+    gap_hi: int,
+    scale: float,
+    heads: int,
+    splits: int | None = None,
+) -> Tensor:
+    """rope_store_triton followed by flash_decode_triton, in the attention kernel alone: the
+    step's new token comes as the fused q/k/v output qkv [b, heads + 2 kv, d], unrotated;
+    cos / sin are the tables of every position [positions, d // 2] and pos [b] each row's
+    position (so the step gathers no rows of them either); its k (rotated) and v are written
+    into the caches at slot [1], which lengths already count. The same result as the two calls
+    (the new token's score is a float32 sum where the tiles' is tl.dot's) and the same caches
+    after. Why: the separate RoPE kernel was 3.3 us of a 277 us layer at batch 64, 1.6 us at
+    batch 1, a kernel start and drain each layer for under a megabyte of work
+    (benchmarks/results/h200_decode_profile_run11_l4_in_major.json)."""
+    kv = (qkv.shape[1] - heads) // 2
+    assert qkv.shape[1] == heads + 2 * kv and qkv.stride(-1) == 1 and qkv.shape[-1] % 2 == 0
+    assert cos.stride(-1) == 1 and sin.stride(-1) == 1 and cos.stride(0) == sin.stride(0)
+    assert k_cache.shape[1] == kv
+    return _flash_decode(qkv, heads, k_cache, v_cache, lengths, gap_lo, gap_hi, scale, splits,
+                         (cos, sin, pos, slot))
+
+
+def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengths: Tensor,
+                  gap_lo: Tensor, gap_hi: int, scale: float, splits: int | None,
+                  rope: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> Tensor:
+    """Both entry points' launch: q [b, >= heads, d] (its first `heads` rows of dim 1 are the
+    query heads); rope (cos, sin, pos, slot) when q is the unrotated q/k/v output."""
     if triton is None:
         raise RuntimeError("flash_decode_triton needs triton (pip install triton, or the "
                            "torch CUDA wheel that brings it); use grouped_attention instead")
-    b, heads, d = q.shape
+    b, _, d = q.shape
     _, kv, capacity, _ = k_cache.shape
     g = heads // kv
     assert heads == kv * g and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
-    assert q.stride(-1) == 1
     n_splits = splits or default_splits(capacity, b * kv, q.device)
     block_d = triton.next_power_of_2(d)
     out = torch.empty(b, heads, d, dtype=q.dtype, device=q.device)
@@ -326,14 +412,16 @@ def flash_decode_triton(
     else:
         part = torch.empty(b, heads, n_splits, d, dtype=torch.float32, device=q.device)
         lse = torch.empty(b, heads, n_splits, dtype=torch.float32, device=q.device)
+    cos, sin, pos, slot = rope if rope is not None else (lengths, lengths, lengths, lengths)
     attn[(b * kv, n_splits)](
         q, k_cache, v_cache, lengths, gap_lo, gap_hi, part, lse, scale,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
         part.stride(0), part.stride(1), part.stride(2),
         *((lse.stride(0), lse.stride(1)) if n_splits > 1 else (0, 0)),
+        cos, sin, pos, slot, cos.stride(0) if rope is not None else 0,
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
         SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or interpreting(),
-        WRITE_LSE=n_splits > 1,
+        WRITE_LSE=n_splits > 1, ROPE=rope is not None,
         **({"BLOCK_N": BLOCK_N} if interpreting() else {}),  # else the autotuner's tile
     )
     if n_splits == 1:

@@ -142,6 +142,14 @@ class StaticStep:
         # kernels (decode_kernels.argmax_triton; without a vocab split) and the token's copies
         # with the counters' advance in one (finish_step_triton), where torch took eleven.
         self.triton_end = self.kernel == "triton_flash_decode"
+        # RoPE and the cache write inside the Triton attention kernel
+        # (decode_kernels.rope_flash_decode_triton), for families without a q/k norm: no RoPE
+        # kernel per layer and no gathers of the tables' rows per step
+        # (schedule.static_step_fused says so to the cost model). PLANC_DECODE_ROPE=separate
+        # keeps rope_store_triton before the attention, for measuring.
+        self.fused_rope = (self.kernel == "triton_flash_decode"
+                           and all(a.qk_norm is None for a in model.attns)
+                           and os.environ.get("PLANC_DECODE_ROPE", "") != "separate")
 
     @property
     def gemm(self) -> str | dict[str, str]:
@@ -250,7 +258,9 @@ class StaticStep:
         model, st, ops = self.model, self.states[m], self.ops
         rows = slice(m * self.rows, (m + 1) * self.rows)
         x = model.lookup(st.tok)
-        cos, sin = self.cos[st.pos], self.sin[st.pos]  # [r, head_dim // 2]: each row's position
+        cos, sin = self.cos, self.sin  # the tables, which the fused kernel indexes itself
+        if not self.fused_rope:
+            cos, sin = cos[st.pos], sin[st.pos]  # [r, head_dim // 2]: each row's position
         assert model.norm is not None
         norms = [cast(GatedMLP, layer.mlp).norm for layer in model.layers]
         after_mlp = [attn.norm for attn in model.attns[1:]] + [model.norm]
@@ -271,8 +281,16 @@ class StaticStep:
 
     def _attention(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
                    v_cache: Tensor, st: StepState, n_read: int) -> Tensor:
-        """The attention block's reduced output for its normed input h [r, 1, hidden]."""
+        """The attention block's reduced output for its normed input h [r, 1, hidden]; cos /
+        sin: the RoPE tables when the kernel fuses RoPE, else each row's rows of them."""
         core = cast(LocalCore, attn.core)
+        if self.fused_rope:  # RoPE, the cache write and the attention in one kernel
+            qkv = attn.qkv(h)[:, 0]  # [r, heads + 2 kv, d]
+            o = decode_kernels.rope_flash_decode_triton(
+                qkv, cos, sin, st.pos, st.slot, k_cache, v_cache, st.lengths, st.gap_lo,
+                self.context, core.scale, attn.heads, self.splits)
+            del qkv
+            return attn.output(o.reshape(o.shape[0], 1, -1))
         if attn.qk_norm is None:  # RoPE and the cache write in one call (one kernel on GPUs)
             qkv = attn.qkv(h)[:, 0]  # [r, heads + 2 kv, d]
             q = self.rope_store(qkv, cos, sin, st.slot, k_cache, v_cache, attn.heads)

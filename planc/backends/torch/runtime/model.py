@@ -36,7 +36,14 @@ from planc.backends.torch.runtime import decode_step, vocab_parallel
 from planc.backends.torch.runtime.cores import make_layer
 from planc.backends.torch.runtime.decode_step import StaticStep
 from planc.backends.torch.runtime.dist import RankContext
-from planc.backends.torch.runtime.layers import Attention, DecoderLayer, RMSNorm, Rope, load_norm
+from planc.backends.torch.runtime.layers import (
+    Attention,
+    DecoderLayer,
+    RMSNorm,
+    Rope,
+    laid_out,
+    load_norm,
+)
 from planc.backends.torch.runtime.layout import seq_positions
 from planc.backends.torch.weights import ShardReader
 from planc.layout import mesh
@@ -192,7 +199,8 @@ class StageModel(nn.Module):
         if static is None:
             why = decode_step.static_reason(ctx, self, text)
             return {"decode_step": f"eager rounds ({why})", "decode_attention": "core step"}
-        return {"decode_step": static.mode, "decode_attention": static.kernel,
+        kernel = static.kernel + (" (RoPE and cache write fused)" if static.fused_rope else "")
+        return {"decode_step": static.mode, "decode_attention": kernel,
                 "decode_gemm": static.gemm}
 
     def graph_pool_bytes(self) -> int | None:
@@ -233,8 +241,11 @@ def load_stage(ctx: RankContext, reader: ShardReader) -> StageModel:
         if tied and embed is not None:
             lm_head = embed
         else:
-            lm_head = vocab_parallel.read_rows(reader, EMBED if tied else LM_HEAD, m.vocab,
-                                               m.hidden, lay.vocab_slice)  # fmt: skip
+            # Stored as the plain linears are (layers.laid_out: input-major on CUDA), being
+            # read only by F.linear; tied to this rank's embedding it keeps the table's layout
+            # (the lookup gathers its rows).
+            lm_head = laid_out(vocab_parallel.read_rows(
+                reader, EMBED if tied else LM_HEAD, m.vocab, m.hidden, lay.vocab_slice))
     return StageModel(ctx, layers, embed, norm, lm_head)
 
 
