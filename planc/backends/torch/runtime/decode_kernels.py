@@ -171,16 +171,6 @@ def _attn_partials_body(
                      other=0.0).to(tl.float32)
         q = (q.to(tl.float32) * c[None, :] + (sign[None, :] * qp) * s_[None, :]
              ).to(Q.dtype.element_ty)
-        new = Q + row * sq_b + (KV * G + kvh) * sq_h  # this kv head's k, then its v
-        kx = tl.load(new + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        kp = tl.load(new + partner, mask=d_ok, other=0.0).to(tl.float32)
-        k_new = (kx * c + (sign * kp) * s_).to(Q.dtype.element_ty)
-        v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
-        last_d = (offs_d * 0 + split) == SPLITS - 1  # as vectors: masks (the interpreter)
-        tl.store(k_base + new_slot * sk_n + offs_d, k_new.to(K.dtype.element_ty),
-                 mask=d_ok & last_d)
-        tl.store(v_base + new_slot * sv_n + offs_d, v_new.to(V.dtype.element_ty),
-                 mask=d_ok & last_d)
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
@@ -208,7 +198,20 @@ def _attn_partials_body(
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
-    if ROPE:  # the new token, in the last split only (-inf elsewhere: weight 0)
+    if ROPE:  # the new token, in the last split only (-inf elsewhere: weight 0); read after
+        # the tiles' loop so that nothing of it stays live in registers through the loop
+        c = tl.load(COS + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
+        s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
+        new = Q + row * sq_b + (KV * G + kvh) * sq_h  # this kv head's k, then its v
+        kx = tl.load(new + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        kp = tl.load(new + partner, mask=d_ok, other=0.0).to(tl.float32)
+        k_new = (kx * c + (sign * kp) * s_).to(Q.dtype.element_ty)
+        v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
+        last_d = (offs_d * 0 + split) == SPLITS - 1  # as vectors: masks (the interpreter)
+        tl.store(k_base + new_slot * sk_n + offs_d, k_new.to(K.dtype.element_ty),
+                 mask=d_ok & last_d)
+        tl.store(v_base + new_slot * sv_n + offs_d, v_new.to(V.dtype.element_ty),
+                 mask=d_ok & last_d)
         s_n = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale
         s_n = tl.where(g_ok & ((offs_g * 0 + split) == SPLITS - 1), s_n, float("-inf"))
         m_new = tl.maximum(m_i, s_n)
