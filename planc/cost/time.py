@@ -83,8 +83,9 @@ class Efficiency:
     # batch-64 cache at 0.92 of the HBM rate after a GEMM-like start. Not in it: the lm_head's
     # cuBLAS GEMM ran 24-31 us above its bytes (about 0.3% of a 32-layer step). The check is
     # whole-model TPOTs of this step: run 13 measured the four one-GPU decode plans within
-    # +0.4..+3.8% of what this model predicted before the run (benchmarks/results/
-    # h200_decode_issue15.md, round 3).
+    # +0.4..+3.8% of what this model predicted before the run, run 16 (RoPE inside the
+    # attention kernel) within +0.5..+3.0% (benchmarks/results/h200_decode_issue15.md, rounds
+    # 3 and 4).
     graph_op_overhead_s: float = 2.5e-6
     graph_gemm_overhead_s: float = 4.6e-6
     decode_attention_hbm: float = 0.92

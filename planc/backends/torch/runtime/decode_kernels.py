@@ -27,6 +27,8 @@ Kernels (`KERNELS`, picked by `choose`):
   (row, kv head, split of the row's length), K/V read once per kv head, merged by
   log-sum-exp in a second small kernel.
 
+`rope_flash_decode_triton` is `rope_store_triton` followed by `flash_decode_triton` in the
+attention kernel alone (decode_step.StaticStep's path on a GPU for a family without a q/k norm).
 Beside them (used by decode_step.StaticStep with the Triton attention): `rope_store_triton`,
 `argmax_triton` and `finish_step_triton` (their docstrings say what each replaces).
 """
