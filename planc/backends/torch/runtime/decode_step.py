@@ -285,28 +285,30 @@ class StaticStep:
         sin: the RoPE tables when the kernel fuses RoPE, else each row's rows of them."""
         core = cast(LocalCore, attn.core)
         if self.fused_rope:  # RoPE, the cache write and the attention in one kernel
-            qkv = attn.qkv(h)[:, 0]  # [r, heads + 2 kv, d]
             o = decode_kernels.rope_flash_decode_triton(
-                qkv, cos, sin, st.pos, st.slot, k_cache, v_cache, st.lengths, st.gap_lo,
-                self.context, core.scale, attn.heads, self.splits)
-            del qkv
-            return attn.output(o.reshape(o.shape[0], 1, -1))
+                attn.qkv(h)[:, 0], cos, sin, st.pos, st.slot, k_cache, v_cache, st.lengths,
+                st.gap_lo, self.context, core.scale, attn.heads, self.splits)
+        else:
+            q = self._rotated_q(attn, h, cos, sin, k_cache, v_cache, st.slot)
+            args = (q, k_cache, v_cache, st.lengths, st.gap_lo, self.context, core.scale)
+            if self.kernel == "grouped_bmm":
+                o = decode_kernels.grouped_attention(*args, n_read)
+            else:
+                o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
+            del q
+        return attn.output(o.reshape(o.shape[0], 1, -1))
+
+    def _rotated_q(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                   v_cache: Tensor, slot: Tensor) -> Tensor:
+        """The step's rotated q [r, heads, d], its k and v written into the caches at slot."""
         if attn.qk_norm is None:  # RoPE and the cache write in one call (one kernel on GPUs)
             qkv = attn.qkv(h)[:, 0]  # [r, heads + 2 kv, d]
-            q = self.rope_store(qkv, cos, sin, st.slot, k_cache, v_cache, attn.heads)
-        else:  # the family's q/k norm first (Qwen3): the block's own projection
-            q4, k, v = attn.project_normed(h, Rope(cos[:, None, None], sin[:, None, None]))
-            k_cache.index_copy_(2, st.slot, k)
-            v_cache.index_copy_(2, st.slot, v)
-            q = q4[:, :, 0]
-            del k, v, q4
-        args = (q, k_cache, v_cache, st.lengths, st.gap_lo, self.context, core.scale)
-        if self.kernel == "grouped_bmm":
-            o = decode_kernels.grouped_attention(*args, n_read)
-        else:
-            o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
-        del q
-        return attn.output(o.reshape(o.shape[0], 1, -1))
+            return self.rope_store(qkv, cos, sin, slot, k_cache, v_cache, attn.heads)
+        # the family's q/k norm first (Qwen3): the block's own projection
+        q4, k, v = attn.project_normed(h, Rope(cos[:, None, None], sin[:, None, None]))
+        k_cache.index_copy_(2, slot, k)
+        v_cache.index_copy_(2, slot, v)
+        return q4[:, :, 0]
 
     def rope_store(self, qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cache: Tensor,
                    v_cache: Tensor, heads: int) -> Tensor:
