@@ -1,0 +1,274 @@
+"""Micro-benchmark: where a batch-64 decode layer's last microseconds go, each call timed inside a
+CUDA graph (graph_timer) as the static decode step runs it.
+
+Run on the GPU machine from the repository root (about 3 minutes):
+    PYTHONPATH=$PWD python benchmarks/decode_splitk_h200.py --out $OUT/decode_splitk.json
+
+Three questions, Llama-3-8B shapes, bf16:
+
+1. GEMMs split over K by the caller (`bmm`): x [M, K] @ W [K, N] as S products over K / S each
+   (torch.bmm of strided views, no copies) with float32 partials [S, M, N], against cuBLAS's one
+   product (F.linear of the input-major weight, as the step runs it, its own split-K reduce
+   kernel included where it picks one). Why: cuBLAS tiles q/k/v (N 6144) into 96 programs and
+   gate/up (N 28672) into 112 at M = 64, on 132 SMs; split products give it more programs, and
+   the partials' sum can be made by the kernel that reads the result anyway (the attention
+   kernel, SiLU x up, the residual add + norm) instead of a kernel of its own. Each call reads a
+   different weight of a ring larger than the L2 cache.
+2. What summing S partials costs those consumers (torch.compile of the add + norm and of
+   SiLU x up with S float32 partials, against the one bf16 input).
+3. The attention kernel's tile at batch 64 (RoPE fused, the runtime's kernel): every forced
+   (BLOCK_N, num_warps, num_stages) and splits 1 and 2, against the autotuner's pick; and a plain
+   read of 1 GiB (a Triton sum kernel) as the rate a read reaches on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from graph_timer import us_per_call
+
+from planc.backends.torch.runtime import decode_kernels as dk
+from planc.backends.torch.runtime import layers
+
+GEMMS = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672),
+         "down": (14336, 4096)}
+RING_BYTES = 600 * 2**20  # weights per ring: ten times the L2 cache
+WARMUP, TIMED = 10, 30
+
+
+def ring(k: int, n: int) -> list[torch.Tensor]:
+    """Input-major weights [K, N] (contiguous), as many as fill RING_BYTES."""
+    count = max(2, RING_BYTES // (k * n * 2))
+    return [torch.randn(k, n, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(count)]
+
+
+def split_product(x: torch.Tensor, w: torch.Tensor, s: int, f32: bool) -> torch.Tensor:
+    """[S, M, N] partials of x @ w over S slices of K (views, no copies)."""
+    m, k = x.shape
+    xs = x.view(m, s, k // s).transpose(0, 1)
+    ws = w.view(s, k // s, w.shape[1])
+    return torch.bmm(xs, ws, out_dtype=torch.float32) if f32 else torch.bmm(xs, ws)
+
+
+def gemm_records() -> list[dict]:
+    out = []
+    for name, (k, n) in GEMMS.items():
+        ws = ring(k, n)
+        for m in (64, 8, 1):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = (x.float() @ ws[0].float())
+            variants = {"cublas": lambda w: F.linear(x, w.t()),
+                        "mm_out_f32": lambda w: torch.mm(x, w, out_dtype=torch.float32)}
+            for s in (2, 3, 4, 8):
+                if k % (s * 64) == 0:
+                    variants[f"bmm_s{s}_f32"] = lambda w, s=s: split_product(x, w, s, True)
+                    if s in (2, 4):
+                        variants[f"bmm_s{s}_bf16"] = lambda w, s=s: split_product(x, w, s, False)
+            for v, fn in variants.items():
+                rec = {"part": "gemm", "gemm": name, "M": m, "K": k, "N": n, "variant": v}
+                try:
+                    y = fn(ws[0])
+                    y = y.float().sum(0) if y.dim() == 3 else y.float()
+                    err = ((y - ref).abs().max() / ref.abs().max()).item()
+                    us = us_per_call([lambda w=w: fn(w) for w in ws], [lambda: fn(ws[0])],
+                                     WARMUP, TIMED)
+                except Exception as e:  # noqa: BLE001 - a variant that fails is a result
+                    out.append({**rec, "error": f"{type(e).__name__}: {e}"[:300]})
+                    continue
+                out.append({**rec, "us": us, "TBps": k * n * 2 / us / 1e6, "rel_err": err})
+                print(f"gemm {name:8} M={m:<3} {v:14} {us:8.2f} us {k*n*2/us/1e6:5.2f} TB/s "
+                      f"err {err:.1e}", flush=True)
+        del ws
+        torch.cuda.empty_cache()
+    return out
+
+
+def _add_norm_parts(x: torch.Tensor, parts: torch.Tensor, w: torch.Tensor, eps: float
+                    ) -> torch.Tensor:
+    """The add + norm of layers' fused form, its addend the sum of float32 partials rounded
+    once to x's dtype."""
+    return layers._add_norm_fused(x, parts.sum(0).to(x.dtype), w, eps)
+
+
+def _silu_mul_parts(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return layers._silu_mul_fused(parts.sum(0).to(dtype))
+
+
+def consumer_records() -> list[dict]:
+    c = layers.compiled_elementwise()
+    opts = {"emulate_precision_casts": True}
+    add_parts = torch.compile(_add_norm_parts, dynamic=False, fullgraph=True, options=opts)
+    silu_parts = torch.compile(_silu_mul_parts, dynamic=False, fullgraph=True, options=opts)
+    out = []
+    m, hidden, ffn = 64, 4096, 14336
+    x = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
+    w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+    o = torch.randn_like(x)
+    gu = torch.randn(m, 1, 2 * ffn, device="cuda", dtype=torch.bfloat16)
+    cases = {"add_norm": lambda: c.add_norm(x, o, w, 1e-5),
+             "silu_mul": lambda: c.silu_mul(gu)}
+    for s in (2, 4, 8):
+        p = torch.randn(s, m, 1, hidden, device="cuda", dtype=torch.float32)
+        cases[f"add_norm_parts_s{s}"] = lambda p=p: add_parts(x, p, w, 1e-5)
+    for s in (2, 4):
+        p = torch.randn(s, m, 1, 2 * ffn, device="cuda", dtype=torch.float32)
+        cases[f"silu_mul_parts_s{s}"] = lambda p=p: silu_parts(p, torch.bfloat16)
+    for name, fn in cases.items():
+        try:
+            us = us_per_call([fn] * 8, [fn, fn], WARMUP, TIMED)
+        except Exception as e:  # noqa: BLE001
+            out.append({"part": "consumer", "case": name, "error": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        out.append({"part": "consumer", "case": name, "us": us})
+        print(f"consumer {name:20} {us:8.2f} us", flush=True)
+    return out
+
+
+def attention_records() -> list[dict]:
+    import triton
+
+    b, heads, kv, d, cap = 64, 32, 8, 128, 2080
+    g = heads // kv
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(b, heads + 2 * kv, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
+                           dtype=torch.int32)
+    gap_lo = torch.full((b,), 2048, device="cuda", dtype=torch.int64)
+    pos = lengths.long() - 1
+    slot = torch.tensor([2060], device="cuda")
+    cos = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
+    sin = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
+    kv_bytes = int(lengths.sum().item()) * kv * d * 2 * 2
+    out = []
+
+    def runtime() -> torch.Tensor:
+        return dk.rope_flash_decode_triton(qkv, cos, sin, pos, slot, kc, vc, lengths, gap_lo,
+                                           2048, d ** -0.5, heads)
+
+    ref = runtime().float()
+    us = us_per_call([runtime] * 8, [runtime, runtime], WARMUP, TIMED)
+    tuned = dk._kernels()[0]
+    best = getattr(tuned, "best_config", None)
+    timings = {str(c): t for c, t in (getattr(tuned, "configs_timings", None) or {}).items()}
+    out.append({"part": "attention", "variant": "runtime (autotuned)", "us": us,
+                "TBps": kv_bytes / us / 1e6, "best_config": str(best),
+                "autotune_timings": timings})
+    print(f"attention runtime {us:8.2f} us {kv_bytes/us/1e6:5.2f} TB/s best {best}", flush=True)
+
+    jit = triton.jit(dk._attn_partials_body, do_not_specialize=["gap_hi"])
+    merge = dk._kernels()[1]
+    for splits in (1, 2):
+        for bn in (32, 64, 128):
+            for warps in (4, 8):
+                for stages in (2, 3, 4):
+                    o = torch.empty(b, heads, d, device="cuda", dtype=torch.bfloat16)
+                    if splits == 1:
+                        part, lse = o.unsqueeze(2), o.new_empty(1, dtype=torch.float32)
+                    else:
+                        part = torch.empty(b, heads, splits, d, device="cuda",
+                                           dtype=torch.float32)
+                        lse = torch.empty(b, heads, splits, device="cuda", dtype=torch.float32)
+
+                    def call(part=part, lse=lse, o=o, splits=splits, bn=bn, warps=warps,
+                             stages=stages) -> torch.Tensor:
+                        jit[(b * kv, splits)](
+                            qkv, kc, vc, lengths, gap_lo, 2048, part, lse, d ** -0.5,
+                            qkv.stride(0), qkv.stride(1), *kc.stride()[:3], *vc.stride()[:3],
+                            part.stride(0), part.stride(1), part.stride(2),
+                            *((lse.stride(0), lse.stride(1)) if splits > 1 else (0, 0)),
+                            cos, sin, pos, slot, cos.stride(0),
+                            KV=kv, G=g, G_PAD=16, D=d, BLOCK_D=d, BLOCK_N=bn, SPLITS=splits,
+                            DOT_F32=False, WRITE_LSE=splits > 1, ROPE=True,
+                            num_warps=warps, num_stages=stages)
+                        if splits > 1:
+                            merge[(b * heads,)](
+                                part, lse, o, part.stride(0), part.stride(1), part.stride(2),
+                                lse.stride(0), lse.stride(1), o.stride(0), o.stride(1),
+                                HEADS=heads, D=d, BLOCK_D=d, SPLITS=splits, S_PAD=splits)
+                        return o
+                    rec = {"part": "attention", "variant": f"s{splits} n{bn} w{warps} st{stages}"}
+                    try:
+                        err = (call().float() - ref).abs().max().item()
+                        us = us_per_call([call] * 8, [call, call], WARMUP, TIMED)
+                    except Exception as e:  # noqa: BLE001 - out of shared memory, etc.
+                        out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+                        continue
+                    out.append({**rec, "us": us, "TBps": kv_bytes / us / 1e6, "err": err})
+                    print(f"attention {rec['variant']:18} {us:8.2f} us "
+                          f"{kv_bytes/us/1e6:5.2f} TB/s err {err:.1e}", flush=True)
+    return out
+
+
+def read_records() -> list[dict]:
+    """A plain read: a Triton kernel summing 1 GiB of bf16 (each program a contiguous chunk)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _sum(X, OUT, per, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        acc = tl.zeros([BLOCK], tl.float32)
+        base = X + pid.to(tl.int64) * per
+        for i in range(0, per, BLOCK):
+            acc += tl.load(base + i + tl.arange(0, BLOCK)).to(tl.float32)
+        tl.store(OUT + pid, tl.sum(acc, 0))
+
+    n = 2**29
+    x = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    out = []
+    for progs in (132, 264, 528, 1056, 2112):
+        for block in (1024, 4096):
+            per = n // progs // block * block
+            res = torch.empty(progs, device="cuda", dtype=torch.float32)
+            for warps in (4, 8):
+                fn = lambda progs=progs, per=per, res=res, block=block, warps=warps: _sum[(progs,)](
+                    x, res, per, BLOCK=block, num_warps=warps)
+                us = us_per_call([fn] * 4, [fn], 3, 10)
+                tbps = progs * per * 2 / us / 1e6
+                out.append({"part": "read", "programs": progs, "block": block, "warps": warps,
+                            "us": us, "TBps": tbps})
+                print(f"read progs {progs:5} block {block} w{warps} {tbps:5.2f} TB/s", flush=True)
+    copy_dst = torch.empty_like(x)
+    us = us_per_call([lambda: copy_dst.copy_(x)] * 4, [lambda: copy_dst.copy_(x)], 3, 10)
+    out.append({"part": "read", "variant": "copy_ (read + write)", "us": us,
+                "TBps": 2 * n * 2 / us / 1e6})
+    print(f"copy {2*n*2/us/1e6:5.2f} TB/s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--parts", default="read,attention,consumer,gemm")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    records: list[dict] = []
+    for name, fn in (("read", read_records), ("attention", attention_records),
+                     ("consumer", consumer_records), ("gemm", gemm_records)):
+        if name in parts:
+            records += fn()
+            args.out.write_text(json.dumps(result(records), indent=1))
+    args.out.write_text(json.dumps(result(records), indent=1))
+
+
+def result(records: list[dict]) -> dict:
+    import triton
+    return {"machine": {"torch": torch.__version__, "triton": triton.__version__,
+                        "gpu": torch.cuda.get_device_name(), "python": platform.python_version()},
+            "records": records}
+
+
+if __name__ == "__main__":
+    main()
