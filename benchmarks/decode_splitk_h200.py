@@ -254,15 +254,57 @@ def read_records() -> list[dict]:
     return out
 
 
+def mlp_records() -> list[dict]:
+    """decode_mlp.gate_up_silu (one Triton kernel) over forced tiles against cuBLAS's gate/up
+    GEMM followed by the compiled SiLU x up, each call on another weight of a ring."""
+    from planc.backends.torch.runtime import decode_mlp
+
+    hidden, ffn = 4096, 14336
+    ws = [w.t() for w in ring(hidden, 2 * ffn)]  # [2 ffn, hidden], strides (1, 2 ffn)
+    silu_mul = layers.compiled_elementwise().silu_mul
+    out = []
+    for m in (64, 8, 1):
+        x = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
+        ref = decode_mlp.gate_up_silu_eager(x, ws[0]).float()
+        base = ring_us(lambda w, x=x: silu_mul(F.linear(x, w)), ws)
+        out.append({"part": "mlp", "M": m, "variant": "cublas + silu_mul", "us": base})
+        print(f"mlp M={m:<3} cublas + silu_mul {base:8.2f} us", flush=True)
+        m_pad = max(16, 1 << (m - 1).bit_length())
+        for bn in (32, 64, 128):
+            for bk in (64, 128, 256):
+                for warps in (4, 8):
+                    for stages in (3, 4, 5, 6):
+                        if stages * (m_pad * bk + 2 * bk * bn) * 2 > 220 * 1024:
+                            continue
+                        if m > 1 and bk == 256:
+                            continue
+                        cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
+                               "num_stages": stages}
+                        rec = {"part": "mlp", "M": m, "variant": "gate_up_silu", **cfg}
+                        try:
+                            fn = lambda w, x=x, cfg=cfg: decode_mlp.gate_up_silu(x, w, cfg)
+                            err = ((fn(ws[0]).float() - ref).abs().max()
+                                   / ref.abs().max()).item()
+                            us = ring_us(fn, ws)
+                        except Exception as e:  # noqa: BLE001 - out of resources, etc.
+                            out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+                            continue
+                        out.append({**rec, "us": us, "rel_err": err})
+                        print(f"mlp M={m:<3} n{bn} k{bk} w{warps} st{stages} {us:8.2f} us "
+                              f"err {err:.1e}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--parts", default="read,attention,consumer,gemm")
+    ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp")
     args = ap.parse_args()
     parts = args.parts.split(",")
     records: list[dict] = []
     for name, fn in (("read", read_records), ("attention", attention_records),
-                     ("consumer", consumer_records), ("gemm", gemm_records)):
+                     ("consumer", consumer_records), ("gemm", gemm_records),
+                     ("mlp", mlp_records)):
         if name in parts:
             records += fn()
             args.out.write_text(json.dumps(result(records), indent=1))

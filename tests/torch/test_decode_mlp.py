@@ -1,0 +1,70 @@
+"""decode_mlp.gate_up_silu: SiLU x up in the gate/up GEMM's epilogue, against the eager ops
+(F.linear, F.silu, the multiply, each rounded to the dtype) on a float64 product, in Triton's
+interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 without an NVIDIA GPU) or
+on CUDA. Tiny shapes: rows 1, 3 and 16, ffn and hidden multiples and non-multiples of the
+tiles, both weight layouts, fp32 and bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from planc.backends.torch.runtime import decode_mlp as dm
+
+
+@pytest.fixture
+def device(monkeypatch) -> str:
+    """Where the Triton kernel runs: CUDA, else the interpreter on CPU."""
+    if dm.triton is None:
+        pytest.skip("triton is not installed")
+    if torch.cuda.is_available():
+        return "cuda"
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(dm.triton.language.standard.cdiv, InterpretedFunction):
+        pytest.skip("no CUDA, and triton was imported outside interpreter mode")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return "cpu"
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The eager rounding steps on a float64 product: gate and up rounded to the dtype, F.silu
+    of the gate rounded, the product rounded."""
+    gu = (x.double() @ w.double().T).to(x.dtype)
+    gate, up = gu.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("in_major", [False, True], ids=["out_major", "in_major"])
+@pytest.mark.parametrize("m,ffn,k,bn,bk", [(1, 32, 64, 16, 32), (3, 40, 70, 16, 32),
+                                           (16, 17, 48, 16, 16)])
+def test_gate_up_silu_is_silu_of_gate_times_up(device, m, ffn, k, bn, bk, in_major, dtype):
+    gen = torch.Generator().manual_seed(m * 1000 + ffn * 10 + k)
+    x = torch.randn(2, m, k, generator=gen).to(device, dtype)[1]  # rows of a larger buffer
+    w = torch.randn(2 * ffn, k, generator=gen).to(device, dtype)
+    if in_major:
+        w = w.t().contiguous().t()  # layers.laid_out's CUDA layout: strides (1, 2 ffn)
+    y = dm.gate_up_silu(x, w, {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4, "num_stages": 1})
+    ref = _reference(x, w)
+    assert y.shape == (m, ffn) and y.dtype == dtype
+    # fp32: the float32 sum's order; bf16: a gate or up one unit off (the interpreter casts
+    # float32 to bf16 by truncation) moves the product by about two units
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -6
+    torch.testing.assert_close(y.double(), ref.double(), rtol=tol,
+                               atol=tol * ref.abs().max().item())
+
+
+def test_leading_dims_default_config_and_fallback(device, monkeypatch):
+    """x [r, 1, hidden] as the decode step passes it, the default config; rows beyond MAX_M
+    run the eager pair itself."""
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(2 * 24, 40, generator=gen).to(device, torch.float32)
+    x = torch.randn(5, 1, 40, generator=gen).to(device, torch.float32)
+    y = dm.gate_up_silu(x, w)
+    assert y.shape == (5, 1, 24)
+    torch.testing.assert_close(y, dm.gate_up_silu_eager(x, w), rtol=1e-5, atol=1e-5)
+    big = torch.randn(dm.MAX_M + 1, 40, generator=gen).to(device, torch.float32)
+    assert not dm.usable(big, w)
+    monkeypatch.setattr(dm, "_kernel", lambda: pytest.fail("the kernel ran beyond MAX_M"))
+    torch.testing.assert_close(dm.gate_up_silu(big, w), dm.gate_up_silu_eager(big, w))
