@@ -255,9 +255,9 @@ def read_records() -> list[dict]:
 
 
 def mlp_records() -> list[dict]:
-    """decode_mlp.gate_up_silu (one Triton kernel) over forced tiles against cuBLAS's gate/up
+    """decode_products.gate_up_silu (one Triton kernel) over forced tiles against cuBLAS's gate/up
     GEMM followed by the compiled SiLU x up, each call on another weight of a ring."""
-    from planc.backends.torch.runtime import decode_mlp
+    from planc.backends.torch.runtime import decode_products
 
     hidden, ffn = 4096, 14336
     ws = [w.t() for w in ring(hidden, 2 * ffn)]  # [2 ffn, hidden], strides (1, 2 ffn)
@@ -265,7 +265,7 @@ def mlp_records() -> list[dict]:
     out = []
     for m in (64, 8, 1):
         x = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
-        ref = decode_mlp.gate_up_silu_eager(x, ws[0]).float()
+        ref = decode_products.gate_up_silu_eager(x, ws[0]).float()
         base = ring_us(lambda w, x=x: silu_mul(F.linear(x, w)), ws)
         out.append({"part": "mlp", "M": m, "variant": "cublas + silu_mul", "us": base})
         print(f"mlp M={m:<3} cublas + silu_mul {base:8.2f} us", flush=True)
@@ -282,7 +282,7 @@ def mlp_records() -> list[dict]:
                                "num_stages": stages}
                         rec = {"part": "mlp", "M": m, "variant": "gate_up_silu", **cfg}
                         try:
-                            fn = lambda w, x=x, cfg=cfg: decode_mlp.gate_up_silu(x, w, cfg)
+                            fn = lambda w, x=x, cfg=cfg: decode_products.gate_up_silu(x, w, cfg)
                             err = ((fn(ws[0]).float() - ref).abs().max()
                                    / ref.abs().max()).item()
                             us = ring_us(fn, ws)

@@ -37,7 +37,13 @@ from functools import cache
 
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
 from planc.layout.mesh import parts as mesh_parts
-from planc.layout.schedule import static_step_extra_kernels, static_step_fused, static_step_reason
+from planc.layout.schedule import (
+    micro_rows,
+    static_step_extra_kernels,
+    static_step_fused,
+    static_step_gate_up_silu,
+    static_step_reason,
+)
 from planc.layout.strategies import attention_core
 
 
@@ -294,7 +300,9 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     if static:
         e = replace(e, op_overhead_s=e.graph_op_overhead_s)
     qk_norm = qk_norm_of(graph)
-    fused = static_step_fused(qk_norm) if static else frozenset()
+    fused = static_step_fused(qk_norm, static_step_gate_up_silu(
+        micro_rows(graph.batch, mesh_parts(graph.mesh.shape, graph.splits.get("batch", [])),
+                   graph.microbatches), dense_mlp_of(graph))) if static else frozenset()
     stages = []
     for c in graph.classes:
         t = 0.0
@@ -330,6 +338,12 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
 def qk_norm_of(graph: PlacementGraph) -> bool:
     """Whether the model norms q and k per head (Qwen3: its layers hold q_norm weights)."""
     return any(s.name.endswith("q_norm.weight") for c in graph.classes for s in c.shards)
+
+
+def dense_mlp_of(graph: PlacementGraph) -> bool:
+    """Whether the MLP's gate weights are plain (not int8 or 2:4 compressed)."""
+    gates = [s for c in graph.classes for s in c.shards if s.name.endswith("gate_proj.weight")]
+    return bool(gates) and all(s.format == "dense" for s in gates)
 
 
 def static_decode(graph: PlacementGraph) -> bool:

@@ -124,11 +124,32 @@ def last_position_part(positions_of: list[list[int]], context: int) -> tuple[int
 
 # Ops of a decode layer (planc/cost/memory.py's layer_program) that the static step computes
 # inside the kernel of another op (backends/torch/runtime/decode_step.py): each block's norm
-# with the residual add before it (Elementwise.add_norm), and, for a family without a q/k norm,
-# RoPE of q and k with the K/V cache write inside the attention kernel
-# (decode_kernels.rope_flash_decode_triton). The cost model starts no kernel for them.
-def static_step_fused(qk_norm: bool) -> frozenset[str]:
-    return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_q", "rope_k"}))
+# with the residual add before it (Elementwise.add_norm), for a family without a q/k norm RoPE
+# of q and k with the K/V cache write inside the attention kernel
+# (decode_kernels.rope_flash_decode_triton), and, with the gate/up weights plain (not int8 or
+# 2:4) and few enough rows, SiLU x up inside the gate/up GEMM's kernel
+# (decode_products.gate_up_silu: `static_step_gate_up_silu`). The cost model starts no kernel
+# for them.
+def static_step_fused(qk_norm: bool, gate_up_silu: bool = False) -> frozenset[str]:
+    return frozenset({"attn_norm", "mlp_norm"} | (set() if qk_norm else {"rope_q", "rope_k"})
+                     | ({"silu_mul"} if gate_up_silu else set()))
+
+
+def micro_rows(batch: int, batch_parts: int, microbatches: int) -> int:
+    """Rows of one microbatch on a device: its even part of the batch (slices.even) over the
+    microbatches."""
+    return batch // batch_parts // max(1, microbatches)
+
+
+GATE_UP_SILU_MAX_ROWS = 64  # decode_products.gate_up_silu pads rows to a power of two <= this
+
+
+def static_step_gate_up_silu(rows: int, dense_mlp: bool) -> bool:
+    """Whether a static step of `rows` rows per microbatch makes SiLU x up inside its gate/up
+    GEMM (decode_products.gate_up_silu): a plain (dense) MLP weight and at most
+    GATE_UP_SILU_MAX_ROWS rows. The runtime picks the kernel by this rule and the cost model
+    prices the step by it."""
+    return dense_mlp and 1 <= rows <= GATE_UP_SILU_MAX_ROWS
 
 
 def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False) -> int:

@@ -147,8 +147,11 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     assert m["decode_step"] == "eager (static step)"
     fused = " (RoPE and cache write fused)"  # decode_kernels.rope_flash_decode_triton
     assert m["decode_attention"] == ("grouped_bmm" if kernel == "default" else kernel + fused)
-    layout = "out_major" if kernel == "default" else "in_major"
-    assert m["decode_gemm"] == f"torch ({layout} weights)", m["decode_gemm"]
+    if kernel == "default":
+        assert m["decode_gemm"] == "torch (out_major weights)", m["decode_gemm"]
+    else:  # o_proj and down_proj are all-reduced over the pair: not split by the step
+        assert m["decode_gemm"] == ("torch (in_major weights), gate/up with SiLU x up in one "
+                                    "Triton kernel"), m["decode_gemm"]
 
 
 @pytest.mark.distributed
@@ -171,6 +174,29 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
+
+
+@pytest.mark.distributed
+def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monkeypatch):
+    """The static step's GEMMs as on one GPU (decode_products), in Triton's interpreter: the
+    gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K in 4
+    (4 rows; their K 256 and 512 take 4 parts of 64), their float32 partials summed by the
+    residual add + norm; equal to HF generate token for token."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
+    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
+    monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
+    model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
+                      ffn=512, vocab=97)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("x", 1),), batch=4, seq=5, warmup=0, repeats=1,
+                    phase="decode", context=5, generate=5)  # fmt: skip
+    m = run_plan(cfg, "static_products_decode", timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    assert m["decode_step"] == "eager (static step)"
+    assert m["decode_gemm"] == ("torch (in_major weights), gate/up with SiLU x up in one Triton "
+                                "kernel, o_proj over K in 4 and down_proj over K in 4 (float32 "
+                                "partials)"), m["decode_gemm"]
 
 
 # --- units ----------------------------------------------------------------------------------------

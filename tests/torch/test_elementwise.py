@@ -50,6 +50,16 @@ def test_compiled_elementwise_equals_the_eager_ops(fused, dtype, tol):
     same(fused.add_norm(x_fused, delta, w, 1e-5), layers.EAGER.add_norm(x_eager, delta, w, 1e-5))
     assert torch.equal(x_fused, x + delta)  # both update the residual stream in place
     assert torch.equal(x_eager, x + delta)
+    # the addend as float32 partial products (decode_products.split_product): their sum
+    # rounded once to the dtype, as the GEMM that makes them whole rounds its output
+    parts = torch.randn(3, 3, 1, 64, generator=g)
+    whole = parts.sum(0).to(dtype)
+    x_fused, x_eager, x_ref = x.clone(), x.clone(), x.clone()
+    same(fused.add_parts_norm(x_fused, parts, w, 1e-5),
+         layers.EAGER.add_parts_norm(x_eager, parts, w, 1e-5))
+    same(layers.EAGER.add_parts_norm(x.clone(), parts, w, 1e-5),
+         layers.EAGER.add_norm(x_ref, whole, w, 1e-5))
+    assert torch.equal(x_fused, x + whole) and torch.equal(x_eager, x + whole)
 
 
 def test_the_eager_ops_are_the_default_and_the_context_restores_them(fused):

@@ -112,16 +112,25 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     layer program (a rename there would silently price them as kernels again), and each is
     priced with no kernel start of its own: without the fusion the estimate grows by exactly
     their calls x the per-kernel start. A family with a q/k norm keeps RoPE apart (and gathers
-    its tables' rows: two more kernels per step)."""
+    its tables' rows: two more kernels per step); SiLU x up joins the gate/up GEMM's kernel at
+    up to 64 rows of a plain MLP."""
     from planc.cost import time as cost_time
-    from planc.layout.schedule import static_step_extra_kernels, static_step_fused
+    from planc.layout.schedule import (
+        static_step_extra_kernels,
+        static_step_fused,
+        static_step_gate_up_silu,
+    )
 
     spec, _ = resolve_text(decode_plan("  mesh dp=1\n"))
     plan = spec.plans[0]
     graph = lower(plan)
     assert cost_time.static_decode(graph) and not cost_time.qk_norm_of(graph)
-    fused = static_step_fused(False)
-    assert static_step_fused(True) == fused - {"rope_q", "rope_k"}
+    assert cost_time.dense_mlp_of(graph)
+    fused = static_step_fused(False, True)
+    assert static_step_fused(True, True) == fused - {"rope_q", "rope_k"}
+    assert static_step_fused(False, False) == fused - {"silu_mul"}
+    assert static_step_gate_up_silu(64, True) and not static_step_gate_up_silu(65, True)
+    assert not static_step_gate_up_silu(8, False)
     assert static_step_extra_kernels(1, True) == static_step_extra_kernels(1, False) + 2
     ops = {o.name.removeprefix("decode_"): o for o in graph.classes[0].ops
            if o.name.startswith("decode_")}
@@ -129,7 +138,7 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     rates = cost_time.rates_of(plan)
     e = rates.efficiency or cost_time.Efficiency()
     with_fusion = cost_time.step_estimate(graph, rates, phase="decode")
-    monkeypatch.setattr(cost_time, "static_step_fused", lambda qk_norm: frozenset())
+    monkeypatch.setattr(cost_time, "static_step_fused", lambda *a: frozenset())
     without = cost_time.step_estimate(graph, rates, phase="decode")
     calls = sum(ops[n].calls for n in fused) / cost_time.phase_steps(graph, "decode")
     assert without - with_fusion == pytest.approx(calls * e.graph_op_overhead_s, rel=1e-9)

@@ -40,9 +40,22 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor
 
-from planc.backends.torch.runtime import decode_gemm, decode_kernels, layers, vocab_parallel
-from planc.backends.torch.runtime.layers import Attention, GatedMLP, LocalCore, Rope, rope_tables
-from planc.layout.schedule import static_step_reason
+from planc.backends.torch.runtime import (
+    decode_gemm,
+    decode_kernels,
+    decode_products,
+    layers,
+    vocab_parallel,
+)
+from planc.backends.torch.runtime.layers import (
+    Attention,
+    GatedMLP,
+    Linear,
+    LocalCore,
+    Rope,
+    rope_tables,
+)
+from planc.layout.schedule import static_step_gate_up_silu, static_step_reason
 from planc.layout.strategies import attention_core
 
 if TYPE_CHECKING:
@@ -150,14 +163,37 @@ class StaticStep:
         self.fused_rope = (self.kernel == "triton_flash_decode"
                            and all(a.qk_norm is None for a in model.attns)
                            and os.environ.get("PLANC_DECODE_ROPE", "") != "separate")
+        # Beside the Triton attention (decode_products' docstring has the measurements): the
+        # gate/up GEMM with SiLU x up in its epilogue (one Triton kernel for two) where the MLP's
+        # weights are plain, and o_proj / down_proj split over K by the step, their float32
+        # partials summed by the residual add + norm after them (no split-K reduce kernel),
+        # where the product is not all-reduced (decode_products.splits: how many parts).
+        # PLANC_DECODE_PRODUCTS=cublas keeps cuBLAS's products and SiLU x up, for measuring.
+        self.products = (self.kernel == "triton_flash_decode" and not self.stream_gemm
+                         and os.environ.get("PLANC_DECODE_PRODUCTS", "") != "cublas")
+        self.gate_up_silu = self.products and static_step_gate_up_silu(r, all(
+            type(cast(GatedMLP, layer.mlp).gate_up) is Linear  # not an int8 / 2:4 linear
+            for layer in model.layers))
+        self.parts = {"o_proj": 1, "down_proj": 1}
+        if self.products and model.layers:
+            attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)
+            if type(attn.wo) is Linear and attn.out_group is None:
+                self.parts["o_proj"] = decode_products.splits("o_proj", r, attn.wo.weight.shape[1])
+            if self.gate_up_silu and type(mlp.down) is Linear and mlp.group is None:
+                self.parts["down_proj"] = decode_products.splits("down_proj", r,
+                                                                 mlp.down.weight.shape[1])
 
     @property
     def gemm(self) -> str | dict[str, str]:
         """The step's GEMM kernels, for the run's metrics: per shape when timed."""
         layout = layers.weight_layout(self.ctx.device)  # how the plain linears' weights lie
-        if not self.use_graphs:
-            return f"torch ({layout} weights)"
-        return decode_gemm.choices() if self.stream_gemm else f"cublas ({layout} weights)"
+        if self.stream_gemm:
+            return decode_gemm.choices()
+        what = f"{'cublas' if self.use_graphs else 'torch'} ({layout} weights)"
+        if self.gate_up_silu:
+            what += ", gate/up with SiLU x up in one Triton kernel"
+        split = [f"{p} over K in {n}" for p, n in self.parts.items() if n > 1]
+        return what + (", " + " and ".join(split) + " (float32 partials)" if split else "")
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
@@ -267,9 +303,9 @@ class StaticStep:
         h = ops.norm(x, model.attns[0].norm.weight, model.attns[0].norm.eps)
         for i, (layer, attn, (k, v)) in enumerate(zip(model.layers, model.attns, model.cache)):
             o = self._attention(attn, h, cos, sin, k[rows], v[rows], st, n_read)
-            h = ops.add_norm(x, o, norms[i].weight, norms[i].eps)
-            o = cast(GatedMLP, layer.mlp).from_normed(h)
-            h = ops.add_norm(x, o, after_mlp[i].weight, after_mlp[i].eps)
+            h = self._add_norm(x, o, norms[i])
+            o = self._mlp(cast(GatedMLP, layer.mlp), h)
+            h = self._add_norm(x, o, after_mlp[i])
         tok = model.next_tokens(h, False)
         if self.triton_end:  # the token's copies and the counters in one kernel
             decode_kernels.finish_step_triton(tok, st.tok, self.tokens[rows], st.pos, st.slot,
@@ -278,6 +314,24 @@ class StaticStep:
         st.tok.copy_(tok[:, None])
         self.tokens[rows].index_copy_(1, st.col, st.tok)
         st.advance()
+
+    def _add_norm(self, x: Tensor, o: Tensor, norm: layers.RMSNorm) -> Tensor:
+        """x += o (a block's output, or its float32 partial products [parts, *x.shape]: one
+        dimension more), then `norm` of x."""
+        if o.dim() > x.dim():
+            return self.ops.add_parts_norm(x, o, norm.weight, norm.eps)
+        return self.ops.add_norm(x, o, norm.weight, norm.eps)
+
+    def _mlp(self, mlp: GatedMLP, h: Tensor) -> Tensor:
+        """The MLP block's output for its normed input h: reduced, or the down product's
+        float32 partials when the step splits it (self.parts)."""
+        if not self.gate_up_silu:
+            return mlp.from_normed(h)
+        act = decode_products.gate_up_silu(h, cast(Linear, mlp.gate_up).weight)
+        if self.parts["down_proj"] > 1:
+            return decode_products.split_product(act, cast(Linear, mlp.down).weight,
+                                                 self.parts["down_proj"])
+        return mlp.reduced_down(act)
 
     def _attention(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
                    v_cache: Tensor, st: StepState, n_read: int) -> Tensor:
@@ -296,7 +350,11 @@ class StaticStep:
             else:
                 o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
             del q
-        return attn.output(o.reshape(o.shape[0], 1, -1))
+        o = o.reshape(o.shape[0], 1, -1)
+        if self.parts["o_proj"] > 1:  # its partials, which the add + norm after it sums
+            return decode_products.split_product(o, cast(Linear, attn.wo).weight,
+                                                 self.parts["o_proj"])
+        return attn.output(o)
 
     def _rotated_q(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
                    v_cache: Tensor, slot: Tensor) -> Tensor:

@@ -229,6 +229,12 @@ def _add_norm_eager(x: Tensor, delta: Tensor, w: Tensor, eps: float) -> Tensor:
     return _norm_eager(x.add_(delta), w, eps)
 
 
+def _add_parts_norm_eager(x: Tensor, parts: Tensor, w: Tensor, eps: float) -> Tensor:
+    """x += the sum of float32 partial products parts [S, *x.shape] rounded once to x's dtype
+    (decode_products.split_product: the GEMM's output rounding), then the next norm of x."""
+    return _norm_eager(x.add_(parts.sum(0).to(x.dtype)), w, eps)
+
+
 def _silu_mul_eager(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
@@ -252,6 +258,10 @@ def _add_norm_fused(x: Tensor, delta: Tensor, w: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x, (x.shape[-1],), eps=eps) * w
 
 
+def _add_parts_norm_fused(x: Tensor, parts: Tensor, w: Tensor, eps: float) -> Tensor:
+    return _add_norm_fused(x, parts.sum(0).to(x.dtype), w, eps)
+
+
 def _silu_mul_fused(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -260,7 +270,8 @@ def _silu_mul_fused(gate_up: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Elementwise:
     """A layer's elementwise math (RMSNorm with its scale, RoPE, SiLU x up, and the residual
-    add with the next norm, which the static decode step calls). EAGER is torch's
+    add with the next norm, which the static decode step calls, its addend a tensor or the
+    float32 partial products of a GEMM split over K, decode_products). EAGER is torch's
     ops, in place where they can be: what every phase runs and what planc/cost's buffers count.
     `compiled_elementwise()` is torch.compile of the same math, one fused kernel per call where eagerly it
     launches two (the norm), five (RoPE) or two (SiLU x up): it pays inside the static decode
@@ -272,9 +283,11 @@ class Elementwise:
     rope: Callable[[Tensor, Tensor, Tensor], Tensor]
     silu_mul: Callable[[Tensor], Tensor]
     add_norm: Callable[[Tensor, Tensor, Tensor, float], Tensor]
+    add_parts_norm: Callable[[Tensor, Tensor, Tensor, float], Tensor]
 
 
-EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager, _add_norm_eager)
+EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager, _add_norm_eager,
+                    _add_parts_norm_eager)
 _ops = EAGER
 
 
@@ -294,7 +307,8 @@ def compiled_elementwise() -> Elementwise:
         return cast(Callable[..., Tensor],
                     torch.compile(f, dynamic=False, fullgraph=True, options=exact or None))
 
-    return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused), c(_add_norm_fused))
+    return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused), c(_add_norm_fused),
+                       c(_add_parts_norm_fused))
 
 
 @contextmanager
@@ -451,10 +465,15 @@ class GatedMLP(nn.Module):
         if isinstance(self.down, Linear):  # a plain weight: in the static decode step the
             # SiLU x up may be made inside the down GEMM (decode_gemm.gated_linear)
             out = decode_gemm.gated_linear(gate_up, self.down.weight, _ops.silu_mul)
-        else:
-            out = self.down(_ops.silu_mul(gate_up))
+            del gate_up
+            return all_reduce(out, self.group)
+        act = _ops.silu_mul(gate_up)
         del gate_up
-        return all_reduce(out, self.group)
+        return self.reduced_down(act)
+
+    def reduced_down(self, act: Tensor) -> Tensor:
+        """down_proj of silu(gate) * up, all-reduced over the block's group."""
+        return all_reduce(self.down(act), self.group)
 
 
 class DecoderLayer(nn.Module):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from planc.backends.torch.runtime.config import RunConfig
 from planc.layout import mesh, slices
+from planc.layout.schedule import micro_rows
 from planc.layout.stages import stage_layers
 from planc.layout.vocab import VocabSlice, vocab_slice
 
@@ -76,7 +77,7 @@ class Layout:
 
     @property
     def micro_rows(self) -> int:
-        return len(self.batch_rows) // self.cfg.microbatches
+        return micro_rows(self.cfg.batch, self.parts("batch"), self.cfg.microbatches)
 
     @property
     def positions(self) -> list[int]:

@@ -1,4 +1,4 @@
-"""decode_mlp.gate_up_silu: SiLU x up in the gate/up GEMM's epilogue, against the eager ops
+"""decode_products.gate_up_silu: SiLU x up in the gate/up GEMM's epilogue, against the eager ops
 (F.linear, F.silu, the multiply, each rounded to the dtype) on a float64 product, in Triton's
 interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET=1 without an NVIDIA GPU) or
 on CUDA. Tiny shapes: rows 1, 3 and 16, ffn and hidden multiples and non-multiples of the
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from planc.backends.torch.runtime import decode_mlp as dm
+from planc.backends.torch.runtime import decode_products as dm
 
 
 @pytest.fixture
@@ -68,3 +68,32 @@ def test_leading_dims_default_config_and_fallback(device, monkeypatch):
     assert not dm.usable(big, w)
     monkeypatch.setattr(dm, "_kernel", lambda: pytest.fail("the kernel ran beyond MAX_M"))
     torch.testing.assert_close(dm.gate_up_silu(big, w), dm.gate_up_silu_eager(big, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("in_major", [False, True], ids=["out_major", "in_major"])
+@pytest.mark.parametrize("parts", [1, 2, 4])
+def test_split_product_partials_sum_to_the_product(parts, in_major, dtype):
+    """split_product's float32 partials: each the product over its slice of K (float64
+    reference), their sum the whole product; views only (the operands are not copied)."""
+    gen = torch.Generator().manual_seed(parts)
+    x = torch.randn(3, 1, 64, generator=gen).to(dtype)
+    w = torch.randn(24, 64, generator=gen).to(dtype)
+    if in_major:
+        w = w.t().contiguous().t()
+    out = dm.split_product(x, w, parts)
+    assert out.shape == (parts, 3, 1, 24) and out.dtype == torch.float32
+    xd, wd = x.double(), w.double()
+    step = 64 // parts
+    for i in range(parts):
+        ref = xd[..., i * step:(i + 1) * step] @ wd[:, i * step:(i + 1) * step].T
+        torch.testing.assert_close(out[i].double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.sum(0).double(), xd @ wd.T, rtol=1e-5, atol=1e-4)
+
+
+def test_splits_rule():
+    """4 parts at few rows, 2 for down_proj and none for o_proj at 64; none when a part's K
+    would not be a multiple of SPLIT_ALIGN."""
+    assert dm.splits("down_proj", 1, 14336) == 4 and dm.splits("o_proj", 8, 4096) == 4
+    assert dm.splits("down_proj", 64, 14336) == 2 and dm.splits("o_proj", 64, 4096) == 1
+    assert dm.splits("down_proj", 8, 64 * 3) == 1 and dm.splits("down_proj", 64, 64 * 3) == 1

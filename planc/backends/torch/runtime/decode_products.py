@@ -1,19 +1,32 @@
-"""The static decode step's gated MLP in fewer kernels: gate/up with SiLU x up in its epilogue.
+"""The static decode step's GEMMs in fewer kernels than cuBLAS alone runs them.
 
-Why: at a Llama-3-8B decode step cuBLAS runs the MLP as four kernels after its norm: the fused
-gate/up GEMM, SiLU x up (an elementwise kernel), the down GEMM and, from 1 to 64 rows, the
-split-K reduce kernel cuBLAS adds to it. Every kernel of a graph-replayed step costs a start
-and a drain of a few microseconds beside its bytes (planc/cost/time.py, graph_op_overhead_s).
-`gate_up_silu` makes silu(x @ W_gate^T) * (x @ W_up^T) in one Triton kernel: each program
-computes the gate columns and the matching up columns of its tile and writes their product, so
-the [rows, 2 ffn] gate/up output and the elementwise kernel are gone.
+Why: every kernel of a graph-replayed decode step costs a start and a drain of a few
+microseconds beside its bytes (planc/cost/time.py, graph_op_overhead_s), and at a Llama-3-8B
+decode step cuBLAS runs the gated MLP as four kernels after its norm (the fused gate/up GEMM,
+SiLU x up as an elementwise kernel, the down GEMM and, at every batch measured, the split-K
+reduce kernel it adds to the down GEMM; at 1 and 8 rows to o_proj too). Two changes, each
+measured in a CUDA graph over a ring of weights larger than the L2 cache
+(benchmarks/results/h200_decode_splitk_run18.json, h200_decode_mlp_run19.json):
 
-What it guarantees: the same rounding steps as the eager ops (layers.EAGER): the gate and up
-products summed in float32 and rounded to the dtype (as cuBLAS's output), F.silu of the rounded
-gate rounded, times the rounded up, rounded; only the GEMM's summation order differs.
+- `gate_up_silu`: silu(x @ W_gate^T) * (x @ W_up^T) in one Triton kernel. Each program computes
+  a tile of gate columns and the matching up columns and writes their product, so the
+  [rows, 2 ffn] gate/up output and the elementwise kernel are gone: 59.1 against 66.4 us
+  (cuBLAS + the compiled SiLU x up) at 64 rows, 57.8 against 60.6 at 8, 57.2 against 60.0 at 1.
+- `split_product`: x @ W^T as S products over K / S each (torch.bmm of views: no copies), with
+  float32 partials [S, ..., N] that the residual add + norm after it sums (layers.Elementwise.
+  add_parts_norm), so the split-K reduce kernel is gone: down_proj 32.4 against 35.0 us at 64
+  rows (S 2; the add + norm 3.1 against 2.7 us), 30.9 against 32.5 at 8 and 30.0 against 32.5
+  at 1 (S 4); o_proj 10.8 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no gain at
+  64 (11.6 against 11.7: S 1 there). `splits` is that rule.
 
-The weight: the fused gate/up linear's [2 ffn, hidden] weight as layers.laid_out stores it
-(either layout: the kernel takes its strides); gate rows [0, ffn), up rows [ffn, 2 ffn).
+What they guarantee: the eager ops' rounding steps (layers.EAGER): products summed in float32
+and rounded once to the dtype where the eager GEMM rounds its output (the partials' sum is
+rounded by the add + norm before the add), F.silu of the rounded gate rounded, times the rounded
+up, rounded; only the order of the float32 sums differs.
+
+Weights: a plain linear's [out, in] weight as layers.laid_out stores it (either layout: the
+kernel and the views take its strides); the fused gate/up weight's gate rows [0, ffn), up rows
+[ffn, 2 ffn).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from planc.backends.torch.runtime.decode_kernels import interpreting
+from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton
@@ -32,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     tl = None
 
 MIN_M = 16  # tl.dot needs >= 16 rows: x is padded up to this
-MAX_M = 64  # more rows: the eager pair (gate/up GEMM, then SiLU x up)
+MAX_M = GATE_UP_SILU_MAX_ROWS  # more rows: the eager pair (gate/up GEMM, then SiLU x up)
 INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
 
 
@@ -126,7 +140,42 @@ def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None
 
 
 def config_for(rows: int) -> dict[str, int]:
-    """The kernel's tile for `rows` rows (measured: benchmarks/decode_splitk_h200.py)."""
+    """The kernel's tile: one for every row count, the fastest at 1 and 64 rows and within
+    0.3 us of the fastest at 8 of the tiles timed (h200_decode_mlp_run19.json: BLOCK_N 32..128,
+    BLOCK_K 64..256, 4 or 8 warps, 3..6 stages)."""
+    del rows  # the same tile served 1, 8 and 64 rows
     if interpreting():
         return dict(INTERPRETER_CONFIG)
-    return {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+
+
+# --------------------------------------------------------------------------------------------
+# Split-K by the caller
+
+
+SPLIT_ALIGN = 64  # each part's K: a multiple of this (cuBLAS's K tile), else no split
+
+
+def splits(product: str, rows: int, k: int) -> int:
+    """Parts of K for `product` ("o_proj" or "down_proj") at `rows` rows and inner size k
+    (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM."""
+    s = 4 if rows <= 16 else (2 if product == "down_proj" else 1)
+    return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
+
+
+def split_product(x: Tensor, weight: Tensor, parts: int) -> Tensor:
+    """The float32 partial products [parts, ..., N] of x [..., K] @ weight [N, K]^T over
+    `parts` equal slices of K: views of x and weight, one batched GEMM. Their sum is
+    F.linear(x, weight) before its rounding to x's dtype."""
+    n, k = weight.shape
+    assert k % parts == 0 and x.shape[-1] == k
+    x2 = x.reshape(-1, k)
+    xs = x2.view(x2.shape[0], parts, k // parts).transpose(0, 1)  # [parts, rows, K / parts]
+    ws = weight.t().view(parts, k // parts, n)  # either layout: a view
+    if x.dtype == torch.float32:
+        out = torch.bmm(xs, ws)
+    elif x.is_cuda:
+        out = torch.bmm(xs, ws, out_dtype=torch.float32)
+    else:  # no float32-output bmm off CUDA: exact products of the upcast operands
+        out = torch.bmm(xs.float(), ws.float())
+    return out.view(parts, *x.shape[:-1], n)
