@@ -20,7 +20,9 @@ h200_decode_profile_run9_b64_{stream,cublas}.json, Llama-3-8B cut to 4 layers, b
 picks (this kernel for gate/up, the gated down and the lm_head) took 883 us of GEMM kernels per
 replayed step against cuBLAS's 771 us, though each was faster in isolation. So the static step runs cuBLAS
 and uses this module only with PLANC_DECODE_GEMM=timed (runtime/decode_step.py): kept to
-measure with, not as the default, until a kernel is faster where it runs.
+measure with, not as the default, until a kernel is faster where it runs. (What did pay inside
+the graph is decode_products: a gate/up kernel with SiLU x up in its epilogue, and splitting
+o_proj / down_proj over K with their partials summed by the add + norm after them.)
 
 What `skinny_linear(x, weight)` guarantees:
 
