@@ -139,8 +139,9 @@ class StaticStep:
         if self.use_graphs and os.environ.get("PLANC_DECODE_COMPILE", "1") != "0":
             self.ops = layers.compiled_elementwise()
             self.mode = "cuda_graph+compiled elementwise"
-        # cuBLAS for every GEMM. PLANC_DECODE_GEMM=timed lets each GEMM shape run planc's
-        # weight-streaming kernel where its first product times faster in isolation
+        # cuBLAS for the GEMMs decode_products (below) does not run. PLANC_DECODE_GEMM=timed
+        # lets each GEMM shape run planc's weight-streaming kernel where its first product
+        # times faster in isolation
         # (decode_gemm's docstring): off by default, since inside the step's graph those picks
         # were slower, 883 against 771 us of GEMMs per replayed step of 4 layers at batch 64
         # (benchmarks/results/h200_decode_profile_run9_b64_*.json).
