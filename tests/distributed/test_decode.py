@@ -12,7 +12,6 @@ shared cores.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,16 @@ def test_gather_over_sp2_x_pipeline_2_contiguous_chunks_generates_hf_tokens(run_
     assert_decode_metrics(run_plan(cfg, "gather2xpp2_decode", timeout_s=240), cfg)
 
 
+def gpu_path_in_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the static step's GPU path (the Triton kernels, the GPU's input-major weights) in
+    Triton's interpreter on CPU tensors; skip where there is none (an NVIDIA GPU's machine)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
+    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
+    monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("kernel", ["default", "triton_flash_decode"])
 def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
@@ -130,11 +139,7 @@ def test_static_steps_of_two_microbatches_with_a_vocab_split_generate_hf_tokens(
     RoPE and the cache write inside its kernel, the linears' weights stored input-major) runs whole, in Triton's
     interpreter on CPU tensors."""
     if kernel != "default":
-        pytest.importorskip("triton")
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
-        monkeypatch.setenv("PLANC_DECODE_ATTENTION", kernel)
-        monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")  # the GPU's weight layout too
+        gpu_path_in_the_interpreter(monkeypatch)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
                       ffn=128, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=4, seq=7,
@@ -160,11 +165,7 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     weights, and at the step's end the Triton argmax over the whole vocabulary and the one
     kernel that writes the token and advances the counters) in Triton's interpreter: tensor
     parallel heads and ffn, the vocabulary whole on each rank, equal to HF generate."""
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
-    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
-    monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
+    gpu_path_in_the_interpreter(monkeypatch)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
                       ffn=128, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("tp", 2),), batch=2, seq=5,
@@ -182,11 +183,7 @@ def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monke
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K in 4
     (4 rows; their K 256 and 512 take 4 parts of 64), their float32 partials summed by the
     residual add + norm; equal to HF generate token for token."""
-    pytest.importorskip("triton")
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs Triton's interpreter (a machine without an NVIDIA GPU)")
-    monkeypatch.setenv("PLANC_DECODE_ATTENTION", "triton_flash_decode")
-    monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", "in_major")
+    gpu_path_in_the_interpreter(monkeypatch)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
                       ffn=512, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("x", 1),), batch=4, seq=5, warmup=0, repeats=1,

@@ -200,22 +200,6 @@ def test_default_splits_fill_the_device_within_the_tiles():
     assert dk.default_splits(100, 1, cpu) == 2  # no more splits than tiles
 
 
-@pytest.fixture
-def triton_device(monkeypatch) -> str:
-    """Where the Triton kernel runs: CUDA, else the interpreter on CPU (env var scoped to the
-    test; the kernels are built on first use under each mode)."""
-    if not dk.available():
-        pytest.skip("triton is not installed")
-    if torch.cuda.is_available():
-        return "cuda"
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(dk.triton.language.standard.cdiv, InterpretedFunction):
-        pytest.skip("no CUDA, and triton was imported before this module outside interpreter "
-                    "mode (its standard library is not interpretable then)")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return "cpu"
-
-
 TRITON_SHAPES = [(1, 1, False, 16, None), (3, 4, True, 16, 3), (3, 1, True, 64, None),
                  (1, 4, True, 64, 2), (3, 4, False, 64, 1)]
 

@@ -14,17 +14,9 @@ from planc.backends.torch.runtime import decode_products as dm
 
 
 @pytest.fixture
-def device(monkeypatch) -> str:
-    """Where the Triton kernel runs: CUDA, else the interpreter on CPU."""
-    if dm.triton is None:
-        pytest.skip("triton is not installed")
-    if torch.cuda.is_available():
-        return "cuda"
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(dm.triton.language.standard.cdiv, InterpretedFunction):
-        pytest.skip("no CUDA, and triton was imported outside interpreter mode")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return "cpu"
+def device(triton_device: str) -> str:
+    """tests/torch/conftest.py's triton_device: CUDA, else Triton's interpreter on CPU."""
+    return triton_device
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
