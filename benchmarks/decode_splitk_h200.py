@@ -19,6 +19,12 @@ Three questions, Llama-3-8B shapes, bf16:
 3. The attention kernel's tile at batch 64 (RoPE fused, the runtime's kernel): every forced
    (BLOCK_N, num_warps, num_stages) and splits 1 and 2, against the autotuner's pick; and a plain
    read of 1 GiB (a Triton sum kernel) as the rate a read reaches on this machine.
+
+Run 18 timed questions 1-3, run 19 `--parts mlp` (decode_products.gate_up_silu over forced tiles
+against cuBLAS's gate/up + SiLU x up). Not timed yet, for the next lease:
+`--parts attention --attention-sweep warps` (1 or 2 warps per attention program, BLOCK_N 16-64,
+1-4 stages) and `--parts gemm --triton-split` (a Triton split-K candidate for q/k/v, o_proj and
+down_proj with its tiles chosen here, `_split_linear_body`, against cuBLAS and the bmm split).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from graph_timer import us_per_call
+
+try:  # the GPU machine's torch brings triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - a machine without triton cannot run this script
+    tl = None
 
 from planc.backends.torch.runtime import decode_kernels as dk
 from planc.backends.torch.runtime import layers
@@ -66,7 +77,60 @@ def ring_us(fn: object, ws: list[torch.Tensor]) -> float:
     return us_per_call(calls, calls[:1], WARMUP, TIMED)
 
 
-def gemm_records() -> list[dict]:
+def _split_linear_body(X, W, P, M, N, K, sx_m, sw_n, sw_k, sp_s, sp_m,
+                       M_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, SPLITS: tl.constexpr):
+    """A candidate, not in planc yet: program (n block, split) writes the float32 partial
+    product of its slice of K, P[split] = x[:, K slice] @ W[n block, K slice]^T (the contract
+    of decode_products.split_product, in Triton: its tiles chosen here, not by cuBLAS)."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, M_PAD)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    cols = offs_n.to(tl.int64)
+    n_tiles = tl.cdiv(K, BLOCK_K)
+    per = tl.cdiv(n_tiles, SPLITS)
+    t_lo = split * per
+    t_hi = tl.minimum(t_lo + per, n_tiles)
+    acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
+    for t in range(t_lo, t_hi):
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        x = tl.load(X + offs_m[:, None] * sx_m + offs_k[None, :],
+                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(W + cols[None, :] * sw_n + offs_k[:, None] * sw_k,
+                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc += tl.dot(x, w)
+    tl.store(P + split * sp_s + offs_m[:, None] * sp_m + offs_n[None, :], acc,
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+_SPLIT_LINEAR: list = []
+
+
+def triton_split_linear(x: torch.Tensor, w_kn: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """[S, M, N] float32 partials of x [M, K] @ w_kn [K, N] by _split_linear_body."""
+    import triton
+
+    if not _SPLIT_LINEAR:
+        _SPLIT_LINEAR.append(triton.jit(_split_linear_body))
+    m, k = x.shape
+    n = w_kn.shape[1]
+    s = cfg["SPLITS"]
+    p = torch.empty(s, m, n, device=x.device, dtype=torch.float32)
+    _SPLIT_LINEAR[0][(triton.cdiv(n, cfg["BLOCK_N"]), s)](
+        x, w_kn, p, m, n, k, x.stride(0), w_kn.stride(1), w_kn.stride(0), p.stride(0),
+        p.stride(1), M_PAD=max(16, 1 << (m - 1).bit_length()), **cfg)
+    return p
+
+
+TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): not timed yet
+    (s, n, k, 4, st) for s in (1, 2, 4) for n in (64, 128) for k in (64, 128) for st in (3, 4)]
+
+
+def gemm_records(triton_split: bool = False) -> list[dict]:
     out = []
     for name, (k, n) in GEMMS.items():
         ws = ring(k, n)
@@ -81,6 +145,12 @@ def gemm_records() -> list[dict]:
                     if s in (2, 4):
                         variants[f"bmm_s{s}_bf16"] = \
                             lambda w, s=s, x=x: split_product(x, w, s, False)
+            if triton_split and name != "gate_up":
+                for sk, bn, bk, warps, stages in TRITON_SPLIT_TILES:
+                    cfg = {"SPLITS": sk, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
+                           "num_stages": stages}
+                    variants[f"triton_s{sk}_n{bn}_k{bk}_w{warps}_st{stages}"] = \
+                        lambda w, x=x, cfg=cfg: triton_split_linear(x, w, cfg)
             for v, fn in variants.items():
                 rec = {"part": "gemm", "gemm": name, "M": m, "K": k, "N": n, "variant": v}
                 try:
@@ -140,7 +210,17 @@ def consumer_records() -> list[dict]:
     return out
 
 
-def attention_records() -> list[dict]:
+ATTENTION_SWEEPS = {
+    # run 18: (splits, BLOCK_N, num_warps, num_stages)
+    "run18": [(s, n, w, st) for s in (1, 2) for n in (32, 64, 128) for w in (4, 8)
+              for st in (2, 3, 4)],
+    # fewer warps per program (more programs resident per SM) and shallower or deeper
+    # pipelines, one split: not timed yet
+    "warps": [(1, n, w, st) for n in (16, 32, 64) for w in (1, 2) for st in (1, 2, 3, 4)],
+}
+
+
+def attention_records(sweep: str = "run18") -> list[dict]:
     import triton
 
     b, heads, kv, d, cap = 64, 32, 8, 128, 2080
@@ -175,45 +255,42 @@ def attention_records() -> list[dict]:
 
     jit = triton.jit(dk._attn_partials_body, do_not_specialize=["gap_hi"])
     merge = dk._kernels()[1]
-    for splits in (1, 2):
-        for bn in (32, 64, 128):
-            for warps in (4, 8):
-                for stages in (2, 3, 4):
-                    o = torch.empty(b, heads, d, device="cuda", dtype=torch.bfloat16)
-                    if splits == 1:
-                        part, lse = o.unsqueeze(2), o.new_empty(1, dtype=torch.float32)
-                    else:
-                        part = torch.empty(b, heads, splits, d, device="cuda",
-                                           dtype=torch.float32)
-                        lse = torch.empty(b, heads, splits, device="cuda", dtype=torch.float32)
+    for splits, bn, warps, stages in ATTENTION_SWEEPS[sweep]:
+        o = torch.empty(b, heads, d, device="cuda", dtype=torch.bfloat16)
+        if splits == 1:
+            part, lse = o.unsqueeze(2), o.new_empty(1, dtype=torch.float32)
+        else:
+            part = torch.empty(b, heads, splits, d, device="cuda",
+                               dtype=torch.float32)
+            lse = torch.empty(b, heads, splits, device="cuda", dtype=torch.float32)
 
-                    def call(part=part, lse=lse, o=o, splits=splits, bn=bn, warps=warps,
-                             stages=stages) -> torch.Tensor:
-                        jit[(b * kv, splits)](
-                            qkv, kc, vc, lengths, gap_lo, 2048, part, lse, d ** -0.5,
-                            qkv.stride(0), qkv.stride(1), *kc.stride()[:3], *vc.stride()[:3],
-                            part.stride(0), part.stride(1), part.stride(2),
-                            *((lse.stride(0), lse.stride(1)) if splits > 1 else (0, 0)),
-                            cos, sin, pos, slot, cos.stride(0),
-                            KV=kv, G=g, G_PAD=16, D=d, BLOCK_D=d, BLOCK_N=bn, SPLITS=splits,
-                            DOT_F32=False, WRITE_LSE=splits > 1, ROPE=True,
-                            num_warps=warps, num_stages=stages)
-                        if splits > 1:
-                            merge[(b * heads,)](
-                                part, lse, o, part.stride(0), part.stride(1), part.stride(2),
-                                lse.stride(0), lse.stride(1), o.stride(0), o.stride(1),
-                                HEADS=heads, D=d, BLOCK_D=d, SPLITS=splits, S_PAD=splits)
-                        return o
-                    rec = {"part": "attention", "variant": f"s{splits} n{bn} w{warps} st{stages}"}
-                    try:
-                        err = (call().float() - ref).abs().max().item()
-                        us = us_per_call([call] * 8, [call, call], WARMUP, TIMED)
-                    except Exception as e:  # noqa: BLE001 - out of shared memory, etc.
-                        out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
-                        continue
-                    out.append({**rec, "us": us, "TBps": kv_bytes / us / 1e6, "err": err})
-                    print(f"attention {rec['variant']:18} {us:8.2f} us "
-                          f"{kv_bytes/us/1e6:5.2f} TB/s err {err:.1e}", flush=True)
+        def call(part=part, lse=lse, o=o, splits=splits, bn=bn, warps=warps,
+                 stages=stages) -> torch.Tensor:
+            jit[(b * kv, splits)](
+                qkv, kc, vc, lengths, gap_lo, 2048, part, lse, d ** -0.5,
+                qkv.stride(0), qkv.stride(1), *kc.stride()[:3], *vc.stride()[:3],
+                part.stride(0), part.stride(1), part.stride(2),
+                *((lse.stride(0), lse.stride(1)) if splits > 1 else (0, 0)),
+                cos, sin, pos, slot, cos.stride(0),
+                KV=kv, G=g, G_PAD=16, D=d, BLOCK_D=d, BLOCK_N=bn, SPLITS=splits,
+                DOT_F32=False, WRITE_LSE=splits > 1, ROPE=True,
+                num_warps=warps, num_stages=stages)
+            if splits > 1:
+                merge[(b * heads,)](
+                    part, lse, o, part.stride(0), part.stride(1), part.stride(2),
+                    lse.stride(0), lse.stride(1), o.stride(0), o.stride(1),
+                    HEADS=heads, D=d, BLOCK_D=d, SPLITS=splits, S_PAD=splits)
+            return o
+        rec = {"part": "attention", "variant": f"s{splits} n{bn} w{warps} st{stages}"}
+        try:
+            err = (call().float() - ref).abs().max().item()
+            us = us_per_call([call] * 8, [call, call], WARMUP, TIMED)
+        except Exception as e:  # noqa: BLE001 - out of shared memory, etc.
+            out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        out.append({**rec, "us": us, "TBps": kv_bytes / us / 1e6, "err": err})
+        print(f"attention {rec['variant']:18} {us:8.2f} us "
+              f"{kv_bytes/us/1e6:5.2f} TB/s err {err:.1e}", flush=True)
     return out
 
 
@@ -299,11 +376,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp")
+    ap.add_argument("--attention-sweep", default="run18", choices=sorted(ATTENTION_SWEEPS))
+    ap.add_argument("--triton-split", action="store_true",
+                    help="gemm part: also the Triton split-K candidate over TRITON_SPLIT_TILES")
     args = ap.parse_args()
     parts = args.parts.split(",")
     records: list[dict] = []
-    for name, fn in (("read", read_records), ("attention", attention_records),
-                     ("consumer", consumer_records), ("gemm", gemm_records),
+    for name, fn in (("read", read_records),
+                     ("attention", lambda: attention_records(args.attention_sweep)),
+                     ("consumer", consumer_records),
+                     ("gemm", lambda: gemm_records(args.triton_split)),
                      ("mlp", mlp_records)):
         if name in parts:
             records += fn()
