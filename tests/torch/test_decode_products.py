@@ -47,6 +47,21 @@ def test_gate_up_silu_is_silu_of_gate_times_up(device, m, ffn, k, bn, bk, in_maj
                                atol=tol * ref.abs().max().item())
 
 
+def test_gate_up_silu_rounds_as_the_eager_ops_bit_for_bit(device):
+    """On CUDA, where a float32 -> bf16 cast rounds to nearest as torch's does: integer
+    operands make every float32 sum exact, so the kernel must give the eager ops' bits. Missing
+    the rounding of gate / up before F.silu or of F.silu's result changes some of them.
+    (Triton's interpreter casts by truncation: this runs on a GPU only.)"""
+    if device != "cuda":
+        pytest.skip("bit-exact bf16 rounding needs the GPU (the interpreter truncates)")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-3, 4, (64, 256), generator=gen).to(device, torch.bfloat16)
+    w = torch.randint(-2, 3, (2 * 192, 256), generator=gen).to(device, torch.bfloat16) / 8
+    for weight in (w, w.t().contiguous().t()):
+        y = dm.gate_up_silu(x, weight)
+        assert torch.equal(y, dm.gate_up_silu_eager(x, weight))
+
+
 def test_leading_dims_default_config_and_fallback(device, monkeypatch):
     """x [r, 1, hidden] as the decode step passes it, the default config; rows beyond MAX_M
     run the eager pair itself."""
@@ -62,25 +77,51 @@ def test_leading_dims_default_config_and_fallback(device, monkeypatch):
     torch.testing.assert_close(dm.gate_up_silu(big, w), dm.gate_up_silu_eager(big, w))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("in_major", [False, True], ids=["out_major", "in_major"])
 @pytest.mark.parametrize("parts", [1, 2, 4])
-def test_split_product_partials_sum_to_the_product(parts, in_major, dtype):
+def test_split_product_partials_sum_to_the_product(device, parts, in_major, dtype):
     """split_product's float32 partials: each the product over its slice of K (float64
-    reference), their sum the whole product; views only (the operands are not copied)."""
+    reference), their sum the whole product (on CUDA: bmm's float32 output; on the CPU: the
+    upcast operands)."""
     gen = torch.Generator().manual_seed(parts)
-    x = torch.randn(3, 1, 64, generator=gen).to(dtype)
-    w = torch.randn(24, 64, generator=gen).to(dtype)
+    x = torch.randn(3, 1, 64, generator=gen).to(device, dtype)
+    w = torch.randn(24, 64, generator=gen).to(device, dtype)
     if in_major:
         w = w.t().contiguous().t()
     out = dm.split_product(x, w, parts)
     assert out.shape == (parts, 3, 1, 24) and out.dtype == torch.float32
     xd, wd = x.double(), w.double()
+    out = out.cpu()
+    xd, wd = xd.cpu(), wd.cpu()
     step = 64 // parts
     for i in range(parts):
         ref = xd[..., i * step:(i + 1) * step] @ wd[:, i * step:(i + 1) * step].T
         torch.testing.assert_close(out[i].double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.sum(0).double(), xd @ wd.T, rtol=1e-5, atol=1e-4)
+
+
+def test_the_benchmarks_triton_split_candidate_sums_to_the_product(device):
+    """benchmarks/decode_splitk_h200.py's Triton split-K candidate (not in planc yet): its
+    partials over 1, 3 and 4 slices of K sum to the product, the last slice short or empty."""
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[2] / "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    import decode_splitk_h200 as bench
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 256, generator=gen).to(device)
+    w = torch.randn(256, 40, generator=gen).to(device)  # [K, N]
+    for cfg in ({"SPLITS": 1, "BLOCK_N": 16, "BLOCK_K": 32},
+                {"SPLITS": 3, "BLOCK_N": 16, "BLOCK_K": 64},
+                {"SPLITS": 4, "BLOCK_N": 32, "BLOCK_K": 16}):
+        p = bench.triton_split_linear(x, w, dict(cfg))
+        assert p.shape == (cfg["SPLITS"], 3, 40) and p.dtype == torch.float32
+        torch.testing.assert_close(p.sum(0), x @ w, rtol=1e-3, atol=1e-3)
 
 
 def test_splits_rule():

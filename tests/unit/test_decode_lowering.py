@@ -126,6 +126,10 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     graph = lower(plan)
     assert cost_time.static_decode(graph) and not cost_time.qk_norm_of(graph)
     assert cost_time.dense_mlp_of(graph)
+    for compress in ("  compress weights int8\n", "  compress mlp sparse 2:4\n"):
+        spec_c, diags = resolve_text(decode_plan("  mesh dp=1\n" + compress))
+        assert not diags.has_errors, [d.message for d in diags.items]
+        assert not cost_time.dense_mlp_of(lower(spec_c.plans[0])), compress
     fused = static_step_fused(False, True)
     assert static_step_fused(True, True) == fused - {"rope_q", "rope_k"}
     assert static_step_fused(False, False) == fused - {"silu_mul"}

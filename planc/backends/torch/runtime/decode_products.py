@@ -16,8 +16,9 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   float32 partials [S, ..., N] that the residual add + norm after it sums (layers.Elementwise.
   add_parts_norm), so the split-K reduce kernel is gone: down_proj 32.4 against 35.0 us at 64
   rows (S 2; the add + norm 3.1 against 2.7 us), 30.9 against 32.5 at 8 and 30.0 against 32.5
-  at 1 (S 4); o_proj 10.8 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no gain at
-  64 (11.6 against 11.7: S 1 there). `splits` is that rule.
+  at 1 (S 4); o_proj 10.75 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no gain
+  at 64 (11.6 against 11.7: S 1 there). `splits` is that rule (measured at 1, 8 and 64 rows;
+  9-16 and 17-63 rows follow their neighbours, not measured).
 
 What they guarantee: the eager ops' rounding steps (layers.EAGER): products summed in float32
 and rounded once to the dtype where the eager GEMM rounds its output (the partials' sum is
