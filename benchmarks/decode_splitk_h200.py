@@ -24,7 +24,9 @@ Run 18 timed questions 1-3, run 19 `--parts mlp` (decode_products.gate_up_silu o
 against cuBLAS's gate/up + SiLU x up). Not timed yet, for the next lease:
 `--parts attention --attention-sweep warps` (1 or 2 warps per attention program, BLOCK_N 16-64,
 1-4 stages) and `--parts gemm --triton-split` (a Triton split-K candidate for q/k/v, o_proj and
-down_proj with its tiles chosen here, `_split_linear_body`, against cuBLAS and the bmm split).
+down_proj with its tiles chosen here, `triton_split_linear`: decode_gemm's kernel on the
+input-major weight, against cuBLAS and the bmm split; with one split its timing includes a
+copy of the output into the partials' buffer).
 """
 
 from __future__ import annotations
@@ -42,11 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from graph_timer import us_per_call
-
-try:  # the GPU machine's torch brings triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - a machine without triton cannot run this script
-    tl = None
 
 from planc.backends.torch.runtime import decode_kernels as dk
 from planc.backends.torch.runtime import layers
@@ -77,52 +74,29 @@ def ring_us(fn: object, ws: list[torch.Tensor]) -> float:
     return us_per_call(calls, calls[:1], WARMUP, TIMED)
 
 
-def _split_linear_body(X, W, P, M, N, K, sx_m, sw_n, sw_k, sp_s, sp_m,
-                       M_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, SPLITS: tl.constexpr):
-    """A candidate, not in planc yet: program (n block, split) writes the float32 partial
-    product of its slice of K, P[split] = x[:, K slice] @ W[n block, K slice]^T (the contract
-    of decode_products.split_product, in Triton: its tiles chosen here, not by cuBLAS)."""
-    pid = tl.program_id(0)
-    split = tl.program_id(1)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, M_PAD)
-    n_ok = offs_n < N
-    m_ok = offs_m < M
-    cols = offs_n.to(tl.int64)
-    n_tiles = tl.cdiv(K, BLOCK_K)
-    per = tl.cdiv(n_tiles, SPLITS)
-    t_lo = split * per
-    t_hi = tl.minimum(t_lo + per, n_tiles)
-    acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
-    for t in range(t_lo, t_hi):
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        x = tl.load(X + offs_m[:, None] * sx_m + offs_k[None, :],
-                    mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(W + cols[None, :] * sw_n + offs_k[:, None] * sw_k,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc += tl.dot(x, w)
-    tl.store(P + split * sp_s + offs_m[:, None] * sp_m + offs_n[None, :], acc,
-             mask=m_ok[:, None] & n_ok[None, :])
-
-
-_SPLIT_LINEAR: list = []
-
-
 def triton_split_linear(x: torch.Tensor, w_kn: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """[S, M, N] float32 partials of x [M, K] @ w_kn [K, N] by _split_linear_body."""
+    """[S, M, N] float32 partials of x [M, K] @ w_kn [K, N] (the contract of
+    decode_products.split_product, its tiles chosen here, not by cuBLAS): decode_gemm's
+    weight-streaming kernel on the input-major weight, its split-K partials without the reduce
+    kernel (the add + norm after would sum them). A candidate, not in planc's step yet."""
     import triton
 
-    if not _SPLIT_LINEAR:
-        _SPLIT_LINEAR.append(triton.jit(_split_linear_body))
+    from planc.backends.torch.runtime import decode_gemm
+
+    gemm = decode_gemm._kernels()[0]
     m, k = x.shape
-    n = w_kn.shape[1]
-    s = cfg["SPLITS"]
+    w = w_kn.t()  # [N, K], strides (1, N)
+    n = w.shape[0]
+    cfg = dict(cfg)
+    s = cfg.pop("SPLITS")
     p = torch.empty(s, m, n, device=x.device, dtype=torch.float32)
-    _SPLIT_LINEAR[0][(triton.cdiv(n, cfg["BLOCK_N"]), s)](
-        x, w_kn, p, m, n, k, x.stride(0), w_kn.stride(1), w_kn.stride(0), p.stride(0),
-        p.stride(1), M_PAD=max(16, 1 << (m - 1).bit_length()), **cfg)
+    y = p[0] if x.dtype == torch.float32 else torch.empty(m, n, device=x.device, dtype=x.dtype)
+    gemm[(triton.cdiv(n, cfg["BLOCK_N"]), s)](
+        x, w, y, p, m, n, k, x.stride(0), w.stride(0), w.stride(1), y.stride(0),
+        M_PAD=max(16, 1 << (m - 1).bit_length()), SPLIT_K=s,
+        DOT_F32=x.dtype == torch.float32 or decode_gemm._interpreting(), GATED=False, **cfg)
+    if s == 1 and y.data_ptr() != p.data_ptr():  # one split writes y itself (x's dtype)
+        p[0].copy_(y)
     return p
 
 

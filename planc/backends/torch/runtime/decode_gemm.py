@@ -155,7 +155,7 @@ def choices() -> dict[str, str]:
 
 
 def _gemm_body(
-    X, W, Y, P, M, N, K, sx_m, sw_n, sy_m,
+    X, W, Y, P, M, N, K, sx_m, sw_n, sw_k, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr, GATED: tl.constexpr,
 ):
@@ -182,7 +182,7 @@ def _gemm_body(
     for t in range(t_lo, t_hi):
         offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        w = tl.load(W + rows[:, None] * sw_n + offs_k[None, :],
+        w = tl.load(W + rows[:, None] * sw_n + offs_k[None, :] * sw_k,
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         x_ptrs = X + offs_m[None, :] * sx_m + offs_k[:, None]
         x_ok = k_ok[:, None] & m_ok[None, :]
@@ -362,14 +362,16 @@ def skinny_linear(x: Tensor, weight: Tensor, config: dict[str, int] | None = Non
         split_k = config["SPLIT_K"]
         parts = _partials(split_k, m, n, x.device)
         grid = (triton.cdiv(n, config["BLOCK_N"]), split_k)
-        gemm[grid](x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        gemm[grid](x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0),
+                   weight.stride(1), y.stride(0),
                    **common, **config)
     else:
         key = (m, n, k, x.dtype, gated)
         split_k = _SPLIT_OF.get(key, 0)  # 0: not tuned yet: room for the largest split kept
         parts = _partials(split_k or _max_split(n, k, common["M_PAD"], weight), m, n, x.device)
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+            x2, weight, y, parts, m, n, k, x2.stride(0), weight.stride(0), weight.stride(1),
+            y.stride(0),
             **common)
         if not split_k:
             split_k = _SPLIT_OF[key] = tuned.best_config.kwargs["SPLIT_K"]
