@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from planc.backends.torch.runtime import layers
 from planc.backends.torch.runtime.decode_kernels import interpreting
 from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS
 
@@ -52,9 +53,9 @@ INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages"
 
 
 def gate_up_silu_eager(x: Tensor, weight: Tensor) -> Tensor:
-    """silu(gate) * up of F.linear(x, weight) = (gate | up): what the kernel computes."""
-    gate, up = F.linear(x, weight).chunk(2, dim=-1)
-    return F.silu(gate) * up
+    """silu(gate) * up of F.linear(x, weight) = (gate | up): what the kernel computes, by the
+    layer's own eager ops (in place on the GEMM's output: a view of its gate half)."""
+    return layers.EAGER.silu_mul(F.linear(x, weight))
 
 
 def _gate_up_silu_body(

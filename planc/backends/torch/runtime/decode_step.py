@@ -141,10 +141,9 @@ class StaticStep:
             self.mode = "cuda_graph+compiled elementwise"
         # cuBLAS for the GEMMs decode_products (below) does not run. PLANC_DECODE_GEMM=timed
         # lets each GEMM shape run planc's weight-streaming kernel where its first product
-        # times faster in isolation
-        # (decode_gemm's docstring): off by default, since inside the step's graph those picks
-        # were slower, 883 against 771 us of GEMMs per replayed step of 4 layers at batch 64
-        # (benchmarks/results/h200_decode_profile_run9_b64_*.json).
+        # times faster in isolation (decode_gemm's docstring): off by default, since inside
+        # the step's graph those picks were slower, 883 against 771 us of GEMMs per replayed
+        # step of 4 layers at batch 64 (benchmarks/results/h200_decode_profile_run9_b64_*.json).
         self.stream_gemm = (self.use_graphs and decode_gemm.available()
                             and os.environ.get("PLANC_DECODE_GEMM", "") == "timed")
         # The flash-decoding kernel's sequence splits: its static heuristic. Timing 1, 2, 4 and 8

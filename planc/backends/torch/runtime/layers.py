@@ -232,7 +232,7 @@ def _add_norm_eager(x: Tensor, delta: Tensor, w: Tensor, eps: float) -> Tensor:
 def _add_parts_norm_eager(x: Tensor, parts: Tensor, w: Tensor, eps: float) -> Tensor:
     """x += the sum of float32 partial products parts [S, *x.shape] rounded once to x's dtype
     (decode_products.split_product: the GEMM's output rounding), then the next norm of x."""
-    return _norm_eager(x.add_(parts.sum(0).to(x.dtype)), w, eps)
+    return _add_norm_eager(x, parts.sum(0).to(x.dtype), w, eps)
 
 
 def _silu_mul_eager(gate_up: Tensor) -> Tensor:
