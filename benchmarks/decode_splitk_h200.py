@@ -27,6 +27,12 @@ against cuBLAS's gate/up + SiLU x up). Not timed yet, for the next lease:
 down_proj with its tiles chosen here, `triton_split_linear`: decode_gemm's kernel on the
 input-major weight, against cuBLAS and the bmm split; with one split its timing includes a
 copy of the output into the partials' buffer).
+
+Run 23 timed those two (no forced attention tile beat the autotuner's; the Triton split-K won
+on o_proj and on q/k/v at 1 and 8 rows). Run 24: `--parts probe,attention --attention-sweep
+none` (the attention's access pattern as a plain read, probe_records) and `--parts gemm
+--gemms lm_head --triton-split` (the lm_head's one GEMM, cuBLAS against unsplit Triton tiles;
+their timing includes a copy of the output into a float32 buffer).
 """
 
 from __future__ import annotations
@@ -40,6 +46,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+try:  # the kernels' annotations name tl; the GPU image and CI's torch bring triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    tl = None
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -49,7 +60,8 @@ from planc.backends.torch.runtime import decode_kernels as dk
 from planc.backends.torch.runtime import layers
 
 GEMMS = {"qkv": (4096, 6144), "o_proj": (4096, 4096), "gate_up": (4096, 28672),
-         "down": (14336, 4096)}
+         "down": (14336, 4096), "lm_head": (4096, 128256)}
+SPLIT_GEMMS = ("qkv", "o_proj", "gate_up", "down")  # lm_head's partials would be 2 GB: whole
 RING_BYTES = 600 * 2**20  # weights per ring: ten times the L2 cache
 WARMUP, TIMED = 10, 30
 
@@ -104,9 +116,11 @@ TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): not
     (s, n, k, 4, st) for s in (1, 2, 4) for n in (64, 128) for k in (64, 128) for st in (3, 4)]
 
 
-def gemm_records(triton_split: bool = False) -> list[dict]:
+def gemm_records(triton_split: bool = False, names: tuple[str, ...] = SPLIT_GEMMS
+                 ) -> list[dict]:
     out = []
-    for name, (k, n) in GEMMS.items():
+    for name in names:
+        k, n = GEMMS[name]
         ws = ring(k, n)
         for m in (64, 8, 1):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -114,13 +128,15 @@ def gemm_records(triton_split: bool = False) -> list[dict]:
             variants = {"cublas": lambda w, x=x: F.linear(x, w.t()),
                         "mm_out_f32": lambda w, x=x: torch.mm(x, w, out_dtype=torch.float32)}
             for s in (2, 3, 4, 8):
-                if k % (s * 64) == 0:
+                if k % (s * 64) == 0 and name in SPLIT_GEMMS:
                     variants[f"bmm_s{s}_f32"] = lambda w, s=s, x=x: split_product(x, w, s, True)
                     if s in (2, 4):
                         variants[f"bmm_s{s}_bf16"] = \
                             lambda w, s=s, x=x: split_product(x, w, s, False)
             if triton_split and name != "gate_up":
                 for sk, bn, bk, warps, stages in TRITON_SPLIT_TILES:
+                    if sk > 1 and name not in SPLIT_GEMMS:
+                        continue
                     cfg = {"SPLITS": sk, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
                            "num_stages": stages}
                     variants[f"triton_s{sk}_n{bn}_k{bk}_w{warps}_st{stages}"] = \
@@ -191,6 +207,7 @@ ATTENTION_SWEEPS = {
     # fewer warps per program (more programs resident per SM) and shallower or deeper
     # pipelines, one split: not timed yet
     "warps": [(1, n, w, st) for n in (16, 32, 64) for w in (1, 2) for st in (1, 2, 3, 4)],
+    "none": [],  # the runtime's kernel alone (autotuned), as a peer for --parts probe
 }
 
 
@@ -266,6 +283,134 @@ def attention_records(sweep: str = "run18") -> list[dict]:
         print(f"attention {rec['variant']:18} {us:8.2f} us "
               f"{kv_bytes/us/1e6:5.2f} TB/s err {err:.1e}", flush=True)
     return out
+
+
+PROBE_TILES = [(64, 4, 2), (32, 4, 3), (64, 4, 3), (128, 8, 2)]  # (BLOCK_N, warps, stages)
+
+
+def probe_records() -> list[dict]:
+    """Where the batch-64 attention's last 7% goes (run 23: 4.15 TB/s against a plain read's
+    4.45, whatever its tile): a stripped-down kernel with the runtime's access pattern (one
+    program per (row, kv head), K and V tiles of the same [b, kv, capacity, d] caches, no RoPE,
+    no gap), as the attention (ATTN: the two dots and the online softmax) or as a plain read of
+    the same tiles (their sum); the row's tiles in one masked loop as the runtime walks them, or
+    the whole tiles first without masks (SPLIT_LOOP); loads with or without
+    eviction_policy="evict_first" (EVICT). If the plain read of this pattern is as slow as the
+    attention, the pattern bounds it, not the kernel's arithmetic."""
+    _probe = probe_kernel()
+    b, heads, kv, d, cap = 64, 32, 8, 128, 2080
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
+                           dtype=torch.int32)
+    kv_bytes = int(lengths.sum().item()) * kv * d * 2 * 2
+    o = torch.empty_like(q)
+    ref = None
+    out = []
+    for attn in (True, False):
+        for split_loop in (False, True):
+            for evict in ("", "evict_first"):
+                for bn, warps, stages in PROBE_TILES:
+                    def call(attn=attn, split_loop=split_loop, evict=evict, bn=bn,
+                             warps=warps, stages=stages) -> torch.Tensor:
+                        _probe[(b * kv,)](q, kc, vc, lengths, o, q.stride(0), q.stride(1),
+                                          *kc.stride()[:3], d ** -0.5, KV=kv, G=heads // kv,
+                                          G_PAD=16, D=d, BLOCK_N=bn, ATTN=attn,
+                                          SPLIT_LOOP=split_loop, EVICT=evict,
+                                          num_warps=warps, num_stages=stages)
+                        return o
+                    rec = {"part": "probe", "attn": attn, "split_loop": split_loop,
+                           "evict": evict or "default", "BLOCK_N": bn, "num_warps": warps,
+                           "num_stages": stages}
+                    try:
+                        res = call().float()
+                        err = None
+                        if attn:
+                            ref = res if ref is None else ref
+                            err = (res - ref).abs().max().item()
+                        us = us_per_call([call] * 8, [call, call], WARMUP, TIMED)
+                    except Exception as e:  # noqa: BLE001 - out of resources, etc.
+                        out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+                        continue
+                    out.append({**rec, "us": us, "TBps": kv_bytes / us / 1e6, "err": err})
+                    print(f"probe attn={attn:d} split={split_loop:d} {evict or 'default':11} "
+                          f"n{bn} w{warps} st{stages} {us:8.2f} us {kv_bytes/us/1e6:5.2f} TB/s",
+                          flush=True)
+    return out
+
+
+def probe_kernel():  # type: ignore[no-untyped-def]
+    """probe_records' kernel, jitted on first use (as runtime/decode_kernels builds its own): at
+    module level, so that Triton's interpreter, which runs a kernel's source with its module's
+    globals, finds the tile function it calls (tests run it on the CPU)."""
+    import triton
+
+    global _probe_tile
+    _probe_tile = triton.jit(_probe_tile_body)
+    return triton.jit(_probe_body)
+
+
+_probe_tile = None  # probe_kernel sets it
+
+
+def _probe_tile_body(q, k_ptrs, v_ptrs, seen, m_i, l_i, acc, scale, MASKED: tl.constexpr,
+          ATTN: tl.constexpr, EVICT: tl.constexpr):
+    if MASKED:
+        k = tl.load(k_ptrs, mask=seen[:, None], other=0.0, eviction_policy=EVICT)
+        v = tl.load(v_ptrs, mask=seen[:, None], other=0.0, eviction_policy=EVICT)
+    else:
+        k = tl.load(k_ptrs, eviction_policy=EVICT)
+        v = tl.load(v_ptrs, eviction_policy=EVICT)
+    if ATTN:
+        s = tl.dot(q, tl.trans(k)) * scale
+        if MASKED:
+            s = tl.where(seen[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    else:
+        acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), 0)[None, :]
+    return m_i, l_i, acc
+
+
+def _probe_body(Q, K, V, LENGTHS, OUT, sq_b, sq_h, sk_b, sk_h, sk_n, scale,
+           KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+           BLOCK_N: tl.constexpr, ATTN: tl.constexpr, SPLIT_LOOP: tl.constexpr,
+           EVICT: tl.constexpr):
+    pid = tl.program_id(0)
+    row = (pid // KV).to(tl.int64)
+    kvh = pid % KV
+    length = tl.load(LENGTHS + row).to(tl.int32)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    offs_g = tl.arange(0, G_PAD)
+    heads = kvh * G + offs_g
+    q = tl.load(Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
+                mask=(offs_g < G)[:, None], other=0.0)
+    k_base = K + row * sk_b + kvh * sk_h
+    v_base = V + row * sk_b + kvh * sk_h
+    m_i = tl.full([G_PAD], -1.0e30, tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    n_full = length // BLOCK_N if SPLIT_LOOP else 0
+    for t in range(n_full):
+        slots = t * BLOCK_N + offs_n
+        off = slots[:, None] * sk_n + offs_d[None, :]
+        m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
+                              acc, scale, False, ATTN, EVICT)
+    for t in range(n_full, tl.cdiv(length, BLOCK_N)):
+        slots = t * BLOCK_N + offs_n
+        off = slots[:, None] * sk_n + offs_d[None, :]
+        m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
+                              acc, scale, True, ATTN, EVICT)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(OUT + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
+             out.to(OUT.dtype.element_ty), mask=(offs_g < G)[:, None])
 
 
 def read_records() -> list[dict]:
@@ -349,17 +494,20 @@ def mlp_records() -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp")
+    ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp",
+                    help="any of read, probe, attention, consumer, gemm, mlp")
     ap.add_argument("--attention-sweep", default="run18", choices=sorted(ATTENTION_SWEEPS))
+    ap.add_argument("--gemms", default=",".join(SPLIT_GEMMS),
+                    help=f"gemm part: which of {', '.join(GEMMS)}")
     ap.add_argument("--triton-split", action="store_true",
                     help="gemm part: also the Triton split-K candidate over TRITON_SPLIT_TILES")
     args = ap.parse_args()
     parts = args.parts.split(",")
     records: list[dict] = []
-    for name, fn in (("read", read_records),
+    for name, fn in (("read", read_records), ("probe", probe_records),
                      ("attention", lambda: attention_records(args.attention_sweep)),
                      ("consumer", consumer_records),
-                     ("gemm", lambda: gemm_records(args.triton_split)),
+                     ("gemm", lambda: gemm_records(args.triton_split, tuple(args.gemms.split(",")))),
                      ("mlp", mlp_records)):
         if name in parts:
             records += fn()
