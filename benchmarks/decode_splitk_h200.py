@@ -316,7 +316,8 @@ def probe_records() -> list[dict]:
                     def call(attn=attn, split_loop=split_loop, evict=evict, bn=bn,
                              warps=warps, stages=stages) -> torch.Tensor:
                         _probe[(b * kv,)](q, kc, vc, lengths, o, q.stride(0), q.stride(1),
-                                          *kc.stride()[:3], d ** -0.5, KV=kv, G=heads // kv,
+                                          *kc.stride()[:3], d ** -0.5, o, o, b * kv, 0,
+                                          KV=kv, G=heads // kv,
                                           G_PAD=16, D=d, BLOCK_N=bn, ATTN=attn,
                                           SPLIT_LOOP=split_loop, EVICT=evict,
                                           num_warps=warps, num_stages=stages)
@@ -341,18 +342,64 @@ def probe_records() -> list[dict]:
     return out
 
 
+
+def prefetch_records() -> list[dict]:
+    """Whether the attention can bring o_proj's weight into L2 for free: the attention's access
+    pattern reads at 4.1-4.2 TB/s (probe_records, run 24), below the 4.45 TB/s of a plain read,
+    and o_proj's 33.5 MB GEMM reads at about 3 TB/s (run 23). Timed per (attention, o_proj) pair
+    of the batch-64 layer, each pair on another o_proj weight of a ring larger than L2: the
+    attention as probe_records' kernel (one masked loop, BLOCK_N 64, 4 warps, 2 stages) with P
+    more programs that read the next o_proj weight into L2 (evict_last), its K/V loads with or
+    without evict_first; P = 0 is today's order."""
+    _probe = probe_kernel()
+    b, heads, kv, d, cap, hidden = 64, 32, 8, 128, 2080, 4096
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
+                           dtype=torch.int32)
+    o = torch.empty_like(q)
+    sink = torch.zeros(1, device="cuda")
+    ws = [w.t() for w in ring(hidden, hidden)]  # [out, in] views, as F.linear takes them
+    x = torch.randn(b, hidden, device="cuda", dtype=torch.bfloat16)
+    numel = ws[0].numel()
+    out = []
+
+    def attention(w: torch.Tensor, progs: int, evict: str) -> None:
+        per = numel // max(progs, 1) // 4096 * 4096  # whole blocks, none past W's end
+        _probe[(b * kv + progs,)](q, kc, vc, lengths, o, q.stride(0), q.stride(1),
+                                  *kc.stride()[:3], d ** -0.5, w, sink, b * kv, per,
+                                  KV=kv, G=heads // kv, G_PAD=16, D=d, BLOCK_N=64, ATTN=True,
+                                  SPLIT_LOOP=False, EVICT=evict, num_warps=4, num_stages=2)
+
+    alone = ring_us(lambda w: F.linear(x, w), ws)
+    out.append({"part": "prefetch", "variant": "o_proj alone", "us": alone})
+    print(f"prefetch o_proj alone {alone:8.2f} us", flush=True)
+    for evict in ("", "evict_first"):
+        for progs in (0, 66, 132, 264):
+            pair = ring_us(lambda w, p=progs, e=evict: (attention(w, p, e), F.linear(x, w)), ws)
+            att = ring_us(lambda w, p=progs, e=evict: attention(w, p, e), ws)
+            rec = {"part": "prefetch", "evict": evict or "default", "programs": progs,
+                   "pair_us": pair, "attention_us": att}
+            out.append(rec)
+            print(f"prefetch {evict or 'default':11} P={progs:<4} pair {pair:8.2f} us "
+                  f"attention {att:8.2f} us", flush=True)
+    return out
+
 def probe_kernel():  # type: ignore[no-untyped-def]
     """probe_records' kernel, jitted on first use (as runtime/decode_kernels builds its own): at
     module level, so that Triton's interpreter, which runs a kernel's source with its module's
     globals, finds the tile function it calls (tests run it on the CPU)."""
     import triton
 
-    global _probe_tile
+    global _probe_tile, _probe_prefetch
     _probe_tile = triton.jit(_probe_tile_body)
+    _probe_prefetch = triton.jit(_probe_prefetch_body)
     return triton.jit(_probe_body)
 
 
-_probe_tile = None  # probe_kernel sets it
+_probe_tile = _probe_prefetch = None  # probe_kernel sets them
 
 
 def _probe_tile_body(q, k_ptrs, v_ptrs, seen, m_i, l_i, acc, scale, MASKED: tl.constexpr,
@@ -379,39 +426,57 @@ def _probe_tile_body(q, k_ptrs, v_ptrs, seen, m_i, l_i, acc, scale, MASKED: tl.c
 
 
 def _probe_body(Q, K, V, LENGTHS, OUT, sq_b, sq_h, sk_b, sk_h, sk_n, scale,
-           KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
-           BLOCK_N: tl.constexpr, ATTN: tl.constexpr, SPLIT_LOOP: tl.constexpr,
-           EVICT: tl.constexpr):
+                W, SINK, num_attn, w_per,
+                KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+                BLOCK_N: tl.constexpr, ATTN: tl.constexpr, SPLIT_LOOP: tl.constexpr,
+                EVICT: tl.constexpr):
+    """Programs below num_attn: one (row, kv head) each; the rest (prefetch_records) read
+    w_per elements each of W with eviction_policy="evict_last", so that W is in L2 for the
+    GEMM after."""
     pid = tl.program_id(0)
-    row = (pid // KV).to(tl.int64)
-    kvh = pid % KV
-    length = tl.load(LENGTHS + row).to(tl.int32)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    offs_g = tl.arange(0, G_PAD)
-    heads = kvh * G + offs_g
-    q = tl.load(Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
-                mask=(offs_g < G)[:, None], other=0.0)
-    k_base = K + row * sk_b + kvh * sk_h
-    v_base = V + row * sk_b + kvh * sk_h
-    m_i = tl.full([G_PAD], -1.0e30, tl.float32)
-    l_i = tl.zeros([G_PAD], tl.float32)
-    acc = tl.zeros([G_PAD, D], tl.float32)
-    n_full = length // BLOCK_N if SPLIT_LOOP else 0
-    for t in range(n_full):
-        slots = t * BLOCK_N + offs_n
-        off = slots[:, None] * sk_n + offs_d[None, :]
-        m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
-                              acc, scale, False, ATTN, EVICT)
-    for t in range(n_full, tl.cdiv(length, BLOCK_N)):
-        slots = t * BLOCK_N + offs_n
-        off = slots[:, None] * sk_n + offs_d[None, :]
-        m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
-                              acc, scale, True, ATTN, EVICT)
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    tl.store(OUT + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=(offs_g < G)[:, None])
+    if pid >= num_attn:
+        _probe_prefetch(W, SINK, (pid - num_attn).to(tl.int64) * w_per, w_per)
+    else:
+        row = (pid // KV).to(tl.int64)
+        kvh = pid % KV
+        length = tl.load(LENGTHS + row).to(tl.int32)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, D)
+        offs_g = tl.arange(0, G_PAD)
+        heads = kvh * G + offs_g
+        q = tl.load(Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
+                    mask=(offs_g < G)[:, None], other=0.0)
+        k_base = K + row * sk_b + kvh * sk_h
+        v_base = V + row * sk_b + kvh * sk_h
+        m_i = tl.full([G_PAD], -1.0e30, tl.float32)
+        l_i = tl.zeros([G_PAD], tl.float32)
+        acc = tl.zeros([G_PAD, D], tl.float32)
+        n_full = length // BLOCK_N if SPLIT_LOOP else 0
+        for t in range(n_full):
+            slots = t * BLOCK_N + offs_n
+            off = slots[:, None] * sk_n + offs_d[None, :]
+            m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
+                                  acc, scale, False, ATTN, EVICT)
+        for t in range(n_full, tl.cdiv(length, BLOCK_N)):
+            slots = t * BLOCK_N + offs_n
+            off = slots[:, None] * sk_n + offs_d[None, :]
+            m_i, l_i, acc = _probe_tile(q, k_base + off, v_base + off, slots < length, m_i, l_i,
+                                  acc, scale, True, ATTN, EVICT)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(OUT + row * sq_b + heads[:, None] * sq_h + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=(offs_g < G)[:, None])
 
+
+
+def _probe_prefetch_body(W, SINK, start, per):
+    block: tl.constexpr = 4096
+    offs = tl.arange(0, block)
+    acc = tl.zeros([block], tl.float32)
+    for i in range(0, per, block):
+        acc += tl.load(W + start + i + offs, eviction_policy="evict_last").to(tl.float32)
+    total = tl.sum(acc, 0) + acc * 0.0  # as a vector: the interpreter's masks are arrays
+    # stored never (no sum is exactly this), but the compiler cannot drop the loads
+    tl.store(SINK + offs * 0, total, mask=(offs == 0) & (total == 1.2345e-37))
 
 def read_records() -> list[dict]:
     """A plain read: a Triton kernel summing 1 GiB of bf16 (each program a contiguous chunk)."""
@@ -495,7 +560,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp",
-                    help="any of read, probe, attention, consumer, gemm, mlp")
+                    help="any of read, probe, prefetch, attention, consumer, gemm, mlp")
     ap.add_argument("--attention-sweep", default="run18", choices=sorted(ATTENTION_SWEEPS))
     ap.add_argument("--gemms", default=",".join(SPLIT_GEMMS),
                     help=f"gemm part: which of {', '.join(GEMMS)}")
@@ -505,6 +570,7 @@ def main() -> None:
     parts = args.parts.split(",")
     records: list[dict] = []
     for name, fn in (("read", read_records), ("probe", probe_records),
+                     ("prefetch", prefetch_records),
                      ("attention", lambda: attention_records(args.attention_sweep)),
                      ("consumer", consumer_records),
                      ("gemm", lambda: gemm_records(args.triton_split, tuple(args.gemms.split(",")))),
