@@ -32,7 +32,8 @@ Run 23 timed those two (no forced attention tile beat the autotuner's; the Trito
 on o_proj and on q/k/v at 1 and 8 rows). Run 24: `--parts probe,attention --attention-sweep
 none` (the attention's access pattern as a plain read, probe_records) and `--parts gemm
 --gemms lm_head --triton-split` (the lm_head's one GEMM, cuBLAS against unsplit Triton tiles;
-their timing includes a copy of the output into a float32 buffer).
+their timing includes a copy of the output into a float32 buffer). Run 25: `--parts prefetch`
+(prefetch_records: the attention's spare programs reading o_proj's weight into L2 first).
 """
 
 from __future__ import annotations
