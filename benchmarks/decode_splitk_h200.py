@@ -89,28 +89,13 @@ def ring_us(fn: object, ws: list[torch.Tensor]) -> float:
 
 def triton_split_linear(x: torch.Tensor, w_kn: torch.Tensor, cfg: dict) -> torch.Tensor:
     """[S, M, N] float32 partials of x [M, K] @ w_kn [K, N] (the contract of
-    decode_products.split_product, its tiles chosen here, not by cuBLAS): decode_gemm's
-    weight-streaming kernel on the input-major weight, its split-K partials without the reduce
-    kernel (the add + norm after would sum them). A candidate, not in planc's step yet."""
-    import triton
+    decode_products.split_product) by its Triton path, decode_products.split_kernel, on the
+    input-major weight with the tile cfg forced (run 23 timed it as a candidate before planc's
+    step ran it)."""
+    from planc.backends.torch.runtime import decode_products
 
-    from planc.backends.torch.runtime import decode_gemm
-
-    gemm = decode_gemm._kernels()[0]
-    m, k = x.shape
-    w = w_kn.t()  # [N, K], strides (1, N)
-    n = w.shape[0]
     cfg = dict(cfg)
-    s = cfg.pop("SPLITS")
-    p = torch.empty(s, m, n, device=x.device, dtype=torch.float32)
-    y = p[0] if x.dtype == torch.float32 else torch.empty(m, n, device=x.device, dtype=x.dtype)
-    gemm[(triton.cdiv(n, cfg["BLOCK_N"]), s)](
-        x, w, y, p, m, n, k, x.stride(0), w.stride(0), w.stride(1), y.stride(0),
-        M_PAD=max(16, 1 << (m - 1).bit_length()), SPLIT_K=s,
-        DOT_F32=x.dtype == torch.float32 or decode_gemm._interpreting(), GATED=False, **cfg)
-    if s == 1 and y.data_ptr() != p.data_ptr():  # one split writes y itself (x's dtype)
-        p[0].copy_(y)
-    return p
+    return decode_products.split_kernel(x, w_kn.t(), cfg.pop("SPLITS"), cfg)
 
 
 TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): not timed yet

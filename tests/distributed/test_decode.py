@@ -180,15 +180,15 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
 @pytest.mark.distributed
 @pytest.mark.parametrize("batch,split", [
     (4, "o_proj over K in 4 and down_proj over K in 4"),
-    (20, "down_proj over K in 2"),  # above 16 rows: o_proj whole, down_proj in 2
+    (20, "o_proj over K in 2 and down_proj over K in 2"),  # above 16 rows: in 2
 ])
 def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monkeypatch, batch,
                                                                  split):
     """The static step's GEMMs as on one GPU (decode_products), in Triton's interpreter: the
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K as
-    decode_products.splits says for the rows (their K 256 and 512 take parts of 64), their
-    float32 partials summed by the residual add + norm; equal to HF generate token for
-    token."""
+    decode_products.splits says for the rows (their K 256 and 512 take parts of 64) by
+    decode_gemm's Triton kernel, their float32 partials summed by the residual add + norm;
+    equal to HF generate token for token."""
     gpu_path_in_the_interpreter(monkeypatch)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
                       ffn=512, vocab=97)  # fmt: skip
@@ -198,7 +198,7 @@ def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monke
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_gemm"] == ("torch (in_major weights), gate/up with SiLU x up in one Triton "
-                                f"kernel, {split} (float32 partials)"), m["decode_gemm"]
+                                f"kernel, {split} (float32 partials, Triton)"), m["decode_gemm"]
 
 
 # --- units ----------------------------------------------------------------------------------------

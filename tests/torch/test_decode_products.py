@@ -81,29 +81,38 @@ def test_leading_dims_default_config_and_fallback(device, monkeypatch):
                          ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("in_major", [False, True], ids=["out_major", "in_major"])
 @pytest.mark.parametrize("parts", [1, 2, 4])
-def test_split_product_partials_sum_to_the_product(device, parts, in_major, dtype):
+@pytest.mark.parametrize("kernel", [False, True], ids=["bmm", "triton"])
+def test_split_product_partials_sum_to_the_product(device, kernel, parts, in_major, dtype):
     """split_product's float32 partials: each the product over its slice of K (float64
-    reference), their sum the whole product (on CUDA: bmm's float32 output; on the CPU: the
-    upcast operands)."""
+    reference), their sum the whole product; by the batched GEMM (on CUDA: bmm's float32
+    output; on the CPU: the upcast operands) and by the Triton kernel (Triton's interpreter
+    off the GPU), whose tiles of K (32 in the interpreter, 64 at 3 rows on CUDA) share K = 256
+    out in equal slices at 1, 2 and 4 parts."""
     gen = torch.Generator().manual_seed(parts)
-    x = torch.randn(3, 1, 64, generator=gen).to(device, dtype)
-    w = torch.randn(24, 64, generator=gen).to(device, dtype)
+    x = torch.randn(3, 1, 256, generator=gen).to(device, dtype)
+    w = torch.randn(24, 256, generator=gen).to(device, dtype)
     if in_major:
         w = w.t().contiguous().t()
-    out = dm.split_product(x, w, parts)
+    out = dm.split_product(x, w, parts, kernel=kernel)
     assert out.shape == (parts, 3, 1, 24) and out.dtype == torch.float32
     xd, wd = x.double(), w.double()
     out = out.cpu()
     xd, wd = xd.cpu(), wd.cpu()
-    step = 64 // parts
+    step = 256 // parts
     for i in range(parts):
         ref = xd[..., i * step:(i + 1) * step] @ wd[:, i * step:(i + 1) * step].T
         torch.testing.assert_close(out[i].double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.sum(0).double(), xd @ wd.T, rtol=1e-5, atol=1e-4)
 
 
+def test_split_kernel_applies_on_cuda_to_split_products_of_up_to_64_rows():
+    assert dm.split_kernel_applies(True, 64, 2) == (dm.triton is not None)
+    assert not dm.split_kernel_applies(True, 65, 2) and not dm.split_kernel_applies(True, 8, 1)
+    assert not dm.split_kernel_applies(False, 8, 4)
+
+
 def test_the_benchmarks_triton_split_candidate_sums_to_the_product(device):
-    """benchmarks/decode_splitk_h200.py's Triton split-K candidate (not in planc yet): its
+    """benchmarks/decode_splitk_h200.py's forced-tile split (decode_products.split_kernel): its
     partials over 1, 3 and 4 slices of K sum to the product, the last slice short or empty."""
     import sys
     from pathlib import Path
@@ -125,8 +134,9 @@ def test_the_benchmarks_triton_split_candidate_sums_to_the_product(device):
 
 
 def test_splits_rule():
-    """4 parts at few rows, 2 for down_proj and none for o_proj at 64; none when a part's K
-    would not be a multiple of SPLIT_ALIGN."""
+    """4 parts at few rows, 2 at 64 (o_proj only where the Triton kernel runs it: none above
+    64 rows); none when a part's K would not be a multiple of SPLIT_ALIGN."""
     assert dm.splits("down_proj", 1, 14336) == 4 and dm.splits("o_proj", 8, 4096) == 4
-    assert dm.splits("down_proj", 64, 14336) == 2 and dm.splits("o_proj", 64, 4096) == 1
+    assert dm.splits("down_proj", 64, 14336) == 2 and dm.splits("o_proj", 64, 4096) == 2
+    assert dm.splits("down_proj", 65, 14336) == 2 and dm.splits("o_proj", 65, 4096) == 1
     assert dm.splits("down_proj", 8, 64 * 3) == 1 and dm.splits("down_proj", 64, 64 * 3) == 1

@@ -12,13 +12,15 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   a tile of gate columns and the matching up columns and writes their product, so the
   [rows, 2 ffn] gate/up output and the elementwise kernel are gone: 59.1 against 66.4 us
   (cuBLAS + the compiled SiLU x up) at 64 rows, 57.8 against 60.6 at 8, 57.2 against 60.0 at 1.
-- `split_product`: x @ W^T as S products over K / S each (torch.bmm of views: no copies), with
-  float32 partials [S, ..., N] that the residual add + norm after it sums (layers.Elementwise.
-  add_parts_norm), so the split-K reduce kernel is gone: down_proj 32.4 against 35.0 us at 64
-  rows (S 2; the add + norm 3.1 against 2.7 us), 30.9 against 32.5 at 8 and 30.0 against 32.5
-  at 1 (S 4); o_proj 10.75 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no gain
-  at 64 (11.6 against 11.7: S 1 there). `splits` is that rule (measured at 1, 8 and 64 rows;
-  9-16 and 17-63 rows follow their neighbours, not measured).
+- `split_product`: x @ W^T as S products over K / S each, with float32 partials [S, ..., N]
+  that the residual add + norm after it sums (layers.Elementwise.add_parts_norm), so the
+  split-K reduce kernel is gone. As torch.bmm of views (run 18): down_proj 32.4 against 35.0 us
+  at 64 rows (S 2; the add + norm 3.1 against 2.7 us), 30.9 against 32.5 at 8 and 30.0 against
+  32.5 at 1 (S 4); o_proj 10.75 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no
+  gain at 64. As decode_gemm's Triton kernel writing the partials (`split_kernel`, run 23, the
+  path on CUDA up to 64 rows): o_proj 9.9 us at 1 and 8 rows and 11.1 at 64 (S 2, against
+  cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. `splits` is the rule (measured
+  at 1, 8 and 64 rows; 9-16 and 17-63 rows follow their neighbours, not measured).
 
 What they guarantee: the eager ops' rounding steps (layers.EAGER): products summed in float32
 and rounded once to the dtype where the eager GEMM rounds its output (the partials' sum is
@@ -158,20 +160,50 @@ def config_for(rows: int) -> dict[str, int]:
 SPLIT_ALIGN = 64  # each part's K: a multiple of this (cuBLAS's K tile), else no split
 
 
+SPLIT_KERNEL_MAX_ROWS = GATE_UP_SILU_MAX_ROWS  # the Triton split's x tile: at most 64 rows
+
+
 def splits(product: str, rows: int, k: int) -> int:
     """Parts of K for `product` ("o_proj" or "down_proj") at `rows` rows and inner size k
-    (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM."""
-    s = 4 if rows <= 16 else (2 if product == "down_proj" else 1)
+    (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM. o_proj above 16 rows
+    is split in 2 only where the Triton kernel runs it (up to 64 rows): the bmm split lost to
+    cuBLAS there."""
+    if rows <= 16:
+        s = 4
+    else:
+        s = 2 if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
     return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
 
 
-def split_product(x: Tensor, weight: Tensor, parts: int) -> Tensor:
+def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:
+    """Whether split_product runs the Triton kernel by default: on the GPU path with triton,
+    split, at most SPLIT_KERNEL_MAX_ROWS rows (decided on the host: a captured graph keeps it)."""
+    return cuda and triton is not None and parts > 1 and rows <= SPLIT_KERNEL_MAX_ROWS
+
+
+def split_config(rows: int) -> dict[str, int]:
+    """The Triton split's tile (h200_decode_splitk_run23.json, 8 tiles timed per shape: the
+    fastest or within 0.2 us of it for o_proj and down_proj at 1, 8 and 64 rows)."""
+    if interpreting():
+        return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+    if rows <= 16:
+        return {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4}
+
+
+def split_product(x: Tensor, weight: Tensor, parts: int, kernel: bool | None = None
+                  ) -> Tensor:
     """The float32 partial products [parts, ..., N] of x [..., K] @ weight [N, K]^T over
-    `parts` equal slices of K: views of x and weight, one batched GEMM. Their sum is
-    F.linear(x, weight) before its rounding to x's dtype."""
+    `parts` slices of K. Their sum is F.linear(x, weight) before its rounding to x's dtype.
+    kernel (default: split_kernel_applies, with Triton's interpreter as a GPU): decode_gemm's
+    Triton kernel writes the partials, its tiles of K shared out among the parts
+    (split_config); else views of x and weight in one batched GEMM (equal slices of K)."""
     n, k = weight.shape
     assert k % parts == 0 and x.shape[-1] == k
     x2 = x.reshape(-1, k)
+    on_gpu = x.is_cuda or interpreting()  # the interpreter runs the GPU path on the CPU
+    if kernel if kernel is not None else split_kernel_applies(on_gpu, x2.shape[0], parts):
+        return split_kernel(x2, weight, parts).view(parts, *x.shape[:-1], n)
     xs = x2.view(x2.shape[0], parts, k // parts).transpose(0, 1)  # [parts, rows, K / parts]
     ws = weight.t().view(parts, k // parts, n)  # either layout: a view
     if x.dtype == torch.float32:
@@ -181,3 +213,26 @@ def split_product(x: Tensor, weight: Tensor, parts: int) -> Tensor:
     else:  # no float32-output bmm off CUDA: exact products of the upcast operands
         out = torch.bmm(xs.float(), ws.float())
     return out.view(parts, *x.shape[:-1], n)
+
+
+def split_kernel(x: Tensor, weight: Tensor, parts: int,
+                 config: dict[str, int] | None = None) -> Tensor:
+    """split_product's Triton path: x [M, K] (rows contiguous in K), weight [N, K] of either
+    layout; decode_gemm's kernel with SPLIT_K = parts writes [parts, M, N] float32 and no
+    reduce runs (the add + norm after sums them; one part is the float32 product). config:
+    the tile, split_config's by default (the benchmark forces others). Why not the bmm: 9.9 against 10.6 us for
+    o_proj at 1 and 8 rows, 29.2-29.6 against 29.8-30.9 for down_proj, and at 64 rows o_proj
+    in 2 parts 11.1 against cuBLAS's 11.7, down_proj 32.3 against 32.8
+    (h200_decode_splitk_run23.json)."""
+    from planc.backends.torch.runtime import decode_gemm
+
+    assert x.stride(-1) == 1
+    m, k = x.shape
+    n = weight.shape[0]
+    out = torch.empty(parts, m, n, device=x.device, dtype=torch.float32)
+    cfg = config or split_config(m)
+    decode_gemm._kernels()[0][(triton.cdiv(n, cfg["BLOCK_N"]), parts)](
+        x, weight, out, out, m, n, k, x.stride(0), weight.stride(0), weight.stride(1), n,
+        M_PAD=max(MIN_M, triton.next_power_of_2(m)), SPLIT_K=parts,
+        DOT_F32=x.dtype == torch.float32 or interpreting(), GATED=False, **cfg)
+    return out

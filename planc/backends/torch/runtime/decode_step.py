@@ -193,7 +193,12 @@ class StaticStep:
         if self.gate_up_silu:
             what += ", gate/up with SiLU x up in one Triton kernel"
         split = [f"{p} over K in {n}" for p, n in self.parts.items() if n > 1]
-        return what + (", " + " and ".join(split) + " (float32 partials)" if split else "")
+        if not split:
+            return what
+        on_gpu = self.ctx.device.type == "cuda" or decode_kernels.interpreting()
+        by = ("Triton" if decode_products.split_kernel_applies(on_gpu, self.rows, 2)
+              else "batched GEMM")
+        return what + ", " + " and ".join(split) + f" (float32 partials, {by})"
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
