@@ -44,6 +44,7 @@ from planc.backends.torch.runtime import (
     decode_gemm,
     decode_kernels,
     decode_products,
+    dist,
     layers,
     vocab_parallel,
 )
@@ -265,6 +266,8 @@ class StaticStep:
                 self._run(m, n_read)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         st.restore(saved)
+        if not self.graphs:  # the first: reset them all before the process group goes
+            dist.before_shutdown(self.release)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
@@ -275,6 +278,14 @@ class StaticStep:
             st.restore(saved)
             return self._capture(m, n_read)
         return graph
+
+    def release(self) -> None:
+        """Reset the captured graphs (dist.before_shutdown: a live graph with NCCL collectives
+        in it makes the process group's destroy hang); the step captures again if used."""
+        torch.cuda.synchronize(self.ctx.device)
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
 
     def _plain(self, why: str) -> bool:
         """Fall back to the eager elementwise ops and cuBLAS after the compiled ops or the

@@ -172,7 +172,21 @@ def barrier(ctx: RankContext) -> None:
         dist.barrier()
 
 
+_BEFORE_SHUTDOWN: list[Callable[[], None]] = []
+
+
+def before_shutdown(release: Callable[[], None]) -> None:
+    """Have shutdown() call `release` before it destroys the process group (last registered,
+    first called). Why: NCCL's communicator destroy waits forever while a CUDA graph that
+    recorded its collectives is alive (pytorch/pytorch#115388: a TP 2 decode's ranks hung in
+    destroy_process_group with their work done, h200x2 run of 2026-11-29): the static decode
+    step registers the reset of its graphs here."""
+    _BEFORE_SHUTDOWN.append(release)
+
+
 def shutdown() -> None:
+    while _BEFORE_SHUTDOWN:
+        _BEFORE_SHUTDOWN.pop()()
     if dist.is_initialized():
         dist.destroy_process_group()
 
