@@ -95,6 +95,14 @@ class Efficiency:
     graph_op_overhead_s: float = 2.5e-6
     graph_gemm_overhead_s: float = 4.6e-6
     decode_attention_hbm: float = 0.92
+    # A collective inside the replayed graph has no host launch and no wait for the slowest
+    # rank's Python: fitted (the one constant here that is) to the tensor-parallel 2 decode of
+    # the Llama-3-8B shape at batch 64 on nvidia-h200-x2 (5.943 ms, 66 all-reduces a step;
+    # benchmarks/results/h200x2_issue17.md), checked on batch 1, which it was not fitted to:
+    # 3.780 ms predicted against 3.490 measured (+8.3%). `collective_latency_s` and planc
+    # calibrate's `latency` (a host-launched 4-byte all-reduce: 71 us on that machine) price
+    # the eager steps' collectives.
+    graph_collective_latency_s: float = 15e-6
 
 
 def link_bytes(c: Collective) -> Fraction:
@@ -298,7 +306,8 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     static = phase == "decode" and static_decode(graph)
     if static:
-        e = replace(e, op_overhead_s=e.graph_op_overhead_s)
+        e = replace(e, op_overhead_s=e.graph_op_overhead_s,
+                    collective_latency_s=e.graph_collective_latency_s)
     qk_norm = qk_norm_of(graph)
     fused = static_step_fused(qk_norm, static_step_gate_up_silu(
         micro_rows(graph.batch, mesh_parts(graph.mesh.shape, graph.splits.get("batch", [])),

@@ -146,3 +146,33 @@ def test_the_static_step_fuses_ops_of_the_layer_program(monkeypatch):
     without = cost_time.step_estimate(graph, rates, phase="decode")
     calls = sum(ops[n].calls for n in fused) / cost_time.phase_steps(graph, "decode")
     assert without - with_fusion == pytest.approx(calls * e.graph_op_overhead_s, rel=1e-9)
+
+
+def test_collectives_of_the_static_step_are_priced_at_the_in_graph_latency():
+    """A tensor-parallel decode that runs the static step (one CUDA graph a step) prices each
+    collective at graph_collective_latency_s, the prefill's eager step at collective_latency_s:
+    each latency moves its phase's estimate by exactly its collectives' calls, and not the
+    other phase's."""
+    from dataclasses import replace
+
+    from planc.cost import time as cost_time
+
+    spec, _ = resolve_text(decode_plan("  mesh tp=2\n  shard heads, kv_heads, ffn over tp\n"))
+    graph = lower(spec.plans[0])
+    assert cost_time.static_decode(graph)
+    rates = cost_time.rates_of(spec.plans[0])
+    base = cost_time.Efficiency()
+    steps = cost_time.phase_steps(graph, "decode")
+    calls = {phase: sum(c.calls for c in graph.classes[0].collectives
+                        if cost_time.in_phase(c.after, phase)) for phase in ("prefill", "decode")}
+    assert calls["decode"] > 0 and calls["prefill"] > 0
+
+    def est(phase: str, **kw: float) -> float:
+        return cost_time.step_estimate(graph, rates, replace(base, **kw), phase=phase)
+
+    graph_d = est("decode", graph_collective_latency_s=base.graph_collective_latency_s + 1e-6)
+    assert graph_d - est("decode") == pytest.approx(calls["decode"] / steps * 1e-6, rel=1e-6)
+    assert est("decode", collective_latency_s=1.0) == pytest.approx(est("decode"), rel=1e-12)
+    eager_p = est("prefill", collective_latency_s=base.collective_latency_s + 1e-6)
+    assert eager_p - est("prefill") == pytest.approx(calls["prefill"] * 1e-6, rel=1e-6)
+    assert est("prefill", graph_collective_latency_s=1.0) == pytest.approx(est("prefill"))
