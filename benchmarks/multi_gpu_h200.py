@@ -176,7 +176,7 @@ def collectives(plan) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     estimate in ms: planc's estimate minus the same estimate with free collectives."""
     graph, rates = lower(plan), rates_of(plan)
     e = rates.efficiency or Efficiency()
-    free = replace(e, collective_latency_s=0.0, link=1e30)
+    free = replace(e, collective_latency_s=0.0, graph_collective_latency_s=0.0, link=1e30)
     calls = sum(c.calls for c in graph.classes[0].collectives
                 if in_phase(c.after, "decode")) / phase_steps(graph, "decode")
     ms = (step_estimate(graph, rates, e, "decode") - step_estimate(graph, rates, free, "decode"))
@@ -219,8 +219,10 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
 
 
 def estimates_md(rows: list[dict]) -> list[str]:
-    lines = [("| plan | quantity | measured | preset estimate | calibrated estimate "
-              "| preset error | calibrated error |"), "|---|---|---|---|---|---|---|"]
+    # both estimates are today's model's (re-predictions), not those stored with the runs
+    lines = [("| plan | quantity | measured | preset estimate (today's model) | calibrated "
+              "estimate (today's model) | preset error | calibrated error |"),
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         qs = ([("TTFT ms", "ttft_ms", "predicted_ttft_ms"), ("TPOT ms", "tpot_ms",
                                                              "predicted_tpot_ms")]
@@ -249,7 +251,7 @@ def llama_table(out: Path, rows: list[dict]) -> list[str]:
         peer = {r["batch"]: r for r in json.loads((out / "h200x2_decode_peer.json").read_text())
                 .get("rows", []) if "tpot_ms" in r}
     lines = [("| batch | 1-GPU TPOT ms | TP2 TPOT ms | TP2 / 1-GPU | 1-GPU stored prediction "
-              "| TP2 stored prediction | TP2 calibrated prediction | of which collectives "
+              "| TP2 stored prediction | TP2 calibrated prediction (today's model) | of which collectives "
               "(per step) | 1-GPU peer TPOT ms | TP2 decode step | 1-GPU / TP2 TTFT ms |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in BATCHES:
