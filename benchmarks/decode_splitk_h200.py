@@ -274,6 +274,21 @@ def attention_records(sweep: str = "run18") -> list[dict]:
 PROBE_TILES = [(64, 4, 2), (32, 4, 3), (64, 4, 3), (128, 8, 2)]  # (BLOCK_N, warps, stages)
 
 
+PROBE_SHAPE = (64, 32, 8, 128)  # batch 64, 32 query heads, 8 kv heads of 128
+
+
+def probe_inputs() -> tuple[torch.Tensor, ...]:
+    """q [b, heads, d], K and V caches [b, kv, 2080, d] (bf16) and lengths 2049..2080."""
+    b, heads, kv, d = PROBE_SHAPE
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    kc = torch.randn(b, kv, 2080, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    vc = torch.randn(b, kv, 2080, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
+                           dtype=torch.int32)
+    return q, kc, vc, lengths
+
+
 def probe_records() -> list[dict]:
     """Where the batch-64 attention's last 7% goes (run 23: 4.15 TB/s against a plain read's
     4.45, whatever its tile): a stripped-down kernel with the runtime's access pattern (one
@@ -284,13 +299,8 @@ def probe_records() -> list[dict]:
     eviction_policy="evict_first" (EVICT). If the plain read of this pattern is as slow as the
     attention, the pattern bounds it, not the kernel's arithmetic."""
     _probe = probe_kernel()
-    b, heads, kv, d, cap = 64, 32, 8, 128, 2080
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
-                           dtype=torch.int32)
+    b, heads, kv, d = PROBE_SHAPE
+    q, kc, vc, lengths = probe_inputs()
     kv_bytes = int(lengths.sum().item()) * kv * d * 2 * 2
     o = torch.empty_like(q)
     ref = None
@@ -338,13 +348,8 @@ def prefetch_records() -> list[dict]:
     more programs that read the next o_proj weight into L2 (evict_last), its K/V loads with or
     without evict_first; P = 0 is today's order."""
     _probe = probe_kernel()
-    b, heads, kv, d, cap, hidden = 64, 32, 8, 128, 2080, 4096
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
-                           dtype=torch.int32)
+    (b, heads, kv, d), hidden = PROBE_SHAPE, 4096
+    q, kc, vc, lengths = probe_inputs()
     o = torch.empty_like(q)
     sink = torch.zeros(1, device="cuda")
     ws = [w.t() for w in ring(hidden, hidden)]  # [out, in] views, as F.linear takes them
