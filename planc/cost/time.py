@@ -97,11 +97,12 @@ class Efficiency:
     decode_attention_hbm: float = 0.92
     # A collective inside the replayed graph has no host launch and no wait for the slowest
     # rank's Python: fitted (the one constant here that is) to the tensor-parallel 2 decode of
-    # the Llama-3-8B shape at batch 64 on nvidia-h200-x2 (5.943 ms, 66 all-reduces a step;
+    # the Llama-3-8B shape at batch 64 on nvidia-h200-x2 (5.943 ms, 66 collectives a step;
     # benchmarks/results/h200x2_issue17.md), checked on batch 1, which it was not fitted to:
-    # 3.780 ms predicted against 3.490 measured (+8.3%). `collective_latency_s` and planc
-    # calibrate's `latency` (a host-launched 4-byte all-reduce: 71 us on that machine) price
-    # the eager steps' collectives.
+    # 3.780 ms predicted against 3.490 measured (+8.3%). Validated there only (two H200s over
+    # NVLink): it also prices larger groups and other links, unmeasured. `collective_latency_s`
+    # and planc calibrate's `latency` (a host-launched 4-byte all-reduce: 71 us on that
+    # machine) price the eager steps' collectives.
     graph_collective_latency_s: float = 15e-6
 
 
@@ -293,6 +294,19 @@ def collective_estimate(col: Collective, rates: Rates, eff: Efficiency | None = 
     return (e.collective_latency_s + estimate_link_bytes(col) / bw) * col.calls
 
 
+def step_efficiency(graph: PlacementGraph, rates: Rates, phase: str = "prefill",
+                    eff: Efficiency | None = None) -> Efficiency:
+    """The efficiencies step_estimate prices `phase` with (and so should anything that quotes
+    a part of it): a calibrated device's or the defaults; a decode step replayed as one CUDA
+    graph starts its kernels at graph_op_overhead_s and its collectives at
+    graph_collective_latency_s."""
+    e = eff or rates.efficiency or Efficiency()
+    if phase == "decode" and static_decode(graph):
+        e = replace(e, op_overhead_s=e.graph_op_overhead_s,
+                    collective_latency_s=e.graph_collective_latency_s)
+    return e
+
+
 def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None,
                   phase: str = "prefill") -> float:
     """Seconds: an estimate of the forward step, not a bound.
@@ -302,12 +316,9 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     larger) plus a launch overhead, plus each collective's latency and link time (no overlap
     assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
     """
-    e = eff or rates.efficiency or Efficiency()
+    e = step_efficiency(graph, rates, phase, eff)
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     static = phase == "decode" and static_decode(graph)
-    if static:
-        e = replace(e, op_overhead_s=e.graph_op_overhead_s,
-                    collective_latency_s=e.graph_collective_latency_s)
     qk_norm = qk_norm_of(graph)
     fused = static_step_fused(qk_norm, static_step_gate_up_silu(
         micro_rows(graph.batch, mesh_parts(graph.mesh.shape, graph.splits.get("batch", [])),

@@ -7,7 +7,14 @@ from planc.compiler.ir import PlacementGraph
 from planc.compiler.spec import PlanSpec
 from planc.compiler.units import human_bytes
 from planc.cost.performance import human_time
-from planc.cost.time import collective_estimate, in_phase, phase_steps, rates_of, step_estimate
+from planc.cost.time import (
+    collective_estimate,
+    in_phase,
+    phase_steps,
+    rates_of,
+    step_efficiency,
+    step_estimate,
+)
 from planc.diagnostics import Diagnostics
 
 # Groups whose traffic is on the critical path of every layer: tensor parallel (all-reduce
@@ -26,14 +33,15 @@ def cross_node_groups(plan: PlanSpec, graph: PlacementGraph, diags: Diagnostics)
     cls = graph.classes[0]
     steps = phase_steps(graph, "decode") if phase == "decode" else 1
     step = step_estimate(graph, rates, phase=phase)
+    e = step_efficiency(graph, rates, phase)  # the collectives priced as the step prices them
     for what, dims in _GROUP_DIMS.items():
         axes = {a for d in dims for a in plan.axes_of(d)}
         crossing = [c for c in cls.collectives if c.link == "inter" and set(c.axes) <= axes
                     and c.op in ("all_reduce", "all_to_all") and in_phase(c.after, phase)]
         if not crossing:
             continue
-        cost = sum(collective_estimate(c, rates) for c in crossing) / steps
-        inside = sum(collective_estimate(c, rates, link="intra") for c in crossing) / steps
+        cost = sum(collective_estimate(c, rates, e) for c in crossing) / steps
+        inside = sum(collective_estimate(c, rates, e, link="intra") for c in crossing) / steps
         group = max(crossing, key=lambda c: c.group_size)
         diags.warning(
             "W102", f"plan {plan.name!r}: the {what} group over {' x '.join(group.axes)} "

@@ -166,8 +166,9 @@ SPLIT_KERNEL_MAX_ROWS = GATE_UP_SILU_MAX_ROWS  # the Triton split's x tile: at m
 def splits(product: str, rows: int, k: int) -> int:
     """Parts of K for `product` ("o_proj" or "down_proj") at `rows` rows and inner size k
     (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM. o_proj above 16 rows
-    is split in 2 only where the Triton kernel runs it (up to 64 rows): the bmm split lost to
-    cuBLAS there."""
+    is split in 2 only up to 64 rows, where split_product runs the Triton kernel: the bmm
+    split lost to cuBLAS there. The rule assumes the kernel's path (the static step splits
+    only with the Triton attention, so on CUDA with triton or in its interpreter)."""
     if rows <= 16:
         s = 4
     else:
@@ -226,7 +227,8 @@ def split_kernel(x: Tensor, weight: Tensor, parts: int,
     (h200_decode_splitk_run23.json)."""
     from planc.backends.torch.runtime import decode_gemm
 
-    assert x.stride(-1) == 1
+    if x.stride(-1) != 1:  # the kernel reads x's rows contiguous in K
+        x = x.contiguous()
     m, k = x.shape
     n = weight.shape[0]
     out = torch.empty(parts, m, n, device=x.device, dtype=torch.float32)

@@ -131,6 +131,7 @@ class StaticStep:
         ]
         self.use_graphs = dev.type == "cuda"
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._release_registered = False  # with dist.before_shutdown, once
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.mode = "cuda_graph" if self.use_graphs else "eager (static step)"
         # The layers' elementwise math while the step is recorded: torch.compile fusions on a
@@ -266,8 +267,9 @@ class StaticStep:
                 self._run(m, n_read)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         st.restore(saved)
-        if not self.graphs:  # the first: reset them all before the process group goes
+        if not self._release_registered:  # reset the graphs before the process group goes
             dist.before_shutdown(self.release)
+            self._release_registered = True
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):

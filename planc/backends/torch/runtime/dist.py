@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -172,21 +173,31 @@ def barrier(ctx: RankContext) -> None:
         dist.barrier()
 
 
-_BEFORE_SHUTDOWN: list[Callable[[], None]] = []
+_BEFORE_SHUTDOWN: list[weakref.WeakMethod] = []  # type: ignore[type-arg]
 
 
 def before_shutdown(release: Callable[[], None]) -> None:
-    """Have shutdown() call `release` before it destroys the process group (last registered,
-    first called). Why: NCCL's communicator destroy waits forever while a CUDA graph that
-    recorded its collectives is alive (pytorch/pytorch#115388: a TP 2 decode's ranks hung in
-    destroy_process_group with their work done, h200x2 run of 2026-11-29): the static decode
-    step registers the reset of its graphs here."""
-    _BEFORE_SHUTDOWN.append(release)
+    """Have shutdown() call the bound method `release` before it destroys the process group
+    (last registered, first called), unless its object is gone by then: held weakly, so a
+    model dropped before the end (a benchmark loading several) is freed as usual. Why: NCCL's
+    communicator destroy waits forever while a CUDA graph that recorded its collectives is alive
+    (pytorch/pytorch#115388: a TP 2 decode's ranks hung in destroy_process_group with their
+    work done, h200x2 run 11): the static decode step registers the reset of its graphs here."""
+    _BEFORE_SHUTDOWN.append(weakref.WeakMethod(release))  # type: ignore[arg-type]
 
 
 def shutdown() -> None:
+    """Run what before_shutdown registered, then destroy the process group. A release that
+    fails (CUDA in an error state after a failed run) is reported and the rest still run: the
+    process is ending either way."""
     while _BEFORE_SHUTDOWN:
-        _BEFORE_SHUTDOWN.pop()()
+        release = _BEFORE_SHUTDOWN.pop()()
+        if release is None:
+            continue
+        try:
+            release()
+        except Exception as e:  # noqa: BLE001 - any failure here must not hide the run's own
+            print(f"planc: releasing {release!r} before shutdown failed: {e}", file=sys.stderr)
     if dist.is_initialized():
         dist.destroy_process_group()
 
