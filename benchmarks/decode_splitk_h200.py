@@ -21,19 +21,17 @@ Three questions, Llama-3-8B shapes, bf16:
    read of 1 GiB (a Triton sum kernel) as the rate a read reaches on this machine.
 
 Run 18 timed questions 1-3, run 19 `--parts mlp` (decode_products.gate_up_silu over forced tiles
-against cuBLAS's gate/up + SiLU x up). Not timed yet, for the next lease:
-`--parts attention --attention-sweep warps` (1 or 2 warps per attention program, BLOCK_N 16-64,
-1-4 stages) and `--parts gemm --triton-split` (a Triton split-K candidate for q/k/v, o_proj and
-down_proj with its tiles chosen here, `triton_split_linear`: decode_gemm's kernel on the
-input-major weight, against cuBLAS and the bmm split; with one split its timing includes a
-copy of the output into the partials' buffer).
-
-Run 23 timed those two (no forced attention tile beat the autotuner's; the Triton split-K won
-on o_proj and on q/k/v at 1 and 8 rows). Run 24: `--parts probe,attention --attention-sweep
-none` (the attention's access pattern as a plain read, probe_records) and `--parts gemm
---gemms lm_head --triton-split` (the lm_head's one GEMM, cuBLAS against unsplit Triton tiles;
-their timing includes a copy of the output into a float32 buffer). Run 25: `--parts prefetch`
-(prefetch_records: the attention's spare programs reading o_proj's weight into L2 first).
+against cuBLAS's gate/up + SiLU x up). Run 23: `--parts attention --attention-sweep warps` (1 or
+2 warps per attention program, BLOCK_N 16-64, 1-4 stages: none beat the autotuner's tile by more
+than 0.6%) and `--parts gemm --triton-split` (a Triton split-K candidate for q/k/v, o_proj and
+down_proj, `triton_split_linear`, on the input-major weight against cuBLAS and the bmm split: it
+won on o_proj and on q/k/v at 1 and 8 rows, and is now the step's, decode_products.split_kernel).
+Run 24: `--parts probe,attention --attention-sweep none` (the attention's access pattern as a
+plain read, probe_records) and `--parts gemm --gemms lm_head --triton-split` (the lm_head's one
+GEMM, cuBLAS against unsplit Triton tiles). In runs 23 and 24 the candidate's one-split timings
+included a copy of its bf16 output into the float32 buffer; split_kernel now writes the float32
+product itself. Run 25: `--parts prefetch` (prefetch_records: the attention's spare programs
+reading o_proj's weight into L2 first).
 """
 
 from __future__ import annotations
@@ -98,7 +96,7 @@ def triton_split_linear(x: torch.Tensor, w_kn: torch.Tensor, cfg: dict) -> torch
     return decode_products.split_kernel(x, w_kn.t(), cfg.pop("SPLITS"), cfg)
 
 
-TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): not timed yet
+TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): run 23
     (s, n, k, 4, st) for s in (1, 2, 4) for n in (64, 128) for k in (64, 128) for st in (3, 4)]
 
 
