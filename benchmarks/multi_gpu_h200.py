@@ -39,7 +39,8 @@ tail, and the next one runs):
   gpu2_decode_llama3_8b_tp2_b{1,8,64}.plan in one invocation (one checkpoint for all six):
   h200x2_llama.json; then the one-GPU decode peer (decode_peer.py --shapes llama3_8b, which
   writes after each batch) on the same shape: h200x2_decode_peer.json.
-- tables (always last; alone it rebuilds them from files in --out, on any machine):
+- tables (always last; alone it rebuilds them from files in --out, on any machine, and from
+  committed run files given with --records):
   llama_tp2_h200x2.md (batch, one-GPU and TP2 TPOT, their ratio, the predictions stored with
   the runs, the calibrated prediction and its collectives' share, the peer) and
   estimates_h200x2.json / .md (every plan's step time / TTFT / TPOT by planc's cost model on
@@ -186,13 +187,18 @@ def collectives(plan) -> tuple[float, float]:  # type: ignore[no-untyped-def]
 PREDICTED = ("predicted_time_s", "predicted_ttft_ms", "predicted_tpot_ms")
 
 
-def estimates(out: Path, block: str | None) -> list[dict]:
+def run_records(out: Path, files: list[Path]) -> dict[str, dict]:
+    """Every record of the run files in --out (RUNS) and of `files` (committed runs, e.g.
+    benchmarks/results/h200x2_*_runN.json; a later file's record of a plan wins), by plan."""
+    records: dict[str, dict] = {}
+    for f in [out / r for r in RUNS if (out / r).exists()] + list(files):
+        records.update({r["plan"]: r for r in json.loads(f.read_text())["records"]})
+    return records
+
+
+def estimates(out: Path, block: str | None, measured: dict[str, dict]) -> list[dict]:
     """Every plan of the parts by planc's cost model, preset device against calibrated one,
-    with what was measured where a run file in --out has it."""
-    measured = {}
-    for f in RUNS:
-        if (out / f).exists():
-            measured.update({r["plan"]: r for r in json.loads((out / f).read_text())["records"]})
+    with what was measured where a run record has it."""
     rows = []
     for path in OTHER + LLAMA:
         cal = {p.name: p for p in (calibrated(path, block) or [])} if block else {}
@@ -239,12 +245,9 @@ def estimates_md(rows: list[dict]) -> list[str]:
     return lines
 
 
-def llama_table(out: Path, rows: list[dict]) -> list[str]:
+def llama_table(out: Path, rows: list[dict], measured: dict[str, dict]) -> list[str]:
     """Batch, one-GPU and TP2 TPOT, their ratio, the stored predictions, the calibrated one."""
-    recs = {}
-    if (out / RUNS[1]).exists():
-        recs = {r["plan"].split(":")[0]: r for r in json.loads((out / RUNS[1]).read_text())[
-            "records"]}
+    recs = {key.split(":")[0]: r for key, r in measured.items()}
     est = {r["plan"].split(":")[0]: r for r in rows}
     peer = {}
     if (out / "h200x2_decode_peer.json").exists():
@@ -271,14 +274,15 @@ def llama_table(out: Path, rows: list[dict]) -> list[str]:
     return lines
 
 
-def tables(out: Path, block_file: Path | None) -> None:
+def tables(out: Path, block_file: Path | None, records: list[Path] | None = None) -> None:
     block_file = block_file or (out / BLOCK if (out / BLOCK).exists() else None)
-    rows = estimates(out, block_file.read_text() if block_file else None)
+    measured = run_records(out, records or [])
+    rows = estimates(out, block_file.read_text() if block_file else None, measured)
     (out / "estimates_h200x2.json").write_text(json.dumps(
         {"device_block": str(block_file) if block_file else None, "rows": rows}, indent=1))
     est = estimates_md(rows)
     (out / "estimates_h200x2.md").write_text("\n".join(est) + "\n")
-    lt = llama_table(out, rows)
+    lt = llama_table(out, rows, measured)
     (out / "llama_tp2_h200x2.md").write_text("\n".join(lt) + "\n")
     print("\n".join(lt + [""] + est))
     failed = [f"{r['plan']}: {r['measured']['error'][-200:]!r}" for r in rows
@@ -296,6 +300,8 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--device-block", type=Path,
                     help="a calibrated device block for the estimates (default: --out's)")
+    ap.add_argument("--records", type=Path, nargs="*", default=[],
+                    help="tables: run files besides --out's (committed runs, later wins)")
     a = ap.parse_args()
     # a SIGTERM (the device command's limit) stops the running step's tree, as Ctrl-C does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -323,7 +329,7 @@ def main() -> None:
     if a.dry_run and not a.device_block:
         return
     t = time.time()
-    tables(out, a.device_block)
+    tables(out, a.device_block, a.records)
     log(f"tables: {time.time() - t:.1f} s; all: {time.time() - start:.0f} s")
 
 
