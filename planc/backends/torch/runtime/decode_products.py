@@ -158,9 +158,7 @@ def config_for(rows: int) -> dict[str, int]:
 
 
 SPLIT_ALIGN = 64  # each part's K: a multiple of this (cuBLAS's K tile), else no split
-
-
-SPLIT_KERNEL_MAX_ROWS = GATE_UP_SILU_MAX_ROWS  # the Triton split's x tile: at most 64 rows
+SPLIT_KERNEL_MAX_ROWS = MAX_M  # the Triton split's x tile, padded as gate_up_silu's: <= 64 rows
 
 
 def splits(product: str, rows: int, k: int) -> int:
@@ -182,11 +180,17 @@ def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:
     return cuda and triton is not None and parts > 1 and rows <= SPLIT_KERNEL_MAX_ROWS
 
 
+def split_runs_kernel(device: torch.device, rows: int, parts: int) -> bool:
+    """split_kernel_applies on `device`, Triton's interpreter counting as a GPU (it runs the
+    GPU path on CPU tensors): what split_product does and what the step's metrics report."""
+    return split_kernel_applies(device.type == "cuda" or interpreting(), rows, parts)
+
+
 def split_config(rows: int) -> dict[str, int]:
     """The Triton split's tile (h200_decode_splitk_run23.json, 8 tiles timed per shape: the
     fastest or within 0.2 us of it for o_proj and down_proj at 1, 8 and 64 rows)."""
     if interpreting():
-        return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+        return dict(INTERPRETER_CONFIG)
     if rows <= 16:
         return {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
     return {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4}
@@ -196,14 +200,13 @@ def split_product(x: Tensor, weight: Tensor, parts: int, kernel: bool | None = N
                   ) -> Tensor:
     """The float32 partial products [parts, ..., N] of x [..., K] @ weight [N, K]^T over
     `parts` slices of K. Their sum is F.linear(x, weight) before its rounding to x's dtype.
-    kernel (default: split_kernel_applies, with Triton's interpreter as a GPU): decode_gemm's
-    Triton kernel writes the partials, its tiles of K shared out among the parts
-    (split_config); else views of x and weight in one batched GEMM (equal slices of K)."""
+    kernel (default: split_runs_kernel): decode_gemm's Triton kernel writes the partials, its
+    tiles of K shared out among the parts (split_config); else views of x and weight in one
+    batched GEMM (equal slices of K)."""
     n, k = weight.shape
     assert k % parts == 0 and x.shape[-1] == k
     x2 = x.reshape(-1, k)
-    on_gpu = x.is_cuda or interpreting()  # the interpreter runs the GPU path on the CPU
-    if kernel if kernel is not None else split_kernel_applies(on_gpu, x2.shape[0], parts):
+    if kernel if kernel is not None else split_runs_kernel(x.device, x2.shape[0], parts):
         return split_kernel(x2, weight, parts).view(parts, *x.shape[:-1], n)
     xs = x2.view(x2.shape[0], parts, k // parts).transpose(0, 1)  # [parts, rows, K / parts]
     ws = weight.t().view(parts, k // parts, n)  # either layout: a view

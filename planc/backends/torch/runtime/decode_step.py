@@ -197,8 +197,7 @@ class StaticStep:
         split = [f"{p} over K in {n}" for p, n in self.parts.items() if n > 1]
         if not split:
             return what
-        on_gpu = self.ctx.device.type == "cuda" or decode_kernels.interpreting()
-        by = ("Triton" if decode_products.split_kernel_applies(on_gpu, self.rows, 2)
+        by = ("Triton" if decode_products.split_runs_kernel(self.ctx.device, self.rows, 2)
               else "batched GEMM")
         return what + ", " + " and ".join(split) + f" (float32 partials, {by})"
 
