@@ -12,6 +12,12 @@ count and time; the GEMMs' weight bytes over their time is their read rate.
 `--layers N` runs the plan's model cut to N layers (per-layer kernels do not depend on the
 depth; the checkpoint is written in seconds instead of minutes).
 
+`--variants "A=1 B=2" "A=0"` is a same-process A/B of runtime settings read at launch (such as
+PLANC_DECODE_PDL and PLANC_DECODE_PREFETCH, runtime/dependent_launch.py): after the plan's
+record, the step is captured once more per variant (environment set, a fresh graph pool), then
+the variants' graphs are timed in `--rounds` interleaved rounds of `--steps` replays each (so a
+drift of the machine's clock falls on every variant alike) and profiled once each.
+
     python benchmarks/decode_profile_h200.py --out $OUT/profile.json --layers 4 \
         benchmarks/plans/gpu1_decode_llama3_8b_b{1,8,64}.plan
 """
@@ -116,7 +122,56 @@ def event_ms(fn, n: int) -> list[float]:  # type: ignore[no-untyped-def]
     return times
 
 
-def profile_plan(path: Path, plan, ckpt: str, steps: int) -> dict:  # type: ignore[no-untyped-def]
+def parse_variant(text: str) -> dict[str, str]:
+    """"A=1 B=2" -> {"A": "1", "B": "2"} (an empty string: the environment as it is)."""
+    pairs = [kv.split("=", 1) for kv in text.split()]
+    if any(len(kv) != 2 for kv in pairs):
+        raise SystemExit(f"--variants: {text!r} is not NAME=VALUE ...")
+    return dict(pairs)  # type: ignore[arg-type]
+
+
+def time_variants(static, n_read: int, restart, variants: list[str], steps: int,  # type: ignore[no-untyped-def]
+                  rounds: int, gemm_bytes: int) -> list[dict]:
+    """Each variant's graph of the step (module docstring): interleaved CUDA-event timings of
+    its replays, its step kind as the run's metrics name it, and one profiled pass."""
+    graphs, out = [], []
+    for text in variants:
+        env = parse_variant(text)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            static.pool = torch.cuda.graph_pool_handle()
+            restart()
+            graphs.append(static._capture(0, n_read))
+            out.append({"variant": text, "mode": static.mode, "gemm": static.gemm,
+                        "step_ms": []})
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    for g in graphs:  # warm each
+        restart()
+        g.replay()
+    for _ in range(rounds):
+        for g, rec in zip(graphs, out):
+            restart()
+            rec["step_ms"] += event_ms(g.replay, steps)
+    for g, rec in zip(graphs, out):
+        rec["step_ms_median"] = statistics.median(rec["step_ms"])
+        restart()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                g.replay()
+            torch.cuda.synchronize()
+        rec.update(summarize(kernels_of(prof), steps, gemm_bytes))
+    return out
+
+
+def profile_plan(path: Path, plan, ckpt: str, steps: int,  # type: ignore[no-untyped-def]
+                 variants: list[str] | None = None, rounds: int = 5) -> dict:
     cfg = to_run_config(plan, lower(plan), dtype="bfloat16")
     ctx = rdist.make_context(cfg, torch.device("cuda", 0))
     model = program.load(ctx, ckpt)
@@ -167,6 +222,9 @@ def profile_plan(path: Path, plan, ckpt: str, steps: int) -> dict:  # type: igno
                 torch.cuda.synchronize()
             rec[mode] = {"step_ms_median": statistics.median(ms), "step_ms": ms,
                          **summarize(kernels_of(prof), steps, gemm_bytes)}
+        if variants:
+            rec["variants"] = time_variants(static, n_read, restart, variants, steps, rounds,
+                                            gemm_bytes)
     del model
     torch.cuda.empty_cache()
     return rec
@@ -179,6 +237,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--workdir", default="/tmp/planc-profile")
+    ap.add_argument("--variants", nargs="*", default=None)
+    ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0",
                  "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
@@ -195,7 +255,7 @@ def main() -> None:
         for plan in plans_of(path):
             ckpt = checkpoint_for(plan, cache, workdir)
             try:
-                rec = profile_plan(path, plan, ckpt, a.steps)
+                rec = profile_plan(path, plan, ckpt, a.steps, a.variants, a.rounds)
             except Exception as e:  # keep the other plans' records
                 rec = {"plan": f"{path.name}:{plan.name}", "error": f"{type(e).__name__}: {e}"}
             out["records"].append(rec)
@@ -209,6 +269,11 @@ def main() -> None:
                     for g, v in sorted(r.get("groups", {}).items()):
                         print(f"     {g}: {v['count_per_step']:.0f} x, "
                               f"{v['us_per_step']:.0f} us", file=sys.stderr)
+            for v in rec.get("variants", []):
+                print(f"  variant {v['variant']!r}: {v['step_ms_median']:.4f} ms, "
+                      f"{v.get('kernels_per_step', 0):.0f} kernels, span "
+                      f"{v.get('span_us_per_step', 0):.1f} us, busy "
+                      f"{v.get('busy_us_per_step', 0):.1f} us", file=sys.stderr)
             Path(a.out).write_text(json.dumps(out, indent=1))
     torch.distributed.destroy_process_group()
 

@@ -42,6 +42,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from planc.backends.torch.runtime import dependent_launch
+from planc.backends.torch.runtime.triton_mode import interpreting
+
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton
     import triton.language as tl
@@ -114,6 +117,7 @@ def _attn_partials_body(
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
     DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr, ROPE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
     of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
@@ -129,7 +133,11 @@ def _attn_partials_body(
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products: for fp32 inputs (tf32
     would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (triton 3.9:
     numerically garbage); bf16/fp16 products are exact in float32, so this is the same sum as
-    the tensor cores' bf16 dot with float32 accumulation."""
+    the tensor cores' bf16 dot with float32 accumulation. PDL: launched with programmatic
+    dependent launch, it waits for the kernel before it first (runtime/dependent_launch.py)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     split = tl.program_id(1)
     row = (pid // KV).to(tl.int64)  # row * its stride passes 2**31 in a large cache
@@ -236,9 +244,12 @@ def _attn_partials_body(
 def _merge_body(
     PART, LSE, OUT, sp_b, sp_h, sp_s, sl_b, sl_h, so_b, so_h,
     HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+    SPLITS: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """One program per (row, head): out = sum_s exp(lse_s - L) out_s, L = logsumexp(lse)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     row = pid // HEADS
     h = pid % HEADS
@@ -290,14 +301,6 @@ def _rope_store_body(
 
 _BUILT: dict[bool, tuple[Callable, Callable]] = {}
 _BUILT_ROPE: dict[bool, Callable] = {}
-
-
-def interpreting() -> bool:
-    """Whether triton.jit would build interpreter kernels now (TRITON_INTERPRET)."""
-    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _kernels() -> tuple[Callable, Callable]:
@@ -426,7 +429,7 @@ def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengt
         cos, sin, pos, slot, cos.stride(0) if rope is not None else 0,
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
         SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or interpreting(),
-        WRITE_LSE=n_splits > 1, ROPE=rope is not None,
+        WRITE_LSE=n_splits > 1, ROPE=rope is not None, **dependent_launch.kernel_args(q.device),
         **({"BLOCK_N": BLOCK_N} if interpreting() else {}),  # else the autotuner's tile
     )
     if n_splits == 1:
@@ -435,7 +438,7 @@ def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengt
         part, lse, out, part.stride(0), part.stride(1), part.stride(2),
         lse.stride(0), lse.stride(1), out.stride(0), out.stride(1),
         HEADS=heads, D=d, BLOCK_D=block_d, SPLITS=n_splits,
-        S_PAD=triton.next_power_of_2(n_splits),
+        S_PAD=triton.next_power_of_2(n_splits), **dependent_launch.kernel_args(q.device),
     )
     return out
 
@@ -490,9 +493,13 @@ def rope_store_triton(qkv: Tensor, cos: Tensor, sin: Tensor, slot: Tensor, k_cac
 ARGMAX_BLOCK = 4096  # logits per program of the argmax's first pass
 
 
-def _argmax_parts_body(LOGITS, PART_MAX, PART_IDX, n, s_r, parts, BLOCK: tl.constexpr):
+def _argmax_parts_body(LOGITS, PART_MAX, PART_IDX, n, s_r, parts, BLOCK: tl.constexpr,
+                      PDL: tl.constexpr = False):
     """Program (row, part): the maximum of the part's logits (float32) and the first index of
     it in the row (tl.argmax keeps the leftmost of equal values)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
     offs = part * BLOCK + tl.arange(0, BLOCK)
@@ -502,8 +509,12 @@ def _argmax_parts_body(LOGITS, PART_MAX, PART_IDX, n, s_r, parts, BLOCK: tl.cons
     tl.store(PART_IDX + row * parts + part, part * BLOCK + i)
 
 
-def _argmax_pick_body(PART_MAX, PART_IDX, OUT, parts, P_PAD: tl.constexpr):
+def _argmax_pick_body(PART_MAX, PART_IDX, OUT, parts, P_PAD: tl.constexpr,
+                     PDL: tl.constexpr = False):
     """Program row: the first part holding the row's maximum, its index into OUT (int64)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, P_PAD)
     ok = offs < parts
@@ -513,9 +524,12 @@ def _argmax_pick_body(PART_MAX, PART_IDX, OUT, parts, P_PAD: tl.constexpr):
 
 
 def _finish_step_body(TOK, TOK_OUT, s_out, TOKENS, s_tok, POS, SLOT, LENGTHS, COL, r,
-                      BLOCK: tl.constexpr):
+                      BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """One program: each row's chosen token into TOK_OUT and into column COL[0] of TOKENS,
     then the counters advanced (POS, LENGTHS per row; SLOT, COL once)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     col = tl.load(COL)
     for start in range(0, r, BLOCK):
         offs = start + tl.arange(0, BLOCK)
@@ -559,9 +573,11 @@ def argmax_triton(logits: Tensor) -> Tensor:
     part_idx = torch.empty(r, parts, dtype=torch.int32, device=logits.device)
     out = torch.empty(r, dtype=torch.long, device=logits.device)
     first, pick, _ = _end_kernels()
+    pdl = dependent_launch.kernel_args(logits.device)
     first[(r, parts)](logits, part_max, part_idx, n, logits.stride(0), parts,
-                      BLOCK=ARGMAX_BLOCK, num_warps=8)
-    pick[(r,)](part_max, part_idx, out, parts, P_PAD=max(16, triton.next_power_of_2(parts)))
+                      BLOCK=ARGMAX_BLOCK, num_warps=8, **pdl)
+    pick[(r,)](part_max, part_idx, out, parts, P_PAD=max(16, triton.next_power_of_2(parts)),
+               **pdl)
     return out
 
 
@@ -577,7 +593,8 @@ def finish_step_triton(tok: Tensor, tok_out: Tensor, tokens: Tensor, pos: Tensor
     assert tokens.stride(1) == 1 and pos.is_contiguous() and lengths.is_contiguous()
     _end_kernels()[2][(1,)](tok, tok_out, tok_out.stride(0), tokens, tokens.stride(0), pos,
                             slot, lengths, col, r,
-                            BLOCK=min(1024, max(16, triton.next_power_of_2(r))))
+                            BLOCK=min(1024, max(16, triton.next_power_of_2(r))),
+                            **dependent_launch.kernel_args(tok.device))
 
 
 # --------------------------------------------------------------------------------------------
