@@ -15,8 +15,10 @@ depth; the checkpoint is written in seconds instead of minutes).
 `--variants "A=1 B=2" "A=0"` is a same-process A/B of runtime settings read at launch (such as
 PLANC_DECODE_PDL and PLANC_DECODE_PREFETCH, runtime/dependent_launch.py): after the plan's
 record, the step is captured once more per variant (environment set, a fresh graph pool), then
-the variants' graphs are timed in `--rounds` interleaved rounds of `--steps` replays each (so a
-drift of the machine's clock falls on every variant alike) and profiled once each.
+the variants' graphs are timed in `--rounds` interleaved rounds (so a drift of the machine's
+clock falls on every variant alike), each round `--steps` replays back to back between two
+CUDA events as a decode runs them (no host sync between steps, so the graph's launch overlaps
+the step before), and profiled once each.
 
     python benchmarks/decode_profile_h200.py --out $OUT/profile.json --layers 4 \
         benchmarks/plans/gpu1_decode_llama3_8b_b{1,8,64}.plan
@@ -157,7 +159,7 @@ def time_variants(static, n_read: int, restart, variants: list[str], steps: int,
     for _ in range(rounds):
         for g, rec in zip(graphs, out):
             restart()
-            rec["step_ms"] += event_ms(g.replay, steps)
+            rec["step_ms"].append(back_to_back_ms(g.replay, steps))
     for g, rec in zip(graphs, out):
         rec["step_ms_median"] = statistics.median(rec["step_ms"])
         restart()
@@ -168,6 +170,18 @@ def time_variants(static, n_read: int, restart, variants: list[str], steps: int,
             torch.cuda.synchronize()
         rec.update(summarize(kernels_of(prof), steps, gemm_bytes))
     return out
+
+
+def back_to_back_ms(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Mean ms of n calls of fn issued back to back between two CUDA events."""
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / n
 
 
 def profile_plan(path: Path, plan, ckpt: str, steps: int,  # type: ignore[no-untyped-def]
