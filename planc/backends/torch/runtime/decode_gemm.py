@@ -158,8 +158,7 @@ def _gemm_body(
     X, W, Y, P, M, N, K, sx_m, sw_n, sw_k, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr, GATED: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE_N: tl.constexpr = 1,
-    LINE_K: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
     """Program (n block, split): acc[BLOCK_N, M_PAD] = W[n block, split's K] @ x[:, split's K]^T.
 
@@ -168,9 +167,8 @@ def _gemm_body(
     decode_kernels); bf16/fp16 products are exact in float32, so the sum is the same.
     GATED: X is [M, 2 K] = (gate | up) and the product's x is silu(gate) * up, each step
     rounded to X's dtype as the eager ops round it (F.silu, then the multiply).
-    PDL, PREFETCH, LINE_N, LINE_K: launched with programmatic dependent launch, the program
-    first pulls its first PREFETCH K tiles of W into L2 (one address per LINE_N x LINE_K
-    elements), then waits for the kernel before (runtime/dependent_launch.py's rules)."""
+    PDL: launched with programmatic dependent launch, the program first waits for the kernel
+    before it (runtime/dependent_launch.py)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -183,14 +181,6 @@ def _gemm_body(
     per = tl.cdiv(n_tiles, SPLIT_K)
     t_lo = split * per
     t_hi = tl.minimum(t_lo + per, n_tiles)
-    if PREFETCH > 0:  # W depends on no kernel before this one: into L2 before the wait
-        pn = tl.minimum(pid_n * BLOCK_N + tl.arange(0, BLOCK_N // LINE_N) * LINE_N, N - 1)
-        pk = tl.arange(0, BLOCK_K // LINE_K) * LINE_K
-        for t in range(t_lo, tl.minimum(t_lo + PREFETCH, t_hi)):
-            lines = (W + pn.to(tl.int64)[:, None] * sw_n
-                     + tl.minimum(t * BLOCK_K + pk, K - 1)[None, :] * sw_k)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [lines],
-                                      dtype=tl.int32, is_pure=False, pack=1)
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

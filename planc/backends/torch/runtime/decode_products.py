@@ -63,31 +63,18 @@ def gate_up_silu_eager(x: Tensor, weight: Tensor) -> Tensor:
 def _gate_up_silu_body(
     X, W, Y, M, FFN, K, sx_m, sw_n, sw_k, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE_N: tl.constexpr = 1,
-    LINE_K: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
     """Program n: y[:, n block] = silu(x @ W[n block]^T) * (x @ W[ffn + n block]^T).
 
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products, for fp32 inputs and under
-    the interpreter (see decode_kernels._attn_partials_body). PDL, PREFETCH, LINE_N, LINE_K:
-    as decode_gemm._gemm_body's (the first PREFETCH K tiles of both the gate and the up rows)."""
+    the interpreter (see decode_kernels._attn_partials_body). PDL: as decode_gemm._gemm_body's."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, M_PAD)
     n_ok = offs_n < FFN
     m_ok = offs_m < M
     cols = offs_n.to(tl.int64)
-    if PREFETCH > 0:  # W depends on no kernel before this one: into L2 before the wait
-        pn = tl.minimum(pid * BLOCK_N + tl.arange(0, BLOCK_N // LINE_N) * LINE_N, FFN - 1)
-        pk = tl.arange(0, BLOCK_K // LINE_K) * LINE_K
-        for t in range(0, tl.minimum(PREFETCH, tl.cdiv(K, BLOCK_K))):
-            lines = (W + pn.to(tl.int64)[None, :] * sw_n
-                     + tl.minimum(t * BLOCK_K + pk, K - 1)[:, None] * sw_k)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [lines],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l",
-                                      [lines + FFN * sw_n], dtype=tl.int32, is_pure=False,
-                                      pack=1)
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -157,7 +144,7 @@ def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None
     _kernel()[grid](x2, weight, y, m, ffn, k, x2.stride(0), weight.stride(0), weight.stride(1),
                     y.stride(0), M_PAD=max(MIN_M, triton.next_power_of_2(m)),
                     DOT_F32=x.dtype == torch.float32 or interpreting(),
-                    **dependent_launch.gemm_args(weight), **cfg)
+                    **dependent_launch.kernel_args(weight.device), **cfg)
     return y.reshape(*x.shape[:-1], ffn)
 
 
@@ -258,6 +245,6 @@ def split_kernel(x: Tensor, weight: Tensor, parts: int,
         x, weight, out, out, m, n, k, x.stride(0), weight.stride(0), weight.stride(1), n,
         M_PAD=max(MIN_M, triton.next_power_of_2(m)), SPLIT_K=parts,
         DOT_F32=x.dtype == torch.float32 or interpreting(), GATED=False,
-        **dependent_launch.gemm_args(weight), **cfg)
+        **dependent_launch.kernel_args(weight.device), **cfg)
     return out
 

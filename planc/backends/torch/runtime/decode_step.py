@@ -22,6 +22,9 @@ whole heads per rank (LocalCore: the head x head_dim and sequence-parallel cores
 eager `step`), dense MLPs (the routed MoE's rows per expert are data-dependent shapes) and
 greedy choice (sampling draws on the host's seeded generator, textgen.sample).
 
+On Hopper the step's Triton kernels (attention, the split and gate/up products, the end) launch
+with programmatic dependent launch (runtime/dependent_launch.py; the run's metrics say so).
+
 Attention reads the cache through runtime/decode_kernels.py (the kernel is recorded in the run's
 metrics); a kernel that reads a prefix of the cache of fixed length (grouped_bmm) gets a graph
 per bucket of `BUCKET` slots, so it reads at most BUCKET - 1 slots more than are filled.
@@ -44,6 +47,7 @@ from planc.backends.torch.runtime import (
     decode_gemm,
     decode_kernels,
     decode_products,
+    dependent_launch,
     dist,
     layers,
     vocab_parallel,
@@ -176,6 +180,12 @@ class StaticStep:
         self.gate_up_silu = self.products and static_step_gate_up_silu(r, all(
             type(cast(GatedMLP, layer.mlp).gate_up) is Linear  # not an int8 / 2:4 linear
             for layer in model.layers))
+        # The Triton kernels launch with programmatic dependent launch on Hopper (each starts
+        # while the kernel before drains, then waits for it: runtime/dependent_launch.py): 2.1%
+        # off the batch-64 step, medians of three runs each way interleaved in one lease
+        # (8.234 against 8.412 ms, benchmarks/results/h200_decode_run2[78]_*). PLANC_DECODE_PDL=0
+        # turns it off, for measuring.
+        self.pdl = self.kernel == "triton_flash_decode" and dependent_launch.enabled(dev)
         self.parts = {"o_proj": 1, "down_proj": 1}
         if self.products and model.layers:
             attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)

@@ -1,29 +1,31 @@
 """Programmatic dependent launch (PDL) for the static decode step's Triton kernels.
 
 Why: a graph-replayed decode step is a chain of kernels, each of which waits for the whole of
-the one before it: its launch, its programs' start and its first loads begin only when the
-last program of the previous kernel has drained. On Hopper a kernel launched with PDL may
-start while the kernel before it finishes: its programs run their prologue, then wait
-(`gdc_wait`) until the previous kernel has completed and its writes are visible. The decode
-step's GEMMs have a part that depends on nothing before them, their weights, so they may
-also pull the first tiles of their weight into L2 before the wait (`prefetch_tiles`), while
-the kernel before drains and HBM is otherwise idle.
+the one before it: its launch and its programs' start begin only when the last program of the
+previous kernel has drained. On Hopper a kernel launched with PDL is launched once every
+program of the kernel before has signalled (`gdc_launch_dependents`), and its programs wait
+(`gdc_wait`) until that kernel has completed and its writes are visible; so its launch and
+its programs' placement overlap the previous kernel's last programs.
 
-Rules every kernel here keeps (checked by tests/torch/test_dependent_launch.py on the
-interpreter path, where PDL is off, and by the step's token equality on the GPU):
+Measured (Llama-3-8B shape, batch 64, one H200, the whole model; three runs each way
+interleaved in one lease, benchmarks/results/h200_decode_run2[78]_*): TPOT 8.234 ms with PDL
+against 8.412 without (medians), every run with it faster than the runs beside it without.
+What did not pay (4-layer cut, run 26, h200_decode_profile_run26_l4_b64_pdl_variants.json):
+the GEMM programs prefetching their first K tiles of weight into L2 before the wait, which
+took bandwidth from the kernel still draining (1-2 tiles level, 4-16 tiles 0.7-2.2% slower).
 
-- nothing is read that a kernel before it writes, and nothing is written, before `gdc_wait`;
-  before it only weights (read-only for the whole run) are touched, by prefetches;
+Rules every kernel here keeps (tests/torch/test_dependent_launch.py reads their source):
+
+- `gdc_wait` comes before anything is loaded or stored: nothing is read that a kernel before
+  writes, and nothing is overwritten that a kernel before still reads;
 - `gdc_launch_dependents` comes after `gdc_wait`, so a kernel's dependents are launched only
   once its own wait has returned: at most two kernels of the chain are resident at once.
 
 Waiting is transitive: a kernel's wait returns once the kernel before has completed, which
 that kernel did only after its own wait returned; so every earlier kernel has completed too.
-A kernel launched without PDL (cuBLAS's, inductor's) waits for the whole of the one before, as
-usual, and a PDL kernel after one that never signals starts at its completion.
-
-`PLANC_DECODE_PDL=0` turns PDL off and `PLANC_DECODE_PREFETCH=N` sets how many K tiles of its
-weight each GEMM program prefetches (for measuring; benchmarks/results/h200_decode_issue15.md).
+A kernel launched without PDL (cuBLAS's, inductor's, NCCL's) waits for the whole of the one
+before it, as usual, and a PDL kernel after one that never signals starts at its completion.
+`PLANC_DECODE_PDL=0` turns it off (for measuring).
 """
 
 from __future__ import annotations
@@ -41,12 +43,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-DEFAULT_PREFETCH_TILES = 0  # K tiles of its weight a GEMM program pulls into L2 before its wait
-L2_LINE_BYTES = 128  # one prefetch per line of the weight
-
 
 def _gdc_available() -> bool:
-    """Whether this triton has grid dependency control (triton >= 3.3: tl.extra.cuda.gdc_*)."""
+    """Whether this triton has grid dependency control (tl.extra.cuda.gdc_*, triton >= 3.3)."""
     cuda = getattr(getattr(tl, "extra", None), "cuda", None)
     return cuda is not None and hasattr(cuda, "gdc_wait")
 
@@ -65,30 +64,3 @@ def kernel_args(device: torch.device) -> dict[str, bool]:
     """A step kernel's PDL constexpr and launch option on `device`; none where PDL is off (the
     interpreter and older triton take no launch_pdl option; the kernels' PDL defaults to False)."""
     return {"PDL": True, "launch_pdl": True} if enabled(device) else {}
-
-
-def gemm_args(weight: torch.Tensor) -> dict[str, int | bool]:
-    """kernel_args for a GEMM kernel streaming `weight`, with the K tiles it prefetches and the
-    prefetch's line steps (decode_gemm._gemm_body, decode_products._gate_up_silu_body)."""
-    args: dict[str, int | bool] = dict(kernel_args(weight.device))
-    if args:
-        line_n, line_k = line_steps(weight)
-        args.update(PREFETCH=prefetch_tiles(weight.device), LINE_N=line_n, LINE_K=line_k)
-    return args
-
-
-def prefetch_tiles(device: torch.device) -> int:
-    """K tiles of its weight each GEMM program prefetches into L2 before its wait (0: none);
-    only with PDL, since without it there is nothing to overlap the prefetch with."""
-    if not enabled(device):
-        return 0
-    return int(os.environ.get("PLANC_DECODE_PREFETCH", DEFAULT_PREFETCH_TILES))
-
-
-def line_steps(weight: torch.Tensor) -> tuple[int, int]:
-    """(LINE_N, LINE_K): elements between the prefetched addresses along the weight's rows (N)
-    and its inner dimension (K), one address per L2 line along the contiguous one."""
-    line = max(1, L2_LINE_BYTES // weight.element_size())
-    if weight.stride(-1) == 1:  # [N, K] with K contiguous
-        return 1, line
-    return line, 1  # in_major: N contiguous

@@ -200,7 +200,8 @@ class StageModel(nn.Module):
             why = decode_step.static_reason(ctx, self, text)
             return {"decode_step": f"eager rounds ({why})", "decode_attention": "core step"}
         kernel = static.kernel + (" (RoPE and cache write fused)" if static.fused_rope else "")
-        return {"decode_step": static.mode, "decode_attention": kernel,
+        step = static.mode + (" + programmatic dependent launch" if static.pdl else "")
+        return {"decode_step": step, "decode_attention": kernel,
                 "decode_gemm": static.gemm}
 
     def graph_pool_bytes(self) -> int | None:
