@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from planc.backends.torch.runtime.decode_kernels import interpreting as _interpreting
+from planc.backends.torch.runtime.triton_mode import interpreting as _interpreting
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton

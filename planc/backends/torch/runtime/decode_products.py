@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from planc.backends.torch.runtime import dependent_launch, layers
-from planc.backends.torch.runtime.decode_kernels import interpreting
+from planc.backends.torch.runtime.triton_mode import interpreting
 from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it

@@ -181,10 +181,9 @@ class StaticStep:
             type(cast(GatedMLP, layer.mlp).gate_up) is Linear  # not an int8 / 2:4 linear
             for layer in model.layers))
         # The Triton kernels launch with programmatic dependent launch on Hopper (each starts
-        # while the kernel before drains, then waits for it: runtime/dependent_launch.py): 2.1%
-        # off the batch-64 step, medians of three runs each way interleaved in one lease
-        # (8.234 against 8.412 ms, benchmarks/results/h200_decode_run2[78]_*). PLANC_DECODE_PDL=0
-        # turns it off, for measuring.
+        # while the kernel before drains, then waits for it): runtime/dependent_launch.py has
+        # what it measured (faster in separate processes, level in one process's A/B).
+        # PLANC_DECODE_PDL=0 turns it off, for measuring.
         self.pdl = self.kernel == "triton_flash_decode" and dependent_launch.enabled(dev)
         self.parts = {"o_proj": 1, "down_proj": 1}
         if self.products and model.layers:

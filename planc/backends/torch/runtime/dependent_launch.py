@@ -7,10 +7,13 @@ program of the kernel before has signalled (`gdc_launch_dependents`), and its pr
 (`gdc_wait`) until that kernel has completed and its writes are visible; so its launch and
 its programs' placement overlap the previous kernel's last programs.
 
-Measured (Llama-3-8B shape, batch 64, one H200, the whole model; three runs each way
-interleaved in one lease, benchmarks/results/h200_decode_run2[78]_*): TPOT 8.234 ms with PDL
-against 8.412 without (medians), every run with it faster than the runs beside it without.
-What did not pay (4-layer cut, run 26, h200_decode_profile_run26_l4_b64_pdl_variants.json):
+Measured (Llama-3-8B shape, batch 64, one H200, the whole model): three gpu_bench runs each
+way interleaved in one lease (a process each, benchmarks/results/h200_decode_run2[78]_*) gave
+TPOT 8.234 ms with PDL against 8.412 without (medians), every run with it faster than every
+run without; but one process's A/B in the next lease (four graphs captured off, on, off, on,
+interleaved replays, h200_decode_profile_run29_l32_b64_pdl_ab.json) found them level (8.459 /
+8.471 against 8.492 / 8.425 ms), so that 2.1% is not PDL's to claim. Kept on: no run measured
+it slower. What did not pay (4-layer cut, run 26, h200_decode_profile_run26_l4_b64_pdl_variants.json):
 the GEMM programs prefetching their first K tiles of weight into L2 before the wait, which
 took bandwidth from the kernel still draining (1-2 tiles level, 4-16 tiles 0.7-2.2% slower).
 
