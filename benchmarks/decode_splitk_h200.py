@@ -100,6 +100,55 @@ TRITON_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): run
     (s, n, k, 4, st) for s in (1, 2, 4) for n in (64, 128) for k in (64, 128) for st in (3, 4)]
 
 
+DEEP_SPLIT_TILES = [  # (SPLITS, BLOCK_N, BLOCK_K, num_warps, num_stages): run 35
+    (s, n, k, w, st) for s in (2, 4) for n in (32, 64, 128) for k in (128, 256) for w in (4, 8)
+    for st in (4, 6)]
+
+
+def deep_split_records(names: tuple[str, ...] = ("o_proj", "down"), m: int = 64) -> list[dict]:
+    """Run 35: the step's Triton split (decode_products.split_kernel) at 64 rows over deeper
+    pipelines, 8 warps, BLOCK_K 256 and BLOCK_N 32 (run 23 timed 4 warps, 3-4 stages and
+    BLOCK_K 64-128 only, and 4 stages beat 3 everywhere), on the input-major weight the step
+    keeps and on an output-major [N, K] copy, against the step's tile and cuBLAS."""
+    from planc.backends.torch.runtime import decode_products
+
+    out = []
+    for name in names:
+        k, n = GEMMS[name]
+        ws_in = ring(k, n)
+        ws_out = [w.t().contiguous() for w in ws_in]  # [N, K]
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ ws_in[0].float()
+        step = decode_products.split_config(m)
+        tiles = [("step", 2, step["BLOCK_N"], step["BLOCK_K"], step["num_warps"],
+                  step["num_stages"])] + [("deep", *t) for t in DEEP_SPLIT_TILES]
+        variants: dict[str, tuple] = {"cublas": (lambda w, x=x: F.linear(x, w.t()), ws_in)}
+        for layout, ws in (("in", ws_in), ("out", ws_out)):
+            for tag, sk, bn, bk, warps, stages in tiles:
+                cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+
+                def call(w, cfg=cfg, sk=sk, layout=layout, x=x):
+                    return decode_products.split_kernel(x, w.t() if layout == "in" else w, sk,
+                                                        dict(cfg))
+                variants[f"{layout}_{tag}_s{sk}_n{bn}_k{bk}_w{warps}_st{stages}"] = (call, ws)
+        for v, (fn, ws) in variants.items():
+            rec = {"part": "deep_split", "gemm": name, "M": m, "K": k, "N": n, "variant": v}
+            try:
+                y = fn(ws[0])
+                y = y.float().sum(0) if y.dim() == 3 else y.float()
+                err = ((y - ref).abs().max() / ref.abs().max()).item()
+                us = ring_us(fn, ws)
+            except Exception as e:  # noqa: BLE001 - out of shared memory, etc.
+                out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+                continue
+            out.append({**rec, "us": us, "TBps": k * n * 2 / us / 1e6, "rel_err": err})
+            print(f"{name:7} M={m} {v:36} {us:8.2f} us {k * n * 2 / us / 1e6:5.2f} TB/s "
+                  f"err {err:.1e}", flush=True)
+        del ws_in, ws_out
+        torch.cuda.empty_cache()
+    return out
+
+
 def gemm_records(triton_split: bool = False, names: tuple[str, ...] = SPLIT_GEMMS
                  ) -> list[dict]:
     out = []
@@ -181,6 +230,88 @@ def consumer_records() -> list[dict]:
             continue
         out.append({"part": "consumer", "case": name, "us": us})
         print(f"consumer {name:20} {us:8.2f} us", flush=True)
+    return out
+
+
+def _add_parts_norm_triton():
+    """A hand-written add + norm over S float32 partials (run 37's candidate): one program per
+    row holds the whole row (hidden <= BLOCK) in registers, one read of each input."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def body(X, P, W, Y, s_p, eps, N: tl.constexpr, BLOCK: tl.constexpr,
+             PARTS: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        ok = offs < N
+        acc = tl.zeros([BLOCK], tl.float32)
+        for s in tl.static_range(PARTS):
+            acc += tl.load(P + s * s_p + row * N + offs, mask=ok, other=0.0)
+        dt = X.dtype.element_ty
+        x = tl.load(X + row * N + offs, mask=ok, other=0.0)
+        h = (x.to(tl.float32) + acc.to(dt).to(tl.float32)).to(dt)
+        tl.store(X + row * N + offs, h, mask=ok)
+        hf = h.to(tl.float32)
+        r = tl.rsqrt(tl.sum(hf * hf, 0) / N + eps)
+        w = tl.load(W + offs, mask=ok, other=0.0)
+        y = (w.to(tl.float32) * (hf * r).to(dt).to(tl.float32)).to(dt)
+        tl.store(Y + row * N + offs, y, mask=ok)
+
+    def call(x, parts, w, eps, warps):
+        n = x.shape[-1]
+        rows = x.numel() // n
+        y = torch.empty_like(x)
+        body[(rows,)](x, parts, w, y, parts.stride(0), eps, N=n,
+                      BLOCK=triton.next_power_of_2(n), PARTS=parts.shape[0], num_warps=warps)
+        return y
+    return call
+
+
+def norm_persistent_records(rounds: int = 3) -> list[dict]:
+    """Run 37: the step's add + norm over 2 float32 partials at 64 rows (inductor's looped
+    reduction, two passes over the row, as torch.compile makes it for hidden 4096 > its
+    persistent-reduction threshold of 1024) against inductor forced to a persistent reduction
+    (its choices handler) and a hand-written one-pass Triton kernel; the outputs compared."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    class Persistent(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction) -> bool:
+            return True
+
+    opts = {"emulate_precision_casts": True}
+    step = layers.compiled_elementwise().add_parts_norm
+    persistent = torch.compile(_add_norm_parts, dynamic=False, fullgraph=True, options=opts)
+    hand = _add_parts_norm_triton()
+    m, hidden = 64, 4096
+    x0 = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(hidden, device="cuda") * 0.1 + 1).to(torch.bfloat16)
+    p = torch.randn(2, m, 1, hidden, device="cuda", dtype=torch.float32)
+    xs = {k: x0.clone() for k in ("step", "persistent", "hand4", "hand8", "hand16")}
+    fns = {"step": lambda: step(xs["step"], p, w, 1e-5)}
+    with V.set_choices_handler(Persistent()):
+        persistent(xs["persistent"], p, w, 1e-5)  # compiles under the handler
+    fns["persistent"] = lambda: persistent(xs["persistent"], p, w, 1e-5)
+    for warps in (4, 8, 16):
+        fns[f"hand{warps}"] = lambda warps=warps: hand(xs[f"hand{warps}"], p, w, 1e-5, warps)
+    # one call each from the same x: outputs and the updated residual against the step's
+    for v in xs.values():
+        v.copy_(x0)
+    outs = {k: fn() for k, fn in fns.items()}
+    out = []
+    for k in fns:
+        out.append({"part": "norm_persistent", "case": k,
+                    "out_equal_step": bool(torch.equal(outs[k], outs["step"])),
+                    "residual_equal_step": bool(torch.equal(xs[k], xs["step"])),
+                    "out_max_abs_diff": (outs[k].float() - outs["step"].float()).abs().max().item()})
+        print(out[-1], flush=True)
+    for rnd in range(rounds):
+        for k, fn in fns.items():
+            us = us_per_call([fn] * 8, [fn, fn], WARMUP, TIMED)
+            out.append({"part": "norm_persistent", "case": k, "round": rnd, "us": us})
+            print(f"norm {k:12} round {rnd} {us:8.2f} us", flush=True)
     return out
 
 
@@ -545,11 +676,50 @@ def mlp_records() -> list[dict]:
     return out
 
 
+MLP_COLS_TILES = [  # (BLOCK_N, BLOCK_K, num_warps, num_stages, COLS): run 36
+    (128, 64, 4, 4, c) for c in (128, 112, 96, 80, 64)] + [
+    (128, 64, 8, 4, 112), (128, 64, 4, 5, 112), (64, 64, 4, 4, 64), (64, 64, 4, 4, 56),
+    (64, 64, 4, 4, 48), (64, 64, 4, 3, 56), (64, 128, 4, 4, 56)]
+
+
+def mlp_cols_records(rounds: int = 3) -> list[dict]:
+    """Run 36: gate_up_silu's programs over COLS <= BLOCK_N columns each. At the step's tile
+    (BLOCK_N 128) the ffn of 14336 makes 112 programs on the H200's 132 SMs; 112 columns a
+    program make 128. Each tile timed `rounds` times, interleaved, over the ring of weights."""
+    from planc.backends.torch.runtime import decode_products
+
+    hidden, ffn = 4096, 14336
+    ws = [w.t() for w in ring(hidden, 2 * ffn)]  # [2 ffn, hidden], strides (1, 2 ffn)
+    out = []
+    for m in (64, 8, 1):
+        x = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
+        ref = decode_products.gate_up_silu_eager(x, ws[0]).float()
+        for rnd in range(rounds):
+            for bn, bk, warps, stages, cols in MLP_COLS_TILES:
+                cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
+                       "COLS": cols}
+                rec = {"part": "mlp_cols", "M": m, "round": rnd, **cfg,
+                       "programs": -(-ffn // cols)}
+                try:
+                    fn = lambda w, x=x, cfg=cfg: decode_products.gate_up_silu(x, w, cfg)
+                    err = ((fn(ws[0]).float() - ref).abs().max() / ref.abs().max()).item()
+                    us = ring_us(fn, ws)
+                except Exception as e:  # noqa: BLE001 - out of resources, etc.
+                    out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
+                    continue
+                out.append({**rec, "us": us, "TBps": 2 * ffn * hidden * 2 / us / 1e6,
+                            "rel_err": err})
+                print(f"mlp M={m:<3} r{rnd} n{bn} k{bk} w{warps} st{stages} cols {cols:3} "
+                      f"({rec['programs']} programs) {us:8.2f} us err {err:.1e}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp",
-                    help="any of read, probe, prefetch, attention, consumer, gemm, mlp")
+                    help="any of read, probe, prefetch, attention, consumer, gemm, mlp, "
+                         "deep_split, mlp_cols, norm_persistent")
     ap.add_argument("--attention-sweep", default="run18", choices=sorted(ATTENTION_SWEEPS))
     ap.add_argument("--gemms", default=",".join(SPLIT_GEMMS),
                     help=f"gemm part: which of {', '.join(GEMMS)}")
@@ -563,7 +733,9 @@ def main() -> None:
                      ("attention", lambda: attention_records(args.attention_sweep)),
                      ("consumer", consumer_records),
                      ("gemm", lambda: gemm_records(args.triton_split, tuple(args.gemms.split(",")))),
-                     ("mlp", mlp_records)):
+                     ("mlp", mlp_records), ("deep_split", deep_split_records),
+                     ("mlp_cols", mlp_cols_records),
+                     ("norm_persistent", norm_persistent_records)):
         if name in parts:
             records += fn()
             args.out.write_text(json.dumps(result(records), indent=1))
