@@ -1,17 +1,23 @@
-"""Does the batch-64 decode attention lose time to its last, partial wave of programs?
+"""Where the batch-64 decode attention's time goes, against layouts of its work it does not run.
 
 The runtime's kernel (decode_kernels.flash_decode_triton) runs one program per (row, kv head):
 512 programs at batch 64, where the GPU holds about 3 of them per SM (396 at once), so a second
-wave of 116 programs runs on under a third of the machine. This experiment times:
-- the runtime's kernel at batch sizes whose programs fill whole waves or not (48, 49, 64, 96,
-  99, 128 rows): if the tail costs, the read rate dips where the last wave is partial;
-- a stream-K layout of the same attention at batch 64: a fixed grid of P programs, each taking
-  an equal run of the flattened (row, kv head, tile) space (its run may end one (row, kv head)
-  and start the next), writing a float32 partial (out, lse) per piece, merged by log-sum-exp.
-  Timed with the merge kernel and without it (what an in-kernel fixup could reach).
+wave of 116 programs runs on under a third of the machine. Parts (`--part`):
+- balance (run 31): the runtime's kernel at batch sizes whose programs fill whole waves or not
+  (48, 49, 64, 66, 96, 99, 128 rows), and a stream-K layout of the same attention at batch 64:
+  a fixed grid of P programs, each taking an equal run of the flattened (row, kv head, tile)
+  space, writing a float32 partial (out, lse) per piece, merged by log-sum-exp; timed with the
+  merge kernel and without it (what an in-kernel fixup could reach).
+- stride (run 32): the runtime's kernel with each tile forced, over caches of other capacities
+  (the stride between (row, kv head) regions) and base offsets; then autotuned.
+- pdl (run 33): the tile forced, with and without the RoPE fusion and PDL, alone (ten calls in a
+  graph) and after a q/k/v GEMM as in the step.
+Run 34 timed a variant that handled the new token before the tiles (`--part newfirst` at commit
+8ac2ae3, which had the kernel's NEW_FIRST option); it was no faster and was taken out.
 
 Run on the GPU machine from the repository root:
-    PYTHONPATH=$PWD python benchmarks/decode_attention_balance_h200.py --out $OUT/balance.json
+    PYTHONPATH=$PWD python benchmarks/decode_attention_balance_h200.py --part balance \
+        --out $OUT/balance.json
 """
 
 from __future__ import annotations
@@ -227,7 +233,7 @@ def stride_records() -> list[dict]:
     return out
 
 
-def pdl_records(new_first_ab: bool = False) -> list[dict]:
+def pdl_records() -> list[dict]:
     """The runtime's kernel at batch 64 (tile forced to BLOCK_N 64, 4 warps, 2 stages; then
     autotuned), with and without RoPE fused, launched with and without PDL: alone (ten calls
     back to back in a graph), and after a q/k/v GEMM as in the step (the pair's time less the
@@ -258,10 +264,8 @@ def pdl_records(new_first_ab: bool = False) -> list[dict]:
     def gemm() -> None:
         torch.mm(x, w_qkv, out=qkv_out)
 
-    def forced(rope: bool, pdl: bool, new_first: bool = False):
+    def forced(rope: bool, pdl: bool):
         extra = {"PDL": True, "launch_pdl": True} if pdl else {}
-        if new_first:
-            extra["NEW_FIRST"] = True
 
         def call() -> torch.Tensor:
             jit[(b * kv, 1)](
@@ -280,34 +284,20 @@ def pdl_records(new_first_ab: bool = False) -> list[dict]:
                                                gap_lo, 2048, d ** -0.5, heads)
         return call
 
-    if new_first_ab:
-        ref = forced(True, False)().clone()
-        ref_k = kc[:, :, 2060].clone()
-        kc[:, :, 2060] = 0
-        got = forced(True, False, True)()
-        out.append({"new_first_max_abs_diff": (got.float() - ref.float()).abs().max().item(),
-                    "new_first_cache_equal": bool(torch.equal(kc[:, :, 2060], ref_k))})
-        print(out[-1], flush=True)
-        cases = [("forced", False, False, False), ("forced", True, False, False),
-                 ("forced", True, False, True), ("forced", True, True, False),
-                 ("forced", True, True, True)]
-    else:
-        cases = [("forced", False, False, False), ("forced", False, True, False),
-                 ("forced", True, False, False), ("forced", True, True, False),
-                 ("runtime", True, False, False), ("runtime", True, True, False)]
+    cases = [("forced", False, False), ("forced", False, True), ("forced", True, False),
+             ("forced", True, True), ("runtime", True, False), ("runtime", True, True)]
     gemm_us = []
     for rnd in range(3):
         gemm_us.append(timed(gemm))
-        for kind, rope, pdl, new_first in cases:
-            call = forced(rope, pdl, new_first) if kind == "forced" else runtime(pdl)
+        for kind, rope, pdl in cases:
+            call = forced(rope, pdl) if kind == "forced" else runtime(pdl)
             alone = timed(call)
 
             def pair(call=call) -> None:
                 gemm()
                 call()
             with_gemm = timed(pair) - gemm_us[-1]
-            rec = {"round": rnd, "kind": kind, "rope": rope, "pdl": pdl,
-                   "new_first": new_first, "us_alone": alone,
+            rec = {"round": rnd, "kind": kind, "rope": rope, "pdl": pdl, "us_alone": alone,
                    "TBps_alone": nbytes / alone / 1e6, "us_after_gemm": with_gemm,
                    "TBps_after_gemm": nbytes / with_gemm / 1e6, "gemm_us": gemm_us[-1]}
             out.append(rec)
@@ -322,11 +312,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--check-only", action="store_true", help="correctness at a small shape")
-    ap.add_argument("--part", default="balance", choices=("balance", "stride", "pdl", "newfirst"))
+    ap.add_argument("--part", default="balance", choices=("balance", "stride", "pdl"))
     args = ap.parse_args()
-    if args.part in ("stride", "pdl", "newfirst"):
-        records = (stride_records() if args.part == "stride"
-                   else pdl_records(args.part == "newfirst"))
+    if args.part in ("stride", "pdl"):
+        records = stride_records() if args.part == "stride" else pdl_records()
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(),
                                         "torch": torch.__version__,
                                         "triton": triton.__version__, "records": records},

@@ -31,7 +31,12 @@ plain read, probe_records) and `--parts gemm --gemms lm_head --triton-split` (th
 GEMM, cuBLAS against unsplit Triton tiles). In runs 23 and 24 the candidate's one-split timings
 included a copy of its bf16 output into the float32 buffer; split_kernel now writes the float32
 product itself. Run 25: `--parts prefetch` (prefetch_records: the attention's spare programs
-reading o_proj's weight into L2 first).
+reading o_proj's weight into L2 first). Run 35: `--parts deep_split` (the split products' tile
+over deeper pipelines, 8 warps, BLOCK_K 256, BLOCK_N 32 and an output-major weight: none beat
+the step's tile). Run 36 (`--parts mlp_cols` at commit 8ac2ae3): gate_up_silu's programs over
+fewer columns than their tile, to spread 14336 columns over 128 programs instead of 112; 11%
+slower, taken out. Run 37: `--parts norm_persistent` (the add + norm as inductor's persistent
+reduction and as a hand-written one-pass kernel: all at 2.7 us).
 """
 
 from __future__ import annotations
@@ -676,50 +681,12 @@ def mlp_records() -> list[dict]:
     return out
 
 
-MLP_COLS_TILES = [  # (BLOCK_N, BLOCK_K, num_warps, num_stages, COLS): run 36
-    (128, 64, 4, 4, c) for c in (128, 112, 96, 80, 64)] + [
-    (128, 64, 8, 4, 112), (128, 64, 4, 5, 112), (64, 64, 4, 4, 64), (64, 64, 4, 4, 56),
-    (64, 64, 4, 4, 48), (64, 64, 4, 3, 56), (64, 128, 4, 4, 56)]
-
-
-def mlp_cols_records(rounds: int = 3) -> list[dict]:
-    """Run 36: gate_up_silu's programs over COLS <= BLOCK_N columns each. At the step's tile
-    (BLOCK_N 128) the ffn of 14336 makes 112 programs on the H200's 132 SMs; 112 columns a
-    program make 128. Each tile timed `rounds` times, interleaved, over the ring of weights."""
-    from planc.backends.torch.runtime import decode_products
-
-    hidden, ffn = 4096, 14336
-    ws = [w.t() for w in ring(hidden, 2 * ffn)]  # [2 ffn, hidden], strides (1, 2 ffn)
-    out = []
-    for m in (64, 8, 1):
-        x = torch.randn(m, 1, hidden, device="cuda", dtype=torch.bfloat16)
-        ref = decode_products.gate_up_silu_eager(x, ws[0]).float()
-        for rnd in range(rounds):
-            for bn, bk, warps, stages, cols in MLP_COLS_TILES:
-                cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
-                       "COLS": cols}
-                rec = {"part": "mlp_cols", "M": m, "round": rnd, **cfg,
-                       "programs": -(-ffn // cols)}
-                try:
-                    fn = lambda w, x=x, cfg=cfg: decode_products.gate_up_silu(x, w, cfg)
-                    err = ((fn(ws[0]).float() - ref).abs().max() / ref.abs().max()).item()
-                    us = ring_us(fn, ws)
-                except Exception as e:  # noqa: BLE001 - out of resources, etc.
-                    out.append({**rec, "error": f"{type(e).__name__}: {e}"[:200]})
-                    continue
-                out.append({**rec, "us": us, "TBps": 2 * ffn * hidden * 2 / us / 1e6,
-                            "rel_err": err})
-                print(f"mlp M={m:<3} r{rnd} n{bn} k{bk} w{warps} st{stages} cols {cols:3} "
-                      f"({rec['programs']} programs) {us:8.2f} us err {err:.1e}", flush=True)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", default="read,attention,consumer,gemm,mlp",
                     help="any of read, probe, prefetch, attention, consumer, gemm, mlp, "
-                         "deep_split, mlp_cols, norm_persistent")
+                         "deep_split, norm_persistent")
     ap.add_argument("--attention-sweep", default="run18", choices=sorted(ATTENTION_SWEEPS))
     ap.add_argument("--gemms", default=",".join(SPLIT_GEMMS),
                     help=f"gemm part: which of {', '.join(GEMMS)}")
@@ -734,7 +701,6 @@ def main() -> None:
                      ("consumer", consumer_records),
                      ("gemm", lambda: gemm_records(args.triton_split, tuple(args.gemms.split(",")))),
                      ("mlp", mlp_records), ("deep_split", deep_split_records),
-                     ("mlp_cols", mlp_cols_records),
                      ("norm_persistent", norm_persistent_records)):
         if name in parts:
             records += fn()

@@ -117,7 +117,7 @@ def _attn_partials_body(
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
     DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr, ROPE: tl.constexpr,
-    PDL: tl.constexpr = False, NEW_FIRST: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
     of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
@@ -185,22 +185,6 @@ def _attn_partials_body(
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
-    if ROPE and NEW_FIRST:  # run 34's variant: the new token before the tiles (no faster)
-        new = Q + row * sq_b + (KV * G + kvh) * sq_h  # this kv head's k, then its v
-        kx = tl.load(new + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        kp = tl.load(new + partner, mask=d_ok, other=0.0).to(tl.float32)
-        k_new = (kx * c + (sign * kp) * s_).to(Q.dtype.element_ty)
-        v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
-        last_d = (offs_d * 0 + split) == SPLITS - 1  # as vectors: masks (the interpreter)
-        tl.store(k_base + new_slot * sk_n + offs_d, k_new.to(K.dtype.element_ty),
-                 mask=d_ok & last_d)
-        tl.store(v_base + new_slot * sv_n + offs_d, v_new.to(V.dtype.element_ty),
-                 mask=d_ok & last_d)
-        s_n = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * scale
-        s_n = tl.where(g_ok & ((offs_g * 0 + split) == SPLITS - 1), s_n, float("-inf"))
-        m_i = s_n
-        l_i = tl.where(s_n == float("-inf"), 0.0, 1.0)
-        acc = l_i[:, None] * v_new.to(tl.float32)[None, :]
     for i in range(n1 + n2):
         t = tl.where(i < n1, t_lo + i, t2 + i - n1)
         slots = t * BLOCK_N + offs_n
@@ -224,7 +208,7 @@ def _attn_partials_body(
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
-    if ROPE and not NEW_FIRST:  # the new token, in the last split only (-inf elsewhere: weight 0); read after
+    if ROPE:  # the new token, in the last split only (-inf elsewhere: weight 0); read after
         # the tiles' loop so that nothing of it stays live in registers through the loop
         c = tl.load(COS + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
         s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)

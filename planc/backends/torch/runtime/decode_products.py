@@ -63,17 +63,16 @@ def gate_up_silu_eager(x: Tensor, weight: Tensor) -> Tensor:
 def _gate_up_silu_body(
     X, W, Y, M, FFN, K, sx_m, sw_n, sw_k, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
-    COLS: tl.constexpr, PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
-    """Program n: y[:, n block] = silu(x @ W[n block]^T) * (x @ W[ffn + n block]^T), its block
-    the COLS <= BLOCK_N columns from n * COLS (the tile's others masked off).
+    """Program n: y[:, n block] = silu(x @ W[n block]^T) * (x @ W[ffn + n block]^T).
 
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products, for fp32 inputs and under
     the interpreter (see decode_kernels._attn_partials_body). PDL: as decode_gemm._gemm_body's."""
     pid = tl.program_id(0)
-    offs_n = pid * COLS + tl.arange(0, BLOCK_N)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, M_PAD)
-    n_ok = (tl.arange(0, BLOCK_N) < COLS) & (offs_n < FFN)
+    n_ok = offs_n < FFN
     m_ok = offs_m < M
     cols = offs_n.to(tl.int64)
     if PDL:
@@ -141,11 +140,10 @@ def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None
     m = x2.shape[0]
     y = torch.empty(m, ffn, dtype=x.dtype, device=x.device)
     cfg = dict(config or config_for(m))
-    cols = cfg.pop("COLS", cfg["BLOCK_N"])
-    grid = (triton.cdiv(ffn, cols),)
+    grid = (triton.cdiv(ffn, cfg["BLOCK_N"]),)
     _kernel()[grid](x2, weight, y, m, ffn, k, x2.stride(0), weight.stride(0), weight.stride(1),
                     y.stride(0), M_PAD=max(MIN_M, triton.next_power_of_2(m)),
-                    DOT_F32=x.dtype == torch.float32 or interpreting(), COLS=cols,
+                    DOT_F32=x.dtype == torch.float32 or interpreting(),
                     **dependent_launch.kernel_args(weight.device), **cfg)
     return y.reshape(*x.shape[:-1], ffn)
 
