@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -308,3 +309,18 @@ def test_finish_step_triton_writes_the_tokens_and_advances_the_counters(triton_d
     assert torch.equal(pos.cpu(), torch.arange(11, 11 + r))
     assert torch.equal(lengths.cpu(), torch.arange(5, 5 + r, dtype=torch.int32))
     assert slot.tolist() == [21] and col.tolist() == [3]
+
+
+def test_tuned_tiles_names_each_pick_of_the_autotuner(monkeypatch) -> None:
+    """The run's metrics name the attention tiles the autotuner picked (one per tuned shape,
+    deduplicated); nothing before the GPU kernel was tuned (the interpreter has no autotuner)."""
+    triton = pytest.importorskip("triton")
+
+    tuned = types.SimpleNamespace(cache={  # what triton.autotune keeps: picks by shape key
+        ("a",): triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),
+        ("b",): triton.Config({"BLOCK_N": 128}, num_warps=8, num_stages=3),
+        ("c",): triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2)})
+    monkeypatch.setattr(dk, "_BUILT", {})
+    assert dk.tuned_tiles() == []
+    monkeypatch.setattr(dk, "_BUILT", {False: (tuned, None)})
+    assert dk.tuned_tiles() == ["BLOCK_N 128, 8 warps, 3 stages", "BLOCK_N 64, 4 warps, 2 stages"]

@@ -317,6 +317,16 @@ def _kernels() -> tuple[Callable, Callable]:
     return _BUILT[interpret]
 
 
+def tuned_tiles() -> list[str]:
+    """The attention tiles triton's autotuner picked in this process, one per shape it tuned,
+    for the run's metrics: the pick is timed afresh in every process, so a run says which ran
+    (h200_decode_issue15.md, run 32: at batch 64 the tiles timed 122.8 to 143.5 us)."""
+    tuned = _BUILT.get(False, (None, None))[0]
+    picks = (getattr(tuned, "cache", None) or {}).values()
+    return sorted({f"BLOCK_N {c.kwargs['BLOCK_N']}, {c.num_warps} warps, {c.num_stages} stages"
+                   for c in picks})
+
+
 def _tile_configs() -> list:  # type: ignore[type-arg]
     """Tile size and pipelining of the attention kernel, timed by triton.autotune at its first
     call for each shape (a decode step's warm-up, before the CUDA graph is captured)."""

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from planc.backends.torch.runtime import decode_step, vocab_parallel
+from planc.backends.torch.runtime import decode_kernels, decode_step, vocab_parallel
 from planc.backends.torch.runtime.cores import make_layer
 from planc.backends.torch.runtime.decode_step import StaticStep
 from planc.backends.torch.runtime.dist import RankContext
@@ -201,8 +201,11 @@ class StageModel(nn.Module):
             return {"decode_step": f"eager rounds ({why})", "decode_attention": "core step"}
         kernel = static.kernel + (" (RoPE and cache write fused)" if static.fused_rope else "")
         step = static.mode + (" + programmatic dependent launch" if static.pdl else "")
-        return {"decode_step": step, "decode_attention": kernel,
-                "decode_gemm": static.gemm}
+        kind = {"decode_step": step, "decode_attention": kernel, "decode_gemm": static.gemm}
+        tiles = decode_kernels.tuned_tiles() if static.kernel == "triton_flash_decode" else []
+        if tiles:  # on the GPU, once the step has run: the autotuner's pick(s)
+            kind["decode_attention_tiles"] = "; ".join(tiles)
+        return kind
 
     def graph_pool_bytes(self) -> int | None:
         return None if self._static is None else self._static.pool_bytes()
