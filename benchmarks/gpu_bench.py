@@ -136,6 +136,7 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "sdpa_backend": metrics.get("sdpa_backend"),
         "decode_step": metrics.get("decode_step"),  # cuda_graph, or why the rounds ran eagerly
         "decode_attention": metrics.get("decode_attention"),  # the decode attention kernel
+        "decode_attention_tiles": metrics.get("decode_attention_tiles"),  # autotuner's pick
         "decode_gemm": metrics.get("decode_gemm"),  # the decode step's GEMM kernels
         "graph_pool_bytes": [r.get("graph_pool_bytes") for r in ranks],
         "matches_reference": metrics.get("matches_reference"),
