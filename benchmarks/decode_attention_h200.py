@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 from collections.abc import Callable
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("decode_attention_h200.py needs CUDA")
+    # a graph of one kernel's copies launched with PDL times the attention up to 14% slow,
+    # a chain the step never runs (h200_decode_issue15.md, run 33): off unless asked for
+    os.environ.setdefault("PLANC_DECODE_PDL", "0")
     records = []
     for s in SHAPES:
         if not args.shapes or s.name in args.shapes:
