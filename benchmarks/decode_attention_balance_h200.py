@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_attention_h200 import Shape, kv_bytes, make_inputs, reference_f32, row_lengths
+from decode_splitk_h200 import ROPE_SHAPE, rope_attention_inputs
 from graph_timer import us_per_call
 
 from planc.backends.torch.runtime import decode_kernels as dk
@@ -50,7 +51,9 @@ def _attn_stream_body(
 ):
     """Program pid: the tiles [pid * W, (pid + 1) * W) of the (row, kv head, tile) space, each
     (row, kv head) owning cap_tiles of it; one partial per (row, kv head) piece, at index
-    pid - first program of that (row, kv head)."""
+    pid - first program of that (row, kv head). Its tile loop is the runtime kernel's
+    (decode_kernels._attn_partials_body, without RoPE or the gap), copied so that only the
+    layout of the work differs between the two."""
     pid = tl.program_id(0)
     start = pid * W
     end = tl.minimum(start + W, total)
@@ -240,21 +243,13 @@ def pdl_records() -> list[dict]:
     GEMM's alone)."""
     import os
 
-    b, heads, kv, d, cap = 64, 32, 8, 128, 2080
+    b, heads, kv, d, _ = ROPE_SHAPE
     g = heads // kv
     jit = triton.jit(dk._attn_partials_body, do_not_specialize=["gap_hi"])
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    qkv = torch.randn(b, heads + 2 * kv, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
-                           dtype=torch.int32)
-    gap_lo = torch.full((b,), 2048, device="cuda", dtype=torch.int64)
-    pos = lengths.long() - 1
-    slot = torch.tensor([2060], device="cuda")
-    cos = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
-    sin = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
-    nbytes = int(lengths.sum().item()) * kv * d * 2 * 2
+    inp = rope_attention_inputs()
+    qkv, kc, vc, lengths, gap_lo, pos, slot, cos, sin, nbytes = (
+        inp[k] for k in ("qkv", "kc", "vc", "lengths", "gap_lo", "pos", "slot", "cos", "sin",
+                         "kv_bytes"))
     x = torch.randn(b, 4096, device="cuda", dtype=torch.bfloat16)
     w_qkv = torch.randn(4096, (heads + 2 * kv) * d, device="cuda", dtype=torch.bfloat16)
     qkv_out = torch.empty(b, (heads + 2 * kv) * d, device="cuda", dtype=torch.bfloat16)

@@ -331,23 +331,39 @@ ATTENTION_SWEEPS = {
 }
 
 
+ROPE_SHAPE = (64, 32, 8, 128, 2080)  # batch, heads, kv heads, head_dim, cache capacity
+
+
+def rope_attention_inputs() -> dict:
+    """The batch-64 step's attention inputs (RoPE fused): the unrotated q/k/v output, the
+    caches, lengths 2049..2080 with an empty gap at 2048, the new token's slot, cos / sin, and
+    the KV bytes the call reads."""
+    b, heads, kv, d, cap = ROPE_SHAPE
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = {"qkv": torch.randn(b, heads + 2 * kv, d, device="cuda", dtype=torch.bfloat16,
+                            generator=gen),
+         "kc": torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen),
+         "vc": torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen),
+         "lengths": torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
+                                 dtype=torch.int32),
+         "gap_lo": torch.full((b,), 2048, device="cuda", dtype=torch.int64),
+         "slot": torch.tensor([2060], device="cuda"),
+         "cos": torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16),
+         "sin": torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)}
+    x["pos"] = x["lengths"].long() - 1
+    x["kv_bytes"] = int(x["lengths"].sum().item()) * kv * d * 2 * 2
+    return x
+
+
 def attention_records(sweep: str = "run18") -> list[dict]:
     import triton
 
-    b, heads, kv, d, cap = 64, 32, 8, 128, 2080
+    b, heads, kv, d, _ = ROPE_SHAPE
     g = heads // kv
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    qkv = torch.randn(b, heads + 2 * kv, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    kc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    vc = torch.randn(b, kv, cap, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-    lengths = torch.tensor([2049 + 31 * i // (b - 1) for i in range(b)], device="cuda",
-                           dtype=torch.int32)
-    gap_lo = torch.full((b,), 2048, device="cuda", dtype=torch.int64)
-    pos = lengths.long() - 1
-    slot = torch.tensor([2060], device="cuda")
-    cos = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
-    sin = torch.randn(cap, d // 2, device="cuda", dtype=torch.bfloat16)
-    kv_bytes = int(lengths.sum().item()) * kv * d * 2 * 2
+    x = rope_attention_inputs()
+    qkv, kc, vc, lengths, gap_lo, pos, slot, cos, sin, kv_bytes = (
+        x[k] for k in ("qkv", "kc", "vc", "lengths", "gap_lo", "pos", "slot", "cos", "sin",
+                       "kv_bytes"))
     out = []
 
     def runtime() -> torch.Tensor:
