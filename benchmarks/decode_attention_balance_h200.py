@@ -13,7 +13,9 @@ wave of 116 programs runs on under a third of the machine. Parts (`--part`):
 - pdl (run 33): the tile forced, with and without the RoPE fusion and PDL, alone (ten calls in a
   graph) and after a q/k/v GEMM as in the step.
 Run 34 timed a variant that handled the new token before the tiles (`--part newfirst` at commit
-8ac2ae3, which had the kernel's NEW_FIRST option); it was no faster and was taken out.
+8ac2ae3, which had the kernel's NEW_FIRST option); it was no faster and was taken out. Run 39
+timed the first tile's loads issued before the RoPE rotation's (`--part peel` at commit
+be10005, the kernel's PEEL option): 25% slower, taken out.
 
 Run on the GPU machine from the repository root:
     PYTHONPATH=$PWD python benchmarks/decode_attention_balance_h200.py --part balance \
@@ -303,64 +305,14 @@ def pdl_records() -> list[dict]:
     return out
 
 
-def peel_records(rounds: int = 3) -> list[dict]:
-    """Run 39: the runtime's fused call (RoPE and cache write, autotuned tile) with its first
-    tile's loads issued before the RoPE rotation's (PLANC_DECODE_PEEL=1) or not, with and without
-    PDL, alone and after a q/k/v GEMM; the outputs of the two compared first."""
-    import os
-
-    b, heads, kv, d, _ = ROPE_SHAPE
-    inp = rope_attention_inputs()
-    x = torch.randn(b, 4096, device="cuda", dtype=torch.bfloat16)
-    w_qkv = torch.randn(4096, (heads + 2 * kv) * d, device="cuda", dtype=torch.bfloat16)
-    qkv_out = torch.empty(b, (heads + 2 * kv) * d, device="cuda", dtype=torch.bfloat16)
-
-    def gemm() -> None:
-        torch.mm(x, w_qkv, out=qkv_out)
-
-    def runtime(peel: int, pdl: bool):
-        def call() -> torch.Tensor:
-            os.environ["PLANC_DECODE_PDL"] = "1" if pdl else "0"
-            os.environ["PLANC_DECODE_PEEL"] = str(peel)
-            return dk.rope_flash_decode_triton(
-                inp["qkv"], inp["cos"], inp["sin"], inp["pos"], inp["slot"], inp["kc"],
-                inp["vc"], inp["lengths"], inp["gap_lo"], 2048, d ** -0.5, heads)
-        return call
-
-    out = []
-    a = runtime(0, True)().clone()
-    c = runtime(1, True)()
-    out.append({"peel_equal": bool(torch.equal(a, c)),
-                "peel_max_abs_diff": (a.float() - c.float()).abs().max().item()})
-    print(out[-1], flush=True)
-    for rnd in range(rounds):
-        gemm_us = timed(gemm)
-        for peel in (0, 1):
-            for pdl in (False, True):
-                call = runtime(peel, pdl)
-                alone = timed(call)
-
-                def pair(call=call) -> None:
-                    gemm()
-                    call()
-                rec = {"round": rnd, "peel": peel, "pdl": pdl, "us_alone": alone,
-                       "us_after_gemm": timed(pair) - gemm_us, "gemm_us": gemm_us,
-                       "TBps_alone": inp["kv_bytes"] / alone / 1e6}
-                out.append(rec)
-                print(rec, flush=True)
-    out.append({"autotuned": dk.tuned_tiles()})
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--check-only", action="store_true", help="correctness at a small shape")
-    ap.add_argument("--part", default="balance", choices=("balance", "stride", "pdl", "peel"))
+    ap.add_argument("--part", default="balance", choices=("balance", "stride", "pdl"))
     args = ap.parse_args()
-    if args.part in ("stride", "pdl", "peel"):
-        records = {"stride": stride_records, "pdl": pdl_records,
-                   "peel": peel_records}[args.part]()
+    if args.part in ("stride", "pdl"):
+        records = stride_records() if args.part == "stride" else pdl_records()
         args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(),
                                         "torch": torch.__version__,
                                         "triton": triton.__version__, "records": records},

@@ -117,7 +117,7 @@ def _attn_partials_body(
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
     DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr, ROPE: tl.constexpr,
-    PDL: tl.constexpr = False, PEEL: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
     of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
@@ -168,16 +168,6 @@ def _attn_partials_body(
     k_base = K + row * sk_b + kvh * sk_h
     v_base = V + row * sv_b + kvh * sv_h
     new_slot = -1  # ROPE: the new token's slot, read from registers instead of the cache
-    if PEEL:  # run 39's variant: the first tile's loads issued before the rotation's
-        ns0 = tl.load(SLOT).to(tl.int32) if ROPE else -1
-        t0 = tl.where(0 < n1, t_lo, t2)
-        slots0 = t0 * BLOCK_N + offs_n
-        seen0 = (((offs_n * 0 + n1 + n2) > 0) & (slots0 < length)
-                 & ((slots0 < glo) | (slots0 >= gap_hi)) & (slots0 != ns0))
-        k0 = tl.load(k_base + slots0[:, None] * sk_n + offs_d[None, :],
-                     mask=seen0[:, None] & d_ok[None, :], other=0.0)
-        v0 = tl.load(v_base + slots0[:, None] * sv_n + offs_d[None, :],
-                     mask=seen0[:, None] & d_ok[None, :], other=0.0)
     if ROPE:
         half: tl.constexpr = D // 2
         pos = tl.load(POS + row)
@@ -195,24 +185,7 @@ def _attn_partials_body(
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, BLOCK_D], tl.float32)
-    if PEEL:
-        if DOT_F32:
-            s = tl.dot(q.to(tl.float32), tl.trans(k0.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k0))
-        s = tl.where(seen0[None, :], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DOT_F32:
-            pv = tl.dot(p.to(v0.dtype).to(tl.float32), v0.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v0.dtype), v0)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
-    for i in range(PEEL, n1 + n2):
+    for i in range(n1 + n2):
         t = tl.where(i < n1, t_lo + i, t2 + i - n1)
         slots = t * BLOCK_N + offs_n
         seen = (slots < length) & ((slots < glo) | (slots >= gap_hi)) & (slots != new_slot)
@@ -468,7 +441,6 @@ def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengt
         SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or interpreting(),
         WRITE_LSE=n_splits > 1, ROPE=rope is not None, **dependent_launch.kernel_args(q.device),
         **({"BLOCK_N": BLOCK_N} if interpreting() else {}),  # else the autotuner's tile
-        PEEL=int(os.environ.get("PLANC_DECODE_PEEL", "0")),  # run 39's A/B
     )
     if n_splits == 1:
         return out
