@@ -324,3 +324,26 @@ def test_tuned_tiles_names_each_pick_of_the_autotuner(monkeypatch) -> None:
     assert dk.tuned_tiles() == []
     monkeypatch.setattr(dk, "_BUILT", {False: (tuned, None)})
     assert dk.tuned_tiles() == ["BLOCK_N 128, 8 warps, 3 stages", "BLOCK_N 64, 4 warps, 2 stages"]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rope_flash_decode_sums_float32_partials_of_qkv(triton_device, parts, dtype):
+    """q/k/v as a product's float32 partials [parts, 3, heads + 2 kv, d] (decode_products.
+    split_kernel with the fused norm): the same output and caches, bit for bit, as the kernel
+    given their sum rounded to the dtype. The partials are small integers / 8, so every
+    float32 sum is exact and both roundings (torch's, Triton's interpreter's) agree; a kernel
+    that read only the first partial, or summed a part twice, would differ."""
+    qkv, cos, sin, pos, slot, k, v, lengths, lo, hi, heads = _fused_case(
+        4, 16, True, dtype, triton_device)
+    gen = torch.Generator().manual_seed(parts)
+    p = (torch.randint(-40, 41, (parts, *qkv.shape), generator=gen) / 8).to(triton_device)
+    summed = p.sum(0).to(dtype)
+    k1, v1, k2, v2 = k.clone(), v.clone(), k.clone(), v.clone()
+    want = dk.rope_flash_decode_triton(summed, cos, sin, pos, slot, k1, v1, lengths, lo, hi,
+                                       16 ** -0.5, heads, 2)
+    out = dk.rope_flash_decode_triton(p, cos, sin, pos, slot, k2, v2, lengths, lo, hi,
+                                      16 ** -0.5, heads, 2)
+    assert out.dtype == dtype
+    assert torch.equal(out, want)
+    assert torch.equal(k2, k1) and torch.equal(v2, v1)

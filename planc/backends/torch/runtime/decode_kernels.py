@@ -117,7 +117,7 @@ def _attn_partials_body(
     KV: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
     DOT_F32: tl.constexpr, WRITE_LSE: tl.constexpr, ROPE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, sq_p=0, QPARTS: tl.constexpr = 1,
 ):
     """One program: row, kv head, split. Writes (out, lse) of its g query heads over its part
     of the row's visible slots (out 0, lse -inf when the part is empty). Without WRITE_LSE (one
@@ -134,7 +134,10 @@ def _attn_partials_body(
     would lose digits) and under the interpreter, whose bf16 tl.dot is wrong (triton 3.9:
     numerically garbage); bf16/fp16 products are exact in float32, so this is the same sum as
     the tensor cores' bf16 dot with float32 accumulation. PDL: launched with programmatic
-    dependent launch, it waits for the kernel before it first (runtime/dependent_launch.py)."""
+    dependent launch, it waits for the kernel before it first (runtime/dependent_launch.py).
+    QPARTS (with ROPE, when sq_p > 0): Q holds the q/k/v product's float32 partials over K,
+    QPARTS of them sq_p apart (decode_products.split_kernel); each value read is their sum in part
+    order rounded to the caches' dtype (the q/k/v GEMM's output rounding)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -165,6 +168,10 @@ def _attn_partials_body(
     q_ptrs = Q + row * sq_b + heads[:, None] * sq_h + offs_d[None, :]
     q_mask = g_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    dt = K.dtype.element_ty  # the model's dtype (Q's, unless Q holds float32 partials)
+    for p in tl.static_range(1, QPARTS):
+        q += tl.load(q_ptrs + p * sq_p, mask=q_mask, other=0.0)
+    q = q.to(dt)
     k_base = K + row * sk_b + kvh * sk_h
     v_base = V + row * sv_b + kvh * sv_h
     new_slot = -1  # ROPE: the new token's slot, read from registers instead of the cache
@@ -177,10 +184,12 @@ def _attn_partials_body(
         sign = tl.where(offs_d < half, -1.0, 1.0)  # rotate_half(x) = (-x2, x1)
         c = tl.load(COS + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
         s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
-        qp = tl.load(Q + row * sq_b + heads[:, None] * sq_h + partner[None, :], mask=q_mask,
-                     other=0.0).to(tl.float32)
-        q = (q.to(tl.float32) * c[None, :] + (sign[None, :] * qp) * s_[None, :]
-             ).to(Q.dtype.element_ty)
+        qp_ptrs = Q + row * sq_b + heads[:, None] * sq_h + partner[None, :]
+        qp = tl.load(qp_ptrs, mask=q_mask, other=0.0)
+        for p in tl.static_range(1, QPARTS):
+            qp += tl.load(qp_ptrs + p * sq_p, mask=q_mask, other=0.0)
+        qp = qp.to(dt).to(tl.float32)
+        q = (q.to(tl.float32) * c[None, :] + (sign[None, :] * qp) * s_[None, :]).to(dt)
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
@@ -213,10 +222,17 @@ def _attn_partials_body(
         c = tl.load(COS + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
         s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
         new = Q + row * sq_b + (KV * G + kvh) * sq_h  # this kv head's k, then its v
-        kx = tl.load(new + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        kp = tl.load(new + partner, mask=d_ok, other=0.0).to(tl.float32)
-        k_new = (kx * c + (sign * kp) * s_).to(Q.dtype.element_ty)
+        kx = tl.load(new + offs_d, mask=d_ok, other=0.0)
+        kp = tl.load(new + partner, mask=d_ok, other=0.0)
         v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
+        for p in tl.static_range(1, QPARTS):
+            kx += tl.load(new + p * sq_p + offs_d, mask=d_ok, other=0.0)
+            kp += tl.load(new + p * sq_p + partner, mask=d_ok, other=0.0)
+            v_new += tl.load(new + p * sq_p + KV * sq_h + offs_d, mask=d_ok, other=0.0)
+        kx = kx.to(dt).to(tl.float32)
+        kp = kp.to(dt).to(tl.float32)
+        v_new = v_new.to(dt)
+        k_new = (kx * c + (sign * kp) * s_).to(dt)
         last_d = (offs_d * 0 + split) == SPLITS - 1  # as vectors: masks (the interpreter)
         tl.store(k_base + new_slot * sk_n + offs_d, k_new.to(K.dtype.element_ty),
                  mask=d_ok & last_d)
@@ -311,8 +327,8 @@ def _kernels() -> tuple[Callable, Callable]:
     if interpret not in _BUILT:
         attn = triton.jit(_attn_partials_body, do_not_specialize=["gap_hi"])
         if not interpret:  # the autotuner times on the GPU; the interpreter runs BLOCK_N
-            attn = triton.autotune(TILE_CONFIGS, key=["KV", "G", "D", "SPLITS", "sk_h", "ROPE"]
-                                   )(attn)
+            attn = triton.autotune(
+                TILE_CONFIGS, key=["KV", "G", "D", "SPLITS", "sk_h", "ROPE", "QPARTS"])(attn)
         _BUILT[interpret] = (attn, triton.jit(_merge_body))
     return _BUILT[interpret]
 
@@ -400,9 +416,13 @@ def rope_flash_decode_triton(
     (the new token's score is a float32 sum where the tiles' is tl.dot's) and the same caches
     after. Why: the separate RoPE kernel was 3.3 us of a 277 us layer at batch 64, 1.6 us at
     batch 1, a kernel start and drain each layer for under a megabyte of work
-    (benchmarks/results/h200_decode_profile_run11_l4_in_major.json)."""
-    kv = (qkv.shape[1] - heads) // 2
-    assert qkv.shape[1] == heads + 2 * kv and qkv.stride(-1) == 1 and qkv.shape[-1] % 2 == 0
+    (benchmarks/results/h200_decode_profile_run11_l4_in_major.json).
+
+    qkv may also be the q/k/v product's float32 partials over K [parts, b, heads + 2 kv, d]
+    (decode_products.split_kernel): the kernel sums them as it reads them, rounded to the
+    caches' dtype, so no reduce kernel runs between the product and the attention."""
+    kv = (qkv.shape[-2] - heads) // 2
+    assert qkv.shape[-2] == heads + 2 * kv and qkv.stride(-1) == 1 and qkv.shape[-1] % 2 == 0
     assert cos.stride(-1) == 1 and sin.stride(-1) == 1 and cos.stride(0) == sin.stride(0)
     assert k_cache.shape[1] == kv
     return _flash_decode(qkv, heads, k_cache, v_cache, lengths, gap_lo, gap_hi, scale, splits,
@@ -417,13 +437,20 @@ def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengt
     if triton is None:
         raise RuntimeError("flash_decode_triton needs triton (pip install triton, or the "
                            "torch CUDA wheel that brings it); use grouped_attention instead")
+    parts = {"QPARTS": 1, "sq_p": 0}
+    if q.dim() == 4:  # the q/k/v product's float32 partials (rope_flash_decode_triton)
+        assert rope is not None and q.dtype == torch.float32
+        parts = {"QPARTS": q.shape[0], "sq_p": max(q.stride(0), 1)}
+        q = q[0]
     b, _, d = q.shape
     _, kv, capacity, _ = k_cache.shape
     g = heads // kv
     assert heads == kv * g and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     n_splits = splits or default_splits(capacity, b * kv, q.device)
     block_d = triton.next_power_of_2(d)
-    out = torch.empty(b, heads, d, dtype=q.dtype, device=q.device)
+    dtype = k_cache.dtype  # q's, unless q holds float32 partials
+    assert parts["sq_p"] or q.dtype == dtype
+    out = torch.empty(b, heads, d, dtype=dtype, device=q.device)
     attn, merge = _kernels()
     if n_splits == 1:  # the one split's output is the result: no partials, no merge kernel
         part, lse = out.unsqueeze(2), out.new_empty(1, dtype=torch.float32)  # lse: unused
@@ -438,8 +465,9 @@ def _flash_decode(q: Tensor, heads: int, k_cache: Tensor, v_cache: Tensor, lengt
         *((lse.stride(0), lse.stride(1)) if n_splits > 1 else (0, 0)),
         cos, sin, pos, slot, cos.stride(0) if rope is not None else 0,
         KV=kv, G=g, G_PAD=max(MIN_G, triton.next_power_of_2(g)), D=d, BLOCK_D=block_d,
-        SPLITS=n_splits, DOT_F32=q.dtype == torch.float32 or interpreting(),
+        SPLITS=n_splits, DOT_F32=dtype == torch.float32 or interpreting(),
         WRITE_LSE=n_splits > 1, ROPE=rope is not None, **dependent_launch.kernel_args(q.device),
+        **parts,
         **({"BLOCK_N": BLOCK_N} if interpreting() else {}),  # else the autotuner's tile
     )
     if n_splits == 1:
