@@ -221,7 +221,11 @@ def test_flash_decode_triton_reads_nothing_it_must_not(triton_device, splits):
     _poison(k2, v2, lengths, lo, hi, CAPACITY)
     out = dk.flash_decode_triton(q, k2, v2, lengths, lo, hi, 0.25, splits)
     assert torch.isfinite(out).all()
-    assert torch.equal(out, clean)
+    if triton_device == "cuda":  # the clone's strides are another autotuner key: maybe
+        # another tile, another order of the float32 sums (a poisoned slot read is inf / nan)
+        torch.testing.assert_close(out, clean, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(out, clean)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -161,6 +161,7 @@ def _gemm_body(
     PDL: tl.constexpr = False,
     R=None, SQ=None, CNT=None, sr_m=0, ADD: tl.constexpr = False,
     NW=None, NSQ=None, n_sq=0, eps=0.0, NORM_PAD: tl.constexpr = 0,
+    NORM_EPI: tl.constexpr = False,
 ):
     """Program (n block, split): acc[BLOCK_N, M_PAD] = W[n block, split's K] @ x[:, split's K]^T.
 
@@ -194,7 +195,7 @@ def _gemm_body(
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if NORM_PAD > 0:  # each row's 1 / rms from the producer's sums of squares
+    if NORM_PAD > 0 and not NORM_EPI:  # each row's 1 / rms from the producer's sums of squares
         offs_p = tl.arange(0, NORM_PAD)
         sq = tl.load(NSQ + offs_p[:, None] * M + offs_m[None, :],
                      mask=(offs_p < n_sq)[:, None] & m_ok[None, :], other=0.0)
@@ -207,7 +208,7 @@ def _gemm_body(
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         x_ptrs = X + offs_m[None, :] * sx_m + offs_k[:, None]
         x_ok = k_ok[:, None] & m_ok[None, :]
-        if NORM_PAD > 0:  # HF's rounding: bf16(x / rms), then weight x that, rounded
+        if NORM_PAD > 0 and not NORM_EPI:  # HF's rounding: bf16(x / rms), weight x that
             xn = (tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32) * rstd[None, :])
             nw = tl.load(NW + offs_k, mask=k_ok, other=0.0).to(tl.float32)
             xt = (xn.to(X.dtype.element_ty).to(tl.float32) * nw[:, None]).to(X.dtype.element_ty)
@@ -222,6 +223,11 @@ def _gemm_body(
             acc += tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(w, xt)
+    if NORM_PAD > 0 and NORM_EPI:  # timing experiment: 1 / rms in the epilogue, no weight
+        offs_p = tl.arange(0, NORM_PAD)
+        sq = tl.load(NSQ + offs_p[:, None] * M + offs_m[None, :],
+                     mask=(offs_p < n_sq)[:, None] & m_ok[None, :], other=0.0)
+        acc = acc * (1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps))[None, :]
     mask = n_ok[:, None] & m_ok[None, :]
     if SPLIT_K == 1:
         tl.store(Y + offs_m[None, :] * sy_m + offs_n[:, None], acc.to(Y.dtype.element_ty),

@@ -169,8 +169,8 @@ def _attn_partials_body(
     q_mask = g_ok[:, None] & d_ok[None, :]
     q = tl.load(q_ptrs, mask=q_mask, other=0.0)
     dt = K.dtype.element_ty  # the model's dtype (Q's, unless Q holds float32 partials)
-    for p in tl.static_range(1, QPARTS):
-        q += tl.load(q_ptrs + p * sq_p, mask=q_mask, other=0.0)
+    for qpart in tl.static_range(1, QPARTS):
+        q += tl.load(q_ptrs + qpart * sq_p, mask=q_mask, other=0.0)
     q = q.to(dt)
     k_base = K + row * sk_b + kvh * sk_h
     v_base = V + row * sv_b + kvh * sv_h
@@ -186,8 +186,8 @@ def _attn_partials_body(
         s_ = tl.load(SIN + pos * sc_r + cs_off, mask=d_ok, other=0.0).to(tl.float32)
         qp_ptrs = Q + row * sq_b + heads[:, None] * sq_h + partner[None, :]
         qp = tl.load(qp_ptrs, mask=q_mask, other=0.0)
-        for p in tl.static_range(1, QPARTS):
-            qp += tl.load(qp_ptrs + p * sq_p, mask=q_mask, other=0.0)
+        for qpart in tl.static_range(1, QPARTS):
+            qp += tl.load(qp_ptrs + qpart * sq_p, mask=q_mask, other=0.0)
         qp = qp.to(dt).to(tl.float32)
         q = (q.to(tl.float32) * c[None, :] + (sign[None, :] * qp) * s_[None, :]).to(dt)
 
@@ -225,10 +225,10 @@ def _attn_partials_body(
         kx = tl.load(new + offs_d, mask=d_ok, other=0.0)
         kp = tl.load(new + partner, mask=d_ok, other=0.0)
         v_new = tl.load(new + KV * sq_h + offs_d, mask=d_ok, other=0.0)
-        for p in tl.static_range(1, QPARTS):
-            kx += tl.load(new + p * sq_p + offs_d, mask=d_ok, other=0.0)
-            kp += tl.load(new + p * sq_p + partner, mask=d_ok, other=0.0)
-            v_new += tl.load(new + p * sq_p + KV * sq_h + offs_d, mask=d_ok, other=0.0)
+        for qpart in tl.static_range(1, QPARTS):
+            kx += tl.load(new + qpart * sq_p + offs_d, mask=d_ok, other=0.0)
+            kp += tl.load(new + qpart * sq_p + partner, mask=d_ok, other=0.0)
+            v_new += tl.load(new + qpart * sq_p + KV * sq_h + offs_d, mask=d_ok, other=0.0)
         kx = kx.to(dt).to(tl.float32)
         kp = kp.to(dt).to(tl.float32)
         v_new = v_new.to(dt)

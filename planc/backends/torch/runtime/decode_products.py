@@ -34,6 +34,7 @@ kernel and the views take its strides); the fused gate/up weight's gate rows [0,
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,7 @@ def _gate_up_silu_body(
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
     PDL: tl.constexpr = False,
     NW=None, NSQ=None, n_sq=0, eps=0.0, NORM_PAD: tl.constexpr = 0,
+    NORM_EPI: tl.constexpr = False,
 ):
     """Program n: y[:, n block] = silu(x @ W[n block]^T) * (x @ W[ffn + n block]^T).
 
@@ -82,7 +84,7 @@ def _gate_up_silu_body(
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if NORM_PAD > 0:  # each row's 1 / rms from the producer's sums of squares
+    if NORM_PAD > 0 and not NORM_EPI:  # each row's 1 / rms from the producer's sums of squares
         offs_p = tl.arange(0, NORM_PAD)
         sq = tl.load(NSQ + offs_p[None, :] * M + offs_m[:, None],
                      mask=m_ok[:, None] & (offs_p < n_sq)[None, :], other=0.0)
@@ -94,7 +96,7 @@ def _gate_up_silu_body(
         k_ok = offs_k < K
         x = tl.load(X + offs_m[:, None] * sx_m + offs_k[None, :],
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM_PAD > 0:  # HF's rounding: bf16(x / rms), then weight x that, rounded
+        if NORM_PAD > 0 and not NORM_EPI:  # HF's rounding: bf16(x / rms), weight x that
             nw = tl.load(NW + offs_k, mask=k_ok, other=0.0).to(tl.float32)
             xn = (x.to(tl.float32) * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)
             x = (xn * nw[None, :]).to(X.dtype.element_ty)
@@ -108,6 +110,13 @@ def _gate_up_silu_body(
         else:
             acc_g += tl.dot(x, wg)
             acc_u += tl.dot(x, wu)
+    if NORM_PAD > 0 and NORM_EPI:  # timing experiment: 1 / rms in the epilogue, no weight
+        offs_p = tl.arange(0, NORM_PAD)
+        sq = tl.load(NSQ + offs_p[None, :] * M + offs_m[:, None],
+                     mask=m_ok[:, None] & (offs_p < n_sq)[None, :], other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps)
+        acc_g = acc_g * rstd[:, None]
+        acc_u = acc_u * rstd[:, None]
     dt = Y.dtype.element_ty
     gate = acc_g.to(dt).to(tl.float32)
     up = acc_u.to(dt).to(tl.float32)
@@ -327,6 +336,9 @@ def norm_args(norm: FusedNorm | None) -> dict[str, object]:
     if norm is None:
         return {}
     n_sq = norm.sq.shape[0]
+    # PLANC_DECODE_NORM_AT=epilogue: a timing experiment only (wrong unless the norm's weight
+    # were folded into the product's): 1 / rms applied to the product's sums, x read as is
+    epi = os.environ.get("PLANC_DECODE_NORM_AT", "") == "epilogue"
     return {"NW": norm.weight, "NSQ": norm.sq, "n_sq": n_sq, "eps": float(norm.eps),
-            "NORM_PAD": triton.next_power_of_2(n_sq)}
+            "NORM_PAD": triton.next_power_of_2(n_sq), "NORM_EPI": epi}
 
