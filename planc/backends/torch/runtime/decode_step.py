@@ -212,6 +212,10 @@ class StaticStep:
                     and all(type(a.wqkv) is Linear for a in model.attns)):
                 self.down_add = decode_products.residual_sums(r, hidden, dev)
                 self.qkv_parts = decode_products.splits("qkv", r, hidden)
+        self.qkv_split_ok = (self.fused_rope and decode_products.split_runs_kernel(dev, r, 2)
+                             and all(type(a.wqkv) is Linear for a in model.attns))
+        if self.qkv_split_ok and self.qkv_parts == 1 and model.attns:
+            self.qkv_parts = decode_products.splits("qkv", r, model.attns[0].wo.weight.shape[0])
         self.fusion()
 
     def fusion(self) -> None:
@@ -221,6 +225,10 @@ class StaticStep:
         fused = os.environ.get("PLANC_DECODE_FUSED_NORM", "1")
         self.fused_mlp_norm = fused != "0" and self.o_add is not None
         self.fused_attn_norm = fused not in ("0", "mlp") and self.down_add is not None
+        # PLANC_DECODE_QKV_SPLIT=1 (an experiment): q/k/v as the Triton split whose partials
+        # the attention sums, without the fused norms
+        self.qkv_split = self.fused_attn_norm or (
+            self.qkv_split_ok and os.environ.get("PLANC_DECODE_QKV_SPLIT", "") == "1")
 
     @property
     def gemm(self) -> str | dict[str, str]:
@@ -434,7 +442,7 @@ class StaticStep:
         core = cast(LocalCore, attn.core)
         assert qkv_norm is None or self.fused_attn_norm
         if self.fused_rope:  # RoPE, the cache write and the attention in one kernel
-            if self.fused_attn_norm:  # q/k/v's float32 partials, which the attention sums
+            if self.qkv_split:  # q/k/v's float32 partials, which the attention sums
                 qkv = decode_products.split_kernel(
                     h.reshape(h.shape[0], -1), cast(Linear, attn.wqkv).weight, self.qkv_parts,
                     norm=qkv_norm).view(self.qkv_parts, h.shape[0], -1, attn.local_dim)
