@@ -177,40 +177,30 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
 
 
-FUSED_NORMS = (", the MLP's residual add and norm inside o_proj's and gate/up's kernels, "
-               "the attention's inside down_proj's and q/k/v's (over K in {}, Triton)")
-
-
 @pytest.mark.distributed
-@pytest.mark.parametrize("batch,split,fused", [
-    (4, "o_proj over K in 4 and down_proj over K in 4", FUSED_NORMS.format(4)),
-    (20, "o_proj over K in 2 and down_proj over K in 2", FUSED_NORMS.format(2)),  # > 16 rows
-    (20, "o_proj over K in 2 and down_proj over K in 2", ""),  # PLANC_DECODE_FUSED_NORM=0
+@pytest.mark.parametrize("batch,split", [
+    (1, "q/k/v over K in 4 and o_proj over K in 4 and down_proj over K in 4"),  # one row
+    (4, "o_proj over K in 4 and down_proj over K in 4"),
+    (20, "o_proj over K in 2 and down_proj over K in 2"),  # above 16 rows: in 2
 ])
 def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monkeypatch, batch,
-                                                                 split, fused):
+                                                                 split):
     """The static step's GEMMs as on one GPU (decode_products), in Triton's interpreter: the
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K as
     decode_products.splits says for the rows (their K 256 and 512 take parts of 64) by
-    decode_gemm's Triton kernel. By default each adds its result into the residual in its
-    epilogue and the next product (gate/up; the next layer's q/k/v, split too, its partials
-    summed by the attention kernel) norms the residual in its loads; with
-    PLANC_DECODE_FUSED_NORM=0 the residual add + norm kernel sums the partials. Equal to HF
-    generate token for token."""
+    decode_gemm's Triton kernel, their float32 partials summed by the residual add + norm;
+    at one row q/k/v split too (decode_products.qkv_splits), its partials summed by the
+    attention kernel; equal to HF generate token for token."""
     gpu_path_in_the_interpreter(monkeypatch)
-    if not fused:
-        monkeypatch.setenv("PLANC_DECODE_FUSED_NORM", "0")
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
                       ffn=512, vocab=97)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("x", 1),), batch=batch, seq=5, warmup=0, repeats=1,
                     phase="decode", context=5, generate=5)  # fmt: skip
-    m = run_plan(cfg, f"static_products_b{batch}{'_fused' if fused else ''}_decode",
-                 timeout_s=240)
+    m = run_plan(cfg, f"static_products_b{batch}_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_gemm"] == ("torch (in_major weights), gate/up with SiLU x up in one Triton "
-                                f"kernel, {split} (float32 partials, Triton){fused}"), \
-        m["decode_gemm"]
+                                f"kernel, {split} (float32 partials, Triton)"), m["decode_gemm"]
 
 
 # --- units ----------------------------------------------------------------------------------------

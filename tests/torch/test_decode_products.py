@@ -142,69 +142,8 @@ def test_splits_rule():
     assert dm.splits("down_proj", 8, 64 * 3) == 1 and dm.splits("down_proj", 64, 64 * 3) == 1
 
 
-def _residual_case(device: str, dtype: torch.dtype, m: int = 5, n: int = 48, k: int = 64):
-    gen = torch.Generator().manual_seed(m * 100 + n)
-    res = torch.randn(m, 1, n, generator=gen).to(device, dtype)
-    a = torch.randn(m, 1, k, generator=gen).to(device, dtype)
-    wo = (torch.randn(n, k, generator=gen) / 8).to(device, dtype)
-    g = (torch.rand(n, generator=gen) + 0.5).to(device, dtype)
-    return res, a, wo, g
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("parts", [2, 4])
-def test_split_add_adds_into_the_residual_and_gate_up_norms_it(device, parts, dtype):
-    """split_add then gate_up_silu with the FusedNorm against the kernels they replace
-    (split_product's partials, the add + norm, gate_up_silu of the normed rows): the same
-    residual, the sums of squares of its column blocks, the counters back at 0 (a second
-    round gives the same again), and gate/up's output within one unit of the dtype (fp32: the
-    sum's order; bf16 in the interpreter, which casts by truncation, a few units)."""
-    from planc.backends.torch.runtime import layers
-
-    res, a, wo, g = _residual_case(device, dtype)
-    wgu = (torch.randn(2 * 40, 48, generator=torch.Generator().manual_seed(9)) / 8
-           ).to(device, dtype)
-    want_res = res.clone()
-    h = layers.EAGER.add_parts_norm(want_res, dm.split_product(a, wo, parts, kernel=True), g,
-                                    1e-5)
-    want = dm.gate_up_silu(h, wgu)
-    got_res = res.clone()
-    sq, counters = dm.residual_sums(5, 48, got_res.device)
-    for _ in range(2):
-        if _ == 1:  # the second round adds again onto both
-            layers.EAGER.add_parts_norm(want_res, dm.split_product(a, wo, parts, kernel=True),
-                                        g, 1e-5)
-            want = dm.gate_up_silu(layers.EAGER.norm(want_res, g, 1e-5), wgu)
-        dm.split_add(a, wo, parts, dm.ResidualAdd(got_res, sq, counters))
-        got = dm.gate_up_silu(got_res, wgu, norm=dm.FusedNorm(g, 1e-5, sq))
-        assert counters.eq(0).all()
-        block = dm.split_config(5)["BLOCK_N"]
-        ss = got_res.float().square().reshape(5, -1)
-        want_sq = torch.stack([ss[:, j:j + block].sum(1) for j in range(0, 48, block)])
-        torch.testing.assert_close(sq, want_sq, rtol=1e-6, atol=1e-6)
-        if device == "cuda" or dtype == torch.float32:  # rounding as torch rounds
-            assert torch.equal(got_res, want_res)
-        else:
-            torch.testing.assert_close(got_res, want_res, rtol=2 ** -6,
-                                       atol=2 ** -6 * want_res.abs().max().item())
-        tol = 1e-5 if dtype == torch.float32 else 2 ** -5
-        torch.testing.assert_close(got.double(), want.double(), rtol=tol,
-                                   atol=tol * want.abs().max().item())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_split_kernel_with_a_fused_norm_is_the_product_of_the_normed_rows(device, dtype):
-    """The q/k/v path: split_kernel reading the residual with the FusedNorm its producer's sums
-    of squares give equals split_kernel of the normed rows (the add + norm's h)."""
-    from planc.backends.torch.runtime import layers
-
-    res, a, wo, g = _residual_case(device, dtype)
-    wqkv = (torch.randn(24, 48, generator=torch.Generator().manual_seed(4)) / 8
-            ).to(device, dtype)
-    sq, counters = dm.residual_sums(5, 48, res.device)
-    dm.split_add(a, wo, 2, dm.ResidualAdd(res, sq, counters))
-    h = layers.EAGER.norm(res, g, 1e-5)
-    want = dm.split_kernel(h.reshape(5, 48), wqkv, 2).sum(0)
-    got = dm.split_kernel(res.reshape(5, 48), wqkv, 2, norm=dm.FusedNorm(g, 1e-5, sq)).sum(0)
-    tol = 1e-5 if dtype == torch.float32 else 2 ** -5
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+def test_qkv_splits_rule():
+    """q/k/v split in 4 at one row only (run 42); forced off, or on as o_proj splits."""
+    assert dm.qkv_splits(1) == 4 and dm.qkv_splits(8) == 1 and dm.qkv_splits(64) == 1
+    assert dm.qkv_splits(1, "0") == 1
+    assert dm.qkv_splits(8, "1") == 4 and dm.qkv_splits(64, "1") == 2

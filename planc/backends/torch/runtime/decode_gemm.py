@@ -159,9 +159,6 @@ def _gemm_body(
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, DOT_F32: tl.constexpr, GATED: tl.constexpr,
     PDL: tl.constexpr = False,
-    R=None, SQ=None, CNT=None, sr_m=0, ADD: tl.constexpr = False,
-    NW=None, NSQ=None, n_sq=0, eps=0.0, NORM_PAD: tl.constexpr = 0,
-    NORM_EPI: tl.constexpr = False,
 ):
     """Program (n block, split): acc[BLOCK_N, M_PAD] = W[n block, split's K] @ x[:, split's K]^T.
 
@@ -171,15 +168,7 @@ def _gemm_body(
     GATED: X is [M, 2 K] = (gate | up) and the product's x is silu(gate) * up, each step
     rounded to X's dtype as the eager ops round it (F.silu, then the multiply).
     PDL: launched with programmatic dependent launch, the program first waits for the kernel
-    before it (runtime/dependent_launch.py).
-    ADD (SPLIT_K > 1): the residual add in the epilogue (decode_products.split_add, whose
-    docstring has the protocol): the last of the SPLIT_K programs of an n block to store its
-    partial sums the partials in split order, rounds the sum to R's dtype, adds it into the
-    residual R [M, N] in place and writes the block's float32 sum of squares of the new
-    residual's rows to SQ [n blocks, M]; CNT [n blocks] int32 counts the arrivals (left 0).
-    NORM_PAD > 0: x is a residual whose RMSNorm (weight NW [K], eps) the product reads: each
-    x tile is normed in the loads from the n_sq (<= NORM_PAD, a power of two) sums of squares
-    NSQ [n_sq, M] its producer wrote (ADD), rounded as layers' norm rounds."""
+    before it (runtime/dependent_launch.py)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -195,11 +184,6 @@ def _gemm_body(
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if NORM_PAD > 0 and not NORM_EPI:  # each row's 1 / rms from the producer's sums of squares
-        offs_p = tl.arange(0, NORM_PAD)
-        sq = tl.load(NSQ + offs_p[:, None] * M + offs_m[None, :],
-                     mask=(offs_p < n_sq)[:, None] & m_ok[None, :], other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps)  # [M_PAD]
     acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
     for t in range(t_lo, t_hi):
         offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -208,11 +192,7 @@ def _gemm_body(
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         x_ptrs = X + offs_m[None, :] * sx_m + offs_k[:, None]
         x_ok = k_ok[:, None] & m_ok[None, :]
-        if NORM_PAD > 0 and not NORM_EPI:  # HF's rounding: bf16(x / rms), weight x that
-            xn = (tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32) * rstd[None, :])
-            nw = tl.load(NW + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            xt = (xn.to(X.dtype.element_ty).to(tl.float32) * nw[:, None]).to(X.dtype.element_ty)
-        elif GATED:
+        if GATED:
             gate = tl.load(x_ptrs, mask=x_ok, other=0.0).to(tl.float32)
             up = tl.load(x_ptrs + K, mask=x_ok, other=0.0).to(tl.float32)
             silu = (gate / (1.0 + tl.exp(-gate))).to(X.dtype.element_ty).to(tl.float32)
@@ -223,35 +203,12 @@ def _gemm_body(
             acc += tl.dot(w.to(tl.float32), xt.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(w, xt)
-    if NORM_PAD > 0 and NORM_EPI:  # timing experiment: 1 / rms in the epilogue, no weight
-        offs_p = tl.arange(0, NORM_PAD)
-        sq = tl.load(NSQ + offs_p[:, None] * M + offs_m[None, :],
-                     mask=(offs_p < n_sq)[:, None] & m_ok[None, :], other=0.0)
-        acc = acc * (1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps))[None, :]
     mask = n_ok[:, None] & m_ok[None, :]
     if SPLIT_K == 1:
         tl.store(Y + offs_m[None, :] * sy_m + offs_n[:, None], acc.to(Y.dtype.element_ty),
                  mask=mask)
     else:  # partial [SPLIT_K, M, N] float32, contiguous
         tl.store(P + split * M * N + offs_m[None, :] * N + offs_n[:, None], acc, mask=mask)
-        if ADD:
-            # every thread's partial stored before one thread's release (CUTLASS's semaphore
-            # pattern); the last arrival reads the other partials past L1 (.cg)
-            tl.debug_barrier()
-            arrived = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT_K - 1:
-                y = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
-                for s in tl.static_range(SPLIT_K):
-                    y += tl.load(P + s * M * N + offs_m[None, :] * N + offs_n[:, None],
-                                 mask=mask, other=0.0, cache_modifier=".cg")
-                dt = R.dtype.element_ty
-                r_ptrs = R + offs_m[None, :] * sr_m + offs_n[:, None]
-                x = (tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
-                     + y.to(dt).to(tl.float32)).to(dt)
-                tl.store(r_ptrs, x, mask=mask)
-                xf = x.to(tl.float32)
-                tl.store(SQ + pid_n * M + offs_m, tl.sum(xf * xf, axis=0), mask=m_ok)
-                tl.atomic_xchg(CNT + pid_n, 0)
 
 
 def _reduce_body(P, Y, M, N, sy_m, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):

@@ -34,9 +34,6 @@ kernel and the views take its strides); the fused gate/up weight's gate rows [0,
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,14 +64,11 @@ def _gate_up_silu_body(
     X, W, Y, M, FFN, K, sx_m, sw_n, sw_k, sy_m,
     M_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr,
     PDL: tl.constexpr = False,
-    NW=None, NSQ=None, n_sq=0, eps=0.0, NORM_PAD: tl.constexpr = 0,
-    NORM_EPI: tl.constexpr = False,
 ):
     """Program n: y[:, n block] = silu(x @ W[n block]^T) * (x @ W[ffn + n block]^T).
 
     DOT_F32: tl.dot on float32 operands with exact ("ieee") products, for fp32 inputs and under
-    the interpreter (see decode_kernels._attn_partials_body). PDL, NORM_PAD (x the residual,
-    normed in the loads): as decode_gemm._gemm_body's."""
+    the interpreter (see decode_kernels._attn_partials_body). PDL: as decode_gemm._gemm_body's."""
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, M_PAD)
@@ -84,11 +78,6 @@ def _gate_up_silu_body(
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if NORM_PAD > 0 and not NORM_EPI:  # each row's 1 / rms from the producer's sums of squares
-        offs_p = tl.arange(0, NORM_PAD)
-        sq = tl.load(NSQ + offs_p[None, :] * M + offs_m[:, None],
-                     mask=m_ok[:, None] & (offs_p < n_sq)[None, :], other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps)  # [M_PAD]
     acc_g = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -96,10 +85,6 @@ def _gate_up_silu_body(
         k_ok = offs_k < K
         x = tl.load(X + offs_m[:, None] * sx_m + offs_k[None, :],
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM_PAD > 0 and not NORM_EPI:  # HF's rounding: bf16(x / rms), weight x that
-            nw = tl.load(NW + offs_k, mask=k_ok, other=0.0).to(tl.float32)
-            xn = (x.to(tl.float32) * rstd[:, None]).to(X.dtype.element_ty).to(tl.float32)
-            x = (xn * nw[None, :]).to(X.dtype.element_ty)
         w_ptrs = W + cols[None, :] * sw_n + offs_k[:, None] * sw_k  # [BLOCK_K, BLOCK_N]
         w_ok = k_ok[:, None] & n_ok[None, :]
         wg = tl.load(w_ptrs, mask=w_ok, other=0.0)
@@ -110,13 +95,6 @@ def _gate_up_silu_body(
         else:
             acc_g += tl.dot(x, wg)
             acc_u += tl.dot(x, wu)
-    if NORM_PAD > 0 and NORM_EPI:  # timing experiment: 1 / rms in the epilogue, no weight
-        offs_p = tl.arange(0, NORM_PAD)
-        sq = tl.load(NSQ + offs_p[None, :] * M + offs_m[:, None],
-                     mask=m_ok[:, None] & (offs_p < n_sq)[None, :], other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(sq, axis=1) / K + eps)
-        acc_g = acc_g * rstd[:, None]
-        acc_u = acc_u * rstd[:, None]
     dt = Y.dtype.element_ty
     gate = acc_g.to(dt).to(tl.float32)
     up = acc_u.to(dt).to(tl.float32)
@@ -148,17 +126,12 @@ def usable(x: Tensor, weight: Tensor) -> bool:
             and 1 <= rows <= MAX_M and (x.is_cuda or interpreting()))
 
 
-def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None,
-                 norm: FusedNorm | None = None) -> Tensor:
+def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None) -> Tensor:
     """silu(gate) * up for x [..., hidden] and the fused weight [2 ffn, hidden]: [..., ffn]
     (module docstring); the eager pair where the kernel does not apply (`usable`).
 
-    config: {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}, default `config_for(rows)`.
-    norm: x is the residual and the kernel applies this RMSNorm to it in its loads (the
-    kernel must apply: `usable`)."""
-    if norm is not None:
-        assert usable(x, weight), "a fused norm needs the kernel"
-    elif not usable(x, weight):
+    config: {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}, default `config_for(rows)`."""
+    if not usable(x, weight):
         return gate_up_silu_eager(x, weight)
     ffn, k = weight.shape[0] // 2, weight.shape[1]
     x2 = x.reshape(-1, k)
@@ -171,7 +144,7 @@ def gate_up_silu(x: Tensor, weight: Tensor, config: dict[str, int] | None = None
     _kernel()[grid](x2, weight, y, m, ffn, k, x2.stride(0), weight.stride(0), weight.stride(1),
                     y.stride(0), M_PAD=max(MIN_M, triton.next_power_of_2(m)),
                     DOT_F32=x.dtype == torch.float32 or interpreting(),
-                    **dependent_launch.kernel_args(weight.device), **norm_args(norm), **cfg)
+                    **dependent_launch.kernel_args(weight.device), **cfg)
     return y.reshape(*x.shape[:-1], ffn)
 
 
@@ -194,8 +167,8 @@ SPLIT_KERNEL_MAX_ROWS = MAX_M  # the Triton split's x tile, padded as gate_up_si
 
 
 def splits(product: str, rows: int, k: int) -> int:
-    """Parts of K for `product` ("o_proj", "down_proj" or "qkv") at `rows` rows and inner
-    size k (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM. o_proj above 16 rows
+    """Parts of K for `product` ("o_proj" or "down_proj") at `rows` rows and inner size k
+    (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM. o_proj above 16 rows
     is split in 2 only up to 64 rows, where split_product runs the Triton kernel: the bmm
     split lost to cuBLAS there. The rule assumes the kernel's path (the static step splits
     only with the Triton attention, so on CUDA with triton or in its interpreter)."""
@@ -203,9 +176,22 @@ def splits(product: str, rows: int, k: int) -> int:
         s = 4
     else:
         s = 2 if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
-    if product == "qkv":  # as o_proj, but only ever by the kernel, which takes any K
-        return s
     return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
+
+
+def qkv_splits(rows: int, forced: str = "") -> int:
+    """Parts of K for the q/k/v product of the static step with the fused attention kernel
+    (which sums the float32 partials as it reads them: decode_kernels.rope_flash_decode_triton)
+    at `rows` rows; 1: cuBLAS's GEMM. Split in 4 at one row only: in one process's A/B of the
+    4-layer cut (h200_decode_profile_run42_l4_qkv_split.json) the split made the step 1.8%
+    faster at 1 row and 0.9% / 0.6% slower at 8 / 64 rows (in 4 / 2). forced
+    (PLANC_DECODE_QKV_SPLIT, for measuring): "0" never splits, "1" splits as o_proj would
+    (4 parts up to 16 rows, else 2)."""
+    if forced == "0":
+        return 1
+    if forced == "1" or rows == 1:
+        return 4 if rows <= 16 else 2
+    return 1
 
 
 def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:
@@ -254,17 +240,14 @@ def split_product(x: Tensor, weight: Tensor, parts: int, kernel: bool | None = N
 
 
 def split_kernel(x: Tensor, weight: Tensor, parts: int,
-                 config: dict[str, int] | None = None, add: ResidualAdd | None = None,
-                 norm: FusedNorm | None = None) -> Tensor:
+                 config: dict[str, int] | None = None) -> Tensor:
     """split_product's Triton path: x [M, K] (rows contiguous in K), weight [N, K] of either
     layout; decode_gemm's kernel with SPLIT_K = parts writes [parts, M, N] float32 and no
     reduce runs (the add + norm after sums them; one part is the float32 product). config:
     the tile, split_config's by default (the benchmark forces others). Why not the bmm: 9.9 against 10.6 us for
     o_proj at 1 and 8 rows, 29.2-29.6 against 29.8-30.9 for down_proj, and at 64 rows o_proj
     in 2 parts 11.1 against cuBLAS's 11.7, down_proj 32.3 against 32.8
-    (h200_decode_splitk_run23.json).
-    add: the residual add in the kernel's epilogue (`split_add`); norm: x is the residual,
-    normed in the kernel's loads (FusedNorm)."""
+    (h200_decode_splitk_run23.json)."""
     from planc.backends.torch.runtime import decode_gemm
 
     if x.stride(-1) != 1:  # the kernel reads x's rows contiguous in K
@@ -273,72 +256,10 @@ def split_kernel(x: Tensor, weight: Tensor, parts: int,
     n = weight.shape[0]
     out = torch.empty(parts, m, n, device=x.device, dtype=torch.float32)
     cfg = config or split_config(m)
-    blocks = triton.cdiv(n, cfg["BLOCK_N"])
-    extra = norm_args(norm)
-    if add is not None:
-        r = add.residual.reshape(m, n)
-        assert parts > 1 and add.sq.shape == (blocks, m) and add.counters.numel() >= blocks
-        extra |= {"R": r, "SQ": add.sq, "CNT": add.counters, "sr_m": r.stride(0), "ADD": True}
-    decode_gemm._kernels()[0][(blocks, parts)](
+    decode_gemm._kernels()[0][(triton.cdiv(n, cfg["BLOCK_N"]), parts)](
         x, weight, out, out, m, n, k, x.stride(0), weight.stride(0), weight.stride(1), n,
         M_PAD=max(MIN_M, triton.next_power_of_2(m)), SPLIT_K=parts,
         DOT_F32=x.dtype == torch.float32 or interpreting(), GATED=False,
-        **dependent_launch.kernel_args(weight.device), **extra, **cfg)
+        **dependent_launch.kernel_args(weight.device), **cfg)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# The residual add and the norm inside the products around them
-
-
-@dataclass(frozen=True)
-class ResidualAdd:
-    """Where a split product adds its result into the residual in its epilogue (split_add):
-    the residual [rows, N] (rows contiguous, updated in place), its blocks' float32 sums of
-    squares sq [N blocks, rows] (the next product's FusedNorm reads them) and the blocks'
-    arrival counters [N blocks] int32, zero between launches."""
-
-    residual: Tensor
-    sq: Tensor
-    counters: Tensor
-
-
-@dataclass(frozen=True)
-class FusedNorm:
-    """An RMSNorm (weight [K], eps) that a product applies to its x, the residual, in its
-    loads, from the sums of squares sq [parts, rows] its producer wrote (ResidualAdd.sq)."""
-
-    weight: Tensor
-    eps: float
-    sq: Tensor
-
-
-def residual_sums(rows: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(sq, counters) for split_add's products of N = n columns at `rows` rows: their shapes
-    follow split_config's tile. Allocated once per step (static addresses in a graph)."""
-    blocks = triton.cdiv(n, split_config(rows)["BLOCK_N"])
-    return (torch.zeros(blocks, rows, dtype=torch.float32, device=device),
-            torch.zeros(blocks, dtype=torch.int32, device=device))
-
-
-def split_add(x: Tensor, weight: Tensor, parts: int, add: ResidualAdd) -> None:
-    """residual += x @ weight^T, as split_product's partials summed by the add + norm after
-    it (layers.Elementwise.add_parts_norm) add them, in split_kernel's one kernel: the last
-    of a column block's `parts` programs to arrive (an atomic count, no waiting: a program
-    never spins on another) sums the block's partials in split order, rounds the sum to the
-    residual's dtype, adds it in and writes the new rows' sums of squares for the next
-    product's FusedNorm. So the step runs no add + norm kernel between the two products."""
-    split_kernel(x.reshape(-1, x.shape[-1]), weight, parts, add=add)
-
-
-def norm_args(norm: FusedNorm | None) -> dict[str, object]:
-    """The kernels' arguments for a FusedNorm (none without one)."""
-    if norm is None:
-        return {}
-    n_sq = norm.sq.shape[0]
-    # PLANC_DECODE_NORM_AT=epilogue: a timing experiment only (wrong unless the norm's weight
-    # were folded into the product's): 1 / rms applied to the product's sums, x read as is
-    epi = os.environ.get("PLANC_DECODE_NORM_AT", "") == "epilogue"
-    return {"NW": norm.weight, "NSQ": norm.sq, "n_sq": n_sq, "eps": float(norm.eps),
-            "NORM_PAD": triton.next_power_of_2(n_sq), "NORM_EPI": epi}
 

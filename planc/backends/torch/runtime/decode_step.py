@@ -185,50 +185,20 @@ class StaticStep:
         # what it measured (faster in separate processes, level in one process's A/B).
         # PLANC_DECODE_PDL=0 turns it off, for measuring.
         self.pdl = self.kernel == "triton_flash_decode" and dependent_launch.enabled(dev)
-        self.parts = {"o_proj": 1, "down_proj": 1}
+        # q/k/v too where decode_products.qkv_splits says (one row): the Triton split, whose
+        # float32 partials the fused attention kernel sums as it reads them (no reduce kernel).
+        self.parts = {"q/k/v": 1, "o_proj": 1, "down_proj": 1}
         if self.products and model.layers:
             attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)
+            if (self.fused_rope and decode_products.split_runs_kernel(dev, r, 2)
+                    and all(type(a.wqkv) is Linear for a in model.attns)):
+                self.parts["q/k/v"] = decode_products.qkv_splits(
+                    r, os.environ.get("PLANC_DECODE_QKV_SPLIT", ""))
             if type(attn.wo) is Linear and attn.out_group is None:
                 self.parts["o_proj"] = decode_products.splits("o_proj", r, attn.wo.weight.shape[1])
             if self.gate_up_silu and type(mlp.down) is Linear and mlp.group is None:
                 self.parts["down_proj"] = decode_products.splits("down_proj", r,
                                                                  mlp.down.weight.shape[1])
-        # The MLP's norm inside the products around it (decode_products.split_add): o_proj's
-        # Triton split adds its result into the residual in its epilogue and gate/up norms the
-        # residual in its loads, so no add + norm kernel runs between them.
-        # PLANC_DECODE_FUSED_NORM=0 keeps the add + norm kernel, for measuring.
-        # The attention's norm the same way: down_proj's split adds into the residual and the
-        # next layer's q/k/v, a Triton split too, norms it in its loads, its float32 partials
-        # summed by the attention kernel as it reads them (rope_flash_decode_triton). Their
-        # buffers are made here (static addresses); `fusion` reads at each run which apply.
-        self.o_add: tuple[Tensor, Tensor] | None = None
-        self.down_add: tuple[Tensor, Tensor] | None = None
-        self.qkv_parts = 1
-        if (self.gate_up_silu and self.parts["o_proj"] > 1
-                and decode_products.split_runs_kernel(dev, r, 2)):
-            hidden = model.attns[0].wo.weight.shape[0]
-            self.o_add = decode_products.residual_sums(r, hidden, dev)
-            if (self.fused_rope and self.parts["down_proj"] > 1
-                    and all(type(a.wqkv) is Linear for a in model.attns)):
-                self.down_add = decode_products.residual_sums(r, hidden, dev)
-                self.qkv_parts = decode_products.splits("qkv", r, hidden)
-        self.qkv_split_ok = (self.fused_rope and decode_products.split_runs_kernel(dev, r, 2)
-                             and all(type(a.wqkv) is Linear for a in model.attns))
-        if self.qkv_split_ok and self.qkv_parts == 1 and model.attns:
-            self.qkv_parts = decode_products.splits("qkv", r, model.attns[0].wo.weight.shape[0])
-        self.fusion()
-
-    def fusion(self) -> None:
-        """Which norms run inside the products (the buffers __init__ made say where they can):
-        both by default; PLANC_DECODE_FUSED_NORM=0 keeps both add + norm kernels, =mlp the
-        attention's (read at each run, so a benchmark can capture one graph of each)."""
-        fused = os.environ.get("PLANC_DECODE_FUSED_NORM", "1")
-        self.fused_mlp_norm = fused != "0" and self.o_add is not None
-        self.fused_attn_norm = fused not in ("0", "mlp") and self.down_add is not None
-        # PLANC_DECODE_QKV_SPLIT=1 (an experiment): q/k/v as the Triton split whose partials
-        # the attention sums, without the fused norms
-        self.qkv_split = self.fused_attn_norm or (
-            self.qkv_split_ok and os.environ.get("PLANC_DECODE_QKV_SPLIT", "") == "1")
 
     @property
     def gemm(self) -> str | dict[str, str]:
@@ -244,13 +214,7 @@ class StaticStep:
             return what
         by = ("Triton" if decode_products.split_runs_kernel(self.ctx.device, self.rows, 2)
               else "batched GEMM")
-        what += ", " + " and ".join(split) + f" (float32 partials, {by})"
-        if self.fused_mlp_norm:
-            what += ", the MLP's residual add and norm inside o_proj's and gate/up's kernels"
-        if self.fused_attn_norm:
-            what += (f", the attention's inside down_proj's and q/k/v's (over K in "
-                     f"{self.qkv_parts}, Triton)")
-        return what
+        return what + ", " + " and ".join(split) + f" (float32 partials, {by})"
 
     def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
@@ -349,7 +313,6 @@ class StaticStep:
         return True
 
     def _run(self, m: int, n_read: int) -> None:
-        self.fusion()
         with (layers.elementwise(self.ops), decode_gemm.streaming(self.stream_gemm),
               vocab_parallel.triton_argmax(self.triton_end)):
             self._step(m, n_read)
@@ -370,16 +333,11 @@ class StaticStep:
         norms = [cast(GatedMLP, layer.mlp).norm for layer in model.layers]
         after_mlp = [attn.norm for attn in model.attns[1:]] + [model.norm]
         h = ops.norm(x, model.attns[0].norm.weight, model.attns[0].norm.eps)
-        qkv_norm = None  # h is normed; else h is the residual x and q/k/v norms it
-        last = len(model.layers) - 1
         for i, (layer, attn, (k, v)) in enumerate(zip(model.layers, model.attns, model.cache)):
-            o = self._attend(attn, h, cos, sin, k[rows], v[rows], st, n_read, qkv_norm)
-            mlp = cast(GatedMLP, layer.mlp)
-            if self.fused_mlp_norm:
-                h, qkv_norm = self._fused_mlp(x, o, attn, mlp, norms[i], after_mlp[i], i == last)
-                continue
-            h = self._add_norm(x, self._o_proj(attn, o), norms[i])
-            h, qkv_norm = self._add_norm(x, self._mlp(mlp, h), after_mlp[i]), None
+            o = self._attention(attn, h, cos, sin, k[rows], v[rows], st, n_read)
+            h = self._add_norm(x, o, norms[i])
+            o = self._mlp(cast(GatedMLP, layer.mlp), h)
+            h = self._add_norm(x, o, after_mlp[i])
         tok = model.next_tokens(h, False)
         if self.triton_end:  # the token's copies and the counters in one kernel
             decode_kernels.finish_step_triton(tok, st.tok, self.tokens[rows], st.pos, st.slot,
@@ -396,56 +354,27 @@ class StaticStep:
             return self.ops.add_parts_norm(x, o, norm.weight, norm.eps)
         return self.ops.add_norm(x, o, norm.weight, norm.eps)
 
-    def _fused_mlp(self, x: Tensor, o: Tensor, attn: Attention, mlp: GatedMLP,
-                   norm: layers.RMSNorm, after: layers.RMSNorm, last: bool
-                   ) -> tuple[Tensor, decode_products.FusedNorm | None]:
-        """o_proj of the attention's heads o and the MLP with the norms inside the products
-        (decode_products.split_add): x += o_proj(o) in o_proj's kernel, gate/up norms x by
-        `norm` in its loads; then with fused_attn_norm (not after the last layer) x +=
-        down(act) in down's kernel and the result is (x, the next q/k/v's FusedNorm by
-        `after`), else the add + norm kernel's (`after`(x), None)."""
-        assert self.o_add is not None
-        add = decode_products.ResidualAdd(x, *self.o_add)
-        decode_products.split_add(o, cast(Linear, attn.wo).weight, self.parts["o_proj"], add)
-        act = decode_products.gate_up_silu(
-            x, cast(Linear, mlp.gate_up).weight,
-            norm=decode_products.FusedNorm(norm.weight, norm.eps, add.sq))
-        if not self.fused_attn_norm or last:
-            return self._add_norm(x, self._down(mlp, act), after), None
-        assert self.down_add is not None
-        add = decode_products.ResidualAdd(x, *self.down_add)
-        decode_products.split_add(act, cast(Linear, mlp.down).weight, self.parts["down_proj"],
-                                  add)
-        return x, decode_products.FusedNorm(after.weight, after.eps, add.sq)
-
     def _mlp(self, mlp: GatedMLP, h: Tensor) -> Tensor:
         """The MLP block's output for its normed input h: reduced, or the down product's
         float32 partials when the step splits it (self.parts)."""
         if not self.gate_up_silu:
             return mlp.from_normed(h)
-        return self._down(mlp, decode_products.gate_up_silu(h, cast(Linear, mlp.gate_up).weight))
-
-    def _down(self, mlp: GatedMLP, act: Tensor) -> Tensor:
-        """The MLP's down product of act (silu(gate) * up): reduced, or its float32 partials
-        when the step splits it (self.parts)."""
+        act = decode_products.gate_up_silu(h, cast(Linear, mlp.gate_up).weight)
         if self.parts["down_proj"] > 1:
             return decode_products.split_product(act, cast(Linear, mlp.down).weight,
                                                  self.parts["down_proj"])
         return mlp.reduced_down(act)
 
-    def _attend(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
-                v_cache: Tensor, st: StepState, n_read: int,
-                qkv_norm: decode_products.FusedNorm | None = None) -> Tensor:
-        """The attention's heads [r, 1, heads * d] (before o_proj) for the block's normed input
-        h [r, 1, hidden] (with qkv_norm: the residual, which the q/k/v kernel norms); cos /
+    def _attention(self, attn: Attention, h: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor,
+                   v_cache: Tensor, st: StepState, n_read: int) -> Tensor:
+        """The attention block's reduced output for its normed input h [r, 1, hidden]; cos /
         sin: the RoPE tables when the kernel fuses RoPE, else each row's rows of them."""
         core = cast(LocalCore, attn.core)
-        assert qkv_norm is None or self.fused_attn_norm
         if self.fused_rope:  # RoPE, the cache write and the attention in one kernel
-            if self.qkv_split:  # q/k/v's float32 partials, which the attention sums
+            if self.parts["q/k/v"] > 1:  # its float32 partials, which the attention sums
                 qkv = decode_products.split_kernel(
-                    h.reshape(h.shape[0], -1), cast(Linear, attn.wqkv).weight, self.qkv_parts,
-                    norm=qkv_norm).view(self.qkv_parts, h.shape[0], -1, attn.local_dim)
+                    h.reshape(h.shape[0], -1), cast(Linear, attn.wqkv).weight,
+                    self.parts["q/k/v"]).view(self.parts["q/k/v"], h.shape[0], -1, attn.local_dim)
             else:
                 qkv = attn.qkv(h)[:, 0]
             o = decode_kernels.rope_flash_decode_triton(
@@ -459,11 +388,7 @@ class StaticStep:
             else:
                 o = decode_kernels.KERNELS[self.kernel](*args, self.splits)
             del q
-        return o.reshape(o.shape[0], 1, -1)
-
-    def _o_proj(self, attn: Attention, o: Tensor) -> Tensor:
-        """The attention block's reduced output for its heads o, or o_proj's float32 partials
-        when the step splits it (self.parts)."""
+        o = o.reshape(o.shape[0], 1, -1)
         if self.parts["o_proj"] > 1:  # its partials, which the add + norm after it sums
             return decode_products.split_product(o, cast(Linear, attn.wo).weight,
                                                  self.parts["o_proj"])
