@@ -334,10 +334,11 @@ def test_tuned_tiles_names_each_pick_of_the_autotuner(monkeypatch) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_rope_flash_decode_sums_float32_partials_of_qkv(triton_device, parts, dtype):
     """q/k/v as a product's float32 partials [parts, 3, heads + 2 kv, d] (decode_products.
-    split_kernel with the fused norm): the same output and caches, bit for bit, as the kernel
-    given their sum rounded to the dtype. The partials are small integers / 8, so every
-    float32 sum is exact and both roundings (torch's, Triton's interpreter's) agree; a kernel
-    that read only the first partial, or summed a part twice, would differ."""
+    split_kernel, the step's q/k/v at one row): the same caches bit for bit, and the same
+    output, as the kernel given their sum rounded to the dtype. The partials are small
+    integers / 8, so every float32 sum is exact and both roundings (torch's, Triton's
+    interpreter's) agree; a kernel that read only the first partial, or summed a part twice,
+    would differ."""
     qkv, cos, sin, pos, slot, k, v, lengths, lo, hi, heads = _fused_case(
         4, 16, True, dtype, triton_device)
     gen = torch.Generator().manual_seed(parts)
@@ -349,5 +350,10 @@ def test_rope_flash_decode_sums_float32_partials_of_qkv(triton_device, parts, dt
     out = dk.rope_flash_decode_triton(p, cos, sin, pos, slot, k2, v2, lengths, lo, hi,
                                       16 ** -0.5, heads, 2)
     assert out.dtype == dtype
-    assert torch.equal(out, want)
     assert torch.equal(k2, k1) and torch.equal(v2, v1)
+    if triton_device == "cuda":  # float32 partials are another autotuner key: maybe another
+        # tile, another order of the softmax's float32 sums (one unit of bf16 at most)
+        tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+        torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+    else:
+        assert torch.equal(out, want)
