@@ -21,6 +21,11 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   path on CUDA up to 64 rows): o_proj 9.9 us at 1 and 8 rows and 11.1 at 64 (S 2, against
   cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. `splits` is the rule (measured
   at 1, 8 and 64 rows; 9-16 and 17-63 rows follow their neighbours, not measured).
+- q/k/v at one row (`qkv_splits`): split_kernel's float32 partials in 4, which the fused
+  attention kernel sums as it reads them (decode_kernels.rope_flash_decode_triton), so no
+  reduce kernel runs: the step 1.8% faster at one row in a one-process A/B, slower at 8 and
+  64 rows (h200_decode_profile_run42_l4_qkv_split.json); the whole model at batch 1 4.10-4.11
+  against 4.19 ms (h200_decode_run43_b1_*.json).
 
 What they guarantee: the eager ops' rounding steps (layers.EAGER): products summed in float32
 and rounded once to the dtype where the eager GEMM rounds its output (the partials' sum is
