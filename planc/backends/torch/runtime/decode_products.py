@@ -177,11 +177,13 @@ def splits(product: str, rows: int, k: int) -> int:
     is split in 2 only up to 64 rows, where split_product runs the Triton kernel: the bmm
     split lost to cuBLAS there. The rule assumes the kernel's path (the static step splits
     only with the Triton attention, so on CUDA with triton or in its interpreter)."""
-    if rows <= 16:
-        s = 4
-    else:
-        s = 2 if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
+    s = row_parts(rows) if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
     return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
+
+
+def row_parts(rows: int) -> int:
+    """The split products' parts of K by rows (splits, qkv_splits): 4 up to 16 rows, else 2."""
+    return 4 if rows <= 16 else 2
 
 
 def qkv_splits(rows: int, forced: str = "") -> int:
@@ -194,9 +196,7 @@ def qkv_splits(rows: int, forced: str = "") -> int:
     (4 parts up to 16 rows, else 2)."""
     if forced == "0":
         return 1
-    if forced == "1" or rows == 1:
-        return 4 if rows <= 16 else 2
-    return 1
+    return row_parts(rows) if forced == "1" or rows == 1 else 1
 
 
 def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:
