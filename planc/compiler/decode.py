@@ -34,8 +34,16 @@ from planc.compiler.splits import (
     plan_memory_terms,
     static_decode_step,
 )
-from planc.cost.memory import layer_program, peak_live, static_step_bytes, with_peak
+from planc.cost.memory import (
+    first_step_tuning_bytes,
+    layer_program,
+    live_at,
+    peak_live,
+    static_step_bytes,
+    with_peak,
+)
 from planc.layout import strategies
+from planc.layout.schedule import static_step_qkv_parts
 from planc.layout.slices import cdiv
 
 
@@ -62,7 +70,18 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
     """Memory rows of a decode plan from its prompt's rows (see the module docstring)."""
     m = plan.model
     d, ops, bufs = step_program(plan)
-    step_peak = peak_live(bufs, len(ops)) + d.tokens * m.hidden * m.dtype_bytes  # + residual
+    residual = d.tokens * m.hidden * m.dtype_bytes
+    step_peak = peak_live(bufs, len(ops)) + residual
+    dev = plan.cluster.device
+    if static_decode_step(plan) and dev.autotune:
+        # the first warm-up's moment in front of the attention's autotuner (memory.py says so)
+        attention = next(i for i, o in enumerate(ops) if o.name.startswith("attention_"))
+        qkv_split = (static_step_qkv_parts(d.tokens) > 1 and not m.features.qk_norm
+                     and not plan.compress_int8)  # decode_step.StaticStep's conditions
+        tuning = first_step_tuning_bytes(dev.autotune, live_at(bufs, attention) + residual,
+                                         dev.workspace, qkv_split)
+    else:
+        tuning = 0
     lm_head = vocab.lm_head_shard(plan, is_first=len(prompt_rows) == 1)
     out = {}
     for cid, row in prompt_rows.items():
@@ -75,7 +94,7 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
             step_peak_c = step_peak + d.tokens * vocab.vocab_rows(plan) * 4
         else:
             step_peak_c = step_peak
-        row["activations"] = max(row["activations"], step_peak_c)
+        row["activations"] = max(row["activations"], step_peak_c, tuning)
         if static_decode_step(plan):
             w = plan.workload
             rows = cdiv(w.batch or 0, Degrees.of(plan).batch)

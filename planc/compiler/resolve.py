@@ -51,6 +51,7 @@ NO_INCLUDE = ("include", "import", "use", "source")
 # key -> (dimension of the value, required?)
 DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
                "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes",
+               "autotune": "bytes",
                # measured rates (planc calibrate): estimates only, never the bounds
                "gemm": "flops_per_s", "attention": "flops_per_s", "hbm": "bytes_per_s",
                "allreduce": "bytes_per_s", "latency": "seconds",
@@ -423,7 +424,7 @@ def _device(b: ast.Block, diags: Diagnostics) -> DeviceSpec | None:
     if vals["memory"] is not None and vals["memory"] < MIN_DEVICE_MEMORY:
         v._err("E023", f"`memory` is {vals['memory']:,} B; a device has at least 1 MiB",
                v.span("memory"), "is a unit prefix missing? e.g. `memory 80 GB`")
-    for k in ("reserve", "workspace"):
+    for k in ("reserve", "workspace", "autotune"):
         if vals[k] is None:
             vals[k] = 0
     for k in ("memory", "cache", "compute", "bandwidth"):

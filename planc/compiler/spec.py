@@ -32,6 +32,7 @@ class DeviceSpec:
     bandwidth: int  # HBM bytes/s
     reserve: int  # bytes the runtime holds outside torch's allocator
     workspace: int = 0  # bytes libraries take through torch's allocator (cuBLAS workspace)
+    autotune: int = 0  # bytes an autotuner takes through it while it times tiles (presets.py)
     # W: the datasheet board power (TDP), what the device can draw at most; None: not known.
     # Only the power and energy claims use it (cost/claims.power_bounds).
     power: int | None = None

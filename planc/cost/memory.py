@@ -32,6 +32,19 @@ def static_step_bytes(rows: int, generate: int, positions: int, head_dim: int, e
     return 2 * workspace + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
 
 
+def first_step_tuning_bytes(flush: int, step_live: int, workspace: int, qkv_split: bool) -> int:
+    """What the static step's first warm-up holds above a decode row's other terms while
+    Triton's autotuner times the attention kernel's tiles (at layer 0's attention, once per
+    shape in a process): its L2-flush buffer `flush` (the device's `autotune`) and `step_live`,
+    the step's buffers live at the attention, less the stream workspaces static_step_bytes
+    counts that do not exist yet: the capture stream's, and the warm-up stream's too where
+    q/k/v is the Triton split (no cuBLAS call comes before the attention). The CUDA
+    allocator's trace of the seed plan at batch 1 on an H200 had its peak there (256 MiB of
+    flush beside the step's 0.4 MB and one workspace); a decode row's activations are the
+    larger of this and the prefill's and step's peaks."""
+    return flush + step_live - workspace * (2 if qkv_split else 1)
+
+
 def with_peak(row: dict[str, int]) -> dict[str, int]:
     """The row with its peak: the sum of its MEMORY_TERMS."""
     return {**row, "peak": sum(row[k] for k in MEMORY_TERMS)}
@@ -440,10 +453,11 @@ STAGE_TERMS: dict[str, Callable[[StageShape, LocalDims], list[StageBuffer]]] = {
 }
 
 
+def live_at(bufs: list[BufferSpec], i: int) -> int:
+    """The bytes of the buffers live at op i (intervals inclusive)."""
+    return sum(b.bytes for b in bufs if b.first <= i <= b.last)
+
+
 def peak_live(bufs: list[BufferSpec], nops: int) -> int:
-    """The largest sum of live buffer bytes at any op (intervals inclusive)."""
-    best = 0
-    for i in range(nops):
-        live = sum(b.bytes for b in bufs if b.first <= i <= b.last)
-        best = max(best, live)
-    return best
+    """The largest sum of live buffer bytes at any op."""
+    return max((live_at(bufs, i) for i in range(nops)), default=0)

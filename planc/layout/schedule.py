@@ -152,6 +152,26 @@ def static_step_gate_up_silu(rows: int, dense_mlp: bool) -> bool:
     return dense_mlp and 1 <= rows <= GATE_UP_SILU_MAX_ROWS
 
 
+def static_step_split_parts(rows: int) -> int:
+    """Parts of K of the static step's split products (backends/torch/runtime/decode_products
+    .splits, and q/k/v's below) at `rows` rows: 4 up to 16 rows, else 2."""
+    return 4 if rows <= 16 else 2
+
+
+def static_step_qkv_parts(rows: int, forced: str = "") -> int:
+    """Parts of K for the q/k/v product of the static step with the fused attention kernel
+    (which sums the float32 partials as it reads them: decode_kernels.rope_flash_decode_triton)
+    at `rows` rows; 1: cuBLAS's GEMM. Split in 4 at one row only: in one process's A/B of the
+    4-layer cut (h200_decode_profile_run42_l4_qkv_split.json) the split made the step 1.8%
+    faster at 1 row and 0.9% / 0.6% slower at 8 / 64 rows (in 4 / 2). forced
+    (PLANC_DECODE_QKV_SPLIT, for measuring): "0" never splits, "1" splits as o_proj would.
+    The runtime splits by this rule (decode_step.StaticStep) and the memory model knows by it
+    whether a cuBLAS call comes before the first attention (cost/memory.first_step_tuning_bytes)."""
+    if forced == "0":
+        return 1
+    return static_step_split_parts(rows) if forced == "1" or rows == 1 else 1
+
+
 def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False) -> int:
     """Kernels of a static step outside the layer program (one GPU's step: the Triton
     attention's path), with the vocabulary split over `vocab_parts` ranks (1: not split).

@@ -189,7 +189,7 @@ def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monke
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K as
     decode_products.splits says for the rows (their K 256 and 512 take parts of 64) by
     decode_gemm's Triton kernel, their float32 partials summed by the residual add + norm;
-    at one row q/k/v split too (decode_products.qkv_splits), its partials summed by the
+    at one row q/k/v split too (schedule.static_step_qkv_parts), its partials summed by the
     attention kernel; equal to HF generate token for token."""
     gpu_path_in_the_interpreter(monkeypatch)
     model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,

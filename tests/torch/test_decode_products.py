@@ -140,10 +140,3 @@ def test_splits_rule():
     assert dm.splits("down_proj", 64, 14336) == 2 and dm.splits("o_proj", 64, 4096) == 2
     assert dm.splits("down_proj", 65, 14336) == 2 and dm.splits("o_proj", 65, 4096) == 1
     assert dm.splits("down_proj", 8, 64 * 3) == 1 and dm.splits("down_proj", 64, 64 * 3) == 1
-
-
-def test_qkv_splits_rule():
-    """q/k/v split in 4 at one row only (run 42); forced off, or on as o_proj splits."""
-    assert dm.qkv_splits(1) == 4 and dm.qkv_splits(8) == 1 and dm.qkv_splits(64) == 1
-    assert dm.qkv_splits(1, "0") == 1
-    assert dm.qkv_splits(8, "1") == 4 and dm.qkv_splits(64, "1") == 2

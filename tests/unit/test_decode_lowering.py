@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from planc.compiler.lower import lower
+from planc.compiler.presets import CUBLAS_WORKSPACE
+from planc.layout.schedule import static_step_qkv_parts
 from tests.helpers import MODEL, check_text, line_of, plan_text, resolve_text, verdict
 
 VOCAB_MODEL = MODEL.replace("  dtype    bf16\n", "  dtype    bf16\n  vocab    32000\n")
@@ -176,3 +178,41 @@ def test_collectives_of_the_static_step_are_priced_at_the_in_graph_latency():
     eager_p = est("prefill", collective_latency_s=base.collective_latency_s + 1e-6)
     assert eager_p - est("prefill") == pytest.approx(calls["prefill"] * 1e-6, rel=1e-6)
     assert est("prefill", graph_collective_latency_s=1.0) == pytest.approx(est("prefill"))
+
+
+def test_qkv_parts_rule():
+    """q/k/v split in 4 at one row only (run 42); forced off, or on as o_proj splits."""
+    assert static_step_qkv_parts(1) == 4 and static_step_qkv_parts(8) == 1
+    assert static_step_qkv_parts(64) == 1 and static_step_qkv_parts(1, "0") == 1
+    assert static_step_qkv_parts(8, "1") == 4 and static_step_qkv_parts(64, "1") == 2
+
+
+def _one_gpu_decode_row(batch: int, autotune: str | None) -> dict[str, int]:
+    """A one-GPU decode plan's memory row, on an H100 with the given `autotune` (None: a
+    device of the H100's figures that sets none, so 0)."""
+    workload = DECODE.replace("batch    32", f"batch    {batch}").replace("2048", "64")
+    device = ("device g from H100 {\n  autotune " + autotune + "\n}\n" if autotune else
+              "device g {\n  memory 80 GB\n  cache 50 MB\n  compute 989 TFLOPS\n"
+              "  bandwidth 3.35 TB/s\n  workspace 32 MiB\n}\n")
+    cluster = device + "cluster c {\n  device g x 1\n  node 1\n}\n"
+    spec, diags = resolve_text(plan_text("  mesh dp=1\n", model=VOCAB_MODEL, cluster=cluster,
+                                         workload=workload))
+    assert not diags.has_errors, [d.message for d in diags.items]
+    return lower(spec.plans[0]).classes[0].memory
+
+
+@pytest.mark.parametrize("batch,workspaces_not_yet_made", [(1, 2), (2, 1)])
+def test_a_one_gpu_decode_peaks_in_front_of_the_attentions_autotuner(batch,
+                                                                      workspaces_not_yet_made):
+    """The decode row's activations hold the static step's first warm-up in front of the
+    attention's autotuner (memory.first_step_tuning_bytes): the device's `autotune` buffer
+    and the step's few buffers there, less the stream workspaces not made yet (both at one
+    row, where q/k/v is the Triton split; the capture stream's only, where cuBLAS's q/k/v runs
+    first). A short prompt keeps the prefill's activations below that moment."""
+    flush = 2**30
+    row = _one_gpu_decode_row(batch, "1 GiB")
+    step_buffers = row["activations"] - flush + workspaces_not_yet_made * CUBLAS_WORKSPACE
+    assert 0 < step_buffers < 2**20 * batch
+    # the moment moves byte for byte with the buffer, and without one it is gone
+    assert _one_gpu_decode_row(batch, "2 GiB")["activations"] == row["activations"] + flush
+    assert _one_gpu_decode_row(batch, None)["activations"] < 2**27

@@ -21,7 +21,7 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   path on CUDA up to 64 rows): o_proj 9.9 us at 1 and 8 rows and 11.1 at 64 (S 2, against
   cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. `splits` is the rule (measured
   at 1, 8 and 64 rows; 9-16 and 17-63 rows follow their neighbours, not measured).
-- q/k/v at one row (`qkv_splits`): split_kernel's float32 partials in 4, which the fused
+- q/k/v at one row (planc/layout/schedule.static_step_qkv_parts): split_kernel's float32 partials in 4, which the fused
   attention kernel sums as it reads them (decode_kernels.rope_flash_decode_triton), so no
   reduce kernel runs: the step 1.8% faster at one row in a one-process A/B, slower at 8 and
   64 rows (h200_decode_profile_run42_l4_qkv_split.json); the whole model at batch 1 4.10-4.11
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from planc.backends.torch.runtime import dependent_launch, layers
 from planc.backends.torch.runtime.triton_mode import interpreting
-from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS
+from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS, static_step_split_parts
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton
@@ -177,26 +177,8 @@ def splits(product: str, rows: int, k: int) -> int:
     is split in 2 only up to 64 rows, where split_product runs the Triton kernel: the bmm
     split lost to cuBLAS there. The rule assumes the kernel's path (the static step splits
     only with the Triton attention, so on CUDA with triton or in its interpreter)."""
-    s = row_parts(rows) if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
+    s = static_step_split_parts(rows) if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
     return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
-
-
-def row_parts(rows: int) -> int:
-    """The split products' parts of K by rows (splits, qkv_splits): 4 up to 16 rows, else 2."""
-    return 4 if rows <= 16 else 2
-
-
-def qkv_splits(rows: int, forced: str = "") -> int:
-    """Parts of K for the q/k/v product of the static step with the fused attention kernel
-    (which sums the float32 partials as it reads them: decode_kernels.rope_flash_decode_triton)
-    at `rows` rows; 1: cuBLAS's GEMM. Split in 4 at one row only: in one process's A/B of the
-    4-layer cut (h200_decode_profile_run42_l4_qkv_split.json) the split made the step 1.8%
-    faster at 1 row and 0.9% / 0.6% slower at 8 / 64 rows (in 4 / 2). forced
-    (PLANC_DECODE_QKV_SPLIT, for measuring): "0" never splits, "1" splits as o_proj would
-    (4 parts up to 16 rows, else 2)."""
-    if forced == "0":
-        return 1
-    return row_parts(rows) if forced == "1" or rows == 1 else 1
 
 
 def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:

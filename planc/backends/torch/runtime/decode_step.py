@@ -60,7 +60,11 @@ from planc.backends.torch.runtime.layers import (
     Rope,
     rope_tables,
 )
-from planc.layout.schedule import static_step_gate_up_silu, static_step_reason
+from planc.layout.schedule import (
+    static_step_gate_up_silu,
+    static_step_qkv_parts,
+    static_step_reason,
+)
 from planc.layout.strategies import attention_core
 
 if TYPE_CHECKING:
@@ -185,14 +189,14 @@ class StaticStep:
         # what it measured (faster in separate processes, level in one process's A/B).
         # PLANC_DECODE_PDL=0 turns it off, for measuring.
         self.pdl = self.kernel == "triton_flash_decode" and dependent_launch.enabled(dev)
-        # q/k/v too where decode_products.qkv_splits says (one row): the Triton split, whose
+        # q/k/v too where schedule.static_step_qkv_parts says (one row): the Triton split, whose
         # float32 partials the fused attention kernel sums as it reads them (no reduce kernel).
         self.parts = {"q/k/v": 1, "o_proj": 1, "down_proj": 1}
         if self.products and model.layers:
             attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)
             if (self.fused_rope and decode_products.split_runs_kernel(dev, r, 2)
                     and all(type(a.wqkv) is Linear for a in model.attns)):
-                self.parts["q/k/v"] = decode_products.qkv_splits(
+                self.parts["q/k/v"] = static_step_qkv_parts(
                     r, os.environ.get("PLANC_DECODE_QKV_SPLIT", ""))
             if type(attn.wo) is Linear and attn.out_group is None:
                 self.parts["o_proj"] = decode_products.splits("o_proj", r, attn.wo.weight.shape[1])
