@@ -33,15 +33,18 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from planc.backends.torch import memory_trace
 from planc.backends.torch.runtime.dist import RankContext, barrier
 
 T = TypeVar("T")
 
 
 def reset_peaks(ctx: RankContext) -> None:
+    """Restart the memory peaks (and, with PLANC_MEMORY_TRACE, begin recording allocations)."""
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
         torch.cuda.reset_peak_memory_stats(ctx.device)
+        ctx.memory_trace_base = memory_trace.start(ctx.device)
 
 
 def time_forward(ctx: RankContext, fn: Callable[[], T]) -> tuple[list[float], T | None]:
@@ -91,6 +94,10 @@ def memory_stats(ctx: RankContext, weight_bytes: int, resident: int | None) -> d
     if ctx.device.type == "cuda":
         stats["peak_allocated"] = torch.cuda.max_memory_allocated(ctx.device)
         stats["peak_reserved"] = torch.cuda.max_memory_reserved(ctx.device)
+        trace = memory_trace.finish(ctx.device, ctx.rank, ctx.memory_trace_base,
+                                    stats["peak_allocated"])
+        if trace is not None:
+            stats["memory_trace"] = trace
     return stats
 
 

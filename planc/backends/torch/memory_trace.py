@@ -1,0 +1,162 @@
+"""Where a run's peak memory went: every CUDA allocation of a run, and the live set at its peak.
+
+`PLANC_MEMORY_TRACE=DIR planc run ... --device cuda` makes each rank record its allocations
+(torch.cuda.memory._record_memory_history, Python stacks) from the moment its memory peaks
+restart (after the weights load: metrics.reset_peaks) until its numbers are collected, before
+the reference check (program.report). Each rank writes DIR/rank<r>.pickle (torch's snapshot)
+and DIR/rank<r>.json (what was allocated when the record began, and torch's peak).
+
+    python -m planc.backends.torch.memory_trace DIR [--top 30]
+
+replays a rank's record and prints the largest live set, grouped by where each buffer was
+allocated (the innermost frames outside torch), so a gap between a predicted and a measured
+peak can be traced to a line. That is how the decode step's first-warm-up moment
+(cost/memory.first_step_tuning_bytes: Triton's autotuner's 256 MiB L2-flush buffer) was found
+(benchmarks/results/h200_decode_issue15.md, round 10).
+
+The replay sums requested sizes; torch's `max_memory_allocated` counts the allocator's rounded
+blocks, so the two differ by a few KB (7.7 KB of 1.97 GB in round 10's trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENV = "PLANC_MEMORY_TRACE"
+# torch's own modules, installed (not planc/backends/torch, which is planc's)
+TORCH_FILE = re.compile(r"[/\\](site|dist)-packages[/\\]torch[/\\]")
+MAX_ENTRIES = 2_000_000  # events kept (a 32-layer decode run made about 21,000)
+
+
+def directory() -> Path | None:
+    d = os.environ.get(ENV)
+    return Path(d) if d else None
+
+
+def start(device: Any) -> int | None:
+    """Begin recording `device`'s allocations where the run asks for it (CUDA only); the bytes
+    allocated at that moment (the record's base), or None when not recording."""
+    if directory() is None or getattr(device, "type", "cpu") != "cuda":
+        return None
+    torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python",
+                                             device=device)
+    return torch.cuda.memory_allocated(device)
+
+
+def finish(device: Any, rank: int, base: int | None, peak_allocated: int | None) -> str | None:
+    """Write this rank's record and stop recording; the pickle's path, or None."""
+    out = directory()
+    if base is None or out is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"rank{rank}.pickle"
+    torch.cuda.memory._dump_snapshot(str(path))
+    torch.cuda.memory._record_memory_history(enabled=None, device=device)
+    meta = {"rank": rank, "allocated_at_start": base, "peak_allocated": peak_allocated}
+    (out / f"rank{rank}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay (a snapshot is a dict of lists: it needs no GPU)
+
+
+@dataclass(frozen=True)
+class Peak:
+    bytes: int  # the largest sum: the base plus what the record allocated and had not freed
+    event: int  # the index of the event that reached it (-1: the base itself)
+    events: int
+    base: int
+    live: tuple[dict[str, Any], ...]  # the record's allocations live then
+
+
+def replay(events: list[dict[str, Any]], base: int) -> Peak:
+    """The largest live sum over the record. An allocation adds its size and its free request
+    takes it away (torch's allocated-bytes statistic drops at the request); the free of a
+    buffer allocated before the record began takes its size out of the base."""
+    live: dict[int, dict[str, Any]] = {}
+    cur = best = base
+    best_i, best_live = -1, ()
+    for i, e in enumerate(events):
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+            cur += e["size"]
+        elif e["action"] == "free_requested":
+            live.pop(e["addr"], None)
+            cur -= e["size"]
+        if cur > best:
+            best, best_i, best_live = cur, i, tuple(live.values())
+    return Peak(best, best_i, len(events), base, best_live)
+
+
+def site(event: dict[str, Any], depth: int = 4) -> str:
+    """Where a buffer was allocated: its innermost `depth` Python frames outside torch's own
+    modules (file:line function, innermost first)."""
+    frames = [f for f in event.get("frames") or [] if not TORCH_FILE.search(f["filename"])]
+    return " < ".join(f"{Path(f['filename']).name}:{f['line']} {f['name']}"
+                      for f in frames[:depth]) or "(no Python frame)"
+
+
+def by_site(live: Iterable[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """(bytes, buffers, site) of the live set, largest first."""
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in live:
+        g = groups[site(e)]
+        g[0] += e["size"]
+        g[1] += 1
+    return sorted(((b, n, s) for s, (b, n) in groups.items()), reverse=True)
+
+
+def device_events(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's events of the one device a rank uses."""
+    traces = [t for t in snapshot.get("device_traces", []) if t]
+    if len(traces) > 1:
+        raise ValueError(f"events of {len(traces)} devices; a rank uses one")
+    return traces[0] if traces else []
+
+
+def report(pickle_path: Path, top: int) -> str:
+    meta = json.loads(pickle_path.with_suffix(".json").read_text())
+    with pickle_path.open("rb") as f:
+        snapshot = pickle.load(f)
+    p = replay(device_events(snapshot), meta["allocated_at_start"])
+    lines = [(f"{pickle_path}: the live set peaks at {p.bytes:,} B, event {p.event} of "
+             f"{p.events} (torch's max_memory_allocated: {meta['peak_allocated']:,} B)"),
+             (f"{p.base:,} B allocated when the record began (weights, caches, inputs); "
+             f"above it, by where it was allocated:")]
+    rows = by_site(p.live)
+    for b, n, s in rows[:top]:
+        lines.append(f"  {b:>15,} B {n:>5} x  {s}")
+    if len(rows) > top:
+        rest = sum(b for b, _, _ in rows[top:])
+        lines.append(f"  {rest:>15,} B in {len(rows) - top} more sites")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m planc.backends.torch.memory_trace",
+                                 description="the live set at each rank's memory peak")
+    ap.add_argument("dir", type=Path, help=f"the directory {ENV} named")
+    ap.add_argument("--top", type=int, default=30, help="sites to list per rank")
+    args = ap.parse_args(argv)
+    paths = sorted(args.dir.glob("rank*.pickle"))
+    if not paths:
+        print(f"planc: no rank*.pickle in {args.dir} (run with {ENV}={args.dir} --device cuda)")
+        return 2
+    print("\n\n".join(report(p, args.top) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
