@@ -35,13 +35,16 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cache
 
-from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph
+from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph, TensorShard
 from planc.layout.mesh import parts as mesh_parts
 from planc.layout.schedule import (
+    SPLIT_KERNEL_MAX_ROWS,
     micro_rows,
     static_step_extra_kernels,
     static_step_fused,
     static_step_gate_up_silu,
+    static_step_product_parts,
+    static_step_qkv_parts,
     static_step_reason,
 )
 from planc.layout.strategies import attention_core
@@ -91,7 +94,13 @@ class Efficiency:
     # whole-model TPOTs of this step: run 13 measured the four one-GPU decode plans within
     # +0.4..+3.8% of what this model predicted before the run, run 16 (RoPE inside the
     # attention kernel) within +0.5..+3.0% (benchmarks/results/h200_decode_issue15.md, rounds
-    # 3 and 4).
+    # 3 and 4). The products the step runs as one Triton kernel with no split-K reduce after it
+    # (static_step_triton_products) start as the elementwise kernels do, not as cuBLAS's GEMMs:
+    # their time above their bytes at `hbm`, each timed alone in a CUDA graph at 1, 8 and 64 rows
+    # with the tile the runtime runs (benchmarks/results/h200_decode_splitk_run23.json: q/k/v,
+    # o_proj, down_proj; h200_decode_mlp_run19.json: gate/up with SiLU x up) is 1.0-3.6 us,
+    # 2.0 on average, where cuBLAS's took 2.3-7.4 (4.7) in the same run. Not fitted to any TPOT;
+    # runs 45-46's TPOTs were measured before this rule was added.
     graph_op_overhead_s: float = 2.5e-6
     graph_gemm_overhead_s: float = 4.6e-6
     decode_attention_hbm: float = 0.92
@@ -99,7 +108,9 @@ class Efficiency:
     # rank's Python: fitted (the one constant here that is) to the tensor-parallel 2 decode of
     # the Llama-3-8B shape at batch 64 on nvidia-h200-x2 (5.943 ms, 66 collectives a step;
     # benchmarks/results/h200x2_issue17.md), checked on batch 1, which it was not fitted to:
-    # 3.780 ms predicted against 3.490 measured (+8.3%). Validated there only (two H200s over
+    # 3.780 ms predicted against 3.490 measured (+8.3%). Fitted before the Triton products were
+    # priced as ops (static_step_triton_products), which re-prices those runs at -1.1% and
+    # +4.4%; not refitted. Validated there only (two H200s over
     # NVLink): it also prices larger groups and other links, unmeasured. `collective_latency_s`
     # and planc calibrate's `latency` (a host-launched 4-byte all-reduce: 71 us on that
     # machine) price the eager steps' collectives.
@@ -320,9 +331,11 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     static = phase == "decode" and static_decode(graph)
     qk_norm = qk_norm_of(graph)
-    fused = static_step_fused(qk_norm, static_step_gate_up_silu(
-        micro_rows(graph.batch, mesh_parts(graph.mesh.shape, graph.splits.get("batch", [])),
-                   graph.microbatches), dense_mlp_of(graph))) if static else frozenset()
+    rows = micro_rows(graph.batch, mesh_parts(graph.mesh.shape, graph.splits.get("batch", [])),
+                      graph.microbatches)
+    fused = static_step_fused(qk_norm, static_step_gate_up_silu(rows, dense_mlp_of(graph))
+                              ) if static else frozenset()
+    triton = static_step_triton_products(graph, rows) if static else frozenset()
     stages = []
     for c in graph.classes:
         t = 0.0
@@ -336,6 +349,8 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
                            ) + e.graph_gemm_overhead_s
             elif name in fused:  # inside another op's kernel
                 op_t = _op_time(name, o.flops, o.bytes, rates, replace(e, op_overhead_s=0.0))
+            elif name in triton:  # one Triton kernel, no split-K reduce: an op's start
+                op_t = _op_time(name, o.flops, o.bytes, rates, e)
             elif static and (name.endswith("_proj") or name == "lm_head"):
                 op_t = _op_time(name, o.flops, o.bytes, rates,
                                 replace(e, op_overhead_s=e.graph_gemm_overhead_s))
@@ -364,6 +379,43 @@ def dense_mlp_of(graph: PlacementGraph) -> bool:
     """Whether the MLP's gate weights are plain (not int8 or 2:4 compressed)."""
     gates = [s for c in graph.classes for s in c.shards if s.name.endswith("gate_proj.weight")]
     return bool(gates) and all(s.format == "dense" for s in gates)
+
+
+def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[str]:
+    """The layer program's products that the static step runs as one Triton kernel with no
+    split-K reduce kernel after it (backends/torch/runtime/decode_products), by the rules
+    decode_step.StaticStep picks them by: gate/up with SiLU x up (schedule
+    .static_step_gate_up_silu); q/k/v split where static_step_qkv_parts says, its RoPE inside
+    the attention kernel (no q/k norm); o_proj and down_proj (down only beside gate/up's
+    kernel) split where static_step_product_parts says and not all-reduced (no tensor split
+    of heads / ffn), at most SPLIT_KERNEL_MAX_ROWS rows. Only plain (dense) weights."""
+    shards = [s for c in graph.classes for s in c.shards]
+
+    def plain(suffix: str) -> TensorShard | None:
+        mine = [s for s in shards if s.name.endswith(suffix)]
+        return mine[0] if mine and all(s.format == "dense" for s in mine) else None
+
+    def split(dim: str) -> bool:
+        return mesh_parts(graph.mesh.shape, graph.splits.get(dim, [])) > 1
+
+    out = set()
+    gate_up = static_step_gate_up_silu(rows, dense_mlp_of(graph))
+    if gate_up:
+        out.add("gate_up_proj")
+    if rows > SPLIT_KERNEL_MAX_ROWS:
+        return frozenset(out)
+    if (not qk_norm_of(graph) and plain("q_proj.weight") is not None
+            and static_step_qkv_parts(rows) > 1):
+        out.add("qkv_proj")
+    o = plain("o_proj.weight")
+    if o is not None and not split("heads") \
+            and static_step_product_parts("o_proj", rows, o.local_shape[1]) > 1:
+        out.add("o_proj")
+    down = plain("down_proj.weight")
+    if gate_up and down is not None and not split("ffn") \
+            and static_step_product_parts("down_proj", rows, down.local_shape[1]) > 1:
+        out.add("down_proj")
+    return frozenset(out)
 
 
 def static_decode(graph: PlacementGraph) -> bool:

@@ -152,6 +152,11 @@ def static_step_gate_up_silu(rows: int, dense_mlp: bool) -> bool:
     return dense_mlp and 1 <= rows <= GATE_UP_SILU_MAX_ROWS
 
 
+SPLIT_ALIGN = 64  # each part's K: a multiple of this (cuBLAS's K tile), else no split
+# the Triton split's rows: its x tile is padded as gate_up_silu's (decode_products.split_kernel)
+SPLIT_KERNEL_MAX_ROWS = GATE_UP_SILU_MAX_ROWS
+
+
 def static_step_split_parts(rows: int) -> int:
     """Parts of K of the static step's split products (backends/torch/runtime/decode_products
     .splits, and q/k/v's below) at `rows` rows: 4 up to 16 rows, else 2."""
@@ -170,6 +175,18 @@ def static_step_qkv_parts(rows: int, forced: str = "") -> int:
     if forced == "0":
         return 1
     return static_step_split_parts(rows) if forced == "1" or rows == 1 else 1
+
+
+def static_step_product_parts(product: str, rows: int, k: int) -> int:
+    """Parts of K for `product` ("o_proj" or "down_proj") of the static step at `rows` rows and
+    inner size k (backends/torch/runtime/decode_products' docstring: measured at 1, 8 and 64
+    rows); 1: the plain GEMM. o_proj above 16 rows is split in 2 only up to
+    SPLIT_KERNEL_MAX_ROWS rows, where the Triton kernel runs it: the bmm split lost to cuBLAS
+    there. The runtime splits by this rule (decode_step.StaticStep) and the cost model prices
+    the products by it (cost/time.static_step_triton_products)."""
+    s = static_step_split_parts(rows) if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS \
+        else 1
+    return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
 
 
 def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False) -> int:

@@ -187,7 +187,7 @@ def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monke
                                                                  split):
     """The static step's GEMMs as on one GPU (decode_products), in Triton's interpreter: the
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K as
-    decode_products.splits says for the rows (their K 256 and 512 take parts of 64) by
+    schedule.static_step_product_parts says for the rows (their K 256 and 512 take parts of 64) by
     decode_gemm's Triton kernel, their float32 partials summed by the residual add + norm;
     at one row q/k/v split too (schedule.static_step_qkv_parts), its partials summed by the
     attention kernel; equal to HF generate token for token."""

@@ -131,12 +131,3 @@ def test_the_benchmarks_triton_split_candidate_sums_to_the_product(device):
         p = bench.triton_split_linear(x, w, dict(cfg))
         assert p.shape == (cfg["SPLITS"], 3, 40) and p.dtype == torch.float32
         torch.testing.assert_close(p.sum(0), x @ w, rtol=1e-3, atol=1e-3)
-
-
-def test_splits_rule():
-    """4 parts at few rows, 2 at 64 (o_proj only where the Triton kernel runs it: none above
-    64 rows); none when a part's K would not be a multiple of SPLIT_ALIGN."""
-    assert dm.splits("down_proj", 1, 14336) == 4 and dm.splits("o_proj", 8, 4096) == 4
-    assert dm.splits("down_proj", 64, 14336) == 2 and dm.splits("o_proj", 64, 4096) == 2
-    assert dm.splits("down_proj", 65, 14336) == 2 and dm.splits("o_proj", 65, 4096) == 1
-    assert dm.splits("down_proj", 8, 64 * 3) == 1 and dm.splits("down_proj", 64, 64 * 3) == 1

@@ -7,7 +7,12 @@ import pytest
 
 from planc.compiler.lower import lower
 from planc.compiler.presets import CUBLAS_WORKSPACE
-from planc.layout.schedule import static_step_qkv_parts
+from planc.cost import time as cost_time
+from planc.layout.schedule import (
+    SPLIT_ALIGN,
+    static_step_product_parts,
+    static_step_qkv_parts,
+)
 from tests.helpers import MODEL, check_text, line_of, plan_text, resolve_text, verdict
 
 VOCAB_MODEL = MODEL.replace("  dtype    bf16\n", "  dtype    bf16\n  vocab    32000\n")
@@ -216,3 +221,60 @@ def test_a_one_gpu_decode_peaks_in_front_of_the_attentions_autotuner(batch,
     # the moment moves byte for byte with the buffer, and without one it is gone
     assert _one_gpu_decode_row(batch, "2 GiB")["activations"] == row["activations"] + flush
     assert _one_gpu_decode_row(batch, None)["activations"] < 2**27
+
+
+def test_product_parts_rule():
+    """4 parts at few rows, 2 at 64 (o_proj only where the Triton kernel runs it: none above
+    64 rows); none when a part's K would not be a multiple of SPLIT_ALIGN."""
+    parts = static_step_product_parts
+    assert parts("down_proj", 1, 14336) == 4 and parts("o_proj", 8, 4096) == 4
+    assert parts("down_proj", 64, 14336) == 2 and parts("o_proj", 64, 4096) == 2
+    assert parts("down_proj", 65, 14336) == 2 and parts("o_proj", 65, 4096) == 1
+    assert parts("down_proj", 8, SPLIT_ALIGN * 3) == 1
+    assert parts("down_proj", 64, SPLIT_ALIGN * 3) == 1
+
+
+def _decode_graph(batch: int, body: str = "  mesh dp=1\n", model: str = VOCAB_MODEL):
+    workload = DECODE.replace("batch    32", f"batch    {batch}")
+    spec, diags = resolve_text(plan_text(body, model=model, workload=workload))
+    assert not diags.has_errors, [d.message for d in diags.items]
+    return spec.plans[0], lower(spec.plans[0])
+
+
+@pytest.mark.parametrize("batch,body,model,expected", [
+    (1, "  mesh dp=1\n", VOCAB_MODEL, {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
+    (8, "  mesh dp=1\n", VOCAB_MODEL, {"o_proj", "gate_up_proj", "down_proj"}),
+    (64, "  mesh dp=1\n", VOCAB_MODEL, {"o_proj", "gate_up_proj", "down_proj"}),
+    (65, "  mesh dp=1\n", VOCAB_MODEL, set()),  # gate/up's kernel and the split: <= 64 rows
+    # tensor parallel: o_proj and down_proj are all-reduced, so cuBLAS's
+    (1, "  mesh tp=2\n  shard heads, kv_heads, ffn over tp\n", VOCAB_MODEL,
+     {"qkv_proj", "gate_up_proj"}),
+    (1, "  mesh dp=1\n  compress weights int8\n", VOCAB_MODEL, set()),
+    (1, "  mesh dp=1\n", VOCAB_MODEL.replace("  vocab", "  qk_norm  true\n  vocab"),
+     {"o_proj", "gate_up_proj", "down_proj"}),  # RoPE outside the attention: q/k/v unsplit
+])
+def test_the_static_steps_triton_products(batch, body, model, expected):
+    """The products the cost model prices as one Triton kernel are those the runtime runs so
+    (decode_step.StaticStep's rules, read from layout/schedule)."""
+    _, graph = _decode_graph(batch, body, model)
+    assert cost_time.static_decode(graph)
+    assert cost_time.static_step_triton_products(graph, batch) == expected
+
+
+def test_triton_products_start_as_an_op_not_as_cublas(monkeypatch):
+    """Each Triton product of the static step is priced with an op's start
+    (graph_op_overhead_s), not cuBLAS's (graph_gemm_overhead_s): without the rule the estimate
+    grows by exactly their calls times the difference."""
+    plan, graph = _decode_graph(1)
+    rates = cost_time.rates_of(plan)
+    e = rates.efficiency or cost_time.Efficiency()
+    triton = cost_time.static_step_triton_products(graph, 1)
+    with_rule = cost_time.step_estimate(graph, rates, phase="decode")
+    monkeypatch.setattr(cost_time, "static_step_triton_products", lambda *a: frozenset())
+    without = cost_time.step_estimate(graph, rates, phase="decode")
+    calls = sum(o.calls for o in graph.classes[0].ops
+                if o.name.startswith("decode_") and o.name.removeprefix("decode_") in triton
+                ) / cost_time.phase_steps(graph, "decode")
+    assert len(triton) == 4 and calls > 0
+    assert without - with_rule == pytest.approx(
+        calls * (e.graph_gemm_overhead_s - e.graph_op_overhead_s), rel=1e-9)

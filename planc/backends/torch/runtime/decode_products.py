@@ -19,10 +19,11 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   32.5 at 1 (S 4); o_proj 10.75 against 13.1 at 8 rows and 10.7 against 13.4 at 1 (S 4), no
   gain at 64. As decode_gemm's Triton kernel writing the partials (`split_kernel`, run 23, the
   path on CUDA up to 64 rows): o_proj 9.9 us at 1 and 8 rows and 11.1 at 64 (S 2, against
-  cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. `splits` is the rule (measured
-  at 1, 8 and 64 rows; 9-16 and 17-63 rows follow their neighbours, not measured).
-- q/k/v at one row (planc/layout/schedule.static_step_qkv_parts): split_kernel's float32 partials in 4, which the fused
-  attention kernel sums as it reads them (decode_kernels.rope_flash_decode_triton), so no
+  cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. The rule is
+  planc/layout/schedule.static_step_product_parts (measured at 1, 8 and 64 rows; 9-16 and
+  17-63 rows follow their neighbours, not measured).
+- q/k/v at one row (schedule.static_step_qkv_parts): split_kernel's float32 partials in 4,
+  which the fused attention kernel sums as it reads them (decode_kernels.rope_flash_decode_triton), so no
   reduce kernel runs: the step 1.8% faster at one row in a one-process A/B, slower at 8 and
   64 rows (h200_decode_profile_run42_l4_qkv_split.json); the whole model at batch 1 4.10-4.11
   against 4.19 ms (h200_decode_run43_b1_*.json).
@@ -45,7 +46,7 @@ from torch import Tensor
 
 from planc.backends.torch.runtime import dependent_launch, layers
 from planc.backends.torch.runtime.triton_mode import interpreting
-from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS, static_step_split_parts
+from planc.layout.schedule import GATE_UP_SILU_MAX_ROWS, SPLIT_KERNEL_MAX_ROWS
 
 try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
     import triton
@@ -165,20 +166,6 @@ def config_for(rows: int) -> dict[str, int]:
 
 # --------------------------------------------------------------------------------------------
 # Split-K by the caller
-
-
-SPLIT_ALIGN = 64  # each part's K: a multiple of this (cuBLAS's K tile), else no split
-SPLIT_KERNEL_MAX_ROWS = MAX_M  # the Triton split's x tile, padded as gate_up_silu's: <= 64 rows
-
-
-def splits(product: str, rows: int, k: int) -> int:
-    """Parts of K for `product` ("o_proj" or "down_proj") at `rows` rows and inner size k
-    (module docstring: measured at 1, 8 and 64 rows); 1: the plain GEMM. o_proj above 16 rows
-    is split in 2 only up to 64 rows, where split_product runs the Triton kernel: the bmm
-    split lost to cuBLAS there. The rule assumes the kernel's path (the static step splits
-    only with the Triton attention, so on CUDA with triton or in its interpreter)."""
-    s = static_step_split_parts(rows) if product == "down_proj" or rows <= SPLIT_KERNEL_MAX_ROWS else 1
-    return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
 
 
 def split_kernel_applies(cuda: bool, rows: int, parts: int) -> bool:

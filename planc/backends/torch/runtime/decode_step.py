@@ -62,6 +62,7 @@ from planc.backends.torch.runtime.layers import (
 )
 from planc.layout.schedule import (
     static_step_gate_up_silu,
+    static_step_product_parts,
     static_step_qkv_parts,
     static_step_reason,
 )
@@ -177,7 +178,8 @@ class StaticStep:
         # gate/up GEMM with SiLU x up in its epilogue (one Triton kernel for two) where the MLP's
         # weights are plain, and o_proj / down_proj split over K by the step, their float32
         # partials summed by the residual add + norm after them (no split-K reduce kernel),
-        # where the product is not all-reduced (decode_products.splits: how many parts).
+        # where the product is not all-reduced (schedule.static_step_product_parts: how many
+        # parts).
         # PLANC_DECODE_PRODUCTS=cublas keeps cuBLAS's products and SiLU x up, for measuring.
         self.products = (self.kernel == "triton_flash_decode" and not self.stream_gemm
                          and os.environ.get("PLANC_DECODE_PRODUCTS", "") != "cublas")
@@ -199,9 +201,10 @@ class StaticStep:
                 self.parts["q/k/v"] = static_step_qkv_parts(
                     r, os.environ.get("PLANC_DECODE_QKV_SPLIT", ""))
             if type(attn.wo) is Linear and attn.out_group is None:
-                self.parts["o_proj"] = decode_products.splits("o_proj", r, attn.wo.weight.shape[1])
+                self.parts["o_proj"] = static_step_product_parts("o_proj", r,
+                                                                  attn.wo.weight.shape[1])
             if self.gate_up_silu and type(mlp.down) is Linear and mlp.group is None:
-                self.parts["down_proj"] = decode_products.splits("down_proj", r,
+                self.parts["down_proj"] = static_step_product_parts("down_proj", r,
                                                                  mlp.down.weight.shape[1])
 
     @property
