@@ -43,7 +43,7 @@ from planc.cost.memory import (
     with_peak,
 )
 from planc.layout import strategies
-from planc.layout.schedule import static_step_qkv_parts
+from planc.layout.schedule import static_step_qkv_split
 from planc.layout.slices import cdiv
 
 
@@ -75,9 +75,11 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
     dev = plan.cluster.device
     if static_decode_step(plan) and dev.autotune:
         # the first warm-up's moment in front of the attention's autotuner (memory.py says so)
-        attention = next(i for i, o in enumerate(ops) if o.name.startswith("attention_"))
-        qkv_split = (static_step_qkv_parts(d.tokens) > 1 and not m.features.qk_norm
-                     and not plan.compress_int8)  # decode_step.StaticStep's conditions
+        attention = next((i for i, o in enumerate(ops) if o.name.startswith("attention_")), None)
+        if attention is None:  # every core of memory.ATTENTION_TERMS names its op so
+            raise ValueError("the decode step's layer program has no attention_* op")
+        plain_qkv = not (plan.compress_int8 or m.features.qkv_bias)
+        qkv_split = static_step_qkv_split(d.tokens, not m.features.qk_norm, plain_qkv) > 1
         tuning = first_step_tuning_bytes(dev.autotune, live_at(bufs, attention) + residual,
                                          dev.workspace, qkv_split)
     else:
@@ -94,13 +96,16 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
             step_peak_c = step_peak + d.tokens * vocab.vocab_rows(plan) * 4
         else:
             step_peak_c = step_peak
-        row["activations"] = max(row["activations"], step_peak_c, tuning)
+        row["activations"] = max(row["activations"], step_peak_c)
         if static_decode_step(plan):
             w = plan.workload
             rows = cdiv(w.batch or 0, Degrees.of(plan).batch)
             row["buffers"] += static_step_bytes(rows, w.generate, w.context + w.generate,
                                                 d.head_dim, m.dtype_bytes,
                                                 plan.cluster.device.workspace)  # fmt: skip
+            # the autotuner's buffer is a library's, not an activation: what its moment holds
+            # above the activations' peak
+            row["buffers"] += max(0, tuning - row["activations"])
         out[cid] = with_peak(row)
     return out
 

@@ -40,8 +40,9 @@ def first_step_tuning_bytes(flush: int, step_live: int, workspace: int, qkv_spli
     counts that do not exist yet: the capture stream's, and the warm-up stream's too where
     q/k/v is the Triton split (no cuBLAS call comes before the attention). The CUDA
     allocator's trace of the seed plan at batch 1 on an H200 had its peak there (256 MiB of
-    flush beside the step's 0.4 MB and one workspace); a decode row's activations are the
-    larger of this and the prefill's and step's peaks."""
+    flush beside the step's 0.4 MB and one workspace). A decode row's buffers hold what of this
+    exceeds its activations (the larger of the prefill's and the step's peaks): the flush is a
+    library's buffer, not an activation."""
     return flush + step_live - workspace * (2 if qkv_split else 1)
 
 

@@ -44,7 +44,7 @@ from planc.layout.schedule import (
     static_step_fused,
     static_step_gate_up_silu,
     static_step_product_parts,
-    static_step_qkv_parts,
+    static_step_qkv_split,
     static_step_reason,
 )
 from planc.layout.strategies import attention_core
@@ -385,10 +385,11 @@ def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[s
     """The layer program's products that the static step runs as one Triton kernel with no
     split-K reduce kernel after it (backends/torch/runtime/decode_products), by the rules
     decode_step.StaticStep picks them by: gate/up with SiLU x up (schedule
-    .static_step_gate_up_silu); q/k/v split where static_step_qkv_parts says, its RoPE inside
-    the attention kernel (no q/k norm); o_proj and down_proj (down only beside gate/up's
-    kernel) split where static_step_product_parts says and not all-reduced (no tensor split
-    of heads / ffn), at most SPLIT_KERNEL_MAX_ROWS rows. Only plain (dense) weights."""
+    .static_step_gate_up_silu); q/k/v split where static_step_qkv_split says (RoPE inside
+    the attention kernel, a plain unbiased weight); o_proj and down_proj (down only beside
+    gate/up's kernel) split where static_step_product_parts says and not all-reduced (no
+    tensor split of heads / ffn), at most SPLIT_KERNEL_MAX_ROWS rows. Only plain (dense)
+    weights."""
     shards = [s for c in graph.classes for s in c.shards]
 
     def plain(suffix: str) -> TensorShard | None:
@@ -404,8 +405,9 @@ def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[s
         out.add("gate_up_proj")
     if rows > SPLIT_KERNEL_MAX_ROWS:
         return frozenset(out)
-    if (not qk_norm_of(graph) and plain("q_proj.weight") is not None
-            and static_step_qkv_parts(rows) > 1):
+    plain_qkv = plain("q_proj.weight") is not None and not any(
+        s.name.endswith("q_proj.bias") for s in shards)
+    if static_step_qkv_split(rows, not qk_norm_of(graph), plain_qkv) > 1:
         out.add("qkv_proj")
     o = plain("o_proj.weight")
     if o is not None and not split("heads") \

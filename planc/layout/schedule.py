@@ -170,11 +170,23 @@ def static_step_qkv_parts(rows: int, forced: str = "") -> int:
     4-layer cut (h200_decode_profile_run42_l4_qkv_split.json) the split made the step 1.8%
     faster at 1 row and 0.9% / 0.6% slower at 8 / 64 rows (in 4 / 2). forced
     (PLANC_DECODE_QKV_SPLIT, for measuring): "0" never splits, "1" splits as o_proj would.
-    The runtime splits by this rule (decode_step.StaticStep) and the memory model knows by it
-    whether a cuBLAS call comes before the first attention (cost/memory.first_step_tuning_bytes)."""
+    Where the split applies at all: static_step_qkv_split."""
     if forced == "0":
         return 1
     return static_step_split_parts(rows) if forced == "1" or rows == 1 else 1
+
+
+def static_step_qkv_split(rows: int, rope_in_attention: bool, plain_weight: bool,
+                          forced: str = "") -> int:
+    """Parts of K the static step's q/k/v product runs in (1: cuBLAS's GEMM): the Triton split
+    needs the attention kernel to sum its partials, so RoPE inside that kernel (no q/k norm),
+    a plain weight (an int8 or biased q/k/v keeps its own product: Qwen2's bias) and at most
+    SPLIT_KERNEL_MAX_ROWS rows; then static_step_qkv_parts. The runtime (decode_step
+    .StaticStep), the memory model (compiler/decode.decode_rows) and the time model
+    (cost/time.static_step_triton_products) all ask this."""
+    if not (rope_in_attention and plain_weight and rows <= SPLIT_KERNEL_MAX_ROWS):
+        return 1
+    return static_step_qkv_parts(rows, forced)
 
 
 def static_step_product_parts(product: str, rows: int, k: int) -> int:

@@ -16,6 +16,7 @@ from planc.layout.schedule import (
 from tests.helpers import MODEL, check_text, line_of, plan_text, resolve_text, verdict
 
 VOCAB_MODEL = MODEL.replace("  dtype    bf16\n", "  dtype    bf16\n  vocab    32000\n")
+QKV_BIAS = VOCAB_MODEL.replace("  vocab", "  qkv_bias true\n  vocab")
 DECODE = """
 workload w {
   batch    32
@@ -192,7 +193,8 @@ def test_qkv_parts_rule():
     assert static_step_qkv_parts(8, "1") == 4 and static_step_qkv_parts(64, "1") == 2
 
 
-def _one_gpu_decode_row(batch: int, autotune: str | None) -> dict[str, int]:
+def _one_gpu_decode_row(batch: int, autotune: str | None, model: str = VOCAB_MODEL
+                        ) -> dict[str, int]:
     """A one-GPU decode plan's memory row, on an H100 with the given `autotune` (None: a
     device of the H100's figures that sets none, so 0)."""
     workload = DECODE.replace("batch    32", f"batch    {batch}").replace("2048", "64")
@@ -200,27 +202,35 @@ def _one_gpu_decode_row(batch: int, autotune: str | None) -> dict[str, int]:
               "device g {\n  memory 80 GB\n  cache 50 MB\n  compute 989 TFLOPS\n"
               "  bandwidth 3.35 TB/s\n  workspace 32 MiB\n}\n")
     cluster = device + "cluster c {\n  device g x 1\n  node 1\n}\n"
-    spec, diags = resolve_text(plan_text("  mesh dp=1\n", model=VOCAB_MODEL, cluster=cluster,
+    spec, diags = resolve_text(plan_text("  mesh dp=1\n", model=model, cluster=cluster,
                                          workload=workload))
     assert not diags.has_errors, [d.message for d in diags.items]
     return lower(spec.plans[0]).classes[0].memory
 
 
-@pytest.mark.parametrize("batch,workspaces_not_yet_made", [(1, 2), (2, 1)])
-def test_a_one_gpu_decode_peaks_in_front_of_the_attentions_autotuner(batch,
+@pytest.mark.parametrize("batch,model,workspaces_not_yet_made", [
+    (1, VOCAB_MODEL, 2), (2, VOCAB_MODEL, 1),
+    (1, QKV_BIAS, 1),  # a biased q/k/v (Qwen2) is cuBLAS's at one row too
+])
+def test_a_one_gpu_decode_peaks_in_front_of_the_attentions_autotuner(batch, model,
                                                                       workspaces_not_yet_made):
-    """The decode row's activations hold the static step's first warm-up in front of the
-    attention's autotuner (memory.first_step_tuning_bytes): the device's `autotune` buffer
-    and the step's few buffers there, less the stream workspaces not made yet (both at one
-    row, where q/k/v is the Triton split; the capture stream's only, where cuBLAS's q/k/v runs
-    first). A short prompt keeps the prefill's activations below that moment."""
+    """The decode row holds the static step's first warm-up in front of the attention's
+    autotuner (memory.first_step_tuning_bytes): the device's `autotune` buffer and the step's
+    few buffers there, less the stream workspaces not made yet (both at one row, where q/k/v
+    is the Triton split; the capture stream's only, where cuBLAS's q/k/v runs first), its
+    excess over the activations in the row's buffers. A short prompt keeps the prefill's
+    activations below that moment."""
     flush = 2**30
-    row = _one_gpu_decode_row(batch, "1 GiB")
-    step_buffers = row["activations"] - flush + workspaces_not_yet_made * CUBLAS_WORKSPACE
+    row = _one_gpu_decode_row(batch, "1 GiB", model)
+    none = _one_gpu_decode_row(batch, None, model)
+    assert row["activations"] == none["activations"] < 2**27  # the flush is not an activation
+    # the buffers hold the moment's excess over the activations
+    moment = none["activations"] + row["buffers"] - none["buffers"]
+    step_buffers = moment - flush + workspaces_not_yet_made * CUBLAS_WORKSPACE
     assert 0 < step_buffers < 2**20 * batch
-    # the moment moves byte for byte with the buffer, and without one it is gone
-    assert _one_gpu_decode_row(batch, "2 GiB")["activations"] == row["activations"] + flush
-    assert _one_gpu_decode_row(batch, None)["activations"] < 2**27
+    # the moment moves byte for byte with the buffer, and so does the peak
+    two = _one_gpu_decode_row(batch, "2 GiB", model)
+    assert two["buffers"] == row["buffers"] + flush and two["peak"] == row["peak"] + flush
 
 
 def test_product_parts_rule():
@@ -252,6 +262,7 @@ def _decode_graph(batch: int, body: str = "  mesh dp=1\n", model: str = VOCAB_MO
     (1, "  mesh dp=1\n  compress weights int8\n", VOCAB_MODEL, set()),
     (1, "  mesh dp=1\n", VOCAB_MODEL.replace("  vocab", "  qk_norm  true\n  vocab"),
      {"o_proj", "gate_up_proj", "down_proj"}),  # RoPE outside the attention: q/k/v unsplit
+    (1, "  mesh dp=1\n", QKV_BIAS, {"o_proj", "gate_up_proj", "down_proj"}),  # Qwen2's bias
 ])
 def test_the_static_steps_triton_products(batch, body, model, expected):
     """The products the cost model prices as one Triton kernel are those the runtime runs so

@@ -63,7 +63,7 @@ from planc.backends.torch.runtime.layers import (
 from planc.layout.schedule import (
     static_step_gate_up_silu,
     static_step_product_parts,
-    static_step_qkv_parts,
+    static_step_qkv_split,
     static_step_reason,
 )
 from planc.layout.strategies import attention_core
@@ -191,15 +191,15 @@ class StaticStep:
         # what it measured (faster in separate processes, level in one process's A/B).
         # PLANC_DECODE_PDL=0 turns it off, for measuring.
         self.pdl = self.kernel == "triton_flash_decode" and dependent_launch.enabled(dev)
-        # q/k/v too where schedule.static_step_qkv_parts says (one row): the Triton split, whose
+        # q/k/v too where schedule.static_step_qkv_split says (one row): the Triton split, whose
         # float32 partials the fused attention kernel sums as it reads them (no reduce kernel).
         self.parts = {"q/k/v": 1, "o_proj": 1, "down_proj": 1}
         if self.products and model.layers:
             attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)
-            if (self.fused_rope and decode_products.split_runs_kernel(dev, r, 2)
-                    and all(type(a.wqkv) is Linear for a in model.attns)):
-                self.parts["q/k/v"] = static_step_qkv_parts(
-                    r, os.environ.get("PLANC_DECODE_QKV_SPLIT", ""))
+            if decode_products.split_runs_kernel(dev, r, 2):  # the kernel's device
+                self.parts["q/k/v"] = static_step_qkv_split(
+                    r, self.fused_rope, all(type(a.wqkv) is Linear for a in model.attns),
+                    os.environ.get("PLANC_DECODE_QKV_SPLIT", ""))
             if type(attn.wo) is Linear and attn.out_group is None:
                 self.parts["o_proj"] = static_step_product_parts("o_proj", r,
                                                                   attn.wo.weight.shape[1])
