@@ -70,3 +70,34 @@ def test_the_report_reads_a_ranks_files(tmp_path, capsys):
 def test_no_record_is_a_clear_message(tmp_path, capsys):
     assert mt.main([str(tmp_path)]) == 2
     assert "no rank*.pickle" in capsys.readouterr().out
+
+
+def test_an_unreadable_record_is_a_message_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "rank0.pickle").write_bytes(b"not a pickle")  # and no rank0.json beside it
+    assert mt.main([str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "rank0.pickle: not a record this can read" in out and "rank0.json" in out
+
+
+def test_the_record_of_the_ranks_device_is_replayed():
+    other = [ev("alloc", 9, 10**6, STEP)]
+    snapshot = {"device_traces": [other, EVENTS]}
+    assert mt.device_events(snapshot, 1) is EVENTS
+    try:
+        mt.device_events(snapshot)
+    except ValueError as e:
+        assert "2 devices" in str(e)
+    else:
+        raise AssertionError("two devices' events without an index")
+
+
+def test_nothing_is_recorded_off_cuda_or_unasked(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.delenv(mt.ENV, raising=False)
+    assert mt.start(torch.device("cpu"), 0) is None
+    monkeypatch.setenv(mt.ENV, str(tmp_path))
+    assert mt.start(torch.device("cpu"), 0) is None
+    assert mt.finish(torch.device("cpu"), 0, None, None) is None
+    mt.finish_at_exit()  # nothing active: writes nothing
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,8 @@
 `PLANC_MEMORY_TRACE=DIR planc run ... --device cuda` makes each rank record its allocations
 (torch.cuda.memory._record_memory_history, Python stacks) from the moment its memory peaks
 restart (after the weights load: metrics.reset_peaks) until its numbers are collected, before
-the reference check (program.report). Each rank writes DIR/rank<r>.pickle (torch's snapshot)
+the reference check (program.report), or until it exits where it fails before that (an OOM:
+runtime/dist.run_and_leave). Each rank writes DIR/rank<r>.pickle (torch's snapshot)
 and DIR/rank<r>.json (what was allocated when the record began, and torch's peak).
 
     python -m planc.backends.torch.memory_trace DIR [--top 30]
@@ -15,7 +16,7 @@ peak can be traced to a line. That is how the decode step's first-warm-up moment
 (benchmarks/results/h200_decode_issue15.md, round 10).
 
 The replay sums requested sizes; torch's `max_memory_allocated` counts the allocator's rounded
-blocks, so the two differ by a few KB (7.7 KB of 1.97 GB in round 10's trace).
+blocks, so the two differ by a few KB (7.2 KB of 1.97 GB in run 47).
 """
 
 from __future__ import annotations
@@ -44,28 +45,47 @@ def directory() -> Path | None:
     return Path(d) if d else None
 
 
-def start(device: Any) -> int | None:
+# the record in progress in this process: (device, rank, base), or None
+_active: tuple[Any, int, int] | None = None
+
+
+def start(device: Any, rank: int) -> int | None:
     """Begin recording `device`'s allocations where the run asks for it (CUDA only); the bytes
-    allocated at that moment (the record's base), or None when not recording."""
+    allocated at that moment (the record's base), or None when not recording. A record in
+    progress goes on (its base stays the one it began with)."""
+    global _active
     if directory() is None or getattr(device, "type", "cpu") != "cuda":
         return None
-    torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python",
-                                             device=device)
-    return torch.cuda.memory_allocated(device)
+    if _active is None:
+        torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python",
+                                                 device=device)
+        _active = (device, rank, torch.cuda.memory_allocated(device))
+    return _active[2]
 
 
 def finish(device: Any, rank: int, base: int | None, peak_allocated: int | None) -> str | None:
     """Write this rank's record and stop recording; the pickle's path, or None."""
+    global _active
     out = directory()
-    if base is None or out is None:
+    if base is None or out is None or _active is None:
         return None
+    _active = None
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"rank{rank}.pickle"
     torch.cuda.memory._dump_snapshot(str(path))
     torch.cuda.memory._record_memory_history(enabled=None, device=device)
-    meta = {"rank": rank, "allocated_at_start": base, "peak_allocated": peak_allocated}
+    meta = {"rank": rank, "device": getattr(device, "index", None), "allocated_at_start": base,
+            "peak_allocated": peak_allocated}
     (out / f"rank{rank}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return str(path)
+
+
+def finish_at_exit() -> None:
+    """Write the record of a run that ends before its numbers were collected (an OOM, say:
+    where a predicted and a measured peak differ most); runtime/dist.run_and_leave calls it."""
+    if _active is not None:
+        device, rank, base = _active
+        finish(device, rank, base, torch.cuda.max_memory_allocated(device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,11 +138,14 @@ def by_site(live: Iterable[dict[str, Any]]) -> list[tuple[int, int, str]]:
     return sorted(((b, n, s) for s, (b, n) in groups.items()), reverse=True)
 
 
-def device_events(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's events of the one device a rank uses."""
-    traces = [t for t in snapshot.get("device_traces", []) if t]
+def device_events(snapshot: dict[str, Any], device: int | None = None) -> list[dict[str, Any]]:
+    """The record's events of the device a rank used (its index, where the record says)."""
+    all_traces = snapshot.get("device_traces", [])
+    if device is not None and 0 <= device < len(all_traces):
+        return all_traces[device]
+    traces = [t for t in all_traces if t]
     if len(traces) > 1:
-        raise ValueError(f"events of {len(traces)} devices; a rank uses one")
+        raise ValueError(f"events of {len(traces)} devices and no device index")
     return traces[0] if traces else []
 
 
@@ -130,11 +153,15 @@ def report(pickle_path: Path, top: int) -> str:
     meta = json.loads(pickle_path.with_suffix(".json").read_text())
     with pickle_path.open("rb") as f:
         snapshot = pickle.load(f)
-    p = replay(device_events(snapshot), meta["allocated_at_start"])
+    events = device_events(snapshot, meta.get("device"))
+    p = replay(events, meta["allocated_at_start"])
     lines = [(f"{pickle_path}: the live set peaks at {p.bytes:,} B, event {p.event} of "
              f"{p.events} (torch's max_memory_allocated: {meta['peak_allocated']:,} B)"),
              (f"{p.base:,} B allocated when the record began (weights, caches, inputs); "
              f"above it, by where it was allocated:")]
+    if len(events) >= MAX_ENTRIES:
+        lines.append(f"  warning: the record kept only its last {MAX_ENTRIES:,} events; the "
+                     "replay misses the earlier ones, so this peak may be wrong")
     rows = by_site(p.live)
     for b, n, s in rows[:top]:
         lines.append(f"  {b:>15,} B {n:>5} x  {s}")
@@ -154,8 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"planc: no rank*.pickle in {args.dir} (run with {ENV}={args.dir} --device cuda)")
         return 2
-    print("\n\n".join(report(p, args.top) for p in paths))
-    return 0
+    status, out = 0, []
+    for path in paths:
+        try:
+            out.append(report(path, args.top))
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as e:
+            out.append(f"planc: {path}: not a record this can read ({type(e).__name__}: {e}); "
+                       f"it needs the {path.with_suffix('.json').name} beside it, both "
+                       f"written by a run with {ENV}")
+            status = 2
+    print("\n\n".join(out))
+    return status
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def reset_peaks(ctx: RankContext) -> None:
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
         torch.cuda.reset_peak_memory_stats(ctx.device)
-        ctx.memory_trace_base = memory_trace.start(ctx.device)
+        ctx.memory_trace_base = memory_trace.start(ctx.device, ctx.rank)
 
 
 def time_forward(ctx: RankContext, fn: Callable[[], T]) -> tuple[list[float], T | None]:

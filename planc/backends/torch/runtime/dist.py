@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from planc.backends.torch import memory_trace
 from planc.backends.torch.launch import NO_MULTICAST_ENV
 from planc.backends.torch.runtime.config import RunConfig
 from planc.backends.torch.runtime.layout import Layout
@@ -223,6 +224,10 @@ def run_and_leave(main: Callable[[], None]) -> NoReturn:
     except BaseException:  # noqa: BLE001 - reported as Python would, then the status
         traceback.print_exc()
         code = 1
+    try:  # a run that failed before its numbers were collected still leaves its record
+        memory_trace.finish_at_exit()
+    except Exception as e:  # noqa: BLE001 - the process is ending either way
+        print(f"planc: writing the memory trace failed: {e}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
