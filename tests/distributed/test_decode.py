@@ -23,6 +23,7 @@ from planc.backends.torch.runtime.config import ModelDims, RunConfig
 from planc.backends.torch.runtime.decode_attention import lse_merge
 from planc.backends.torch.runtime.layout import seq_positions
 from planc.layout.schedule import cache_capacity, step_slots
+from planc.models.features import ModelFeatures
 
 SPECS = Path(__file__).resolve().parents[2] / "specs" / "local"
 DECODE_PLANS = [
@@ -177,14 +178,44 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
 
 
+# what the run's metrics (decode_step.StaticStep.gemm) say of each product the step runs as
+# one Triton kernel, by the cost model's op names (cost/time.static_step_triton_products)
+RAN_AS_TRITON = {"gate/up with SiLU x up": "gate_up_proj", "q/k/v over K": "qkv_proj",
+                 "o_proj over K": "o_proj", "down_proj over K": "down_proj"}
+
+
+def priced_as_triton(model: ModelDims, batch: int, context: int, generate: int) -> set[str]:
+    """The products the cost model prices as Triton kernels for the same model and batch on
+    one GPU, from a plan compiled as a user's would be."""
+    from planc.compiler.lower import lower
+    from planc.cost.time import static_step_triton_products
+    from tests.helpers import resolve_text
+
+    text = (f"model m {{\n  arch llama\n  layers {model.layers}\n  hidden {model.hidden}\n"
+            f"  heads {model.heads}\n  kv_heads {model.kv_heads}\n  head_dim {model.head_dim}\n"
+            f"  ffn {model.ffn}\n  vocab {model.vocab}\n  dtype bf16\n"
+            + ("  qkv_bias true\n" if model.features.qkv_bias else "") + "}\n"
+            "cluster c {\n  device H100 x 1\n  node 1\n}\n"
+            f"workload w {{\n  batch {batch}\n  phase decode\n  context {context}\n"
+            f"  generate {generate}\n}}\n"
+            "plan p {\n  model m\n  cluster c\n  workload w\n  mesh dp=1\n}\n")
+    spec, diags = resolve_text(text)
+    assert not diags.has_errors, [d.message for d in diags.items]
+    return set(static_step_triton_products(lower(spec.plans[0]), batch))
+
+
+QWEN2_BIAS = ModelFeatures("qwen2", 1e6, norm_eps=1e-6, qkv_bias=True)
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("batch,split", [
-    (1, "q/k/v over K in 4 and o_proj over K in 4 and down_proj over K in 4"),  # one row
-    (4, "o_proj over K in 4 and down_proj over K in 4"),
-    (20, "o_proj over K in 2 and down_proj over K in 2"),  # above 16 rows: in 2
+@pytest.mark.parametrize("batch,features,split", [
+    (1, ModelFeatures(), "q/k/v over K in 4 and o_proj over K in 4 and down_proj over K in 4"),
+    (4, ModelFeatures(), "o_proj over K in 4 and down_proj over K in 4"),
+    (20, ModelFeatures(), "o_proj over K in 2 and down_proj over K in 2"),  # > 16 rows: in 2
+    (1, QWEN2_BIAS, "o_proj over K in 4 and down_proj over K in 4"),  # a biased q/k/v: cuBLAS
 ])
 def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monkeypatch, batch,
-                                                                 split):
+                                                                 features, split):
     """The static step's GEMMs as on one GPU (decode_products), in Triton's interpreter: the
     gate/up GEMM with SiLU x up in its Triton kernel, o_proj and down_proj split over K as
     schedule.static_step_product_parts says for the rows (their K 256 and 512 take parts of 64) by
@@ -192,15 +223,19 @@ def test_static_step_gpu_products_on_one_rank_generate_hf_tokens(run_plan, monke
     at one row q/k/v split too (schedule.static_step_qkv_parts), its partials summed by the
     attention kernel; equal to HF generate token for token."""
     gpu_path_in_the_interpreter(monkeypatch)
-    model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
-                      ffn=512, vocab=97)  # fmt: skip
+    arch = "qwen2" if features.qkv_bias else "llama"
+    model = ModelDims(arch=arch, layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
+                      ffn=512, vocab=97, features=features)  # fmt: skip
     cfg = RunConfig(model=model, mesh=(("x", 1),), batch=batch, seq=5, warmup=0, repeats=1,
                     phase="decode", context=5, generate=5)  # fmt: skip
-    m = run_plan(cfg, f"static_products_b{batch}_decode", timeout_s=240)
+    m = run_plan(cfg, f"static_products_{arch}_b{batch}_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_gemm"] == ("torch (in_major weights), gate/up with SiLU x up in one Triton "
                                 f"kernel, {split} (float32 partials, Triton)"), m["decode_gemm"]
+    # what ran is what the cost model priced (one rule, layout/schedule, read by both)
+    ran = {op for text, op in RAN_AS_TRITON.items() if text in m["decode_gemm"]}
+    assert ran == priced_as_triton(model, batch, 5, 5)
 
 
 # --- units ----------------------------------------------------------------------------------------
