@@ -1,9 +1,7 @@
-"""A file of many plans checks fast: plans equal but for their names share the solver work,
-and each keeps its own verdicts' locations."""
+"""A file of many plans: plans equal but for their names share the solver work, and each keeps
+its own verdicts' locations (its speed: benchmarks/verifier_scale.py)."""
 
 from __future__ import annotations
-
-import time
 
 from planc.grammar.parse import MAX_SOURCE_BYTES
 from planc.pipeline import check_paths
@@ -11,17 +9,16 @@ from tests.helpers import plan_text
 from tests.many_plans import many_plans
 
 
-def test_a_256_kib_file_of_1846_plans_checks_in_under_5_cpu_seconds(tmp_path):
+def test_a_256_kib_file_of_1846_plans_checks_every_plan(tmp_path):
+    """Its speed (5 CPU seconds at most; 78 s before plans equal but for their names shared the
+    solver's work) is benchmarks/verifier_scale.py's to measure, not a clock in a test."""
     text = many_plans(1846)
     assert len(text.encode()) <= MAX_SOURCE_BYTES
     f = tmp_path / "many.plan"
     f.write_text(text)
-    # CPU time, not wall clock: the machine may be shared. Before sharing: 78 s.
-    start = time.process_time()
     result = check_paths([f])
-    took = time.process_time() - start
     assert len(result.plans) == 1846
-    assert took < 5, f"checking 1,846 plans took {took:.1f} CPU seconds"
+    assert len({p.name for p in result.plans}) == 1846
 
 
 def test_plans_equal_but_for_their_names_get_their_own_lines_and_names(tmp_path):
