@@ -38,7 +38,6 @@ from functools import cache
 from planc.compiler.ir import Collective, DeviceClass, Mesh, PlacementGraph, TensorShard
 from planc.layout.mesh import parts as mesh_parts
 from planc.layout.schedule import (
-    SPLIT_KERNEL_MAX_ROWS,
     micro_rows,
     static_step_extra_kernels,
     static_step_fused,
@@ -388,8 +387,8 @@ def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[s
     .static_step_gate_up_silu); q/k/v split where static_step_qkv_split says (RoPE inside
     the attention kernel, a plain unbiased weight); o_proj and down_proj (down only beside
     gate/up's kernel) split where static_step_product_parts says and not all-reduced (no
-    tensor split of heads / ffn), at most SPLIT_KERNEL_MAX_ROWS rows. Only plain (dense)
-    weights."""
+    tensor split of heads / ffn); each rule bounds the rows (schedule.SPLIT_KERNEL_MAX_ROWS).
+    Only plain (dense) weights."""
     shards = [s for c in graph.classes for s in c.shards]
 
     def plain(suffix: str) -> TensorShard | None:
@@ -403,8 +402,6 @@ def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[s
     gate_up = static_step_gate_up_silu(rows, dense_mlp_of(graph))
     if gate_up:
         out.add("gate_up_proj")
-    if rows > SPLIT_KERNEL_MAX_ROWS:
-        return frozenset(out)
     plain_qkv = plain("q_proj.weight") is not None and not any(
         s.name.endswith("q_proj.bias") for s in shards)
     if static_step_qkv_split(rows, not qk_norm_of(graph), plain_qkv) > 1:

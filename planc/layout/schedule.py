@@ -158,8 +158,8 @@ SPLIT_KERNEL_MAX_ROWS = GATE_UP_SILU_MAX_ROWS
 
 
 def static_step_split_parts(rows: int) -> int:
-    """Parts of K of the static step's split products (backends/torch/runtime/decode_products
-    .splits, and q/k/v's below) at `rows` rows: 4 up to 16 rows, else 2."""
+    """Parts of K of the static step's split products (static_step_product_parts and
+    static_step_qkv_parts below) at `rows` rows: 4 up to 16 rows, else 2."""
     return 4 if rows <= 16 else 2
 
 

@@ -95,9 +95,9 @@ def test_nothing_is_recorded_off_cuda_or_unasked(monkeypatch, tmp_path):
     import torch
 
     monkeypatch.delenv(mt.ENV, raising=False)
-    assert mt.start(torch.device("cpu"), 0) is None
+    assert not mt.start(torch.device("cpu"), 0)
     monkeypatch.setenv(mt.ENV, str(tmp_path))
-    assert mt.start(torch.device("cpu"), 0) is None
-    assert mt.finish(torch.device("cpu"), 0, None, None) is None
+    assert not mt.start(torch.device("cpu"), 0)
+    assert mt.finish(None) is None
     mt.finish_at_exit()  # nothing active: writes nothing
     assert list(tmp_path.iterdir()) == []

@@ -49,26 +49,27 @@ def directory() -> Path | None:
 _active: tuple[Any, int, int] | None = None
 
 
-def start(device: Any, rank: int) -> int | None:
-    """Begin recording `device`'s allocations where the run asks for it (CUDA only); the bytes
-    allocated at that moment (the record's base), or None when not recording. A record in
-    progress goes on (its base stays the one it began with)."""
+def start(device: Any, rank: int) -> bool:
+    """Begin recording `device`'s allocations where the run asks for it (CUDA only), with the
+    bytes allocated at that moment as the record's base; whether a record is in progress. A
+    record in progress goes on (its base stays the one it began with)."""
     global _active
     if directory() is None or getattr(device, "type", "cpu") != "cuda":
-        return None
+        return False
     if _active is None:
         torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python",
                                                  device=device)
         _active = (device, rank, torch.cuda.memory_allocated(device))
-    return _active[2]
+    return True
 
 
-def finish(device: Any, rank: int, base: int | None, peak_allocated: int | None) -> str | None:
-    """Write this rank's record and stop recording; the pickle's path, or None."""
+def finish(peak_allocated: int | None) -> str | None:
+    """Write the record in progress (if any) and stop recording; the pickle's path, or None."""
     global _active
     out = directory()
-    if base is None or out is None or _active is None:
+    if out is None or _active is None:
         return None
+    device, rank, base = _active
     _active = None
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"rank{rank}.pickle"
@@ -84,8 +85,7 @@ def finish_at_exit() -> None:
     """Write the record of a run that ends before its numbers were collected (an OOM, say:
     where a predicted and a measured peak differ most); runtime/dist.run_and_leave calls it."""
     if _active is not None:
-        device, rank, base = _active
-        finish(device, rank, base, torch.cuda.max_memory_allocated(device))
+        finish(torch.cuda.max_memory_allocated(_active[0]))
 
 
 # ---------------------------------------------------------------------------------------------

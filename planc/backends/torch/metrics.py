@@ -44,7 +44,7 @@ def reset_peaks(ctx: RankContext) -> None:
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
         torch.cuda.reset_peak_memory_stats(ctx.device)
-        ctx.memory_trace_base = memory_trace.start(ctx.device, ctx.rank)
+        memory_trace.start(ctx.device, ctx.rank)
 
 
 def time_forward(ctx: RankContext, fn: Callable[[], T]) -> tuple[list[float], T | None]:
@@ -94,8 +94,7 @@ def memory_stats(ctx: RankContext, weight_bytes: int, resident: int | None) -> d
     if ctx.device.type == "cuda":
         stats["peak_allocated"] = torch.cuda.max_memory_allocated(ctx.device)
         stats["peak_reserved"] = torch.cuda.max_memory_reserved(ctx.device)
-        trace = memory_trace.finish(ctx.device, ctx.rank, ctx.memory_trace_base,
-                                    stats["peak_allocated"])
+        trace = memory_trace.finish(stats["peak_allocated"])
         if trace is not None:
             stats["memory_trace"] = trace
     return stats

@@ -22,9 +22,9 @@ measured in a CUDA graph over a ring of weights larger than the L2 cache
   cuBLAS's 11.7), down_proj 29.2 / 29.6 / 32.3 at 1 / 8 / 64. The rule is
   planc/layout/schedule.static_step_product_parts (measured at 1, 8 and 64 rows; 9-16 and
   17-63 rows follow their neighbours, not measured).
-- q/k/v at one row (schedule.static_step_qkv_parts): split_kernel's float32 partials in 4,
-  which the fused attention kernel sums as it reads them (decode_kernels.rope_flash_decode_triton), so no
-  reduce kernel runs: the step 1.8% faster at one row in a one-process A/B, slower at 8 and
+- q/k/v at one row (schedule.static_step_qkv_split): split_kernel's float32 partials in 4,
+  which the fused attention kernel sums as it reads them
+  (decode_kernels.rope_flash_decode_triton), so no reduce kernel runs: the step 1.8% faster at one row in a one-process A/B, slower at 8 and
   64 rows (h200_decode_profile_run42_l4_qkv_split.json); the whole model at batch 1 4.10-4.11
   against 4.19 ms (h200_decode_run43_b1_*.json).
 

@@ -42,8 +42,6 @@ class RankContext:
     device: torch.device
     dtype: torch.dtype
     _groups: dict[frozenset[str], dist.ProcessGroup] = field(default_factory=dict)
-    # bytes allocated when this rank began recording its allocations (memory_trace.py), or None
-    memory_trace_base: int | None = None
 
     @property
     def rank(self) -> int:
