@@ -138,6 +138,7 @@ def record(path: Path, plan, metrics: dict) -> dict:  # type: ignore[no-untyped-
         "decode_attention": metrics.get("decode_attention"),  # the decode attention kernel
         "decode_attention_tiles": metrics.get("decode_attention_tiles"),  # autotuner's pick
         "decode_gemm": metrics.get("decode_gemm"),  # the decode step's GEMM kernels
+        "decode_exchange": metrics.get("decode_exchange"),  # a pipeline stage's, if any
         "graph_pool_bytes": [r.get("graph_pool_bytes") for r in ranks],
         "matches_reference": metrics.get("matches_reference"),
         "ring_block_kernel": metrics.get("ring_block_kernel"),  # ring attention's block kernel
@@ -165,7 +166,7 @@ def reference_check(path: Path, plan, weights: str, timeout: int) -> dict:  # ty
     verdict = m.get("reference") or {}
     return {"ok": verdict.get("ok"), "dtype": "float32", "verdict": verdict,
             "decode_step": m.get("decode_step"), "decode_attention": m.get("decode_attention"),
-            "decode_gemm": m.get("decode_gemm"),
+            "decode_gemm": m.get("decode_gemm"), "decode_exchange": m.get("decode_exchange"),
             "max_rel_error": m.get("max_rel_error")}
 
 

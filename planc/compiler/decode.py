@@ -100,9 +100,11 @@ def decode_rows(plan: PlanSpec, prompt_rows: dict[str, dict[str, int]],
         if static_decode_step(plan):
             w = plan.workload
             rows = cdiv(w.batch or 0, Degrees.of(plan).batch)
+            first = cid == next(iter(prompt_rows))  # a later stage receives hidden states
             row["buffers"] += static_step_bytes(rows, w.generate, w.context + w.generate,
                                                 d.head_dim, m.dtype_bytes,
-                                                plan.cluster.device.workspace)  # fmt: skip
+                                                plan.cluster.device.workspace,
+                                                0 if first else m.hidden)  # fmt: skip
             # the autotuner's buffer is a library's, not an activation: what its moment holds
             # above the activations' peak
             row["buffers"] += max(0, tuning - row["activations"])

@@ -100,7 +100,7 @@ def static_decode_step(plan: PlanSpec) -> bool:
     """Whether the plan's decode steps run at static addresses (one CUDA graph per microbatch;
     planc/layout/schedule.static_step_reason; `planc run` decodes greedily)."""
     core = attention_core(plan_splits(plan), attention_mode(plan))
-    reason = static_step_reason(len(plan_stages(plan)), core, plan.model.experts > 0, False)
+    reason = static_step_reason(core, plan.model.experts > 0, False)
     return reason is None
 
 

@@ -20,16 +20,20 @@ MEMORY_HEADER = [k.replace("_", " ") for k in MEMORY_COLUMNS]
 
 
 def static_step_bytes(rows: int, generate: int, positions: int, head_dim: int, elem: int,
-                      workspace: int) -> int:
+                      workspace: int, inbox_hidden: int = 0) -> int:
     """What the static decode step (backends/torch/runtime/decode_step.py) holds beside the
     eager decode: the RoPE cos / sin tables of every position [positions, head_dim // 2], the
     int64 token buffer [rows, generate] and, on a GPU, one more cuBLAS `workspace` (the
     device's, presets.py) for each of its two new streams, the warm-up's side stream and the
     capture stream of torch.cuda.graph (measured on one H200: 64.5 MiB above the eager decode's
     peak, benchmarks/results/h200_decode_run2_planc.json against
-    h200_decode_run1_grouped_bmm.json). Its counters are a few
-    bytes per row (not counted); the graphs' private pool is reserved, not allocated."""
-    return 2 * workspace + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
+    h200_decode_run1_grouped_bmm.json); on a pipeline stage after the first, the hidden state
+    each microbatch's step starts from, received there [rows, inbox_hidden] (`inbox_hidden`:
+    the model's hidden size there, 0 on a first stage, which receives token ids). Its counters
+    are a few bytes per row (not counted); the graphs' private pool is reserved, not
+    allocated."""
+    return (2 * workspace + 2 * positions * (head_dim // 2) * elem + rows * generate * 8
+            + rows * inbox_hidden * elem)
 
 
 def first_step_tuning_bytes(flush: int, step_live: int, workspace: int, qkv_split: bool) -> int:
@@ -438,13 +442,16 @@ class StageShape:
 
 def send_recv_terms(st: StageShape, d: LocalDims) -> list[StageBuffer]:
     """Pipeline (runtime/pipeline.py): a later stage posts the receive of microbatch m+1 while
-    computing m (not in decode rounds: there it posts after computing), and a stage that sends
-    keeps one send in flight (the previous microbatch's x)."""
+    computing m, and a stage that sends keeps one send in flight (the previous microbatch's
+    x). Neither in decode rounds: there a stage posts its receive after computing and waits
+    for its send before the next round's item (measured on two H200s: the first stage's peak
+    was one x below the prediction that counted it, benchmarks/results/
+    h200x2_decode_pp_run48.json)."""
     x = d.tokens * d.hidden * d.elem
     out = []
     if not st.first and st.microbatches > 1 and not st.rounds:
         out.append(StageBuffer("recv_next", "communication", x))
-    if not st.last and st.microbatches > 1:
+    if not st.last and st.microbatches > 1 and not st.rounds:
         out.append(StageBuffer("send_in_flight", "communication", x))
     return out
 

@@ -275,11 +275,18 @@ def stage_parts(graph: PlacementGraph, rates: Rates, phase: str = "prefill"
 
 def step_lower_bound(graph: PlacementGraph, rates: Rates, phase: str = "prefill") -> Fraction:
     """Seconds: no execution of this plan's forward step (the prompt's prefill, or one decode
-    step with phase="decode") can be faster."""
+    step with phase="decode") can be faster. A prefill's microbatches pass the stages in
+    order: sum of stages + (microbatches - 1) x the slowest. Decode steps follow each other
+    through the pipeline, so a step's time in the steady state is bounded by each stage's work
+    on every microbatch (microbatches x the slowest) and by one microbatch's way through every
+    stage before its next token can start there (the sum of stages)."""
     stages = [max(p) for p in stage_parts(graph, rates, phase)]
     if not stages:
         return Fraction(0)
-    return sum(stages, Fraction(0)) + (graph.microbatches - 1) * max(stages)
+    m = max(1, graph.microbatches)
+    if phase == "decode":
+        return max(sum(stages, Fraction(0)), m * max(stages))
+    return sum(stages, Fraction(0)) + (m - 1) * max(stages)
 
 
 def _op_time(name: str, flops: int, nbytes: int, rates: Rates, e: Efficiency) -> float:
@@ -324,8 +331,25 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     Per device class and microbatch: the sum over ops of their roofline time (FLOPs at the
     kernel's measured efficiency, or bytes at the measured copy bandwidth, whichever is
     larger) plus a launch overhead, plus each collective's latency and link time (no overlap
-    assumed); then the GPipe schedule: sum of stages + (microbatches - 1) x the slowest.
+    assumed); then the schedule. The prefill's is GPipe's: sum of stages + (microbatches - 1)
+    x the slowest. A decode step's is the rounds' (layout/schedule.pipeline_rounds): every
+    stage runs one microbatch a round, in step with its neighbours' exchange, and a step takes
+    max(microbatches, stages) rounds (with fewer microbatches than stages each step waits for
+    the pipeline's fill), each as long as the slowest stage's microbatch.
     """
+    stages = stage_estimates(graph, rates, eff, phase)
+    if not stages:
+        return 0.0
+    m = max(1, graph.microbatches)
+    if phase == "decode":
+        return max(m, len(graph.stages)) * max(stages)
+    return sum(stages) + (m - 1) * max(stages)
+
+
+def stage_estimates(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = None,
+                    phase: str = "prefill") -> list[float]:
+    """Seconds of one microbatch on each device class (a pipeline stage), estimated as
+    step_estimate says, before the schedule."""
     e = step_efficiency(graph, rates, phase, eff)
     nmb = max(1, graph.microbatches) * phase_steps(graph, phase)
     static = phase == "decode" and static_decode(graph)
@@ -356,17 +380,15 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
             else:
                 op_t = _op_time(name, o.flops, o.bytes, rates, e)
             t += op_t * o.calls / nmb
-        if static:  # the step's kernels outside the layer program (it has one stage)
+        if static:  # the step's kernels outside the layer program, where the stage is
             vocab_parts = mesh_parts(graph.mesh.shape, graph.splits.get("vocab", []))
-            t += static_step_extra_kernels(vocab_parts, qk_norm) * e.op_overhead_s
+            t += static_step_extra_kernels(vocab_parts, qk_norm, c is graph.classes[0],
+                                           c is graph.classes[-1]) * e.op_overhead_s
         for col in c.collectives:
             if in_phase(col.after, phase):
                 t += collective_estimate(col, rates, e) / nmb
         stages.append(t)
-    if not stages:
-        return 0.0
-    m = max(1, graph.microbatches)
-    return sum(stages) + (m - 1) * max(stages)
+    return stages
 
 
 def qk_norm_of(graph: PlacementGraph) -> bool:
@@ -422,7 +444,7 @@ def static_decode(graph: PlacementGraph) -> bool:
     planc/layout/schedule.static_step_reason, read off the graph; `planc run` is greedy)."""
     routed = any(o.name == "router" for c in graph.classes for o in c.ops)
     core = attention_core(graph.splits, graph.attention)
-    return static_step_reason(len(graph.stages), core, routed, False) is None
+    return static_step_reason(core, routed, False) is None
 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]

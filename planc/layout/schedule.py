@@ -201,34 +201,38 @@ def static_step_product_parts(product: str, rows: int, k: int) -> int:
     return s if s > 1 and k % (s * SPLIT_ALIGN) == 0 else 1
 
 
-def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False) -> int:
-    """Kernels of a static step outside the layer program (one GPU's step: the Triton
-    attention's path), with the vocabulary split over `vocab_parts` ranks (1: not split).
+def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False, first: bool = True,
+                              last: bool = True) -> int:
+    """Kernels of a static step outside the layer program (the Triton attention's path) on a
+    stage (`first`, `last`: where it is in the pipeline; one GPU's step is both), with the
+    vocabulary split over `vocab_parts` ranks (1: not split).
 
-    Not split: 5, counted from the code (decode_step.StaticStep._step): the embedding gather,
-    the first layer's attention norm, the greedy argmax's two (decode_kernels.argmax_triton)
-    and the one that writes the token and advances the counters (finish_step_triton); with a
-    q/k norm (RoPE outside the attention kernel) also the two gathers of each row's RoPE table
-    rows: 7. Profiled before the end kernels came in, the step had 15 (an argmax of five
-    torch kernels and six for the token and counters: benchmarks/results/
-    h200_decode_profile_run6_l4.json); the whole-model TPOTs of run 13 were predicted with 7
-    (the gathers were made then). Split (counted from the code, not profiled: that needs
-    several GPUs): the lookup's masking around its all_reduce (7: vocab_parallel.lookup), the
-    first norm, the split's greedy agreement (vocab_parallel.greedy_tokens: 12 around its
-    all_gather, which copies each of the parts out of NCCL's buffer: one kernel a part) and
-    the end kernel: 21 + parts (a padded last part adds its -inf fill), 23 + parts with the
-    gathers."""
+    One stage, not split: 5, counted from the code (decode_step.StaticStep._step): the
+    embedding gather, the first layer's attention norm, the greedy argmax's two
+    (decode_kernels.argmax_triton) and the one that writes the token and advances the counters
+    (finish_step_triton); with a q/k norm (RoPE outside the attention kernel) also the two
+    gathers of each row's RoPE table rows: 7. Profiled before the end kernels came in, the step
+    had 15 (an argmax of five torch kernels and six for the token and counters:
+    benchmarks/results/h200_decode_profile_run6_l4.json); the whole-model TPOTs of run 13 were
+    predicted with 7 (the gathers were made then). Split (counted from the code, not profiled:
+    that needs several GPUs): the lookup's masking around its all_reduce (7:
+    vocab_parallel.lookup), the first norm, the split's greedy agreement
+    (vocab_parallel.greedy_tokens: 12 around its all_gather, which copies each of the parts out
+    of NCCL's buffer: one kernel a part) and the end kernel: 21 + parts (a padded last part adds
+    its -inf fill), 23 + parts with the gathers. A stage before the last ends with the residual
+    add alone (no final norm) and the end kernel advancing the counters: 2 in place of the
+    greedy choice's; a stage after the first embeds nothing."""
+    embed = 0 if not first else 1 if vocab_parts <= 1 else 7
+    end = (2 if vocab_parts <= 1 else 12 + vocab_parts) if last else 1
     gathers = 2 if qk_norm else 0
-    return (5 if vocab_parts <= 1 else 21 + vocab_parts) + gathers
+    return embed + 1 + end + 1 + gathers
 
 
-def static_step_reason(stages: int, attention_core: str, routed_moe: bool, sampling: bool
-                       ) -> str | None:
-    """Why a decode step cannot run at static addresses (one CUDA graph per microbatch,
-    backends/torch/runtime/decode_step.py), or None when it can. The runtime picks the step by
-    this rule and the cost model prices the step by it (planc/cost/time.py)."""
-    if stages > 1:
-        return "pipeline stages exchange eagerly"
+def static_step_reason(attention_core: str, routed_moe: bool, sampling: bool) -> str | None:
+    """Why a decode step cannot run at static addresses (one CUDA graph per microbatch and
+    exchange on each pipeline stage, backends/torch/runtime/decode_step.py), or None when it
+    can. The runtime picks the step by this rule and the cost model prices the step by it
+    (planc/cost/time.py)."""
     if attention_core != "heads":
         return "the attention core is not whole heads per rank"
     if routed_moe:

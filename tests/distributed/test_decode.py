@@ -36,9 +36,10 @@ DECODE_PLANS = [
     "decode_layerwise4",
     "decode_dp2_tp2",
 ]
-# One stage, whole heads per rank, dense MLPs: the decode steps run at static addresses
-# (runtime/decode_step.py; eagerly on the CPU, one CUDA graph per microbatch on a GPU).
-STATIC_STEP = {"decode_tp2", "decode_dp2_tp2"}
+# Whole heads per rank, dense MLPs: the decode steps run at static addresses
+# (runtime/decode_step.py; eagerly on the CPU, one CUDA graph per microbatch and exchange on a
+# GPU), pipeline stages included.
+STATIC_STEP = {"decode_tp2", "decode_dp2_tp2", "decode_pp2", "decode_tp2_pp2", "decode_layerwise4"}
 METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matches_reference"}
 
 
@@ -176,6 +177,26 @@ def test_static_step_gpu_path_without_a_vocab_split_generates_hf_tokens(run_plan
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
+
+
+@pytest.mark.distributed
+def test_static_step_gpu_path_over_two_pipeline_stages_generates_hf_tokens(run_plan, monkeypatch):
+    """The static step on a two-stage pipeline with two microbatches, its GPU path in Triton's
+    interpreter: each stage's step ends with its exchange (decode_step.Exchange; the hidden
+    state on, the tokens back), the first stage ends with the residual add of the split
+    down_proj's partials (no norm after it, Elementwise.add_parts) and advances its counters
+    in the end kernel; equal to HF generate token for token."""
+    gpu_path_in_the_interpreter(monkeypatch)
+    model = ModelDims(arch="llama", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=64,
+                      ffn=512, vocab=97)  # fmt: skip
+    cfg = RunConfig(model=model, mesh=(("pp", 2),), batch=4, seq=5, splits={"layers": ("pp",)},
+                    stages=((0, 1), (1, 2)), microbatches=2, warmup=1, repeats=1,
+                    phase="decode", context=5, generate=5)  # fmt: skip
+    m = run_plan(cfg, "static_pp2_gpu_path_decode", timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    assert m["decode_step"] == "eager (static step)"
+    assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
+    assert "o_proj over K in 4 and down_proj over K in 4" in m["decode_gemm"], m["decode_gemm"]
 
 
 # what the run's metrics (decode_step.StaticStep.gemm) say of each product the step runs as

@@ -130,7 +130,7 @@ def prompts_file(tmp_path: Path) -> Path:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("plan", ["decode_tp2", "decode_ring4"])
+@pytest.mark.parametrize("plan", ["decode_tp2", "decode_ring4", "decode_pp2"])
 def test_generate_greedy_equals_hf_generate_on_prompts_of_different_lengths(
     plan, checkpoint, prompts_file, tmp_path, capsys
 ):

@@ -60,6 +60,11 @@ def test_compiled_elementwise_equals_the_eager_ops(fused, dtype, tol):
     same(layers.EAGER.add_parts_norm(x.clone(), parts, w, 1e-5),
          layers.EAGER.add_norm(x_ref, whole, w, 1e-5))
     assert torch.equal(x_fused, x + whole) and torch.equal(x_eager, x + whole)
+    # a pipeline stage's last add (no norm after it): the same sum, in place
+    x_fused, x_eager = x.clone(), x.clone()
+    fused.add_parts(x_fused, parts)
+    layers.EAGER.add_parts(x_eager, parts)
+    assert torch.equal(x_fused, x + whole) and torch.equal(x_eager, x + whole)
 
 
 def test_the_eager_ops_are_the_default_and_the_context_restores_them(fused):

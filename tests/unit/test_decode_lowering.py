@@ -289,3 +289,57 @@ def test_triton_products_start_as_an_op_not_as_cublas(monkeypatch):
     assert len(triton) == 4 and calls > 0
     assert without - with_rule == pytest.approx(
         calls * (e.graph_gemm_overhead_s - e.graph_op_overhead_s), rel=1e-9)
+
+
+@pytest.mark.parametrize("stages,microbatches", [(2, 1), (2, 2), (2, 4), (4, 2), (4, 4)])
+def test_a_pipelined_decode_step_is_priced_as_the_rounds_run_it(stages, microbatches):
+    """A decode step on a pipeline takes as many rounds as the runtime's schedule gives it in
+    the steady state (layout/schedule.pipeline_rounds: one microbatch per stage per round;
+    fewer microbatches than stages wait for the fill), each as long as the slowest stage's
+    microbatch; the bound takes the larger of every microbatch on the slowest stage and one
+    microbatch through every stage, and stays below the estimate."""
+    from fractions import Fraction
+
+    from planc.cost.time import (
+        rates_of,
+        stage_estimates,
+        stage_parts,
+        step_estimate,
+        step_lower_bound,
+    )
+    from planc.layout.schedule import pipeline_rounds
+
+    spec, diags = resolve_text(decode_plan(
+        f"  mesh pp={stages}\n  shard layers over pp microbatches {microbatches}\n"))
+    assert not diags.has_errors, [d.message for d in diags.items]
+    plan = spec.plans[0]
+    graph, rates = lower(plan), rates_of(plan)
+    rounds = pipeline_rounds(microbatches, 40, stages)
+    per_step = rounds[-1] - rounds[-1 - microbatches]  # rounds between two tokens of a row
+    per_stage = stage_estimates(graph, rates, phase="decode")
+    assert len(per_stage) == stages
+    assert step_estimate(graph, rates, phase="decode") == pytest.approx(
+        per_step * max(per_stage), rel=1e-12)
+    # the prompt's prefill stays GPipe's
+    prefill = stage_estimates(graph, rates)
+    assert step_estimate(graph, rates) == pytest.approx(
+        sum(prefill) + (microbatches - 1) * max(prefill), rel=1e-12)
+    parts = [max(p) for p in stage_parts(graph, rates, "decode")]
+    bound = step_lower_bound(graph, rates, "decode")
+    assert bound == max(sum(parts, Fraction(0)), microbatches * max(parts))
+    assert float(bound) <= step_estimate(graph, rates, phase="decode")
+
+
+def test_decode_rounds_hold_no_send_in_flight_and_no_receive_posted_ahead():
+    """In the decode rounds (a decode's prompt too) a stage waits for its send before the next
+    round's item and posts its receive after computing (runtime/pipeline.generate); a
+    prefill's pipeline holds both beside its layers."""
+    from planc.compiler.splits import local_dims
+    from planc.cost.memory import StageShape, send_recv_terms
+
+    spec, _ = resolve_text(decode_plan("  mesh pp=2\n  shard layers over pp microbatches 2\n"))
+    d = local_dims(spec.plans[0])
+    for first, last in ((True, False), (False, True), (False, False)):
+        assert send_recv_terms(StageShape(first, last, 2, rounds=True), d) == []
+    names = {b.name for b in send_recv_terms(StageShape(False, False, 2, rounds=False), d)}
+    assert names == {"recv_next", "send_in_flight"}

@@ -11,14 +11,18 @@ each row's attention reads. The step advances those counters itself, so on CUDA 
 once as a torch.cuda.CUDAGraph and each token is one `replay()`: no launch per kernel and no
 host synchronisation per token (only the stop test of real prompts at EOS reads the device).
 Collectives of the step's tensor-parallel groups (the o_proj and down all_reduce, a vocab
-split's argmax agreement) are captured with it when the group is NCCL's.
+split's argmax agreement) are captured with it when the group is NCCL's, and so is a pipeline
+stage's exchange with its neighbours (`Exchange`): a stage's graph ends by sending its output
+(the hidden state on, or from the last stage the chosen tokens back to the first) and
+receiving the input of a later item into that microbatch's static buffer (the hidden state, or
+on the first stage the fed tokens), in one batched send/receive, as pipeline.generate's rounds
+pair them.
 
 On the CPU (gloo) the same step runs eagerly: the tests check it token for token against
 Hugging Face `generate`, and the graph only records what the eager step launches.
 
-Where the step applies (`static_reason` says why not, and the run reports it): one pipeline
-stage (point-to-point exchanges between stages stay in pipeline.generate's eager rounds),
-whole heads per rank (LocalCore: the head x head_dim and sequence-parallel cores keep their
+Where the step applies (`static_reason` says why not, and the run reports it): whole heads
+per rank (LocalCore: the head x head_dim and sequence-parallel cores keep their
 eager `step`), dense MLPs (the routed MoE's rows per expert are data-dependent shapes) and
 greedy choice (sampling draws on the host's seeded generator, textgen.sample).
 
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
+import torch.distributed as torch_dist
 from torch import Tensor
 
 from planc.backends.torch.runtime import (
@@ -80,7 +85,6 @@ def static_reason(ctx: RankContext, model: StageModel, text: TextBatch | None) -
     """None when the static step serves this run, else why the eager rounds run it (the rule:
     planc/layout/schedule.static_step_reason)."""
     return static_step_reason(
-        ctx.layout.n_stages,
         attention_core(ctx.cfg.splits, ctx.cfg.attention),
         any(not isinstance(layer.mlp, GatedMLP) for layer in model.layers),
         text is not None and text.req.temperature != 0,
@@ -97,6 +101,9 @@ class StepState:
     lengths: Tensor  # [r] int32: slots each row's attention reads, the new one included
     gap_lo: Tensor  # [r] int64: each row's first padded prompt slot (the context: no padding)
     col: Tensor  # [1] int64: the column of the token buffer the chosen token goes to
+    # [r, 1, hidden]: on a pipeline stage after the first, the hidden state the step starts
+    # from (received from the previous stage; the step adds its layers to it in place)
+    hidden: Tensor | None = None
 
     def advance(self) -> None:
         for t in (self.pos, self.slot, self.lengths, self.col):
@@ -110,7 +117,18 @@ class StepState:
             t.copy_(s)
 
     def _all(self) -> list[Tensor]:
-        return [self.tok, self.pos, self.slot, self.lengths, self.gap_lo, self.col]
+        mine = [self.tok, self.pos, self.slot, self.lengths, self.gap_lo, self.col]
+        return mine + ([] if self.hidden is None else [self.hidden])
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A pipeline stage's exchange at the end of its step (pipeline.generate's round): whether
+    it sends its output on (a stage's hidden state; the last stage's tokens back to the first
+    stage), and the microbatch whose next input it receives (None: none this round)."""
+
+    send: bool
+    recv: int | None
 
 
 class StaticStep:
@@ -133,13 +151,30 @@ class StaticStep:
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> Tensor:
             return torch.zeros(shape, device=dev, dtype=dtype)
 
+        lay = ctx.layout
+        self.first, self.last = lay.is_first_stage, lay.is_last_stage
+        # the stage's neighbours: where its output goes and where its input comes from
+        self.send_to = lay.stage_peer(+1) if not self.last else (
+            lay.stage_peer(1 - lay.n_stages) if not self.first else None)
+        self.recv_from = lay.stage_peer(-1) if not self.first else (
+            lay.stage_peer(lay.n_stages - 1) if not self.last else None)
         self.states = [
             StepState(zeros(r, 1), zeros(r), zeros(1), zeros(r, dtype=torch.int32), zeros(r),
-                      zeros(1))
+                      zeros(1), None if self.first else
+                      torch.zeros((r, 1, m.hidden), device=dev, dtype=ctx.dtype))
             for _ in range(cfg.microbatches)
         ]
         self.use_graphs = dev.type == "cuda"
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, Exchange | None], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int, Exchange | None], Tensor] = {}  # what each sends
+        # The warm-up runs' stream, made at the first capture. A stream per capture held one
+        # more cuBLAS workspace each: a pipeline stage captures a graph per microbatch and
+        # exchange, and its peak was that many workspaces above the prediction
+        # (benchmarks/results/h200x2_decode_pp_run48.json and _seed.json).
+        self.side: torch.cuda.Stream | None = None
+        # A pipeline stage's exchange inside its graph (NCCL's send / receive captured);
+        # PLANC_DECODE_EXCHANGE=eager posts it after each replay instead, for measuring.
+        self.exchange_in_graph = os.environ.get("PLANC_DECODE_EXCHANGE", "") != "eager"
         self._release_registered = False  # with dist.before_shutdown, once
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.mode = "cuda_graph" if self.use_graphs else "eager (static step)"
@@ -223,12 +258,16 @@ class StaticStep:
               else "batched GEMM")
         return what + ", " + " and ".join(split) + f" (float32 partials, {by})"
 
-    def start(self, m: int, first: Tensor, positions: Tensor, gap_lo: Tensor | None) -> None:
-        """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0), fed at
-        `positions` [r]; gap_lo [r]: the rows' prompt lengths when right-padded."""
+    def start(self, m: int, first: Tensor | None, positions: Tensor, gap_lo: Tensor | None
+              ) -> None:
+        """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0; None on a
+        pipeline stage that does not choose them: the first stage receives them into the
+        state's `tok`), fed at `positions` [r]; gap_lo [r]: the rows' prompt lengths when
+        right-padded."""
         st, rows = self.states[m], slice(m * self.rows, (m + 1) * self.rows)
-        self.tokens[rows, 0] = first
-        st.tok.copy_(first[:, None])
+        if first is not None:
+            self.tokens[rows, 0] = first
+            st.tok.copy_(first[:, None])
         st.pos.copy_(positions)
         st.slot.fill_(self.context)
         st.lengths.fill_(self.context + 1)
@@ -238,18 +277,28 @@ class StaticStep:
             st.gap_lo.copy_(gap_lo)
         st.col.fill_(1)
 
-    def step(self, m: int, t: int) -> Tensor:
-        """Decode step t of microbatch m; returns the chosen tokens [r, 1] (the state's)."""
+    def step(self, m: int, t: int, exchange: Exchange | None = None) -> Tensor:
+        """Decode step t of microbatch m, then on a pipeline stage its `exchange`; returns the
+        state's tokens [r, 1] (on the last stage the chosen ones)."""
         n_read = self._read_length(t)
         if not self.use_graphs:
-            self._run(m, n_read)
+            self._run(m, n_read, exchange)
             return self.states[m].tok
-        key = (m, n_read)
+        inside = exchange if self.exchange_in_graph else None
+        key = (m, n_read, inside)
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = self._capture(m, n_read)
+            graph = self.graphs[key] = self._capture(m, n_read, inside)
         graph.replay()
+        if exchange is not None and inside is None:  # PLANC_DECODE_EXCHANGE=eager
+            self._exchange(self.outputs[key], exchange)
         return self.states[m].tok
+
+    def inbox(self, m: int) -> Tensor:
+        """Where microbatch m's next input is received: the fed tokens [r, 1] on the first
+        stage, the hidden state [r, 1, hidden] on a later one."""
+        st = self.states[m]
+        return st.tok if st.hidden is None else st.hidden
 
     def pool_bytes(self) -> int | None:
         """Bytes of the CUDA segments of the graphs' private pool (held for the whole run;
@@ -270,22 +319,26 @@ class StaticStep:
             return self.capacity  # the kernel stops at each row's length on the device
         return min(self.capacity, -(-(self.context + t) // BUCKET) * BUCKET)
 
-    def _capture(self, m: int, n_read: int) -> torch.cuda.CUDAGraph:
-        """A graph of microbatch m's step: one eager run on a side stream first (lazy
-        initialisation, cuBLAS workspaces, kernel compilation stay out of the graph), then the
-        counters are put back and the step is captured (capturing runs nothing)."""
+    def _capture(self, m: int, n_read: int, exchange: Exchange | None) -> torch.cuda.CUDAGraph:
+        """A graph of microbatch m's step and its exchange: one eager run of the step on a side
+        stream first (lazy initialisation, cuBLAS workspaces, kernel compilation stay out of the
+        graph; not the exchange, which the peer runs once, in its replay), then the state is put
+        back and the step is captured with the exchange (capturing runs nothing; the exchange's
+        communicators exist: the prefill's exchanges made them)."""
         st = self.states[m]
         saved = st.save()
-        side = torch.cuda.Stream(self.ctx.device)
+        if self.side is None:  # one for every capture: cuBLAS keeps a workspace per stream
+            self.side = torch.cuda.Stream(self.ctx.device)
+        side = self.side
         side.wait_stream(torch.cuda.current_stream(self.ctx.device))
         with torch.cuda.stream(side):
             try:
-                self._run(m, n_read)
+                self._run(m, n_read, None)
             except Exception as e:  # torch.compile / triton fail with many exception types
                 if not self._plain(f"failed: {type(e).__name__}: {e}"):
                     raise
                 st.restore(saved)
-                self._run(m, n_read)
+                self._run(m, n_read, None)
         torch.cuda.current_stream(self.ctx.device).wait_stream(side)
         st.restore(saved)
         if not self._release_registered:  # reset the graphs before the process group goes
@@ -294,12 +347,12 @@ class StaticStep:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                self._run(m, n_read)
+                self.outputs[(m, n_read, exchange)] = self._run(m, n_read, exchange)
         except Exception as e:  # a compiled call that cannot be recorded: record the eager ops
             if not self._plain(f"not capturable: {type(e).__name__}: {e}"):
                 raise
             st.restore(saved)
-            return self._capture(m, n_read)
+            return self._capture(m, n_read, exchange)
         return graph
 
     def release(self) -> None:
@@ -309,6 +362,7 @@ class StaticStep:
         for graph in self.graphs.values():
             graph.reset()
         self.graphs.clear()
+        self.outputs.clear()
 
     def _plain(self, why: str) -> bool:
         """Fall back to the eager elementwise ops and cuBLAS after the compiled ops or the
@@ -319,44 +373,79 @@ class StaticStep:
         self.ops, self.stream_gemm = layers.EAGER, False
         return True
 
-    def _run(self, m: int, n_read: int) -> None:
+    def _run(self, m: int, n_read: int, exchange: Exchange | None) -> Tensor:
+        """The step, then `exchange`; returns what the stage sends (_step)."""
         with (layers.elementwise(self.ops), decode_gemm.streaming(self.stream_gemm),
               vocab_parallel.triton_argmax(self.triton_end)):
-            self._step(m, n_read)
+            out = self._step(m, n_read)
+        if exchange is not None:
+            self._exchange(out, exchange)
+        return out
 
-    def _step(self, m: int, n_read: int) -> None:
-        """Embed, every layer over its cache, final norm, greedy token; advance the counters.
+    def _exchange(self, out: Tensor, exchange: Exchange) -> None:
+        """The stage's batched send of `out` and receive into a microbatch's inbox (one
+        batch_isend_irecv, as pipeline.generate pairs them), waited for: in a graph, the
+        capture stream joins NCCL's."""
+        ops = []
+        if exchange.send:
+            assert self.send_to is not None
+            ops.append(torch_dist.P2POp(torch_dist.isend, out, self.send_to))
+        if exchange.recv is not None:
+            assert self.recv_from is not None
+            ops.append(torch_dist.P2POp(torch_dist.irecv, self.inbox(exchange.recv),
+                                          self.recv_from))
+        for work in torch_dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+
+    def _step(self, m: int, n_read: int) -> Tensor:
+        """Embed (first stage), every layer of the stage over its cache, then the final norm and
+        the greedy token (last stage); advance the counters. Returns what the stage sends on:
+        the tokens [r, 1] on the last stage, else the hidden state [r, 1, hidden].
 
         Each residual add is one call with the norm that reads its result (the next block's,
         or the final norm): x += block output; h = norm(x) (Elementwise.add_norm), so h is the
-        normed input every block starts from."""
+        normed input every block starts from; a stage before the last ends with the add alone
+        (Elementwise.add_parts where the down product is split)."""
         model, st, ops = self.model, self.states[m], self.ops
         rows = slice(m * self.rows, (m + 1) * self.rows)
-        x = model.lookup(st.tok)
+        x = model.lookup(st.tok) if st.hidden is None else st.hidden
         cos, sin = self.cos, self.sin  # the tables, which the fused kernel indexes itself
         if not self.fused_rope:
             cos, sin = cos[st.pos], sin[st.pos]  # [r, head_dim // 2]: each row's position
-        assert model.norm is not None
         norms = [cast(GatedMLP, layer.mlp).norm for layer in model.layers]
-        after_mlp = [attn.norm for attn in model.attns[1:]] + [model.norm]
+        after_mlp: list[layers.RMSNorm | None] = [attn.norm for attn in model.attns[1:]]
+        after_mlp.append(model.norm)  # None before the last stage: the add alone
         h = ops.norm(x, model.attns[0].norm.weight, model.attns[0].norm.eps)
         for i, (layer, attn, (k, v)) in enumerate(zip(model.layers, model.attns, model.cache)):
             o = self._attention(attn, h, cos, sin, k[rows], v[rows], st, n_read)
             h = self._add_norm(x, o, norms[i])
             o = self._mlp(cast(GatedMLP, layer.mlp), h)
             h = self._add_norm(x, o, after_mlp[i])
+        if not self.last:  # the hidden state goes on; the counters advance
+            if self.triton_end:  # one kernel: the state's tokens copied onto themselves
+                decode_kernels.finish_step_triton(st.tok[:, 0], st.tok, self.tokens[rows],
+                                                  st.pos, st.slot, st.lengths, st.col)
+            else:
+                st.advance()
+            return x
         tok = model.next_tokens(h, False)
         if self.triton_end:  # the token's copies and the counters in one kernel
             decode_kernels.finish_step_triton(tok, st.tok, self.tokens[rows], st.pos, st.slot,
                                               st.lengths, st.col)
-            return
+            return st.tok
         st.tok.copy_(tok[:, None])
         self.tokens[rows].index_copy_(1, st.col, st.tok)
         st.advance()
+        return st.tok
 
-    def _add_norm(self, x: Tensor, o: Tensor, norm: layers.RMSNorm) -> Tensor:
+    def _add_norm(self, x: Tensor, o: Tensor, norm: layers.RMSNorm | None) -> Tensor:
         """x += o (a block's output, or its float32 partial products [parts, *x.shape]: one
-        dimension more), then `norm` of x."""
+        dimension more), then `norm` of x (None: x itself, a stage's output)."""
+        if norm is None:
+            if o.dim() > x.dim():
+                self.ops.add_parts(x, o)
+                return x
+            return x.add_(o)
         if o.dim() > x.dim():
             return self.ops.add_parts_norm(x, o, norm.weight, norm.eps)
         return self.ops.add_norm(x, o, norm.weight, norm.eps)

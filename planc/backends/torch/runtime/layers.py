@@ -235,6 +235,11 @@ def _add_parts_norm_eager(x: Tensor, parts: Tensor, w: Tensor, eps: float) -> Te
     return _add_norm_eager(x, parts.sum(0).to(x.dtype), w, eps)
 
 
+def _add_parts_eager(x: Tensor, parts: Tensor) -> None:
+    """x += the sum of float32 partial products parts [S, *x.shape] rounded once to x's dtype."""
+    x.add_(parts.sum(0).to(x.dtype))
+
+
 def _silu_mul_eager(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     # In place on the fused GEMM output: the MLP's only [T, 2 * ffn_local] buffer.
@@ -262,6 +267,10 @@ def _add_parts_norm_fused(x: Tensor, parts: Tensor, w: Tensor, eps: float) -> Te
     return _add_norm_fused(x, parts.sum(0).to(x.dtype), w, eps)
 
 
+def _add_parts_fused(x: Tensor, parts: Tensor) -> None:
+    x.copy_(x + parts.sum(0).to(x.dtype))
+
+
 def _silu_mul_fused(gate_up: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -284,10 +293,11 @@ class Elementwise:
     silu_mul: Callable[[Tensor], Tensor]
     add_norm: Callable[[Tensor, Tensor, Tensor, float], Tensor]
     add_parts_norm: Callable[[Tensor, Tensor, Tensor, float], Tensor]
+    add_parts: Callable[[Tensor, Tensor], None]  # a pipeline stage's last add: no norm after
 
 
 EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager, _add_norm_eager,
-                    _add_parts_norm_eager)
+                    _add_parts_norm_eager, _add_parts_eager)
 _ops = EAGER
 
 
@@ -308,7 +318,7 @@ def compiled_elementwise() -> Elementwise:
                     torch.compile(f, dynamic=False, fullgraph=True, options=exact or None))
 
     return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused), c(_add_norm_fused),
-                       c(_add_parts_norm_fused))
+                       c(_add_parts_norm_fused), c(_add_parts_fused))
 
 
 @contextmanager

@@ -202,6 +202,9 @@ class StageModel(nn.Module):
         kernel = static.kernel + (" (RoPE and cache write fused)" if static.fused_rope else "")
         step = static.mode + (" + programmatic dependent launch" if static.pdl else "")
         kind = {"decode_step": step, "decode_attention": kernel, "decode_gemm": static.gemm}
+        if ctx.layout.n_stages > 1:  # where a stage's send / receive of each step runs
+            kind["decode_exchange"] = ("inside the step's graph" if static.exchange_in_graph
+                                       and static.use_graphs else "eager, after the step")
         tiles = decode_kernels.tuned_tiles() if static.kernel == "triton_flash_decode" else []
         if tiles:  # on the GPU, once the step has run: the autotuner's pick(s)
             kind["decode_attention_tiles"] = "; ".join(tiles)

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from planc.backends.torch.runtime.decode_step import Exchange
 from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import Rope, rope_tables
 from planc.backends.torch.runtime.layout import output_tiles, token_holders
@@ -149,9 +150,12 @@ def generate(
 ) -> tuple[float, float, Tensor | None]:
     """One decode of this rank's rows: (seconds to its step-0 end, to its end, tokens). Greedy
     over equal-length prompts, or with `text` real prompts (right-padded to the context): its
-    per-row positions, cache mask, token choice and stop (runtime/textgen.py). One stage whose
-    steps can run at static addresses runs them so (runtime/decode_step.py: CUDA graphs)."""
-    if model.static_step(ctx, text) is not None:
+    per-row positions, cache mask, token choice and stop (runtime/textgen.py). Steps that can
+    run at static addresses run so (runtime/decode_step.py: CUDA graphs): on one stage step by
+    step, on several in these rounds, each decode item one replay that ends with the round's
+    exchange; the prefill items and their exchanges stay eager."""
+    static = model.static_step(ctx, text)
+    if static is not None and ctx.layout.n_stages == 1:
         return _generate_static(ctx, model, prompt, ropes, text)
     cfg, lay = ctx.cfg, ctx.layout
     nmb, r = cfg.microbatches, lay.micro_rows
@@ -165,7 +169,10 @@ def generate(
     back_from = lay.stage_peer(p - 1) if k == 0 < p - 1 else None
 
     tokens = None
-    if lay.is_last_stage:
+    if static is not None:
+        static.tokens.zero_()  # a batch that stops early leaves its later columns 0
+        tokens = static.tokens if lay.is_last_stage else None
+    elif lay.is_last_stage:
         tokens = torch.zeros((len(lay.batch_rows), cfg.generate), device=ctx.device,
                              dtype=torch.long)  # fmt: skip
     inbox: dict[int, Tensor] = {}  # item -> its received input (hidden state or token ids)
@@ -179,6 +186,17 @@ def generate(
         if text is not None and p > 1 and text.all_stopped():
             break  # nothing is in flight between rounds: every stage may leave here
         ops: list[dist.P2POp] = []
+        if rnd.run is not None and static is not None and rnd.run >= nmb:
+            # a decode item: one replay, the round's exchange inside it
+            t, m = divmod(rnd.run, nmb)
+            assert rnd.recv is None or rnd.recv >= nmb  # the input of a decode item too
+            recv = None if rnd.recv is None else rnd.recv % nmb
+            tok = static.step(m, t, Exchange(rnd.send, recv))
+            if text is not None and nxt is None:
+                rows = slice(m * r, (m + 1) * r)
+                text.stopped[rows] |= torch.isin(tok[:, 0], text.eos)
+                text.steps_run = t + 1
+            continue
         if rnd.run is not None:
             t, m = divmod(rnd.run, nmb)
             rows = slice(m * r, (m + 1) * r)
@@ -203,6 +221,13 @@ def generate(
                     y = tokens[rows, t] = model.next_tokens(y, t == 0)
                 else:
                     y = tokens[rows, t] = text.next_tokens(model, y, rows, t)
+            if static is not None:  # its prefill: the state its decode steps start from
+                fed = torch.full((r,), cfg.context, device=ctx.device, dtype=torch.long) \
+                    if text is None else text.lengths[rows]
+                static.start(m, y if nxt is None else None, fed,
+                             None if text is None else text.lengths[rows])
+                if nxt is None:
+                    y = static.states[m].tok  # what the first stage's state receives
             if rnd.send:
                 ops.append(dist.P2POp(dist.isend, y, nxt if nxt is not None else back_to))
             del y
@@ -210,7 +235,10 @@ def generate(
                 ttft = _now(ctx) - start
             if text is not None and p == 1 and m == nmb - 1 and text.all_stopped():
                 break  # every rank runs every item when there is one stage: all agree
-        if rnd.recv is not None:
+        if rnd.recv is not None and static is not None and rnd.recv >= nmb:
+            ops.append(dist.P2POp(dist.irecv, static.inbox(rnd.recv % nmb),
+                                  prev if k > 0 else back_from))
+        elif rnd.recv is not None:
             if k > 0:
                 n = len(slots[rnd.recv // nmb].positions)
                 buf = torch.empty((r, n, cfg.model.hidden), device=ctx.device, dtype=ctx.dtype)
