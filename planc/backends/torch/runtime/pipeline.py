@@ -246,6 +246,11 @@ def generate(
                 buf = torch.empty(r, device=ctx.device, dtype=torch.long)
             inbox[rnd.recv] = buf
             ops.append(dist.P2POp(dist.irecv, buf, prev if k > 0 else back_from))
+            # the inbox and the op hold it until its item runs: a name left here kept the
+            # last prompt's received hidden state alive through the static steps' first
+            # capture (a 2-stage plan's allocation record, benchmarks/results/
+            # h200x2_decode_pp_run51_trace_report.txt: 4 MiB above the predicted peak)
+            del buf
         # Both ends of every message put it in the same round's batch, and every rank walks the
         # rounds in order: one process group, no ordering between channels to get wrong (NCCL
         # runs a group's point-to-point ops on one stream; see the module docstring).
