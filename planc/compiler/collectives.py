@@ -29,17 +29,21 @@ def stage_facts(plan: PlanSpec, is_first: bool, is_last: bool) -> frozenset[str]
 
 
 def stage_collectives(plan: PlanSpec, ld: LocalDims, facts: frozenset[str], layer_calls: int,
-                      mb_calls: int, phase: str = "prefill") -> list[Collective]:
+                      mb_calls: int, phase: str = "prefill", static: bool = False
+                      ) -> list[Collective]:
     """One device class's collectives: those of the records of the plan's strategies
     (planc/layout/strategies.py collectives) whose condition holds and whose group has more
     than one device, sized from the layer's dims `ld`. `layer_calls` and `mb_calls` are the
     calls per step of one per layer and microbatch and of one per microbatch; a prefill's
     collective that never runs (a stage without layers) is left out, a decode step's is
-    listed with 0 calls as the step's copies of the prefill's are."""
+    listed with 0 calls as the step's copies of the prefill's are; `static`: the step runs at
+    static addresses (strategies.runs_in_step)."""
     out: list[Collective] = []
     split = [d for sh in plan.shards for d in sh.dims]
     for c in strategies.collectives(split, phase):
         if c.when and not facts & set(c.when):
+            continue
+        if phase == "step" and not strategies.runs_in_step(c, static):
             continue
         axes = [a for d in c.over for a in plan.axes_of(d)]
         if c.mesh_order:

@@ -122,6 +122,7 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
     prompt_tokens = local_dims(prompt_plan(plan)).tokens  # what the prefill collectives carry
     classes = []
     first_id, last = graph.classes[0].id, graph.classes[-1].id
+    static = static_decode_step(plan)
     rows = decode_rows(plan, {c.id: c.memory for c in graph.classes},
                        {c.id: c.layers[1] - c.layers[0] for c in graph.classes}, last)
     for c in graph.classes:
@@ -150,9 +151,9 @@ def extend(plan: PlanSpec, graph: PlacementGraph) -> PlacementGraph:
         colls += [Collective(op=col.op, axes=col.axes, group_size=col.group_size,
                              bytes=max(1, col.bytes * d.tokens // max(1, prompt_tokens)),
                              calls=col.calls * steps, after=f"decode:{col.after}", link=col.link)
-                  for col in c.collectives if strategies.step_copy(col.op, col.after)]
+                  for col in c.collectives if strategies.step_copy(col.op, col.after, static)]
         colls += stage_collectives(plan, d, stage_facts(plan, c.id == first_id, c.id == last),
-                                   n * nmb * steps, nmb * steps, phase="step")
+                                   n * nmb * steps, nmb * steps, phase="step", static=static)
         resident = c.cache_resident
         if resident:
             # a decode step re-reads the stage's layer weights (and the lm_head), its KV cache

@@ -97,10 +97,11 @@ def plan_splits(plan: PlanSpec) -> dict[str, list[str]]:
 
 
 def static_decode_step(plan: PlanSpec) -> bool:
-    """Whether the plan's decode steps run at static addresses (one CUDA graph per microbatch;
+    """Whether the plan's decode steps run at static addresses (one CUDA graph per microbatch
+    and pipeline exchange;
     planc/layout/schedule.static_step_reason; `planc run` decodes greedily)."""
     core = attention_core(plan_splits(plan), attention_mode(plan))
-    reason = static_step_reason(core, plan.model.experts > 0, False)
+    reason = static_step_reason(core, False)
     return reason is None
 
 
@@ -164,7 +165,11 @@ def local_dims(plan: PlanSpec, phase: Phase = "prefill") -> LocalDims:
     if m.experts:
         routed = (tokens * m.top_k if mode == "all_to_all"
                   else cdiv(tokens * m.top_k, deg.experts))
+    static_rows = 0
+    if m.experts and phase == "step" and static_decode_step(plan):  # runtime/moe.moe_static
+        static_rows = tokens * (deg.experts if mode == "all_to_all" else 1)
     return LocalDims(routed=routed, experts_total=m.experts, moe_mode=mode,
+                     static_moe_rows=static_rows,
                      tokens=tokens, mb=mb, seq_q=seq_q, seq_kv=seq_kv, hidden=m.hidden,
                      heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
                      head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),

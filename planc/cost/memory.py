@@ -74,6 +74,9 @@ class LocalDims:
     routed: int = 0  # token-expert pairs this device's experts process (balanced routing)
     moe_mode: MoeMode = "all_to_all"  # planc/layout/moe.py
     experts_total: int = 0  # experts of the model (router width)
+    # a static decode step's MoE block (runtime/moe.moe_static): the rows every local expert
+    # runs over (the ep group's gathered rows with all_to_all, else the rank's); 0: routed
+    static_moe_rows: int = 0
 
 
 # The bytes of one call of a collective, by the `size` a strategy record's collective names
@@ -90,6 +93,10 @@ MESSAGE_BYTES: dict[str, Callable[[LocalDims], int]] = {
     "routed_copies": lambda d: d.tokens * d.top_k * d.hidden * d.elem,
     # the rows this device's experts process (balanced routing)
     "routed_rows": lambda d: d.routed * d.hidden * d.elem,
+    # a static decode step's MoE block: each row's dense gates [T, E] float32, and the ep
+    # group's float32 partial outputs of its gathered rows
+    "dense_gates": lambda d: d.tokens * d.experts_total * 4,
+    "static_moe_partials": lambda d: d.static_moe_rows * d.hidden * 4,
     # flash-decoding: each rank's partial output and log-sum-exp per local head, float32
     "partials": lambda d: d.tokens * d.heads * (d.head_dim + 1) * 4,
     # a greedy token over a split vocabulary: (max logit, its token) per row as float64 pairs
@@ -345,6 +352,29 @@ MOE_TERMS: dict[str, Callable[[Program, int], tuple[int, int]]] = {
 }
 
 
+def moe_static_terms(p: Program, i_norm: int) -> tuple[int, int]:
+    """A static decode step's block (runtime/moe.moe_static) on G = static_moe_rows rows: the
+    dense gates [T, E]*4 (scattered from the top-k), with all_to_all the gathered rows [G, H]
+    and gates [G, E]*4; every local expert over the G rows, its output as float32 [G, H]*4
+    weighted in place and added to out32 [G, H]*4; the rank's rows cast to e. The block's
+    input (norm out) lives through the call. (The experts op, the output op.)"""
+    d = p.d
+    T, h, e, G, E = d.tokens, d.hidden, d.elem, d.static_moe_rows, d.experts_total
+    i_gates = p.op("dense_gates", 0, T * E * 4 * 2)
+    i_exp = p.op("experts", 3 * 2 * G * h * d.ffn * d.experts,
+                 (3 * h * d.ffn + 2 * G * h) * d.experts * e)
+    i_w = p.op("weight_f32", 2 * G * h * d.experts, G * h * (e + 4 * 4) * d.experts)
+    i_down = p.op("cast_out", T * h, T * h * (4 + e))
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_down)
+    p.buf("dense_gates", T * E * 4, i_gates, i_exp)
+    if G > T:  # gathered: the ep group's rows and gate rows
+        p.buf("gathered_rows", G * h * e, i_gates, i_w)
+        p.buf("gathered_gates", G * E * 4, i_gates, i_w)
+    p.buf("out_f32", G * h * 4, i_exp, i_down)
+    p.buf("expert_out_f32", G * h * 4, i_exp, i_w)
+    return i_exp, i_down
+
+
 def moe_terms(p: Program, i_norm: int) -> int:
     """runtime/moe.py. R = (token, expert) rows this device's experts process and n = rows per
     local expert, both assuming balanced routing (a router that favours some experts moves the
@@ -355,7 +385,10 @@ def moe_terms(p: Program, i_norm: int) -> int:
     E = d.experts_total or d.experts
     i_router = p.op("router", 2 * T * h * E, (T * h + T * E) * e)
     p.buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
-    i_exp, i_down = MOE_TERMS[d.moe_mode](p, i_norm)
+    static = d.static_moe_rows > 0
+    i_exp, i_down = (moe_static_terms if static else MOE_TERMS[d.moe_mode])(p, i_norm)
+    if static:  # every local expert over every row
+        n = d.static_moe_rows
     # Not counted (moe_block.py, moe.py): top-k weights [T, k]*4 (renormalised into a new
     # one unless the family keeps them) and ids [T, k]*8; the sort order [Tk]*8; with
     # all_to_all the counts [E]*8 twice and the regroup index [R]*8. The weighting is in

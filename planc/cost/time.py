@@ -45,6 +45,7 @@ from planc.layout.schedule import (
     static_step_product_parts,
     static_step_qkv_split,
     static_step_reason,
+    steady_step_rounds,
 )
 from planc.layout.strategies import attention_core
 
@@ -332,17 +333,19 @@ def step_estimate(graph: PlacementGraph, rates: Rates, eff: Efficiency | None = 
     kernel's measured efficiency, or bytes at the measured copy bandwidth, whichever is
     larger) plus a launch overhead, plus each collective's latency and link time (no overlap
     assumed); then the schedule. The prefill's is GPipe's: sum of stages + (microbatches - 1)
-    x the slowest. A decode step's is the rounds' (layout/schedule.pipeline_rounds): every
-    stage runs one microbatch a round, in step with its neighbours' exchange, and a step takes
-    max(microbatches, stages) rounds (with fewer microbatches than stages each step waits for
-    the pipeline's fill), each as long as the slowest stage's microbatch.
+    x the slowest. A decode step's is the rounds' (layout/schedule.steady_step_rounds): a
+    stage runs at most one microbatch a round, in step with its neighbours' exchange, so a
+    round lasts as long as the slowest stage that runs in it, and a step takes
+    max(microbatches, stages) rounds (with fewer microbatches than stages, only some stages
+    run in each round while the pipeline fills).
     """
     stages = stage_estimates(graph, rates, eff, phase)
     if not stages:
         return 0.0
     m = max(1, graph.microbatches)
     if phase == "decode":
-        return max(m, len(graph.stages)) * max(stages)
+        rounds = steady_step_rounds(m, len(stages))
+        return sum(max(stages[k] for k in active) for active in rounds if active)
     return sum(stages) + (m - 1) * max(stages)
 
 
@@ -442,9 +445,8 @@ def static_step_triton_products(graph: PlacementGraph, rows: int) -> frozenset[s
 def static_decode(graph: PlacementGraph) -> bool:
     """Whether the graph's decode steps run as CUDA graphs (the rule of
     planc/layout/schedule.static_step_reason, read off the graph; `planc run` is greedy)."""
-    routed = any(o.name == "router" for c in graph.classes for o in c.ops)
     core = attention_core(graph.splits, graph.attention)
-    return static_step_reason(core, routed, False) is None
+    return static_step_reason(core, False) is None
 
 
 def rates_of(plan) -> Rates:  # type: ignore[no-untyped-def]

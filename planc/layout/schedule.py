@@ -84,6 +84,21 @@ def pipeline_rounds(microbatches: int, steps: int, stages: int) -> list[int]:
     return rounds
 
 
+def steady_step_rounds(microbatches: int, stages: int) -> list[frozenset[int]]:
+    """The rounds of one decode step once the pipeline is full, each as the set of stages that
+    run an item in it (pipeline_rounds: stage k runs item i in round rounds[i] + k):
+    max(microbatches, stages) rounds; with fewer microbatches than stages only some stages run
+    in each (the others wait for the fill)."""
+    m, p = max(1, microbatches), max(1, stages)
+    first = pipeline_rounds(m, p + 3, p)
+    t = p + 1  # a step past the fill, with a whole step after it
+    runs: dict[int, set[int]] = {}
+    for r in first:
+        for k in range(p):
+            runs.setdefault(r + k, set()).add(k)
+    return [frozenset(runs.get(r, ())) for r in range(first[t * m], first[(t + 1) * m])]
+
+
 @dataclass(frozen=True)
 class Round:
     """One stage in one round: the item it runs (or None), whether that item's output goes on
@@ -219,24 +234,22 @@ def static_step_extra_kernels(vocab_parts: int = 1, qk_norm: bool = False, first
     vocab_parallel.lookup), the first norm, the split's greedy agreement
     (vocab_parallel.greedy_tokens: 12 around its all_gather, which copies each of the parts out
     of NCCL's buffer: one kernel a part) and the end kernel: 21 + parts (a padded last part adds
-    its -inf fill), 23 + parts with the gathers. A stage before the last ends with the residual
-    add alone (no final norm) and the end kernel advancing the counters: 2 in place of the
-    greedy choice's; a stage after the first embeds nothing."""
+    its -inf fill), 23 + parts with the gathers. A stage before the last chooses no token: its
+    last residual add (the layer program's, with no norm after it) ends its layers and the end
+    kernel only advances the counters; a stage after the first embeds nothing."""
     embed = 0 if not first else 1 if vocab_parts <= 1 else 7
-    end = (2 if vocab_parts <= 1 else 12 + vocab_parts) if last else 1
+    end = (2 if vocab_parts <= 1 else 12 + vocab_parts) if last else 0
     gathers = 2 if qk_norm else 0
     return embed + 1 + end + 1 + gathers
 
 
-def static_step_reason(attention_core: str, routed_moe: bool, sampling: bool) -> str | None:
+def static_step_reason(attention_core: str, sampling: bool) -> str | None:
     """Why a decode step cannot run at static addresses (one CUDA graph per microbatch and
     exchange on each pipeline stage, backends/torch/runtime/decode_step.py), or None when it
     can. The runtime picks the step by this rule and the cost model prices the step by it
     (planc/cost/time.py)."""
     if attention_core != "heads":
         return "the attention core is not whole heads per rank"
-    if routed_moe:
-        return "a routed MoE has data-dependent shapes"
     if sampling:
         return "sampling draws on the host"
     return None

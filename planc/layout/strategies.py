@@ -50,6 +50,9 @@ class Comm:
     mesh_order: bool = False  # the group's axes deduplicated in mesh order (not `over` order)
     phase: str = "prefill"  # prefill (and a decode step's copy), or step (a decode step only)
     step_copy: bool = True  # a decode step repeats this prefill collective
+    # which decode steps run it (its copy, or its step entry): None either, True only a step at
+    # static addresses (layout/schedule.static_step_reason), False only an eager one
+    static_step: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,24 @@ STRATEGIES: tuple[Strategy, ...] = (
              "ring"),  # or "gather": the plan says
     Strategy("expert", "ep", ("experts",), (("experts", "V205"),), ("dp", "tp"),
              (Comm("all_to_all", "router", ("experts",), "routed_copies",
-                   when=("mlp:all_to_all",)),  # dispatch
+                   when=("mlp:all_to_all",), static_step=False),  # dispatch
               Comm("all_to_all", "experts", ("experts",), "routed_copies",
-                   when=("mlp:all_to_all",)),  # combine
+                   when=("mlp:all_to_all",), static_step=False),  # combine
               # the ffn axes are the tensor-parallel group inside each expert
-              Comm("all_reduce", "experts", ("ffn",), "routed_rows", when=("mlp:all_to_all",)),
-              WEIGHTED_SUM),
+              Comm("all_reduce", "experts", ("ffn",), "routed_rows", when=("mlp:all_to_all",),
+                   static_step=False),
+              WEIGHTED_SUM,
+              # a static decode step's block (runtime/moe.moe_static): the ep group's rows and
+              # their dense gate rows gathered, its float32 partials summed, then the ffn
+              # slices' partials of the rank's rows
+              Comm("all_gather", "router", ("experts",), "residual", when=("mlp:all_to_all",),
+                   phase="step", static_step=True),
+              Comm("all_gather", "router", ("experts",), "dense_gates",
+                   when=("mlp:all_to_all",), phase="step", static_step=True),
+              Comm("all_reduce", "weighted_sum", ("experts",), "static_moe_partials",
+                   when=("mlp:all_to_all",), phase="step", static_step=True),
+              Comm("all_reduce", "weighted_sum", ("ffn",), "residual",
+                   when=("mlp:all_to_all",), phase="step", static_step=True)),
              (), "moe"),  # its buffers are the MoE mode's (cost/memory.py MOE_TERMS)
     Strategy("data", "dp", ("batch",), (("batch", "V206"),), ("ep",), (), (), ""),
 )
@@ -164,10 +179,16 @@ def memory_terms(split: Collection[str], facts: Collection[str], phase: str = "p
     return tuple(out)
 
 
-def step_copy(op: str, after: str) -> bool:
-    """Does a decode step repeat the prefill collective `op` after `after` (Comm.step_copy)?"""
-    return all(c.step_copy for s in STRATEGIES for c in s.collectives
-               if (c.op, c.after) == (op, after))
+def step_copy(op: str, after: str, static: bool = False) -> bool:
+    """Does a decode step (`static`: at static addresses) repeat the prefill collective `op`
+    after `after` (Comm.step_copy, Comm.static_step)?"""
+    return all(c.step_copy and c.static_step in (None, static) for s in STRATEGIES
+               for c in s.collectives if (c.op, c.after) == (op, after) and c.phase == "prefill")
+
+
+def runs_in_step(c: Comm, static: bool) -> bool:
+    """Does a decode step (`static`: at static addresses) run the step collective c?"""
+    return c.static_step in (None, static)
 
 
 def compatible(roles: frozenset[str]) -> bool:

@@ -36,10 +36,11 @@ DECODE_PLANS = [
     "decode_layerwise4",
     "decode_dp2_tp2",
 ]
-# Whole heads per rank, dense MLPs: the decode steps run at static addresses
-# (runtime/decode_step.py; eagerly on the CPU, one CUDA graph per microbatch and exchange on a
-# GPU), pipeline stages included.
-STATIC_STEP = {"decode_tp2", "decode_dp2_tp2", "decode_pp2", "decode_tp2_pp2", "decode_layerwise4"}
+# Whole heads per rank: the decode steps run at static addresses (runtime/decode_step.py;
+# eagerly on the CPU, one CUDA graph per microbatch and exchange on a GPU), pipeline stages and
+# MoE blocks (moe.moe_static) included.
+STATIC_STEP = {"decode_tp2", "decode_dp2_tp2", "decode_pp2", "decode_tp2_pp2", "decode_layerwise4",
+               "decode_ep4"}
 METRIC_KEYS = {"ttft_ms", "tpot_ms", "output_tokens_per_s", "generated", "matches_reference"}
 
 
@@ -197,6 +198,32 @@ def test_static_step_gpu_path_over_two_pipeline_stages_generates_hf_tokens(run_p
     assert m["decode_step"] == "eager (static step)"
     assert m["decode_attention"] == "triton_flash_decode (RoPE and cache write fused)"
     assert "o_proj over K in 4 and down_proj over K in 4" in m["decode_gemm"], m["decode_gemm"]
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mesh,splits", [
+    ((("x", 1),), {}),  # every expert on the rank: "local"
+    ((("tp", 2),), {"heads": ("tp",), "kv_heads": ("tp",), "experts": ("tp",)}),  # replicated
+    ((("ep", 2), ("tp", 2)), {"batch": ("ep",), "experts": ("ep",), "heads": ("tp",),
+                              "kv_heads": ("tp",), "ffn": ("tp",)}),  # ep x ffn slices
+])
+def test_static_moe_steps_generate_hf_tokens(run_plan, mesh, splits):
+    """A Mixtral-family decode whose steps run the MoE block at static shapes (moe.moe_static:
+    a dense gate matrix, every local expert over every row) in each of its modes: all experts
+    on one rank, experts over a tensor-parallel pair that holds the same tokens (one
+    all_reduce), and expert parallel with each expert's ffn split over tp (the ep group's rows
+    gathered, its float32 partials all-reduced, the ffn slices' partials summed over tp), two
+    microbatches; equal to HF generate token for token."""
+    model = ModelDims(arch="mixtral", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
+                      ffn=96, vocab=97, experts=4, top_k=2)  # fmt: skip
+    ranks = 1
+    for _, n in mesh:
+        ranks *= n
+    cfg = RunConfig(model=model, mesh=mesh, batch=4, seq=6, splits=splits, microbatches=2,
+                    warmup=0, repeats=1, phase="decode", context=6, generate=5)  # fmt: skip
+    m = run_plan(cfg, f"static_moe_{ranks}_decode", timeout_s=240)
+    assert_decode_metrics(m, cfg)
+    assert m["decode_step"] == "eager (static step)", m["decode_step"]
 
 
 # what the run's metrics (decode_step.StaticStep.gemm) say of each product the step runs as

@@ -21,18 +21,21 @@ from planc.layout.moe import expert_range, ffn_range
 HIDDEN, FFN, EXPERTS, TOP_K = 32, 64, 16, 2
 DEAD = [3, 12, 13, 14, 15]  # layer 1's router never picks these (rank 3 of ep 4 gets no rows)
 TOKENS = [24, 17, 0, 30, 24, 9, 24, 19]  # tokens of each slot; slot 2 is a rank with none
-CASES = {4: ["ep4", "ep2", "ep2xtp2", "rep4", "rep2x2"], 8: ["ep8"]}
+# s*: moe.moe_static (a static decode step's block), its ranks holding equal rows
+CASES = {4: ["ep4", "ep2", "ep2xtp2", "rep4", "rep2x2", "sep4", "sep2xtp2", "srep4"],
+         8: ["ep8"]}
 
 
 def _slot(case: str, rank: int) -> int:
     """Which token slot a rank holds: its own in ep cases, its ep coordinate's with tp, one
     shared slot when tokens are replicated."""
-    return {"ep2xtp2": rank // 2, "rep4": 4, "rep2x2": 5}.get(case, rank)
+    return {"ep2xtp2": rank // 2, "rep4": 4, "rep2x2": 5, "sep4": 0, "sep2xtp2": 0,
+            "srep4": 4}.get(case, rank)
 
 
 def _ep_group(case: str, rank: int) -> int:
     """Index of a rank's ep group (ep2: {0,1} and {2,3}; ep2xtp2: {0,2} and {1,3})."""
-    return {"ep2": rank // 2, "ep2xtp2": rank % 2}.get(case, 0)
+    return {"ep2": rank // 2, "ep2xtp2": rank % 2, "sep2xtp2": rank % 2}.get(case, 0)
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -138,6 +141,19 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                 elif case == "rep4":
                     ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
                     out = moe.moe_replicated(x, router, ex, TOP_K, None)
+                elif case == "sep4":
+                    ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
+                    out = moe.moe_static(x, router, ex, TOP_K, "all_to_all", dist.group.WORLD,
+                                         stats=stats)
+                elif case == "sep2xtp2":
+                    ex = moe.load_experts(
+                        fused, layer, experts=EXPERTS, ep=2, ep_rank=e, tp=2, tp_rank=t
+                    )
+                    out = moe.moe_static(x, router, ex, TOP_K, "all_to_all", cross[t], pairs[e],
+                                         stats=stats)
+                elif case == "srep4":
+                    ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
+                    out = moe.moe_static(x, router, ex, TOP_K, "replicated", None)
                 else:  # rep2x2: 8 experts per expert group, ffn halves inside it
                     ex = moe.load_experts(
                         legacy, layer, experts=EXPERTS, ep=2, ep_rank=e, tp=2, tp_rank=t
@@ -181,6 +197,8 @@ def _check_world(ref: dict, world: int) -> None:
             assert err <= 1e-4, f"{case} layer {layer}: rel error {err}"
             if case.startswith("ep"):
                 _check_traffic(case, layer, [outs[r][f"{case}/{layer}"][1] for r in range(world)])
+            if case.startswith("sep"):
+                _check_static_traffic(case, [outs[r][f"{case}/{layer}"][1] for r in range(world)])
 
 
 def _check_traffic(case: str, layer: int, stats: list[dict]) -> None:
@@ -206,6 +224,38 @@ def _check_traffic(case: str, layer: int, stats: list[dict]) -> None:
     assert sum(s["combine"] for s in stats) == sum(s["dispatch"] for s in stats)
     if case == "ep4" and layer == 1:
         assert stats[3]["combine"] == 0  # rank 3's experts (12..15) got no tokens at all
+
+
+def _check_static_traffic(case: str, stats: list[dict]) -> None:
+    """What moe_static's collectives carried per rank equals the message sizes the compiler
+    prices a static decode step's block with (cost/memory.MESSAGE_BYTES, the keys of the
+    expert strategy's step records)."""
+    from planc.cost.memory import MESSAGE_BYTES, LocalDims
+
+    ep = 2 if case == "sep2xtp2" else 4
+    tokens = TOKENS[_slot(case, 0)]
+    d = LocalDims(tokens=tokens, mb=tokens, seq_q=1, seq_kv=1, hidden=HIDDEN, heads=4,
+                  kv_heads=2, head_dim=8, ffn=FFN, experts=EXPERTS // ep, top_k=TOP_K, elem=4,
+                  experts_total=EXPERTS, static_moe_rows=tokens * ep)
+    for s in stats:
+        assert s["gather_rows"] == MESSAGE_BYTES["residual"](d)
+        assert s["gather_gates"] == MESSAGE_BYTES["dense_gates"](d)
+        assert s["partials"] == MESSAGE_BYTES["static_moe_partials"](d)
+        assert s["tp"] == (MESSAGE_BYTES["residual"](d) if case == "sep2xtp2" else 0)
+
+
+def test_moe_static_of_all_experts_equals_the_routed_block_and_hf(ref: dict) -> None:
+    """A static decode step's block with every expert on the rank (no collective): the dense
+    gates and every expert over every row give the routed block's output to float32 rounding
+    (a zero gate adds an exact zero; what differs is a GEMM's rounding over more rows), and
+    HF's block's."""
+    x = torch.cat(ref["xs"])
+    for layer in (0, 1):
+        ex = moe.load_experts(ref["legacy"], layer, experts=EXPERTS)
+        router = moe.load_router(ref["legacy"], layer)
+        out = moe.moe_static(x, router, ex, TOP_K, "local", None)
+        assert _rel(out, moe.moe_local(x, router, ex, TOP_K)) <= 1e-6
+        assert _rel(out, torch.cat(ref["refs"][layer])) <= 1e-4
 
 
 # --- tests -------------------------------------------------------------------------------------

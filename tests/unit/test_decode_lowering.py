@@ -291,13 +291,26 @@ def test_triton_products_start_as_an_op_not_as_cublas(monkeypatch):
         calls * (e.graph_gemm_overhead_s - e.graph_op_overhead_s), rel=1e-9)
 
 
+@pytest.mark.parametrize("microbatches,stages,want", [
+    (1, 2, [{0}, {1}]), (2, 2, [{0, 1}, {0, 1}]), (4, 2, [{0, 1}] * 4),
+    (2, 4, [{0, 3}, {0, 1}, {1, 2}, {2, 3}]), (3, 3, [{0, 1, 2}] * 3)])
+def test_a_steady_decode_step_runs_these_stages_each_round(microbatches, stages, want):
+    """One microbatch per stage per round: a step takes max(microbatches, stages) rounds, and
+    with fewer microbatches than stages only some stages run in each (the fill)."""
+    from planc.layout.schedule import steady_step_rounds
+
+    got = steady_step_rounds(microbatches, stages)
+    assert len(got) == max(microbatches, stages)
+    assert sorted(map(sorted, got)) == sorted(map(sorted, want))
+
+
 @pytest.mark.parametrize("stages,microbatches", [(2, 1), (2, 2), (2, 4), (4, 2), (4, 4)])
 def test_a_pipelined_decode_step_is_priced_as_the_rounds_run_it(stages, microbatches):
-    """A decode step on a pipeline takes as many rounds as the runtime's schedule gives it in
-    the steady state (layout/schedule.pipeline_rounds: one microbatch per stage per round;
-    fewer microbatches than stages wait for the fill), each as long as the slowest stage's
-    microbatch; the bound takes the larger of every microbatch on the slowest stage and one
-    microbatch through every stage, and stays below the estimate."""
+    """A decode step on a pipeline costs what the runtime's rounds take in the steady state
+    (layout/schedule.stage_rounds, the schedule pipeline.generate walks): each round as long
+    as the slowest stage that runs an item in it; the bound takes the larger of every
+    microbatch on the slowest stage and one microbatch through every stage, and stays below
+    the estimate."""
     from fractions import Fraction
 
     from planc.cost.time import (
@@ -307,19 +320,27 @@ def test_a_pipelined_decode_step_is_priced_as_the_rounds_run_it(stages, microbat
         step_estimate,
         step_lower_bound,
     )
-    from planc.layout.schedule import pipeline_rounds
+    from planc.layout.schedule import stage_rounds
 
     spec, diags = resolve_text(decode_plan(
         f"  mesh pp={stages}\n  shard layers over pp microbatches {microbatches}\n"))
     assert not diags.has_errors, [d.message for d in diags.items]
     plan = spec.plans[0]
     graph, rates = lower(plan), rates_of(plan)
-    rounds = pipeline_rounds(microbatches, 40, stages)
-    per_step = rounds[-1] - rounds[-1 - microbatches]  # rounds between two tokens of a row
     per_stage = stage_estimates(graph, rates, phase="decode")
     assert len(per_stage) == stages
-    assert step_estimate(graph, rates, phase="decode") == pytest.approx(
-        per_step * max(per_stage), rel=1e-12)
+    # the runtime's own rounds: a step of items well past the fill, by who runs in each round
+    steps, t = stages + 4, stages + 1
+    runs: dict[int, list[int]] = {}
+    for k in range(stages):
+        for r, rnd in enumerate(stage_rounds(microbatches, steps, stages, k)):
+            if rnd.run is not None:
+                runs.setdefault(r, []).append(k)
+    first = [r for r, rnd in enumerate(stage_rounds(microbatches, steps, stages, 0))
+             if rnd.run is not None]
+    step_rounds = range(first[t * microbatches], first[(t + 1) * microbatches])
+    want = sum(max(per_stage[k] for k in runs[r]) for r in step_rounds if r in runs)
+    assert step_estimate(graph, rates, phase="decode") == pytest.approx(want, rel=1e-12)
     # the prompt's prefill stays GPipe's
     prefill = stage_estimates(graph, rates)
     assert step_estimate(graph, rates) == pytest.approx(
@@ -343,3 +364,51 @@ def test_decode_rounds_hold_no_send_in_flight_and_no_receive_posted_ahead():
         assert send_recv_terms(StageShape(first, last, 2, rounds=True), d) == []
     names = {b.name for b in send_recv_terms(StageShape(False, False, 2, rounds=False), d)}
     assert names == {"recv_next", "send_in_flight"}
+
+
+def test_a_static_steps_moe_block_is_priced_with_its_own_collectives():
+    """Expert parallel decode whose step runs at static addresses (whole heads per rank): the
+    step's MoE block gathers the ep group's rows and dense gates and all-reduces its float32
+    partials (runtime/moe.moe_static), so those are its collectives, sized as moe_static's
+    buffers are, and the routed block's all_to_all copies are not; a step that stays eager
+    (a head x head_dim core) keeps the routed copies. The static step's MoE buffers are the
+    gathered rows'."""
+    from pathlib import Path
+
+    from planc.compiler.decode import step_program
+    from planc.compiler.splits import local_dims, static_decode_step
+
+    text = (Path(__file__).resolve().parents[2] / "specs" / "local" / "decode_ep4.plan"
+            ).read_text()
+    eager_text = text.replace("mesh     ep=4", "mesh     ep=2, hd=2").replace(
+        "  shard    experts, batch over ep\n",
+        "  shard    experts, batch over ep\n  shard    head_dim over hd\n")
+    assert eager_text != text
+    steps = {}
+    for name, body in (("static", text), ("eager", eager_text)):
+        spec, diags = resolve_text(body)
+        assert not diags.has_errors, [d.message for d in diags.items]
+        plan = spec.plans[0]
+        assert static_decode_step(plan) == (name == "static")
+        graph = lower(plan)
+        steps[name] = [(c.op, c.after, c.bytes) for c in graph.classes[0].collectives
+                       if c.after.startswith("decode:")]
+        if name == "static":
+            d = local_dims(plan, "step")
+            ep = plan.degree("experts")
+            assert d.static_moe_rows == d.tokens * ep == 4
+            h, e = plan.model.hidden, plan.model.dtype_bytes
+            assert sorted(steps[name]) == sorted([
+                ("all_gather", "decode:router", d.tokens * h * e),
+                ("all_gather", "decode:router", d.tokens * plan.model.experts * 4),
+                ("all_reduce", "decode:weighted_sum", d.static_moe_rows * h * 4)])
+            assert local_dims(plan).static_moe_rows == 0  # the prefill stays routed
+            _, _, bufs = step_program(plan)
+            sizes = {b.name: b.bytes for b in bufs}
+            assert sizes["gathered_rows"] == d.static_moe_rows * h * e
+            assert sizes["out_f32"] == sizes["expert_out_f32"] == d.static_moe_rows * h * 4
+            assert "dispatch_send" not in sizes
+    assert not any(op == "all_to_all" for op, _, _ in steps["static"])
+    assert {("all_to_all", "decode:router"), ("all_to_all", "decode:experts")} <= {
+        (op, after) for op, after, _ in steps["eager"]}
+    assert not any(op == "all_gather" for op, _, _ in steps["eager"])

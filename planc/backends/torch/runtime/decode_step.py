@@ -22,9 +22,11 @@ On the CPU (gloo) the same step runs eagerly: the tests check it token for token
 Hugging Face `generate`, and the graph only records what the eager step launches.
 
 Where the step applies (`static_reason` says why not, and the run reports it): whole heads
-per rank (LocalCore: the head x head_dim and sequence-parallel cores keep their
-eager `step`), dense MLPs (the routed MoE's rows per expert are data-dependent shapes) and
-greedy choice (sampling draws on the host's seeded generator, textgen.sample).
+per rank (LocalCore: the head x head_dim and sequence-parallel cores keep their eager `step`)
+and greedy choice (sampling draws on the host's seeded generator, textgen.sample). A MoE block
+runs at static shapes there (moe.moe_static: every local expert over every row, weighted by
+a dense gate matrix; an expert-parallel group gathers its rows and sums its partials with
+collectives of fixed sizes), where the routed block's rows per expert depend on the routing.
 
 On Hopper the step's Triton kernels (attention, the split and gate/up products, the end) launch
 with programmatic dependent launch (runtime/dependent_launch.py; the run's metrics say so).
@@ -57,6 +59,7 @@ from planc.backends.torch.runtime import (
     layers,
     vocab_parallel,
 )
+from planc.backends.torch.runtime.moe_block import MoeMLP
 from planc.backends.torch.runtime.layers import (
     Attention,
     GatedMLP,
@@ -86,7 +89,6 @@ def static_reason(ctx: RankContext, model: StageModel, text: TextBatch | None) -
     planc/layout/schedule.static_step_reason)."""
     return static_step_reason(
         attention_core(ctx.cfg.splits, ctx.cfg.attention),
-        any(not isinstance(layer.mlp, GatedMLP) for layer in model.layers),
         text is not None and text.req.temperature != 0,
     )
 
@@ -132,7 +134,8 @@ class Exchange:
 
 
 class StaticStep:
-    """The decode steps of a one-stage rank at static addresses (module docstring)."""
+    """The decode steps of a rank at static addresses, on its pipeline stage (module
+    docstring)."""
 
     def __init__(self, ctx: RankContext, model: StageModel) -> None:
         cfg, m, dev = ctx.cfg, ctx.cfg.model, ctx.device
@@ -218,7 +221,9 @@ class StaticStep:
         # PLANC_DECODE_PRODUCTS=cublas keeps cuBLAS's products and SiLU x up, for measuring.
         self.products = (self.kernel == "triton_flash_decode" and not self.stream_gemm
                          and os.environ.get("PLANC_DECODE_PRODUCTS", "") != "cublas")
-        self.gate_up_silu = self.products and static_step_gate_up_silu(r, all(
+        # (a MoE block runs moe_block.MoeMLP.static_from_normed: none of these)
+        dense = all(isinstance(layer.mlp, GatedMLP) for layer in model.layers)
+        self.gate_up_silu = self.products and dense and static_step_gate_up_silu(r, all(
             type(cast(GatedMLP, layer.mlp).gate_up) is Linear  # not an int8 / 2:4 linear
             for layer in model.layers))
         # The Triton kernels launch with programmatic dependent launch on Hopper (each starts
@@ -230,7 +235,7 @@ class StaticStep:
         # float32 partials the fused attention kernel sums as it reads them (no reduce kernel).
         self.parts = {"q/k/v": 1, "o_proj": 1, "down_proj": 1}
         if self.products and model.layers:
-            attn, mlp = model.attns[0], cast(GatedMLP, model.layers[0].mlp)
+            attn, mlp = model.attns[0], model.layers[0].mlp
             if decode_products.split_runs_kernel(dev, r, 2):  # the kernel's device
                 self.parts["q/k/v"] = static_step_qkv_split(
                     r, self.fused_rope, all(type(a.wqkv) is Linear for a in model.attns),
@@ -238,7 +243,8 @@ class StaticStep:
             if type(attn.wo) is Linear and attn.out_group is None:
                 self.parts["o_proj"] = static_step_product_parts("o_proj", r,
                                                                   attn.wo.weight.shape[1])
-            if self.gate_up_silu and type(mlp.down) is Linear and mlp.group is None:
+            if self.gate_up_silu and isinstance(mlp, GatedMLP) and type(mlp.down) is Linear \
+                    and mlp.group is None:
                 self.parts["down_proj"] = static_step_product_parts("down_proj", r,
                                                                  mlp.down.weight.shape[1])
 
@@ -347,7 +353,11 @@ class StaticStep:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[(m, n_read, exchange)] = self._run(m, n_read, exchange)
+                out = self._run(m, n_read, exchange)
+            # what an exchange after the replay sends; kept only then, since on a first stage
+            # it is a block of the pool that later captures could reuse
+            if exchange is None:
+                self.outputs[(m, n_read, exchange)] = out
         except Exception as e:  # a compiled call that cannot be recorded: record the eager ops
             if not self._plain(f"not capturable: {type(e).__name__}: {e}"):
                 raise
@@ -412,14 +422,14 @@ class StaticStep:
         cos, sin = self.cos, self.sin  # the tables, which the fused kernel indexes itself
         if not self.fused_rope:
             cos, sin = cos[st.pos], sin[st.pos]  # [r, head_dim // 2]: each row's position
-        norms = [cast(GatedMLP, layer.mlp).norm for layer in model.layers]
+        norms = [cast(GatedMLP | MoeMLP, layer.mlp).norm for layer in model.layers]
         after_mlp: list[layers.RMSNorm | None] = [attn.norm for attn in model.attns[1:]]
         after_mlp.append(model.norm)  # None before the last stage: the add alone
         h = ops.norm(x, model.attns[0].norm.weight, model.attns[0].norm.eps)
         for i, (layer, attn, (k, v)) in enumerate(zip(model.layers, model.attns, model.cache)):
             o = self._attention(attn, h, cos, sin, k[rows], v[rows], st, n_read)
             h = self._add_norm(x, o, norms[i])
-            o = self._mlp(cast(GatedMLP, layer.mlp), h)
+            o = self._mlp(cast(GatedMLP | MoeMLP, layer.mlp), h)
             h = self._add_norm(x, o, after_mlp[i])
         if not self.last:  # the hidden state goes on; the counters advance
             if self.triton_end:  # one kernel: the state's tokens copied onto themselves
@@ -450,9 +460,12 @@ class StaticStep:
             return self.ops.add_parts_norm(x, o, norm.weight, norm.eps)
         return self.ops.add_norm(x, o, norm.weight, norm.eps)
 
-    def _mlp(self, mlp: GatedMLP, h: Tensor) -> Tensor:
+    def _mlp(self, mlp: GatedMLP | MoeMLP, h: Tensor) -> Tensor:
         """The MLP block's output for its normed input h: reduced, or the down product's
-        float32 partials when the step splits it (self.parts)."""
+        float32 partials when the step splits it (self.parts); a MoE block's at static shapes
+        (moe.moe_static)."""
+        if isinstance(mlp, MoeMLP):
+            return mlp.static_from_normed(h)
         if not self.gate_up_silu:
             return mlp.from_normed(h)
         act = decode_products.gate_up_silu(h, cast(Linear, mlp.gate_up).weight)

@@ -240,6 +240,80 @@ def moe_ep(
     return out
 
 
+def moe_static(
+    x: torch.Tensor,
+    router_weight: torch.Tensor,
+    experts: ExpertWeights,
+    top_k: int,
+    mode: str,
+    group: dist.ProcessGroup | None,
+    tp_group: dist.ProcessGroup | None = None,
+    stats: dict[str, Any] | None = None,
+    *,
+    norm_topk: bool = True,
+) -> torch.Tensor:
+    """The block at static shapes, for a decode step captured as a CUDA graph
+    (runtime/decode_step.py): no row count depends on the routing, and nothing is read on the
+    host. The top-k weights become a dense [T, E] float32 gate matrix, zero where a token did
+    not choose the expert, and every local expert runs over every row, its output weighted by
+    its column and added in float32 in expert order. A zero weight adds an exact zero, so each
+    token's sum is the routed blocks' sum of its top_k contributions (to the rounding of a GEMM
+    over more rows); what it costs is the
+    local experts' GEMMs over all rows, which at a decode step's few rows read the same weights
+    the routed block reads once its tokens touch every expert.
+
+    mode (moe_block.MoeMLP): "all_to_all" gathers the ep group's rows and gate rows (all_gather
+    over `group`, fixed sizes), sums the group's float32 partials with one all_reduce and keeps
+    this rank's rows, then with `tp_group` completes the ffn slices' partials as moe_ep does;
+    "replicated" all-reduces the cast output over `group` as moe_replicated does; "local" has
+    no collective. `stats`, if given, receives the bytes each collective carried per rank
+    (gather_rows, gather_gates, partials, tp), for checking the compiler's message sizes
+    (cost/memory.MESSAGE_BYTES) against the real buffers.
+
+    """
+    tokens, hidden = x.shape
+    weights, idx = route(x, router_weight, top_k, norm_topk)
+    n_experts = router_weight.shape[0]
+    gates = torch.zeros(tokens, n_experts, dtype=torch.float32, device=x.device)
+    gates.scatter_(1, idx, weights)
+    del weights, idx
+    gathered = mode == "all_to_all" and group is not None
+    if gathered:
+        ep = dist.get_world_size(group)
+        xs, gs = torch.empty(ep * tokens, hidden, dtype=x.dtype, device=x.device), \
+            torch.empty(ep * tokens, n_experts, dtype=torch.float32, device=x.device)
+        dist.all_gather(list(xs.chunk(ep)), x, group=group)
+        dist.all_gather(list(gs.chunk(ep)), gates, group=group)
+        if stats is not None:
+            stats["gather_rows"] = x.numel() * x.element_size()
+            stats["gather_gates"] = gates.numel() * gates.element_size()
+        del gates
+    else:
+        xs, gs = x, gates
+    out32 = torch.zeros(xs.shape[0], hidden, dtype=torch.float32, device=x.device)
+    for i in range(experts.count):
+        e = experts.first + i
+        y = expert_mlp(xs, experts, i).float()
+        out32.add_(y.mul_(gs[:, e : e + 1]))
+        del y
+    del gs
+    if gathered:
+        dist.all_reduce(out32, group=group)  # every rank's experts' partials, float32
+        if stats is not None:
+            stats["partials"] = out32.numel() * out32.element_size()
+        rank = dist.get_group_rank(group, dist.get_rank())
+        out32 = out32[rank * tokens : (rank + 1) * tokens]
+    out = out32.to(x.dtype)
+    del out32
+    if mode == "replicated":
+        dist.all_reduce(out, group=group)
+    elif tp_group is not None:
+        dist.all_reduce(out, group=tp_group)  # sum the row-parallel partials of down
+    if stats is not None:
+        stats["tp"] = out.numel() * out.element_size() if tp_group is not None else 0
+    return out
+
+
 def compress_experts(
     experts: ExpertWeights, *, int8: bool = False, sparse_2_4: bool = False
 ) -> ExpertWeights:

@@ -89,6 +89,16 @@ class MoeMLP(nn.Module):
             out = moe.moe_local(self.norm(x).view(b * s, h), router, experts, k, norm_topk=renorm)
         return out.view(b, s, h)
 
+    def static_from_normed(self, h: Tensor) -> Tensor:
+        """The block's (reduced) output for its normed input h [b, s, H], at static shapes
+        (moe.moe_static): what the static decode step runs."""
+        b, s, hid = h.shape
+        group = self.main_group
+        tp = self.tp_group if self.mode == "all_to_all" else None
+        out = moe.moe_static(h.reshape(b * s, hid), self.router, self.experts, self.top_k,
+                             self.mode, group, tp, None, norm_topk=self.norm_topk)
+        return out.view(b, s, hid)
+
 
 def load_experts(
     ctx: RankContext,

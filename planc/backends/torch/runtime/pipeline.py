@@ -12,8 +12,8 @@ Decode (phase decode, `generate`): items are (step t, microbatch m), numbered
 i = t * microbatches + m. Step 0 is the prefill of the prompt, later steps one token per
 sequence. The schedule goes in rounds (planc/layout/schedule.py): in each round every stage runs
 at most one item, then exchanges with its neighbours in one batch_isend_irecv: it sends the
-item's hidden state to the next stage (the last stage: the argmax token ids [rows] back to the
-first stage, its peer with the same tensor / data / sequence coordinates) and receives what its
+item's hidden state to the next stage (the last stage: the argmax token ids [rows], the static
+step's [rows, 1], back to the first stage, its peer with the same tensor / data / sequence coordinates) and receives what its
 previous stage (the first stage: the last stage) ran in the same round. Both ends of every message are in the same
 round's batch and every rank walks the rounds in order, on one process group. That is what NCCL
 needs: a group's point-to-point ops run on one stream per rank, so an earlier schedule that let
