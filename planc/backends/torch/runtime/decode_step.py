@@ -59,7 +59,6 @@ from planc.backends.torch.runtime import (
     layers,
     vocab_parallel,
 )
-from planc.backends.torch.runtime.moe_block import MoeMLP
 from planc.backends.torch.runtime.layers import (
     Attention,
     GatedMLP,
@@ -68,6 +67,7 @@ from planc.backends.torch.runtime.layers import (
     Rope,
     rope_tables,
 )
+from planc.backends.torch.runtime.moe_block import MoeMLP
 from planc.layout.schedule import (
     static_step_gate_up_silu,
     static_step_product_parts,

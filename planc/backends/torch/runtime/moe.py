@@ -277,13 +277,13 @@ def moe_static(
     gates = torch.zeros(tokens, n_experts, dtype=torch.float32, device=x.device)
     gates.scatter_(1, idx, weights)
     del weights, idx
-    gathered = mode == "all_to_all" and group is not None
-    if gathered:
-        ep = dist.get_world_size(group)
+    ep_group = group if mode == "all_to_all" else None  # gathered over it
+    if ep_group is not None:
+        ep = dist.get_world_size(ep_group)
         xs, gs = torch.empty(ep * tokens, hidden, dtype=x.dtype, device=x.device), \
             torch.empty(ep * tokens, n_experts, dtype=torch.float32, device=x.device)
-        dist.all_gather(list(xs.chunk(ep)), x, group=group)
-        dist.all_gather(list(gs.chunk(ep)), gates, group=group)
+        dist.all_gather(list(xs.chunk(ep)), x, group=ep_group)
+        dist.all_gather(list(gs.chunk(ep)), gates, group=ep_group)
         if stats is not None:
             stats["gather_rows"] = x.numel() * x.element_size()
             stats["gather_gates"] = gates.numel() * gates.element_size()
@@ -297,11 +297,11 @@ def moe_static(
         out32.add_(y.mul_(gs[:, e : e + 1]))
         del y
     del gs
-    if gathered:
-        dist.all_reduce(out32, group=group)  # every rank's experts' partials, float32
+    if ep_group is not None:
+        dist.all_reduce(out32, group=ep_group)  # every rank's experts' partials, float32
         if stats is not None:
             stats["partials"] = out32.numel() * out32.element_size()
-        rank = dist.get_group_rank(group, dist.get_rank())
+        rank = dist.get_group_rank(ep_group, dist.get_rank())
         out32 = out32[rank * tokens : (rank + 1) * tokens]
     out = out32.to(x.dtype)
     del out32
