@@ -357,22 +357,33 @@ def moe_static_terms(p: Program, i_norm: int) -> tuple[int, int]:
     dense gates [T, E]*4 (scattered from the top-k), with all_to_all the gathered rows [G, H]
     and gates [G, E]*4; every local expert over the G rows, its output as float32 [G, H]*4
     weighted in place and added to out32 [G, H]*4; the rank's rows cast to e. The block's
-    input (norm out) lives through the call. (The experts op, the output op.)"""
+    input (norm out) lives through the call. Each expert is the eight kernels moe_static runs
+    for it (counted from the code, one op each: the step's graph starts each): the gate GEMM,
+    SiLU in place, the up GEMM, the product, the down GEMM, the float32 copy, the weighting
+    and the add. (The first expert's down op, the output op.)"""
     d = p.d
-    T, h, e, G, E = d.tokens, d.hidden, d.elem, d.static_moe_rows, d.experts_total
+    T, h, e, G, E, f = d.tokens, d.hidden, d.elem, d.static_moe_rows, d.experts_total, d.ffn
     i_gates = p.op("dense_gates", 0, T * E * 4 * 2)
-    i_exp = p.op("experts", 3 * 2 * G * h * d.ffn * d.experts,
-                 (3 * h * d.ffn + 2 * G * h) * d.experts * e)
-    i_w = p.op("weight_f32", 2 * G * h * d.experts, G * h * (e + 4 * 4) * d.experts)
-    i_down = p.op("cast_out", T * h, T * h * (4 + e))
-    p.buf("mlp_norm_out", T * h * e, i_norm, i_down)
+    i_exp = i_w = -1
+    for _ in range(d.experts):
+        p.op("expert_gate_proj", 2 * G * h * f, (G * h + h * f + G * f) * e)
+        p.op("expert_silu", 4 * G * f, 2 * G * f * e)
+        p.op("expert_up_proj", 2 * G * h * f, (G * h + h * f + G * f) * e)
+        p.op("expert_mul", G * f, 3 * G * f * e)
+        i_down = p.op("expert_down_proj", 2 * G * f * h, (G * f + f * h + G * h) * e)
+        i_exp = i_down if i_exp < 0 else i_exp
+        p.op("expert_f32", 0, G * h * (e + 4))
+        p.op("expert_weight", G * h, G * h * 4 * 2 + G * E * 4)
+        i_w = p.op("expert_add", G * h, G * h * 4 * 3)
+    i_out = p.op("cast_out", T * h, T * h * (4 + e))
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_out)
     p.buf("dense_gates", T * E * 4, i_gates, i_exp)
     if G > T:  # gathered: the ep group's rows and gate rows
         p.buf("gathered_rows", G * h * e, i_gates, i_w)
         p.buf("gathered_gates", G * E * 4, i_gates, i_w)
-    p.buf("out_f32", G * h * 4, i_exp, i_down)
-    p.buf("expert_out_f32", G * h * 4, i_exp, i_w)
-    return i_exp, i_down
+    p.buf("out_f32", G * h * 4, i_exp, i_out)
+    p.buf("expert_out_f32", G * h * 4, i_exp, i_exp)
+    return i_exp, i_out
 
 
 def moe_terms(p: Program, i_norm: int) -> int:

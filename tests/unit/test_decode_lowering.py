@@ -403,7 +403,9 @@ def test_a_static_steps_moe_block_is_priced_with_its_own_collectives():
                 ("all_gather", "decode:router", d.tokens * plan.model.experts * 4),
                 ("all_reduce", "decode:weighted_sum", d.static_moe_rows * h * 4)])
             assert local_dims(plan).static_moe_rows == 0  # the prefill stays routed
-            _, _, bufs = step_program(plan)
+            _, ops, bufs = step_program(plan)
+            # eight kernels per local expert, each an op the step's graph starts
+            assert sum(o.name.startswith("expert_") for o in ops) == 8 * d.experts
             sizes = {b.name: b.bytes for b in bufs}
             assert sizes["gathered_rows"] == d.static_moe_rows * h * e
             assert sizes["out_f32"] == sizes["expert_out_f32"] == d.static_moe_rows * h * 4
