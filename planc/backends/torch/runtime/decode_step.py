@@ -157,10 +157,7 @@ class StaticStep:
         lay = ctx.layout
         self.first, self.last = lay.is_first_stage, lay.is_last_stage
         # the stage's neighbours: where its output goes and where its input comes from
-        self.send_to = lay.stage_peer(+1) if not self.last else (
-            lay.stage_peer(1 - lay.n_stages) if not self.first else None)
-        self.recv_from = lay.stage_peer(-1) if not self.first else (
-            lay.stage_peer(lay.n_stages - 1) if not self.last else None)
+        self.send_to, self.recv_from = lay.decode_peers()
         self.states = [
             StepState(zeros(r, 1), zeros(r), zeros(1), zeros(r, dtype=torch.int32), zeros(r),
                       zeros(1), None if self.first else
@@ -264,23 +261,24 @@ class StaticStep:
               else "batched GEMM")
         return what + ", " + " and ".join(split) + f" (float32 partials, {by})"
 
-    def start(self, m: int, first: Tensor | None, positions: Tensor, gap_lo: Tensor | None
-              ) -> None:
+    def start(self, m: int, first: Tensor | None, lengths: Tensor | None) -> None:
         """Microbatch m after its prefill: `first` [r] the chosen tokens (column 0; None on a
         pipeline stage that does not choose them: the first stage receives them into the
-        state's `tok`), fed at `positions` [r]; gap_lo [r]: the rows' prompt lengths when
-        right-padded."""
+        state's `tok`); `lengths` [r] the rows' prompt lengths when right-padded (each row's
+        fed token goes there, the slots from it on are padding), None when every prompt fills
+        the context."""
         st, rows = self.states[m], slice(m * self.rows, (m + 1) * self.rows)
         if first is not None:
             self.tokens[rows, 0] = first
             st.tok.copy_(first[:, None])
-        st.pos.copy_(positions)
         st.slot.fill_(self.context)
         st.lengths.fill_(self.context + 1)
-        if gap_lo is None:
+        if lengths is None:
+            st.pos.fill_(self.context)
             st.gap_lo.fill_(self.context)
         else:
-            st.gap_lo.copy_(gap_lo)
+            st.pos.copy_(lengths)
+            st.gap_lo.copy_(lengths)
         st.col.fill_(1)
 
     def step(self, m: int, t: int, exchange: Exchange | None = None) -> Tensor:

@@ -70,6 +70,16 @@ class Layout:
         """Rank of the same tensor/data coordinates on stage `stage + delta`."""
         return mesh.with_part(self.cfg.mesh, self.coords, self.axes("layers"), self.stage + delta)
 
+    def decode_peers(self) -> tuple[int | None, int | None]:
+        """(where a decode round sends this stage's output, where its input comes from): the
+        next stage and the previous one; the last stage sends its tokens back to the first,
+        which receives them there. None on one stage."""
+        p, k = self.n_stages, self.stage
+        if p == 1:
+            return None, None
+        return (self.stage_peer(+1) if k < p - 1 else self.stage_peer(1 - p),
+                self.stage_peer(-1) if k > 0 else self.stage_peer(p - 1))
+
     # Data -----------------------------------------------------------------------------------
     @property
     def batch_rows(self) -> range:

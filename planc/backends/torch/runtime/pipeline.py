@@ -163,10 +163,8 @@ def generate(
     sp, part = lay.parts("seq"), lay.part("seq")
     slots = [step_slots(cfg.context, lay.positions, sp, part, t) for t in range(steps)]
     p, k = lay.n_stages, lay.stage
-    prev = lay.stage_peer(-1) if k > 0 else None
-    nxt = lay.stage_peer(+1) if k < p - 1 else None
-    back_to = lay.stage_peer(1 - p) if k == p - 1 > 0 else None
-    back_from = lay.stage_peer(p - 1) if k == 0 < p - 1 else None
+    send_to, recv_from = lay.decode_peers()
+    last = lay.is_last_stage
 
     tokens = None
     if static is not None:
@@ -192,7 +190,7 @@ def generate(
             assert rnd.recv is None or rnd.recv >= nmb  # the input of a decode item too
             recv = None if rnd.recv is None else rnd.recv % nmb
             tok = static.step(m, t, Exchange(rnd.send, recv))
-            if text is not None and nxt is None:
+            if text is not None and last:
                 rows = slice(m * r, (m + 1) * r)
                 text.stopped[rows] |= torch.isin(tok[:, 0], text.eos)
                 text.steps_run = t + 1
@@ -215,29 +213,25 @@ def generate(
             else:
                 y = model(x, text.rope(rows, t), rows, slots[t], False, text.mask(rows, slots[t]))
             del x
-            if nxt is None:
+            if last:
                 assert tokens is not None
                 if text is None:
                     y = tokens[rows, t] = model.next_tokens(y, t == 0)
                 else:
                     y = tokens[rows, t] = text.next_tokens(model, y, rows, t)
             if static is not None:  # its prefill: the state its decode steps start from
-                fed = torch.full((r,), cfg.context, device=ctx.device, dtype=torch.long) \
-                    if text is None else text.lengths[rows]
-                static.start(m, y if nxt is None else None, fed,
-                             None if text is None else text.lengths[rows])
-                if nxt is None:
+                static.start(m, y if last else None, None if text is None else text.lengths[rows])
+                if last:
                     y = static.states[m].tok  # what the first stage's state receives
             if rnd.send:
-                ops.append(dist.P2POp(dist.isend, y, nxt if nxt is not None else back_to))
+                ops.append(dist.P2POp(dist.isend, y, send_to))
             del y
             if t == 0 and m == nmb - 1:
                 ttft = _now(ctx) - start
             if text is not None and p == 1 and m == nmb - 1 and text.all_stopped():
                 break  # every rank runs every item when there is one stage: all agree
         if rnd.recv is not None and static is not None and rnd.recv >= nmb:
-            ops.append(dist.P2POp(dist.irecv, static.inbox(rnd.recv % nmb),
-                                  prev if k > 0 else back_from))
+            ops.append(dist.P2POp(dist.irecv, static.inbox(rnd.recv % nmb), recv_from))
         elif rnd.recv is not None:
             if k > 0:
                 n = len(slots[rnd.recv // nmb].positions)
@@ -245,7 +239,7 @@ def generate(
             else:
                 buf = torch.empty(r, device=ctx.device, dtype=torch.long)
             inbox[rnd.recv] = buf
-            ops.append(dist.P2POp(dist.irecv, buf, prev if k > 0 else back_from))
+            ops.append(dist.P2POp(dist.irecv, buf, recv_from))
             # the inbox and the op hold it until its item runs: a name left here kept the
             # last prompt's received hidden state alive through the static steps' first
             # capture (a 2-stage plan's allocation record, benchmarks/results/
@@ -281,11 +275,9 @@ def _generate_static(
         rows = slice(m * r, (m + 1) * r)
         y = model(prompt[rows], ropes[0], rows, first, True)
         if text is None:
-            tok = model.next_tokens(y, True)
-            static.start(m, tok, torch.full_like(tok, cfg.context), None)
+            static.start(m, model.next_tokens(y, True), None)
         else:
-            tok = text.next_tokens(model, y, rows, 0)
-            static.start(m, tok, text.lengths[rows], text.lengths[rows])
+            static.start(m, text.next_tokens(model, y, rows, 0), text.lengths[rows])
         del y
     ttft = _now(ctx) - start
     for t in range(1, steps):
