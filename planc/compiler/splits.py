@@ -13,7 +13,7 @@ from typing import Literal
 from planc.compiler.spec import PlanSpec
 from planc.cost.memory import LocalDims
 from planc.layout.mesh import group as mesh_group
-from planc.layout.moe import MoeMode, moe_mode
+from planc.layout.moe import MoeMode, moe_mode, stacked_experts
 from planc.layout.schedule import cache_capacity, static_step_reason
 from planc.layout.slices import SliceKind, cdiv, pieces_per_part, slice_kind
 from planc.layout.stages import even_stages
@@ -168,8 +168,9 @@ def local_dims(plan: PlanSpec, phase: Phase = "prefill") -> LocalDims:
     static_rows = 0
     if m.experts and phase == "step" and static_decode_step(plan):  # runtime/moe.moe_static
         static_rows = tokens * (deg.experts if mode == "all_to_all" else 1)
+    batched = static_rows > 0 and stacked_experts(plan.compress_int8, plan.compress_mlp_2_4)
     return LocalDims(routed=routed, experts_total=m.experts, moe_mode=mode,
-                     static_moe_rows=static_rows,
+                     static_moe_rows=static_rows, static_moe_batched=batched,
                      tokens=tokens, mb=mb, seq_q=seq_q, seq_kv=seq_kv, hidden=m.hidden,
                      heads=cdiv(m.heads, deg.heads), kv_heads=cdiv(m.kv_heads, deg.heads),
                      head_dim=cdiv(m.head_dim, deg.head_dim), ffn=cdiv(m.ffn, deg.ffn),

@@ -77,6 +77,9 @@ class LocalDims:
     # a static decode step's MoE block (runtime/moe.moe_static): the rows every local expert
     # runs over (the ep group's gathered rows with all_to_all, else the rank's); 0: routed
     static_moe_rows: int = 0
+    # ... and whether it runs its local experts as batched GEMMs over stacked weights
+    # (layout/moe.stacked_experts: plain weights), else expert by expert
+    static_moe_batched: bool = False
 
 
 # The bytes of one call of a collective, by the `size` a strategy record's collective names
@@ -355,15 +358,21 @@ MOE_TERMS: dict[str, Callable[[Program, int], tuple[int, int]]] = {
 def moe_static_terms(p: Program, i_norm: int) -> tuple[int, int]:
     """A static decode step's block (runtime/moe.moe_static) on G = static_moe_rows rows: the
     dense gates [T, E]*4 (scattered from the top-k), with all_to_all the gathered rows [G, H]
-    and gates [G, E]*4; every local expert over the G rows, its output as float32 [G, H]*4
-    weighted in place and added to out32 [G, H]*4; the rank's rows cast to e. The block's
-    input (norm out) lives through the call. Each expert is the eight kernels moe_static runs
-    for it (counted from the code, one op each: the step's graph starts each): the gate GEMM,
-    SiLU in place, the up GEMM, the product, the down GEMM, the float32 copy, the weighting
-    and the add. (The first expert's down op, the output op.)"""
+    and gates [G, E]*4; the local experts over the G rows, their outputs weighted in float32
+    and summed into out32 [G, H]*4; the rank's rows cast to e. The block's input (norm out)
+    lives through the call. Returns (the first expert op, the output op).
+
+    Stacked weights (static_moe_batched) run as the seven kernels moe_static launches for all
+    n local experts at once: the gate/up batched GEMM [n, G, 2F], SiLU, the product, the down
+    batched GEMM [n, G, H], the float32 copy, the weighting and the sum over experts. Otherwise
+    each expert is the eight kernels moe_static runs for it (counted from the code, one op
+    each: the step's graph starts each): the gate GEMM, SiLU in place, the up GEMM, the
+    product, the down GEMM, the float32 copy, the weighting and the add."""
     d = p.d
     T, h, e, G, E, f = d.tokens, d.hidden, d.elem, d.static_moe_rows, d.experts_total, d.ffn
     i_gates = p.op("dense_gates", 0, T * E * 4 * 2)
+    if d.static_moe_batched:
+        return _batched_expert_terms(p, i_norm, i_gates)
     i_exp = i_w = -1
     for _ in range(d.experts):
         p.op("expert_gate_proj", 2 * G * h * f, (G * h + h * f + G * f) * e)
@@ -383,7 +392,39 @@ def moe_static_terms(p: Program, i_norm: int) -> tuple[int, int]:
         p.buf("gathered_gates", G * E * 4, i_gates, i_w)
     p.buf("out_f32", G * h * 4, i_exp, i_out)
     p.buf("expert_out_f32", G * h * 4, i_exp, i_exp)
+    p.buf("expert_gate_up", 2 * G * f * e, i_exp, i_exp)
+    p.buf("expert_down", G * h * e, i_exp, i_exp)
     return i_exp, i_out
+
+
+def _batched_expert_terms(p: Program, i_norm: int, i_gates: int) -> tuple[int, int]:
+    """moe_static_terms over stacked weights (moe._batched_experts): n = local experts, each
+    op over all of them; every intermediate is [n, G, ...] and freed after its one reader."""
+    d = p.d
+    T, h, e, G, E, f, n = (d.tokens, d.hidden, d.elem, d.static_moe_rows, d.experts_total,
+                           d.ffn, d.experts)
+    i_gu = p.op("experts_gate_up_proj", 2 * n * G * h * 2 * f,
+                (G * h + n * 2 * f * h + n * G * 2 * f) * e)
+    i_silu = p.op("experts_silu", 4 * n * G * f, 2 * n * G * f * e)
+    i_mul = p.op("experts_mul", n * G * f, 3 * n * G * f * e)
+    i_down = p.op("experts_down_proj", 2 * n * G * f * h, (n * G * f + n * f * h + n * G * h) * e)
+    i_f32 = p.op("experts_f32", 0, n * G * h * (e + 4))
+    i_w = p.op("experts_weight", n * G * h, n * G * h * 4 * 2 + G * E * 4)
+    i_sum = p.op("experts_sum", n * G * h, (n * G * h + G * h) * 4)
+    i_out = p.op("cast_out", T * h, T * h * (4 + e))
+    p.buf("mlp_norm_out", T * h * e, i_norm, i_out)
+    if G > T:  # gathered: the ep group's rows (read by gate/up) and gate rows (the weighting)
+        p.buf("dense_gates", T * E * 4, i_gates, i_gates)
+        p.buf("gathered_rows", G * h * e, i_gates, i_gu)
+        p.buf("gathered_gates", G * E * 4, i_gates, i_w)
+    else:
+        p.buf("dense_gates", T * E * 4, i_gates, i_w)
+    p.buf("experts_gate_up", n * G * 2 * f * e, i_gu, i_mul)
+    p.buf("experts_act", n * G * f * e, i_silu, i_down)
+    p.buf("experts_out", n * G * h * e, i_down, i_f32)
+    p.buf("experts_out_f32", n * G * h * 4, i_f32, i_sum)
+    p.buf("out_f32", G * h * 4, i_sum, i_out)
+    return i_gu, i_out
 
 
 def moe_terms(p: Program, i_norm: int) -> int:
@@ -396,10 +437,9 @@ def moe_terms(p: Program, i_norm: int) -> int:
     E = d.experts_total or d.experts
     i_router = p.op("router", 2 * T * h * E, (T * h + T * E) * e)
     p.buf("router_probs", T * E * (e + 4 + 4), i_router, i_router)
-    static = d.static_moe_rows > 0
-    i_exp, i_down = (moe_static_terms if static else MOE_TERMS[d.moe_mode])(p, i_norm)
-    if static:  # every local expert over every row
-        n = d.static_moe_rows
+    if d.static_moe_rows > 0:  # every local expert over every row: its own buffers
+        return moe_static_terms(p, i_norm)[1]
+    i_exp, i_down = MOE_TERMS[d.moe_mode](p, i_norm)
     # Not counted (moe_block.py, moe.py): top-k weights [T, k]*4 (renormalised into a new
     # one unless the family keeps them) and ids [T, k]*8; the sort order [Tk]*8; with
     # all_to_all the counts [E]*8 twice and the regroup index [R]*8. The weighting is in

@@ -62,3 +62,12 @@ def ffn_range(ffn: int, tp: int, tp_rank: int) -> tuple[int, int]:
         raise ValueError(f"ffn ({ffn}) is not divisible by tp ({tp})")
     r = even(ffn, tp, tp_rank)
     return r.start, r.stop
+
+
+def stacked_experts(int8: bool, mlp_2_4: bool) -> bool:
+    """Whether a rank keeps its experts' weights stacked, one gate/up tensor [n, 2F, H] and one
+    down tensor [n, H, F] (runtime/moe.ExpertWeights.gate_up / down_stack), so that a static
+    decode step runs its n local experts as two batched GEMMs instead of n x 3 GEMMs and
+    n x 5 elementwise kernels (runtime/moe.moe_static). Plain weights only: a compressed
+    linear (int8, 2:4) is a module of its own per expert, and those run expert by expert."""
+    return not (int8 or mlp_2_4)

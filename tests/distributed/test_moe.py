@@ -141,18 +141,19 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                 elif case == "rep4":
                     ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
                     out = moe.moe_replicated(x, router, ex, TOP_K, None)
-                elif case == "sep4":
+                elif case == "sep4":  # experts one by one (unstacked, as compressed ones)
                     ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
                     out = moe.moe_static(x, router, ex, TOP_K, "all_to_all", dist.group.WORLD,
                                          stats=stats)
-                elif case == "sep2xtp2":
-                    ex = moe.load_experts(
+                elif case == "sep2xtp2":  # stacked: batched GEMMs over the local experts
+                    ex = moe.stack_experts(moe.load_experts(
                         fused, layer, experts=EXPERTS, ep=2, ep_rank=e, tp=2, tp_rank=t
-                    )
+                    ))
                     out = moe.moe_static(x, router, ex, TOP_K, "all_to_all", cross[t], pairs[e],
                                          stats=stats)
                 elif case == "srep4":
-                    ex = moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank)
+                    ex = moe.stack_experts(
+                        moe.load_experts(legacy, layer, experts=EXPERTS, ep=4, ep_rank=rank))
                     out = moe.moe_static(x, router, ex, TOP_K, "replicated", None)
                 else:  # rep2x2: 8 experts per expert group, ffn halves inside it
                     ex = moe.load_experts(
@@ -256,6 +257,11 @@ def test_moe_static_of_all_experts_equals_the_routed_block_and_hf(ref: dict) -> 
         out = moe.moe_static(x, router, ex, TOP_K, "local", None)
         assert _rel(out, moe.moe_local(x, router, ex, TOP_K)) <= 1e-6
         assert _rel(out, torch.cat(ref["refs"][layer])) <= 1e-4
+        stacked = moe.stack_experts(ex)  # the batched GEMMs, the stacked weights' views
+        assert stacked.gate_up is not None and stacked.count == EXPERTS
+        batched = moe.moe_static(x, router, stacked, TOP_K, "local", None)
+        assert _rel(batched, out) <= 1e-6
+        assert _rel(moe.moe_local(x, router, stacked, TOP_K), out) <= 1e-6
 
 
 # --- tests -------------------------------------------------------------------------------------

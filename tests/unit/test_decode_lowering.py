@@ -403,13 +403,29 @@ def test_a_static_steps_moe_block_is_priced_with_its_own_collectives():
                 ("all_gather", "decode:router", d.tokens * plan.model.experts * 4),
                 ("all_reduce", "decode:weighted_sum", d.static_moe_rows * h * 4)])
             assert local_dims(plan).static_moe_rows == 0  # the prefill stays routed
+            # plain weights, stacked: seven kernels for all local experts (moe._batched_experts)
+            assert d.static_moe_batched
             _, ops, bufs = step_program(plan)
-            # eight kernels per local expert, each an op the step's graph starts
+            assert [o.name for o in ops if o.name.startswith("expert")] == [
+                "experts_gate_up_proj", "experts_silu", "experts_mul", "experts_down_proj",
+                "experts_f32", "experts_weight", "experts_sum"]
+            sizes = {b.name: b.bytes for b in bufs}
+            n, G, f = d.experts, d.static_moe_rows, d.ffn
+            assert sizes["gathered_rows"] == G * h * e
+            assert sizes["out_f32"] == G * h * 4
+            assert sizes["experts_gate_up"] == n * G * 2 * f * e
+            assert sizes["experts_out_f32"] == n * G * h * 4
+            assert "dispatch_send" not in sizes
+            # int8 experts are modules of their own: eight kernels per local expert
+            i8, diags = resolve_text(body.replace("  shard    experts, batch over ep\n",
+                                                  "  shard    experts, batch over ep\n"
+                                                  "  compress weights int8\n"))
+            assert not diags.has_errors, [x.message for x in diags.items]
+            assert not local_dims(i8.plans[0], "step").static_moe_batched
+            _, ops, bufs = step_program(i8.plans[0])
             assert sum(o.name.startswith("expert_") for o in ops) == 8 * d.experts
             sizes = {b.name: b.bytes for b in bufs}
-            assert sizes["gathered_rows"] == d.static_moe_rows * h * e
-            assert sizes["out_f32"] == sizes["expert_out_f32"] == d.static_moe_rows * h * 4
-            assert "dispatch_send" not in sizes
+            assert sizes["out_f32"] == sizes["expert_out_f32"] == G * h * 4
     assert not any(op == "all_to_all" for op, _, _ in steps["static"])
     assert {("all_to_all", "decode:router"), ("all_to_all", "decode:experts")} <= {
         (op, after) for op, after, _ in steps["eager"]}

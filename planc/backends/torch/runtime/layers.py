@@ -91,6 +91,14 @@ def laid_out(weight: Tensor) -> Tensor:
     return weight.t().contiguous().t()
 
 
+def empty_weight(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised stack of weights [..., out, in], each stored as `laid_out` stores a 2-D
+    one (in_major: the last two dims transposed in memory), to be filled in place."""
+    if weight_layout(device) == "out_major":
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty(*shape[:-2], shape[-1], shape[-2], dtype=dtype, device=device).mT
+
+
 class Linear(nn.Module):
     """y = x @ W.T for a (local shard of a) weight [out, in], stored as `laid_out` says."""
 

@@ -54,16 +54,39 @@ Linear = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class ExpertWeights:
     """The experts one rank holds: global experts [first, first + len(gate)), each possibly only
-    its ffn slice (gate/up [F/tp, H], down [H, F/tp])."""
+    its ffn slice (gate/up [F/tp, H], down [H, F/tp]).
+
+    Stacked (layout/moe.stacked_experts: plain weights), the weights are two tensors, gate_up
+    [n, 2F/tp, H] (each expert's gate rows, then its up rows) and down_stack [n, H, F/tp], and
+    gate / up / down hold views of them: the routed paths multiply the views, and a static
+    decode step multiplies all n experts at once (moe_static). Otherwise both are None."""
 
     first: int
     gate: list[Linear] = field(default_factory=list)
     up: list[Linear] = field(default_factory=list)
     down: list[Linear] = field(default_factory=list)
+    gate_up: torch.Tensor | None = None
+    down_stack: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
         return len(self.gate)
+
+    @classmethod
+    def stacked(cls, first: int, gate_up: torch.Tensor, down: torch.Tensor) -> ExpertWeights:
+        """The experts of two stacked tensors (see the class), the lists their views."""
+        f = down.shape[2]
+        return cls(first, [w[:f] for w in gate_up], [w[f:] for w in gate_up], list(down),
+                   gate_up, down)
+
+
+def stack_experts(experts: ExpertWeights) -> ExpertWeights:
+    """The same experts stacked (a copy; weights must be tensors), as make_mlp loads them."""
+    if not all(isinstance(w, torch.Tensor) for ws in (experts.gate, experts.up, experts.down)
+               for w in ws):
+        raise TypeError("stack_experts needs weight tensors, not modules")
+    gate_up = torch.stack([torch.cat([g, u]) for g, u in zip(experts.gate, experts.up)])  # type: ignore[list-item]
+    return ExpertWeights.stacked(experts.first, gate_up, torch.stack(experts.down))  # type: ignore[arg-type]
 
 
 def _apply(w: Linear, x: torch.Tensor) -> torch.Tensor:
@@ -256,11 +279,12 @@ def moe_static(
     (runtime/decode_step.py): no row count depends on the routing, and nothing is read on the
     host. The top-k weights become a dense [T, E] float32 gate matrix, zero where a token did
     not choose the expert, and every local expert runs over every row, its output weighted by
-    its column and added in float32 in expert order. A zero weight adds an exact zero, so each
-    token's sum is the routed blocks' sum of its top_k contributions (to the rounding of a GEMM
-    over more rows); what it costs is the
-    local experts' GEMMs over all rows, which at a decode step's few rows read the same weights
-    the routed block reads once its tokens touch every expert.
+    its column and added in float32. Stacked experts (ExpertWeights.stacked) run as two
+    batched GEMMs over all n local experts (_batched_experts), others one expert at a time in
+    expert order. A zero weight adds an exact zero, so each token's sum is the routed blocks'
+    sum of its top_k contributions (to the rounding of a GEMM over more rows); what it costs is
+    the local experts' GEMMs over all rows, which at a decode step's few rows read the same
+    weights the routed block reads once its tokens touch every expert.
 
     mode (moe_block.MoeMLP): "all_to_all" gathers the ep group's rows and gate rows (all_gather
     over `group`, fixed sizes), sums the group's float32 partials with one all_reduce and keeps
@@ -290,13 +314,16 @@ def moe_static(
         del gates
     else:
         xs, gs = x, gates
-    out32 = torch.zeros(xs.shape[0], hidden, dtype=torch.float32, device=x.device)
-    for i in range(experts.count):
-        e = experts.first + i
-        y = expert_mlp(xs, experts, i).float()
-        out32.add_(y.mul_(gs[:, e : e + 1]))
-        del y
-    del gs
+    if experts.gate_up is not None:
+        out32 = _batched_experts(xs, experts, gs)
+    else:
+        out32 = torch.zeros(xs.shape[0], hidden, dtype=torch.float32, device=x.device)
+        for i in range(experts.count):
+            e = experts.first + i
+            y = expert_mlp(xs, experts, i).float()
+            out32.add_(y.mul_(gs[:, e : e + 1]))
+            del y
+    del gs, xs
     if ep_group is not None:
         dist.all_reduce(out32, group=ep_group)  # every rank's experts' partials, float32
         if stats is not None:
@@ -312,6 +339,27 @@ def moe_static(
     if stats is not None:
         stats["tp"] = out.numel() * out.element_size() if tp_group is not None else 0
     return out
+
+
+def _batched_experts(xs: torch.Tensor, experts: ExpertWeights, gs: torch.Tensor) -> torch.Tensor:
+    """sum over the local experts of gate column * expert(xs), float32 [G, H], with the n
+    experts' stacked weights in two batched GEMMs: gate/up [n, G, 2F], SiLU x up, down
+    [n, G, H]; then the weighting and the sum over experts in float32. A zero gate adds an
+    exact zero, so with top-2 routing each row is the sum of its two weighted outputs whatever
+    the order (cost/memory._batched_expert_terms counts these seven kernels)."""
+    gate_up, down = experts.gate_up, experts.down_stack
+    assert gate_up is not None and down is not None
+    n, f = experts.count, down.shape[2]
+    gu = torch.bmm(xs.expand(n, -1, -1), gate_up.transpose(1, 2))  # [n, G, 2F]
+    act = F.silu(gu[..., :f])
+    act.mul_(gu[..., f:])
+    del gu
+    y = torch.bmm(act, down.transpose(1, 2))  # [n, G, H]
+    del act
+    y32 = y.float()
+    del y
+    y32.mul_(gs[:, experts.first : experts.first + n].t().unsqueeze(-1))
+    return y32.sum(0)
 
 
 def compress_experts(

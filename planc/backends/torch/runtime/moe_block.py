@@ -33,14 +33,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime import moe
-from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
+from planc.backends.torch.runtime.layers import RMSNorm, empty_weight, load_norm, make_linear
 from planc.backends.torch.runtime.moe_io import (
     fused_expert_names,
     legacy_expert_names,
     per_expert_scheme,
     router_names,
 )
-from planc.layout.moe import expert_range, ffn_range, moe_mode
+from planc.layout.moe import expert_range, ffn_range, moe_mode, stacked_experts
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.dist import RankContext
@@ -66,9 +66,13 @@ class MoeMLP(nn.Module):
         self.norm = norm
         self.register_buffer("router", router)
         self.experts = experts
-        # The expert linears as children, so weight_bytes and .to() see them.
+        # The expert weights as buffers (stacked) or children (compressed linears), so
+        # weight_bytes sees them; the stacked experts' lists hold views of those buffers.
         linears = [w for ws in (experts.gate, experts.up, experts.down) for w in ws]
         self.linears = nn.ModuleList(w for w in linears if isinstance(w, nn.Module))
+        if experts.gate_up is not None:
+            self.register_buffer("gate_up", experts.gate_up)
+            self.register_buffer("down_stack", experts.down_stack)
         self.top_k, self.mode, self.norm_topk = top_k, mode, norm_topk
         self.main_group, self.tp_group = groups  # ep or replicated group; tp inside experts
 
@@ -132,6 +136,21 @@ def load_experts(
     return gates, ups, downs, first
 
 
+def _stacked(reader: ShardReader, first: int, gates: list[Tensor], ups: list[Tensor],
+             downs: list[Tensor]) -> moe.ExpertWeights:
+    """The experts' weights copied into two stacked tensors (moe.ExpertWeights.stacked) on the
+    reader's device and dtype, each expert stored as layers.laid_out stores a weight; filled
+    one expert at a time, so the device never holds a layer's experts twice."""
+    n, (f, h) = len(gates), gates[0].shape
+    gate_up = empty_weight((n, 2 * f, h), reader.dtype, reader.device)
+    down = empty_weight((n, h, f), reader.dtype, reader.device)
+    for i in range(n):
+        gate_up[i, :f].copy_(gates[i])
+        gate_up[i, f:].copy_(ups[i])
+        down[i].copy_(downs[i])
+    return moe.ExpertWeights.stacked(first, gate_up, down)
+
+
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     """Layer `layer`'s MoE block for this rank (see the module docstring)."""
     lay, m = ctx.layout, ctx.cfg.model
@@ -159,12 +178,15 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     legacy_router, fused_router = router_names(layer, prefix="")
     router_name = legacy_router if reader.has(legacy_router) else fused_router
     router = reader.place(reader.full(router_name, (m.experts, m.hidden)))
-    experts = moe.ExpertWeights(
-        first,
-        [make_linear(ctx, reader.place(w), "mlp") for w in gates],
-        [make_linear(ctx, reader.place(w), "mlp") for w in ups],
-        [make_linear(ctx, reader.place(w), "mlp", ffn_group) for w in downs],
-    )
+    if stacked_experts(ctx.cfg.compress_int8, ctx.cfg.compress_mlp_2_4):
+        experts = _stacked(reader, first, gates, ups, downs)
+    else:
+        experts = moe.ExpertWeights(
+            first,
+            [make_linear(ctx, reader.place(w), "mlp") for w in gates],
+            [make_linear(ctx, reader.place(w), "mlp") for w in ups],
+            [make_linear(ctx, reader.place(w), "mlp", ffn_group) for w in downs],
+        )
     return MoeMLP(
         load_norm(ctx, reader, f"layers.{layer}.post_attention_layernorm.weight"),
         router,
