@@ -35,19 +35,19 @@ from planc.backends.torch.runtime.layers import Linear, empty_weight, laid_out  
 def _forms(n: int, hidden: int, ffn: int, dev: torch.device) -> dict[str, moe.ExpertWeights]:
     """The same n experts per-expert (Linear modules of laid-out weights, as make_linear
     builds plain ones) and stacked (empty_weight filled expert by expert, as make_mlp does)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
     scale = hidden ** -0.5
     gate_up = empty_weight((n, 2 * ffn, hidden), torch.bfloat16, dev)
     down = empty_weight((n, hidden, ffn), torch.bfloat16, dev)
     per: dict[str, list] = {"gate": [], "up": [], "down": []}
     for i in range(n):
-        w = [(torch.randn(*s, generator=g) * scale).to(torch.bfloat16)
+        w = [(torch.randn(*s, device=dev) * scale).to(torch.bfloat16)
              for s in ((ffn, hidden), (ffn, hidden), (hidden, ffn))]
         gate_up[i, :ffn].copy_(w[0])
         gate_up[i, ffn:].copy_(w[1])
         down[i].copy_(w[2])
         for key, t in zip(("gate", "up", "down"), w):
-            per[key].append(Linear(laid_out(t.to(dev))))
+            per[key].append(Linear(laid_out(t)))
     return {"per_expert": moe.ExpertWeights(0, per["gate"], per["up"], per["down"]),
             "stacked": moe.ExpertWeights.stacked(0, gate_up, down)}
 
