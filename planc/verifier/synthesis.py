@@ -91,8 +91,8 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
             dom = _domain(plan, a, count)
             cons.append((f"domain.{a}", z3.Or([v[a] == d for d in dom]) if dom else
                          z3.BoolVal(False, ctx), plan.axis_spans.get(a),
-                         f"axis {a} must divide every dimension split over it (candidates: "
-                         f"{', '.join(map(str, dom[:8]))}{', ...' if len(dom) > 8 else ''})"))
+                         (f"axis {a} must divide every dimension split over it (candidates: "
+                          f"{', '.join(map(str, dom[:8]))}{', ...' if len(dom) > 8 else ''})")))
     m, w = plan.model, plan.workload
     sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
              "experts": m.experts, "layers": m.layers}
