@@ -38,7 +38,7 @@ test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/torch tests/golden
 
 lint: setup
-	$(PY) -m pip install -q ruff mypy
+	$(PY) -m pip install -q ruff==0.17.6 mypy==2.4.1
 	$(PY) -m ruff check planc tests
 	$(PY) -m mypy planc --ignore-missing-imports
 

@@ -337,8 +337,7 @@ def _verified(a: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _torch_backend():  # type: ignore[no-untyped-def]
     try:
-        import planc.backends.torch.emit as emit
-        import planc.backends.torch.launch as launch
+        from planc.backends.torch import emit, launch
     except ImportError as e:
         raise EnvironmentProblem(
             f"the torch backend needs torch, safetensors and transformers ({e.name} is missing)",
@@ -536,10 +535,10 @@ def _run_text(m: dict[str, Any]) -> str:
                  + ("" if match is None else
                     f"; tokens {'equal' if match else 'DIFFER from'} Hugging Face generate")]
     else:
-        lines = [f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
-                 f"{m.get('device')}, "
-                 f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward "
-                 f"{m.get('time_s', 0) * 1e3:.2f} ms)"]
+        lines = [(f"plan {m['plan']}: {plural(m.get('world_size') or 0, 'rank')} on "
+                  f"{m.get('device')}, "
+                  f"{m.get('tokens_per_s', 0):,.0f} tokens/s (forward "
+                  f"{m.get('time_s', 0) * 1e3:.2f} ms)")]
     if m.get("max_rel_error") is not None:
         lines.append(f"  against the Hugging Face reference: max abs error "
                      f"{m['max_abs_error']:.3g}, max rel error {m['max_rel_error']:.3g}")
@@ -639,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPT
     except BrokenPipeError:
         return EXIT_OK
-    except Exception as e:  # a planc bug: say so plainly, show the traceback only with --debug
+    # a planc bug: say so plainly, show the traceback only with --debug
+    except Exception as e:  # noqa: BLE001 - the process boundary, reported as U002
         from planc.verifier.solve import InternalError
 
         if debug:

@@ -269,7 +269,8 @@ def format_paths(paths: list[str], check: bool = False, diff: bool = False,
         before = ""
         try:
             if name == "-":
-                data = (stdin or getattr(sys.stdin, "buffer", sys.stdin)).read()
+                src = stdin if stdin is not None else getattr(sys.stdin, "buffer", sys.stdin)
+                data = src.read()
                 if isinstance(data, str):
                     data = data.encode("utf-8", "surrogateescape")
                 raw = data.decode("utf-8", errors="replace")

@@ -85,7 +85,8 @@ def moved_verdicts(verdicts: list[Verdict], old: PlanSpec, new: PlanSpec
                         for r in ob.related)
         if ob.span not in where and related == ob.related:
             return ob
-        return replace(ob, span=where.get(ob.span, ob.span), related=related)
+        span = ob.span if ob.span is None else where.get(ob.span, ob.span)
+        return replace(ob, span=span, related=related)
 
     return [replace(v, obligation=move(v.obligation)) for v in verdicts]
 

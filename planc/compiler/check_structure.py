@@ -82,9 +82,9 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
     if kv is not None and heads is None:
         diags.error("E052", "kv_heads is split but heads is not", kv.span,
                     "shard heads and kv_heads together")
-    if plan.model.arch == "llama" and plan.shard_of("experts") is not None:
-        sh = plan.shard_of("experts")
-        diags.error("E053", "`shard experts` needs a mixtral model", sh.span,  # type: ignore[union-attr]
+    ex = plan.shard_of("experts")
+    if plan.model.arch == "llama" and ex is not None:
+        diags.error("E053", "`shard experts` needs a mixtral model", ex.span,
                     f"model {plan.model.name!r} has arch llama and no experts")
     voc = plan.shard_of("vocab")
     if voc is not None and not plan.model.vocab:
@@ -94,7 +94,6 @@ def check_structure(plan: PlanSpec, diags: Diagnostics) -> bool:
                     f"model {plan.model.name!r} has no `vocab` (it is fed embeddings): add "
                     "`vocab N` to it, or drop vocab from the line",
                     (Related(plan.model.span, "model declared here"),) if plan.model.span else ())
-    ex = plan.shard_of("experts")
     if ex is not None and not set(ex.axes) <= set(plan.axes_of("heads")):
         b = plan.shard_of("batch")
         if b is None or not set(ex.axes) <= set(b.axes):

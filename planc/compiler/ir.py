@@ -13,7 +13,7 @@ Source spans are not stored here (see `source_map`), so IR equality ignores posi
 from __future__ import annotations
 
 from itertools import product
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -114,7 +114,7 @@ class DeviceClass(_Node):
     cache_resident: int = 0  # bytes a fit-cache stage keeps resident in L2 (0: not fit-cache)
 
 
-Node = Annotated[Union[TensorShard, Buffer, Collective, Op], Field(discriminator="kind")]
+Node = Annotated[TensorShard | Buffer | Collective | Op, Field(discriminator="kind")]
 
 
 class Stage(_Node):

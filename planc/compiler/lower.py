@@ -45,11 +45,11 @@ from planc.cost.memory import (
     peak_live,
     with_peak,
 )
-from planc.layout.compress import format_for, weight_bytes
+from planc.layout.compress import Format, format_for, weight_bytes
 from planc.layout.slices import cdiv
 
 
-def weight_format(plan: PlanSpec, mlp: bool) -> str:
+def weight_format(plan: PlanSpec, mlp: bool) -> Format:
     return format_for(mlp, plan.compress_int8, plan.compress_mlp_2_4)
 
 

@@ -12,6 +12,8 @@ made of (the decode step's first warm-up: planc/cost/memory.first_step_tuning_by
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 GB = 10**9
 MB = 10**6
 TB = 10**12
@@ -23,7 +25,24 @@ CUBLAS_WORKSPACE = 32 * 2**20  # torch's default cuBLAS workspace, allocated thr
 # seen in the CUDA allocator's trace of a one-GPU decode run on an H200 (torch 2.11.0+cu130).
 TRITON_BENCH_FLUSH = 256 * 2**20
 
-PRESETS: dict[str, dict[str, int]] = {
+
+class _PresetFields(TypedDict):
+    memory: int
+    cache: int
+    compute: int
+    bandwidth: int
+    reserve: int
+    workspace: int
+    autotune: int
+
+
+class Preset(_PresetFields, total=False):
+    """A preset's fields, named as DeviceSpec's (the resolver passes them as keywords)."""
+
+    power: int
+
+
+PRESETS: dict[str, Preset] = {
     # power: the SXM modules' datasheet TDP (H100 SXM5 700 W, H200 SXM 700 W, A100 SXM4 400 W)
     "H100": {"memory": 80 * GB, "cache": 50 * MB, "compute": 989 * TB,
              "bandwidth": 3_350 * GB, "reserve": 1 * GiB, "workspace": CUBLAS_WORKSPACE,

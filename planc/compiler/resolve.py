@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, overload
 
 from planc.compiler import presets, units
 from planc.compiler.inherit import inherit
@@ -49,14 +49,14 @@ NOT_A_NUMBER = ("nan", "inf", "infinity")
 NO_INCLUDE = ("include", "import", "use", "source")
 
 # key -> (dimension of the value, required?)
-DEVICE_KEYS = {"memory": "bytes", "cache": "bytes", "compute": "flops_per_s",
-               "bandwidth": "bytes_per_s", "reserve": "bytes", "workspace": "bytes",
-               "autotune": "bytes",
-               # measured rates (planc calibrate): estimates only, never the bounds
-               "gemm": "flops_per_s", "attention": "flops_per_s", "hbm": "bytes_per_s",
-               "allreduce": "bytes_per_s", "latency": "seconds",
-               # the datasheet TDP: only power and energy claims use it
-               "power": "watts"}
+DEVICE_KEYS: dict[str, units.Dimension] = {
+    "memory": "bytes", "cache": "bytes", "compute": "flops_per_s", "bandwidth": "bytes_per_s",
+    "reserve": "bytes", "workspace": "bytes", "autotune": "bytes",
+    # measured rates (planc calibrate): estimates only, never the bounds
+    "gemm": "flops_per_s", "attention": "flops_per_s", "hbm": "bytes_per_s",
+    "allreduce": "bytes_per_s", "latency": "seconds",
+    # the datasheet TDP: only power and energy claims use it
+    "power": "watts"}
 CLUSTER_KEYS = {"device": "count_of", "node": "count", "link": "named_rate"}
 MODEL_KEYS = {"arch": "name", "layers": "count", "hidden": "count", "heads": "count",
               "kv_heads": "count", "head_dim": "count", "ffn": "count", "vocab": "count",
@@ -73,8 +73,9 @@ WORKLOAD_KEYS = {"batch": "count_or_hole", "seq": "count_or_hole", "phase": "nam
                  "context": "count", "generate": "count"}
 PLAN_KEYS = {"model": "name", "cluster": "name", "workload": "name"}
 REPEATABLE = {"link"}  # one line per link kind (intra, inter)
-KEYS_BY_KIND = {"device": DEVICE_KEYS, "cluster": CLUSTER_KEYS, "model": MODEL_KEYS,
-                "workload": WORKLOAD_KEYS, "plan": PLAN_KEYS}
+KEYS_BY_KIND: dict[str, Mapping[str, str]] = {
+    "device": DEVICE_KEYS, "cluster": CLUSTER_KEYS, "model": MODEL_KEYS,
+    "workload": WORKLOAD_KEYS, "plan": PLAN_KEYS}
 REQUIRED = {
     "cluster": ("device",),
     "model": ("layers", "hidden", "heads", "ffn"),
@@ -88,7 +89,7 @@ FLAGS = {"true": True, "false": False}
 PHASES = ("prefill", "decode")
 ATTENTION_MODES = ("local", "ring", "gather")
 # require METRIC -> the value dimensions it accepts
-METRICS: dict[str, tuple[str, ...]] = {
+METRICS: dict[str, tuple[units.Dimension, ...]] = {
     "memory": ("bytes", "percent"),  # peak HBM per device
     "cache": ("bytes", "percent"),  # resident working set per fit-cache stage
     "params": ("count",),  # total parameter count of the model
@@ -158,7 +159,7 @@ class _Values:
         self.ok = False
         self.diags.error(code, msg, span, hint, related)
 
-    def _unknown_key(self, stmt: ast.Prop, allowed: dict[str, str]) -> None:
+    def _unknown_key(self, stmt: ast.Prop, allowed: Mapping[str, str]) -> None:
         key = stmt.key.name
         if key in NO_INCLUDE:
             self._err("E012", f"planc has no `{key}`: a .plan file is self-contained",
@@ -225,6 +226,12 @@ class _Values:
             return None, True
         return self.count(key), False
 
+    @overload
+    def name(self, key: str, choices: tuple[str, ...] | None, default: str) -> str: ...
+    @overload
+    def name(self, key: str, choices: tuple[str, ...] | None, default: None = None
+             ) -> str | None: ...
+
     def name(self, key: str, choices: tuple[str, ...] | None, default: str | None = None
              ) -> str | None:
         if key not in self.props:
@@ -256,7 +263,7 @@ class _Values:
         name = self.name(key, tuple(FLAGS))
         return default if name is None else FLAGS[name]
 
-    def measure(self, key: str, dimension: str, default: Any = None) -> Any:
+    def measure(self, key: str, dimension: units.Dimension, default: Any = None) -> Any:
         if key not in self.props:
             return default
         if dimension == "seconds":  # a time is not a whole number of seconds
@@ -264,7 +271,7 @@ class _Values:
         return quantity_int(self.props[key].value, dimension, key, self._err)
 
 
-def quantity_int(v: Any, dimension: str, key: str,
+def quantity_int(v: Any, dimension: units.Dimension, key: str,
                  err: Callable[..., None]) -> int | None:
     """A quantity with a unit of the given dimension, as an exact positive integer."""
     exact = quantity_exact(v, dimension, key, err)
@@ -277,7 +284,7 @@ def quantity_int(v: Any, dimension: str, key: str,
     return int(exact)
 
 
-def quantity_exact(v: Any, dimension: str, key: str,
+def quantity_exact(v: Any, dimension: units.Dimension, key: str,
                    err: Callable[..., None]) -> Fraction | None:
     """A quantity with a unit of the given dimension, as an exact positive Fraction."""
     if not isinstance(v, ast.Quantity):
@@ -327,7 +334,7 @@ def resolve(file: ast.PlanFile, diags: Diagnostics) -> SpecFile:
     seen: dict[tuple[str, str], ast.Block] = {}
     by_kind: dict[str, list[ast.Block]] = {k: [] for k in KEYS_BY_KIND}
     for b in file.blocks:
-        key = (b.kind, b.name.name)
+        key: tuple[str, str] = (b.kind, b.name.name)
         if key in seen:
             diags.error("E001", f"{b.kind} {b.name.name!r} is defined twice", b.name.span,
                         "rename one of them", (Related(seen[key].name.span, "first defined here"),))
@@ -538,8 +545,8 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
                    "so head_dim cannot be derived", v.span("hidden"), "set `head_dim` explicitly")
             return None
         head_dim = c["hidden"] // c["heads"]
-    family = hf_config.FAMILIES.get(features.family)
-    if family is not None and family.hidden_multiple_of_heads and c["hidden"] % c["heads"]:
+    hf_family = hf_config.FAMILIES.get(features.family)
+    if hf_family is not None and hf_family.hidden_multiple_of_heads and c["hidden"] % c["heads"]:
         others = ", ".join(t for t, f in hf_config.FAMILIES.items()
                            if f.arch == arch and not f.hidden_multiple_of_heads)
         v._err("E079", f"model {b.name.name!r} is family {features.family}, whose transformers "
@@ -554,13 +561,13 @@ def _model(b: ast.Block, diags: Diagnostics) -> ModelSpec | None:
                "grouped-query attention shares each kv head among heads / kv_heads query heads",
                v.span("kv_heads"), f"kv_heads must divide {c['heads']}")
         return None
-    if experts and top_k > experts:
+    if experts and (top_k or 0) > experts:
         v._err("E016", f"top_k ({top_k}) is larger than experts ({experts})", v.span("top_k"),
                f"top_k must be between 1 and {experts}")
         return None
     spans = {k: p.span for k, p in v.props.items()}
     return ModelSpec(b.name.name, arch, c["layers"], c["hidden"], c["heads"], kv_heads,  # type: ignore[arg-type]
-                     head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,  # type: ignore[arg-type]
+                     head_dim, c["ffn"], dtype, c["vocab"], experts or 0, top_k or 0,
                      features, max_positions=v.count("max_positions"), span=b.name.span,
                      spans=spans)
 
@@ -576,7 +583,7 @@ def _rope_scaling(v: _Values) -> tuple[tuple[str, float | int | str], ...]:
                    "the line")
     if not params:
         return ()
-    pairs: list[tuple[str, float | int | str]] = [("rope_type", rope_type)]  # type: ignore[list-item]
+    pairs: list[tuple[str, float | int | str]] = [("rope_type", rope_type)]
     for hf_key, key in params.items():
         if not v.has(key):
             v._err("E078", f"rope_type {rope_type} needs `{key}`", v.span("rope_type"),
@@ -718,13 +725,13 @@ def _plan(b: ast.Block, path: str, models: dict[str, ModelSpec], clusters: dict[
             else:
                 objective = (stmt.direction, stmt.target.name)
     for sh in shards:
-        for ax, sp in zip(sh.axes, sh.axis_spans):
-            if ax not in axis_spans:
-                guess = did_you_mean(ax, axis_spans)
-                v._err("E033", f"shard uses axis {ax!r}, which is not in the mesh", sp,
+        for axis, sp in zip(sh.axes, sh.axis_spans):
+            if axis not in axis_spans:
+                guess = did_you_mean(axis, axis_spans)
+                v._err("E033", f"shard uses axis {axis!r}, which is not in the mesh", sp,
                        f"did you mean {guess!r}?" if guess else
                        (f"mesh axes: {one_of(axis_spans)}" if axis_spans else
-                        f"add it to the mesh: `mesh {ax}=N`"),
+                        f"add it to the mesh: `mesh {axis}=N`"),
                        (Related(mesh_span, "mesh declared here"),) if mesh_span else ())
     if (workload is not None and model is not None and workload.phase == "decode"
             and not model.vocab):
@@ -855,7 +862,7 @@ def _require(stmt: ast.Require, v: _Values) -> RequireSpec | None:
             return None
         dim, scale = found
     if dim not in METRICS[metric]:
-        wanted = " or ".join(units.DIMENSION_WORDS[d] for d in METRICS[metric])  # type: ignore[index]
+        wanted = " or ".join(units.DIMENSION_WORDS[d] for d in METRICS[metric])
         v._err("E041", f"`require {metric}` takes {wanted}, not {text!r}", q.span)
         return None
     value = q.number.value * scale

@@ -12,15 +12,11 @@ from fractions import Fraction
 from typing import Literal
 
 from planc.diagnostics import Span
-from planc.models.features import ModelFeatures
+from planc.models.features import DEFAULT_FEATURES, ModelFeatures
 
 DIMS = ("batch", "seq", "layers", "heads", "kv_heads", "head_dim", "ffn", "experts", "vocab")
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
                "fp8": 1, "int8": 1}
-
-
-def _span() -> Span | None:
-    return field(default=None, compare=False, repr=False)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class DeviceSpec:
     hbm: int | None = None  # B/s of a device copy (bytes read + written)
     allreduce: int | None = None  # B/s of all-reduce bus bandwidth between the node's devices
     latency: Fraction | None = None  # seconds of one small collective
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,8 +50,8 @@ class ClusterSpec:
     per_node: int
     intra: int  # bytes/s per direction within a node
     inter: int  # bytes/s per device across nodes
-    span: Span | None = _span()
-    count_span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    count_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -72,11 +68,11 @@ class ModelSpec:
     vocab: int | None = None
     experts: int = 0
     top_k: int = 0
-    features: ModelFeatures = ModelFeatures()  # family data: rope, norm eps, biases, tying
+    features: ModelFeatures = DEFAULT_FEATURES  # family data: rope, norm eps, biases, tying
     # The positions the model was trained for (HF max_position_embeddings): a longer workload
     # is a warning. Not a feature: it changes no number the program computes.
     max_positions: int | None = None
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
     spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -92,7 +88,7 @@ class WorkloadSpec:
     phase: Literal["prefill", "decode"] = "prefill"
     context: int = 0
     generate: int = 0
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
     spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -104,11 +100,11 @@ class ShardSpec:
     fit_cache: bool = False
     attention: Literal["local", "ring", "gather"] = "local"
     stages: tuple[tuple[int, int], ...] = ()  # inclusive ranges as written
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
     dim_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
     axis_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
-    microbatches_span: Span | None = _span()
-    stages_span: Span | None = _span()
+    microbatches_span: Span | None = field(default=None, compare=False, repr=False)
+    stages_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ class RequireSpec:
     value: Fraction  # normalised: bytes, seconds, tokens/s, FLOP/s or a plain count
     unit: str  # the dimension of value, e.g. "bytes", "percent", "count"
     text: str  # as written, for messages
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,10 +130,10 @@ class PlanSpec:
     compress_mlp_2_4: bool = False
     requires: tuple[RequireSpec, ...] = ()
     objective: tuple[str, str] | None = None  # ("minimize", "time")
-    span: Span | None = _span()
-    mesh_span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    mesh_span: Span | None = field(default=None, compare=False, repr=False)
     axis_spans: dict[str, Span] = field(default_factory=dict, compare=False, repr=False)
-    compress_span: Span | None = _span()
+    compress_span: Span | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_holes(self) -> bool:

@@ -63,7 +63,7 @@ def lookup(unit: str) -> tuple[Dimension, Fraction] | None:
     return UNITS.get(unit)
 
 
-def human_bytes(n: int | float) -> str:
+def human_bytes(n: float | Fraction) -> str:
     """Decimal units, 3 significant digits: 61.0 GB, 537 MB, 12 B."""
     n = float(n)
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):

@@ -67,8 +67,8 @@ def expert_weights_per_device(plan: PlanSpec, graph: PlacementGraph) -> Computed
         total = layers * sum(s.bytes for s in shards)
         if shards and total > best[0]:
             per_layer = shards[0].local_shape[0]
-            best = (total, f"{layers} layers x {per_layer} experts x "
-                           f"{sum(s.bytes for s in shards) // max(1, per_layer):,} B")
+            best = (total, (f"{layers} layers x {per_layer} experts x "
+                            f"{sum(s.bytes for s in shards) // max(1, per_layer):,} B"))
     return Fraction(best[0]), best[1]
 
 
@@ -100,8 +100,8 @@ def collective(plan: PlanSpec, graph: PlacementGraph) -> Computed | None:
         return None
     c, _ = got
     op = c.op.replace("_", "-")
-    return (Fraction(c.bytes), f"the {op} after {c.after} over {' x '.join(c.axes)} "
-                               f"({c.group_size} devices)")
+    return (Fraction(c.bytes), (f"the {op} after {c.after} over {' x '.join(c.axes)} "
+                                f"({c.group_size} devices)"))
 
 
 def communication(plan: PlanSpec, graph: PlacementGraph) -> Computed | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, Union
+from typing import Literal
 
 from planc.diagnostics import Span
 
@@ -62,7 +62,7 @@ class NamedQuantity:
     span: Span
 
 
-Value = Union[Quantity, NameValue, CountValue, NamedQuantity, Hole]
+Value = Quantity | NameValue | CountValue | NamedQuantity | Hole
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Stages:
     span: Span
 
 
-ShardOption = Union[Microbatches, FitCache, AttentionMode, Stages]
+ShardOption = Microbatches | FitCache | AttentionMode | Stages
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Source:
     span: Span
 
 
-Statement = Union[Prop, Mesh, Shard, Compress, Require, Objective]
+Statement = Prop | Mesh | Shard | Compress | Require | Objective
 BlockKind = Literal["device", "cluster", "model", "workload", "plan"]
 
 

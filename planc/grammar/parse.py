@@ -153,8 +153,10 @@ def parse_text(text: str, path: str = "<input>") -> ast.PlanFile:
 
 
 def _token_span(path: str, tok: Token) -> Span:
-    end_col = tok.end_column if tok.end_column is not None else tok.column + max(1, len(tok))
-    return Span(path, tok.line, tok.column, tok.end_line or tok.line, end_col)
+    line, column = tok.line, tok.column
+    assert line is not None and column is not None  # lark places every token, $END at 1:1
+    end_col = tok.end_column if tok.end_column is not None else column + max(1, len(tok))
+    return Span(path, line, column, tok.end_line or line, end_col)
 
 
 def _open_blocks(text: str, before: tuple[int, int]) -> list[tuple[int, int]]:

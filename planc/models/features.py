@@ -46,3 +46,8 @@ class ModelFeatures:
         d = dict(data)
         d["rope_scaling"] = tuple((str(k), v) for k, v in d.get("rope_scaling", ()))
         return cls(**d)
+
+
+# The defaults as one shared instance, for dataclass fields that default to them (frozen, so
+# sharing it is safe; a module constant rather than a call in each class body).
+DEFAULT_FEATURES = ModelFeatures()

@@ -188,7 +188,7 @@ def _agreement(code: str, claim, thr, holds: bool, rule: str,  # type: ignore[no
     return Obligation(
         kind="claim_consistency", code=code,
         name=f"require {claim.metric} {claim.text} agrees with throughput {thr.text}",
-        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
+        formula=lambda env, z: z.lift(holds), check=lambda v: holds,
         ok=f"`{claim.metric} {claim.op} {claim.text}` agrees with `throughput {thr.op} "
            f"{thr.text}` ({rule})",
         bad=f"`{claim.metric} {claim.op} {claim.text}` disagrees with `throughput {thr.op} "
@@ -322,7 +322,7 @@ def _power_claim(r, bound: Fraction, shown: str,  # type: ignore[no-untyped-def]
     word = "at most" if above else "at least"
     return Obligation(
         kind="power_bound", code="V710", name=f"require {r.metric} {r.op} {r.text}",
-        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h, mode="refute",
+        formula=lambda env, z: z.lift(holds), check=lambda v: holds, mode="refute",
         ok=f"{r.metric} {r.op} {r.text} is within the bound ({word} {shown}: {rule}); only a "
            "measurement can confirm it",
         bad=f"{r.metric} {r.op} {r.text} is impossible: it is {word} {shown} ({rule})",
@@ -430,5 +430,5 @@ def _hit_rate_claim(r, reads) -> Obligation:  # type: ignore[no-untyped-def]
               "so it can neither confirm nor refute it")
     return Obligation(
         kind="hit_rate", code="V720", name=f"require {claim}",
-        formula=lambda env, z, h=holds: z.lift(h), check=lambda v, h=holds: h,
+        formula=lambda env, z: z.lift(holds), check=lambda v: holds,
         mode="conditional", ok=ok, bad=bad, span=r.span, numbers=numbers, hint=hint)

@@ -7,20 +7,22 @@ order so reports are deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache, reduce
 from math import prod
+from typing import Any
 
 from planc.compiler.ir import PlacementGraph
 from planc.compiler.lower import lower
-from planc.compiler.spec import PlanSpec
+from planc.compiler.spec import PlanSpec, RequireSpec
 from planc.compiler.splits import microbatches, seq_slice_kind
 from planc.compiler.units import human_bytes
-from planc.diagnostics import Related
+from planc.diagnostics import Related, Span
 from planc.layout.slices import SliceKind, cdiv, owner, pieces, pieces_per_part, slice_kind
 from planc.layout.strategies import DIVISIBILITY
 from planc.verifier.claim_obligations import claims
-from planc.verifier.obligations import Obligation
+from planc.verifier.obligations import Env, Obligation
 
 CODE = {dim: code for code, dim in DIVISIBILITY}
 
@@ -294,10 +296,10 @@ def _breakdown(mem: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def memory_limits(plan: PlanSpec, cap: int) -> list[tuple[str, int, bool, object]]:
+def memory_limits(plan: PlanSpec, cap: int) -> list[tuple[str, int, bool, RequireSpec | None]]:
     """(label, bytes, strict, require line) of each per-device memory limit: the device's
     capacity and every `require memory` (strict for `<`)."""
-    out: list[tuple[str, int, bool, object]] = [("capacity", cap, False, None)]
+    out: list[tuple[str, int, bool, RequireSpec | None]] = [("capacity", cap, False, None)]
     for r in plan.requires:
         if r.metric == "memory":
             lim = (int(r.value * cap / 100) if r.unit == "percent" else int(r.value))
@@ -312,13 +314,25 @@ def memory_fits(plan: PlanSpec, peak: int, cap: int) -> bool:
                for _, lim, strict, _ in memory_limits(plan, cap))
 
 
+def _within(amount: int, limit: int, strict: bool
+            ) -> tuple[Callable[[Env, Any], Any], Callable[[dict[str, int]], bool]]:
+    """amount < limit (strict) or amount <= limit: the formula and its check, both constant."""
+    def formula(env: Env, z: Any) -> Any:
+        return z.int(amount) < limit if strict else z.int(amount) <= limit
+
+    def check(v: dict[str, int]) -> bool:
+        return amount < limit if strict else amount <= limit
+
+    return formula, check
+
+
 def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[Obligation]:
     out = []
-    limits: list[tuple[str, int, str, object]] = []
+    limits: list[tuple[str, int, str, Span | None]] = []
     cap = graph.device_capacity
     for label, lim, _, r in memory_limits(plan, cap):
         limits.append((label, lim, "V401" if r else "V400",
-                       r.span if r else plan.cluster.device.span))  # type: ignore[attr-defined]
+                       r.span if r else plan.cluster.device.span))
     for cls in graph.classes:
         peak = cls.memory["peak"]
         where = f"device class {cls.id} ({cls.count} device{'s' if cls.count != 1 else ''}, "\
@@ -327,11 +341,10 @@ def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[O
         for label, lim, code, span in limits:
             hint = _memory_hint(plan, cls.id, peak, lim) if hints else None
             strict = label.startswith("require memory <") and "<=" not in label
+            formula, check = _within(peak, lim, strict)
             out.append(Obligation(
                 kind="hbm_capacity", code=code, name=f"hbm {cls.id} ({label})",
-                formula=(lambda env, z, p=peak, l=lim, s=strict: z.int(p) < l if s
-                         else z.int(p) <= l),
-                check=(lambda v, p=peak, l=lim, s=strict: p < l if s else p <= l),
+                formula=formula, check=check,
                 ok=f"{where}: {human_bytes(peak)} of {human_bytes(lim)} "
                    f"({100 * peak / lim:.1f}%) [{_breakdown(cls.memory)}]",
                 bad=f"{where}: {human_bytes(peak)} placed, {human_bytes(lim)} available "
@@ -341,10 +354,10 @@ def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[O
         if cls.cache_resident:
             c = graph.cache_capacity
             res = cls.cache_resident
+            formula, check = _within(res, c, False)
             out.append(Obligation(
                 kind="cache_capacity", code="V500", name=f"cache {cls.id}",
-                formula=lambda env, z, r=res, cc=c: z.int(r) <= cc,
-                check=lambda v, r=res, cc=c: r <= cc,
+                formula=formula, check=check,
                 ok=f"{where}: resident working set {human_bytes(res)} fits L2 {human_bytes(c)}",
                 bad=f"{where}: resident working set {human_bytes(res)} exceeds L2 "
                     f"{human_bytes(c)}",

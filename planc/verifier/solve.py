@@ -10,6 +10,7 @@ what planc does not model is CONDITIONAL (an L2 hit rate: on the kernels' access
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,7 +54,7 @@ class Z:
     def int(self, n: int) -> z3.ArithRef:
         return z3.IntVal(n, self.ctx)
 
-    def real(self, num: int, den: int = 1) -> z3.ArithRef:
+    def real(self, num: builtins.int, den: builtins.int = 1) -> z3.ArithRef:  # Z.int shadows int
         return z3.RealVal(f"{num}/{den}", self.ctx)
 
     def var(self, name: str) -> z3.ArithRef:

@@ -16,6 +16,7 @@ change: the smallest device count that works, or the largest batch that fits.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from math import prod
 
@@ -91,8 +92,8 @@ def _structural(plan: PlanSpec, ctx: z3.Context, count: int):  # type: ignore[no
             dom = _domain(plan, a, count)
             cons.append((f"domain.{a}", z3.Or([v[a] == d for d in dom]) if dom else
                          z3.BoolVal(False, ctx), plan.axis_spans.get(a),
-                         f"axis {a} must divide every dimension split over it (candidates: "
-                         f"{', '.join(map(str, dom[:8]))}{', ...' if len(dom) > 8 else ''})"))
+                         (f"axis {a} must divide every dimension split over it (candidates: "
+                          f"{', '.join(map(str, dom[:8]))}{', ...' if len(dom) > 8 else ''})")))
     m, w = plan.model, plan.workload
     sizes = {"heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "ffn": m.ffn,
              "experts": m.experts, "layers": m.layers}
@@ -158,7 +159,7 @@ def _enumerate(plan: PlanSpec, count: int, solver: SolverConfig
     return out, []
 
 
-def _microbatch_options(plan: PlanSpec) -> list[int | None]:
+def _microbatch_options(plan: PlanSpec) -> Sequence[int | None]:
     """Microbatch counts to try for a concrete mesh: the divisors of the local batch (powers
     of two up to 64 while the batch itself is open); [None] when microbatches are not a hole."""
     lay = plan.shard_of("layers")
@@ -237,8 +238,8 @@ def _maximise(plan: PlanSpec, field: str, step: int, limit: int) -> tuple[PlanSp
 def _fill_workload(plan: PlanSpec) -> tuple[PlanSpec, object] | None:
     w = plan.workload
     if w.batch is None:
-        step = plan.degree("batch") * (plan.shard_of("layers").microbatches  # type: ignore[union-attr]
-                                       if plan.shard_of("layers") else 1)
+        lay = plan.shard_of("layers")  # _concrete filled its microbatches: never None here
+        step = plan.degree("batch") * ((lay.microbatches or 1) if lay else 1)
         seq_default = w.seq if w.seq is not None else plan.degree("seq") * 2
         got = _maximise(_with_workload(plan, seq=seq_default), "batch", step, BATCH_LIMIT)
         if got is None:
@@ -324,7 +325,8 @@ def completed_text(plan: PlanSpec, final: PlanSpec) -> str:
     tree, text = parse_file(plan.file)
     lines = text.split("\n")
     subs: dict[tuple[int, int], str] = {}
-    mb = final.shard_of("layers").microbatches if final.shard_of("layers") else None
+    final_lay = final.shard_of("layers")
+    mb = final_lay.microbatches if final_lay else None
     for b in tree.blocks:
         if b.kind == "plan" and b.name.name == plan.name:
             for st in b.body:
@@ -433,7 +435,7 @@ def synthesize(plan: PlanSpec, diags: Diagnostics, solver: SolverConfig | None =
 
 
 
-def _hole_values(plan: PlanSpec, filled: PlanSpec) -> dict[str, int]:
+def _hole_values(plan: PlanSpec, filled: PlanSpec) -> dict[str, int | None]:
     """The value each hole of plan took in filled."""
     lay = plan.shard_of("layers")
     return {**{f"mesh.{a}": filled.axis_size(a) for a in _mesh_holes(plan)},

@@ -27,9 +27,9 @@ def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[
 
 def plan_text(p: PlanResult, sources: dict[str, str], verbose: bool = False) -> list[str]:
     ncls = len(p.graph.classes) if p.graph else 0
-    out = [f"{printable(p.file)}: plan {p.name}: {p.status.upper()} "
-           f"({p.devices} device{'s' if p.devices != 1 else ''}, "
-           f"{ncls} device class{'es' if ncls != 1 else ''})"]
+    out = [(f"{printable(p.file)}: plan {p.name}: {p.status.upper()} "
+            f"({p.devices} device{'s' if p.devices != 1 else ''}, "
+            f"{ncls} device class{'es' if ncls != 1 else ''})")]
     if p.completed:
         out.append("  completed plan (paste it back):")
         out += ["    " + line for line in p.completed.splitlines()]

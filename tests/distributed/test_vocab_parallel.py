@@ -38,8 +38,8 @@ def model_text(vocab: int, tied: bool) -> str:
 
 CASES = {
     "tp2_vocab96": (96, False, "  mesh tp=2\n  shard heads, kv_heads, ffn, vocab over tp\n"),
-    "tp2_vocab97_padded_tied": (97, True, "  mesh tp=2\n"
-                                          "  shard heads, kv_heads, ffn, vocab over tp\n"),
+    "tp2_vocab97_padded_tied": (97, True, ("  mesh tp=2\n"
+                                           "  shard heads, kv_heads, ffn, vocab over tp\n")),
     "pp2_tied": (97, True, "  mesh pp=2\n  shard layers over pp microbatches 2\n"),
 }
 # Cases whose checkpoint transformers writes itself (from_config + save_pretrained), not
@@ -183,7 +183,8 @@ def test_params_weights_and_the_table_equal_the_checkpoint_transformers_writes(t
     plan, graph, cfg = compile_plan(96, tied, "  mesh tp=1\n")
     save_pretrained_checkpoint(cfg, tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
-        tensors = [f.get_tensor(k) for k in f.keys()]
+        # a safetensors handle, not a dict: it has keys() but cannot be iterated
+        tensors = [f.get_tensor(k) for k in f.keys()]  # noqa: SIM118
     numel = sum(t.numel() for t in tensors)
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     assert claim_value(plan, graph, "params")[0] == numel

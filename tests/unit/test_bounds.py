@@ -100,8 +100,8 @@ def random_plans(draw):  # type: ignore[no-untyped-def]
     b = n // a
     mesh, shards = {
         "tp": (f"t={n}", "shard heads, kv_heads, ffn over t"),
-        "pp_tp": (f"p={a}, t={b}", "shard layers over p microbatches 2\n"
-                  "  shard heads, kv_heads, ffn over t"),
+        "pp_tp": (f"p={a}, t={b}", ("shard layers over p microbatches 2\n"
+                                    "  shard heads, kv_heads, ffn over t")),
         "dp_tp": (f"d={a}, t={b}", "shard batch over d\n  shard heads, kv_heads, ffn over t"),
         "sp": (f"s={n}", "shard seq over s attention ring"),
         "hd": (f"h={a}, m={b}", "shard heads, kv_heads over h\n  shard head_dim over m"),

@@ -38,8 +38,8 @@ def kv_brute_force(layers: int, batch: int, positions: int, kv_heads: int, head_
 @pytest.mark.parametrize("body,per_class", [
     ("  mesh tp=8\n  shard heads, kv_heads, ffn over tp\n",
      kv_brute_force(16, 32, 2176, 1, 128)),  # 8 kv heads over 8 ranks
-    ("  mesh pp=2, tp=4\n  shard layers over pp microbatches 4\n"
-     "  shard heads, kv_heads, ffn over tp\n", kv_brute_force(8, 32, 2176, 2, 128)),
+    (("  mesh pp=2, tp=4\n  shard layers over pp microbatches 4\n"
+      "  shard heads, kv_heads, ffn over tp\n"), kv_brute_force(8, 32, 2176, 2, 128)),
     ("  mesh dp=4, tp=2\n  shard batch over dp\n  shard heads, kv_heads, ffn over tp\n",
      kv_brute_force(16, 8, 2176, 4, 128)),
     ("  mesh sp=4\n  shard seq over sp attention ring\n", kv_brute_force(16, 32, 544, 8, 128)),

@@ -74,7 +74,7 @@ def test_syntax_errors_have_codes_and_positions(text, code, line, col):
 
 
 def test_unknown_block_kind_suggests_the_closest():
-    code, line, col, msg = syntax_error("\n\nmodle m {\n}\n")
+    code, line, col, _ = syntax_error("\n\nmodle m {\n}\n")
     assert (code, line, col) == ("P103", 3, 1)
     with pytest.raises(PlancError) as e:
         parse_text("modle m {\n}\n")
@@ -98,7 +98,7 @@ def test_eof_inside_a_block_names_where_it_opened():
 @pytest.mark.parametrize("newline", ["\r\n", "\r"])
 def test_crlf_and_cr_line_endings_keep_line_numbers(newline):
     text = newline.join(["model m {", "  layers 2", "  layers 3 4", "}"]) + newline
-    code, line, col, _ = syntax_error(text)
+    code, line, _, _ = syntax_error(text)
     assert (code, line) == ("P112", 3)
 
 

@@ -11,5 +11,5 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_specs_readme_is_up_to_date():
     p = subprocess.run([sys.executable, "scripts/specs_readme.py", "--check"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -73,13 +73,15 @@ def test_an_infeasible_plan_gets_the_nearest_feasible_device_count(tmp_path):
     assert "needs at least" in d.hint
     n = int(d.hint.split("needs at least ")[1].split()[0])
     # brute force: n devices admit a sequence split that fits; no count from 16 up to n-1 does
-    ok = lambda k: any(  # noqa: E731
-        262144 % (2 * s) == 0 and (lambda g: all(c.memory["peak"] <= c.memory["capacity"]
-                                                 for c in g.classes))(lower(replace(
-            resolve_text(text.replace("sp=?", f"sp={s}"))[0].plans[0],
-            cluster=replace(resolve_text(text.replace("sp=?", f"sp={s}"))[0].plans[0].cluster,
-                            count=k))))
-        for s in range(1, k + 1) if k % s == 0 or s <= k)
+    def fits(s: int, k: int) -> bool:  # sp=s on k devices: every class within its capacity
+        plan = resolve_text(text.replace("sp=?", f"sp={s}"))[0].plans[0]
+        g = lower(replace(plan, cluster=replace(plan.cluster, count=k)))
+        return all(c.memory["peak"] <= c.memory["capacity"] for c in g.classes)
+
+    def ok(k: int) -> bool:
+        return any(262144 % (2 * s) == 0 and fits(s, k)
+                   for s in range(1, k + 1) if k % s == 0 or s <= k)
+
     assert ok(n) and not ok(n - 1)
 
 
@@ -90,14 +92,16 @@ def test_headroom_is_the_largest_batch_that_fits_per_class():
     plan = spec.plans[0]
     h = headroom(plan)
     step = 8  # microbatches x dp
+
+    def peak(cid: str, batch: int) -> tuple[int, int]:
+        g = lower(replace(plan, workload=replace(plan.workload, batch=batch)))
+        c = g.class_by_id(cid)
+        return c.memory["peak"], c.memory["capacity"]
+
     for cid, b in h["batch"].items():
-        def peak(batch: int) -> tuple[int, int]:
-            g = lower(replace(plan, workload=replace(plan.workload, batch=batch)))
-            c = g.class_by_id(cid)
-            return c.memory["peak"], c.memory["capacity"]
-        p, cap = peak(b)
+        p, cap = peak(cid, b)
         assert p <= cap
-        p2, _ = peak(b + step)
+        p2, _ = peak(cid, b + step)
         assert p2 > cap
     result = check_plan(plan, Diagnostics())
     assert "largest batch that fits" in result.extra["headroom_text"]

@@ -232,14 +232,14 @@ def device_block(c: Calibration, name: str | None = None) -> str:
     """The `device` block a plan names (cluster `device NAME x N`), with how it was measured."""
     base = c.preset
     name = name or f"{base or 'GPU'}_calibrated"
-    lines = [f"# planc calibrate {c.notes['date']}: {c.name} ({c.world} x {c.device}), torch "
-             f"{c.notes['torch']}, host {c.notes['host']}",
-             *(["# memory: what torch sees (cudaMemGetInfo); reserve: what its allocator could "
-                "not get of it", "# (CUDA context, libraries"
+    lines = [(f"# planc calibrate {c.notes['date']}: {c.name} ({c.world} x {c.device}), torch "
+              f"{c.notes['torch']}, host {c.notes['host']}"),
+             *([("# memory: what torch sees (cudaMemGetInfo); reserve: what its allocator could "
+                 "not get of it"), "# (CUDA context, libraries"
                 + (", NCCL communicators" if c.world > 1 else "") + ") plus a margin for "
                 "kernels loaded lazily"] if c.device == "cuda" else
-              ["# memory: physical RAM; reserve: this process's resident memory (the "
-               "interpreter, torch)"]),
+              [("# memory: physical RAM; reserve: this process's resident memory (the "
+                "interpreter, torch)")]),
              "# gemm, attention, hbm" + (", allreduce, latency" if c.allreduce else "")
              + ": measured rates, used by estimates (the bounds keep the preset's peaks)",
              f"device {name}" + (f" from {base}" if base else "") + " {",

@@ -50,19 +50,19 @@ if __name__ == "__main__":
 # _MAIN read the prompts before the weights load, and run them instead of the timed random ones.
 _TEXT_MAIN = (
     ("    args = parser.parse_args()\n",
-     "    textgen.add_arguments(parser)  # --prompt / --prompts, -o, sampling\n"
-     "    args = parser.parse_args()\n"),
+     ("    textgen.add_arguments(parser)  # --prompt / --prompts, -o, sampling\n"
+      "    args = parser.parse_args()\n")),
     ("        checkpoint, cleanup = resolve_checkpoint(ctx, args.weights)\n",
-     "        request = textgen.read_request(ctx, args) if textgen.requested(args) else None\n"
-     "        checkpoint, cleanup = resolve_checkpoint(ctx, args.weights)\n"),
-    ("        result = program.run(ctx, model)  # warm-up, then timed forwards over the pipeline\n"
-     "        program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n",
-     "        if request is not None:  # prompts in, text out\n"
-     "            textgen.run(ctx, model, request, checkpoint, args.out, args.output,\n"
-     "                        {\"plan\": PLAN})\n"
-     "        else:  # warm-up, then timed greedy decodes of random prompts\n"
-     "            result = program.run(ctx, model)\n"
-     "            program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n"),
+     ("        request = textgen.read_request(ctx, args) if textgen.requested(args) else None\n"
+      "        checkpoint, cleanup = resolve_checkpoint(ctx, args.weights)\n")),
+    (("        result = program.run(ctx, model)  # warm-up, then timed forwards over the pipeline\n"
+      "        program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n"),
+     ("        if request is not None:  # prompts in, text out\n"
+      "            textgen.run(ctx, model, request, checkpoint, args.out, args.output,\n"
+      "                        {\"plan\": PLAN})\n"
+      "        else:  # warm-up, then timed greedy decodes of random prompts\n"
+      "            result = program.run(ctx, model)\n"
+      "            program.report(ctx, model, result, checkpoint, args.out, {\"plan\": PLAN})\n")),
 )
 
 _IMPORTS = """

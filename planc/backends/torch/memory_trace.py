@@ -107,7 +107,8 @@ def replay(events: list[dict[str, Any]], base: int) -> Peak:
     buffer allocated before the record began takes its size out of the base."""
     live: dict[int, dict[str, Any]] = {}
     cur = best = base
-    best_i, best_live = -1, ()
+    best_i = -1
+    best_live: tuple[dict[str, Any], ...] = ()
     for i, e in enumerate(events):
         if e["action"] == "alloc":
             live[e["addr"]] = e

@@ -114,7 +114,8 @@ def load_tokenizer(weights: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(weights, local_files_only=True,
                                              trust_remote_code=False)
-    except Exception as e:  # transformers raises many kinds; any of them means no tokenizer
+    # transformers raises many kinds; any of them means no tokenizer (reported as R020)
+    except Exception as e:  # noqa: BLE001 - a boundary that reports the error
         raise _fail("R020", f"cannot load the tokenizer in {weights}: {type(e).__name__}: {e}",
                     hint) from None
 

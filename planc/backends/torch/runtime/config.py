@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from planc.models.features import ModelFeatures
+from planc.models.features import DEFAULT_FEATURES, ModelFeatures
 
 Arch = Literal["llama", "mixtral"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -29,7 +29,7 @@ class ModelDims:
     vocab: int | None = None  # None: the program feeds inputs_embeds, no embedding table
     experts: int = 0  # mixtral only
     top_k: int = 2  # mixtral only: experts per token
-    features: ModelFeatures = ModelFeatures()  # rope, norm eps, biases, q/k norm, tying
+    features: ModelFeatures = DEFAULT_FEATURES  # rope, norm eps, biases, q/k norm, tying
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,6 +52,10 @@ try:  # optional: the torch CUDA wheels bring triton; CPU machines may lack it
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
+
+# A jitted Triton kernel (triton.jit's JITFunction, or triton.autotune's Autotuner around one):
+# not a plain callable, it is launched as kernel[grid](...). triton is optional, so Any.
+Kernel = Any
 
 BLOCK_N = 64  # slots per tile of the Triton kernel
 MIN_G = 16  # tl.dot needs >= 16 rows: the g query heads of a kv head are padded up to this
@@ -315,11 +320,11 @@ def _rope_store_body(
     tl.store(dst + HALF + offs, y2.to(QOUT.dtype.element_ty), mask=ok)
 
 
-_BUILT: dict[bool, tuple[Callable, Callable]] = {}
-_BUILT_ROPE: dict[bool, Callable] = {}
+_BUILT: dict[bool, tuple[Kernel, Kernel]] = {}
+_BUILT_ROPE: dict[bool, Kernel] = {}
 
 
-def _kernels() -> tuple[Callable, Callable]:
+def _kernels() -> tuple[Kernel, Kernel]:
     """The jitted kernels, built on first use: triton.jit reads TRITON_INTERPRET when it wraps
     a function, so building late lets a test run them in Triton's interpreter on CPU tensors
     (TRITON_INTERPRET=1 set before the first call) without touching the process at import."""
@@ -583,10 +588,10 @@ def _finish_step_body(TOK, TOK_OUT, s_out, TOKENS, s_tok, POS, SLOT, LENGTHS, CO
     tl.store(COL, col + 1)
 
 
-_BUILT_END: dict[bool, tuple[Callable, Callable, Callable]] = {}
+_BUILT_END: dict[bool, tuple[Kernel, Kernel, Kernel]] = {}
 
 
-def _end_kernels() -> tuple[Callable, Callable, Callable]:
+def _end_kernels() -> tuple[Kernel, Kernel, Kernel]:
     interpret = interpreting()
     if interpret not in _BUILT_END:
         _BUILT_END[interpret] = (triton.jit(_argmax_parts_body), triton.jit(_argmax_pick_body),

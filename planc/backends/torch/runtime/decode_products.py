@@ -40,6 +40,8 @@ kernel and the views take its strides); the fused gate/up weight's gate rows [0,
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -109,10 +111,13 @@ def _gate_up_silu_body(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-_BUILT: dict[bool, object] = {}
+# triton.jit's JITFunction, launched as kernel[grid](...); triton is optional, so Any
+Kernel = Any
+
+_BUILT: dict[bool, Kernel] = {}
 
 
-def _kernel() -> object:
+def _kernel() -> Kernel:
     """The jitted kernel, built on first use (triton.jit reads TRITON_INTERPRET when it wraps a
     function: building late lets a test run it in Triton's interpreter on CPU tensors)."""
     interpret = interpreting()

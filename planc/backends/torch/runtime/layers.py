@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -304,6 +304,8 @@ class Elementwise:
     add_parts: Callable[[Tensor, Tensor], None]  # a pipeline stage's last add: no norm after
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 EAGER = Elementwise(_norm_eager, _rope_eager, _silu_mul_eager, _add_norm_eager,
                     _add_parts_norm_eager, _add_parts_eager)
 _ops = EAGER
@@ -318,12 +320,12 @@ def compiled_elementwise() -> Elementwise:
     test_elementwise.py, which now asks for the same bits)."""
     import torch._inductor.config as inductor_config
 
-    exact = {"emulate_precision_casts": True} \
-        if hasattr(inductor_config, "emulate_precision_casts") else {}
+    exact: dict[str, str | int | bool | Callable[..., Any]] = {}  # torch.compile's options
+    if hasattr(inductor_config, "emulate_precision_casts"):
+        exact["emulate_precision_casts"] = True
 
-    def c(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        return cast(Callable[..., Tensor],
-                    torch.compile(f, dynamic=False, fullgraph=True, options=exact or None))
+    def c(f: _F) -> _F:  # the compiled function takes and returns what f does
+        return cast(_F, torch.compile(f, dynamic=False, fullgraph=True, options=exact or None))
 
     return Elementwise(c(_norm_fused), c(_rope_fused), c(_silu_mul_fused), c(_add_norm_fused),
                        c(_add_parts_norm_fused), c(_add_parts_fused))

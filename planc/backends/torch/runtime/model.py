@@ -192,9 +192,11 @@ class StageModel(nn.Module):
             self._static = decode_step.StaticStep(ctx, self)
         return self._static
 
-    def step_kind(self, ctx: RankContext, text: TextBatch | None = None) -> dict[str, str]:
+    def step_kind(self, ctx: RankContext, text: TextBatch | None = None
+                  ) -> dict[str, str | dict[str, str]]:
         """How this run's decode steps run, for the run's metrics: the step ("cuda_graph",
-        "eager (static step)" or the eager rounds and why) and the attention kernel."""
+        "eager (static step)" or the eager rounds and why), the attention kernel and the GEMMs
+        (a dict per shape when decode_gemm timed them)."""
         static = self.static_step(ctx, text)
         if static is None:
             why = decode_step.static_reason(ctx, self, text)
