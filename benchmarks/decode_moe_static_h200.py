@@ -79,7 +79,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in forms}
         for _ in range(a.rounds):
             for k, ex in forms.items():
-                def call(ex: moe.ExpertWeights = ex) -> object:
+                def call(ex: moe.ExpertWeights = ex, x: torch.Tensor = x) -> object:
                     return moe.moe_static(x, router, ex, a.top_k, "local", None)
                 times[k].append(us_per_call([call], [call, call], 3, a.replays))
         med = {k: statistics.median(v) for k, v in times.items()}

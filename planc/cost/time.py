@@ -130,7 +130,7 @@ def link_bytes(c: Collective) -> Fraction:
 
 def in_phase(name: str, phase: str) -> bool:
     """Ops named decode_* and collectives after decode:* belong to a decode step."""
-    is_decode = name.startswith("decode_") or name.startswith("decode:")
+    is_decode = name.startswith(("decode_", "decode:"))
     return is_decode if phase == "decode" else not is_decode
 
 
