@@ -102,6 +102,8 @@ MESSAGE_BYTES: dict[str, Callable[[LocalDims], int]] = {
     "static_moe_partials": lambda d: d.static_moe_rows * d.hidden * 4,
     # flash-decoding: each rank's partial output and log-sum-exp per local head, float32
     "partials": lambda d: d.tokens * d.heads * (d.head_dim + 1) * 4,
+    # the microbatch's next tokens (int64), sent back from the last pipeline stage to the first
+    "token_ids": lambda d: d.mb * 8,
     # a greedy token over a split vocabulary: (max logit, its token) per row as float64 pairs
     "token_choice": lambda d: d.tokens * 2 * 8,
 }

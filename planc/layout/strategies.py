@@ -113,7 +113,11 @@ STRATEGIES: tuple[Strategy, ...] = (
              (Memory("head_dim"),), "head_dim"),
     Strategy("pipeline", "pp", ("layers",), (("layers", "V208"),), (),
              (Comm("send_recv", "stage_output", ("layers",), "residual", "microbatch",
-                   ("sends",)),),
+                   ("sends",)),
+              # a decode step's tokens, sent back from the last stage to the first
+              # (runtime/pipeline.generate: the exchange that ends the last stage's step)
+              Comm("send_recv", "lm_head", ("layers",), "token_ids", "microbatch",
+                   ("lm_head",), phase="step")),
              (Memory("send_recv"),), ""),  # the receive posted ahead and the send in flight
     Strategy("sequence", "sp", ("seq",), (("seq", "V207"),), (),
              (Comm("ring_pass", "k_proj", ("seq",), "kv", "hop", ("attention:ring",),

@@ -351,6 +351,35 @@ def test_a_pipelined_decode_step_is_priced_as_the_rounds_run_it(stages, microbat
     assert float(bound) <= step_estimate(graph, rates, phase="decode")
 
 
+def test_the_last_stage_sends_each_steps_tokens_back_to_the_first():
+    """A decode step on a pipeline ends on the last stage with its microbatch's tokens sent to
+    the first (runtime/pipeline.generate's exchange): a step record of the last stage, int64
+    per row, once per microbatch and step, priced like the hidden state's send; one stage
+    sends nothing."""
+    from planc.compiler.splits import local_dims
+
+    spec, diags = resolve_text(decode_plan("  mesh pp=2\n  shard layers over pp microbatches 2\n"))
+    assert not diags.has_errors, [d.message for d in diags.items]
+    plan = spec.plans[0]
+    graph, rates = lower(plan), cost_time.rates_of(plan)
+    step = [[(c.op, c.after, c.bytes) for c in cls.collectives if c.after.startswith("decode:")]
+            for cls in graph.classes]
+    d = local_dims(plan, "step")
+    assert ("send_recv", "decode:lm_head", d.mb * 8) in step[-1]
+    assert not any(after == "decode:lm_head" for _, after, _ in step[0])
+    assert any(after == "decode:stage_output" for _, after, _ in step[0])
+    # it costs the last stage one more exchange a step
+    without = graph.model_copy(update={"classes": [
+        graph.classes[0], graph.classes[-1].model_copy(update={"collectives": [
+            c for c in graph.classes[-1].collectives if c.after != "decode:lm_head"]})]})
+    got = cost_time.stage_estimates(graph, rates, phase="decode")
+    base = cost_time.stage_estimates(without, rates, phase="decode")
+    assert got[0] == base[0] and got[-1] > base[-1]
+    one, _ = resolve_text(decode_plan("  mesh dp=1\n"))
+    assert not any(c.after == "decode:lm_head" for cls in lower(one.plans[0]).classes
+                   for c in cls.collectives)
+
+
 def test_decode_rounds_hold_no_send_in_flight_and_no_receive_posted_ahead():
     """In the decode rounds (a decode's prompt too) a stage waits for its send before the next
     round's item and posts its receive after computing (runtime/pipeline.generate); a
