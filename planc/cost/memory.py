@@ -411,16 +411,18 @@ def _batched_expert_terms(p: Program, i_norm: int, i_gates: int) -> tuple[int, i
     i_mul = p.op("experts_mul", n * G * f, 3 * n * G * f * e)
     i_down = p.op("experts_down_proj", 2 * n * G * f * h, (n * G * f + n * f * h + n * G * h) * e)
     i_f32 = p.op("experts_f32", 0, n * G * h * (e + 4))
-    i_w = p.op("experts_weight", n * G * h, n * G * h * 4 * 2 + G * E * 4)
+    p.op("experts_weight", n * G * h, n * G * h * 4 * 2 + G * E * 4)
     i_sum = p.op("experts_sum", n * G * h, (n * G * h + G * h) * 4)
     i_out = p.op("cast_out", T * h, T * h * (4 + e))
     p.buf("mlp_norm_out", T * h * e, i_norm, i_out)
-    if G > T:  # gathered: the ep group's rows (read by gate/up) and gate rows (the weighting)
+    # moe_static holds its gathered rows and gate rows until _batched_experts returns (its
+    # sum's output allocated beside them), and the rank's own gates to its end
+    if G > T:
         p.buf("dense_gates", T * E * 4, i_gates, i_gates)
-        p.buf("gathered_rows", G * h * e, i_gates, i_gu)
-        p.buf("gathered_gates", G * E * 4, i_gates, i_w)
+        p.buf("gathered_rows", G * h * e, i_gates, i_sum)
+        p.buf("gathered_gates", G * E * 4, i_gates, i_sum)
     else:
-        p.buf("dense_gates", T * E * 4, i_gates, i_w)
+        p.buf("dense_gates", T * E * 4, i_gates, i_out)
     p.buf("experts_gate_up", n * G * 2 * f * e, i_gu, i_mul)
     p.buf("experts_act", n * G * f * e, i_silu, i_down)
     p.buf("experts_out", n * G * h * e, i_down, i_f32)

@@ -201,28 +201,31 @@ def test_static_step_gpu_path_over_two_pipeline_stages_generates_hf_tokens(run_p
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("mesh,splits", [
-    ((("tp", 2),), {"heads": ("tp",), "kv_heads": ("tp",), "experts": ("tp",)}),  # replicated
+@pytest.mark.parametrize("mesh,splits,int8", [
+    ((("tp", 2),), {"heads": ("tp",), "kv_heads": ("tp",), "experts": ("tp",)}, False),  # replicated
+    ((("tp", 2),), {"heads": ("tp",), "kv_heads": ("tp",), "experts": ("tp",)}, True),
     ((("ep", 2), ("tp", 2)), {"batch": ("ep",), "experts": ("ep",), "heads": ("tp",),
-                              "kv_heads": ("tp",), "ffn": ("tp",)}),  # ep x ffn slices
+                              "kv_heads": ("tp",), "ffn": ("tp",)}, False),  # ep x ffn slices
 ])
-def test_static_moe_steps_generate_hf_tokens(run_plan, mesh, splits):
+def test_static_moe_steps_generate_hf_tokens(run_plan, mesh, splits, int8):
     """A Mixtral-family decode whose steps run the MoE block at static shapes (moe.moe_static:
     a dense gate matrix, every local expert over every row) in its collective modes: experts
     over a tensor-parallel pair that holds the same tokens (one all_reduce), and expert
     parallel with each expert's ffn split over tp (the ep group's rows
     gathered, its float32 partials all-reduced, the ffn slices' partials summed over tp), two
-    microbatches; equal to HF generate token for token. All experts on one rank ("local") is
-    the replicated mode without its all_reduce: tests/distributed/test_moe.py checks it in
-    process."""
+    microbatches; equal to HF generate token for token. Plain experts are stacked and run as
+    batched GEMMs; int8 ones (CompressedLinear modules) one by one, against the reference
+    with the same int8 weights. All experts on one rank ("local") is the replicated mode
+    without its all_reduce: tests/distributed/test_moe.py checks it in process."""
     model = ModelDims(arch="mixtral", layers=2, hidden=64, heads=8, kv_heads=2, head_dim=8,
                       ffn=96, vocab=97, experts=4, top_k=2)  # fmt: skip
     ranks = 1
     for _, n in mesh:
         ranks *= n
     cfg = RunConfig(model=model, mesh=mesh, batch=4, seq=6, splits=splits, microbatches=2,
-                    warmup=0, repeats=1, phase="decode", context=6, generate=5)  # fmt: skip
-    m = run_plan(cfg, f"static_moe_{ranks}_decode", timeout_s=240)
+                    warmup=0, repeats=1, phase="decode", context=6, generate=5,
+                    compress_int8=int8)  # fmt: skip
+    m = run_plan(cfg, f"static_moe_{ranks}{'_int8' if int8 else ''}_decode", timeout_s=240)
     assert_decode_metrics(m, cfg)
     assert m["decode_step"] == "eager (static step)", m["decode_step"]
 

@@ -245,7 +245,9 @@ def _check_static_traffic(case: str, stats: list[dict]) -> None:
         assert s["tp"] == (MESSAGE_BYTES["residual"](d) if case == "sep2xtp2" else 0)
 
 
-def test_moe_static_of_all_experts_equals_the_routed_block_and_hf(ref: dict) -> None:
+def test_moe_static_of_all_experts_equals_the_routed_block_and_hf(
+    ref: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A static decode step's block with every expert on the rank (no collective): the dense
     gates and every expert over every row give the routed block's output to float32 rounding
     (a zero gate adds an exact zero; what differs is a GEMM's rounding over more rows), and
@@ -257,11 +259,16 @@ def test_moe_static_of_all_experts_equals_the_routed_block_and_hf(ref: dict) -> 
         out = moe.moe_static(x, router, ex, TOP_K, "local", None)
         assert _rel(out, moe.moe_local(x, router, ex, TOP_K)) <= 1e-6
         assert _rel(out, torch.cat(ref["refs"][layer])) <= 1e-4
-        stacked = moe.stack_experts(ex)  # the batched GEMMs, the stacked weights' views
-        assert stacked.gate_up is not None and stacked.count == EXPERTS
-        batched = moe.moe_static(x, router, stacked, TOP_K, "local", None)
-        assert _rel(batched, out) <= 1e-6
-        assert _rel(moe.moe_local(x, router, stacked, TOP_K), out) <= 1e-6
+        # the batched GEMMs over stacked weights, and the routed block over their views, in
+        # both weight layouts (in_major is what a GPU keeps: each expert's [in, out] in memory)
+        for layout in ("out_major", "in_major"):
+            monkeypatch.setenv("PLANC_WEIGHT_LAYOUT", layout)
+            stacked = moe.stack_experts(ex)
+            assert stacked.gate_up is not None and stacked.count == EXPERTS
+            assert stacked.gate_up.mT.is_contiguous() == (layout == "in_major")
+            batched = moe.moe_static(x, router, stacked, TOP_K, "local", None)
+            assert _rel(batched, out) <= 1e-6
+            assert _rel(moe.moe_local(x, router, stacked, TOP_K), out) <= 1e-6
 
 
 # --- tests -------------------------------------------------------------------------------------

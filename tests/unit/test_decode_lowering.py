@@ -444,6 +444,10 @@ def test_a_static_steps_moe_block_is_priced_with_its_own_collectives():
             assert sizes["out_f32"] == G * h * 4
             assert sizes["experts_gate_up"] == n * G * 2 * f * e
             assert sizes["experts_out_f32"] == n * G * h * 4
+            # moe_static holds the gathered rows until the sum over experts has its output
+            i_sum = next(i for i, o in enumerate(ops) if o.name == "experts_sum")
+            assert {"gathered_rows", "gathered_gates", "out_f32"} <= {
+                b.name for b in bufs if b.first <= i_sum <= b.last}
             assert "dispatch_send" not in sizes
             # int8 experts are modules of their own: eight kernels per local expert
             i8, diags = resolve_text(body.replace("  shard    experts, batch over ep\n",

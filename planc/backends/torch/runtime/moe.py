@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from planc.backends.torch.runtime.compress import CompressedLinear
+from planc.backends.torch.runtime.layers import empty_weight
 from planc.backends.torch.runtime.moe_io import (
     fused_expert_names,
     legacy_expert_names,
@@ -81,12 +82,20 @@ class ExpertWeights:
 
 
 def stack_experts(experts: ExpertWeights) -> ExpertWeights:
-    """The same experts stacked (a copy; weights must be tensors), as make_mlp loads them."""
-    if not all(isinstance(w, torch.Tensor) for ws in (experts.gate, experts.up, experts.down)
-               for w in ws):
+    """The same experts stacked (a copy; weights must be tensors) in layers.weight_layout of
+    their device, as moe_block.make_mlp loads them."""
+    gates, ups, downs = experts.gate, experts.up, experts.down
+    if not all(isinstance(w, torch.Tensor) for ws in (gates, ups, downs) for w in ws):
         raise TypeError("stack_experts needs weight tensors, not modules")
-    gate_up = torch.stack([torch.cat([g, u]) for g, u in zip(experts.gate, experts.up)])  # type: ignore[list-item]
-    return ExpertWeights.stacked(experts.first, gate_up, torch.stack(experts.down))  # type: ignore[arg-type]
+    g0: torch.Tensor = gates[0]  # type: ignore[assignment]
+    n, (f, h) = experts.count, g0.shape
+    gate_up = empty_weight((n, 2 * f, h), g0.dtype, g0.device)
+    down = empty_weight((n, h, f), g0.dtype, g0.device)
+    for i in range(n):
+        gate_up[i, :f].copy_(gates[i])  # type: ignore[arg-type]
+        gate_up[i, f:].copy_(ups[i])  # type: ignore[arg-type]
+        down[i].copy_(downs[i])  # type: ignore[arg-type]
+    return ExpertWeights.stacked(experts.first, gate_up, down)
 
 
 def _apply(w: Linear, x: torch.Tensor) -> torch.Tensor:
@@ -306,8 +315,9 @@ def moe_static(
         ep = dist.get_world_size(ep_group)
         xs, gs = torch.empty(ep * tokens, hidden, dtype=x.dtype, device=x.device), \
             torch.empty(ep * tokens, n_experts, dtype=torch.float32, device=x.device)
-        dist.all_gather(list(xs.chunk(ep)), x, group=ep_group)
-        dist.all_gather(list(gs.chunk(ep)), gates, group=ep_group)
+        # into the flat buffers: a list of chunks would gather into a temporary and copy out
+        dist.all_gather_into_tensor(xs, x, group=ep_group)
+        dist.all_gather_into_tensor(gs, gates, group=ep_group)
         if stats is not None:
             stats["gather_rows"] = x.numel() * x.element_size()
             stats["gather_gates"] = gates.numel() * gates.element_size()
