@@ -99,6 +99,15 @@ def steady_step_rounds(microbatches: int, stages: int) -> list[frozenset[int]]:
     return [frozenset(runs.get(r, ())) for r in range(first[t * m], first[(t + 1) * m])]
 
 
+def checks_stop(round_index: int, microbatches: int, stages: int) -> bool:
+    """Whether a pipelined text decode asks, at the start of this round, if every sequence has
+    stopped (a world all-reduce read on the host, runtime/textgen.TextBatch.all_stopped): once
+    a step, every max(microbatches, stages) rounds (what steady_step_rounds counts), so a run
+    waits on the host once a token, not once a round. Every rank walks the same rounds
+    (stage_rounds), so all ask in the same rounds and stop in the same one."""
+    return round_index % max(1, microbatches, stages) == 0
+
+
 @dataclass(frozen=True)
 class Round:
     """One stage in one round: the item it runs (or None), whether that item's output goes on

@@ -4,6 +4,9 @@ progress), every input arrives before its item runs, and full pipelines have no 
 
 from __future__ import annotations
 
+from itertools import pairwise
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,3 +57,20 @@ def test_the_first_stage_never_idles_when_microbatches_cover_the_stages(shape):
         assert rounds == list(range(nmb * steps))
     else:  # each step after the first waits for its fill: p - nmb idle rounds
         assert rounds[-1] == nmb * steps - 1 + (steps - 1) * (p - nmb)
+
+
+@pytest.mark.parametrize("microbatches,stages", [(1, 2), (2, 2), (4, 2), (2, 4), (3, 3), (1, 1)])
+def test_a_pipelined_text_decode_asks_whether_to_stop_once_a_step(microbatches, stages):
+    """checks_stop: the rounds that ask are a step's rounds apart (steady_step_rounds), and
+    after the last stage chooses any item's tokens, a round that asks comes before it has run
+    another step of every microbatch."""
+    from planc.layout.schedule import checks_stop, steady_step_rounds
+
+    per_step = len(steady_step_rounds(microbatches, stages))
+    rounds = stage_rounds(microbatches, 8, stages, stages - 1)
+    asked = [i for i in range(len(rounds)) if checks_stop(i, microbatches, stages)]
+    assert asked[0] == 0 and all(b - a == per_step for a, b in pairwise(asked))
+    for r, rnd in enumerate(rounds):
+        if rnd.run is not None and r + per_step < len(rounds):
+            later = [a for a in asked if a > r]
+            assert later and later[0] <= r + per_step

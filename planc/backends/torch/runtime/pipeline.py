@@ -43,7 +43,7 @@ from planc.backends.torch.runtime.dist import RankContext
 from planc.backends.torch.runtime.layers import Rope, rope_tables
 from planc.backends.torch.runtime.layout import output_tiles, token_holders
 from planc.backends.torch.runtime.model import StageModel
-from planc.layout.schedule import stage_rounds, step_slots
+from planc.layout.schedule import checks_stop, stage_rounds, step_slots
 
 if TYPE_CHECKING:
     from planc.backends.torch.runtime.textgen import TextBatch
@@ -177,11 +177,11 @@ def generate(
     exchange: tuple[list[dist.P2POp], list[dist.Work]] = ([], [])
     ttft = 0.0
     start = _now(ctx)
-    for rnd in stage_rounds(nmb, steps, p, k):
+    for i, rnd in enumerate(stage_rounds(nmb, steps, p, k)):
         for w in exchange[1]:  # the last round's inputs are here and its sends are done
             w.wait()
         exchange = ([], [])  # waited once: gloo's work objects do not return a second wait
-        if text is not None and p > 1 and text.all_stopped():
+        if text is not None and p > 1 and checks_stop(i, nmb, p) and text.all_stopped():
             break  # nothing is in flight between rounds: every stage may leave here
         ops: list[dist.P2POp] = []
         if rnd.run is not None and static is not None and rnd.run >= nmb:
