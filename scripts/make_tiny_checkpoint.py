@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     path = make_tiny_checkpoint(a.out, seed=a.seed)
-    print(f"wrote {path}: config.json, model.safetensors, tokenizer.json")
+    print(f"wrote {path}: {', '.join(sorted(f.name for f in Path(path).iterdir()))}")
 
 
 if __name__ == "__main__":

@@ -111,10 +111,13 @@ def _split_check(plan: PlanSpec, dim: str, size: int, code: str, extra: int = 1,
     good = [d for d in _divisors(size) if d % extra == 0]
     if dim == "head_dim":  # V310 also needs RoPE pairs whole: only splits of head_dim / 2
         good = [d for d in good if size % (2 * d) == 0]
-    good = good[:12]
+    # a degree above the cluster's devices fails V100 whatever it divides: not a candidate
+    good = [d for d in good if d // extra <= plan.cluster.count][:12]
     what = _axes_text(axes) if len(axes) == 1 else f"the product {_axes_text(axes)}"
     hint = (f"{what}{' x ' + str(extra) if extra > 1 else ''} must divide {size}; try "
             f"{what} in {{{', '.join(str(d // extra) for d in good)}}}") if good else None
+    if hint and len(axes) == 1:  # the other obligations may rule some out: planc can search
+        hint += f", or write `{axes[0]}=?` in the mesh and planc picks a size that proves"
     model_span = plan.model.spans.get(dim)
     related = (Related(model_span, f"{dim} = {size} set here"),) if model_span else ()
     return Obligation(
@@ -330,6 +333,9 @@ def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[O
     out = []
     limits: list[tuple[str, int, str, Span | None]] = []
     cap = graph.device_capacity
+    # the rows each expert processes depend on the router: the model counts a balanced share
+    # (cost/memory.moe_terms), so a router that favours some experts peaks higher
+    routing = "; MoE rows as if routing were balanced" if plan.model.experts else ""
     for label, lim, _, r in memory_limits(plan, cap):
         limits.append((label, lim, "V401" if r else "V400",
                        r.span if r else plan.cluster.device.span))
@@ -346,9 +352,9 @@ def _memory(plan: PlanSpec, graph: PlacementGraph, hints: bool = True) -> list[O
                 kind="hbm_capacity", code=code, name=f"hbm {cls.id} ({label})",
                 formula=formula, check=check,
                 ok=f"{where}: {human_bytes(peak)} of {human_bytes(lim)} "
-                   f"({100 * peak / lim:.1f}%) [{_breakdown(cls.memory)}]",
+                   f"({100 * peak / lim:.1f}%) [{_breakdown(cls.memory)}{routing}]",
                 bad=f"{where}: {human_bytes(peak)} placed, {human_bytes(lim)} available "
-                    f"({label}) [{_breakdown(cls.memory)}]",
+                    f"({label}) [{_breakdown(cls.memory)}{routing}]",
                 span=span if code == "V401" else plan.mesh_span, hint=hint,
                 numbers={"peak": peak, "limit": lim, "class": cls.id}))
         if cls.cache_resident:

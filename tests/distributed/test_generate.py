@@ -283,6 +283,14 @@ def test_a_checkpoint_without_a_tokenizer_is_refused(checkpoint, tmp_path, capsy
     assert "Traceback" not in err and "running plan" not in err
 
 
+def test_a_weights_path_that_is_not_a_directory_is_named_as_such(tmp_path, capsys):
+    """A mistyped --weights is R010 (as `planc run` says it), not a missing tokenizer."""
+    code, _, err = generate(capsys, str(SPECS / "decode_tp2.plan"), "--weights",
+                            str(tmp_path / "tiny-lama"), "--prompt", "the cat")
+    assert code == 1 and "error[R010]" in err and "is not a directory" in err, err
+    assert "R020" not in err and "Traceback" not in err and "running plan" not in err
+
+
 @pytest.mark.parametrize(("prompt", "code", "words"), [
     ("", "R021", "--prompt is empty"),
     ("the cat sat on the mat and looked at the dog " * 3, "R022", "the plan's context is 12"),

@@ -118,6 +118,22 @@ def test_tied_checkpoint_against_an_untied_plan_is_refused(tmp_path):
     assert code == "R012" and "tie_embeddings is true" in msg and "has false" in msg
 
 
+def test_a_dense_checkpoint_against_a_moe_plan_is_one_error_per_difference(tmp_path):
+    """A Mixtral plan on a Llama checkpoint: the arch (not the family as well) and the experts,
+    whose hint says to remove the MoE lines (the language has no `experts 0`), not top_k."""
+    ckpt = llama(tmp_path, rms_norm_eps=1e-5)
+    moe = explicit(tmp_path, "  arch     mixtral\n  experts  4\n  top_k    2\n")
+    errors = preflight_diags(moe, ckpt)
+    assert [m.split(" is ")[0] for _, m in errors] == [
+        "the checkpoint's arch", "the checkpoint's experts"], errors
+    diags = Diagnostics()
+    plan, _ = find_plan(moe, None, diags)
+    preflight.check(plan, weights=str(ckpt), device="cpu", run_dtype="float32", nproc=1,
+                    node_rank=0, reference=False, diags=diags, sources={})
+    hint = next(d.hint for d in diags if "experts is 0" in d.message)
+    assert hint.startswith("remove `experts` and `top_k` from model m"), hint
+
+
 def test_a_tied_checkpoint_lacks_lm_head_and_the_hint_says_so(tmp_path):
     ckpt = llama(tmp_path, rms_norm_eps=1e-5, tie_word_embeddings=True)
     diags = Diagnostics()

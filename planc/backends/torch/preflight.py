@@ -46,7 +46,7 @@ def check(plan: PlanSpec, *, weights: str | None, device: str, run_dtype: str, n
           sources: dict[str, str]) -> None:
     """Every pre-flight check of one `planc run`; problems go to `diags`."""
     if weights is not None:
-        directory = _checkpoint_dir(weights, diags)
+        directory = checkpoint_dir(weights, diags)
         if directory is not None:
             ckpt = _checkpoint_model(directory, weights, diags, sources)
             if ckpt is not None:  # the hint's path is as a plan beside plan.file would write it
@@ -62,7 +62,8 @@ def check(plan: PlanSpec, *, weights: str | None, device: str, run_dtype: str, n
 # The checkpoint directory and its config
 
 
-def _checkpoint_dir(weights: str, diags: Diagnostics) -> Path | None:
+def checkpoint_dir(weights: str, diags: Diagnostics) -> Path | None:
+    """The checkpoint directory `weights` names, or None with R010 / R011 in diags."""
     d = Path(weights)
     if not d.is_dir():
         diags.error("R010", f"--weights {weights!r} is not a directory", None,
@@ -128,9 +129,11 @@ def compare_models(plan_model: ModelSpec, ckpt: ModelSpec, weights: str,
     if plan_model.vocab is None:  # the program feeds inputs_embeds: no table is read
         for key in ("vocab", "tie_embeddings"):
             want.pop(key), have.pop(key)
-    if not plan_model.experts:  # router settings of a dense model are unused defaults
-        for key in ("top_k", "norm_topk"):
+    if not plan_model.experts or not ckpt.experts:  # a dense model's router settings are
+        for key in ("top_k", "norm_topk"):           # unused defaults: `experts` says it all
             want.pop(key), have.pop(key)
+    if have["arch"] != want["arch"]:  # the family follows from the arch: one error, not two
+        want.pop("family", None), have.pop("family", None)
     name = plan_model.name
     for key, value in want.items():
         if have[key] == value:
@@ -144,10 +147,14 @@ def compare_models(plan_model: ModelSpec, ckpt: ModelSpec, weights: str,
             related = (Related(plan_model.span, f"model {name!r} is declared here"),)
         else:
             related = ()
-        line = (f"`{key} {_shown(have[key])}`" if key not in ("rope_type", "arch") else
-                f"the checkpoint's {key}")
+        if key == "experts" and not have[key]:  # the language has no `experts 0`
+            fix = f"remove `experts` and `top_k` from model {name} (the checkpoint is dense)"
+        else:
+            line = (f"`{key} {_shown(have[key])}`" if key not in ("rope_type", "arch") else
+                    f"the checkpoint's {key}")
+            fix = f"give model {name} {line}"
         diags.error("R012", f"the checkpoint's {key} is {_shown(have[key])}, model {name!r} in the "
-                    f"plan has {_shown(value)}", at, f"give model {name} {line}, or declare it "
+                    f"plan has {_shown(value)}", at, f"{fix}, or declare it "
                     f'`model {name} from hf "{weights}"` so the two agree by construction',
                     related)
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planc.backends.torch.preflight import checkpoint_dir
 from planc.backends.torch.runtime.config import RunConfig
-from planc.diagnostics import Diagnostic, PlancError, Span
+from planc.diagnostics import Diagnostic, Diagnostics, PlancError, Span
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ def prepare(
     if weights is None:
         raise _fail("R020", "generation needs --weights DIR: a checkpoint with its tokenizer",
                     "scripts/make_tiny_checkpoint.py writes a tiny one")
+    where_weights = Diagnostics()  # a missing directory is that, not a missing tokenizer
+    if checkpoint_dir(weights, where_weights) is None:
+        raise PlancError(where_weights.items[0])
     prompts = read_prompts(prompt, prompts_file)
     tokenizer = load_tokenizer(weights)
     ids = []
