@@ -81,16 +81,20 @@ class ExpertWeights:
                    gate_up, down)
 
 
-def stack_experts(experts: ExpertWeights) -> ExpertWeights:
-    """The same experts stacked (a copy; weights must be tensors) in layers.weight_layout of
-    their device, as moe_block.make_mlp loads them."""
+def stack_experts(experts: ExpertWeights, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> ExpertWeights:
+    """The same experts stacked (weights must be tensors), on `device` in `dtype` (default:
+    the weights' own), each expert laid out as layers.laid_out lays out a weight there. Filled
+    one expert at a time, so the device never holds a layer's experts twice (moe_block.make_mlp
+    loads them so from the checkpoint's slices)."""
     gates, ups, downs = experts.gate, experts.up, experts.down
     if not all(isinstance(w, torch.Tensor) for ws in (gates, ups, downs) for w in ws):
         raise TypeError("stack_experts needs weight tensors, not modules")
     g0: torch.Tensor = gates[0]  # type: ignore[assignment]
     n, (f, h) = experts.count, g0.shape
-    gate_up = empty_weight((n, 2 * f, h), g0.dtype, g0.device)
-    down = empty_weight((n, h, f), g0.dtype, g0.device)
+    dtype, device = dtype or g0.dtype, device or g0.device
+    gate_up = empty_weight((n, 2 * f, h), dtype, device)
+    down = empty_weight((n, h, f), dtype, device)
     for i in range(n):
         gate_up[i, :f].copy_(gates[i])  # type: ignore[arg-type]
         gate_up[i, f:].copy_(ups[i])  # type: ignore[arg-type]

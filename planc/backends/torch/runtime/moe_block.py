@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from planc.backends.torch.runtime import moe
-from planc.backends.torch.runtime.layers import RMSNorm, empty_weight, load_norm, make_linear
+from planc.backends.torch.runtime.layers import RMSNorm, load_norm, make_linear
 from planc.backends.torch.runtime.moe_io import (
     fused_expert_names,
     legacy_expert_names,
@@ -136,21 +136,6 @@ def load_experts(
     return gates, ups, downs, first
 
 
-def _stacked(reader: ShardReader, first: int, gates: list[Tensor], ups: list[Tensor],
-             downs: list[Tensor]) -> moe.ExpertWeights:
-    """The experts' weights copied into two stacked tensors (moe.ExpertWeights.stacked) on the
-    reader's device and dtype, each expert stored as layers.laid_out stores a weight; filled
-    one expert at a time, so the device never holds a layer's experts twice."""
-    n, (f, h) = len(gates), gates[0].shape
-    gate_up = empty_weight((n, 2 * f, h), reader.dtype, reader.device)
-    down = empty_weight((n, h, f), reader.dtype, reader.device)
-    for i in range(n):
-        gate_up[i, :f].copy_(gates[i])
-        gate_up[i, f:].copy_(ups[i])
-        down[i].copy_(downs[i])
-    return moe.ExpertWeights.stacked(first, gate_up, down)
-
-
 def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     """Layer `layer`'s MoE block for this rank (see the module docstring)."""
     lay, m = ctx.layout, ctx.cfg.model
@@ -179,7 +164,8 @@ def make_mlp(ctx: RankContext, reader: ShardReader, layer: int) -> MoeMLP:
     router_name = legacy_router if reader.has(legacy_router) else fused_router
     router = reader.place(reader.full(router_name, (m.experts, m.hidden)))
     if stacked_experts(ctx.cfg.compress_int8, ctx.cfg.compress_mlp_2_4):
-        experts = _stacked(reader, first, gates, ups, downs)
+        experts = moe.stack_experts(moe.ExpertWeights(first, gates, ups, downs),  # type: ignore[arg-type]
+                                    reader.dtype, reader.device)
     else:
         experts = moe.ExpertWeights(
             first,
